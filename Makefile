@@ -1,0 +1,63 @@
+# Keel's two set-up commands are `make run` and `make test`; everything else is a step of theirs.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+BUF     := node_modules/.bin/buf
+PROTOS  := $(shell find protos -name '*.proto' | sort)
+PYTHON  ?= python3
+
+.PHONY: run test gen check-gen lint typecheck pytest install clean-var
+
+## run: create .venv if missing, install Keel, and run every service in one process.
+run: $(VENV)/.installed
+	$(VENV)/bin/keel serve all
+
+## test: install dev tools, lint (ruff, buf), check gen/ is fresh, type-check, run pytest.
+test: $(VENV)/.installed node_modules/.installed lint check-gen typecheck pytest
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## gen: regenerate gen/ from protos/ (never edit gen/ by hand).
+gen: $(VENV)/.installed
+	rm -rf gen/keel
+	$(PY) -m grpc_tools.protoc -Iprotos \
+		--python_out=gen --pyi_out=gen --grpc_python_out=gen \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=gen \
+		$(PROTOS)
+
+## check-gen: fail when gen/ differs from what `make gen` would write.
+check-gen: $(VENV)/.installed
+	@rm -rf .gen-check && mkdir -p .gen-check
+	@$(PY) -m grpc_tools.protoc -Iprotos \
+		--python_out=.gen-check --pyi_out=.gen-check --grpc_python_out=.gen-check \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=.gen-check \
+		$(PROTOS)
+	@if diff -r -x __pycache__ .gen-check/keel gen/keel >/dev/null; then \
+		rm -rf .gen-check; echo "gen/ is up to date"; \
+	else \
+		diff -r -q -x __pycache__ .gen-check/keel gen/keel; rm -rf .gen-check; \
+		echo "gen/ is stale: run 'make gen' and commit the result" >&2; exit 1; \
+	fi
+
+lint: $(VENV)/.installed node_modules/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(BUF) lint
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy service_kit tenant_service gateway_bridge notification_service file_service
+
+pytest: $(VENV)/.installed
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+clean-var:
+	rm -rf var

@@ -1,0 +1,1 @@
+"""The file service: file metadata, with blobs on local disk or S3."""

@@ -1,0 +1,1 @@
+"""The gateway (channels, messages, the event log, webhooks) and the WebSocket bridge."""

@@ -1,0 +1,6 @@
+"""The kit every Keel service shares: configuration, the gRPC server bootstrap,
+tenant authentication, database setup, the event bus and the ``keel`` command.
+
+Services import the kit; the kit never imports a service, except the ``keel``
+command (``service_kit.cli``), which is where the processes are wired together.
+"""

@@ -1,0 +1,182 @@
+"""Configuration from the environment, validated once at start.
+
+Every setting has a default that runs Keel on one laptop: SQLite under
+``./var/``, the in-process bus, local addresses. :func:`load_settings` reads
+the environment and raises :class:`ConfigError` naming *every* bad variable at
+once, so an operator fixes them in one go.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """One or more environment variables hold values Keel cannot use."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A ``HOST:PORT`` to listen on or connect to."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a Keel process is configured with (see the README's table)."""
+
+    database_url: str
+    redis_url: str | None
+    data_dir: Path
+    grpc_addr: Address
+    metrics_addr: Address | None
+    ws_addr: Address
+    admin_token: str | None
+    tenant_service_addr: str | None
+    gateway_addr: str | None
+    log_level: str
+    shutdown_grace_seconds: float
+    auth_cache_seconds: float
+    secret_hash_cost: int
+    validate_failures_per_minute: int
+    demo_tenant: bool
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def parse_address(text: str) -> Address:
+    """``"127.0.0.1:50051"`` → ``Address``; raises ``ValueError`` with a readable reason."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected HOST:PORT, for example 127.0.0.1:50051")
+    host = host.strip("[]")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("the port must be a number from 0 to 65535")
+    return Address(host, int(port_text))
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the usual spellings and return a SQLAlchemy async URL.
+
+    ``postgres://`` and ``postgresql://`` become ``postgresql+asyncpg://``;
+    ``sqlite:///path`` becomes ``sqlite+aiosqlite:///path``.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError("expected a URL such as postgresql://user@host:5432/db or sqlite:///path")
+    scheme = scheme.lower()
+    if scheme in ("postgres", "postgresql", "postgresql+asyncpg"):
+        if not urlsplit(url).hostname and "host=" not in url:
+            raise ValueError("a PostgreSQL URL needs a host")
+        return "postgresql+asyncpg://" + rest
+    if scheme in ("sqlite", "sqlite+aiosqlite"):
+        return "sqlite+aiosqlite://" + rest
+    raise ValueError("only postgresql:// and sqlite:// databases are supported")
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _number(kind: Callable[[str], T], low: float, high: float) -> Callable[[str], T]:
+    def parse(text: str) -> T:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"expected a number from {low} to {high}") from None
+        if not low <= value <= high:  # type: ignore[operator]
+            raise ValueError(f"expected a number from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _redis_url(text: str) -> str:
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected a URL such as redis://127.0.0.1:6379/0")
+    return text
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the configuration; raise :class:`ConfigError` listing every problem."""
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+
+    def get(name: str, default: T, parse: Callable[[str], T]) -> T:
+        raw = env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            problems.append(f"{name}={raw!r}: {exc}")
+            return default
+
+    data_dir = Path(env.get("KEEL_DATA_DIR") or "var")
+    default_db = f"sqlite+aiosqlite:///{data_dir / 'keel.db'}"
+    metrics_raw = env.get("KEEL_METRICS_ADDR", "")
+    metrics_addr: Address | None = (
+        None
+        if metrics_raw.lower() in ("off", "none", "-")
+        else get("KEEL_METRICS_ADDR", Address("127.0.0.1", 9100), parse_address)
+    )
+    settings = Settings(
+        database_url=get("DATABASE_URL", default_db, normalize_database_url),
+        redis_url=get("REDIS_URL", None, _redis_url),
+        data_dir=data_dir,
+        grpc_addr=get("KEEL_GRPC_ADDR", Address("127.0.0.1", 50051), parse_address),
+        metrics_addr=metrics_addr,
+        ws_addr=get("KEEL_WS_ADDR", Address("127.0.0.1", 8080), parse_address),
+        admin_token=env.get("KEEL_ADMIN_TOKEN") or None,
+        tenant_service_addr=get("KEEL_TENANT_SERVICE_ADDR", None, _peer_address),
+        gateway_addr=get("KEEL_GATEWAY_ADDR", None, _peer_address),
+        log_level=get("KEEL_LOG_LEVEL", "INFO", _log_level),
+        shutdown_grace_seconds=get("KEEL_SHUTDOWN_GRACE_SECONDS", 10.0, _number(float, 0, 3600)),
+        auth_cache_seconds=get("KEEL_AUTH_CACHE_SECONDS", 300.0, _number(float, 0, 86400)),
+        secret_hash_cost=get("KEEL_SECRET_HASH_COST", 15, _number(int, 10, 20)),
+        validate_failures_per_minute=get(
+            "KEEL_VALIDATE_FAILURES_PER_MINUTE", 10, _number(int, 1, 100000)
+        ),
+        demo_tenant=get("KEEL_DEMO_TENANT", True, _parse_bool),
+    )
+    if settings.admin_token is not None and len(settings.admin_token) < 16:
+        problems.append("KEEL_ADMIN_TOKEN: must be at least 16 characters long")
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _peer_address(text: str) -> str:
+    parse_address(text)
+    return text

@@ -1,0 +1,257 @@
+"""The server interceptor every Keel service runs behind.
+
+For each RPC of a Keel API it: takes or makes a request id (metadata
+``x-request-id``, echoed back in trailing metadata and written into every log
+line), authenticates the caller according to the method's :class:`MethodPolicy`,
+applies the tenant's rate limit, maps errors to statuses (one place:
+:func:`service_kit.errors.to_rpc_status`), and records metrics and an access
+log line. Health and reflection pass through untouched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import grpc
+from grpc_status import rpc_status
+
+from service_kit.auth import (
+    Authenticator,
+    TenantContext,
+    bearer_token,
+    credentials_from_metadata,
+    current_tenant_var,
+    require_scope,
+)
+from service_kit.errors import (
+    KeelError,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    internal_status,
+    to_rpc_status,
+)
+from service_kit.logs import request_id_var
+from service_kit.metrics import RPC_HANDLED, RPC_IN_FLIGHT, RPC_LATENCY
+from service_kit.ratelimit import RateLimiter
+
+log = logging.getLogger("keel.rpc")
+
+
+@dataclass(frozen=True, slots=True)
+class MethodPolicy:
+    """Who may call a method: anyone, the operator, or a tenant holding ``scope``."""
+
+    kind: Literal["public", "admin", "tenant"]
+    scope: str | None = None
+
+
+PUBLIC = MethodPolicy("public")
+ADMIN = MethodPolicy("admin")
+
+
+def tenant_scope(scope: str) -> MethodPolicy:
+    """A method a tenant may call when it holds ``scope`` (``chat:read``, ``upload:*`` …)."""
+    return MethodPolicy("tenant", scope)
+
+
+class _Rpc:
+    __slots__ = ("code", "tenant")
+
+    def __init__(self) -> None:
+        self.code = grpc.StatusCode.OK
+        self.tenant: TenantContext | None = None
+
+
+class KeelInterceptor(grpc.aio.ServerInterceptor):
+    """Authentication, rate limits, error mapping, metrics and logs for Keel's RPCs."""
+
+    def __init__(
+        self,
+        *,
+        policies: Mapping[str, MethodPolicy],
+        authenticator: Authenticator | None,
+        rate_limiter: RateLimiter,
+        admin_token: str | None,
+    ) -> None:
+        self._policies = policies
+        self._authenticator = authenticator
+        self._rate_limiter = rate_limiter
+        self._admin_token = admin_token
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        policy = self._policies.get(details.method)
+        if handler is None or policy is None:
+            return handler
+        return self._wrap(handler, details.method, policy)
+
+    def _wrap(
+        self, handler: grpc.RpcMethodHandler, method: str, policy: MethodPolicy
+    ) -> grpc.RpcMethodHandler:
+        service, _, name = method[1:].rpartition("/")
+        rpc = self._rpc
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async with rpc(service, name, policy, context):
+                    result = inner(request, context)
+                    return await result if inspect.isawaitable(result) else result
+
+            make = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary
+                else grpc.stream_unary_rpc_method_handler
+            )
+            return make(unary_response, **kwargs)
+
+        inner_stream = handler.unary_stream or handler.stream_stream
+
+        async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with rpc(service, name, policy, context):
+                async for item in inner_stream(request, context):
+                    yield item
+
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return make(stream_response, **kwargs)
+
+    @asynccontextmanager
+    async def _rpc(
+        self, service: str, name: str, policy: MethodPolicy, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[None]:
+        metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        request_id = _request_id(metadata)
+        rid_token = request_id_var.set(request_id)
+        tenant_token = None
+        rpc = _Rpc()
+        started = time.perf_counter()
+        RPC_IN_FLIGHT.labels(service).inc()
+        try:
+            rpc.tenant = await self._authorize(policy, metadata)
+            tenant_token = current_tenant_var.set(rpc.tenant)
+            yield
+            context.set_trailing_metadata((("x-request-id", request_id),))
+        except KeelError as exc:
+            rpc.code = exc.code
+            await _abort(context, to_rpc_status(exc), request_id)
+        except NotImplementedError:
+            rpc.code = grpc.StatusCode.UNIMPLEMENTED
+            await context.abort(
+                rpc.code,
+                f"{service}/{name} is not implemented yet",
+                trailing_metadata=(("x-request-id", request_id),),
+            )
+        except grpc.aio.AbortError:  # the servicer aborted by itself
+            rpc.code = _status_code(context.code())
+            raise
+        except Exception:
+            rpc.code = grpc.StatusCode.INTERNAL
+            log.exception("unexpected error", extra={"method": f"{service}/{name}"})
+            await _abort(context, internal_status(request_id), request_id)
+        except BaseException:
+            rpc.code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            RPC_IN_FLIGHT.labels(service).dec()
+            RPC_HANDLED.labels(service, name, rpc.code.name).inc()
+            RPC_LATENCY.labels(service, name).observe(elapsed)
+            log.info(
+                "rpc",
+                extra={
+                    "method": f"{service}/{name}",
+                    "code": rpc.code.name,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "tenant_id": rpc.tenant.tenant_id if rpc.tenant else None,
+                },
+            )
+            if tenant_token is not None:
+                current_tenant_var.reset(tenant_token)
+            request_id_var.reset(rid_token)
+
+    async def _authorize(
+        self, policy: MethodPolicy, metadata: Mapping[str, str]
+    ) -> TenantContext | None:
+        if policy.kind == "public":
+            return None
+        if policy.kind == "admin":
+            self._check_admin(metadata)
+            return None
+        if self._authenticator is None:
+            raise Unauthenticated("tenant authentication is not configured in this process")
+        tenant = await self._authenticator.authenticate(credentials_from_metadata(metadata))
+        if policy.scope is not None:
+            require_scope(tenant, policy.scope)
+        if tenant.rate_limit_rps > 0:
+            burst = max(tenant.rate_limit_burst, 1)
+            wait = await self._rate_limiter.acquire(
+                f"tenant:{tenant.tenant_id}", tenant.rate_limit_rps, burst
+            )
+            if wait > 0:
+                raise ResourceExhausted(
+                    f"tenant {tenant.name!r} is over its rate limit of"
+                    f" {tenant.rate_limit_rps} requests/s (burst {burst}); retry in {wait:.3f}s",
+                    retry_after=wait,
+                )
+        return tenant
+
+    def _check_admin(self, metadata: Mapping[str, str]) -> None:
+        if self._admin_token is None:
+            raise PermissionDenied(
+                "tenant administration over gRPC is disabled in this process:"
+                " set KEEL_ADMIN_TOKEN, or use the `keel tenants` command"
+            )
+        token = bearer_token(metadata)
+        if token is None:
+            raise Unauthenticated(
+                "tenant administration needs the operator token:"
+                " send metadata authorization: Bearer <KEEL_ADMIN_TOKEN>"
+            )
+        if not hmac.compare_digest(token.encode(), self._admin_token.encode()):
+            raise Unauthenticated("wrong operator token")
+
+
+def _status_code(code: Any) -> grpc.StatusCode:
+    if isinstance(code, grpc.StatusCode):
+        return code
+    for candidate in grpc.StatusCode:
+        if candidate.value[0] == code:
+            return candidate
+    return grpc.StatusCode.UNKNOWN
+
+
+def _request_id(metadata: Mapping[str, str]) -> str:
+    given = metadata.get("x-request-id", "")
+    if 0 < len(given) <= 128 and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+async def _abort(context: grpc.aio.ServicerContext, status: Any, request_id: str) -> None:
+    wire = rpc_status.to_status(status)
+    await context.abort(
+        wire.code,
+        wire.details,
+        trailing_metadata=(*wire.trailing_metadata, ("x-request-id", request_id)),
+    )

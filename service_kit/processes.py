@@ -1,0 +1,143 @@
+"""Which services run in which process, and the life of a serving process.
+
+``keel serve all`` puts every service in one process, where authentication
+calls the tenant directory directly; any other process validates credentials
+over gRPC against ``KEEL_TENANT_SERVICE_ADDR``. This module is wiring: the only
+place (with :mod:`service_kit.cli`) that imports the service packages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+
+from file_service import server as file_server
+from gateway_bridge import server as gateway_server
+from notification_service import server as notification_server
+from service_kit.auth import Authenticator, CredentialValidator
+from service_kit.config import ConfigError, Settings
+from service_kit.server import KeelServer, Runtime, ServiceSpec, open_runtime, wait_for_stop_signal
+from service_kit.tenant_client import GrpcCredentialValidator
+from tenant_service import server as tenant_server
+from tenant_service.tenants import ALL_SCOPES, Tenant, TenantDirectory, TenantId
+
+log = logging.getLogger("keel.process")
+
+PROCESSES = ("all", "tenant-service", "gateway", "notification-service", "file-service")
+
+
+def embedded_admin_token(settings: Settings) -> Settings:
+    """For ``serve all`` without ``KEEL_ADMIN_TOKEN``: a token kept in the data directory."""
+    if settings.admin_token:
+        return settings
+    path = settings.data_dir / "admin-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+    return replace(settings, admin_token=path.read_text().strip())
+
+
+async def serve(process: str, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    """Run ``process`` until SIGTERM/SIGINT, then stop gracefully."""
+    if process == "all":
+        settings = embedded_admin_token(settings)
+    elif process != "tenant-service" and not settings.tenant_service_addr:
+        raise ConfigError(
+            [
+                f"KEEL_TENANT_SERVICE_ADDR: required by `keel serve {process}` (HOST:PORT of a"
+                " tenant-service process), so it can validate tenant credentials"
+            ]
+        )
+    runtime = await open_runtime(settings)
+    specs: list[ServiceSpec] = []
+    validator: CredentialValidator | None = None
+    directory: TenantDirectory | None = None
+    if process in ("all", "tenant-service"):
+        built = tenant_server.build(runtime)
+        specs.append(built.spec)
+        validator = directory = built.directory
+    if process in ("all", "gateway"):
+        specs += gateway_server.build(runtime)
+    if process in ("all", "notification-service"):
+        specs += notification_server.build(runtime)
+    if process in ("all", "file-service"):
+        specs += file_server.build(runtime)
+    channel = None
+    if validator is None:
+        assert settings.tenant_service_addr is not None
+        channel = grpc.aio.insecure_channel(settings.tenant_service_addr)
+        validator = GrpcCredentialValidator(channel)
+    authenticator = Authenticator(validator, ttl=settings.auth_cache_seconds)
+    await authenticator.follow_changes(runtime.bus)
+    server = KeelServer(runtime, specs, authenticator=authenticator)
+    try:
+        await server.start()
+        if process == "all":
+            await _welcome(runtime, server, directory)
+        if ready is not None:
+            ready.set()
+        await wait_for_stop_signal()
+        await server.stop(settings.shutdown_grace_seconds)
+    finally:
+        await authenticator.close()
+        if channel is not None:
+            await channel.close()
+        await runtime.close()
+
+
+async def _welcome(runtime: Runtime, server: KeelServer, directory: TenantDirectory | None) -> None:
+    """Print how to reach this embedded Keel; on a first start, create the demo tenant."""
+    settings = runtime.settings
+    addr = f"{settings.grpc_addr.host}:{server.port}"
+    lines = ["", "Keel is running (every service in this process).", f"  gRPC      {addr}"]
+    if server.metrics_port is not None:
+        lines.append(
+            f"  metrics   http://{settings.metrics_addr.host}:{server.metrics_port}/metrics"
+        )  # type: ignore[union-attr]
+    lines.append(
+        f"  operator  token in {settings.data_dir / 'admin-token'} (if KEEL_ADMIN_TOKEN is unset)"
+    )
+    demo_file = settings.data_dir / "demo-tenant.json"
+    assert directory is not None
+    if settings.demo_tenant and await directory.count() == 0:
+        tenant, secret = await directory.create(
+            Tenant(id=TenantId(""), name="demo", client_id="", permissions=ALL_SCOPES)
+        )
+        _write_private(
+            demo_file,
+            json.dumps(
+                {"tenant_id": tenant.id, "client_id": tenant.client_id, "client_secret": secret},
+                indent=2,
+            ),
+        )
+        lines += [
+            "",
+            f"Created the demo tenant (saved to {demo_file}; the secret is not shown again):",
+            f"  client_id      {tenant.client_id}",
+            f"  client_secret  {secret}",
+            "",
+            "Try:",
+            f'  grpcurl -plaintext -d \'{{"client_id": "{tenant.client_id}",'
+            f' "client_secret": "{secret}"}}\' {addr}'
+            " keel.tenants.v1.TenantService/ValidateCredentials",
+        ]
+    elif demo_file.exists():
+        lines.append(f"  demo      tenant credentials in {demo_file}")
+    lines.append("")
+    print("\n".join(lines), flush=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text + "\n")

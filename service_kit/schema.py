@@ -1,0 +1,145 @@
+"""The one database schema of Keel (SQLAlchemy Core), shared by SQLite and PostgreSQL.
+
+Each table belongs to one service (named in its comment); only that service
+queries it. Every tenant-owned row carries ``tenant_id`` and every query of it
+is scoped by it. Times are stored in UTC. Alembic migrations in
+``service_kit/migrations/versions`` must produce exactly this schema (a test
+compares them).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# JSON documents: JSONB on PostgreSQL, JSON text on SQLite.
+Json = JSON().with_variant(JSONB(), "postgresql")
+Timestamp = DateTime(timezone=True)
+# Ids Keel chooses are UUIDs; ids a tenant's app chooses (users) are up to 128 characters.
+KeelId = String(36)
+AppId = String(128)
+
+# tenant_service: the tenants and their hashed credentials.
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", KeelId, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("client_id", String(128), nullable=False, unique=True),
+    Column("secret_hash", String(255), nullable=False),
+    Column("permissions", Json, nullable=False),
+    Column("rate_limit_rps", Integer, nullable=False, default=0),
+    Column("rate_limit_burst", Integer, nullable=False, default=0),
+    Column("allowed_origins", Json, nullable=False),
+    Column("require_origin", Boolean, nullable=False, default=False),
+    Column("metadata", Json, nullable=False, key="metadata_"),
+    Column("request_id", String(128), nullable=True, unique=True),
+    Column("create_time", Timestamp, nullable=False),
+    Column("update_time", Timestamp, nullable=False),
+    Column("secret_rotate_time", Timestamp, nullable=False),
+)
+
+# gateway_bridge: the seed's users, channels, messages and reactions, per tenant.
+users = Table(
+    "users",
+    metadata,
+    Column("tenant_id", KeelId, nullable=False),
+    Column("id", AppId, nullable=False),
+    Column("username", String(255), nullable=False),
+    Column("email", String(255), nullable=True),
+    Column("avatar", Text, nullable=True),
+    Column("metadata", Json, nullable=False, key="metadata_"),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "id"),
+)
+
+channels = Table(
+    "channels",
+    metadata,
+    Column("id", KeelId, primary_key=True),
+    Column("tenant_id", KeelId, nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("created_by", AppId, nullable=True),
+    Column("metadata", Json, nullable=False, key="metadata_"),
+    # For direct channels: the two member ids, sorted and joined, so the pair is unique.
+    Column("direct_key", String(300), nullable=True),
+    # The seq of the newest message; the next message takes last_seq + 1 in its transaction.
+    Column("last_seq", BigInteger, nullable=False, default=0),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    UniqueConstraint("tenant_id", "direct_key"),
+    Index(None, "tenant_id", "created_at"),
+)
+
+channel_members = Table(
+    "channel_members",
+    metadata,
+    Column("tenant_id", KeelId, nullable=False),
+    Column("channel_id", KeelId, ForeignKey("channels.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", AppId, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("last_read_seq", BigInteger, nullable=False, default=0),
+    Column("joined_at", Timestamp, nullable=False),
+    PrimaryKeyConstraint("channel_id", "user_id"),
+    Index(None, "tenant_id", "user_id"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", KeelId, primary_key=True),
+    Column("tenant_id", KeelId, nullable=False),
+    Column("channel_id", KeelId, ForeignKey("channels.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", AppId, nullable=False),
+    Column("content", Text, nullable=False),
+    Column("message_type", String(50), nullable=False, default="text"),
+    Column("reply_to", KeelId, nullable=True),
+    Column("attachment_ids", Json, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("idempotency_key", String(128), nullable=True),
+    Column("edited", Boolean, nullable=False, default=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    UniqueConstraint("channel_id", "seq"),
+    UniqueConstraint("channel_id", "idempotency_key"),
+    Index(None, "channel_id", "reply_to", "seq"),
+)
+
+reactions = Table(
+    "reactions",
+    metadata,
+    Column("id", KeelId, primary_key=True),
+    Column("tenant_id", KeelId, nullable=False),
+    Column("message_id", KeelId, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", AppId, nullable=False),
+    Column("emoji", String(64), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    UniqueConstraint("message_id", "user_id", "emoji"),
+)

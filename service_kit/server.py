@@ -1,0 +1,219 @@
+"""The one server bootstrap every Keel process uses.
+
+:func:`open_runtime` builds what a process shares (database engine with its
+migrations applied, bus, rate limiter); each service package turns it into a
+:class:`ServiceSpec`; :class:`KeelServer` serves the specs on one grpc.aio port
+with health (a status per service), reflection, the interceptor, ``/metrics``,
+and a graceful stop: health turns NOT_SERVING, new RPCs are refused, in-flight
+ones get ``grace`` seconds to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service_kit import db
+from service_kit.auth import Authenticator
+from service_kit.bus import EventBus, InProcessEventBus, RedisEventBus
+from service_kit.config import Settings
+from service_kit.interceptor import KeelInterceptor, MethodPolicy
+from service_kit.metrics import SERVICE_SERVING, MetricsEndpoint, serve_metrics
+from service_kit.ratelimit import InMemoryRateLimiter, RateLimiter, RedisRateLimiter
+
+log = logging.getLogger("keel.server")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class Runtime:
+    """What the services of one process share; built once by :func:`open_runtime`."""
+
+    settings: Settings
+    engine: AsyncEngine
+    bus: EventBus
+    rate_limiter: RateLimiter
+    redis: Redis | None = None
+
+    async def close(self) -> None:
+        await self.bus.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.engine.dispose()
+
+
+async def open_runtime(settings: Settings, *, wait_for_database: float = 30.0) -> Runtime:
+    """Connect to the database (waiting up to ``wait_for_database`` s), migrate, build the bus.
+
+    Raises ``RuntimeError`` with a readable message when the database stays unreachable.
+    """
+    engine = db.create_engine(settings.database_url)
+    deadline = asyncio.get_running_loop().time() + wait_for_database
+    while not await db.ping(engine):
+        if asyncio.get_running_loop().time() > deadline:
+            await engine.dispose()
+            raise RuntimeError(
+                f"cannot reach the database at {engine.url.render_as_string()} (check DATABASE_URL)"
+            )
+        log.warning("waiting for the database", extra={"database": engine.url.render_as_string()})
+        await asyncio.sleep(1.0)
+    await db.migrate(engine)
+    if settings.redis_url:
+        redis = Redis.from_url(settings.redis_url)
+        return Runtime(settings, engine, RedisEventBus(redis), RedisRateLimiter(redis), redis)
+    return Runtime(settings, engine, InProcessEventBus(), InMemoryRateLimiter())
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One gRPC service as the bootstrap serves it.
+
+    ``policies`` gives the :class:`MethodPolicy` of methods by short name; the
+    others get ``default_policy``. ``uses_database`` services report
+    NOT_SERVING while the database is unreachable.
+    """
+
+    name: str
+    register: Callable[[grpc.aio.Server], None]
+    default_policy: MethodPolicy
+    policies: Mapping[str, MethodPolicy] = field(default_factory=dict)
+    uses_database: bool = True
+
+    def method_policies(self) -> dict[str, MethodPolicy]:
+        """Policies keyed by full method path (``/pkg.Service/Method``)."""
+        service = descriptor_pool.Default().FindServiceByName(self.name)
+        unknown = set(self.policies) - {m.name for m in service.methods}
+        if unknown:
+            raise ValueError(f"{self.name} has no methods {sorted(unknown)}")
+        return {
+            f"/{self.name}/{m.name}": self.policies.get(m.name, self.default_policy)
+            for m in service.methods
+        }
+
+
+class KeelServer:
+    """Serves ``specs`` on the process's gRPC port; see the module docstring."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        specs: Sequence[ServiceSpec],
+        *,
+        authenticator: Authenticator | None,
+        health_interval: float = 2.0,
+    ) -> None:
+        self._runtime = runtime
+        self._specs = list(specs)
+        self._health = health.aio.HealthServicer()
+        self._health_interval = health_interval
+        self._monitor: asyncio.Task[None] | None = None
+        self._metrics: MetricsEndpoint | None = None
+        policies: dict[str, MethodPolicy] = {}
+        for spec in self._specs:
+            policies.update(spec.method_policies())
+        self._server = grpc.aio.server(
+            interceptors=[
+                KeelInterceptor(
+                    policies=policies,
+                    authenticator=authenticator,
+                    rate_limiter=runtime.rate_limiter,
+                    admin_token=runtime.settings.admin_token,
+                )
+            ],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        self.port = 0
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._metrics.port if self._metrics else None
+
+    async def start(self) -> None:
+        """Bind the gRPC port (``port`` holds the bound one) and ``/metrics``; start serving."""
+        settings = self._runtime.settings
+        for spec in self._specs:
+            spec.register(self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        names = [spec.name for spec in self._specs]
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        try:
+            self.port = self._server.add_insecure_port(str(settings.grpc_addr))
+        except RuntimeError as exc:
+            raise RuntimeError(f"cannot listen on {settings.grpc_addr} (KEEL_GRPC_ADDR)") from exc
+        if settings.metrics_addr is not None:
+            try:
+                self._metrics = serve_metrics(
+                    settings.metrics_addr.host, settings.metrics_addr.port
+                )
+            except OSError as exc:
+                raise RuntimeError(
+                    f"cannot serve metrics on {settings.metrics_addr} (KEEL_METRICS_ADDR): {exc}"
+                ) from exc
+        await self._server.start()
+        await self._check_health()
+        self._monitor = asyncio.create_task(self._watch_database(), name="health-monitor")
+        log.info(
+            "serving",
+            extra={
+                "grpc_addr": f"{settings.grpc_addr.host}:{self.port}",
+                "metrics_port": self.metrics_port,
+                "services": names,
+            },
+        )
+
+    async def _check_health(self) -> None:
+        database_up = await db.ping(self._runtime.engine)
+        everything_up = True
+        for spec in self._specs:
+            up = database_up or not spec.uses_database
+            everything_up &= up
+            await self._health.set(spec.name, SERVING if up else NOT_SERVING)
+            SERVICE_SERVING.labels(spec.name).set(1 if up else 0)
+        await self._health.set("", SERVING if everything_up else NOT_SERVING)
+
+    async def _watch_database(self) -> None:
+        while True:
+            await asyncio.sleep(self._health_interval)
+            try:
+                await self._check_health()
+            except Exception:
+                log.exception("health check failed")
+
+    async def stop(self, grace: float) -> None:
+        """Report NOT_SERVING, refuse new RPCs, let in-flight ones finish within ``grace`` s."""
+        if self._monitor is not None:
+            self._monitor.cancel()
+        await self._health.enter_graceful_shutdown()
+        for spec in self._specs:
+            SERVICE_SERVING.labels(spec.name).set(0)
+        log.info("shutting down", extra={"grace_seconds": grace})
+        await self._server.stop(grace)
+        if self._metrics is not None:
+            self._metrics.close()
+
+
+async def wait_for_stop_signal() -> None:
+    """Return when the process gets SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

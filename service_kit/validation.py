@@ -1,0 +1,110 @@
+"""Request checks shared by the servicers: field violations, ids, page sizes and page tokens.
+
+A servicer collects every problem of a request in :class:`Violations` and
+raises them together, so the caller sees all bad fields at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from service_kit.errors import FieldViolation, InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+class Violations:
+    """Collects field violations; :meth:`raise_if_any` reports them all at once."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def check(self, ok: bool, field: str, description: str) -> bool:
+        """Record a violation unless ``ok``; returns ``ok``."""
+        if not ok:
+            self.add(field, description)
+        return ok
+
+    def raise_if_any(self, error: type[InvalidArgument] = InvalidArgument) -> None:
+        """Raise ``error`` (an :class:`InvalidArgument`) naming every violation, if any."""
+        if self.items:
+            summary = "; ".join(f"{v.field}: {v.description}" for v in self.items)
+            raise error(f"invalid request: {summary}", self.items)
+
+    def uuid(self, field: str, value: str, *, required: bool = True) -> None:
+        """Check that ``value`` is a UUID (Keel's ids), or empty when not ``required``."""
+        if not value:
+            self.check(not required, field, "is required")
+            return
+        self.check(is_uuid(value), field, f"{_shorten(value)!r} is not a valid id (a UUID)")
+
+    def text(self, field: str, value: str, *, max_length: int, required: bool = True) -> None:
+        """Check a free-text field: present when ``required``, at most ``max_length`` chars."""
+        if not value.strip():
+            self.check(not required, field, "is required")
+        elif len(value) > max_length:
+            self.add(field, f"is {len(value)} characters long; the limit is {max_length}")
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False
+
+
+def new_id() -> str:
+    """A new random id for a resource Keel names (a UUID4 string)."""
+    return str(uuid.uuid4())
+
+
+def _shorten(value: str, limit: int = 40) -> str:
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
+def page_size(value: int, *, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> int:
+    """The page size to use: ``default`` for 0; INVALID_ARGUMENT outside 0..``maximum``."""
+    if value == 0:
+        return default
+    if not 0 < value <= maximum:
+        raise InvalidArgument.for_field("page_size", f"must be between 0 and {maximum}")
+    return value
+
+
+def encode_page_token(position: list[Any], *, query: str) -> str:
+    """An opaque token holding ``position`` (JSON values), bound to the ``query`` it pages."""
+    payload = {"p": position, "q": _fingerprint(query)}
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str, *, query: str) -> list[Any] | None:
+    """The position in ``token`` (None for an empty token).
+
+    Raises INVALID_ARGUMENT for a malformed token or one made for another query.
+    """
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        payload = json.loads(raw)
+        position, fingerprint = payload["p"], payload["q"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise InvalidArgument.for_field("page_token", "is not a token this API returned") from None
+    if fingerprint != _fingerprint(query) or not isinstance(position, list):
+        raise InvalidArgument.for_field(
+            "page_token", "was returned for a different request; start again without it"
+        )
+    return position
+
+
+def _fingerprint(query: str) -> str:
+    return hashlib.sha256(query.encode()).hexdigest()[:16]

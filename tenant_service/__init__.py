@@ -1,0 +1,1 @@
+"""The tenant service: tenants, their hashed client secrets, scopes, rate limits and origins."""

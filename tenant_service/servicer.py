@@ -1,0 +1,175 @@
+"""``keel.tenants.v1.TenantService``: converts between protobuf and :mod:`tenant_service.tenants`.
+
+Nothing here decides anything: checks of ids and pages, then a call to
+:class:`TenantDirectory`, then conversion back. Errors are raised as Keel
+errors; the interceptor turns them into statuses.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import grpc
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
+
+from service_kit.auth import Credentials, TenantContext, TenantId
+from service_kit.errors import InvalidArgument
+from service_kit.validation import Violations, decode_page_token, encode_page_token, page_size
+from tenant_service.tenants import Tenant, TenantDirectory
+
+_LIST_QUERY = "tenants.list"
+
+
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _struct(value: object) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    if value:
+        message.update(value)  # type: ignore[arg-type]
+    return message
+
+
+def tenant_to_proto(tenant: Tenant) -> tenants_pb2.Tenant:
+    return tenants_pb2.Tenant(
+        id=tenant.id,
+        name=tenant.name,
+        client_id=tenant.client_id,
+        permissions=tenant.permissions,
+        rate_limits=tenants_pb2.RateLimits(
+            requests_per_second=tenant.rate_limit_rps, burst=tenant.rate_limit_burst
+        ),
+        allowed_origins=tenant.allowed_origins,
+        require_origin=tenant.require_origin,
+        metadata=_struct(tenant.metadata),
+        create_time=_timestamp(tenant.create_time),
+        update_time=_timestamp(tenant.update_time),
+        secret_rotate_time=_timestamp(tenant.secret_rotate_time),
+    )
+
+
+def tenant_from_proto(message: tenants_pb2.Tenant) -> Tenant:
+    return Tenant(
+        id=TenantId(message.id),
+        name=message.name,
+        client_id=message.client_id,
+        permissions=tuple(message.permissions),
+        rate_limit_rps=message.rate_limits.requests_per_second,
+        rate_limit_burst=message.rate_limits.burst,
+        allowed_origins=tuple(message.allowed_origins),
+        require_origin=message.require_origin,
+        metadata=json_format.MessageToDict(message.metadata),
+    )
+
+
+def context_to_proto(tenant: TenantContext) -> tenants_pb2.ValidateCredentialsResponse:
+    return tenants_pb2.ValidateCredentialsResponse(
+        tenant_id=tenant.tenant_id,
+        name=tenant.name,
+        permissions=sorted(tenant.permissions),
+        rate_limits=tenants_pb2.RateLimits(
+            requests_per_second=tenant.rate_limit_rps, burst=tenant.rate_limit_burst
+        ),
+        metadata=_struct(dict(tenant.metadata)),
+        allowed_origins=tenant.allowed_origins,
+        require_origin=tenant.require_origin,
+    )
+
+
+def _check_id(value: str, field: str = "id") -> str:
+    v = Violations()
+    v.uuid(field, value)
+    v.raise_if_any()
+    return value
+
+
+class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
+    """The gRPC face of :class:`TenantDirectory`."""
+
+    def __init__(self, directory: TenantDirectory) -> None:
+        self._directory = directory
+
+    async def CreateTenant(
+        self, request: tenants_pb2.CreateTenantRequest, context: grpc.aio.ServicerContext
+    ) -> tenants_pb2.CreateTenantResponse:
+        v = Violations()
+        v.check(request.HasField("tenant"), "tenant", "is required")
+        v.text("request_id", request.request_id, max_length=128, required=False)
+        v.raise_if_any()
+        tenant, secret = await self._directory.create(
+            tenant_from_proto(request.tenant),
+            client_secret=request.client_secret,
+            request_id=request.request_id,
+        )
+        return tenants_pb2.CreateTenantResponse(
+            tenant=tenant_to_proto(tenant), client_secret=secret
+        )
+
+    async def GetTenant(
+        self, request: tenants_pb2.GetTenantRequest, context: grpc.aio.ServicerContext
+    ) -> tenants_pb2.GetTenantResponse:
+        tenant = await self._directory.get(_check_id(request.id))
+        return tenants_pb2.GetTenantResponse(tenant=tenant_to_proto(tenant))
+
+    async def ListTenants(
+        self, request: tenants_pb2.ListTenantsRequest, context: grpc.aio.ServicerContext
+    ) -> tenants_pb2.ListTenantsResponse:
+        limit = page_size(request.page_size)
+        position = decode_page_token(request.page_token, query=_LIST_QUERY)
+        after = None
+        if position is not None:
+            try:
+                after = (datetime.fromisoformat(position[0]), str(position[1]))
+            except (ValueError, IndexError, TypeError):
+                raise InvalidArgument.for_field(
+                    "page_token", "is not a token this API returned"
+                ) from None
+        found = await self._directory.list(limit=limit + 1, after=after)
+        page, more = found[:limit], len(found) > limit
+        token = (
+            encode_page_token([page[-1].create_time.isoformat(), page[-1].id], query=_LIST_QUERY)
+            if more
+            else ""
+        )
+        return tenants_pb2.ListTenantsResponse(
+            tenants=[tenant_to_proto(t) for t in page], next_page_token=token
+        )
+
+    async def UpdateTenant(
+        self, request: tenants_pb2.UpdateTenantRequest, context: grpc.aio.ServicerContext
+    ) -> tenants_pb2.UpdateTenantResponse:
+        tenant_id = _check_id(request.tenant.id, "tenant.id")
+        tenant = await self._directory.update(
+            tenant_id, tenant_from_proto(request.tenant), list(request.update_mask.paths)
+        )
+        return tenants_pb2.UpdateTenantResponse(tenant=tenant_to_proto(tenant))
+
+    async def RotateSecret(
+        self, request: tenants_pb2.RotateSecretRequest, context: grpc.aio.ServicerContext
+    ) -> tenants_pb2.RotateSecretResponse:
+        tenant, secret = await self._directory.rotate_secret(_check_id(request.id))
+        return tenants_pb2.RotateSecretResponse(
+            tenant=tenant_to_proto(tenant), client_secret=secret
+        )
+
+    async def DeleteTenant(
+        self, request: tenants_pb2.DeleteTenantRequest, context: grpc.aio.ServicerContext
+    ) -> tenants_pb2.DeleteTenantResponse:
+        await self._directory.delete(_check_id(request.id))
+        return tenants_pb2.DeleteTenantResponse()
+
+    async def ValidateCredentials(
+        self, request: tenants_pb2.ValidateCredentialsRequest, context: grpc.aio.ServicerContext
+    ) -> tenants_pb2.ValidateCredentialsResponse:
+        v = Violations()
+        v.text("client_id", request.client_id, max_length=128)
+        v.text("client_secret", request.client_secret, max_length=256)
+        v.raise_if_any()
+        tenant = await self._directory.validate(
+            Credentials(request.client_id, request.client_secret)
+        )
+        return context_to_proto(tenant)

@@ -1,0 +1,341 @@
+"""Tenants: the rules about them, and the operations the service offers.
+
+This module imports neither grpc nor SQLAlchemy. :class:`TenantDirectory`
+is the service layer: the servicer, the ``keel tenants`` command and (in one
+process) the other services' authentication all call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from service_kit.auth import (
+    TENANT_CHANGED_TOPIC,
+    Credentials,
+    TenantContext,
+    TenantId,
+)
+from service_kit.bus import EventBus
+from service_kit.ratelimit import RateLimiter
+from service_kit.validation import Violations, new_id
+from tenant_service import credentials as creds
+from tenant_service.errors import (
+    InvalidCredentials,
+    InvalidTenant,
+    TenantNotFound,
+    TooManyFailedAttempts,
+)
+
+if TYPE_CHECKING:
+    from tenant_service.store import TenantStore
+
+MAX_NAME = 200
+MAX_CLIENT_ID = 128
+MIN_SECRET, MAX_SECRET = 8, 256
+MAX_PERMISSIONS = 64
+MAX_ORIGINS = 100
+MAX_METADATA_BYTES = 16 * 1024
+MAX_RATE = 1_000_000
+
+_SCOPE = re.compile(r"^(\*|[a-z][a-z0-9_-]{0,31}:(\*|[a-z][a-z0-9_-]{0,31}))$")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,127}$")
+_ORIGIN = re.compile(
+    r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9a-fA-F:]+\](:[0-9]{1,5})?$"
+)
+
+#: Fields an update may change, as named in the API's update mask.
+UPDATABLE_FIELDS = frozenset(
+    {"name", "permissions", "rate_limits", "allowed_origins", "require_origin", "metadata"}
+)
+
+#: The scopes of the seed's services; the demo tenant gets all of them.
+ALL_SCOPES = ("chat:*", "presence:*", "send:*", "upload:*")
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """A tenant as stored (without its secret hash)."""
+
+    id: TenantId
+    name: str
+    client_id: str
+    permissions: tuple[str, ...] = ()
+    rate_limit_rps: int = 0
+    rate_limit_burst: int = 0
+    allowed_origins: tuple[str, ...] = ()
+    require_origin: bool = False
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    create_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    update_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    secret_rotate_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def context(self) -> TenantContext:
+        """What other services need to know about this tenant to serve its calls."""
+        return TenantContext(
+            tenant_id=self.id,
+            name=self.name,
+            permissions=frozenset(self.permissions),
+            rate_limit_rps=self.rate_limit_rps,
+            rate_limit_burst=self.rate_limit_burst,
+            allowed_origins=self.allowed_origins,
+            require_origin=self.require_origin,
+            metadata=self.metadata,
+        )
+
+
+def check_tenant(tenant: Tenant, *, fields: Collection[str] | None = None) -> None:
+    """Raise :class:`InvalidTenant` naming every malformed field (all, or only ``fields``)."""
+    v = Violations()
+    wanted = set(fields) if fields is not None else UPDATABLE_FIELDS | {"client_id"}
+    if "name" in wanted:
+        v.text("tenant.name", tenant.name, max_length=MAX_NAME)
+        v.check(tenant.name == tenant.name.strip(), "tenant.name", "has surrounding spaces")
+    if "client_id" in wanted:
+        v.check(
+            bool(_CLIENT_ID.match(tenant.client_id)),
+            "tenant.client_id",
+            "must be 3 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    if "permissions" in wanted:
+        v.check(
+            len(tenant.permissions) <= MAX_PERMISSIONS,
+            "tenant.permissions",
+            f"at most {MAX_PERMISSIONS} scopes",
+        )
+        for i, scope in enumerate(tenant.permissions):
+            v.check(
+                bool(_SCOPE.match(scope)),
+                f"tenant.permissions[{i}]",
+                f"{scope[:40]!r} is not a scope like 'chat:*', 'chat:read' or '*'",
+            )
+    if "rate_limits" in wanted:
+        for name, value in (
+            ("requests_per_second", tenant.rate_limit_rps),
+            ("burst", tenant.rate_limit_burst),
+        ):
+            v.check(
+                0 <= value <= MAX_RATE,
+                f"tenant.rate_limits.{name}",
+                f"must be between 0 and {MAX_RATE}",
+            )
+    if "allowed_origins" in wanted:
+        v.check(
+            len(tenant.allowed_origins) <= MAX_ORIGINS,
+            "tenant.allowed_origins",
+            f"at most {MAX_ORIGINS} origins",
+        )
+        for i, origin in enumerate(tenant.allowed_origins):
+            v.check(
+                bool(_ORIGIN.match(origin)),
+                f"tenant.allowed_origins[{i}]",
+                f"{origin[:60]!r} is not an origin like 'https://app.example.com'",
+            )
+    if "metadata" in wanted:
+        size = len(json.dumps(tenant.metadata, default=str))
+        v.check(
+            size <= MAX_METADATA_BYTES,
+            "tenant.metadata",
+            f"is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}",
+        )
+    v.raise_if_any(InvalidTenant)
+
+
+def check_secret(secret: str) -> None:
+    """Raise :class:`InvalidTenant` unless ``secret`` is acceptable as a chosen client secret."""
+    if not MIN_SECRET <= len(secret) <= MAX_SECRET or not secret.isprintable() or " " in secret:
+        raise InvalidTenant(
+            f"client_secret: must be {MIN_SECRET} to {MAX_SECRET} printable characters"
+            " without spaces",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPolicy:
+    """Operator settings of the tenant service."""
+
+    secret_hash_cost: int = 15
+    validate_failures_per_minute: int = 10
+
+
+class TenantDirectory:
+    """Create, read, change and delete tenants; validate their credentials.
+
+    Every change is announced on the bus (:data:`TENANT_CHANGED_TOPIC`) so
+    caches of validated credentials forget the tenant at once.
+    """
+
+    def __init__(
+        self,
+        store: TenantStore,
+        *,
+        bus: EventBus,
+        rate_limiter: RateLimiter,
+        policy: TenantPolicy = TenantPolicy(),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._rate_limiter = rate_limiter
+        self._policy = policy
+        self._clock = clock
+        self._dummy_hash: str | None = None
+
+    async def _hash(self, secret: str) -> str:
+        return await asyncio.to_thread(
+            creds.hash_secret, secret, cost=self._policy.secret_hash_cost
+        )
+
+    async def create(
+        self, tenant: Tenant, *, client_secret: str = "", request_id: str = ""
+    ) -> tuple[Tenant, str]:
+        """Store a new tenant; returns it and its client secret (chosen or generated).
+
+        Raises ``InvalidTenant`` for malformed fields and ``TenantConflict``
+        when the name, client id or request id is taken.
+        """
+        now = self._clock()
+        tenant = replace(
+            tenant,
+            id=TenantId(new_id()),
+            client_id=tenant.client_id or creds.new_client_id(),
+            create_time=now,
+            update_time=now,
+            secret_rotate_time=now,
+        )
+        check_tenant(tenant)
+        if client_secret:
+            check_secret(client_secret)
+        secret = client_secret or creds.new_client_secret()
+        await self._store.insert(tenant, await self._hash(secret), request_id or None)
+        return tenant, secret
+
+    async def get(self, tenant_id: str) -> Tenant:
+        """The tenant with ``tenant_id``; raises ``TenantNotFound``."""
+        tenant = await self._store.get(tenant_id)
+        if tenant is None:
+            raise TenantNotFound(tenant_id)
+        return tenant
+
+    async def list(self, *, limit: int, after: tuple[datetime, str] | None) -> list[Tenant]:
+        """Up to ``limit`` tenants in creation order, after the (time, id) position."""
+        return await self._store.list(limit=limit, after=after)
+
+    async def update(self, tenant_id: str, changes: Tenant, fields: Collection[str]) -> Tenant:
+        """Copy ``fields`` of ``changes`` onto the stored tenant; returns the result."""
+        unknown = set(fields) - UPDATABLE_FIELDS
+        if unknown or not fields:
+            raise InvalidTenant(
+                f"update_mask: name one or more of {', '.join(sorted(UPDATABLE_FIELDS))}"
+                + (f" (unknown: {', '.join(sorted(unknown))})" if unknown else "")
+            )
+        check_tenant(changes, fields=fields)
+        current = await self.get(tenant_id)
+        values: dict[str, Any] = {}
+        for name in fields:
+            if name == "rate_limits":
+                values["rate_limit_rps"] = changes.rate_limit_rps
+                values["rate_limit_burst"] = changes.rate_limit_burst
+            else:
+                values[name] = getattr(changes, name)
+        updated = replace(current, **values, update_time=self._clock())
+        if not await self._store.update(updated):
+            raise TenantNotFound(tenant_id)
+        await self._announce(tenant_id)
+        return updated
+
+    async def rotate_secret(self, tenant_id: str) -> tuple[Tenant, str]:
+        """Replace the client secret; the old one stops working at once."""
+        secret = creds.new_client_secret()
+        tenant = await self._store.set_secret(tenant_id, await self._hash(secret), self._clock())
+        if tenant is None:
+            raise TenantNotFound(tenant_id)
+        await self._announce(tenant_id)
+        return tenant, secret
+
+    async def delete(self, tenant_id: str) -> None:
+        """Remove the tenant; its credentials stop working at once."""
+        if not await self._store.delete(tenant_id):
+            raise TenantNotFound(tenant_id)
+        await self._announce(tenant_id)
+
+    async def validate(self, credentials: Credentials) -> TenantContext:
+        """The tenant owning ``credentials``.
+
+        Raises ``InvalidCredentials``; after too many failures for one client
+        id (a token bucket per client id), ``TooManyFailedAttempts`` without
+        checking the secret at all.
+        """
+        bucket = f"validate-failures:{credentials.client_id[:MAX_CLIENT_ID]}"
+        rate = self._policy.validate_failures_per_minute / 60.0
+        burst = self._policy.validate_failures_per_minute
+        wait = await self._rate_limiter.acquire(bucket, rate, burst, consume=False)
+        if wait > 0:
+            raise TooManyFailedAttempts(credentials.client_id[:MAX_CLIENT_ID], wait)
+        found = await self._store.get_with_secret_hash(credentials.client_id[:MAX_CLIENT_ID])
+        if found is None:
+            # Spend the same time as for a wrong secret, so timing does not reveal ids.
+            await asyncio.to_thread(
+                creds.verify_secret, credentials.client_secret, await self._dummy()
+            )
+            ok = False
+        else:
+            ok = await asyncio.to_thread(creds.verify_secret, credentials.client_secret, found[1])
+        if not ok or found is None:
+            await self._rate_limiter.acquire(bucket, rate, burst)
+            raise InvalidCredentials()
+        return found[0].context()
+
+    async def _dummy(self) -> str:
+        if self._dummy_hash is None:
+            self._dummy_hash = await self._hash(creds.DUMMY_HASH_SECRET)
+        return self._dummy_hash
+
+    async def count(self) -> int:
+        return await self._store.count()
+
+    async def _announce(self, tenant_id: str) -> None:
+        await self._bus.publish(TENANT_CHANGED_TOPIC, tenant_id.encode())
+
+
+def tenant_from_seed(entry: Mapping[str, Any]) -> tuple[Tenant, str]:
+    """A tenant (and its chosen secret, or "") from one entry of a seed file.
+
+    Accepts the seed's ``seedTenants()`` shape: ``clientId``/``client_id``,
+    ``clientSecret``/``client_secret``, ``name`` (defaults to the client id),
+    ``permissions`` as a list or as ``{service: [scopes]}`` (flattened),
+    ``rateLimits``/``rate_limits`` (``requests_per_second``, ``burst``),
+    ``allowedOrigins``/``allowed_origins``, ``metadata``.
+    """
+
+    def pick(*names: str, default: Any = None) -> Any:
+        for name in names:
+            if name in entry:
+                return entry[name]
+        return default
+
+    permissions = pick("permissions", default=[])
+    if isinstance(permissions, Mapping):
+        flat: list[str] = []
+        for scopes in permissions.values():
+            flat.extend(s for s in scopes if s not in flat)
+        permissions = flat
+    limits = pick("rateLimits", "rate_limits", default={}) or {}
+    client_id = str(pick("clientId", "client_id", default=""))
+    tenant = Tenant(
+        id=TenantId(""),
+        name=str(pick("name", default=client_id)),
+        client_id=client_id,
+        permissions=tuple(str(p) for p in permissions),
+        rate_limit_rps=int(limits.get("requests_per_second", limits.get("requestsPerSecond", 0))),
+        rate_limit_burst=int(limits.get("burst", 0)),
+        allowed_origins=tuple(pick("allowedOrigins", "allowed_origins", default=[])),
+        require_origin=bool(pick("requireOrigin", "require_origin", default=False)),
+        metadata=dict(pick("metadata", default={}) or {}),
+    )
+    return tenant, str(pick("clientSecret", "client_secret", default=""))
