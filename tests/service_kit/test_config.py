@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service_kit.config import Address, ConfigError, load_settings
+
+
+def test_defaults_run_on_one_laptop() -> None:
+    settings = load_settings({})
+    assert settings.database_url == "sqlite+aiosqlite:///var/keel.db"
+    assert settings.redis_url is None
+    assert settings.data_dir == Path("var")
+    assert settings.grpc_addr == Address("127.0.0.1", 50051)
+    assert settings.metrics_addr == Address("127.0.0.1", 9100)
+    assert settings.ws_addr == Address("127.0.0.1", 8080)
+    assert settings.auth_cache_seconds == 300
+
+
+def test_database_urls_are_normalized_to_async_drivers() -> None:
+    pg = load_settings({"DATABASE_URL": "postgres://u@db.example:5432/keel"})
+    assert pg.database_url == "postgresql+asyncpg://u@db.example:5432/keel"
+    lite = load_settings({"DATABASE_URL": "sqlite:////tmp/x.db"})
+    assert lite.database_url == "sqlite+aiosqlite:////tmp/x.db"
+
+
+def test_every_bad_value_is_named_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            {
+                "KEEL_GRPC_ADDR": "nonsense",
+                "DATABASE_URL": "mysql://x/y",
+                "REDIS_URL": "localhost:6379",
+                "KEEL_SECRET_HASH_COST": "99",
+                "KEEL_ADMIN_TOKEN": "short",
+            }
+        )
+    message = str(caught.value)
+    for name in (
+        "KEEL_GRPC_ADDR",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "KEEL_SECRET_HASH_COST",
+        "KEEL_ADMIN_TOKEN",
+    ):
+        assert name in message
+    assert len(caught.value.problems) == 5
+
+
+def test_metrics_can_be_turned_off() -> None:
+    assert load_settings({"KEEL_METRICS_ADDR": "off"}).metrics_addr is None
+
+
+def test_containers_can_listen_on_all_interfaces() -> None:
+    settings = load_settings({"KEEL_GRPC_ADDR": "0.0.0.0:7000", "KEEL_WS_ADDR": "[::]:8081"})
+    assert str(settings.grpc_addr) == "0.0.0.0:7000"
+    assert str(settings.ws_addr) == "[::]:8081"
