@@ -11,7 +11,7 @@ import grpc
 from keel.files.v1 import files_pb2_grpc
 
 from service_kit.interceptor import tenant_scope
-from service_kit.server import Runtime, ServiceSpec
+from service_kit.server import Runtime, ServiceSpec, unimplemented_servicer
 
 SERVICE_NAME = "keel.files.v1.FileService"
 
@@ -21,7 +21,7 @@ def build(runtime: Runtime) -> list[ServiceSpec]:
 
     def register(server: grpc.aio.Server) -> None:
         files_pb2_grpc.add_FileServiceServicer_to_server(
-            files_pb2_grpc.FileServiceServicer(), server
+            unimplemented_servicer(files_pb2_grpc.FileServiceServicer), server
         )
 
     return [

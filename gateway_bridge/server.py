@@ -14,7 +14,7 @@ from keel.channels.v1 import channels_pb2_grpc
 from keel.events.v1 import events_pb2_grpc
 
 from service_kit.interceptor import ADMIN, tenant_scope
-from service_kit.server import Runtime, ServiceSpec
+from service_kit.server import Runtime, ServiceSpec, unimplemented_servicer
 
 CHANNEL_SERVICE = "keel.channels.v1.ChannelService"
 EVENT_SERVICE = "keel.events.v1.EventService"
@@ -40,12 +40,12 @@ def build(runtime: Runtime) -> list[ServiceSpec]:
 
     def register_channels(server: grpc.aio.Server) -> None:
         channels_pb2_grpc.add_ChannelServiceServicer_to_server(
-            channels_pb2_grpc.ChannelServiceServicer(), server
+            unimplemented_servicer(channels_pb2_grpc.ChannelServiceServicer), server
         )
 
     def register_events(server: grpc.aio.Server) -> None:
         events_pb2_grpc.add_EventServiceServicer_to_server(
-            events_pb2_grpc.EventServiceServicer(), server
+            unimplemented_servicer(events_pb2_grpc.EventServiceServicer), server
         )
 
     return [

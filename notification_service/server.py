@@ -11,7 +11,7 @@ import grpc
 from keel.notifications.v1 import notifications_pb2_grpc
 
 from service_kit.interceptor import tenant_scope
-from service_kit.server import Runtime, ServiceSpec
+from service_kit.server import Runtime, ServiceSpec, unimplemented_servicer
 
 SERVICE_NAME = "keel.notifications.v1.NotificationService"
 
@@ -21,7 +21,7 @@ def build(runtime: Runtime) -> list[ServiceSpec]:
 
     def register(server: grpc.aio.Server) -> None:
         notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
-            notifications_pb2_grpc.NotificationServiceServicer(), server
+            unimplemented_servicer(notifications_pb2_grpc.NotificationServiceServicer), server
         )
 
     return [

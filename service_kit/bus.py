@@ -154,5 +154,5 @@ class RedisEventBus(_HandlerTable):
                 await self._reader
             except asyncio.CancelledError:
                 pass
-        await self._pubsub.aclose()
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         self.handlers.clear()

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from service_kit.auth import TenantId
 from service_kit.config import ConfigError, Settings, load_settings
 from service_kit.db import create_engine, migrate
 from service_kit.errors import KeelError
@@ -33,7 +34,7 @@ from service_kit.logs import configure_logging
 from service_kit.processes import PROCESSES, serve
 from service_kit.server import open_runtime
 from tenant_service.server import build_directory
-from tenant_service.tenants import Tenant, TenantDirectory, TenantId, tenant_from_seed
+from tenant_service.tenants import Tenant, TenantDirectory, tenant_from_seed
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -71,7 +71,7 @@ class _Rpc:
         self.tenant: TenantContext | None = None
 
 
-class KeelInterceptor(grpc.aio.ServerInterceptor):
+class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authentication, rate limits, error mapping, metrics and logs for Keel's RPCs."""
 
     def __init__(

@@ -21,12 +21,12 @@ import grpc
 from file_service import server as file_server
 from gateway_bridge import server as gateway_server
 from notification_service import server as notification_server
-from service_kit.auth import Authenticator, CredentialValidator
+from service_kit.auth import Authenticator, CredentialValidator, TenantId
 from service_kit.config import ConfigError, Settings
 from service_kit.server import KeelServer, Runtime, ServiceSpec, open_runtime, wait_for_stop_signal
 from service_kit.tenant_client import GrpcCredentialValidator
 from tenant_service import server as tenant_server
-from tenant_service.tenants import ALL_SCOPES, Tenant, TenantDirectory, TenantId
+from tenant_service.tenants import ALL_SCOPES, Tenant, TenantDirectory
 
 log = logging.getLogger("keel.process")
 
@@ -99,10 +99,9 @@ async def _welcome(runtime: Runtime, server: KeelServer, directory: TenantDirect
     settings = runtime.settings
     addr = f"{settings.grpc_addr.host}:{server.port}"
     lines = ["", "Keel is running (every service in this process).", f"  gRPC      {addr}"]
-    if server.metrics_port is not None:
-        lines.append(
-            f"  metrics   http://{settings.metrics_addr.host}:{server.metrics_port}/metrics"
-        )  # type: ignore[union-attr]
+    if settings.metrics_addr is not None and server.metrics_port is not None:
+        metrics_host = settings.metrics_addr.host
+        lines.append(f"  metrics   http://{metrics_host}:{server.metrics_port}/metrics")
     lines.append(
         f"  operator  token in {settings.data_dir / 'admin-token'} (if KEEL_ADMIN_TOKEN is unset)"
     )

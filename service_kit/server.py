@@ -15,6 +15,7 @@ import logging
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -32,6 +33,8 @@ from service_kit.metrics import SERVICE_SERVING, MetricsEndpoint, serve_metrics
 from service_kit.ratelimit import InMemoryRateLimiter, RateLimiter, RedisRateLimiter
 
 log = logging.getLogger("keel.server")
+
+T = TypeVar("T")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -204,6 +207,15 @@ class KeelServer:
         await self._server.stop(grace)
         if self._metrics is not None:
             self._metrics.close()
+
+
+def unimplemented_servicer(servicer_class: Callable[[], T]) -> T:
+    """An instance of a generated servicer base class: every method answers UNIMPLEMENTED.
+
+    Used to register an API whose implementation has not landed yet, so
+    reflection shows it and its authentication policies already apply.
+    """
+    return servicer_class()
 
 
 async def wait_for_stop_signal() -> None:

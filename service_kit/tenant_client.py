@@ -56,9 +56,9 @@ def _translate(exc: grpc.aio.AioRpcError) -> Exception:
 
 
 def _retry_delay(exc: grpc.aio.AioRpcError) -> float:
-    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    status = rpc_status.from_call(exc)
     for detail in status.details if status else ():
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
-            return info.retry_delay.ToNanoseconds() / 1e9
+            return float(info.retry_delay.ToNanoseconds()) / 1e9
     return 1.0
