@@ -7,23 +7,21 @@ files issue lands.
 
 from __future__ import annotations
 
-import grpc
 from keel.files.v1 import files_pb2_grpc
 
 from service_kit.interceptor import tenant_scope
-from service_kit.server import Runtime, ServiceSpec, unimplemented_servicer
+from service_kit.server import Runtime, ServiceSpec, unimplemented_spec
 
 SERVICE_NAME = "keel.files.v1.FileService"
 
 
 def build(runtime: Runtime) -> list[ServiceSpec]:
     """The file service for the bootstrap to serve."""
-
-    def register(server: grpc.aio.Server) -> None:
-        files_pb2_grpc.add_FileServiceServicer_to_server(
-            unimplemented_servicer(files_pb2_grpc.FileServiceServicer), server
-        )
-
     return [
-        ServiceSpec(name=SERVICE_NAME, register=register, default_policy=tenant_scope("upload:*"))
+        unimplemented_spec(
+            SERVICE_NAME,
+            files_pb2_grpc.add_FileServiceServicer_to_server,
+            files_pb2_grpc.FileServiceServicer,
+            tenant_scope("upload:*"),
+        )
     ]

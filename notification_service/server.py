@@ -7,23 +7,21 @@ notifications issue lands.
 
 from __future__ import annotations
 
-import grpc
 from keel.notifications.v1 import notifications_pb2_grpc
 
 from service_kit.interceptor import tenant_scope
-from service_kit.server import Runtime, ServiceSpec, unimplemented_servicer
+from service_kit.server import Runtime, ServiceSpec, unimplemented_spec
 
 SERVICE_NAME = "keel.notifications.v1.NotificationService"
 
 
 def build(runtime: Runtime) -> list[ServiceSpec]:
     """The notification service for the bootstrap to serve."""
-
-    def register(server: grpc.aio.Server) -> None:
-        notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
-            unimplemented_servicer(notifications_pb2_grpc.NotificationServiceServicer), server
-        )
-
     return [
-        ServiceSpec(name=SERVICE_NAME, register=register, default_policy=tenant_scope("send:*"))
+        unimplemented_spec(
+            SERVICE_NAME,
+            notifications_pb2_grpc.add_NotificationServiceServicer_to_server,
+            notifications_pb2_grpc.NotificationServiceServicer,
+            tenant_scope("send:*"),
+        )
     ]

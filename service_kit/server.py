@@ -209,13 +209,24 @@ class KeelServer:
             self._metrics.close()
 
 
-def unimplemented_servicer(servicer_class: Callable[[], T]) -> T:
-    """An instance of a generated servicer base class: every method answers UNIMPLEMENTED.
+def unimplemented_spec(
+    name: str,
+    add_to_server: Callable[[T, grpc.aio.Server], None],
+    servicer_class: Callable[[], T],
+    default_policy: MethodPolicy,
+    policies: Mapping[str, MethodPolicy] | None = None,
+) -> ServiceSpec:
+    """A spec serving a generated servicer base class: every method answers UNIMPLEMENTED.
 
-    Used to register an API whose implementation has not landed yet, so
-    reflection shows it and its authentication policies already apply.
+    Registers an API whose implementation has not landed yet, so reflection
+    shows it and its authentication policies already apply.
     """
-    return servicer_class()
+    return ServiceSpec(
+        name=name,
+        register=lambda server: add_to_server(servicer_class(), server),
+        default_policy=default_policy,
+        policies=policies or {},
+    )
 
 
 async def wait_for_stop_signal() -> None:
