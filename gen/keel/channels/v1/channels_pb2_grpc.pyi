@@ -39,8 +39,14 @@ class ChannelServiceStub:
     to observe without announcing). Every id is scoped to the calling tenant:
     another tenant's ids answer NOT_FOUND.
 
-    Each channel has a gap-free sequence (1, 2, 3 ...): every event of the
-    channel takes the next number when its transaction commits. The events,
+    Each channel has a gap-free message sequence (1, 2, 3 ...): every message
+    takes the next number in the same transaction that stores it, so `seq` is
+    both the order and the resume point of a channel's messages. Other events
+    (edits, deletes, reactions, joins) take no number of their own: they carry
+    the seq of the message they concern, or the channel's `last_seq` when they
+    happened. The event log of keel.events.v1 orders every event by cursor.
+
+    The events,
     with the JSON `data` they carry (proto3 JSON of these messages, with the
     snake_case field names used here), are:
 
@@ -144,8 +150,8 @@ class ChannelServiceStub:
     credentials.
 
     For each subscription the gateway first replays, from the database, the
-    channel's events after `since_seq`, then continues with live events, in
-    seq order, without gaps or duplicates. When the subscribed user leaves
+    channel's messages after `since_seq` (as `message:created` events), then
+    continues with live events, in order, without gaps or duplicates. When the subscribed user leaves
     a group or direct channel, the gateway delivers `user:left` and then
     drops that subscription. A bridge that falls too far behind has its
     stream ended with RESOURCE_EXHAUSTED; it then reconnects and
@@ -166,8 +172,14 @@ class ChannelServiceAsyncStub(ChannelServiceStub):
     to observe without announcing). Every id is scoped to the calling tenant:
     another tenant's ids answer NOT_FOUND.
 
-    Each channel has a gap-free sequence (1, 2, 3 ...): every event of the
-    channel takes the next number when its transaction commits. The events,
+    Each channel has a gap-free message sequence (1, 2, 3 ...): every message
+    takes the next number in the same transaction that stores it, so `seq` is
+    both the order and the resume point of a channel's messages. Other events
+    (edits, deletes, reactions, joins) take no number of their own: they carry
+    the seq of the message they concern, or the channel's `last_seq` when they
+    happened. The event log of keel.events.v1 orders every event by cursor.
+
+    The events,
     with the JSON `data` they carry (proto3 JSON of these messages, with the
     snake_case field names used here), are:
 
@@ -268,8 +280,8 @@ class ChannelServiceAsyncStub(ChannelServiceStub):
     credentials.
 
     For each subscription the gateway first replays, from the database, the
-    channel's events after `since_seq`, then continues with live events, in
-    seq order, without gaps or duplicates. When the subscribed user leaves
+    channel's messages after `since_seq` (as `message:created` events), then
+    continues with live events, in order, without gaps or duplicates. When the subscribed user leaves
     a group or direct channel, the gateway delivers `user:left` and then
     drops that subscription. A bridge that falls too far behind has its
     stream ended with RESOURCE_EXHAUSTED; it then reconnects and
@@ -289,8 +301,14 @@ class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
     to observe without announcing). Every id is scoped to the calling tenant:
     another tenant's ids answer NOT_FOUND.
 
-    Each channel has a gap-free sequence (1, 2, 3 ...): every event of the
-    channel takes the next number when its transaction commits. The events,
+    Each channel has a gap-free message sequence (1, 2, 3 ...): every message
+    takes the next number in the same transaction that stores it, so `seq` is
+    both the order and the resume point of a channel's messages. Other events
+    (edits, deletes, reactions, joins) take no number of their own: they carry
+    the seq of the message they concern, or the channel's `last_seq` when they
+    happened. The event log of keel.events.v1 orders every event by cursor.
+
+    The events,
     with the JSON `data` they carry (proto3 JSON of these messages, with the
     snake_case field names used here), are:
 
@@ -521,8 +539,8 @@ class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
         credentials.
 
         For each subscription the gateway first replays, from the database, the
-        channel's events after `since_seq`, then continues with live events, in
-        seq order, without gaps or duplicates. When the subscribed user leaves
+        channel's messages after `since_seq` (as `message:created` events), then
+        continues with live events, in order, without gaps or duplicates. When the subscribed user leaves
         a group or direct channel, the gateway delivers `user:left` and then
         drops that subscription. A bridge that falls too far behind has its
         stream ended with RESOURCE_EXHAUSTED; it then reconnects and
