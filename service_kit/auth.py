@@ -83,11 +83,26 @@ _HOW_TO_AUTHENTICATE = (
 )
 
 
+MAX_CLIENT_ID_LENGTH = 128
+MAX_CLIENT_SECRET_LENGTH = 256
+
+
 def credentials_from_metadata(metadata: Mapping[str, str]) -> Credentials:
     """Read the caller's credentials from gRPC metadata (keys in lower case).
 
     Raises :class:`Unauthenticated` with a message saying what to send.
     """
+    credentials = _read_credentials(metadata)
+    if len(credentials.client_id) > MAX_CLIENT_ID_LENGTH:
+        raise Unauthenticated(f"the client id is longer than {MAX_CLIENT_ID_LENGTH} characters")
+    if len(credentials.client_secret) > MAX_CLIENT_SECRET_LENGTH:
+        raise Unauthenticated(
+            f"the client secret is longer than {MAX_CLIENT_SECRET_LENGTH} characters"
+        )
+    return credentials
+
+
+def _read_credentials(metadata: Mapping[str, str]) -> Credentials:
     client_id = metadata.get("x-client-id", "")
     client_secret = metadata.get("x-client-secret", "")
     if client_id or client_secret:
