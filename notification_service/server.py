@@ -1,8 +1,8 @@
 """Wiring of ``keel.notifications.v1.NotificationService``.
 
 Registered so the platform's whole API is visible; its methods answer
-UNIMPLEMENTED (after authentication: every method needs ``send:*``) until the
-notifications issue lands.
+UNIMPLEMENTED (after authentication: every method needs ``send:basic``, which
+``send:*`` grants) until the notifications issue lands.
 """
 
 from __future__ import annotations
@@ -22,6 +22,6 @@ def build(runtime: Runtime) -> list[ServiceSpec]:
             SERVICE_NAME,
             notifications_pb2_grpc.add_NotificationServiceServicer_to_server,
             notifications_pb2_grpc.NotificationServiceServicer,
-            tenant_scope("send:*"),
+            tenant_scope("send:basic"),
         )
     ]

@@ -103,8 +103,8 @@ def credentials_from_metadata(metadata: Mapping[str, str]) -> Credentials:
 
 
 def _read_credentials(metadata: Mapping[str, str]) -> Credentials:
-    client_id = metadata.get("x-client-id", "")
-    client_secret = metadata.get("x-client-secret", "")
+    client_id = metadata.get("x-client-id", "").strip()
+    client_secret = metadata.get("x-client-secret", "").strip()
     if client_id or client_secret:
         if not (client_id and client_secret):
             missing = "x-client-secret" if client_id else "x-client-id"
@@ -161,6 +161,9 @@ class Authenticator:
         self._cache: OrderedDict[bytes, tuple[float, TenantContext]] = OrderedDict()
         self._pending: dict[bytes, asyncio.Future[TenantContext]] = {}
         self._subscription: Subscription | None = None
+        # Bumped by every forget_tenant: a validation that was under way when a
+        # tenant changed may have seen the old state, so its result is not cached.
+        self._generation = 0
 
     def _cache_key(self, credentials: Credentials) -> bytes:
         message = f"{len(credentials.client_id)}:{credentials.client_id}{credentials.client_secret}"
@@ -177,6 +180,7 @@ class Authenticator:
             return await asyncio.shield(pending)
         future: asyncio.Future[TenantContext] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
+        generation = self._generation
         try:
             tenant = await self._validator.validate(credentials)
         except BaseException as exc:
@@ -186,7 +190,8 @@ class Authenticator:
         finally:
             del self._pending[key]
         future.set_result(tenant)
-        self._remember(key, tenant)
+        if generation == self._generation:
+            self._remember(key, tenant)
         return tenant
 
     def _remember(self, key: bytes, tenant: TenantContext) -> None:
@@ -199,6 +204,7 @@ class Authenticator:
 
     def forget_tenant(self, tenant_id: str) -> None:
         """Drop every cached entry of ``tenant_id`` (its credentials or settings changed)."""
+        self._generation += 1
         stale = [k for k, (_, t) in self._cache.items() if t.tenant_id == tenant_id]
         for key in stale:
             del self._cache[key]

@@ -124,13 +124,26 @@ async def _tenants(args: argparse.Namespace, settings: Settings) -> Any:
         if command == "get":
             return tenant_json(await directory.get(args.tenant_id))
         if command == "rotate-secret":
-            return tenant_json(*await directory.rotate_secret(args.tenant_id))
+            result = tenant_json(*await directory.rotate_secret(args.tenant_id))
+            _warn_without_shared_bus(settings)
+            return result
         if command == "delete":
             await directory.delete(args.tenant_id)
+            _warn_without_shared_bus(settings)
             return {"deleted": args.tenant_id}
         return await _seed(directory, args.file, args.file.read_text())
 
     return await _with_directory(settings, run)
+
+
+def _warn_without_shared_bus(settings: Settings) -> None:
+    if settings.redis_url is None:
+        print(
+            "note: without REDIS_URL this change cannot be announced to running servers;"
+            f" they accept cached credentials for up to {settings.auth_cache_seconds:g}s."
+            " Use the TenantService API for an immediate effect.",
+            file=sys.stderr,
+        )
 
 
 async def _seed(directory: TenantDirectory, path: Path, text: str) -> list[dict[str, Any]]:

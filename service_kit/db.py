@@ -17,8 +17,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from service_kit.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +75,9 @@ def _alembic_config(connection: Connection) -> Config:
 
 def _upgrade(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-    try:
-        command.upgrade(_alembic_config(connection), "head")
-    finally:
-        if connection.dialect.name == "postgresql":
-            connection.execute(
-                text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK_KEY}
-            )
+        # Held until this transaction ends, whether the migration commits or fails.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+    command.upgrade(_alembic_config(connection), "head")
 
 
 async def migrate(engine: AsyncEngine) -> None:
@@ -92,3 +90,12 @@ async def migrate(engine: AsyncEngine) -> None:
 def as_utc(value: datetime) -> datetime:
     """``value`` as an aware UTC datetime (SQLite returns naive ones, which are UTC)."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def database_unavailable(exc: BaseException) -> Unavailable | None:
+    """The :class:`Unavailable` error for a failure that means "the database cannot be
+    reached (or is locked) right now", so callers retry; None for any other failure."""
+    lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if lost or isinstance(exc, OperationalError | InterfaceError | PoolTimeout | ConnectionError):
+        return Unavailable("the database is unavailable right now; retry shortly", retry_after=1.0)
+    return None

@@ -31,6 +31,7 @@ from service_kit.auth import (
     current_tenant_var,
     require_scope,
 )
+from service_kit.db import database_unavailable
 from service_kit.errors import (
     KeelError,
     PermissionDenied,
@@ -148,7 +149,7 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         started = time.perf_counter()
         RPC_IN_FLIGHT.labels(service).inc()
         try:
-            rpc.tenant = await self._authorize(policy, metadata)
+            await self._authorize(policy, metadata, rpc)
             tenant_token = current_tenant_var.set(rpc.tenant)
             yield
             context.set_trailing_metadata((("x-request-id", request_id),))
@@ -165,7 +166,12 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         except grpc.aio.AbortError:  # the servicer aborted by itself
             rpc.code = _status_code(context.code())
             raise
-        except Exception:
+        except Exception as exc:
+            unavailable = database_unavailable(exc)
+            if unavailable is not None:
+                rpc.code = unavailable.code
+                log.warning("database unavailable", extra={"error": str(exc)[:300]})
+                await _abort(context, to_rpc_status(unavailable), request_id)
             rpc.code = grpc.StatusCode.INTERNAL
             log.exception("unexpected error", extra={"method": f"{service}/{name}"})
             await _abort(context, internal_status(request_id), request_id)
@@ -191,16 +197,18 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             request_id_var.reset(rid_token)
 
     async def _authorize(
-        self, policy: MethodPolicy, metadata: Mapping[str, str]
-    ) -> TenantContext | None:
+        self, policy: MethodPolicy, metadata: Mapping[str, str], rpc: _Rpc
+    ) -> None:
+        """Check the caller against ``policy``; sets ``rpc.tenant`` as soon as it is known."""
         if policy.kind == "public":
-            return None
+            return
         if policy.kind == "admin":
             self._check_admin(metadata)
-            return None
+            return
         if self._authenticator is None:
             raise Unauthenticated("tenant authentication is not configured in this process")
         tenant = await self._authenticator.authenticate(credentials_from_metadata(metadata))
+        rpc.tenant = tenant
         if policy.scope is not None:
             require_scope(tenant, policy.scope)
         if tenant.rate_limit_rps > 0:
@@ -214,7 +222,6 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     f" {tenant.rate_limit_rps} requests/s (burst {burst}); retry in {wait:.3f}s",
                     retry_after=wait,
                 )
-        return tenant
 
     def _check_admin(self, metadata: Mapping[str, str]) -> None:
         if self._admin_token is None:

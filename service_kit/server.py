@@ -22,6 +22,7 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service_kit import db
@@ -75,8 +76,26 @@ async def open_runtime(settings: Settings, *, wait_for_database: float = 30.0) -
     await db.migrate(engine)
     if settings.redis_url:
         redis = Redis.from_url(settings.redis_url)
+        try:
+            await _wait_for_redis(redis, deadline)
+        except RuntimeError:
+            await redis.aclose()
+            await engine.dispose()
+            raise
         return Runtime(settings, engine, RedisEventBus(redis), RedisRateLimiter(redis), redis)
     return Runtime(settings, engine, InProcessEventBus(), InMemoryRateLimiter())
+
+
+async def _wait_for_redis(redis: Redis, deadline: float) -> None:
+    while True:
+        try:
+            await redis.ping()
+            return
+        except (RedisError, OSError) as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"cannot reach Redis (check REDIS_URL): {exc}") from exc
+        log.warning("waiting for Redis")
+        await asyncio.sleep(1.0)
 
 
 @dataclass(frozen=True)

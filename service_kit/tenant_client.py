@@ -44,10 +44,21 @@ class GrpcCredentialValidator:
         return tenant_context_from_proto(response)
 
 
+# Answers that mean "these credentials are no good", not "the tenant service is down".
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+
+
 def _translate(exc: grpc.aio.AioRpcError) -> Exception:
     code = exc.code()
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return Unauthenticated(exc.details() or "invalid credentials")
+    if code in _REFUSALS:
+        return Unauthenticated(exc.details() or "invalid client id or client secret")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ResourceExhausted(exc.details() or "too many attempts", _retry_delay(exc))
     return Unavailable(

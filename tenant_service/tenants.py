@@ -95,7 +95,8 @@ def check_tenant(tenant: Tenant, *, fields: Collection[str] | None = None) -> No
     wanted = set(fields) if fields is not None else UPDATABLE_FIELDS | {"client_id"}
     if "name" in wanted:
         v.text("tenant.name", tenant.name, max_length=MAX_NAME)
-        v.check(tenant.name == tenant.name.strip(), "tenant.name", "has surrounding spaces")
+        if tenant.name.strip():
+            v.check(tenant.name == tenant.name.strip(), "tenant.name", "has surrounding spaces")
     if "client_id" in wanted:
         v.check(
             bool(_CLIENT_ID.match(tenant.client_id)),

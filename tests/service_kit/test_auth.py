@@ -136,3 +136,24 @@ def test_cache_key_does_not_hold_the_secret() -> None:
     key = auth._cache_key(Credentials("app", "right"))
     assert b"right" not in key
     assert key != Authenticator(CountingValidator())._cache_key(Credentials("app", "right"))
+
+
+async def test_a_change_during_validation_keeps_the_stale_answer_out_of_the_cache() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    class SlowValidator(CountingValidator):
+        async def validate(self, credentials: Credentials) -> TenantContext:
+            self.calls += 1
+            started.set()
+            await release.wait()
+            return TenantContext(TenantId("t1"), "one", frozenset({"chat:*"}))
+
+    validator = SlowValidator()
+    auth = Authenticator(validator, ttl=300)
+    first = asyncio.create_task(auth.authenticate(Credentials("app", "old")))
+    await started.wait()
+    auth.forget_tenant("t1")  # the tenant changed while its old state was being read
+    release.set()
+    await first
+    await auth.authenticate(Credentials("app", "old"))
+    assert validator.calls == 2

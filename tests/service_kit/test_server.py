@@ -20,7 +20,8 @@ from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 from service_kit.interceptor import PUBLIC
 from service_kit.logs import JsonFormatter, request_id_var
 from service_kit.server import KeelServer, ServiceSpec, open_runtime
-from tests.conftest import settings_for
+from tenant_service import server as tenant_server
+from tests.conftest import ADMIN_TOKEN, settings_for
 
 
 class BrokenTenants(tenants_pb2_grpc.TenantServiceServicer):
@@ -117,6 +118,34 @@ async def test_health_follows_the_database(
         assert await health_of(channel, service) == health_pb2.HealthCheckResponse.SERVING
         await server.stop(1)
     await runtime.close()
+
+
+async def test_calls_during_a_database_outage_answer_unavailable(
+    proxied_pg: tuple[TcpProxy, str], tmp_path: Path
+) -> None:
+    proxy, url = proxied_pg
+    runtime = await open_runtime(settings_for(url, tmp_path))
+    tenants = tenant_server.build(runtime)
+    server = KeelServer(runtime, [tenants.spec], authenticator=None)
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = tenants_pb2_grpc.TenantServiceStub(channel)
+        admin = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+        await stub.ListTenants(tenants_pb2.ListTenantsRequest(), metadata=admin)
+        await proxy.cut()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ListTenants(tenants_pb2.ListTenantsRequest(), metadata=admin)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "database" in (caught.value.details() or "")
+    await server.stop(0)
+    await runtime.close()
+
+
+async def test_an_unreachable_redis_is_named_at_start(sqlite_url: str, tmp_path: Path) -> None:
+    settings = settings_for(sqlite_url, tmp_path, redis_url="redis://127.0.0.1:1/0")
+    with pytest.raises(RuntimeError) as caught:
+        await open_runtime(settings, wait_for_database=0)
+    assert "REDIS_URL" in str(caught.value)
 
 
 async def test_stopping_reports_not_serving_and_refuses_new_calls(

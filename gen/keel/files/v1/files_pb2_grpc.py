@@ -32,8 +32,10 @@ class FileServiceStub:
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope `upload:*`. Another
-    tenant's ids answer NOT_FOUND.
+    <client_id>:<client_secret>`. Reading (GetFile, ListFiles, DownloadFile,
+    CreateDownloadUrl) needs the scope `upload:read`, everything else
+    `upload:write`; `upload:*` grants both. Another tenant's ids answer
+    NOT_FOUND.
     """
 
     def __init__(self, channel):
@@ -86,8 +88,10 @@ class FileServiceServicer:
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope `upload:*`. Another
-    tenant's ids answer NOT_FOUND.
+    <client_id>:<client_secret>`. Reading (GetFile, ListFiles, DownloadFile,
+    CreateDownloadUrl) needs the scope `upload:read`, everything else
+    `upload:write`; `upload:*` grants both. Another tenant's ids answer
+    NOT_FOUND.
     """
 
     def UploadFile(self, request_iterator, context):
@@ -203,8 +207,10 @@ class FileService:
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope `upload:*`. Another
-    tenant's ids answer NOT_FOUND.
+    <client_id>:<client_secret>`. Reading (GetFile, ListFiles, DownloadFile,
+    CreateDownloadUrl) needs the scope `upload:read`, everything else
+    `upload:write`; `upload:*` grants both. Another tenant's ids answer
+    NOT_FOUND.
     """
 
     @staticmethod

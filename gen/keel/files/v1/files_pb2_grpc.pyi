@@ -33,8 +33,10 @@ class FileServiceStub:
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope `upload:*`. Another
-    tenant's ids answer NOT_FOUND.
+    <client_id>:<client_secret>`. Reading (GetFile, ListFiles, DownloadFile,
+    CreateDownloadUrl) needs the scope `upload:read`, everything else
+    `upload:write`; `upload:*` grants both. Another tenant's ids answer
+    NOT_FOUND.
     """
 
     @_typing.overload
@@ -81,8 +83,10 @@ class FileServiceAsyncStub(FileServiceStub):
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope `upload:*`. Another
-    tenant's ids answer NOT_FOUND.
+    <client_id>:<client_secret>`. Reading (GetFile, ListFiles, DownloadFile,
+    CreateDownloadUrl) needs the scope `upload:read`, everything else
+    `upload:write`; `upload:*` grants both. Another tenant's ids answer
+    NOT_FOUND.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -125,8 +129,10 @@ class FileServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope `upload:*`. Another
-    tenant's ids answer NOT_FOUND.
+    <client_id>:<client_secret>`. Reading (GetFile, ListFiles, DownloadFile,
+    CreateDownloadUrl) needs the scope `upload:read`, everything else
+    `upload:write`; `upload:*` grants both. Another tenant's ids answer
+    NOT_FOUND.
     """
 
     @_abc_1.abstractmethod

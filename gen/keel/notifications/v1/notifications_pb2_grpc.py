@@ -32,7 +32,8 @@ class NotificationServiceStub:
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope `send:*`. User ids are
+    <client_id>:<client_secret>`, and needs the scope
+    `send:basic` (which `send:*` grants). User ids are
     the tenant's own (the same as in keel.channels.v1); another tenant's ids
     answer NOT_FOUND.
     """
@@ -87,7 +88,8 @@ class NotificationServiceServicer:
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope `send:*`. User ids are
+    <client_id>:<client_secret>`, and needs the scope
+    `send:basic` (which `send:*` grants). User ids are
     the tenant's own (the same as in keel.channels.v1); another tenant's ids
     answer NOT_FOUND.
     """
@@ -201,7 +203,8 @@ class NotificationService:
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope `send:*`. User ids are
+    <client_id>:<client_secret>`, and needs the scope
+    `send:basic` (which `send:*` grants). User ids are
     the tenant's own (the same as in keel.channels.v1); another tenant's ids
     answer NOT_FOUND.
     """

@@ -33,7 +33,8 @@ class NotificationServiceStub:
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope `send:*`. User ids are
+    <client_id>:<client_secret>`, and needs the scope
+    `send:basic` (which `send:*` grants). User ids are
     the tenant's own (the same as in keel.channels.v1); another tenant's ids
     answer NOT_FOUND.
     """
@@ -77,7 +78,8 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope `send:*`. User ids are
+    <client_id>:<client_secret>`, and needs the scope
+    `send:basic` (which `send:*` grants). User ids are
     the tenant's own (the same as in keel.channels.v1); another tenant's ids
     answer NOT_FOUND.
     """
@@ -117,7 +119,8 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope `send:*`. User ids are
+    <client_id>:<client_secret>`, and needs the scope
+    `send:basic` (which `send:*` grants). User ids are
     the tenant's own (the same as in keel.channels.v1); another tenant's ids
     answer NOT_FOUND.
     """
