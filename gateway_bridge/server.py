@@ -1,17 +1,23 @@
 """Wiring of the gateway process: the channel and event services (``keel.channels.v1``,
 ``keel.events.v1``).
 
-Both APIs are registered so ``grpcurl list``/``describe`` show them; their
-methods answer UNIMPLEMENTED until the channels and events issues land. The
-policies below already apply: the caller's credentials and scopes are checked
-before UNIMPLEMENTED is returned.
+ChannelService is implemented (chat store, event relay, the bridges' Connect
+hub); EventService is registered so reflection shows it, and answers
+UNIMPLEMENTED until the events issue lands. The policies below apply to both.
 """
 
 from __future__ import annotations
 
+import grpc
 from keel.channels.v1 import channels_pb2_grpc
 from keel.events.v1 import events_pb2_grpc
 
+from gateway_bridge.chat import ChatLimits, ChatService
+from gateway_bridge.connect import ConnectHub
+from gateway_bridge.relay import EventRelay
+from gateway_bridge.servicer import ChannelServicer
+from gateway_bridge.store import SqlChatStore
+from gateway_bridge.tokens import ClientTokens
 from service_kit.interceptor import ADMIN, tenant_scope
 from service_kit.server import Runtime, ServiceSpec, unimplemented_spec
 
@@ -36,14 +42,40 @@ _EVENT_READS = ("GetWebhook", "ListWebhooks", "ListDeliveries", "SubscribeEvents
 
 def build(runtime: Runtime) -> list[ServiceSpec]:
     """The gateway's services for the bootstrap to serve."""
+    settings = runtime.settings
+    if not settings.token_secret:
+        raise RuntimeError("the gateway needs KEEL_TOKEN_SECRET to sign client tokens")
+    store = SqlChatStore(runtime.engine)
+    relay = EventRelay(store, runtime.bus)
+    hub = ConnectHub(store, runtime.bus)
+    chat = ChatService(
+        store,
+        relay,
+        ClientTokens(settings.token_secret, previous=settings.token_secret_previous),
+        limits=ChatLimits(max_message_bytes=settings.max_message_bytes),
+    )
+    servicer = ChannelServicer(chat, hub)
+
+    def register(server: grpc.aio.Server) -> None:
+        channels_pb2_grpc.add_ChannelServiceServicer_to_server(servicer, server)
+
+    async def start() -> None:
+        await hub.start()
+        relay.start()
+
+    async def stop() -> None:
+        await relay.close()
+        await hub.close()
+
     return [
-        unimplemented_spec(
-            CHANNEL_SERVICE,
-            channels_pb2_grpc.add_ChannelServiceServicer_to_server,
-            channels_pb2_grpc.ChannelServiceServicer,
-            WRITE,
+        ServiceSpec(
+            name=CHANNEL_SERVICE,
+            register=register,
+            default_policy=WRITE,
             # Connect carries many tenants' subscriptions for one bridge process.
-            {**dict.fromkeys(_CHANNEL_READS, READ), "Connect": ADMIN},
+            policies={**dict.fromkeys(_CHANNEL_READS, READ), "Connect": ADMIN},
+            on_start=start,
+            on_stop=stop,
         ),
         unimplemented_spec(
             EVENT_SERVICE,

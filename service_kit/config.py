@@ -57,6 +57,9 @@ class Settings:
     secret_hash_cost: int
     validate_failures_per_minute: int
     demo_tenant: bool
+    token_secret: str | None
+    token_secret_previous: str | None
+    max_message_bytes: int
 
     @property
     def is_sqlite(self) -> bool:
@@ -169,9 +172,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "KEEL_VALIDATE_FAILURES_PER_MINUTE", 10, _number(int, 1, 100000)
         ),
         demo_tenant=get("KEEL_DEMO_TENANT", True, _parse_bool),
+        token_secret=env.get("KEEL_TOKEN_SECRET") or None,
+        token_secret_previous=env.get("KEEL_TOKEN_SECRET_PREVIOUS") or None,
+        max_message_bytes=get("KEEL_MAX_MESSAGE_BYTES", 65536, _number(int, 1, 4 * 1024 * 1024)),
     )
     if settings.admin_token is not None and len(settings.admin_token) < 16:
         problems.append("KEEL_ADMIN_TOKEN: must be at least 16 characters long")
+    for name, secret in (
+        ("KEEL_TOKEN_SECRET", settings.token_secret),
+        ("KEEL_TOKEN_SECRET_PREVIOUS", settings.token_secret_previous),
+    ):
+        if secret is not None and len(secret) < 32:
+            problems.append(f"{name}: must be at least 32 characters long")
     if problems:
         raise ConfigError(problems)
     return settings

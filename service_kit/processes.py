@@ -33,30 +33,29 @@ log = logging.getLogger("keel.process")
 PROCESSES = ("all", "tenant-service", "gateway", "notification-service", "file-service")
 
 
-def embedded_admin_token(settings: Settings) -> Settings:
-    """For ``serve all`` without ``KEEL_ADMIN_TOKEN``: a token kept in the data directory."""
-    if settings.admin_token:
-        return settings
-    path = settings.data_dir / "admin-token"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(32) + "\n")
-    return replace(settings, admin_token=path.read_text().strip())
+def embedded_secrets(settings: Settings) -> Settings:
+    """For ``serve all``: the operator token and client-token secret the environment does
+    not set, generated once and kept (mode 0600) in the data directory."""
+    changes: dict[str, object] = {}
+    for attribute, filename in (("admin_token", "admin-token"), ("token_secret", "token-secret")):
+        if getattr(settings, attribute):
+            continue
+        path = settings.data_dir / filename
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32) + "\n")
+        changes[attribute] = path.read_text().strip()
+    return replace(settings, **changes)  # type: ignore[arg-type]
 
 
 async def serve(process: str, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
     """Run ``process`` until SIGTERM/SIGINT, then stop gracefully."""
     if process == "all":
-        settings = embedded_admin_token(settings)
-    elif process != "tenant-service" and not settings.tenant_service_addr:
-        raise ConfigError(
-            [
-                f"KEEL_TENANT_SERVICE_ADDR: required by `keel serve {process}` (HOST:PORT of a"
-                " tenant-service process), so it can validate tenant credentials"
-            ]
-        )
+        settings = embedded_secrets(settings)
+    else:
+        _check_cluster_settings(process, settings)
     runtime = await open_runtime(settings)
     specs: list[ServiceSpec] = []
     validator: CredentialValidator | None = None
@@ -92,6 +91,22 @@ async def serve(process: str, settings: Settings, *, ready: asyncio.Event | None
         if channel is not None:
             await channel.close()
         await runtime.close()
+
+
+def _check_cluster_settings(process: str, settings: Settings) -> None:
+    problems = []
+    if process != "tenant-service" and not settings.tenant_service_addr:
+        problems.append(
+            f"KEEL_TENANT_SERVICE_ADDR: required by `keel serve {process}` (HOST:PORT of a"
+            " tenant-service process), so it can validate tenant credentials"
+        )
+    if process == "gateway" and not settings.token_secret:
+        problems.append(
+            "KEEL_TOKEN_SECRET: required by `keel serve gateway` (at least 32 characters,"
+            " the same in every gateway and bridge) to sign browser client tokens"
+        )
+    if problems:
+        raise ConfigError(problems)
 
 
 async def _welcome(runtime: Runtime, server: KeelServer, directory: TenantDirectory | None) -> None:

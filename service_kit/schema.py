@@ -91,9 +91,11 @@ channels = Table(
     Column("direct_key", String(300), nullable=True),
     # The seq of the newest message; the next message takes last_seq + 1 in its transaction.
     Column("last_seq", BigInteger, nullable=False, default=0),
+    Column("request_id", String(128), nullable=True),
     Column("created_at", Timestamp, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
     UniqueConstraint("tenant_id", "direct_key"),
+    UniqueConstraint("tenant_id", "request_id"),
     Index(None, "tenant_id", "created_at"),
 )
 
@@ -142,4 +144,22 @@ reactions = Table(
     Column("emoji", String(64), nullable=False),
     Column("created_at", Timestamp, nullable=False),
     UniqueConstraint("message_id", "user_id", "emoji"),
+)
+
+# gateway_bridge: the event log, written in the same transaction as each change (an outbox).
+# ``id`` is the log position (the cursor); ``published_at`` is set once the bus has it.
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("event_id", KeelId, nullable=False, unique=True),
+    Column("tenant_id", KeelId, nullable=False),
+    Column("channel_id", KeelId, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("data", Json, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("published_at", Timestamp, nullable=True),
+    Index(None, "tenant_id", "id"),
+    Index(None, "published_at", "id"),
 )

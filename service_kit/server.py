@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -112,6 +112,9 @@ class ServiceSpec:
     default_policy: MethodPolicy
     policies: Mapping[str, MethodPolicy] = field(default_factory=dict)
     uses_database: bool = True
+    #: Run before the server accepts calls (start background work) and after it stopped.
+    on_start: Callable[[], Awaitable[None]] | None = None
+    on_stop: Callable[[], Awaitable[None]] | None = None
 
     def method_policies(self) -> dict[str, MethodPolicy]:
         """Policies keyed by full method path (``/pkg.Service/Method``)."""
@@ -185,6 +188,9 @@ class KeelServer:
                 raise RuntimeError(
                     f"cannot serve metrics on {settings.metrics_addr} (KEEL_METRICS_ADDR): {exc}"
                 ) from exc
+        for spec in self._specs:
+            if spec.on_start is not None:
+                await spec.on_start()
         await self._server.start()
         await self._check_health()
         self._monitor = asyncio.create_task(self._watch_database(), name="health-monitor")
@@ -224,6 +230,9 @@ class KeelServer:
             SERVICE_SERVING.labels(spec.name).set(0)
         log.info("shutting down", extra={"grace_seconds": grace})
         await self._server.stop(grace)
+        for spec in reversed(self._specs):
+            if spec.on_stop is not None:
+                await spec.on_stop()
         if self._metrics is not None:
             self._metrics.close()
 

@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import json
 import uuid
+from datetime import datetime
 from typing import Any
 
 from service_kit.errors import FieldViolation, InvalidArgument
@@ -108,3 +109,19 @@ def decode_page_token(token: str, *, query: str) -> list[Any] | None:
 
 def _fingerprint(query: str) -> str:
     return hashlib.sha256(query.encode()).hexdigest()[:16]
+
+
+def encode_time_position(time: datetime, key: str, *, query: str) -> str:
+    """A page token for lists ordered by (time, key), such as creation time and id."""
+    return encode_page_token([time.isoformat(), key], query=query)
+
+
+def decode_time_position(token: str, *, query: str) -> tuple[datetime, str] | None:
+    """The (time, key) position :func:`encode_time_position` stored; None for no token."""
+    position = decode_page_token(token, query=query)
+    if position is None:
+        return None
+    try:
+        return datetime.fromisoformat(position[0]), str(position[1])
+    except (ValueError, IndexError, TypeError):
+        raise InvalidArgument.for_field("page_token", "is not a token this API returned") from None

@@ -14,8 +14,12 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 
 from service_kit.auth import Credentials, TenantContext, TenantId
-from service_kit.errors import InvalidArgument
-from service_kit.validation import Violations, decode_page_token, encode_page_token, page_size
+from service_kit.validation import (
+    Violations,
+    decode_time_position,
+    encode_time_position,
+    page_size,
+)
 from tenant_service.tenants import Tenant, TenantDirectory
 
 _LIST_QUERY = "tenants.list"
@@ -119,19 +123,11 @@ class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
         self, request: tenants_pb2.ListTenantsRequest, context: grpc.aio.ServicerContext
     ) -> tenants_pb2.ListTenantsResponse:
         limit = page_size(request.page_size)
-        position = decode_page_token(request.page_token, query=_LIST_QUERY)
-        after = None
-        if position is not None:
-            try:
-                after = (datetime.fromisoformat(position[0]), str(position[1]))
-            except (ValueError, IndexError, TypeError):
-                raise InvalidArgument.for_field(
-                    "page_token", "is not a token this API returned"
-                ) from None
+        after = decode_time_position(request.page_token, query=_LIST_QUERY)
         found = await self._directory.list(limit=limit + 1, after=after)
         page, more = found[:limit], len(found) > limit
         token = (
-            encode_page_token([page[-1].create_time.isoformat(), page[-1].id], query=_LIST_QUERY)
+            encode_time_position(page[-1].create_time, page[-1].id, query=_LIST_QUERY)
             if more
             else ""
         )

@@ -98,6 +98,7 @@ def settings_for(database_url: str, tmp_path: Path, **changes: object) -> Settin
         "KEEL_ADMIN_TOKEN": ADMIN_TOKEN,
         "KEEL_SECRET_HASH_COST": "10",
         "KEEL_SHUTDOWN_GRACE_SECONDS": "2",
+        "KEEL_TOKEN_SECRET": "test-client-token-secret-0123456789abcdef",
     }
     return replace(load_settings(env), **changes)  # type: ignore[arg-type]
 

@@ -55,6 +55,7 @@ def cluster_env(database_url: str, data_dir: Path, **changes: str) -> dict[str, 
         DATABASE_URL=database_url,
         REDIS_URL=REDIS_URL,
         KEEL_ADMIN_TOKEN=ADMIN_TOKEN,
+        KEEL_TOKEN_SECRET="test-client-token-secret-0123456789abcdef",
         KEEL_DATA_DIR=str(data_dir),
         KEEL_SECRET_HASH_COST="10",
         PYTHONUNBUFFERED="1",
@@ -129,7 +130,7 @@ def test_tenant_from_the_tenant_service_authenticates_on_the_gateway(cluster: Cl
     client_id = created.tenant.client_id
 
     assert get_channel(cluster.gateway.addr, client_id, created.client_secret) == (
-        grpc.StatusCode.UNIMPLEMENTED  # authenticated; the channel service is not built yet
+        grpc.StatusCode.NOT_FOUND  # authenticated; the channel does not exist
     )
     assert get_channel(cluster.gateway.addr, client_id, "wrong-secret-1234") == (
         grpc.StatusCode.UNAUTHENTICATED
@@ -155,7 +156,7 @@ def test_rotating_on_the_tenant_service_invalidates_the_gateway_cache(cluster: C
     validated_before = validations_answered(cluster.tenant_service)
     for _ in range(3):
         assert get_channel(cluster.gateway.addr, client_id, old_secret) == (
-            grpc.StatusCode.UNIMPLEMENTED
+            grpc.StatusCode.NOT_FOUND
         )
     # The gateway asked the tenant service once, then answered from its cache.
     assert validations_answered(cluster.tenant_service) == validated_before + 1
@@ -176,7 +177,7 @@ def test_rotating_on_the_tenant_service_invalidates_the_gateway_cache(cluster: C
             pytest.fail("the gateway still accepts the old secret 3 s after the rotation")
         time.sleep(0.05)
     assert get_channel(cluster.gateway.addr, client_id, rotated.client_secret) == (
-        grpc.StatusCode.UNIMPLEMENTED
+        grpc.StatusCode.NOT_FOUND
     )
 
 

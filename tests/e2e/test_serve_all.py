@@ -198,10 +198,10 @@ def test_seeded_tenants_get_the_scopes_of_the_seed(serve_all: KeelProcess, tmp_p
     assert "chat:write" in grpcurl_error(denied)["message"]
 
     assert grpcurl_code(call("SendMessage", creds(reddit, "secret123"))) == (
-        grpc.StatusCode.UNIMPLEMENTED
+        grpc.StatusCode.INVALID_ARGUMENT  # authorized; {} is no channel
     )
     assert grpcurl_code(call("GetChannel", creds(twitter, "secret456"))) == (
-        grpc.StatusCode.UNIMPLEMENTED
+        grpc.StatusCode.INVALID_ARGUMENT  # authorized; {} is no channel
     )
     assert grpcurl_code(call("GetChannel", creds(twitter, "secret123"))) == (
         grpc.StatusCode.UNAUTHENTICATED
@@ -216,13 +216,13 @@ def test_seeded_tenants_get_the_scopes_of_the_seed(serve_all: KeelProcess, tmp_p
         return {"authorization": f"Bearer {client_id}:{secret}"}
 
     assert grpcurl_code(call("SendMessage", bearer_header(reddit, "secret123"))) == (
-        grpc.StatusCode.UNIMPLEMENTED
+        grpc.StatusCode.INVALID_ARGUMENT  # authorized; {} is no channel
     )
     assert grpcurl_code(call("SendMessage", bearer_header(twitter, "secret456"))) == (
         grpc.StatusCode.PERMISSION_DENIED
     )
     assert grpcurl_code(call("GetChannel", bearer_header(twitter, "secret456"))) == (
-        grpc.StatusCode.UNIMPLEMENTED
+        grpc.StatusCode.INVALID_ARGUMENT  # authorized; {} is no channel
     )
     assert grpcurl_code(call("GetChannel", bearer_header(twitter, "wrong-secret"))) == (
         grpc.StatusCode.UNAUTHENTICATED
@@ -257,7 +257,7 @@ def test_tenant_rate_limit_answers_resource_exhausted_with_retry_info(
                 errors.append(error)
 
     codes = [e.code() for e in errors]
-    assert codes.count(grpc.StatusCode.UNIMPLEMENTED) >= 1  # the burst passed auth
+    assert codes.count(grpc.StatusCode.NOT_FOUND) >= 1  # the burst passed auth
     exhausted = [e for e in errors if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
     assert exhausted, codes
     retry = [d for d in error_details(exhausted[0]) if isinstance(d, error_details_pb2.RetryInfo)]
@@ -445,7 +445,7 @@ def test_metrics_count_the_methods_called(serve_all: KeelProcess) -> None:
             status_code(
                 lambda: api.channels.GetChannel(get_channel_request(), metadata=creds, timeout=10)
             )
-            == grpc.StatusCode.UNIMPLEMENTED
+            == grpc.StatusCode.NOT_FOUND
         )
 
     samples = metric_samples(fetch_metrics(serve_all.metrics_url), "keel_grpc_server_handled_total")
@@ -454,7 +454,7 @@ def test_metrics_count_the_methods_called(serve_all: KeelProcess) -> None:
         for labels, value in samples
     }
     assert counted.get((TENANTS, "ValidateCredentials", "OK"), 0) >= 1, samples
-    assert counted.get((CHANNELS, "GetChannel", "UNIMPLEMENTED"), 0) >= 1, samples
+    assert counted.get((CHANNELS, "GetChannel", "NOT_FOUND"), 0) >= 1, samples
 
 
 def test_rotated_secret_stops_working_at_once(serve_all: KeelProcess) -> None:
@@ -470,8 +470,8 @@ def test_rotated_secret_stops_working_at_once(serve_all: KeelProcess) -> None:
                 )
             )
 
-        assert get_channel(old_secret) == grpc.StatusCode.UNIMPLEMENTED  # now cached
-        assert get_channel(old_secret) == grpc.StatusCode.UNIMPLEMENTED
+        assert get_channel(old_secret) == grpc.StatusCode.NOT_FOUND  # now cached
+        assert get_channel(old_secret) == grpc.StatusCode.NOT_FOUND
         rotated = api.tenants.RotateSecret(
             tenants_pb2.RotateSecretRequest(id=created.tenant.id),
             metadata=bearer(admin_token(serve_all)),
@@ -479,4 +479,4 @@ def test_rotated_secret_stops_working_at_once(serve_all: KeelProcess) -> None:
         )
 
         assert get_channel(old_secret) == grpc.StatusCode.UNAUTHENTICATED
-        assert get_channel(rotated.client_secret) == grpc.StatusCode.UNIMPLEMENTED
+        assert get_channel(rotated.client_secret) == grpc.StatusCode.NOT_FOUND

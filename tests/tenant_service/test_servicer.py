@@ -206,7 +206,7 @@ async def test_tenant_calls_check_credentials_scope_and_rate(channel: grpc.aio.C
         grpc.StatusCode.PERMISSION_DENIED
     )
     assert await code_of(chat.GetChannel(channels_pb2.GetChannelRequest(), metadata=creds)) == (
-        grpc.StatusCode.UNIMPLEMENTED
+        grpc.StatusCode.INVALID_ARGUMENT  # authorized; an empty id is no channel
     )
     wrong = (("x-client-id", reader.tenant.client_id), ("x-client-secret", "wrong-secret"))
     assert await code_of(chat.GetChannel(channels_pb2.GetChannelRequest(), metadata=wrong)) == (
@@ -237,7 +237,7 @@ async def test_scope_change_applies_at_once_despite_the_cache(channel: grpc.aio.
     send = channels_pb2.SendMessageRequest(channel_id="c", content="hi")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await chat.SendMessage(send, metadata=creds)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED  # authorized and cached
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # authorized and cached
     await stub.UpdateTenant(
         tenants_pb2.UpdateTenantRequest(
             tenant=tenants_pb2.Tenant(id=created.tenant.id, permissions=["chat:read"]),

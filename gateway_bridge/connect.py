@@ -1,0 +1,291 @@
+"""The gateway's side of ``ChannelService.Connect``: one stream per bridge process.
+
+A bridge subscribes *keys* (one per browser connection, chosen by the bridge)
+to channels. The hub keeps, per stream, which channels any key wants, and
+routes every chat event from the bus to each stream that wants its channel —
+once per stream, not once per key: the bridge fans out to its own sockets.
+Each event's response message is built once and shared by all streams.
+
+Subscribing with ``since_seq`` first replays the channel's messages after it
+from the database to that key alone (``subscription_keys`` names it), then
+sends a ``SubscribeResult`` carrying the seq the replay reached. Live events
+of the channel flow from the moment of the subscription, so around the seam
+the bridge may see a message both replayed and live; it keeps the seq order
+and drops repeats by seq.
+
+A stream whose bridge reads too slowly (more than ``max_backlog`` responses
+waiting) is ended with RESOURCE_EXHAUSTED; the bridge reconnects and
+resubscribes from the seqs it delivered, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Final
+
+import grpc
+from keel.channels.v1 import channels_pb2
+
+from gateway_bridge import rules
+from gateway_bridge.convert import timestamp
+from gateway_bridge.events import (
+    CHAT_EVENTS_TOPIC,
+    MESSAGE_CREATED,
+    ChatEvent,
+    message_data,
+)
+from gateway_bridge.models import ChannelId, MessageQuery
+from gateway_bridge.store import SqlChatStore
+from service_kit.bus import EventBus, Subscription
+from service_kit.errors import KeelError, OutOfRange, ResourceExhausted
+from service_kit.validation import Violations, is_uuid
+
+log = logging.getLogger(__name__)
+
+ChannelKey = tuple[str, str]  # (tenant id, channel id)
+
+MAX_REPLAY: Final = 10_000
+_REPLAY_PAGE: Final = 500
+_END: Final = object()
+
+
+class _Stream:
+    """One bridge's Connect stream: its keys, its channels and its outgoing backlog."""
+
+    def __init__(self, max_backlog: int) -> None:
+        self.outbox: asyncio.Queue[object] = asyncio.Queue()
+        self.max_backlog = max_backlog
+        self.keys: dict[str, set[ChannelKey]] = defaultdict(set)
+        self.overflowed = False
+
+    def send(self, item: object) -> None:
+        if self.overflowed:
+            return
+        if self.outbox.qsize() >= self.max_backlog:
+            self.overflowed = True
+            while not self.outbox.empty():
+                self.outbox.get_nowait()
+            self.outbox.put_nowait(_END)
+            return
+        self.outbox.put_nowait(item)
+
+    def wanted(self) -> set[ChannelKey]:
+        return set().union(*self.keys.values()) if self.keys else set()
+
+
+class ConnectHub:
+    """Routes chat events to bridge streams; serves ``Connect``."""
+
+    def __init__(self, store: SqlChatStore, bus: EventBus, *, max_backlog: int = 50_000) -> None:
+        self._store = store
+        self._bus = bus
+        self._max_backlog = max_backlog
+        self._routes: dict[ChannelKey, set[_Stream]] = defaultdict(set)
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        self._subscription = await self._bus.subscribe(CHAT_EVENTS_TOPIC, self._on_event)
+
+    async def close(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.close()
+
+    def _on_event(self, payload: bytes) -> None:
+        event = ChatEvent.decode(payload)
+        streams = self._routes.get((event.tenant_id, event.channel_id))
+        if not streams:
+            return
+        response = channels_pb2.ConnectResponse(event=_event_proto(event))
+        for stream in tuple(streams):
+            stream.send(response)
+
+    def _route(self, stream: _Stream, before: set[ChannelKey]) -> None:
+        after = stream.wanted()
+        for key in after - before:
+            self._routes[key].add(stream)
+        for key in before - after:
+            routes = self._routes.get(key)
+            if routes is not None:
+                routes.discard(stream)
+                if not routes:
+                    del self._routes[key]
+
+    async def serve(
+        self,
+        requests: AsyncIterator[channels_pb2.ConnectRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[channels_pb2.ConnectResponse]:
+        """The Connect stream: read commands in the background, yield responses."""
+        stream = _Stream(self._max_backlog)
+        reader = asyncio.create_task(self._read(stream, requests), name="connect-reader")
+        try:
+            while True:
+                item = await stream.outbox.get()
+                if item is _END:
+                    if stream.overflowed:
+                        raise ResourceExhausted(
+                            "the bridge fell too far behind; reconnect and resubscribe",
+                            retry_after=0.0,
+                        )
+                    return
+                assert isinstance(item, channels_pb2.ConnectResponse)
+                yield item
+        finally:
+            reader.cancel()
+            self._route(stream, stream.wanted())
+            stream.keys.clear()
+            self._route(stream, set())
+
+    async def _read(
+        self, stream: _Stream, requests: AsyncIterator[channels_pb2.ConnectRequest]
+    ) -> None:
+        try:
+            async for request in requests:
+                if request.HasField("subscribe"):
+                    await self._subscribe(stream, request.subscribe)
+                elif request.HasField("unsubscribe"):
+                    self._unsubscribe(stream, request.unsubscribe)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("connect stream reader failed")
+        stream.send(_END)
+
+    def _unsubscribe(self, stream: _Stream, command: channels_pb2.ConnectUnsubscribe) -> None:
+        """Drop the key's subscriptions to ``channel_ids`` (all of them when empty)."""
+        keys = stream.keys.get(command.subscription_key)
+        if keys is None:
+            return
+        before = stream.wanted()
+        dropped = set(command.channel_ids)
+        keys.difference_update({k for k in keys if not dropped or k[1] in dropped})
+        if not keys:
+            del stream.keys[command.subscription_key]
+        self._route(stream, before)
+
+    async def _subscribe(self, stream: _Stream, command: channels_pb2.ConnectSubscribe) -> None:
+        v = Violations()
+        v.text("subscription_key", command.subscription_key, max_length=128)
+        v.uuid("tenant_id", command.tenant_id)
+        for position in command.channels:
+            if not is_uuid(position.channel_id):
+                v.add("channels.channel_id", f"{position.channel_id[:40]!r} is not a valid id")
+        if v.items:
+            for position in command.channels or [channels_pb2.ChannelPosition()]:
+                stream.send(
+                    _result(
+                        command,
+                        position.channel_id,
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "; ".join(f"{i.field}: {i.description}" for i in v.items),
+                    )
+                )
+            return
+        for position in command.channels:
+            await self._subscribe_one(stream, command, position)
+
+    async def _subscribe_one(
+        self,
+        stream: _Stream,
+        command: channels_pb2.ConnectSubscribe,
+        position: channels_pb2.ChannelPosition,
+    ) -> None:
+        tenant_id, channel_id = command.tenant_id, position.channel_id
+        try:
+            channel = await self._store.get_channel(tenant_id, channel_id)
+            member = (
+                await self._store.get_member(tenant_id, channel_id, command.user_id)
+                if command.user_id
+                else None
+            )
+            if command.user_id and not rules.may_read(channel, member):
+                stream.send(
+                    _result(
+                        command,
+                        channel_id,
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"user {command.user_id!r} is not a member of this channel",
+                    )
+                )
+                return
+            before = stream.wanted()
+            stream.keys[command.subscription_key].add((tenant_id, channel_id))
+            self._route(stream, before)
+            last_seq = channel.last_seq
+            if position.HasField("since_seq"):
+                last_seq = await self._replay(stream, command, channel_id, position.since_seq)
+        except KeelError as exc:
+            stream.send(_result(command, channel_id, exc.code, exc.message))
+            return
+        stream.send(_result(command, channel_id, grpc.StatusCode.OK, "", last_seq))
+
+    async def _replay(
+        self, stream: _Stream, command: channels_pb2.ConnectSubscribe, channel_id: str, since: int
+    ) -> int:
+        """Send the messages after ``since`` to the key; return the last seq sent (or reached)."""
+        channel = await self._store.get_channel(command.tenant_id, channel_id)
+        if channel.last_seq - since > MAX_REPLAY:
+            raise OutOfRange(
+                f"{channel.last_seq - since} messages were missed, more than {MAX_REPLAY} can be"
+                " replayed; reload the history with ListMessages and subscribe again"
+            )
+        reached = max(since, 0)
+        while True:
+            page = await self._store.list_messages(
+                command.tenant_id,
+                MessageQuery(
+                    ChannelId(channel_id), limit=_REPLAY_PAGE, newest_first=False, after_seq=reached
+                ),
+            )
+            for message in page:
+                event = channels_pb2.ChannelEvent(
+                    tenant_id=command.tenant_id,
+                    channel_id=channel_id,
+                    seq=message.seq,
+                    event=MESSAGE_CREATED,
+                    data_json=ChatEvent(
+                        0, "", "", "", 0, "", {"message": message_data(message)}, message.created_at
+                    ).data_json(),
+                )
+                stream.send(
+                    channels_pb2.ConnectResponse(
+                        event=event, subscription_keys=[command.subscription_key]
+                    )
+                )
+                reached = message.seq
+            if len(page) < _REPLAY_PAGE:
+                return max(reached, channel.last_seq)
+
+
+def _event_proto(event: ChatEvent) -> channels_pb2.ChannelEvent:
+    return channels_pb2.ChannelEvent(
+        tenant_id=event.tenant_id,
+        channel_id=event.channel_id,
+        seq=event.seq,
+        event=event.name,
+        data_json=event.data_json(),
+        event_id=event.event_id,
+        create_time=timestamp(event.created_at),
+    )
+
+
+def _result(
+    command: channels_pb2.ConnectSubscribe,
+    channel_id: str,
+    code: grpc.StatusCode,
+    message: str,
+    last_seq: int = 0,
+) -> channels_pb2.ConnectResponse:
+    return channels_pb2.ConnectResponse(
+        subscribe_result=channels_pb2.SubscribeResult(
+            subscription_key=command.subscription_key,
+            channel_id=channel_id,
+            code=code.value[0],
+            message=message,
+            last_seq=last_seq,
+        ),
+        subscription_keys=[command.subscription_key],
+    )
