@@ -37,7 +37,7 @@ from gateway_bridge.events import (
     ChatEvent,
     message_data,
 )
-from gateway_bridge.models import ChannelId, MessageQuery
+from gateway_bridge.models import ChannelId, Message, MessageQuery
 from gateway_bridge.store import SqlChatStore
 from service_kit.bus import EventBus, Subscription
 from service_kit.errors import KeelError, OutOfRange, ResourceExhausted
@@ -76,14 +76,40 @@ class _Stream:
         return set().union(*self.keys.values()) if self.keys else set()
 
 
-class ConnectHub:
-    """Routes chat events to bridge streams; serves ``Connect``."""
+class _Order:
+    """Puts one channel's live message events back in seq order.
 
-    def __init__(self, store: SqlChatStore, bus: EventBus, *, max_backlog: int = 50_000) -> None:
+    Gateways publish after commit, and two commits' publishes can cross (two
+    coroutines, or two gateway processes), so events may arrive out of order.
+    An early event waits here for the ones before it; if they do not arrive
+    within ``gap_wait`` seconds they are read from the database instead.
+    """
+
+    __slots__ = ("filling", "next_seq", "pending")
+
+    def __init__(self, next_seq: int) -> None:
+        self.next_seq = next_seq
+        self.pending: dict[int, ChatEvent] = {}
+        self.filling = False
+
+
+class ConnectHub:
+    """Routes chat events to bridge streams, in each channel's seq order; serves ``Connect``."""
+
+    def __init__(
+        self,
+        store: SqlChatStore,
+        bus: EventBus,
+        *,
+        max_backlog: int = 50_000,
+        gap_wait: float = 0.2,
+    ) -> None:
         self._store = store
         self._bus = bus
         self._max_backlog = max_backlog
+        self._gap_wait = gap_wait
         self._routes: dict[ChannelKey, set[_Stream]] = defaultdict(set)
+        self._order: dict[ChannelKey, _Order] = {}
         self._subscription: Subscription | None = None
 
     async def start(self) -> None:
@@ -95,7 +121,57 @@ class ConnectHub:
 
     def _on_event(self, payload: bytes) -> None:
         event = ChatEvent.decode(payload)
-        streams = self._routes.get((event.tenant_id, event.channel_id))
+        key = (event.tenant_id, event.channel_id)
+        if key not in self._routes:
+            return
+        order = self._order.get(key)
+        if event.name != MESSAGE_CREATED or order is None:
+            self._emit(key, event)
+            return
+        if event.seq < order.next_seq or event.seq in order.pending:
+            return  # a repeat (the event log publishes at least once)
+        order.pending[event.seq] = event
+        self._release(key, order)
+        if order.pending and not order.filling:
+            order.filling = True
+            asyncio.get_running_loop().create_task(self._fill_gap(key, order))
+
+    def _release(self, key: ChannelKey, order: _Order) -> None:
+        while order.next_seq in order.pending:
+            self._emit(key, order.pending.pop(order.next_seq))
+            order.next_seq += 1
+
+    async def _fill_gap(self, key: ChannelKey, order: _Order) -> None:
+        """Wait for the missing events; read from the database those that never come."""
+        try:
+            await asyncio.sleep(self._gap_wait)
+            while order.pending and self._order.get(key) is order:
+                missing_until = min(order.pending)
+                found = await self._store.list_messages(
+                    key[0],
+                    MessageQuery(
+                        ChannelId(key[1]),
+                        limit=min(missing_until - order.next_seq, _REPLAY_PAGE),
+                        newest_first=False,
+                        after_seq=order.next_seq - 1,
+                    ),
+                )
+                for message in found:
+                    if message.seq >= order.next_seq and message.seq not in order.pending:
+                        order.pending[message.seq] = _replayed_event(key[0], message)
+                if not found:
+                    order.next_seq = missing_until  # nothing stored in between: skip ahead
+                self._release(key, order)
+        except KeelError:
+            log.warning("could not fill a gap in a channel's events", exc_info=True)
+            if order.pending:
+                order.next_seq = min(order.pending)
+                self._release(key, order)
+        finally:
+            order.filling = False
+
+    def _emit(self, key: ChannelKey, event: ChatEvent) -> None:
+        streams = self._routes.get(key)
         if not streams:
             return
         response = channels_pb2.ConnectResponse(event=_event_proto(event))
@@ -112,6 +188,12 @@ class ConnectHub:
                 routes.discard(stream)
                 if not routes:
                     del self._routes[key]
+                    self._order.pop(key, None)
+
+    def _follow(self, key: ChannelKey, last_seq: int) -> None:
+        """Start ordering a channel's live events after ``last_seq`` (read before routing)."""
+        if key not in self._order:
+            self._order[key] = _Order(last_seq + 1)
 
     async def serve(
         self,
@@ -214,6 +296,7 @@ class ConnectHub:
             before = stream.wanted()
             stream.keys[command.subscription_key].add((tenant_id, channel_id))
             self._route(stream, before)
+            self._follow((tenant_id, channel_id), channel.last_seq)
             last_seq = channel.last_seq
             if position.HasField("since_seq"):
                 last_seq = await self._replay(stream, command, channel_id, position.since_seq)
@@ -241,23 +324,29 @@ class ConnectHub:
                 ),
             )
             for message in page:
-                event = channels_pb2.ChannelEvent(
-                    tenant_id=command.tenant_id,
-                    channel_id=channel_id,
-                    seq=message.seq,
-                    event=MESSAGE_CREATED,
-                    data_json=ChatEvent(
-                        0, "", "", "", 0, "", {"message": message_data(message)}, message.created_at
-                    ).data_json(),
-                )
                 stream.send(
                     channels_pb2.ConnectResponse(
-                        event=event, subscription_keys=[command.subscription_key]
+                        event=_event_proto(_replayed_event(command.tenant_id, message)),
+                        subscription_keys=[command.subscription_key],
                     )
                 )
                 reached = message.seq
             if len(page) < _REPLAY_PAGE:
                 return max(reached, channel.last_seq)
+
+
+def _replayed_event(tenant_id: str, message: Message) -> ChatEvent:
+    """A message read back from the database, as the ``message:created`` event it had."""
+    return ChatEvent(
+        cursor=0,
+        event_id="",
+        tenant_id=tenant_id,
+        channel_id=message.channel_id,
+        seq=message.seq,
+        name=MESSAGE_CREATED,
+        data={"message": message_data(message)},
+        created_at=message.created_at,
+    )
 
 
 def _event_proto(event: ChatEvent) -> channels_pb2.ChannelEvent:

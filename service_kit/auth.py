@@ -18,7 +18,7 @@ import hmac
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NewType, Protocol
 
@@ -138,6 +138,14 @@ class CredentialValidator(Protocol):
         ...
 
 
+class TenantLookup(Protocol):
+    """Finds a tenant by id (for trusted callers that act for a tenant)."""
+
+    async def lookup(self, tenant_id: str) -> TenantContext:
+        """The tenant; raises ``NotFound`` when there is none."""
+        ...
+
+
 class Authenticator:
     """Validates credentials once, then answers from a cache for ``ttl`` seconds.
 
@@ -149,11 +157,13 @@ class Authenticator:
         self,
         validator: CredentialValidator,
         *,
+        lookup: TenantLookup | None = None,
         ttl: float = 300.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._validator = validator
+        self._lookup = lookup
         self._ttl = ttl
         self._max_entries = max_entries
         self._clock = clock
@@ -171,28 +181,43 @@ class Authenticator:
 
     async def authenticate(self, credentials: Credentials) -> TenantContext:
         """The caller's tenant; see :meth:`CredentialValidator.validate` for errors."""
-        key = self._cache_key(credentials)
+        return await self._cached(
+            self._cache_key(credentials), lambda: self._validator.validate(credentials)
+        )
+
+    async def tenant_by_id(self, tenant_id: str) -> TenantContext:
+        """The tenant with ``tenant_id``, for trusted callers acting for it (the bridge).
+
+        Raises ``NotFound`` for an unknown tenant, ``Unavailable`` when it cannot tell.
+        """
+        if self._lookup is None:
+            raise Unauthenticated("acting for a tenant is not possible in this process")
+        lookup = self._lookup
+        return await self._cached(b"id:" + tenant_id.encode(), lambda: lookup.lookup(tenant_id))
+
+    async def _cached(
+        self, key: bytes, load: Callable[[], Awaitable[TenantContext]]
+    ) -> TenantContext:
         cached = self._cache.get(key)
         if cached is not None and cached[0] > self._clock():
             return cached[1]
         pending = self._pending.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[TenantContext] = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
-        generation = self._generation
-        try:
-            tenant = await self._validator.validate(credentials)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: the waiters, if any, re-raise it
-            raise
-        finally:
-            del self._pending[key]
-        future.set_result(tenant)
-        if generation == self._generation:
-            self._remember(key, tenant)
-        return tenant
+        if pending is None:
+            # The load runs in a task of its own: a caller that gives up (its deadline
+            # passed) cancels only its wait, never the others'.
+            pending = asyncio.ensure_future(load())
+            self._pending[key] = pending
+            generation = self._generation
+
+            def settle(task: asyncio.Future[TenantContext]) -> None:
+                self._pending.pop(key, None)
+                if task.cancelled() or task.exception() is not None:
+                    return
+                if generation == self._generation:
+                    self._remember(key, task.result())
+
+            pending.add_done_callback(settle)
+        return await asyncio.shield(pending)
 
     def _remember(self, key: bytes, tenant: TenantContext) -> None:
         if self._ttl <= 0:

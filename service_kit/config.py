@@ -39,6 +39,23 @@ class Address:
 
 
 @dataclass(frozen=True, slots=True)
+class BridgeSettings:
+    """Limits of the WebSocket bridge (``KEEL_WS_*``)."""
+
+    max_frame_bytes: int = 64 * 1024
+    max_subscriptions: int = 100
+    messages_per_second: float = 20.0
+    burst: int = 40
+    max_connections_per_tenant: int = 10_000
+    max_connections_per_user: int = 20
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    handshake_timeout: float = 10.0
+    send_buffer_bytes: int = 1024 * 1024
+    compression: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a Keel process is configured with (see the README's table)."""
 
@@ -60,6 +77,7 @@ class Settings:
     token_secret: str | None
     token_secret_previous: str | None
     max_message_bytes: int
+    bridge: BridgeSettings
 
     @property
     def is_sqlite(self) -> bool:
@@ -175,6 +193,27 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         token_secret=env.get("KEEL_TOKEN_SECRET") or None,
         token_secret_previous=env.get("KEEL_TOKEN_SECRET_PREVIOUS") or None,
         max_message_bytes=get("KEEL_MAX_MESSAGE_BYTES", 65536, _number(int, 1, 4 * 1024 * 1024)),
+        bridge=BridgeSettings(
+            max_frame_bytes=get("KEEL_WS_MAX_FRAME_BYTES", 65536, _number(int, 256, 16 << 20)),
+            max_subscriptions=get("KEEL_WS_MAX_SUBSCRIPTIONS", 100, _number(int, 1, 100_000)),
+            messages_per_second=get(
+                "KEEL_WS_MESSAGES_PER_SECOND", 20.0, _number(float, 0.1, 100_000)
+            ),
+            burst=get("KEEL_WS_BURST", 40, _number(int, 1, 1_000_000)),
+            max_connections_per_tenant=get(
+                "KEEL_WS_MAX_CONNECTIONS_PER_TENANT", 10_000, _number(int, 1, 10_000_000)
+            ),
+            max_connections_per_user=get(
+                "KEEL_WS_MAX_CONNECTIONS_PER_USER", 20, _number(int, 1, 100_000)
+            ),
+            ping_interval=get("KEEL_WS_PING_INTERVAL", 20.0, _number(float, 1, 3600)),
+            ping_timeout=get("KEEL_WS_PING_TIMEOUT", 20.0, _number(float, 1, 3600)),
+            handshake_timeout=get("KEEL_WS_HANDSHAKE_TIMEOUT", 10.0, _number(float, 0.1, 600)),
+            send_buffer_bytes=get(
+                "KEEL_WS_SEND_BUFFER_BYTES", 1 << 20, _number(int, 4096, 1 << 30)
+            ),
+            compression=get("KEEL_WS_COMPRESSION", False, _parse_bool),
+        ),
     )
     if settings.admin_token is not None and len(settings.admin_token) < 16:
         problems.append("KEEL_ADMIN_TOKEN: must be at least 16 characters long")

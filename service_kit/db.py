@@ -32,6 +32,8 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Any constant works; it only has to be the same in every Keel process.
 _MIGRATION_LOCK_KEY = 0x6B65656C
 _WRITE_OPTION = "keel_write"
+# OperationalError texts that mean "try again" (lost connection, lock, timeout), not a bug.
+_TRANSIENT = ("locked", "connect", "closed", "terminat", "timeout", "timed out", "shutdown")
 
 
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -44,7 +46,7 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -67,7 +69,13 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        hide_parameters=True,  # never log message contents or secret hashes
+    )
 
 
 @asynccontextmanager
@@ -131,6 +139,9 @@ def database_unavailable(exc: BaseException) -> Unavailable | None:
     """The :class:`Unavailable` error for a failure that means "the database cannot be
     reached (or is locked) right now", so callers retry; None for any other failure."""
     lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
-    if lost or isinstance(exc, OperationalError | InterfaceError | PoolTimeout | ConnectionError):
+    transient = isinstance(exc, OperationalError) and any(
+        word in str(exc.orig).lower() for word in _TRANSIENT
+    )
+    if lost or transient or isinstance(exc, InterfaceError | PoolTimeout | ConnectionError):
         return Unavailable("the database is unavailable right now; retry shortly", retry_after=1.0)
     return None

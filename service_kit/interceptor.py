@@ -55,6 +55,9 @@ class MethodPolicy:
     scope: str | None = None
 
 
+#: Metadata with which an operator-token caller acts for one tenant (used by the bridge).
+ACTING_FOR_TENANT = "x-keel-tenant-id"
+
 PUBLIC = MethodPolicy("public")
 ADMIN = MethodPolicy("admin")
 
@@ -207,7 +210,13 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return
         if self._authenticator is None:
             raise Unauthenticated("tenant authentication is not configured in this process")
-        tenant = await self._authenticator.authenticate(credentials_from_metadata(metadata))
+        acting_for = metadata.get(ACTING_FOR_TENANT)
+        if acting_for:
+            # A trusted Keel process (the bridge) calls for a tenant with the operator token.
+            self._check_admin(metadata)
+            tenant = await self._authenticator.tenant_by_id(acting_for)
+        else:
+            tenant = await self._authenticator.authenticate(credentials_from_metadata(metadata))
         rpc.tenant = tenant
         if policy.scope is not None:
             require_scope(tenant, policy.scope)

@@ -17,20 +17,40 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
+from redis.asyncio import Redis
 
 from file_service import server as file_server
 from gateway_bridge import server as gateway_server
+from gateway_bridge.bridge import Bridge
+from gateway_bridge.presence import InMemoryPresence, RedisPresence
+from gateway_bridge.tokens import ClientTokens
 from notification_service import server as notification_server
 from service_kit.auth import Authenticator, CredentialValidator, TenantId
+from service_kit.bus import EventBus
 from service_kit.config import ConfigError, Settings
-from service_kit.server import KeelServer, Runtime, ServiceSpec, open_runtime, wait_for_stop_signal
-from service_kit.tenant_client import GrpcCredentialValidator
+from service_kit.metrics import serve_metrics
+from service_kit.server import (
+    KeelServer,
+    Runtime,
+    ServiceSpec,
+    open_bus,
+    open_runtime,
+    wait_for_stop_signal,
+)
+from service_kit.tenant_client import GrpcCredentialValidator, GrpcTenantLookup
 from tenant_service import server as tenant_server
 from tenant_service.tenants import ALL_SCOPES, Tenant, TenantDirectory
 
 log = logging.getLogger("keel.process")
 
-PROCESSES = ("all", "tenant-service", "gateway", "notification-service", "file-service")
+PROCESSES = (
+    "all",
+    "tenant-service",
+    "gateway",
+    "bridge",
+    "notification-service",
+    "file-service",
+)
 
 
 def embedded_secrets(settings: Settings) -> Settings:
@@ -56,6 +76,9 @@ async def serve(process: str, settings: Settings, *, ready: asyncio.Event | None
         settings = embedded_secrets(settings)
     else:
         _check_cluster_settings(process, settings)
+    if process == "bridge":
+        await _serve_bridge(settings, ready)
+        return
     runtime = await open_runtime(settings)
     specs: list[ServiceSpec] = []
     validator: CredentialValidator | None = None
@@ -74,23 +97,93 @@ async def serve(process: str, settings: Settings, *, ready: asyncio.Event | None
     if validator is None:
         assert settings.tenant_service_addr is not None
         channel = grpc.aio.insecure_channel(settings.tenant_service_addr)
-        validator = GrpcCredentialValidator(channel)
-    authenticator = Authenticator(validator, ttl=settings.auth_cache_seconds)
+        authenticator = _remote_authenticator(settings, channel)
+    else:
+        authenticator = Authenticator(validator, lookup=directory, ttl=settings.auth_cache_seconds)
     await authenticator.follow_changes(runtime.bus)
     server = KeelServer(runtime, specs, authenticator=authenticator)
+    bridge: Bridge | None = None
     try:
         await server.start()
         if process == "all":
-            await _welcome(runtime, server, directory)
+            host = settings.grpc_addr.host
+            local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            bridge = await _start_bridge(
+                settings, runtime.bus, runtime.redis, authenticator, f"{local}:{server.port}"
+            )
+            await _welcome(runtime, server, directory, bridge)
         if ready is not None:
             ready.set()
         await wait_for_stop_signal()
+        if bridge is not None:
+            await bridge.stop()
         await server.stop(settings.shutdown_grace_seconds)
     finally:
         await authenticator.close()
         if channel is not None:
             await channel.close()
         await runtime.close()
+
+
+def _remote_authenticator(settings: Settings, channel: grpc.aio.Channel) -> Authenticator:
+    """Credentials and tenant lookups through a tenant-service process."""
+    lookup = GrpcTenantLookup(channel, settings.admin_token) if settings.admin_token else None
+    return Authenticator(
+        GrpcCredentialValidator(channel), lookup=lookup, ttl=settings.auth_cache_seconds
+    )
+
+
+async def _start_bridge(
+    settings: Settings,
+    bus: EventBus,
+    redis: Redis | None,
+    authenticator: Authenticator,
+    gateway_addr: str,
+) -> Bridge:
+    assert settings.token_secret is not None and settings.admin_token is not None
+    bridge = Bridge(
+        settings=settings.bridge,
+        tokens=ClientTokens(settings.token_secret, previous=settings.token_secret_previous),
+        tenants=authenticator,
+        gateway=grpc.aio.insecure_channel(gateway_addr),
+        admin_token=settings.admin_token,
+        bus=bus,
+        presence=RedisPresence(redis) if redis is not None else InMemoryPresence(),
+    )
+    try:
+        await bridge.start(settings.ws_addr.host, settings.ws_addr.port)
+    except OSError as exc:
+        raise RuntimeError(f"cannot listen on {settings.ws_addr} (KEEL_WS_ADDR): {exc}") from exc
+    return bridge
+
+
+async def _serve_bridge(settings: Settings, ready: asyncio.Event | None) -> None:
+    """``keel serve bridge``: WebSockets in front of a gateway; no database of its own."""
+    assert settings.tenant_service_addr is not None and settings.gateway_addr is not None
+    bus, redis = await open_bus(settings)
+    channel = grpc.aio.insecure_channel(settings.tenant_service_addr)
+    authenticator = _remote_authenticator(settings, channel)
+    await authenticator.follow_changes(bus)
+    metrics = (
+        serve_metrics(settings.metrics_addr.host, settings.metrics_addr.port)
+        if settings.metrics_addr is not None
+        else None
+    )
+    bridge = await _start_bridge(settings, bus, redis, authenticator, settings.gateway_addr)
+    try:
+        print(f"Keel bridge on ws://{settings.ws_addr.host}:{bridge.port}/ws", flush=True)
+        if ready is not None:
+            ready.set()
+        await wait_for_stop_signal()
+    finally:
+        await bridge.stop()
+        if metrics is not None:
+            metrics.close()
+        await authenticator.close()
+        await channel.close()
+        await bus.close()
+        if redis is not None:
+            await redis.aclose()
 
 
 def _check_cluster_settings(process: str, settings: Settings) -> None:
@@ -100,16 +193,27 @@ def _check_cluster_settings(process: str, settings: Settings) -> None:
             f"KEEL_TENANT_SERVICE_ADDR: required by `keel serve {process}` (HOST:PORT of a"
             " tenant-service process), so it can validate tenant credentials"
         )
-    if process == "gateway" and not settings.token_secret:
+    if process in ("gateway", "bridge") and not settings.token_secret:
         problems.append(
-            "KEEL_TOKEN_SECRET: required by `keel serve gateway` (at least 32 characters,"
-            " the same in every gateway and bridge) to sign browser client tokens"
+            f"KEEL_TOKEN_SECRET: required by `keel serve {process}` (at least 32 characters,"
+            " the same in every gateway and bridge) to sign and check browser client tokens"
+        )
+    if process == "bridge" and not settings.gateway_addr:
+        problems.append(
+            "KEEL_GATEWAY_ADDR: required by `keel serve bridge` (HOST:PORT of a gateway)"
+        )
+    if process == "bridge" and not settings.admin_token:
+        problems.append(
+            "KEEL_ADMIN_TOKEN: required by `keel serve bridge` (the gateways' and tenant"
+            " service's operator token) for its stream to the gateway"
         )
     if problems:
         raise ConfigError(problems)
 
 
-async def _welcome(runtime: Runtime, server: KeelServer, directory: TenantDirectory | None) -> None:
+async def _welcome(
+    runtime: Runtime, server: KeelServer, directory: TenantDirectory | None, bridge: Bridge
+) -> None:
     """Print how to reach this embedded Keel; on a first start, create the demo tenant."""
     settings = runtime.settings
     addr = f"{settings.grpc_addr.host}:{server.port}"
@@ -117,9 +221,11 @@ async def _welcome(runtime: Runtime, server: KeelServer, directory: TenantDirect
     if settings.metrics_addr is not None and server.metrics_port is not None:
         metrics_host = settings.metrics_addr.host
         lines.append(f"  metrics   http://{metrics_host}:{server.metrics_port}/metrics")
-    lines.append(
-        f"  operator  token in {settings.data_dir / 'admin-token'} (if KEEL_ADMIN_TOKEN is unset)"
-    )
+    ws = f"{settings.ws_addr.host}:{bridge.port}"
+    lines += [
+        f"  browsers  ws://{ws}/ws   (demo: http://{ws}/demo, client: http://{ws}/keel.js)",
+        f"  operator  token in {settings.data_dir / 'admin-token'} (if KEEL_ADMIN_TOKEN is unset)",
+    ]
     demo_file = settings.data_dir / "demo-tenant.json"
     assert directory is not None
     if settings.demo_tenant and await directory.count() == 0:

@@ -6,11 +6,15 @@ Redis (one atomic Lua script per check) so a limit holds across processes.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 
 class RateLimiter(Protocol):
@@ -73,7 +77,12 @@ class RedisRateLimiter:
         self._script = client.register_script(_TOKEN_BUCKET_LUA)
 
     async def acquire(self, key: str, rate: float, burst: int, *, consume: bool = True) -> float:
-        result = await self._script(
-            keys=[f"keel:rl:{key}"], args=[rate, burst, 1 if consume else 0]
-        )
+        try:
+            result = await self._script(
+                keys=[f"keel:rl:{key}"], args=[rate, burst, 1 if consume else 0]
+            )
+        except (RedisError, OSError):
+            # Fail open: a Redis outage must not turn every call away.
+            log.warning("rate limiter unavailable; letting the request through")
+            return 0.0
         return float(result)

@@ -74,16 +74,29 @@ async def open_runtime(settings: Settings, *, wait_for_database: float = 30.0) -
         log.warning("waiting for the database", extra={"database": engine.url.render_as_string()})
         await asyncio.sleep(1.0)
     await db.migrate(engine)
-    if settings.redis_url:
-        redis = Redis.from_url(settings.redis_url)
-        try:
-            await _wait_for_redis(redis, deadline)
-        except RuntimeError:
-            await redis.aclose()
-            await engine.dispose()
-            raise
-        return Runtime(settings, engine, RedisEventBus(redis), RedisRateLimiter(redis), redis)
-    return Runtime(settings, engine, InProcessEventBus(), InMemoryRateLimiter())
+    try:
+        bus, redis = await open_bus(
+            settings, wait=max(0.0, deadline - asyncio.get_running_loop().time())
+        )
+    except RuntimeError:
+        await engine.dispose()
+        raise
+    limiter: RateLimiter = RedisRateLimiter(redis) if redis is not None else InMemoryRateLimiter()
+    return Runtime(settings, engine, bus, limiter, redis)
+
+
+async def open_bus(settings: Settings, *, wait: float = 30.0) -> tuple[EventBus, Redis | None]:
+    """The bus: Redis pub/sub when ``REDIS_URL`` is set (waiting up to ``wait`` s for it),
+    else in-process. Raises ``RuntimeError`` naming REDIS_URL when Redis stays unreachable."""
+    if not settings.redis_url:
+        return InProcessEventBus(), None
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        await _wait_for_redis(redis, asyncio.get_running_loop().time() + wait)
+    except RuntimeError:
+        await redis.aclose()
+        raise
+    return RedisEventBus(redis), redis
 
 
 async def _wait_for_redis(redis: Redis, deadline: float) -> None:

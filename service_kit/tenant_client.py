@@ -9,20 +9,22 @@ from grpc_status import rpc_status
 from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 
 from service_kit.auth import Credentials, TenantContext, TenantId
-from service_kit.errors import ResourceExhausted, Unauthenticated, Unavailable
+from service_kit.errors import NotFound, ResourceExhausted, Unauthenticated, Unavailable
 
 
-def tenant_context_from_proto(response: tenants_pb2.ValidateCredentialsResponse) -> TenantContext:
-    """The :class:`TenantContext` a ``ValidateCredentialsResponse`` describes."""
+def tenant_context_from_proto(
+    message: tenants_pb2.ValidateCredentialsResponse | tenants_pb2.Tenant, tenant_id: str
+) -> TenantContext:
+    """The :class:`TenantContext` a ``ValidateCredentialsResponse`` or ``Tenant`` describes."""
     return TenantContext(
-        tenant_id=TenantId(response.tenant_id),
-        name=response.name,
-        permissions=frozenset(response.permissions),
-        rate_limit_rps=response.rate_limits.requests_per_second,
-        rate_limit_burst=response.rate_limits.burst,
-        allowed_origins=tuple(response.allowed_origins),
-        require_origin=response.require_origin,
-        metadata=json_format.MessageToDict(response.metadata),
+        tenant_id=TenantId(tenant_id),
+        name=message.name,
+        permissions=frozenset(message.permissions),
+        rate_limit_rps=message.rate_limits.requests_per_second,
+        rate_limit_burst=message.rate_limits.burst,
+        allowed_origins=tuple(message.allowed_origins),
+        require_origin=message.require_origin,
+        metadata=json_format.MessageToDict(message.metadata),
     )
 
 
@@ -41,7 +43,7 @@ class GrpcCredentialValidator:
             response = await self._stub.ValidateCredentials(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
-        return tenant_context_from_proto(response)
+        return tenant_context_from_proto(response, response.tenant_id)
 
 
 # Answers that mean "these credentials are no good", not "the tenant service is down".
@@ -53,6 +55,33 @@ _REFUSALS = frozenset(
         grpc.StatusCode.PERMISSION_DENIED,
     }
 )
+
+
+class GrpcTenantLookup:
+    """Finds tenants by id through a remote ``TenantService.GetTenant`` (operator token)."""
+
+    def __init__(
+        self, channel: grpc.aio.Channel, admin_token: str, *, timeout: float = 5.0
+    ) -> None:
+        self._stub = tenants_pb2_grpc.TenantServiceStub(channel)
+        self._metadata = (("authorization", f"Bearer {admin_token}"),)
+        self._timeout = timeout
+
+    async def lookup(self, tenant_id: str) -> TenantContext:
+        try:
+            response = await self._stub.GetTenant(
+                tenants_pb2.GetTenantRequest(id=tenant_id),
+                metadata=self._metadata,
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise NotFound(f"tenant {tenant_id!r} not found") from exc
+            raise Unavailable(
+                f"the tenant service could not look up a tenant ({exc.code().name})",
+                retry_after=1.0,
+            ) from exc
+        return tenant_context_from_proto(response.tenant, response.tenant.id)
 
 
 def _translate(exc: grpc.aio.AioRpcError) -> Exception:

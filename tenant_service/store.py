@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -29,8 +30,11 @@ class TenantStore(Protocol):
 
     async def list(self, *, limit: int, after: tuple[datetime, str] | None) -> list[Tenant]: ...
 
-    async def update(self, tenant: Tenant) -> bool:
-        """Overwrite the stored tenant's fields; False when it does not exist."""
+    async def update(
+        self, tenant_id: str, values: dict[str, Any], update_time: datetime
+    ) -> Tenant | None:
+        """Set only the given fields (by ``Tenant`` attribute name); the tenant after the
+        change, or None when it does not exist. Other fields keep concurrent changes."""
         ...
 
     async def set_secret(
@@ -81,17 +85,25 @@ class SqlTenantStore:
             rows = (await conn.execute(query)).all()
         return [_from_row(row._mapping) for row in rows]
 
-    async def update(self, tenant: Tenant) -> bool:
-        values = _to_row(tenant)
-        del values["id"], values["client_id"], values["create_time"]
+    async def update(
+        self, tenant_id: str, values: dict[str, Any], update_time: datetime
+    ) -> Tenant | None:
+        row = {_COLUMN_OF.get(k, k): _column_value(v) for k, v in values.items()}
         try:
             async with self._engine.begin() as conn:
                 result = await conn.execute(
-                    update(tenants).where(tenants.c.id == tenant.id).values(values)
+                    update(tenants)
+                    .where(tenants.c.id == tenant_id)
+                    .values(**row, update_time=update_time)
                 )
+                if result.rowcount != 1:
+                    return None
+                stored = (
+                    await conn.execute(select(tenants).where(tenants.c.id == tenant_id))
+                ).one()
         except IntegrityError as exc:
-            raise _conflict(str(exc.orig), tenant, None) from exc
-        return result.rowcount == 1
+            raise TenantConflict(f"a tenant named {values.get('name')!r} exists") from exc
+        return _from_row(stored._mapping)
 
     async def set_secret(
         self, tenant_id: str, secret_hash: str, rotate_time: datetime
@@ -117,6 +129,18 @@ class SqlTenantStore:
     async def count(self) -> int:
         async with self._engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(tenants))).scalar_one())
+
+
+# Tenant attributes whose column has another key.
+_COLUMN_OF = {"metadata": "metadata_"}
+
+
+def _column_value(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
 
 
 def _to_row(tenant: Tenant) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,8 @@ from tenant_service.errors import (
 
 if TYPE_CHECKING:
     from tenant_service.store import TenantStore
+
+log = logging.getLogger(__name__)
 
 MAX_NAME = 200
 MAX_CLIENT_ID = 128
@@ -236,7 +239,6 @@ class TenantDirectory:
                 + (f" (unknown: {', '.join(sorted(unknown))})" if unknown else "")
             )
         check_tenant(changes, fields=fields)
-        current = await self.get(tenant_id)
         values: dict[str, Any] = {}
         for name in fields:
             if name == "rate_limits":
@@ -244,8 +246,8 @@ class TenantDirectory:
                 values["rate_limit_burst"] = changes.rate_limit_burst
             else:
                 values[name] = getattr(changes, name)
-        updated = replace(current, **values, update_time=self._clock())
-        if not await self._store.update(updated):
+        updated = await self._store.update(tenant_id, values, self._clock())
+        if updated is None:
             raise TenantNotFound(tenant_id)
         await self._announce(tenant_id)
         return updated
@@ -297,11 +299,20 @@ class TenantDirectory:
             self._dummy_hash = await self._hash(creds.DUMMY_HASH_SECRET)
         return self._dummy_hash
 
+    async def lookup(self, tenant_id: str) -> TenantContext:
+        """The tenant's context by id (the ``TenantLookup`` role); raises ``TenantNotFound``."""
+        return (await self.get(tenant_id)).context()
+
     async def count(self) -> int:
         return await self._store.count()
 
     async def _announce(self, tenant_id: str) -> None:
-        await self._bus.publish(TENANT_CHANGED_TOPIC, tenant_id.encode())
+        """Tell caches to forget the tenant. Best effort: the change is already committed,
+        and caches expire on their own (KEEL_AUTH_CACHE_SECONDS)."""
+        try:
+            await self._bus.publish(TENANT_CHANGED_TOPIC, tenant_id.encode())
+        except Exception:
+            log.warning("could not announce a tenant change", exc_info=True)
 
 
 def tenant_from_seed(entry: Mapping[str, Any]) -> tuple[Tenant, str]:

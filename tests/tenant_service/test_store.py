@@ -67,19 +67,18 @@ async def test_unique_fields_conflict_and_store_nothing(engine: AsyncEngine, fie
     assert await store.get(second.id) is None
 
 
-async def test_update_changes_fields_but_not_identity(engine: AsyncEngine) -> None:
+async def test_update_changes_only_the_given_fields(engine: AsyncEngine) -> None:
     store = SqlTenantStore(engine)
     tenant = make_tenant()
     await store.insert(tenant, "h", None)
-    changed = replace(
-        tenant,
-        permissions=("chat:read",),
-        metadata={},
-        update_time=tenant.update_time + timedelta(1),
-    )
-    assert await store.update(changed)
-    assert await store.get(tenant.id) == changed
-    assert not await store.update(make_tenant())
+    later = tenant.update_time + timedelta(1)
+    # Two administrators change different fields; neither change is lost.
+    await store.update(tenant.id, {"permissions": ("chat:read",)}, later)
+    updated = await store.update(tenant.id, {"metadata": {}}, later)
+    expected = replace(tenant, permissions=("chat:read",), metadata={}, update_time=later)
+    assert updated == expected
+    assert await store.get(tenant.id) == expected
+    assert await store.update(new_id(), {"name": "nobody"}, later) is None
 
 
 async def test_set_secret_replaces_the_hash(engine: AsyncEngine) -> None:

@@ -1,0 +1,161 @@
+"""Who is online in each channel, across every bridge process.
+
+A bridge reports a user present in a channel when the user's first local
+connection goes live there, and absent when the last one leaves. The
+:class:`Presence` store answers whether that made the user come online (or go
+offline) *across all bridges*, which is when ``presence:online`` /
+``presence:offline`` events are sent.
+
+In one process (:class:`InMemoryPresence`) that is a counter. With Redis
+(:class:`RedisPresence`) each (user, bridge) entry carries an expiry that the
+bridge's heartbeat renews; entries of a bridge that died expire, and the next
+sweep by any bridge reports those users offline.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+#: (tenant id, channel id, user id)
+Presence3 = tuple[str, str, str]
+
+
+class Presence(Protocol):
+    async def join(self, tenant_id: str, channel_id: str, user_id: str) -> bool:
+        """Note the user present through this bridge; True if that brought them online."""
+        ...
+
+    async def leave(self, tenant_id: str, channel_id: str, user_id: str) -> bool:
+        """Note the user gone from this bridge; True if that took them offline."""
+        ...
+
+    async def online(self, tenant_id: str, channel_id: str) -> list[str]:
+        """The users online in the channel, sorted."""
+        ...
+
+    async def heartbeat(self, present: list[Presence3]) -> list[Presence3]:
+        """Renew this bridge's entries; return users whose entries expired (now offline)."""
+        ...
+
+
+class InMemoryPresence:
+    """Presence for a single bridge process."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+
+    async def join(self, tenant_id: str, channel_id: str, user_id: str) -> bool:
+        users = self._counts[(tenant_id, channel_id)]
+        users[user_id] = users.get(user_id, 0) + 1
+        return users[user_id] == 1
+
+    async def leave(self, tenant_id: str, channel_id: str, user_id: str) -> bool:
+        users = self._counts.get((tenant_id, channel_id), {})
+        if user_id not in users:
+            return False
+        users[user_id] -= 1
+        if users[user_id] > 0:
+            return False
+        del users[user_id]
+        if not users:
+            del self._counts[(tenant_id, channel_id)]
+        return True
+
+    async def online(self, tenant_id: str, channel_id: str) -> list[str]:
+        return sorted(self._counts.get((tenant_id, channel_id), {}))
+
+    async def heartbeat(self, present: list[Presence3]) -> list[Presence3]:
+        return []
+
+
+_JOIN = """
+if redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) == 1 then
+  redis.call('SADD', KEYS[3], ARGV[4])
+  if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then return 1 end
+end
+return 0
+"""
+
+_LEAVE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then
+    redis.call('HDEL', KEYS[2], ARGV[2])
+    return 1
+  end
+end
+return 0
+"""
+
+_SEPARATOR = "\x1f"
+
+
+class RedisPresence:
+    """Presence shared by every bridge through Redis (see the module docstring)."""
+
+    def __init__(self, client: Redis, *, ttl: float = 30.0, bridge_id: str | None = None) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._bridge = bridge_id or uuid.uuid4().hex
+        self._join = client.register_script(_JOIN)
+        self._leave = client.register_script(_LEAVE)
+        self._index = "keel:presence:channels"
+
+    @staticmethod
+    def _keys(tenant_id: str, channel_id: str) -> tuple[str, str]:
+        base = f"keel:presence:{tenant_id}:{channel_id}"
+        return base + ":entries", base + ":users"
+
+    def _member(self, user_id: str) -> str:
+        return f"{user_id}{_SEPARATOR}{self._bridge}"
+
+    async def join(self, tenant_id: str, channel_id: str, user_id: str) -> bool:
+        entries, users = self._keys(tenant_id, channel_id)
+        expiry = time.time() + self._ttl
+        result = await self._join(
+            keys=[entries, users, self._index],
+            args=[self._member(user_id), user_id, expiry, f"{tenant_id}:{channel_id}"],
+        )
+        return int(result) == 1
+
+    async def leave(self, tenant_id: str, channel_id: str, user_id: str) -> bool:
+        entries, users = self._keys(tenant_id, channel_id)
+        result = await self._leave(keys=[entries, users], args=[self._member(user_id), user_id])
+        return int(result) == 1
+
+    async def online(self, tenant_id: str, channel_id: str) -> list[str]:
+        _, users = self._keys(tenant_id, channel_id)
+        return sorted(_text(u) for u in await self._client.hkeys(users))
+
+    async def heartbeat(self, present: list[Presence3]) -> list[Presence3]:
+        expiry = time.time() + self._ttl
+        async with self._client.pipeline(transaction=False) as pipe:
+            for tenant_id, channel_id, user_id in present:
+                entries, _ = self._keys(tenant_id, channel_id)
+                pipe.zadd(entries, {self._member(user_id): expiry}, xx=True)
+            await pipe.execute()
+        return await self._sweep()
+
+    async def _sweep(self) -> list[Presence3]:
+        """Remove expired entries (of dead bridges); report users that went offline."""
+        gone: list[Presence3] = []
+        now = time.time()
+        for raw in await self._client.smembers(self._index):
+            tenant_id, _, channel_id = _text(raw).partition(":")
+            entries, users = self._keys(tenant_id, channel_id)
+            expired = await self._client.zrangebyscore(entries, "-inf", now)
+            for member in map(_text, expired):
+                user_id = member.partition(_SEPARATOR)[0]
+                if int(await self._leave(keys=[entries, users], args=[member, user_id])) == 1:
+                    gone.append((tenant_id, channel_id, user_id))
+            if not await self._client.exists(entries):
+                await self._client.srem(self._index, raw)
+        return gone
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

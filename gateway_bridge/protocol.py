@@ -1,0 +1,337 @@
+"""The bridge's WebSocket protocol ``keel.v1``, without any I/O.
+
+Everything here takes text and returns values: :func:`parse_frame` turns a
+client frame into a :class:`Command` (or raises :class:`FrameError` with the
+error code to send back); :class:`Session` holds one connection's
+subscriptions and decides, for each event, whether and when it is delivered —
+the replay-then-live seam, seq de-duplication, the per-connection rate limit;
+the ``*_frame`` functions build server frames; :func:`encode_text_frame` makes
+the bytes of one unmasked WebSocket text frame, once, for every subscriber.
+``docs/protocol.md`` is the specification; this module is its implementation.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+PROTOCOL: Final = "keel.v1"
+
+
+class CloseCode(enum.IntEnum):
+    """Close codes the bridge uses (documented in docs/protocol.md)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    MESSAGE_TOO_BIG = 1009
+    SERVER_RESTART = 1012
+    BAD_TOKEN = 4001
+    TOKEN_EXPIRED = 4002
+    ORIGIN_REFUSED = 4003
+    AUTH_TIMEOUT = 4004
+    TOO_MANY_CONNECTIONS = 4005
+    SLOW_CONSUMER = 4008
+    RATE_LIMITED = 4009
+
+
+class ErrorCode(enum.StrEnum):
+    """The ``code`` of an ``error`` frame."""
+
+    BAD_FRAME = "bad_frame"  # not JSON, not an object, unknown type, missing or wrong fields
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    PERMISSION_DENIED = "permission_denied"
+    FAILED_PRECONDITION = "failed_precondition"
+    OUT_OF_RANGE = "out_of_range"
+    RATE_LIMITED = "rate_limited"
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+    NOT_SUBSCRIBED = "not_subscribed"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+class FrameError(Exception):
+    """A client frame the bridge refuses; ``frame_id`` is echoed when it could be read."""
+
+    def __init__(self, code: ErrorCode, message: str, frame_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.frame_id = frame_id
+
+
+# -- client frames -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A valid client frame: its ``type``, ``id`` (echoed by the reply) and fields."""
+
+    type: str
+    id: Any
+    channel_id: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+_STR, _INT, _OPT_STR, _OPT_INT = "str", "int", "str?", "int?"
+
+#: Each client frame type and its fields (``?`` = optional).
+FRAME_FIELDS: Final[dict[str, dict[str, str]]] = {
+    "auth": {"token": _STR},
+    "subscribe": {"channel_id": _STR, "since_seq": _OPT_INT},
+    "unsubscribe": {"channel_id": _STR},
+    "send": {
+        "channel_id": _STR,
+        "content": _STR,
+        "message_type": _OPT_STR,
+        "reply_to": _OPT_STR,
+        "client_msg_id": _OPT_STR,
+    },
+    "edit": {"channel_id": _STR, "message_id": _STR, "content": _STR},
+    "delete": {"channel_id": _STR, "message_id": _STR},
+    "react": {"channel_id": _STR, "message_id": _STR, "emoji": _STR},
+    "unreact": {"channel_id": _STR, "message_id": _STR, "emoji": _STR},
+    "typing": {"channel_id": _STR},
+    "read": {"channel_id": _STR, "seq": _INT},
+    "presence": {"channel_id": _STR},
+    "ping": {},
+}
+
+
+def parse_frame(text: str | bytes) -> Command:
+    """The :class:`Command` a client frame asks for; raises :class:`FrameError` otherwise."""
+    if isinstance(text, bytes):
+        raise FrameError(
+            ErrorCode.BAD_FRAME, "binary frames are not part of keel.v1; send JSON text"
+        )
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise FrameError(ErrorCode.BAD_FRAME, "the frame is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise FrameError(ErrorCode.BAD_FRAME, 'a frame is a JSON object with a "type"')
+    frame_id = raw.get("id")
+    if frame_id is not None and not isinstance(frame_id, str | int):
+        raise FrameError(ErrorCode.BAD_FRAME, '"id" must be a string or a number')
+    kind = raw.get("type")
+    spec = FRAME_FIELDS.get(kind) if isinstance(kind, str) else None
+    if spec is None:
+        raise FrameError(
+            ErrorCode.BAD_FRAME,
+            f"unknown frame type {str(kind)[:40]!r}; expected one of {', '.join(FRAME_FIELDS)}",
+            frame_id,
+        )
+    values: dict[str, Any] = {}
+    for name, kind_of in spec.items():
+        value = raw.get(name)
+        optional = kind_of.endswith("?")
+        if value is None:
+            if not optional:
+                raise FrameError(ErrorCode.BAD_FRAME, f'{kind}: "{name}" is required', frame_id)
+            continue
+        wants_int = kind_of.startswith("int")
+        if wants_int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise FrameError(
+                ErrorCode.BAD_FRAME, f'{kind}: "{name}" must be a whole number ≥ 0', frame_id
+            )
+        if not wants_int and not isinstance(value, str):
+            raise FrameError(ErrorCode.BAD_FRAME, f'{kind}: "{name}" must be a string', frame_id)
+        values[name] = value
+    channel_id = values.pop("channel_id", "")
+    return Command(str(kind), frame_id, channel_id, values)
+
+
+# -- server frames -------------------------------------------------------------------------
+
+
+def _dump(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def ack_frame(frame_id: Any, result: dict[str, Any] | None = None) -> str:
+    return _dump({"type": "ack", "id": frame_id, **({"result": result} if result else {})})
+
+
+def error_frame(code: ErrorCode | str, message: str, frame_id: Any = None) -> str:
+    frame: dict[str, Any] = {"type": "error", "code": str(code), "message": message}
+    if frame_id is not None:
+        frame["id"] = frame_id
+    return _dump(frame)
+
+
+def welcome_frame(connection_id: str, user_id: str, tenant_id: str) -> str:
+    return _dump(
+        {
+            "type": "welcome",
+            "protocol": PROTOCOL,
+            "connection_id": connection_id,
+            "user_id": user_id,
+            "tenant_id": tenant_id,
+        }
+    )
+
+
+def event_frame(event: str, channel_id: str, seq: int, data_json: str, event_id: str = "") -> str:
+    """An ``event`` frame, from data already encoded as JSON (so it is encoded once)."""
+    return (
+        '{"type":"event","event":'
+        + json.dumps(event)
+        + ',"channel_id":'
+        + json.dumps(channel_id)
+        + ',"seq":'
+        + str(int(seq))
+        + ',"event_id":'
+        + json.dumps(event_id)
+        + ',"data":'
+        + data_json
+        + "}"
+    )
+
+
+def presence_frame(channel_id: str, users: list[str], frame_id: Any = None) -> str:
+    frame: dict[str, Any] = {"type": "presence", "channel_id": channel_id, "users": users}
+    if frame_id is not None:
+        frame["id"] = frame_id
+    return _dump(frame)
+
+
+def typing_frame(channel_id: str, user_id: str) -> str:
+    return _dump({"type": "typing", "channel_id": channel_id, "user_id": user_id})
+
+
+def pong_frame(frame_id: Any) -> str:
+    return _dump({"type": "pong", "id": frame_id})
+
+
+def encode_text_frame(payload: bytes) -> bytes:
+    """One unmasked, final WebSocket text frame carrying ``payload`` (RFC 6455 §5.2)."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x81, length))
+    elif length < 1 << 16:
+        header = bytes((0x81, 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + length.to_bytes(8, "big")
+    return header + payload
+
+
+# -- one connection's state ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """Per-connection limits."""
+
+    max_subscriptions: int = 100
+    messages_per_second: float = 20.0
+    burst: int = 40
+    #: Frames refused for rate in a row before the connection is closed (RATE_LIMITED).
+    flood_tolerance: int = 50
+
+
+@dataclass(slots=True)
+class Subscription:
+    """One channel a connection follows: ``live`` once its replay is over."""
+
+    channel_id: str
+    last_seq: int = 0
+    live: bool = False
+    frame_id: Any = None
+    held: list[tuple[str, int, bytes]] = field(default_factory=list)
+
+
+MESSAGE_CREATED: Final = "message:created"
+
+
+class Session:
+    """A connection's subscriptions and rate budget; decides what it is sent, in what order.
+
+    Live events arrive for a channel while its replay is still running; they
+    are held and released after the replay, skipping those the replay already
+    delivered (``message:created`` events are de-duplicated by seq).
+    """
+
+    def __init__(
+        self, limits: SessionLimits, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limits = limits
+        self.subscriptions: dict[str, Subscription] = {}
+        self._clock = clock
+        self._tokens = float(limits.burst)
+        self._refilled = clock()
+        self._refused_in_a_row = 0
+
+    def admit(self) -> bool:
+        """Take one frame from the rate budget; False when over it (the caller then
+        answers ``rate_limited``, or closes the connection once :attr:`flooding`)."""
+        now = self._clock()
+        rate = self.limits.messages_per_second
+        self._tokens = min(float(self.limits.burst), self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self._refused_in_a_row = 0
+            return True
+        self._refused_in_a_row += 1
+        return False
+
+    @property
+    def flooding(self) -> bool:
+        return self._refused_in_a_row >= self.limits.flood_tolerance
+
+    def start(self, command: Command) -> Subscription:
+        """Begin following ``command.channel_id``; raises FrameError past the limit."""
+        if command.channel_id in self.subscriptions:
+            sub = self.subscriptions[command.channel_id]
+            sub.frame_id = command.id
+            return sub
+        if len(self.subscriptions) >= self.limits.max_subscriptions:
+            raise FrameError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self.limits.max_subscriptions} subscriptions per connection",
+                command.id,
+            )
+        since = command.fields.get("since_seq")
+        sub = Subscription(command.channel_id, last_seq=since or 0, frame_id=command.id)
+        self.subscriptions[command.channel_id] = sub
+        return sub
+
+    def stop(self, channel_id: str) -> bool:
+        return self.subscriptions.pop(channel_id, None) is not None
+
+    def replayed(self, channel_id: str, seq: int) -> bool:
+        """Whether a replayed message with ``seq`` is new for this connection (then noted)."""
+        sub = self.subscriptions.get(channel_id)
+        if sub is None or seq <= sub.last_seq:
+            return False
+        sub.last_seq = seq
+        return True
+
+    def hold(self, channel_id: str, name: str, seq: int, frame: bytes) -> bool:
+        """Keep a live event for a channel still replaying; False if not subscribed/replaying."""
+        sub = self.subscriptions.get(channel_id)
+        if sub is None or sub.live:
+            return False
+        sub.held.append((name, seq, frame))
+        return True
+
+    def go_live(self, channel_id: str, last_seq: int) -> list[bytes]:
+        """End the replay at ``last_seq``: the held frames still to send, in order."""
+        sub = self.subscriptions.get(channel_id)
+        if sub is None:
+            return []
+        sub.last_seq = max(sub.last_seq, last_seq)
+        release = []
+        for name, seq, frame in sub.held:
+            if name == MESSAGE_CREATED:
+                if seq <= sub.last_seq:
+                    continue
+                sub.last_seq = seq
+            release.append(frame)
+        sub.held.clear()
+        sub.live = True
+        return release
