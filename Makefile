@@ -26,21 +26,21 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# protoc writing Python, .pyi stubs and typed gRPC stubs into the directory $(1).
+protoc = $(PY) -m grpc_tools.protoc -Iprotos \
+	--python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1) \
+	--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=$(1) \
+	$(PROTOS)
+
 ## gen: regenerate gen/ from protos/ (never edit gen/ by hand).
 gen: $(VENV)/.installed
 	rm -rf gen/keel
-	$(PY) -m grpc_tools.protoc -Iprotos \
-		--python_out=gen --pyi_out=gen --grpc_python_out=gen \
-		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=gen \
-		$(PROTOS)
+	$(call protoc,gen)
 
 ## check-gen: fail when gen/ differs from what `make gen` would write.
 check-gen: $(VENV)/.installed
 	@rm -rf .gen-check && mkdir -p .gen-check
-	@$(PY) -m grpc_tools.protoc -Iprotos \
-		--python_out=.gen-check --pyi_out=.gen-check --grpc_python_out=.gen-check \
-		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=.gen-check \
-		$(PROTOS)
+	@$(call protoc,.gen-check)
 	@if diff -r -x __pycache__ .gen-check/keel gen/keel >/dev/null; then \
 		rm -rf .gen-check; echo "gen/ is up to date"; \
 	else \

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 STATIC: Final = Path(__file__).with_name("static")
 EPHEMERAL_TOPIC: Final = "bridge.ephemeral"
+_ENDS_SUBSCRIPTIONS: Final = frozenset({"user:left", "channel:deleted"})
 
 CONNECTIONS = Gauge("keel_bridge_connections", "Open WebSocket connections.")
 DELIVERIES = MetricCounter("keel_bridge_deliveries_total", "Event frames written to sockets.")
@@ -125,7 +126,7 @@ class Bridge:
         tokens: ClientTokens,
         tenants: Authenticator,
         gateway: grpc.aio.Channel,
-        admin_token: str,
+        peer_token: str,
         bus: EventBus,
         presence: Presence,
         presence_ttl: float = 30.0,
@@ -143,7 +144,7 @@ class Bridge:
         )
         self.link = GatewayLink(
             gateway,
-            admin_token,
+            peer_token,
             on_response=self._on_gateway,
             resubscriptions=self._resubscriptions,
         )
@@ -636,6 +637,24 @@ class Bridge:
             transport.write(frame)
             delivered += 1
         DELIVERIES.inc(delivered)
+        if event.event in _ENDS_SUBSCRIPTIONS:
+            self._end_subscriptions(room, event)
+
+    def _end_subscriptions(self, room: Room, event: channels_pb2.ChannelEvent) -> None:
+        """After ``user:left`` the user's connections stop following the channel (it may
+        be private now); after ``channel:deleted`` everyone's do."""
+        leaving = json.loads(event.data_json).get("user_id") if event.event == "user:left" else None
+        for conn in list(room.live | room.joining):
+            if leaving is None or conn.user_id == leaving:
+                self._leave_room(conn, room.channel_id)
+                conn.session.stop(room.channel_id)
+                self.link.send(
+                    channels_pb2.ConnectRequest(
+                        unsubscribe=channels_pb2.ConnectUnsubscribe(
+                            subscription_key=conn.key, channel_ids=[room.channel_id]
+                        )
+                    )
+                )
 
     def _write(self, conn: Conn, frame: bytes) -> None:
         if conn.closed or conn.ws.state is not State.OPEN:
@@ -760,7 +779,7 @@ class Bridge:
             text = p.typing_frame(message["channel_id"], message["user_id"])
             skip = message.get("origin", "")
         else:
-            data = json.dumps({"user_id": message["user_id"]})
+            data = json.dumps({"user_id": message["user_id"]}, separators=(",", ":"))
             text = p.event_frame(message["event"], message["channel_id"], 0, data)
             skip = None
         frame = p.encode_text_frame(text.encode())

@@ -140,7 +140,7 @@ class ChatService:
         request_id: str,
     ) -> Channel:
         v = Violations()
-        v.text("name", name, max_length=MAX_NAME)
+        v.text("name", name, max_length=MAX_NAME, required=type is not ChannelType.DIRECT)
         check_metadata(v, "metadata", metadata)
         check_user_id(v, "created_by", created_by, required=False)
         v.check(
@@ -199,7 +199,7 @@ class ChatService:
     ) -> Channel:
         v = Violations()
         unknown = set(fields) - {"name", "metadata"}
-        v.check(bool(fields), "update_mask", "name name and/or metadata")
+        v.check(bool(fields), "update_mask", "list the fields to change: name and/or metadata")
         v.check(not unknown, "update_mask", f"cannot change: {', '.join(sorted(unknown))}")
         if "name" in fields:
             v.text("channel.name", name, max_length=MAX_NAME)

@@ -40,7 +40,7 @@ from gateway_bridge.events import (
 from gateway_bridge.models import ChannelId, Message, MessageQuery
 from gateway_bridge.store import SqlChatStore
 from service_kit.bus import EventBus, Subscription
-from service_kit.errors import KeelError, OutOfRange, ResourceExhausted
+from service_kit.errors import KeelError, OutOfRange, ResourceExhausted, Unavailable
 from service_kit.validation import Violations, is_uuid
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class _Stream:
         self.max_backlog = max_backlog
         self.keys: dict[str, set[ChannelKey]] = defaultdict(set)
         self.overflowed = False
+        self.restarting = False
 
     def send(self, item: object) -> None:
         if self.overflowed:
@@ -71,6 +72,10 @@ class _Stream:
             self.outbox.put_nowait(_END)
             return
         self.outbox.put_nowait(item)
+
+    def restart(self) -> None:
+        self.restarting = True
+        self.outbox.put_nowait(_END)
 
     def wanted(self) -> set[ChannelKey]:
         return set().union(*self.keys.values()) if self.keys else set()
@@ -114,6 +119,14 @@ class ConnectHub:
 
     async def start(self) -> None:
         self._subscription = await self._bus.subscribe(CHAT_EVENTS_TOPIC, self._on_event)
+        self._bus.on_reconnect(self._restart_streams)
+
+    def _restart_streams(self) -> None:
+        """The bus was down and events may be missing: end every stream with UNAVAILABLE,
+        so each bridge reconnects and resubscribes from the seqs it delivered."""
+        self._order.clear()
+        for stream in {s for streams in self._routes.values() for s in streams}:
+            stream.restart()
 
     async def close(self) -> None:
         if self._subscription is not None:
@@ -207,6 +220,11 @@ class ConnectHub:
             while True:
                 item = await stream.outbox.get()
                 if item is _END:
+                    if stream.restarting:
+                        raise Unavailable(
+                            "the gateway's event bus reconnected; resubscribe to catch up",
+                            retry_after=0.0,
+                        )
                     if stream.overflowed:
                         raise ResourceExhausted(
                             "the bridge fell too far behind; reconnect and resubscribe",
@@ -217,9 +235,9 @@ class ConnectHub:
                 yield item
         finally:
             reader.cancel()
-            self._route(stream, stream.wanted())
+            before = stream.wanted()
             stream.keys.clear()
-            self._route(stream, set())
+            self._route(stream, before)
 
     async def _read(
         self, stream: _Stream, requests: AsyncIterator[channels_pb2.ConnectRequest]
@@ -301,6 +319,13 @@ class ConnectHub:
             if position.HasField("since_seq"):
                 last_seq = await self._replay(stream, command, channel_id, position.since_seq)
         except KeelError as exc:
+            keys = stream.keys.get(command.subscription_key)
+            if keys is not None and (tenant_id, channel_id) in keys:
+                before = stream.wanted()
+                keys.discard((tenant_id, channel_id))
+                if not keys:
+                    del stream.keys[command.subscription_key]
+                self._route(stream, before)
             stream.send(_result(command, channel_id, exc.code, exc.message))
             return
         stream.send(_result(command, channel_id, grpc.StatusCode.OK, "", last_seq))

@@ -28,14 +28,14 @@ class GatewayLink:
     def __init__(
         self,
         channel: grpc.aio.Channel,
-        admin_token: str,
+        peer_token: str,
         *,
         on_response: Callable[[channels_pb2.ConnectResponse], None],
         resubscriptions: Callable[[], Iterable[channels_pb2.ConnectRequest]],
         call_timeout: float = 10.0,
     ) -> None:
         self.stub = channels_pb2_grpc.ChannelServiceStub(channel)
-        self._admin = ("authorization", f"Bearer {admin_token}")
+        self._auth = ("authorization", f"Bearer {peer_token}")
         self._on_response = on_response
         self._resubscriptions = resubscriptions
         self._call_timeout = call_timeout
@@ -52,7 +52,7 @@ class GatewayLink:
 
     def acting_for(self, tenant_id: str) -> tuple[tuple[str, str], ...]:
         """Metadata for a unary call made for ``tenant_id``."""
-        return (self._admin, (ACTING_FOR_TENANT, tenant_id))
+        return (self._auth, (ACTING_FOR_TENANT, tenant_id))
 
     async def call(self, method: str, request: Any, tenant_id: str) -> Any:
         """Call ``ChannelService.<method>`` for the tenant; raises ``grpc.aio.AioRpcError``."""
@@ -63,7 +63,7 @@ class GatewayLink:
     async def _run(self) -> None:
         backoff = 0.1
         while True:
-            call = self.stub.Connect(metadata=(self._admin,))
+            call = self.stub.Connect(metadata=(self._auth,))
             writer: asyncio.Task[None] | None = None
             try:
                 # What was queued for the old stream is covered by the resubscriptions.

@@ -18,7 +18,7 @@ from gateway_bridge.relay import EventRelay
 from gateway_bridge.servicer import ChannelServicer
 from gateway_bridge.store import SqlChatStore
 from gateway_bridge.tokens import ClientTokens
-from service_kit.interceptor import ADMIN, tenant_scope
+from service_kit.interceptor import PEER, tenant_scope
 from service_kit.server import Runtime, ServiceSpec, unimplemented_spec
 
 CHANNEL_SERVICE = "keel.channels.v1.ChannelService"
@@ -73,7 +73,7 @@ def build(runtime: Runtime) -> list[ServiceSpec]:
             register=register,
             default_policy=WRITE,
             # Connect carries many tenants' subscriptions for one bridge process.
-            policies={**dict.fromkeys(_CHANNEL_READS, READ), "Connect": ADMIN},
+            policies={**dict.fromkeys(_CHANNEL_READS, READ), "Connect": PEER},
             on_start=start,
             on_stop=stop,
         ),

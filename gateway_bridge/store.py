@@ -574,6 +574,7 @@ class SqlChatStore:
                 .values(content=content, edited=True, updated_at=now)
             )
             message = replace(message, content=content, edited=True, updated_at=now)
+            message = (await _with_reactions(conn, [message]))[0]
             recorded = await self._record(
                 conn, tenant_id, [ev.message_event(ev.MESSAGE_UPDATED, message)]
             )

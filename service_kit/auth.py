@@ -239,6 +239,13 @@ class Authenticator:
         self._subscription = await bus.subscribe(
             TENANT_CHANGED_TOPIC, lambda payload: self.forget_tenant(payload.decode())
         )
+        # Announcements may have been missed while the bus was down: forget everything.
+        bus.on_reconnect(self.forget_all)
+
+    def forget_all(self) -> None:
+        """Drop every cached entry."""
+        self._generation += 1
+        self._cache.clear()
 
     async def close(self) -> None:
         if self._subscription is not None:

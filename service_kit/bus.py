@@ -35,6 +35,8 @@ class EventBus(Protocol):
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription: ...
 
+    def on_reconnect(self, listener: Callable[[], None]) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -51,6 +53,19 @@ class _HandlerTable:
 
     def __init__(self) -> None:
         self.handlers: dict[str, list[Handler]] = defaultdict(list)
+        self._reconnect_listeners: list[Callable[[], None]] = []
+
+    def on_reconnect(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever the bus reconnects after an outage (payloads may have
+        been missed meanwhile: consumers should catch up from the database)."""
+        self._reconnect_listeners.append(listener)
+
+    def announce_reconnect(self) -> None:
+        for listener in tuple(self._reconnect_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("bus reconnect listener failed")
 
     def dispatch(self, topic: str, payload: bytes) -> None:
         for handler in tuple(self.handlers.get(topic, ())):
@@ -89,8 +104,9 @@ class RedisEventBus(_HandlerTable):
     """Redis pub/sub: every process subscribed to a topic receives each payload once.
 
     One connection listens for all topics of this process; when it breaks it
-    reconnects with backoff and subscribes again (payloads published meanwhile
-    are missed, which is why consumers resume from the database).
+    reconnects with backoff, subscribes again and tells the ``on_reconnect``
+    listeners, because payloads published meanwhile are missed: consumers then
+    catch up from the database.
     """
 
     def __init__(self, client: Redis, *, prefix: str = "keel:") -> None:
@@ -99,7 +115,6 @@ class RedisEventBus(_HandlerTable):
         self._prefix = prefix
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._reader: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
 
     async def publish(self, topic: str, payload: bytes) -> None:
         await self._client.publish(self._prefix + topic, payload)
@@ -122,15 +137,27 @@ class RedisEventBus(_HandlerTable):
     async def _read(self) -> None:
         backoff = 0.1
         prefix_len = len(self._prefix)
+        broken = False
         while True:
             try:
+                if broken:
+                    await self._resubscribe()
+                    broken = False
+                    log.info("redis bus reconnected")
+                    self.announce_reconnect()
                 message = await self._pubsub.get_message(timeout=1.0)
                 backoff = 0.1
-            except (RedisError, OSError) as exc:
-                log.warning("redis bus connection lost; reconnecting", extra={"error": str(exc)})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Any failure (connection lost, pubsub without connection) means: reconnect.
+                if not broken:
+                    log.warning(
+                        "redis bus connection lost; reconnecting", extra={"error": str(exc)}
+                    )
+                broken = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-                await self._resubscribe()
                 continue
             if message is None or message.get("type") != "message":
                 continue
@@ -139,13 +166,14 @@ class RedisEventBus(_HandlerTable):
             self.dispatch(topic, message["data"])
 
     async def _resubscribe(self) -> None:
+        """A fresh pubsub connection subscribed to every topic; raises while Redis is down."""
         try:
-            await self._pubsub.reset()
-            self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            if self.handlers:
-                await self._pubsub.subscribe(*(self._prefix + t for t in self.handlers))
-        except (RedisError, OSError):
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        except Exception:
             pass
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        if self.handlers:
+            await self._pubsub.subscribe(*(self._prefix + t for t in self.handlers))
 
     async def close(self) -> None:
         if self._reader is not None:

@@ -66,6 +66,7 @@ class Settings:
     metrics_addr: Address | None
     ws_addr: Address
     admin_token: str | None
+    peer_token: str | None
     tenant_service_addr: str | None
     gateway_addr: str | None
     log_level: str
@@ -180,6 +181,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         metrics_addr=metrics_addr,
         ws_addr=get("KEEL_WS_ADDR", Address("127.0.0.1", 8080), parse_address),
         admin_token=env.get("KEEL_ADMIN_TOKEN") or None,
+        peer_token=env.get("KEEL_PEER_TOKEN") or None,
         tenant_service_addr=get("KEEL_TENANT_SERVICE_ADDR", None, _peer_address),
         gateway_addr=get("KEEL_GATEWAY_ADDR", None, _peer_address),
         log_level=get("KEEL_LOG_LEVEL", "INFO", _log_level),
@@ -215,8 +217,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             compression=get("KEEL_WS_COMPRESSION", False, _parse_bool),
         ),
     )
-    if settings.admin_token is not None and len(settings.admin_token) < 16:
-        problems.append("KEEL_ADMIN_TOKEN: must be at least 16 characters long")
+    for name, token in (
+        ("KEEL_ADMIN_TOKEN", settings.admin_token),
+        ("KEEL_PEER_TOKEN", settings.peer_token),
+    ):
+        if token is not None and len(token) < 16:
+            problems.append(f"{name}: must be at least 16 characters long")
     for name, secret in (
         ("KEEL_TOKEN_SECRET", settings.token_secret),
         ("KEEL_TOKEN_SECRET_PREVIOUS", settings.token_secret_previous),

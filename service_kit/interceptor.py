@@ -41,7 +41,7 @@ from service_kit.errors import (
     to_rpc_status,
 )
 from service_kit.logs import request_id_var
-from service_kit.metrics import RPC_HANDLED, RPC_IN_FLIGHT, RPC_LATENCY
+from service_kit.metrics import RPC_HANDLED, RPC_IN_FLIGHT, RPC_LATENCY, STREAM_DURATION
 from service_kit.ratelimit import RateLimiter
 
 log = logging.getLogger("keel.rpc")
@@ -51,7 +51,7 @@ log = logging.getLogger("keel.rpc")
 class MethodPolicy:
     """Who may call a method: anyone, the operator, or a tenant holding ``scope``."""
 
-    kind: Literal["public", "admin", "tenant"]
+    kind: Literal["public", "admin", "peer", "tenant"]
     scope: str | None = None
 
 
@@ -60,6 +60,8 @@ ACTING_FOR_TENANT = "x-keel-tenant-id"
 
 PUBLIC = MethodPolicy("public")
 ADMIN = MethodPolicy("admin")
+#: Keel's own processes (the bridge): the peer token (KEEL_PEER_TOKEN) or the operator token.
+PEER = MethodPolicy("peer")
 
 
 def tenant_scope(scope: str) -> MethodPolicy:
@@ -85,11 +87,13 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         authenticator: Authenticator | None,
         rate_limiter: RateLimiter,
         admin_token: str | None,
+        peer_token: str | None = None,
     ) -> None:
         self._policies = policies
         self._authenticator = authenticator
         self._rate_limiter = rate_limiter
         self._admin_token = admin_token
+        self._peer_token = peer_token
 
     async def intercept_service(
         self,
@@ -129,8 +133,12 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         inner_stream = handler.unary_stream or handler.stream_stream
 
         async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with rpc(service, name, policy, context):
-                async for item in inner_stream(request, context):
+            async with rpc(service, name, policy, context, streaming=True):
+                produced = inner_stream(request, context)
+                if inspect.isawaitable(produced):  # a handler that writes with context.write
+                    await produced
+                    return
+                async for item in produced:
                     yield item
 
         make = (
@@ -142,7 +150,13 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     @asynccontextmanager
     async def _rpc(
-        self, service: str, name: str, policy: MethodPolicy, context: grpc.aio.ServicerContext
+        self,
+        service: str,
+        name: str,
+        policy: MethodPolicy,
+        context: grpc.aio.ServicerContext,
+        *,
+        streaming: bool = False,
     ) -> AsyncIterator[None]:
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
         request_id = _request_id(metadata)
@@ -185,7 +199,7 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             elapsed = time.perf_counter() - started
             RPC_IN_FLIGHT.labels(service).dec()
             RPC_HANDLED.labels(service, name, rpc.code.name).inc()
-            RPC_LATENCY.labels(service, name).observe(elapsed)
+            (STREAM_DURATION if streaming else RPC_LATENCY).labels(service, name).observe(elapsed)
             log.info(
                 "rpc",
                 extra={
@@ -208,12 +222,15 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if policy.kind == "admin":
             self._check_admin(metadata)
             return
+        if policy.kind == "peer":
+            self._check_peer(metadata)
+            return
         if self._authenticator is None:
             raise Unauthenticated("tenant authentication is not configured in this process")
         acting_for = metadata.get(ACTING_FOR_TENANT)
         if acting_for:
-            # A trusted Keel process (the bridge) calls for a tenant with the operator token.
-            self._check_admin(metadata)
+            # A trusted Keel process (the bridge) calls for a tenant with the peer token.
+            self._check_peer(metadata)
             tenant = await self._authenticator.tenant_by_id(acting_for)
         else:
             tenant = await self._authenticator.authenticate(credentials_from_metadata(metadata))
@@ -232,6 +249,14 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     retry_after=wait,
                 )
 
+    def _check_peer(self, metadata: Mapping[str, str]) -> None:
+        """Accept the peer token (the bridge's) or the operator token."""
+        token = bearer_token(metadata)
+        if token is not None and self._peer_token is not None:
+            if hmac.compare_digest(token.encode(), self._peer_token.encode()):
+                return
+        self._check_admin(metadata)
+
     def _check_admin(self, metadata: Mapping[str, str]) -> None:
         if self._admin_token is None:
             raise PermissionDenied(
@@ -241,7 +266,7 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         token = bearer_token(metadata)
         if token is None:
             raise Unauthenticated(
-                "tenant administration needs the operator token:"
+                "this call needs the operator token:"
                 " send metadata authorization: Bearer <KEEL_ADMIN_TOKEN>"
             )
         if not hmac.compare_digest(token.encode(), self._admin_token.encode()):

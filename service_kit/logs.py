@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import json
 import logging
+import queue
 import sys
 import time
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -37,15 +40,46 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
         return json.dumps(entry, default=str)
 
 
+class _Handoff(QueueHandler):
+    """Hands records to the writer thread; keeps what only this thread knows (the
+    request id) and the exception text, and leaves the JSON encoding to the writer."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        request_id = request_id_var.get()
+        if request_id and "request_id" not in record.__dict__:
+            record.request_id = request_id
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        record.msg, record.args = record.getMessage(), None
+        return record
+
+
+_listener: QueueListener | None = None
+
+
 def configure_logging(level: str) -> None:
-    """Send every logger's records to stderr as JSON lines at ``level``."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    """Send every logger's records to stderr as JSON lines at ``level``.
+
+    Records are encoded and written by a background thread, so a slow stderr
+    never stalls the event loop (an access log line is written per RPC).
+    """
+    global _listener
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(JsonFormatter())
+    if _listener is not None:
+        _listener.stop()
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = QueueListener(records, writer)
+    _listener.start()
+    atexit.register(_listener.stop)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_Handoff(records)]
     root.setLevel(level)
     for noisy in ("aiosqlite", "asyncio", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

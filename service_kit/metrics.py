@@ -19,6 +19,12 @@ RPC_LATENCY = Histogram(
     ["grpc_service", "grpc_method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+STREAM_DURATION = Histogram(
+    "keel_grpc_server_stream_seconds",
+    "How long server-streaming and bidirectional RPCs stay open, by service and method.",
+    ["grpc_service", "grpc_method"],
+    buckets=(0.1, 1, 10, 60, 600, 3600, 21600, 86400),
+)
 RPC_IN_FLIGHT = Gauge(
     "keel_grpc_server_in_flight", "RPCs being served now, by service.", ["grpc_service"]
 )

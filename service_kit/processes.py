@@ -127,7 +127,8 @@ async def serve(process: str, settings: Settings, *, ready: asyncio.Event | None
 
 def _remote_authenticator(settings: Settings, channel: grpc.aio.Channel) -> Authenticator:
     """Credentials and tenant lookups through a tenant-service process."""
-    lookup = GrpcTenantLookup(channel, settings.admin_token) if settings.admin_token else None
+    token = settings.peer_token or settings.admin_token
+    lookup = GrpcTenantLookup(channel, token) if token else None
     return Authenticator(
         GrpcCredentialValidator(channel), lookup=lookup, ttl=settings.auth_cache_seconds
     )
@@ -140,13 +141,14 @@ async def _start_bridge(
     authenticator: Authenticator,
     gateway_addr: str,
 ) -> Bridge:
-    assert settings.token_secret is not None and settings.admin_token is not None
+    peer_token = settings.peer_token or settings.admin_token
+    assert settings.token_secret is not None and peer_token is not None
     bridge = Bridge(
         settings=settings.bridge,
         tokens=ClientTokens(settings.token_secret, previous=settings.token_secret_previous),
         tenants=authenticator,
         gateway=grpc.aio.insecure_channel(gateway_addr),
-        admin_token=settings.admin_token,
+        peer_token=peer_token,
         bus=bus,
         presence=RedisPresence(redis) if redis is not None else InMemoryPresence(),
     )
@@ -193,6 +195,12 @@ def _check_cluster_settings(process: str, settings: Settings) -> None:
             f"KEEL_TENANT_SERVICE_ADDR: required by `keel serve {process}` (HOST:PORT of a"
             " tenant-service process), so it can validate tenant credentials"
         )
+    if not settings.redis_url:
+        problems.append(
+            f"REDIS_URL: required by `keel serve {process}`: the processes of a cluster share"
+            " chat events, tenant changes, presence and rate limits through Redis"
+            " (use `keel serve all` for a single process without Redis)"
+        )
     if process in ("gateway", "bridge") and not settings.token_secret:
         problems.append(
             f"KEEL_TOKEN_SECRET: required by `keel serve {process}` (at least 32 characters,"
@@ -202,10 +210,11 @@ def _check_cluster_settings(process: str, settings: Settings) -> None:
         problems.append(
             "KEEL_GATEWAY_ADDR: required by `keel serve bridge` (HOST:PORT of a gateway)"
         )
-    if process == "bridge" and not settings.admin_token:
+    if process == "bridge" and not (settings.peer_token or settings.admin_token):
         problems.append(
-            "KEEL_ADMIN_TOKEN: required by `keel serve bridge` (the gateways' and tenant"
-            " service's operator token) for its stream to the gateway"
+            "KEEL_PEER_TOKEN: required by `keel serve bridge` (the same value as the gateways'"
+            " and the tenant service's) for its stream to the gateway; KEEL_ADMIN_TOKEN also"
+            " works but gives the bridge tenant administration, which it does not need"
         )
     if problems:
         raise ConfigError(problems)

@@ -168,9 +168,17 @@ class KeelServer:
                     authenticator=authenticator,
                     rate_limiter=runtime.rate_limiter,
                     admin_token=runtime.settings.admin_token,
+                    peer_token=runtime.settings.peer_token,
                 )
             ],
-            options=[("grpc.so_reuseport", 0)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                # Room for the largest message content allowed, plus the request around it.
+                (
+                    "grpc.max_receive_message_length",
+                    max(4 << 20, runtime.settings.max_message_bytes + (256 << 10)),
+                ),
+            ],
         )
         self.port = 0
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import grpc
 from keel.tenants.v1 import tenants_pb2_grpc
 
-from service_kit.interceptor import ADMIN, PUBLIC
+from service_kit.interceptor import ADMIN, PEER, PUBLIC
 from service_kit.server import Runtime, ServiceSpec
 from tenant_service.servicer import TenantServicer
 from tenant_service.store import SqlTenantStore
@@ -54,6 +54,7 @@ def build(runtime: Runtime) -> TenantService:
         name=SERVICE_NAME,
         register=register,
         default_policy=ADMIN,
-        policies={"ValidateCredentials": PUBLIC},
+        # The bridge looks tenants up (allowed origins) with the peer token.
+        policies={"ValidateCredentials": PUBLIC, "GetTenant": PEER},
     )
     return TenantService(spec, directory)

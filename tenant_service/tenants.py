@@ -23,6 +23,7 @@ from service_kit.auth import (
     TenantId,
 )
 from service_kit.bus import EventBus
+from service_kit.errors import ResourceExhausted
 from service_kit.ratelimit import RateLimiter
 from service_kit.validation import Violations, new_id
 from tenant_service import credentials as creds
@@ -45,6 +46,10 @@ MAX_PERMISSIONS = 64
 MAX_ORIGINS = 100
 MAX_METADATA_BYTES = 16 * 1024
 MAX_RATE = 1_000_000
+#: Secrets hashed at once (each scrypt check takes ~32 MiB and tens of ms of CPU).
+MAX_CONCURRENT_HASHES = 4
+#: Credential checks allowed to wait for a hashing slot before new ones are refused.
+MAX_WAITING_HASHES = 256
 
 _SCOPE = re.compile(r"^(\*|[a-z][a-z0-9_-]{0,31}:(\*|[a-z][a-z0-9_-]{0,31}))$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,127}$")
@@ -189,6 +194,9 @@ class TenantDirectory:
         self._policy = policy
         self._clock = clock
         self._dummy_hash: str | None = None
+        self._checking: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._hashing = asyncio.Semaphore(MAX_CONCURRENT_HASHES)
+        self._hash_waiting = 0
 
     async def _hash(self, secret: str) -> str:
         return await asyncio.to_thread(
@@ -272,27 +280,49 @@ class TenantDirectory:
 
         Raises ``InvalidCredentials``; after too many failures for one client
         id (a token bucket per client id), ``TooManyFailedAttempts`` without
-        checking the secret at all.
+        checking the secret at all. Checks of one client id run one at a time,
+        so concurrent guesses cannot overtake the count; at most
+        ``MAX_CONCURRENT_HASHES`` secrets are hashed at once, and when too
+        many checks wait, the next is refused (RESOURCE_EXHAUSTED).
         """
-        bucket = f"validate-failures:{credentials.client_id[:MAX_CLIENT_ID]}"
+        client_id = credentials.client_id[:MAX_CLIENT_ID]
+        lock, users = self._checking.get(client_id, (asyncio.Lock(), 0))
+        self._checking[client_id] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._validate_one(client_id, credentials.client_secret)
+        finally:
+            lock, users = self._checking[client_id]
+            if users <= 1:
+                del self._checking[client_id]
+            else:
+                self._checking[client_id] = (lock, users - 1)
+
+    async def _validate_one(self, client_id: str, secret: str) -> TenantContext:
+        bucket = f"validate-failures:{client_id}"
         rate = self._policy.validate_failures_per_minute / 60.0
         burst = self._policy.validate_failures_per_minute
         wait = await self._rate_limiter.acquire(bucket, rate, burst, consume=False)
         if wait > 0:
-            raise TooManyFailedAttempts(credentials.client_id[:MAX_CLIENT_ID], wait)
-        found = await self._store.get_with_secret_hash(credentials.client_id[:MAX_CLIENT_ID])
-        if found is None:
-            # Spend the same time as for a wrong secret, so timing does not reveal ids.
-            await asyncio.to_thread(
-                creds.verify_secret, credentials.client_secret, await self._dummy()
-            )
-            ok = False
-        else:
-            ok = await asyncio.to_thread(creds.verify_secret, credentials.client_secret, found[1])
+            raise TooManyFailedAttempts(client_id, wait)
+        found = await self._store.get_with_secret_hash(client_id)
+        # An unknown id spends the same time as a wrong secret, so timing reveals no ids.
+        stored = found[1] if found is not None else await self._dummy()
+        ok = await self._verify(secret, stored) and found is not None
         if not ok or found is None:
             await self._rate_limiter.acquire(bucket, rate, burst)
             raise InvalidCredentials()
         return found[0].context()
+
+    async def _verify(self, secret: str, stored: str) -> bool:
+        if self._hash_waiting >= MAX_WAITING_HASHES:
+            raise ResourceExhausted("too many credential checks in progress", retry_after=1.0)
+        self._hash_waiting += 1
+        try:
+            async with self._hashing:
+                return await asyncio.to_thread(creds.verify_secret, secret, stored)
+        finally:
+            self._hash_waiting -= 1
 
     async def _dummy(self) -> str:
         if self._dummy_hash is None:

@@ -116,6 +116,7 @@ def keel_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         KEEL_DATA_DIR=str(tmp_path / "var"),
         KEEL_GRPC_ADDR=f"127.0.0.1:{free_port()}",
         KEEL_METRICS_ADDR=f"127.0.0.1:{free_port()}",
+        KEEL_WS_ADDR=f"127.0.0.1:{free_port()}",
         KEEL_SECRET_HASH_COST="10",
         PYTHONUNBUFFERED="1",
     )

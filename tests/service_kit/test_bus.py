@@ -40,3 +40,36 @@ async def test_redis_bus_reaches_another_process_connection(redis: Redis) -> Non
     await receiver.close()
     await sender.close()
     await receiver_client.aclose()
+
+
+async def test_redis_bus_recovers_from_an_outage_and_says_so(redis: Redis) -> None:
+    from tests.service_kit.test_server import TcpProxy
+
+    proxy = TcpProxy(6379)
+    await proxy.start()
+    topic = f"test.{uuid.uuid4().hex}"
+    listener = Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
+    receiver, sender = RedisEventBus(listener), RedisEventBus(redis)
+    got: list[bytes] = []
+    reconnected = asyncio.Event()
+    receiver.on_reconnect(reconnected.set)
+    await receiver.subscribe(topic, got.append)
+    await sender.publish(topic, b"before")
+    for _ in range(50):
+        if got:
+            break
+        await asyncio.sleep(0.05)
+    await proxy.cut()
+    await asyncio.sleep(0.5)  # the reader notices and keeps retrying while Redis is gone
+    await proxy.start(proxy.port)
+    await asyncio.wait_for(reconnected.wait(), 15)
+    await sender.publish(topic, b"after")
+    for _ in range(100):
+        if b"after" in got:
+            break
+        await asyncio.sleep(0.05)
+    assert got[0] == b"before" and b"after" in got
+    await receiver.close()
+    await sender.close()
+    await listener.aclose()
+    await proxy.cut()

@@ -387,17 +387,23 @@ class ChannelServiceServicer:
     def Connect(self, request_iterator, context):
         """Connect is the one multiplexed stream a WebSocket bridge process keeps
         open to a gateway: subscription changes go up, events come down. It
-        spans tenants, so it authenticates with the operator token
-        (`authorization: Bearer <KEEL_ADMIN_TOKEN>`) instead of tenant
-        credentials.
+        spans tenants, so it authenticates with the peer token
+        (`authorization: Bearer <KEEL_PEER_TOKEN>`, or the operator token)
+        instead of tenant credentials.
 
-        For each subscription the gateway first replays, from the database, the
-        channel's messages after `since_seq` (as `message:created` events), then
-        continues with live events, in order, without gaps or duplicates. When the subscribed user leaves
-        a group or direct channel, the gateway delivers `user:left` and then
-        drops that subscription. A bridge that falls too far behind has its
-        stream ended with RESOURCE_EXHAUSTED; it then reconnects and
-        resubscribes every key with the last seq it delivered.
+        Each subscription is checked (the channel exists in the tenant; the user
+        may read it), then the gateway replays, from the database, the channel's
+        messages after `since_seq` (as `message:created` events, to that key
+        only), then answers with a SubscribeResult. Live events of the channel
+        are sent once per stream, with no subscription keys, in seq order for
+        messages (an event that arrives early waits for the ones before it, read
+        from the database if need be); around the end of a replay a message may
+        come both replayed and live, and the bridge keeps the first. The bridge
+        drops a connection's subscription after the connection's `user:left` and
+        after `channel:deleted`. A stream that falls too far behind ends with
+        RESOURCE_EXHAUSTED, and one whose gateway lost its event bus for a while
+        with UNAVAILABLE; the bridge then reconnects and resubscribes each channel
+        from the last seq it delivered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -145,17 +145,23 @@ class ChannelServiceStub:
     Connect: _grpc.StreamStreamMultiCallable[_channels_pb2.ConnectRequest, _channels_pb2.ConnectResponse]
     """Connect is the one multiplexed stream a WebSocket bridge process keeps
     open to a gateway: subscription changes go up, events come down. It
-    spans tenants, so it authenticates with the operator token
-    (`authorization: Bearer <KEEL_ADMIN_TOKEN>`) instead of tenant
-    credentials.
+    spans tenants, so it authenticates with the peer token
+    (`authorization: Bearer <KEEL_PEER_TOKEN>`, or the operator token)
+    instead of tenant credentials.
 
-    For each subscription the gateway first replays, from the database, the
-    channel's messages after `since_seq` (as `message:created` events), then
-    continues with live events, in order, without gaps or duplicates. When the subscribed user leaves
-    a group or direct channel, the gateway delivers `user:left` and then
-    drops that subscription. A bridge that falls too far behind has its
-    stream ended with RESOURCE_EXHAUSTED; it then reconnects and
-    resubscribes every key with the last seq it delivered.
+    Each subscription is checked (the channel exists in the tenant; the user
+    may read it), then the gateway replays, from the database, the channel's
+    messages after `since_seq` (as `message:created` events, to that key
+    only), then answers with a SubscribeResult. Live events of the channel
+    are sent once per stream, with no subscription keys, in seq order for
+    messages (an event that arrives early waits for the ones before it, read
+    from the database if need be); around the end of a replay a message may
+    come both replayed and live, and the bridge keeps the first. The bridge
+    drops a connection's subscription after the connection's `user:left` and
+    after `channel:deleted`. A stream that falls too far behind ends with
+    RESOURCE_EXHAUSTED, and one whose gateway lost its event bus for a while
+    with UNAVAILABLE; the bridge then reconnects and resubscribes each channel
+    from the last seq it delivered.
     """
 
 @_typing.type_check_only
@@ -275,17 +281,23 @@ class ChannelServiceAsyncStub(ChannelServiceStub):
     Connect: _aio.StreamStreamMultiCallable[_channels_pb2.ConnectRequest, _channels_pb2.ConnectResponse]  # type: ignore[assignment]
     """Connect is the one multiplexed stream a WebSocket bridge process keeps
     open to a gateway: subscription changes go up, events come down. It
-    spans tenants, so it authenticates with the operator token
-    (`authorization: Bearer <KEEL_ADMIN_TOKEN>`) instead of tenant
-    credentials.
+    spans tenants, so it authenticates with the peer token
+    (`authorization: Bearer <KEEL_PEER_TOKEN>`, or the operator token)
+    instead of tenant credentials.
 
-    For each subscription the gateway first replays, from the database, the
-    channel's messages after `since_seq` (as `message:created` events), then
-    continues with live events, in order, without gaps or duplicates. When the subscribed user leaves
-    a group or direct channel, the gateway delivers `user:left` and then
-    drops that subscription. A bridge that falls too far behind has its
-    stream ended with RESOURCE_EXHAUSTED; it then reconnects and
-    resubscribes every key with the last seq it delivered.
+    Each subscription is checked (the channel exists in the tenant; the user
+    may read it), then the gateway replays, from the database, the channel's
+    messages after `since_seq` (as `message:created` events, to that key
+    only), then answers with a SubscribeResult. Live events of the channel
+    are sent once per stream, with no subscription keys, in seq order for
+    messages (an event that arrives early waits for the ones before it, read
+    from the database if need be); around the end of a replay a message may
+    come both replayed and live, and the bridge keeps the first. The bridge
+    drops a connection's subscription after the connection's `user:left` and
+    after `channel:deleted`. A stream that falls too far behind ends with
+    RESOURCE_EXHAUSTED, and one whose gateway lost its event bus for a while
+    with UNAVAILABLE; the bridge then reconnects and resubscribes each channel
+    from the last seq it delivered.
     """
 
 class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -534,17 +546,23 @@ class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_channels_pb2.ConnectResponse], _abc.AsyncIterator[_channels_pb2.ConnectResponse]]:
         """Connect is the one multiplexed stream a WebSocket bridge process keeps
         open to a gateway: subscription changes go up, events come down. It
-        spans tenants, so it authenticates with the operator token
-        (`authorization: Bearer <KEEL_ADMIN_TOKEN>`) instead of tenant
-        credentials.
+        spans tenants, so it authenticates with the peer token
+        (`authorization: Bearer <KEEL_PEER_TOKEN>`, or the operator token)
+        instead of tenant credentials.
 
-        For each subscription the gateway first replays, from the database, the
-        channel's messages after `since_seq` (as `message:created` events), then
-        continues with live events, in order, without gaps or duplicates. When the subscribed user leaves
-        a group or direct channel, the gateway delivers `user:left` and then
-        drops that subscription. A bridge that falls too far behind has its
-        stream ended with RESOURCE_EXHAUSTED; it then reconnects and
-        resubscribes every key with the last seq it delivered.
+        Each subscription is checked (the channel exists in the tenant; the user
+        may read it), then the gateway replays, from the database, the channel's
+        messages after `since_seq` (as `message:created` events, to that key
+        only), then answers with a SubscribeResult. Live events of the channel
+        are sent once per stream, with no subscription keys, in seq order for
+        messages (an event that arrives early waits for the ones before it, read
+        from the database if need be); around the end of a replay a message may
+        come both replayed and live, and the bridge keeps the first. The bridge
+        drops a connection's subscription after the connection's `user:left` and
+        after `channel:deleted`. A stream that falls too far behind ends with
+        RESOURCE_EXHAUSTED, and one whose gateway lost its event bus for a while
+        with UNAVAILABLE; the bridge then reconnects and resubscribes each channel
+        from the last seq it delivered.
         """
 
 def add_ChannelServiceServicer_to_server(servicer: ChannelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
