@@ -16,10 +16,10 @@ test: $(VENV)/.installed node_modules/.installed lint check-gen typecheck pytest
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml sdk/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' -e sdk/python
 	touch $@
 
 node_modules/.installed: package.json package-lock.json

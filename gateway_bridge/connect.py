@@ -32,8 +32,10 @@ from keel.channels.v1 import channels_pb2
 from gateway_bridge import rules
 from gateway_bridge.convert import timestamp
 from gateway_bridge.events import (
+    CHANNEL_DELETED,
     CHAT_EVENTS_TOPIC,
     MESSAGE_CREATED,
+    USER_LEFT,
     ChatEvent,
     message_data,
 )
@@ -59,6 +61,7 @@ class _Stream:
         self.outbox: asyncio.Queue[object] = asyncio.Queue()
         self.max_backlog = max_backlog
         self.keys: dict[str, set[ChannelKey]] = defaultdict(set)
+        self.users: dict[str, str] = {}  # subscription key -> the user it reads for
         self.overflowed = False
         self.restarting = False
 
@@ -190,6 +193,21 @@ class ConnectHub:
         response = channels_pb2.ConnectResponse(event=_event_proto(event))
         for stream in tuple(streams):
             stream.send(response)
+        if event.name in (USER_LEFT, CHANNEL_DELETED):
+            self._end_subscriptions(key, event)
+
+    def _end_subscriptions(self, key: ChannelKey, event: ChatEvent) -> None:
+        """After ``user:left`` that user's keys stop reading the channel (it may be private);
+        after ``channel:deleted`` every key does."""
+        leaving = event.data.get("user_id") if event.name == USER_LEFT else None
+        for stream in tuple(self._routes.get(key, ())):
+            before = stream.wanted()
+            for sub_key, channels in list(stream.keys.items()):
+                if key in channels and (leaving is None or stream.users.get(sub_key) == leaving):
+                    channels.discard(key)
+                    if not channels:
+                        del stream.keys[sub_key]
+            self._route(stream, before)
 
     def _route(self, stream: _Stream, before: set[ChannelKey]) -> None:
         after = stream.wanted()
@@ -313,6 +331,7 @@ class ConnectHub:
                 return
             before = stream.wanted()
             stream.keys[command.subscription_key].add((tenant_id, channel_id))
+            stream.users[command.subscription_key] = command.user_id
             self._route(stream, before)
             self._follow((tenant_id, channel_id), channel.last_seq)
             last_seq = channel.last_seq
@@ -340,6 +359,8 @@ class ConnectHub:
                 f"{channel.last_seq - since} messages were missed, more than {MAX_REPLAY} can be"
                 " replayed; reload the history with ListMessages and subscribe again"
             )
+        if since >= channel.last_seq:
+            return channel.last_seq  # nothing to replay (a since_seq past the end included)
         reached = max(since, 0)
         while True:
             page = await self._store.list_messages(

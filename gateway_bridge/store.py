@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
@@ -259,6 +259,7 @@ class SqlChatStore:
                         updated_at=now,
                     )
                 )
+                # The creator joins first (members are listed in join order).
                 roster = [
                     Member(
                         channel_id,
@@ -266,9 +267,9 @@ class SqlChatStore:
                         Role.OWNER
                         if u == created_by and type is not ChannelType.DIRECT
                         else Role.MEMBER,
-                        now,
+                        now + timedelta(microseconds=position),
                     )
-                    for u in members
+                    for position, u in enumerate(members)
                 ]
                 if roster:
                     await conn.execute(

@@ -79,6 +79,11 @@ class Settings:
     token_secret_previous: str | None
     max_message_bytes: int
     bridge: BridgeSettings
+    webhook_retry_schedule: tuple[float, ...]
+    webhook_timeout_seconds: float
+    webhook_allow_private: bool
+    webhook_disable_after_failures: int
+    event_retention_days: float
 
     @property
     def is_sqlite(self) -> bool:
@@ -143,6 +148,16 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _schedule(text: str) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError("expected seconds separated by commas, for example 5,300,1800") from None
+    if not delays or len(delays) > 50 or any(not 0 <= d <= 7 * 86400 for d in delays):
+        raise ValueError("expected 1 to 50 delays, each from 0 to 604800 seconds")
+    return delays
+
+
 def _log_level(text: str) -> str:
     level = text.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -195,6 +210,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         token_secret=env.get("KEEL_TOKEN_SECRET") or None,
         token_secret_previous=env.get("KEEL_TOKEN_SECRET_PREVIOUS") or None,
         max_message_bytes=get("KEEL_MAX_MESSAGE_BYTES", 65536, _number(int, 1, 4 * 1024 * 1024)),
+        webhook_retry_schedule=get(
+            "KEEL_WEBHOOK_RETRY_SCHEDULE",
+            (5, 300, 1800, 7200, 18000, 36000, 36000, 36000, 36000, 36000, 36000),
+            _schedule,
+        ),
+        webhook_timeout_seconds=get("KEEL_WEBHOOK_TIMEOUT_SECONDS", 15.0, _number(float, 0.1, 300)),
+        webhook_allow_private=get("KEEL_WEBHOOK_ALLOW_PRIVATE", False, _parse_bool),
+        webhook_disable_after_failures=get(
+            "KEEL_WEBHOOK_DISABLE_AFTER_FAILURES", 100, _number(int, 1, 1_000_000)
+        ),
+        event_retention_days=get("KEEL_EVENT_RETENTION_DAYS", 7.0, _number(float, 0.0001, 3650)),
         bridge=BridgeSettings(
             max_frame_bytes=get("KEEL_WS_MAX_FRAME_BYTES", 65536, _number(int, 256, 16 << 20)),
             max_subscriptions=get("KEEL_WS_MAX_SUBSCRIPTIONS", 100, _number(int, 1, 100_000)),

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -160,6 +161,75 @@ events = Table(
     Column("data", Json, nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("published_at", Timestamp, nullable=True),
+    # PostgreSQL: the inserting transaction's id (a column default set by migration 0003).
+    # Readers order by (txid, id) and read only below the oldest running transaction, so a
+    # late commit can never land behind a cursor. SQLite commits one writer at a time: 0.
+    Column("txid", BigInteger, nullable=True),
+    # Set once the webhook dispatcher has created this event's deliveries.
+    Column("webhooks_done", Boolean, nullable=False, server_default=false()),
     Index(None, "tenant_id", "id"),
     Index(None, "published_at", "id"),
+    Index(None, "webhooks_done", "id"),
+    Index(None, "created_at"),
+)
+
+# gateway_bridge: webhook endpoints, their deliveries and every attempt.
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", KeelId, primary_key=True),
+    Column("tenant_id", KeelId, nullable=False),
+    Column("url", String(2048), nullable=False),
+    Column("events", Json, nullable=False),
+    Column("channel_ids", Json, nullable=False),
+    Column("description", String(500), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("disabled_reason", String(500), nullable=False),
+    Column("secret", String(100), nullable=False),
+    Column("previous_secret", String(100), nullable=True),
+    Column("previous_secret_expires_at", Timestamp, nullable=True),
+    Column("consecutive_failures", Integer, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Index(None, "tenant_id", "created_at"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", KeelId, primary_key=True),
+    Column("tenant_id", KeelId, nullable=False),
+    Column("webhook_id", KeelId, ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False),
+    Column("event_id", KeelId, nullable=False),
+    Column("event", String(64), nullable=False),
+    # The request body without its timestamp: {"event", "event_id", "channel_id", "seq", "data"}.
+    Column("payload", Json, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempt_count", Integer, nullable=False),
+    Column("next_attempt_at", Timestamp, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "webhook_id", "created_at"),
+)
+
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("tenant_id", KeelId, nullable=False),
+    Column("delivery_id", KeelId, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False),
+    Column("attempt_time", Timestamp, nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("latency_ms", Integer, nullable=False),
+    Column("error", String(1000), nullable=False),
+    Index(None, "delivery_id", "attempt_time"),
+)
+
+# The highest event-log id removed by retention: a cursor at or below it is too old.
+event_log_horizon = Table(
+    "event_log_horizon",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("removed_through", BigInteger, nullable=False),
 )
