@@ -423,12 +423,28 @@ class SqlEventStore:
             rows = (await conn.execute(query)).all()
         return [((int(r.order_txid), int(r.id)), _chat_event(r._mapping)) for r in rows]
 
+    async def head(self, tenant_id: str) -> Cursor:
+        """The cursor of the tenant's newest readable event ((0, 0) for none)."""
+        async with self._engine.connect() as conn:
+            txid = func.coalesce(events.c.txid, 0)
+            row = (
+                await conn.execute(
+                    select(txid, events.c.id)
+                    .where(events.c.tenant_id == tenant_id)
+                    .order_by(txid.desc(), events.c.id.desc())
+                    .limit(1)
+                )
+            ).first()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
     async def prune(self, older_than: datetime) -> int:
         """Remove events older than ``older_than`` (retention); return how many."""
         async with write_transaction(self._engine) as conn:
             newest = (
                 await conn.execute(
-                    select(func.max(events.c.id)).where(events.c.created_at < older_than)
+                    select(func.max(events.c.id)).where(
+                        events.c.created_at < older_than, events.c.webhooks_done.is_(True)
+                    )
                 )
             ).scalar_one_or_none()
             if newest is None:

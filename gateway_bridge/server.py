@@ -1,12 +1,13 @@
 """Wiring of the gateway process: the channel and event services (``keel.channels.v1``,
 ``keel.events.v1``).
 
-ChannelService is implemented (chat store, event relay, the bridges' Connect
-hub); EventService is registered so reflection shows it, and answers
-UNIMPLEMENTED until the events issue lands. The policies below apply to both.
+ChannelService: chat store, event relay, the bridges' Connect hub.
+EventService: webhooks (their dispatcher runs here) and event subscriptions.
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import grpc
 from keel.channels.v1 import channels_pb2_grpc
@@ -14,12 +15,16 @@ from keel.events.v1 import events_pb2_grpc
 
 from gateway_bridge.chat import ChatLimits, ChatService
 from gateway_bridge.connect import ConnectHub
+from gateway_bridge.dispatcher import Dispatcher, DispatchSettings
+from gateway_bridge.event_service import EventService
+from gateway_bridge.event_servicer import EventServicer
+from gateway_bridge.event_store import SqlEventStore
 from gateway_bridge.relay import EventRelay
 from gateway_bridge.servicer import ChannelServicer
 from gateway_bridge.store import SqlChatStore
 from gateway_bridge.tokens import ClientTokens
 from service_kit.interceptor import PEER, tenant_scope
-from service_kit.server import Runtime, ServiceSpec, unimplemented_spec
+from service_kit.server import Runtime, ServiceSpec
 
 CHANNEL_SERVICE = "keel.channels.v1.ChannelService"
 EVENT_SERVICE = "keel.events.v1.EventService"
@@ -55,9 +60,29 @@ def build(runtime: Runtime) -> list[ServiceSpec]:
         limits=ChatLimits(max_message_bytes=settings.max_message_bytes),
     )
     servicer = ChannelServicer(chat, hub)
+    event_store = SqlEventStore(runtime.engine)
+    dispatcher = Dispatcher(
+        event_store,
+        DispatchSettings(
+            retry_schedule=settings.webhook_retry_schedule,
+            timeout_seconds=settings.webhook_timeout_seconds,
+            allow_private=settings.webhook_allow_private,
+            disable_after_failures=settings.webhook_disable_after_failures,
+            retention=timedelta(days=settings.event_retention_days),
+        ),
+    )
+    event_service = EventService(
+        event_store,
+        runtime.bus,
+        allow_private=settings.webhook_allow_private,
+        wake_dispatcher=dispatcher.wake,
+    )
 
     def register(server: grpc.aio.Server) -> None:
         channels_pb2_grpc.add_ChannelServiceServicer_to_server(servicer, server)
+
+    def register_events(server: grpc.aio.Server) -> None:
+        events_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(event_service), server)
 
     async def start() -> None:
         await hub.start()
@@ -66,6 +91,14 @@ def build(runtime: Runtime) -> list[ServiceSpec]:
     async def stop() -> None:
         await relay.close()
         await hub.close()
+
+    async def start_events() -> None:
+        await event_service.start()
+        dispatcher.start()
+
+    async def stop_events() -> None:
+        await dispatcher.close()
+        await event_service.close()
 
     return [
         ServiceSpec(
@@ -77,11 +110,12 @@ def build(runtime: Runtime) -> list[ServiceSpec]:
             on_start=start,
             on_stop=stop,
         ),
-        unimplemented_spec(
-            EVENT_SERVICE,
-            events_pb2_grpc.add_EventServiceServicer_to_server,
-            events_pb2_grpc.EventServiceServicer,
-            WRITE,
-            dict.fromkeys(_EVENT_READS, READ),
+        ServiceSpec(
+            name=EVENT_SERVICE,
+            register=register_events,
+            default_policy=WRITE,
+            policies=dict.fromkeys(_EVENT_READS, READ),
+            on_start=start_events,
+            on_stop=stop_events,
         ),
     ]

@@ -10,6 +10,7 @@ log line. Health and reflection pass through untouched.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import inspect
 import logging
@@ -209,9 +210,12 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     "tenant_id": rpc.tenant.tenant_id if rpc.tenant else None,
                 },
             )
-            if tenant_token is not None:
-                current_tenant_var.reset(tenant_token)
-            request_id_var.reset(rid_token)
+            # Each RPC runs in a task of its own; a stream closed by its client is finalized
+            # in another context, where these tokens cannot be reset (and need not be).
+            with contextlib.suppress(ValueError):
+                if tenant_token is not None:
+                    current_tenant_var.reset(tenant_token)
+                request_id_var.reset(rid_token)
 
     async def _authorize(
         self, policy: MethodPolicy, metadata: Mapping[str, str], rpc: _Rpc

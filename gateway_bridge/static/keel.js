@@ -1,1 +1,756 @@
-// placeholder until the client lands
+/*!
+ * keel.js — the browser client of Keel's WebSocket bridge (protocol "keel.v1").
+ *
+ * One file, no dependencies, no build step. Load it with a plain
+ *   <script src="/keel.js"></script>          (defines the global `Keel`)
+ * or require/import it where CommonJS is available (module.exports = Keel).
+ *
+ * ---------------------------------------------------------------------------------------
+ * const client = new Keel.Client({
+ *   url,                 // "ws://host:port/ws" (http(s):// works too; default: this page's
+ *                        // host + "/ws")
+ *   token,               // a client token from ChannelService.IssueClientToken, or
+ *   getToken,            // async () => token; called for the first connection and again
+ *                        // whenever the bridge closes with 4002 (token expired) or 4001
+ *   onEvent(ev),         // a channel event: {event, channelId, seq, eventId, data, replayed}
+ *                        //   event: "message:created" | "message:updated" | "message:deleted"
+ *                        //        | "reaction:added" | "reaction:removed" | "user:joined"
+ *                        //        | "user:left" | "channel:updated" | "channel:deleted" ...
+ *                        //   message:created events arrive once each, in seq order, per
+ *                        //   channel — across reconnects too.
+ *   onPresence(p),       // {channelId, users: [userId...], userId?, online?} — the channel's
+ *                        //   online users, after each subscribe and each change
+ *   onTyping(t),         // {channelId, userId} — someone else is typing
+ *   onStateChange(s, d), // s: "connecting" | "open" | "reconnecting" | "closed";
+ *                        //   d: {attempt, delay, code, reason, userId, offline}
+ *   onError(err),        // a Keel.KeelError {code, message, frameId} not tied to a promise
+ *                        //   (close codes, errors of queued work, id-less error frames)
+ *   // tuning (defaults shown):
+ *   requestTimeout: 10000,  // ms an ack may take once a frame is written
+ *   pingInterval: 25000,    // ms between application-level pings
+ *   pongTimeout: 10000,     // ms without a pong before the connection counts as dead
+ *   backoffBase: 250, backoffCap: 30000,  // reconnect delay: random(0, min(cap, base*2^n))
+ *   stableAfter: 10000,     // ms a connection must last to reset the backoff
+ *   typingInterval: 2000,   // typing() sends at most once per this many ms per channel
+ *   presence: true,         // fetch the online users after each subscribe
+ *   WebSocket,              // a WebSocket implementation (default: the browser's)
+ * });
+ *
+ * client.connect()                      → Promise, resolved once the bridge welcomes us
+ * client.close()                        stop for good (rejects queued work)
+ * client.state                          the current state (see onStateChange)
+ * client.userId                         the user the token names (after the welcome)
+ * client.subscribe(channelId, {sinceSeq})
+ *                                       → Promise of {channel_id, last_seq}. With sinceSeq
+ *                                       the messages after it are replayed first (0 = the
+ *                                       whole history); without it, only new events.
+ * client.unsubscribe(channelId)         → Promise
+ * client.lastSeq(channelId)             the last message seq delivered for the channel
+ * client.send(channelId, content, {messageType, replyTo, clientMsgId})
+ *                                       → Promise of {message_id, channel_id, seq}; the
+ *                                       promise has .clientMsgId. Made while offline, it is
+ *                                       queued; cut off before its ack, it is resent after
+ *                                       the reconnect with the same clientMsgId (the server
+ *                                       stores it once).
+ * client.edit(channelId, messageId, content)      → Promise of {message_id}
+ * client.remove(channelId, messageId)             → Promise of {message_id}   (delete)
+ * client.react(channelId, messageId, emoji="👍")   → Promise of {message_id, reactions}
+ * client.unreact(channelId, messageId, emoji="👍") → Promise of {message_id, reactions}
+ * client.typing(channelId)              → true if sent (throttled; needs a live subscription)
+ * client.markRead(channelId, seq)       → Promise of {last_read_seq}
+ * client.presence(channelId)            → Promise of [userId...]
+ * client.pending()                      sends not yet acknowledged: [{clientMsgId,
+ *                                       channelId, content}]
+ *
+ * Promises reject with a Keel.KeelError: code is the error frame's code ("not_found",
+ * "permission_denied", "invalid_argument", "rate_limited", ...), or "timeout",
+ * "disconnected" (an edit/react/... cut off before its ack: it may or may not have been
+ * applied), or "closed" (client.close()).
+ *
+ * Reconnecting: after any close except 4003 (origin refused) — and 4001/4002 when there is
+ * no getToken — the client waits random(0, min(30 s, 250 ms·2^attempt)) (full jitter) and
+ * reconnects; the attempt counter resets once a connection has lasted stableAfter ms. The
+ * browser's "offline" event drops the socket at once and "online" reconnects at once. Each
+ * reconnect resubscribes every channel with since_seq = the last seq delivered; a
+ * message:created at or below it is dropped, and one past last+1 makes the client fetch
+ * the gap (unsubscribe + subscribe since_seq=last) before going on.
+ * ---------------------------------------------------------------------------------------
+ */
+(function (root, factory) {
+  "use strict";
+  var Keel = factory();
+  if (typeof module === "object" && module && module.exports) module.exports = Keel;
+  if (root) root.Keel = Keel;
+})(typeof globalThis !== "undefined" ? globalThis : this, function () {
+  "use strict";
+
+  const PROTOCOL = "keel.v1";
+
+  const Close = Object.freeze({
+    NORMAL: 1000,
+    GOING_AWAY: 1001,
+    ABNORMAL: 1006,
+    MESSAGE_TOO_BIG: 1009,
+    SERVER_RESTART: 1012,
+    BAD_TOKEN: 4001,
+    TOKEN_EXPIRED: 4002,
+    ORIGIN_REFUSED: 4003,
+    AUTH_TIMEOUT: 4004,
+    TOO_MANY_CONNECTIONS: 4005,
+    SLOW_CONSUMER: 4008,
+    RATE_LIMITED: 4009,
+  });
+
+  class KeelError extends Error {
+    constructor(code, message, frameId) {
+      super(message || code);
+      this.name = "KeelError";
+      this.code = code;
+      if (frameId !== undefined) this.frameId = frameId;
+    }
+  }
+
+  /** Errors worth retrying a subscription for (the others drop it). */
+  const TRANSIENT = new Set(["unavailable", "rate_limited", "internal"]);
+
+  function randomId() {
+    const c = typeof crypto !== "undefined" ? crypto : null;
+    if (c && typeof c.randomUUID === "function") return c.randomUUID();
+    let s = "";
+    for (let i = 0; i < 32; i++) s += Math.floor(Math.random() * 16).toString(16);
+    return s;
+  }
+
+  function defaultUrl() {
+    if (typeof location === "undefined" || !location.host) return "";
+    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+  }
+
+  function normalizeUrl(url) {
+    url = url || defaultUrl();
+    if (!url) throw new KeelError("invalid_argument", "Keel.Client needs a url");
+    url = url.replace(/^http(s?):\/\//, "ws$1://");
+    if (/^wss?:\/\/[^/]+\/?$/.test(url)) url = url.replace(/\/?$/, "/ws");
+    return url;
+  }
+
+  const noop = function () {};
+
+  class Client {
+    constructor(options) {
+      const o = options || {};
+      if (!o.token && typeof o.getToken !== "function") {
+        throw new KeelError("invalid_argument", "Keel.Client needs a token or getToken");
+      }
+      this.url = normalizeUrl(o.url);
+      this._token = o.token || null;
+      this._getToken = typeof o.getToken === "function" ? o.getToken : null;
+      this._on = {
+        event: o.onEvent || noop,
+        presence: o.onPresence || noop,
+        typing: o.onTyping || noop,
+        state: o.onStateChange || noop,
+        error: o.onError || noop,
+      };
+      this._opt = {
+        requestTimeout: o.requestTimeout || 10000,
+        pingInterval: o.pingInterval || 25000,
+        pongTimeout: o.pongTimeout || 10000,
+        backoffBase: o.backoffBase || 250,
+        backoffCap: o.backoffCap || 30000,
+        stableAfter: o.stableAfter || 10000,
+        typingInterval: o.typingInterval === undefined ? 2000 : o.typingInterval,
+        presence: o.presence !== false,
+      };
+      this._WS = o.WebSocket || (typeof WebSocket !== "undefined" ? WebSocket : null);
+      if (!this._WS) throw new KeelError("invalid_argument", "no WebSocket implementation");
+
+      this.state = "closed";
+      this.userId = null;
+      this.connectionId = null;
+      this._ws = null;
+      this._open = false; // welcomed on the current socket
+      this._wanted = false; // connect() called and not close()d
+      this._refreshToken = !this._token;
+      this._attempt = 0;
+      this._timers = { retry: null, stable: null, ping: null, pong: null, welcome: null };
+      this._nextId = 0;
+      this._pending = new Map(); // frame id -> request in flight
+      this._queue = []; // requests waiting for a connection (or a live subscription)
+      this._channels = new Map(); // channel id -> channel state
+      this._typingAt = new Map();
+      this._connectWaiters = [];
+
+      this._onlineListener = () => {
+        if (this._wanted && !this._ws) this._retryNow();
+      };
+      this._offlineListener = () => {
+        if (this._ws) this._abandon(Close.ABNORMAL, "the browser went offline");
+      };
+    }
+
+    // -- connection ---------------------------------------------------------------------
+
+    connect() {
+      if (!this._wanted) {
+        this._wanted = true;
+        if (typeof window !== "undefined" && window.addEventListener) {
+          window.addEventListener("online", this._onlineListener);
+          window.addEventListener("offline", this._offlineListener);
+        }
+        this._dial();
+      }
+      if (this._open) return Promise.resolve(this);
+      return new Promise((resolve, reject) => this._connectWaiters.push({ resolve, reject }));
+    }
+
+    close() {
+      this._wanted = false;
+      if (typeof window !== "undefined" && window.removeEventListener) {
+        window.removeEventListener("online", this._onlineListener);
+        window.removeEventListener("offline", this._offlineListener);
+      }
+      this._clearTimers();
+      const ws = this._ws;
+      this._detach();
+      if (ws) {
+        try {
+          ws.close(Close.NORMAL, "client closed");
+        } catch (e) {
+          /* already closing */
+        }
+      }
+      const err = new KeelError("closed", "the client was closed");
+      for (const req of this._pending.values()) this._settle(req, err);
+      this._pending.clear();
+      for (const req of this._queue.splice(0)) this._settle(req, err);
+      for (const ch of this._channels.values()) this._rejectWaiters(ch, err);
+      this._channels.clear();
+      for (const w of this._connectWaiters.splice(0)) w.reject(err);
+      this._setState("closed", {});
+    }
+
+    async _dial() {
+      if (!this._wanted || this._ws) return;
+      this._setState("connecting", { attempt: this._attempt });
+      let token;
+      try {
+        if (this._getToken && (this._refreshToken || !this._token)) {
+          this._token = await this._getToken();
+          this._refreshToken = false;
+        }
+        token = this._token;
+        if (!token) throw new KeelError("bad_token", "getToken returned no token");
+      } catch (e) {
+        this._error(e instanceof KeelError ? e : new KeelError("bad_token", String(e && e.message || e)));
+        this._scheduleRetry({ code: 0, reason: "no token" });
+        return;
+      }
+      if (!this._wanted || this._ws) return;
+      let ws;
+      try {
+        ws = new this._WS(this.url, PROTOCOL);
+      } catch (e) {
+        this._error(new KeelError("unavailable", "cannot open " + this.url + ": " + e.message));
+        this._scheduleRetry({ code: 0, reason: String(e.message) });
+        return;
+      }
+      this._ws = ws;
+      ws.onopen = () => {
+        ws.send(JSON.stringify({ type: "auth", token: token }));
+      };
+      ws.onmessage = (msg) => this._onFrame(msg.data);
+      ws.onerror = noop; // a close event always follows
+      ws.onclose = (ev) => this._onClose(ws, ev.code, ev.reason);
+      // No welcome in time (a hung handshake or proxy): start over.
+      this._timers.welcome = setTimeout(
+        () => this._abandon(Close.ABNORMAL, "no welcome from the bridge"),
+        this._opt.requestTimeout + 5000
+      );
+    }
+
+    _detach() {
+      const ws = this._ws;
+      if (ws) ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+      this._ws = null;
+      this._open = false;
+    }
+
+    /** Give up on the current socket now (dead or offline) and handle it as closed. */
+    _abandon(code, reason) {
+      const ws = this._ws;
+      if (!ws) return;
+      this._detach();
+      try {
+        ws.close(Close.NORMAL, reason.slice(0, 100));
+      } catch (e) {
+        /* ignore */
+      }
+      this._closed(code, reason);
+    }
+
+    _onClose(ws, code, reason) {
+      if (ws !== this._ws) return;
+      this._detach();
+      this._closed(code, reason || "");
+    }
+
+    _closed(code, reason) {
+      this._clearTimers();
+      // Requests in flight: sends go back to the queue (same clientMsgId, so a resend is
+      // stored once); anything else has an unknown outcome and is rejected.
+      const inflight = Array.from(this._pending.values()).sort((a, b) => a.order - b.order);
+      this._pending.clear();
+      const resend = [];
+      for (const req of inflight) {
+        clearTimeout(req.timer);
+        if (req.kind === "send" || req.kind === "presence") resend.push(req);
+        else if (req.kind === "subscribe" || req.kind === "unsubscribe") continue;
+        else this._settle(req, new KeelError("disconnected", "the connection closed before the ack"));
+      }
+      this._queue = resend.concat(this._queue);
+      for (const ch of this._channels.values()) {
+        ch.live = false;
+        ch.refilling = false;
+      }
+      const detail = { code: code, reason: reason };
+      if (!this._wanted) return;
+      const fatal =
+        code === Close.ORIGIN_REFUSED ||
+        ((code === Close.BAD_TOKEN || code === Close.TOKEN_EXPIRED) && !this._getToken);
+      if (fatal) {
+        const err = new KeelError("closed_" + code, reason || "the bridge refused the connection");
+        this._error(err);
+        const wanted = this._connectWaiters.splice(0);
+        this.close();
+        for (const w of wanted) w.reject(err);
+        return;
+      }
+      if (code === Close.TOKEN_EXPIRED || code === Close.BAD_TOKEN) this._refreshToken = true;
+      this._scheduleRetry(detail);
+    }
+
+    _scheduleRetry(detail) {
+      if (!this._wanted) return;
+      const ceiling = Math.min(this._opt.backoffCap, this._opt.backoffBase * Math.pow(2, this._attempt));
+      const delay = Math.floor(Math.random() * ceiling);
+      this._attempt = Math.min(this._attempt + 1, 30);
+      const offline = typeof navigator !== "undefined" && navigator.onLine === false;
+      this._setState("reconnecting", Object.assign({ attempt: this._attempt, delay, offline }, detail));
+      clearTimeout(this._timers.retry);
+      this._timers.retry = setTimeout(() => {
+        this._timers.retry = null;
+        this._dial();
+      }, delay);
+    }
+
+    _retryNow() {
+      if (this._timers.retry === null) return;
+      clearTimeout(this._timers.retry);
+      this._timers.retry = null;
+      this._dial();
+    }
+
+    _clearTimers() {
+      for (const name of Object.keys(this._timers)) {
+        clearTimeout(this._timers[name]);
+        this._timers[name] = null;
+      }
+    }
+
+    _onWelcome(frame) {
+      clearTimeout(this._timers.welcome);
+      this._open = true;
+      this.userId = frame.user_id;
+      this.connectionId = frame.connection_id;
+      this._timers.stable = setTimeout(() => {
+        this._attempt = 0;
+      }, this._opt.stableAfter);
+      this._schedulePing();
+      this._setState("open", { userId: frame.user_id });
+      for (const w of this._connectWaiters.splice(0)) w.resolve(this);
+      for (const ch of this._channels.values()) this._sendSubscribe(ch);
+      this._flush();
+    }
+
+    _schedulePing() {
+      clearTimeout(this._timers.ping);
+      this._timers.ping = setTimeout(() => {
+        if (!this._open) return;
+        const id = ++this._nextId;
+        this._write({ type: "ping", id: id });
+        this._timers.pong = setTimeout(
+          () => this._abandon(Close.ABNORMAL, "no pong from the bridge"),
+          this._opt.pongTimeout
+        );
+      }, this._opt.pingInterval);
+    }
+
+    _setState(state, detail) {
+      const changed = state !== this.state;
+      this.state = state;
+      if (changed || state === "reconnecting") this._call("state", state, detail || {});
+    }
+
+    _error(err) {
+      this._call("error", err);
+    }
+
+    _call(name, a, b) {
+      try {
+        this._on[name](a, b);
+      } catch (e) {
+        if (typeof console !== "undefined") console.error("keel.js: on" + name + " threw", e);
+      }
+    }
+
+    _write(frame) {
+      if (!this._ws || !this._open) return false;
+      this._ws.send(JSON.stringify(frame));
+      return true;
+    }
+
+    // -- frames from the bridge ----------------------------------------------------------
+
+    _onFrame(text) {
+      let frame;
+      try {
+        frame = JSON.parse(text);
+      } catch (e) {
+        this._error(new KeelError("bad_frame", "the bridge sent a frame that is not JSON"));
+        return;
+      }
+      switch (frame.type) {
+        case "welcome":
+          return this._onWelcome(frame);
+        case "event":
+          return this._onEvent(frame);
+        case "ack":
+          return this._onReply(frame.id, null, frame.result || {});
+        case "error":
+          if (frame.id === undefined || frame.id === null || !this._pending.has(frame.id)) {
+            this._error(new KeelError(frame.code, frame.message, frame.id));
+            return;
+          }
+          return this._onReply(frame.id, new KeelError(frame.code, frame.message, frame.id));
+        case "presence":
+          if (frame.id !== undefined && this._pending.has(frame.id)) {
+            this._onReply(frame.id, null, frame.users || []);
+          }
+          return this._onPresenceList(frame.channel_id, frame.users || []);
+        case "typing":
+          return this._call("typing", { channelId: frame.channel_id, userId: frame.user_id });
+        case "pong":
+          clearTimeout(this._timers.pong);
+          this._timers.pong = null;
+          this._schedulePing();
+          return;
+        default:
+          return; // a newer bridge's frame: ignore
+      }
+    }
+
+    _onReply(id, err, result) {
+      const req = this._pending.get(id);
+      if (!req) return;
+      this._pending.delete(id);
+      clearTimeout(req.timer);
+      if (req.onReply) req.onReply(err, result);
+      else this._settle(req, err, result);
+    }
+
+    _settle(req, err, result) {
+      if (req.settled) return;
+      req.settled = true;
+      if (err) {
+        if (req.reject) req.reject(err);
+        else this._error(err);
+      } else if (req.resolve) {
+        req.resolve(result);
+      }
+    }
+
+    _onEvent(frame) {
+      const name = frame.event;
+      const channelId = frame.channel_id;
+      if (name === "presence:online" || name === "presence:offline") {
+        const ch = this._channels.get(channelId);
+        if (!ch || !frame.data) return;
+        const userId = frame.data.user_id;
+        const online = name === "presence:online";
+        if (online) ch.presence.add(userId);
+        else ch.presence.delete(userId);
+        this._call("presence", { channelId, users: Array.from(ch.presence).sort(), userId, online });
+        return;
+      }
+      const ch = this._channels.get(channelId);
+      if (!ch) return; // unsubscribed meanwhile
+      const seq = frame.seq;
+      if (name === "message:created") {
+        if (ch.lastSeq !== null && seq <= ch.lastSeq) return; // already delivered
+        if (ch.lastSeq !== null && seq > ch.lastSeq + 1) {
+          // A gap: fetch it (the replay brings this event too) unless already doing so.
+          if (!ch.refilling && this._open) this._refill(ch);
+          return;
+        }
+        ch.lastSeq = seq;
+      }
+      this._call("event", {
+        event: name,
+        channelId: channelId,
+        seq: seq,
+        eventId: frame.event_id || "",
+        data: frame.data || {},
+        replayed: !frame.event_id,
+      });
+      const data = frame.data || {};
+      if (name === "channel:deleted" || (name === "user:left" && data.user_id === this.userId)) {
+        // The bridge ended this subscription; do not resubscribe to it.
+        this._dropChannel(ch, new KeelError("not_subscribed", name));
+      }
+    }
+
+    _onPresenceList(channelId, users) {
+      const ch = this._channels.get(channelId);
+      if (!ch) return;
+      ch.presence = new Set(users);
+      this._call("presence", { channelId, users: Array.from(ch.presence).sort() });
+    }
+
+    // -- subscriptions ------------------------------------------------------------------
+
+    subscribe(channelId, options) {
+      const sinceSeq = options && options.sinceSeq;
+      let ch = this._channels.get(channelId);
+      if (!ch) {
+        ch = {
+          id: channelId,
+          lastSeq: typeof sinceSeq === "number" ? sinceSeq : null,
+          live: false,
+          refilling: false,
+          waiters: [],
+          presence: new Set(),
+          retry: null,
+        };
+        this._channels.set(channelId, ch);
+        if (this._open) this._sendSubscribe(ch);
+      } else if (ch.live) {
+        return Promise.resolve({ channel_id: channelId, last_seq: ch.lastSeq || 0 });
+      }
+      return new Promise((resolve, reject) => ch.waiters.push({ resolve, reject }));
+    }
+
+    unsubscribe(channelId) {
+      const ch = this._channels.get(channelId);
+      if (!ch) return Promise.resolve({ channel_id: channelId });
+      this._dropChannel(ch, new KeelError("not_subscribed", "unsubscribed"));
+      if (!this._open) return Promise.resolve({ channel_id: channelId });
+      return new Promise((resolve) => {
+        const req = this._track({ type: "unsubscribe", channel_id: channelId }, "unsubscribe");
+        req.onReply = () => resolve({ channel_id: channelId }); // not_subscribed is fine too
+      });
+    }
+
+    lastSeq(channelId) {
+      const ch = this._channels.get(channelId);
+      return ch && ch.lastSeq !== null ? ch.lastSeq : 0;
+    }
+
+    _dropChannel(ch, err) {
+      this._channels.delete(ch.id);
+      clearTimeout(ch.retry);
+      this._rejectWaiters(ch, err);
+      const gated = this._queue.filter((req) => req.channelId === ch.id && req.needsLive);
+      this._queue = this._queue.filter((req) => !gated.includes(req));
+      for (const req of gated) this._settle(req, err);
+    }
+
+    _rejectWaiters(ch, err) {
+      for (const w of ch.waiters.splice(0)) w.reject(err);
+    }
+
+    _sendSubscribe(ch) {
+      if (!this._open) return;
+      const frame = { type: "subscribe", channel_id: ch.id };
+      if (ch.lastSeq !== null) frame.since_seq = ch.lastSeq;
+      const req = this._track(frame, "subscribe");
+      req.onReply = (err, result) => {
+        if (this._channels.get(ch.id) !== ch) return;
+        if (err) return this._subscribeFailed(ch, err);
+        ch.live = true;
+        ch.refilling = false;
+        const last = typeof result.last_seq === "number" ? result.last_seq : 0;
+        ch.lastSeq = ch.lastSeq === null ? last : Math.max(ch.lastSeq, last);
+        for (const w of ch.waiters.splice(0)) w.resolve({ channel_id: ch.id, last_seq: ch.lastSeq });
+        if (this._opt.presence) {
+          this.presence(ch.id).catch((e) => {
+            if (e.code === "permission_denied") this._opt.presence = false;
+          });
+        }
+        this._flush();
+      };
+    }
+
+    _subscribeFailed(ch, err) {
+      if (err.code === "timeout" || TRANSIENT.has(err.code)) {
+        clearTimeout(ch.retry);
+        ch.retry = setTimeout(() => {
+          if (this._channels.get(ch.id) === ch && !ch.live) this._sendSubscribe(ch);
+        }, this._opt.backoffBase * 4 + Math.random() * 1000);
+        this._error(err);
+        return;
+      }
+      this._dropChannel(ch, err);
+      this._error(err);
+    }
+
+    /** Fetch a gap: the bridge only replays on a fresh subscription. */
+    _refill(ch) {
+      ch.refilling = true;
+      ch.live = false;
+      const req = this._track({ type: "unsubscribe", channel_id: ch.id }, "unsubscribe");
+      req.onReply = noop;
+      this._sendSubscribe(ch);
+    }
+
+    // -- requests -----------------------------------------------------------------------
+
+    /** Write a frame with a fresh id now and wait for its reply (connection required). */
+    _track(frame, kind) {
+      const id = ++this._nextId;
+      const req = { frame: Object.assign({}, frame, { id }), kind, order: id, settled: false };
+      this._pending.set(id, req);
+      req.timer = setTimeout(() => {
+        if (this._pending.get(id) !== req) return;
+        this._pending.delete(id);
+        const err = new KeelError("timeout", kind + " got no answer in time", id);
+        if (req.onReply) req.onReply(err);
+        else this._settle(req, err);
+      }, this._opt.requestTimeout);
+      this._write(req.frame);
+      return req;
+    }
+
+    /** A request that waits for the connection (and, if needsLive, the subscription). */
+    _request(frame, kind, options) {
+      const o = options || {};
+      let req;
+      const promise = new Promise((resolve, reject) => {
+        req = {
+          frame,
+          kind,
+          order: 0,
+          settled: false,
+          resolve,
+          reject,
+          channelId: frame.channel_id,
+          needsLive: !!o.needsLive,
+          timeout: o.timeout || this._opt.requestTimeout,
+          meta: o.meta,
+        };
+      });
+      this._queue.push(req);
+      this._flush();
+      return { promise, req };
+    }
+
+    _ready(req) {
+      if (!this._open) return false;
+      if (!req.needsLive) return true;
+      const ch = this._channels.get(req.channelId);
+      return !!(ch && ch.live);
+    }
+
+    _flush() {
+      if (!this._open) return;
+      const waiting = [];
+      for (const req of this._queue) {
+        if (req.settled) continue;
+        if (!this._ready(req)) {
+          waiting.push(req);
+          continue;
+        }
+        const id = ++this._nextId;
+        req.order = req.order || id;
+        req.frame = Object.assign({}, req.frame, { id });
+        this._pending.set(id, req);
+        req.timer = setTimeout(() => {
+          if (this._pending.get(id) !== req) return;
+          this._pending.delete(id);
+          this._settle(req, new KeelError("timeout", req.kind + " got no ack in time", id));
+        }, req.timeout);
+        this._write(req.frame);
+      }
+      this._queue = waiting;
+    }
+
+    send(channelId, content, options) {
+      const o = options || {};
+      const clientMsgId = o.clientMsgId || randomId();
+      const frame = { type: "send", channel_id: channelId, content: String(content), client_msg_id: clientMsgId };
+      if (o.messageType) frame.message_type = o.messageType;
+      if (o.replyTo) frame.reply_to = o.replyTo;
+      const { promise } = this._request(frame, "send", {
+        timeout: o.timeout,
+        meta: { clientMsgId, channelId, content: frame.content },
+      });
+      promise.clientMsgId = clientMsgId;
+      return promise;
+    }
+
+    pending() {
+      const all = Array.from(this._pending.values()).concat(this._queue);
+      return all
+        .filter((req) => req.kind === "send" && !req.settled)
+        .sort((a, b) => (a.order || Infinity) - (b.order || Infinity))
+        .map((req) => Object.assign({}, req.meta));
+    }
+
+    edit(channelId, messageId, content) {
+      return this._request(
+        { type: "edit", channel_id: channelId, message_id: messageId, content: String(content) },
+        "edit"
+      ).promise;
+    }
+
+    remove(channelId, messageId) {
+      return this._request({ type: "delete", channel_id: channelId, message_id: messageId }, "delete")
+        .promise;
+    }
+
+    react(channelId, messageId, emoji) {
+      return this._request(
+        { type: "react", channel_id: channelId, message_id: messageId, emoji: emoji || "👍" },
+        "react"
+      ).promise;
+    }
+
+    unreact(channelId, messageId, emoji) {
+      return this._request(
+        { type: "unreact", channel_id: channelId, message_id: messageId, emoji: emoji || "👍" },
+        "unreact"
+      ).promise;
+    }
+
+    markRead(channelId, seq) {
+      return this._request({ type: "read", channel_id: channelId, seq: seq }, "read").promise;
+    }
+
+    presence(channelId) {
+      return this._request({ type: "presence", channel_id: channelId }, "presence", { needsLive: true })
+        .promise;
+    }
+
+    typing(channelId) {
+      const ch = this._channels.get(channelId);
+      if (!this._open || !ch || !ch.live) return false;
+      const now = Date.now();
+      const last = this._typingAt.get(channelId) || 0;
+      if (now - last < this._opt.typingInterval) return false;
+      this._typingAt.set(channelId, now);
+      return this._write({ type: "typing", channel_id: channelId });
+    }
+  }
+
+  return { Client, KeelError, Close, PROTOCOL, version: "1.0.0" };
+});
