@@ -357,14 +357,22 @@ class Bridge:
     # -- client frames ------------------------------------------------------------------
 
     async def _on_frame(self, conn: Conn, text: str | bytes) -> None:
-        if not conn.session.admit():
-            if conn.session.flooding:
-                await self._close(conn, p.CloseCode.RATE_LIMITED, "rate limited")
-            else:
-                await self._reply(conn, p.error_frame(p.ErrorCode.RATE_LIMITED, "slow down"))
-            return
+        refused: p.FrameError | None = None
         try:
             command = p.parse_frame(text)
+        except p.FrameError as exc:
+            refused = exc
+        if not conn.session.admit():  # every frame counts, well-formed or not
+            if conn.session.flooding:
+                await self._close(conn, p.CloseCode.RATE_LIMITED, "rate limited")
+                return
+            frame_id = refused.frame_id if refused is not None else command.id
+            await self._reply(conn, p.error_frame(p.ErrorCode.RATE_LIMITED, "slow down", frame_id))
+            return
+        if refused is not None:
+            await self._reply(conn, p.error_frame(refused.code, refused.message, refused.frame_id))
+            return
+        try:
             if command.channel_id and not is_uuid(command.channel_id):
                 raise p.FrameError(
                     p.ErrorCode.INVALID_ARGUMENT,

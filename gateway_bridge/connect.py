@@ -30,7 +30,6 @@ import grpc
 from keel.channels.v1 import channels_pb2
 
 from gateway_bridge import rules
-from gateway_bridge.convert import timestamp
 from gateway_bridge.events import (
     CHANNEL_DELETED,
     CHAT_EVENTS_TOPIC,
@@ -43,6 +42,7 @@ from gateway_bridge.models import ChannelId, Message, MessageQuery
 from gateway_bridge.store import SqlChatStore
 from service_kit.bus import EventBus, Subscription
 from service_kit.errors import KeelError, OutOfRange, ResourceExhausted, Unavailable
+from service_kit.protobuf import timestamp
 from service_kit.validation import Violations, is_uuid
 
 log = logging.getLogger(__name__)

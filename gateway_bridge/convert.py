@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from keel.channels.v1 import channels_pb2
 
 from gateway_bridge.models import Channel, ChannelType, Member, Message, Role, UnreadCount, User
+from service_kit.protobuf import struct, timestamp
 
 CHANNEL_TYPES = {
     ChannelType.DIRECT: channels_pb2.CHANNEL_TYPE_DIRECT,
@@ -17,25 +15,6 @@ CHANNEL_TYPES = {
 CHANNEL_TYPES_BY_PROTO = {v: k for k, v in CHANNEL_TYPES.items()}
 ROLES = {Role.OWNER: channels_pb2.MEMBER_ROLE_OWNER, Role.MEMBER: channels_pb2.MEMBER_ROLE_MEMBER}
 ROLES_BY_PROTO = {v: k for k, v in ROLES.items()}
-
-
-def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def struct(value: object) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    if value:
-        message.update(value)  # type: ignore[arg-type]
-    return message
-
-
-def dict_of(message: struct_pb2.Struct) -> dict[str, object]:
-    return json_format.MessageToDict(message)
 
 
 def user_to_proto(user: User) -> channels_pb2.User:

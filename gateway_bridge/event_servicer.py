@@ -10,15 +10,15 @@ import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2
 from keel.events.v1 import events_pb2, events_pb2_grpc
 
-from gateway_bridge.convert import timestamp
 from gateway_bridge.event_service import EventService
 from gateway_bridge.webhooks import Delivery, DeliveryStatus, Webhook, WebhookState
 from service_kit.auth import current_tenant
+from service_kit.protobuf import timestamp
 from service_kit.validation import (
     Violations,
     decode_time_position,
-    encode_time_position,
     page_size,
+    time_page,
 )
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -118,12 +118,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         limit = page_size(request.page_size)
         after = decode_time_position(request.page_token, query="webhooks")
         found = await self._service.list_webhooks(_tenant(), limit=limit + 1, after=after)
-        page = found[:limit]
-        token = (
-            encode_time_position(page[-1].created_at, page[-1].id, query="webhooks")
-            if len(found) > limit
-            else ""
-        )
+        page, token = time_page(found, limit, lambda x: (x.created_at, x.id), query="webhooks")
         return events_pb2.ListWebhooksResponse(
             webhooks=[webhook_to_proto(w) for w in page], next_page_token=token
         )
@@ -182,12 +177,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             limit=limit + 1,
             after=after,
         )
-        page = found[:limit]
-        token = (
-            encode_time_position(page[-1].created_at, page[-1].id, query=query)
-            if len(found) > limit
-            else ""
-        )
+        page, token = time_page(found, limit, lambda x: (x.created_at, x.id), query=query)
         return events_pb2.ListDeliveriesResponse(
             deliveries=[delivery_to_proto(d) for d in page], next_page_token=token
         )

@@ -7,6 +7,7 @@ values) happen here; everything else is the chat service's.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import TypeAlias
 
 import grpc
@@ -26,13 +27,14 @@ from gateway_bridge.models import (
     UserId,
 )
 from service_kit.auth import TenantId, current_tenant
+from service_kit.protobuf import dict_of, timestamp
 from service_kit.validation import (
     Violations,
     decode_page_token,
     decode_time_position,
     encode_page_token,
-    encode_time_position,
     page_size,
+    time_page,
 )
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -66,7 +68,7 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
             _tenant(),
             name=request.name,
             type=convert.CHANNEL_TYPES_BY_PROTO.get(request.type, ChannelType.GROUP),
-            metadata=convert.dict_of(request.metadata),
+            metadata=dict_of(request.metadata),
             created_by=request.created_by,
             member_ids=list(request.member_ids),
             request_id=request.request_id,
@@ -93,12 +95,7 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
             type=convert.CHANNEL_TYPES_BY_PROTO.get(request.type),
             member_id=request.member_id,
         )
-        page = found[:limit]
-        token = (
-            encode_time_position(page[-1].created_at, page[-1].id, query=query)
-            if len(found) > limit
-            else ""
-        )
+        page, token = time_page(found, limit, lambda x: (x.created_at, x.id), query=query)
         return channels_pb2.ListChannelsResponse(
             channels=[convert.channel_to_proto(c) for c in page], next_page_token=token
         )
@@ -111,7 +108,7 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
             _tenant(),
             request.channel.id,
             name=request.channel.name,
-            metadata=convert.dict_of(request.channel.metadata),
+            metadata=dict_of(request.channel.metadata),
             fields=list(request.update_mask.paths),
         )
         return channels_pb2.UpdateChannelResponse(channel=convert.channel_to_proto(channel))
@@ -135,7 +132,7 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
                 username=request.user.username,
                 email=request.user.email,
                 avatar=request.user.avatar,
-                metadata=convert.dict_of(request.user.metadata),
+                metadata=dict_of(request.user.metadata),
             ),
             list(request.update_mask.paths) if request.update_mask.paths else None,
         )
@@ -153,10 +150,9 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
         limit = page_size(request.page_size)
         after = decode_time_position(request.page_token, query="users")
         found = await self._chat.list_users(_tenant(), limit=limit + 1, after=after)
-        page = found[:limit]
-        token = ""
-        if len(found) > limit and page[-1].created_at is not None:
-            token = encode_time_position(page[-1].created_at, page[-1].id, query="users")
+        page, token = time_page(
+            found, limit, lambda u: (u.created_at or datetime.min, u.id), query="users"
+        )
         return channels_pb2.ListUsersResponse(
             users=[convert.user_to_proto(u) for u in page], next_page_token=token
         )
@@ -192,12 +188,7 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
         found = await self._chat.list_members(
             _tenant(), request.channel_id, limit=limit + 1, after=after
         )
-        page = found[:limit]
-        token = (
-            encode_time_position(page[-1].joined_at, page[-1].user_id, query=query)
-            if len(found) > limit
-            else ""
-        )
+        page, token = time_page(found, limit, lambda x: (x.joined_at, x.user_id), query=query)
         return channels_pb2.ListMembersResponse(
             members=[convert.member_to_proto(m) for m in page], next_page_token=token
         )
@@ -335,9 +326,7 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
         token, expires = await self._chat.issue_client_token(
             _tenant(), request.user_id, request.ttl_seconds
         )
-        return channels_pb2.IssueClientTokenResponse(
-            token=token, expire_time=convert.timestamp(expires)
-        )
+        return channels_pb2.IssueClientTokenResponse(token=token, expire_time=timestamp(expires))
 
     # -- the bridge's stream ------------------------------------------------------------
 

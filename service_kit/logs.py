@@ -57,6 +57,14 @@ class _Handoff(QueueHandler):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
         record.msg, record.args = record.getMessage(), None
+        # Extra fields are encoded later, on another thread, when what they refer to may be
+        # gone (websockets logs weak references to connections): keep plain values only.
+        for key, value in list(record.__dict__.items()):
+            if key not in _STANDARD_ATTRS and not isinstance(value, str | int | float | bool):
+                try:
+                    record.__dict__[key] = json.loads(json.dumps(value, default=str))
+                except (ReferenceError, TypeError, ValueError):
+                    record.__dict__[key] = repr(type(value))
         return record
 
 

@@ -11,10 +11,13 @@ import binascii
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from service_kit.errors import FieldViolation, InvalidArgument
+
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -125,3 +128,15 @@ def decode_time_position(token: str, *, query: str) -> tuple[datetime, str] | No
         return datetime.fromisoformat(position[0]), str(position[1])
     except (ValueError, IndexError, TypeError):
         raise InvalidArgument.for_field("page_token", "is not a token this API returned") from None
+
+
+def time_page(
+    found: list[T], limit: int, position: Callable[[T], tuple[datetime, str]], *, query: str
+) -> tuple[list[T], str]:
+    """The first ``limit`` of ``found`` (fetched with ``limit + 1``) and the token of the
+    next page, empty when there is none."""
+    page = found[:limit]
+    if len(found) <= limit:
+        return page, ""
+    time, key = position(page[-1])
+    return page, encode_time_position(time, key, query=query)

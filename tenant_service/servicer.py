@@ -7,35 +7,20 @@ errors; the interceptor turns them into statuses.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import grpc
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 
 from service_kit.auth import Credentials, TenantContext, TenantId
+from service_kit.protobuf import dict_of, struct, timestamp
 from service_kit.validation import (
     Violations,
     decode_time_position,
-    encode_time_position,
     page_size,
+    time_page,
 )
 from tenant_service.tenants import Tenant, TenantDirectory
 
 _LIST_QUERY = "tenants.list"
-
-
-def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def _struct(value: object) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    if value:
-        message.update(value)  # type: ignore[arg-type]
-    return message
 
 
 def tenant_to_proto(tenant: Tenant) -> tenants_pb2.Tenant:
@@ -49,10 +34,10 @@ def tenant_to_proto(tenant: Tenant) -> tenants_pb2.Tenant:
         ),
         allowed_origins=tenant.allowed_origins,
         require_origin=tenant.require_origin,
-        metadata=_struct(tenant.metadata),
-        create_time=_timestamp(tenant.create_time),
-        update_time=_timestamp(tenant.update_time),
-        secret_rotate_time=_timestamp(tenant.secret_rotate_time),
+        metadata=struct(tenant.metadata),
+        create_time=timestamp(tenant.create_time),
+        update_time=timestamp(tenant.update_time),
+        secret_rotate_time=timestamp(tenant.secret_rotate_time),
     )
 
 
@@ -66,7 +51,7 @@ def tenant_from_proto(message: tenants_pb2.Tenant) -> Tenant:
         rate_limit_burst=message.rate_limits.burst,
         allowed_origins=tuple(message.allowed_origins),
         require_origin=message.require_origin,
-        metadata=json_format.MessageToDict(message.metadata),
+        metadata=dict_of(message.metadata),
     )
 
 
@@ -78,7 +63,7 @@ def context_to_proto(tenant: TenantContext) -> tenants_pb2.ValidateCredentialsRe
         rate_limits=tenants_pb2.RateLimits(
             requests_per_second=tenant.rate_limit_rps, burst=tenant.rate_limit_burst
         ),
-        metadata=_struct(dict(tenant.metadata)),
+        metadata=struct(dict(tenant.metadata)),
         allowed_origins=tenant.allowed_origins,
         require_origin=tenant.require_origin,
     )
@@ -125,12 +110,7 @@ class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
         limit = page_size(request.page_size)
         after = decode_time_position(request.page_token, query=_LIST_QUERY)
         found = await self._directory.list(limit=limit + 1, after=after)
-        page, more = found[:limit], len(found) > limit
-        token = (
-            encode_time_position(page[-1].create_time, page[-1].id, query=_LIST_QUERY)
-            if more
-            else ""
-        )
+        page, token = time_page(found, limit, lambda x: (x.create_time, x.id), query=_LIST_QUERY)
         return tenants_pb2.ListTenantsResponse(
             tenants=[tenant_to_proto(t) for t in page], next_page_token=token
         )
