@@ -41,6 +41,7 @@ class GatewayLink:
         self._call_timeout = call_timeout
         self._outbox: asyncio.Queue[channels_pb2.ConnectRequest] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.connected = asyncio.Event()
 
     def start(self) -> None:
@@ -62,7 +63,7 @@ class GatewayLink:
 
     async def _run(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._closing:
             call = self.stub.Connect(metadata=(self._auth,))
             writer: asyncio.Task[None] | None = None
             try:
@@ -81,6 +82,8 @@ class GatewayLink:
                     self._on_response(response)
                 log.warning("gateway closed the Connect stream; reconnecting")
             except grpc.aio.AioRpcError as exc:
+                if self._closing:
+                    return
                 log.warning(
                     "gateway link lost; reconnecting",
                     extra={"code": exc.code().name, "details": exc.details()},
@@ -102,9 +105,8 @@ class GatewayLink:
             pass  # the stream ended; the reader reconnects and resubscribes
 
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # grpc may turn the cancellation into a CANCELLED status; the flag ends the loop.
+            await asyncio.wait([self._task], timeout=5)
