@@ -383,7 +383,7 @@ class ConnectHub:
 
 def _replayed_event(tenant_id: str, message: Message) -> ChatEvent:
     """A message read back from the database, as the ``message:created`` event it had."""
-    return ChatEvent(
+    return ChatEvent.of(
         cursor=0,
         event_id="",
         tenant_id=tenant_id,

@@ -558,7 +558,7 @@ async def _with_attempts(conn: AsyncConnection, found: list[Delivery]) -> list[D
 
 
 def _chat_event(row: Any) -> ChatEvent:
-    return ChatEvent(
+    return ChatEvent.of(
         cursor=int(row["id"]),
         event_id=row["event_id"],
         tenant_id=row["tenant_id"],

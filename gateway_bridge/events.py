@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -64,7 +64,12 @@ class EventDraft:
 
 @dataclass(frozen=True, slots=True)
 class ChatEvent:
-    """A recorded event. ``cursor`` is its position in the event log."""
+    """A recorded event. ``cursor`` is its position in the event log.
+
+    The data is kept as JSON text (``data_text``), encoded once when the event is
+    recorded: publishing, routing and streaming pass that text along untouched, and
+    :attr:`data` parses it only for the few who look inside.
+    """
 
     cursor: int
     event_id: str
@@ -72,35 +77,52 @@ class ChatEvent:
     channel_id: str
     seq: int
     name: str
-    data: Mapping[str, Any]
+    data_text: str
     created_at: datetime
-    _encoded: list[bytes] = field(default_factory=list, compare=False, repr=False)
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        cursor: int,
+        event_id: str,
+        tenant_id: str,
+        channel_id: str,
+        seq: int,
+        name: str,
+        data: Mapping[str, Any],
+        created_at: datetime,
+    ) -> ChatEvent:
+        return cls(
+            cursor, event_id, tenant_id, channel_id, seq, name, encode_data(data), created_at
+        )
+
+    @property
+    def data(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.data_text)
+        return parsed
 
     def encode(self) -> bytes:
-        """The event as JSON bytes (computed once, then reused)."""
-        if not self._encoded:
-            self._encoded.append(
-                json.dumps(
-                    {
-                        "cursor": self.cursor,
-                        "event_id": self.event_id,
-                        "tenant_id": self.tenant_id,
-                        "channel_id": self.channel_id,
-                        "seq": self.seq,
-                        "event": self.name,
-                        "data": self.data,
-                        "created_at": _time(self.created_at),
-                    },
-                    separators=(",", ":"),
-                    ensure_ascii=False,
-                ).encode()
-            )
-        return self._encoded[0]
+        """The bus payload: a JSON header line, a newline, then the data's JSON text."""
+        header = json.dumps(
+            {
+                "cursor": self.cursor,
+                "event_id": self.event_id,
+                "tenant_id": self.tenant_id,
+                "channel_id": self.channel_id,
+                "seq": self.seq,
+                "event": self.name,
+                "created_at": _time(self.created_at),
+            },
+            separators=(",", ":"),
+        )
+        return f"{header}\n{self.data_text}".encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> ChatEvent:
-        """The event :meth:`encode` wrote; keeps ``payload`` as its encoding."""
-        raw = json.loads(payload)
+        """The event :meth:`encode` wrote (the data's text is kept, not parsed)."""
+        header_bytes, _, data = payload.partition(b"\n")
+        raw = json.loads(header_bytes)
         return cls(
             cursor=int(raw["cursor"]),
             event_id=raw["event_id"],
@@ -108,14 +130,13 @@ class ChatEvent:
             channel_id=raw["channel_id"],
             seq=int(raw["seq"]),
             name=raw["event"],
-            data=raw["data"],
+            data_text=data.decode(),
             created_at=datetime.fromisoformat(raw["created_at"]),
-            _encoded=[payload],
         )
 
     def data_json(self) -> str:
         """Only the ``data`` part, as JSON text."""
-        return encode_data(self.data)
+        return self.data_text
 
 
 def encode_data(data: Mapping[str, Any]) -> str:

@@ -101,7 +101,7 @@ class SqlChatStore:
             ],
         )
         return [
-            ev.ChatEvent(
+            ev.ChatEvent.of(
                 cursor=cursor,
                 event_id=event_id,
                 tenant_id=tenant_id,
@@ -876,7 +876,7 @@ async def _with_reactions(conn: AsyncConnection, found: list[Message]) -> list[M
 
 
 def _event(row: Any) -> ev.ChatEvent:
-    return ev.ChatEvent(
+    return ev.ChatEvent.of(
         cursor=int(row["id"]),
         event_id=row["event_id"],
         tenant_id=row["tenant_id"],

@@ -1229,7 +1229,7 @@ class LatePublishBus:
         self._released = asyncio.Event()
 
     async def publish(self, topic: str, payload: bytes) -> None:
-        event = json.loads(payload)
+        event = json.loads(payload.partition(b"\n")[0])  # the header line (see ChatEvent)
         ours = event.get("channel_id") == self.channel_id and event.get("event") == MESSAGE_CREATED
         if ours and event["seq"] == 1:
             self.holding.set()
