@@ -22,7 +22,6 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -55,6 +54,7 @@ log = logging.getLogger(__name__)
 STATIC: Final = Path(__file__).with_name("static")
 EPHEMERAL_TOPIC: Final = "bridge.ephemeral"
 _ENDS_SUBSCRIPTIONS: Final = frozenset({"user:left", "channel:deleted"})
+_CLOSE_TIMEOUT: Final = 2.0
 
 CONNECTIONS = Gauge("keel_bridge_connections", "Open WebSocket connections.")
 DELIVERIES = MetricCounter("keel_bridge_deliveries_total", "Event frames written to sockets.")
@@ -148,7 +148,9 @@ class Bridge:
             on_response=self._on_gateway,
             resubscriptions=self._resubscriptions,
         )
+        self._gateway = gateway
         self._conns: dict[str, Conn] = {}
+        self._admitting: set[ServerConnection] = set()
         self._rooms: dict[tuple[str, str], Room] = {}
         self._per_tenant: Counter[str] = Counter()
         self._per_user: Counter[tuple[str, str]] = Counter()
@@ -178,7 +180,7 @@ class Bridge:
             open_timeout=self._settings.handshake_timeout,
             ping_interval=self._settings.ping_interval,
             ping_timeout=self._settings.ping_timeout,
-            close_timeout=2,
+            close_timeout=_CLOSE_TIMEOUT,
             write_limit=self._settings.send_buffer_bytes,
         )
         self.port = self._server.sockets[0].getsockname()[1] if port == 0 else port
@@ -188,19 +190,23 @@ class Bridge:
         """Stop accepting; close every connection with SERVER_RESTART; close the link."""
         if self._server is not None:
             self._server.close(close_connections=False)
-            await asyncio.gather(
-                *(
-                    self._close(conn, p.CloseCode.SERVER_RESTART, "server restart")
-                    for conn in list(self._conns.values())
-                ),
-                return_exceptions=True,
-            )
+            closing = [
+                self._close(conn, p.CloseCode.SERVER_RESTART, "server restart")
+                for conn in list(self._conns.values())
+            ]
+            # Connections still authenticating are told to go elsewhere too.
+            closing += [
+                ws.close(int(p.CloseCode.SERVER_RESTART), "server restart")
+                for ws in list(self._admitting)
+            ]
+            await asyncio.gather(*closing, return_exceptions=True)
             await self._server.wait_closed()
         for task in self._tasks:
             task.cancel()
         if self._ephemeral is not None:
             await self._ephemeral.close()
         await self.link.close()
+        await self._gateway.close()
 
     # -- HTTP: static files and health -------------------------------------------------
 
@@ -240,8 +246,12 @@ class Bridge:
 
     async def _handle(self, ws: ServerConnection) -> None:
         conn: Conn | None = None
+        self._admitting.add(ws)
         try:
-            conn = await self._admit(ws)
+            try:
+                conn = await self._admit(ws)
+            finally:
+                self._admitting.discard(ws)
             if conn is None:
                 return
             async for message in ws:
@@ -325,10 +335,20 @@ class Bridge:
         await conn.ws.close(int(code), reason)
 
     def _cut(self, conn: Conn, code: p.CloseCode, reason: str) -> None:
-        """Close from the hot path: stop writing to it now, finish the close in a task."""
+        """Close from the hot path: stop writing to it now, finish the close in a task.
+
+        A slow consumer may never read the close frame (its buffer is full), so the
+        socket is dropped if the close has not completed within the close timeout."""
         if conn.closed:
             return
-        asyncio.get_running_loop().create_task(self._close(conn, code, reason))
+
+        async def close() -> None:
+            try:
+                await asyncio.wait_for(self._close(conn, code, reason), _CLOSE_TIMEOUT)
+            except TimeoutError:
+                conn.ws.transport.abort()
+
+        asyncio.get_running_loop().create_task(close())
 
     async def _drop(self, conn: Conn) -> None:
         if self._conns.pop(conn.key, None) is None:
@@ -406,12 +426,12 @@ class Bridge:
 
     async def _do_subscribe(self, conn: Conn, command: p.Command) -> None:
         sub = conn.session.start(command)
-        if sub.live:  # already subscribed: answer at once
+        if sub.live:  # already subscribed: answer at once, with where the channel is now
+            room = self._room(conn.tenant.tenant_id, command.channel_id)
+            current = max(sub.last_seq, room.last_seq)
             await self._reply(
                 conn,
-                p.ack_frame(
-                    command.id, {"channel_id": command.channel_id, "last_seq": sub.last_seq}
-                ),
+                p.ack_frame(command.id, {"channel_id": command.channel_id, "last_seq": current}),
             )
             return
         room = self._room(conn.tenant.tenant_id, command.channel_id)
@@ -724,17 +744,23 @@ class Bridge:
     def _send_soon(self, conn: Conn, frame: str) -> None:
         asyncio.get_running_loop().create_task(self._reply(conn, frame))
 
-    def _resubscriptions(self) -> Iterable[channels_pb2.ConnectRequest]:
-        """After the link (re)opens: every room from where it got, every pending subscribe."""
-        for room in self._rooms.values():
+    def _resubscriptions(self) -> list[channels_pb2.ConnectRequest]:
+        """After the link (re)opens: every room from where it got, every pending subscribe.
+
+        Built at once (the link writes them one by one while rooms keep changing)."""
+        requests = []
+        for room in list(self._rooms.values()):
             if room.known and room.live:
-                yield _subscribe(room.key, room.tenant_id, room.channel_id, room.last_seq)
-            for conn in room.joining:
+                requests.append(
+                    _subscribe(room.key, room.tenant_id, room.channel_id, room.last_seq)
+                )
+            for conn in list(room.joining):
                 sub = conn.session.subscriptions.get(room.channel_id)
                 since = sub.last_seq if sub is not None else 0
                 request = _subscribe(conn.key, room.tenant_id, room.channel_id, since)
                 request.subscribe.user_id = conn.user_id
-                yield request
+                requests.append(request)
+        return requests
 
     # -- presence and typing ------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -31,7 +31,7 @@ class GatewayLink:
         peer_token: str,
         *,
         on_response: Callable[[channels_pb2.ConnectResponse], None],
-        resubscriptions: Callable[[], Iterable[channels_pb2.ConnectRequest]],
+        resubscriptions: Callable[[], Sequence[channels_pb2.ConnectRequest]],
         call_timeout: float = 10.0,
     ) -> None:
         self.stub = channels_pb2_grpc.ChannelServiceStub(channel)
@@ -88,6 +88,12 @@ class GatewayLink:
                     "gateway link lost; reconnecting",
                     extra={"code": exc.code().name, "details": exc.details()},
                 )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if self._closing:
+                    return
+                log.exception("gateway link failed; reconnecting")
             finally:
                 self.connected.clear()
                 if writer is not None:
