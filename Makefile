@@ -7,6 +7,7 @@ PYTHON  ?= python3
 
 .PHONY: run test gen check-gen lint typecheck pytest install clean-var
 
+
 ## run: create .venv if missing, install Keel, and run every service in one process.
 run: $(VENV)/.installed
 	$(VENV)/bin/keel serve all
@@ -61,3 +62,6 @@ pytest: $(VENV)/.installed
 
 clean-var:
 	rm -rf var
+
+# make bench / make bench-full (see bench/README.md).
+include bench/Makefile.inc
