@@ -55,6 +55,8 @@ STATIC: Final = Path(__file__).with_name("static")
 EPHEMERAL_TOPIC: Final = "bridge.ephemeral"
 _ENDS_SUBSCRIPTIONS: Final = frozenset({"user:left", "channel:deleted"})
 _CLOSE_TIMEOUT: Final = 2.0
+#: Events arriving this close together are written to each subscriber in one write.
+_COALESCE_SECONDS: Final = 0.001
 
 CONNECTIONS = Gauge("keel_bridge_connections", "Open WebSocket connections.")
 DELIVERIES = MetricCounter("keel_bridge_deliveries_total", "Event frames written to sockets.")
@@ -102,6 +104,8 @@ class Room:
     channel_id: str
     live: set[Conn] = field(default_factory=set)
     joining: set[Conn] = field(default_factory=set)
+    pending: list[bytes] = field(default_factory=list)  # frames not yet written to `live`
+    dirty: bool = False
     last_seq: int = 0
     known: bool = False
     filling: bool = False
@@ -151,6 +155,8 @@ class Bridge:
         self._gateway = gateway
         self._conns: dict[str, Conn] = {}
         self._admitting: set[ServerConnection] = set()
+        self._dirty: list[Room] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
         self._rooms: dict[tuple[str, str], Room] = {}
         self._per_tenant: Counter[str] = Counter()
         self._per_user: Counter[tuple[str, str]] = Counter()
@@ -201,6 +207,8 @@ class Bridge:
             ]
             await asyncio.gather(*closing, return_exceptions=True)
             await self._server.wait_closed()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
         for task in self._tasks:
             task.cancel()
         if self._ephemeral is not None:
@@ -653,6 +661,36 @@ class Bridge:
         frame = _frame(event)
         for conn in room.joining:
             conn.session.hold(event.channel_id, event.event, event.seq, frame)
+        room.pending.append(frame)
+        if event.event in _ENDS_SUBSCRIPTIONS:
+            self._flush_room(room)  # the leaving connections get this event too
+            self._end_subscriptions(room, event)
+        elif not room.dirty:
+            room.dirty = True
+            self._dirty.append(room)
+            if self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_later(
+                    _COALESCE_SECONDS, self._flush
+                )
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        rooms, self._dirty = self._dirty, []
+        for room in rooms:
+            self._flush_room(room)
+
+    def _flush_room(self, room: Room) -> None:
+        """Write the room's pending frames to every live subscriber, as one write each.
+
+        Events that arrive within ``_COALESCE_SECONDS`` of each other go out together:
+        one system call per subscriber for the lot, instead of one per event, which is
+        what limits fan-out when traffic is dense (at the cost of at most that delay).
+        """
+        room.dirty = False
+        frames, room.pending = room.pending, []
+        if not frames:
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
         limit = self._settings.send_buffer_bytes
         delivered = 0
         for conn in room.live:
@@ -662,11 +700,9 @@ class Bridge:
             if transport.get_write_buffer_size() > limit:
                 self._cut(conn, p.CloseCode.SLOW_CONSUMER, "slow consumer")
                 continue
-            transport.write(frame)
+            transport.write(data)
             delivered += 1
-        DELIVERIES.inc(delivered)
-        if event.event in _ENDS_SUBSCRIPTIONS:
-            self._end_subscriptions(room, event)
+        DELIVERIES.inc(delivered * len(frames))
 
     def _end_subscriptions(self, room: Room, event: channels_pb2.ChannelEvent) -> None:
         """After ``user:left`` the user's connections stop following the channel (it may
@@ -715,6 +751,9 @@ class Bridge:
         if not room.known:
             room.known, room.last_seq = True, max(room.last_seq, result.last_seq)
         held = conn.session.go_live(result.channel_id, result.last_seq)
+        # Frames pending for the room were held for this connection too: send them to
+        # the others now, before it joins them.
+        self._flush_room(room)
         room.joining.discard(conn)
         room.live.add(conn)
         self._write(

@@ -355,7 +355,12 @@ def fields_named(error: grpc.RpcError) -> list[str]:
 def test_sigterm_lets_in_flight_calls_finish_and_exits_cleanly(
     keel_env: dict[str, str], keel_server: Callable[..., KeelProcess]
 ) -> None:
-    env = embedded_env(keel_env, KEEL_SECRET_HASH_COST="17", KEEL_SHUTDOWN_GRACE_SECONDS="20")
+    env = embedded_env(
+        keel_env,
+        KEEL_SECRET_HASH_COST="17",
+        KEEL_SHUTDOWN_GRACE_SECONDS="20",
+        KEEL_LOG_LEVEL="DEBUG",  # successful calls' access log lines are DEBUG
+    )
     keel = keel_server("all", env, wait_for_stdout="Keel is running")
     admin = bearer(admin_token(keel))
     names = [unique("drain") for _ in range(6)]
