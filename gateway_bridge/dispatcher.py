@@ -64,6 +64,8 @@ class Dispatcher:
         self._settings = settings
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
 
     def start(self) -> None:
@@ -82,6 +84,13 @@ class Dispatcher:
         self._wake.set()
 
     async def close(self) -> None:
+        """Let each loop finish the pass it is in (a pass cancelled in the middle of a
+        database write would leave SQLite's write lock held), then stop."""
+        self._stopping = True
+        self._stopped.set()
+        self._wake.set()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self._settings.timeout_seconds + 5)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -94,13 +103,13 @@ class Dispatcher:
 
     async def _loop(self, work: object) -> None:
         assert callable(work)
-        while True:
+        while not self._stopping:
             try:
                 busy = await work()
             except Exception:
                 log.warning("webhook dispatcher pass failed; retrying", exc_info=True)
                 busy = False
-            if not busy:
+            if not busy and not self._stopping:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._settings.interval)
@@ -173,11 +182,14 @@ class Dispatcher:
         )
 
     async def _retention(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 removed = await self._store.prune(datetime.now(UTC) - self._settings.retention)
                 if removed:
                     log.info("removed old events", extra={"count": removed})
             except Exception:
                 log.warning("event retention pass failed", exc_info=True)
-            await asyncio.sleep(60)
+            try:
+                await asyncio.wait_for(self._stopped.wait(), 60)
+            except TimeoutError:
+                pass

@@ -29,7 +29,7 @@ from gateway_bridge.webhooks import (
     raise_violations,
 )
 from service_kit.bus import EventBus, Subscription
-from service_kit.errors import InvalidArgument
+from service_kit.errors import FailedPrecondition, InvalidArgument
 from service_kit.validation import Violations, is_uuid, new_id
 
 MAX_GRACE_SECONDS = 7 * 86_400
@@ -192,8 +192,12 @@ class EventService:
         return webhook, secret, until
 
     async def test_webhook(self, tenant_id: str, webhook_id: str) -> Delivery:
-        """Queue a ``ping`` event to the webhook now."""
+        """Queue a ``ping`` event to an active webhook now."""
         webhook = await self._store.get_webhook(tenant_id, webhook_id)
+        if webhook.state is not WebhookState.ACTIVE:
+            raise FailedPrecondition(
+                f"webhook {webhook.id!r} is {webhook.state.value}: set it active first"
+            )
         delivery = await self._store.add_delivery(
             tenant_id,
             webhook.id,
@@ -224,6 +228,11 @@ class EventService:
     async def redeliver(self, tenant_id: str, delivery_id: str) -> Delivery:
         """Queue the delivery's event again (a new delivery, same ``webhook-id``)."""
         previous = await self._store.get_delivery(tenant_id, delivery_id)
+        webhook = await self._store.get_webhook(tenant_id, previous.webhook_id)
+        if webhook.state is not WebhookState.ACTIVE:
+            raise FailedPrecondition(
+                f"webhook {webhook.id!r} is {webhook.state.value}: set it active first"
+            )
         delivery = await self._store.add_delivery(
             tenant_id, previous.webhook_id, dict(previous.payload)
         )

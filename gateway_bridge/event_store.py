@@ -370,7 +370,7 @@ class SqlEventStore:
         query = (
             select(deliveries)
             .where(deliveries.c.tenant_id == tenant_id, deliveries.c.webhook_id == webhook_id)
-            .order_by(deliveries.c.created_at, deliveries.c.id)
+            .order_by(deliveries.c.created_at.desc(), deliveries.c.id.desc())
             .limit(limit)
         )
         if status is not None:
@@ -379,8 +379,8 @@ class SqlEventStore:
             time, key = after
             query = query.where(
                 or_(
-                    deliveries.c.created_at > time,
-                    and_(deliveries.c.created_at == time, deliveries.c.id > key),
+                    deliveries.c.created_at < time,
+                    and_(deliveries.c.created_at == time, deliveries.c.id < key),
                 )
             )
         async with self._engine.connect() as conn:

@@ -171,6 +171,8 @@ events = Table(
     Index(None, "published_at", "id"),
     Index(None, "webhooks_done", "id"),
     Index(None, "created_at"),
+    # Never reuse an id, even after retention emptied the table (cursors must only grow).
+    sqlite_autoincrement=True,
 )
 
 # gateway_bridge: webhook endpoints, their deliveries and every attempt.

@@ -187,8 +187,9 @@ class EventServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TestWebhook(self, request, context):
-        """TestWebhook sends a `ping` event to a webhook at once, whatever its
-        filters and state, makes one attempt, and returns the delivery.
+        """TestWebhook queues a `ping` event for an active webhook, whatever its
+        filters, and returns the delivery; it is attempted at once like any
+        other (see ListDeliveries for the outcome).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

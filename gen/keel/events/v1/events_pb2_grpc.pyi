@@ -76,8 +76,9 @@ class EventServiceStub:
     secret. The new secret is shown only in this response.
     """
     TestWebhook: _grpc.UnaryUnaryMultiCallable[_events_pb2.TestWebhookRequest, _events_pb2.TestWebhookResponse]
-    """TestWebhook sends a `ping` event to a webhook at once, whatever its
-    filters and state, makes one attempt, and returns the delivery.
+    """TestWebhook queues a `ping` event for an active webhook, whatever its
+    filters, and returns the delivery; it is attempted at once like any
+    other (see ListDeliveries for the outcome).
     """
     ListDeliveries: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListDeliveriesRequest, _events_pb2.ListDeliveriesResponse]
     """ListDeliveries returns a webhook's deliveries, newest first, a page at a
@@ -147,8 +148,9 @@ class EventServiceAsyncStub(EventServiceStub):
     secret. The new secret is shown only in this response.
     """
     TestWebhook: _aio.UnaryUnaryMultiCallable[_events_pb2.TestWebhookRequest, _events_pb2.TestWebhookResponse]  # type: ignore[assignment]
-    """TestWebhook sends a `ping` event to a webhook at once, whatever its
-    filters and state, makes one attempt, and returns the delivery.
+    """TestWebhook queues a `ping` event for an active webhook, whatever its
+    filters, and returns the delivery; it is attempted at once like any
+    other (see ListDeliveries for the outcome).
     """
     ListDeliveries: _aio.UnaryUnaryMultiCallable[_events_pb2.ListDeliveriesRequest, _events_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
     """ListDeliveries returns a webhook's deliveries, newest first, a page at a
@@ -257,8 +259,9 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _events_pb2.TestWebhookRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.TestWebhookResponse, _abc.Awaitable[_events_pb2.TestWebhookResponse]]:
-        """TestWebhook sends a `ping` event to a webhook at once, whatever its
-        filters and state, makes one attempt, and returns the delivery.
+        """TestWebhook queues a `ping` event for an active webhook, whatever its
+        filters, and returns the delivery; it is attempted at once like any
+        other (see ListDeliveries for the outcome).
         """
 
     @_abc_1.abstractmethod
