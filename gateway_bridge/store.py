@@ -21,7 +21,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -409,11 +409,22 @@ class SqlChatStore:
     async def _join(
         self, conn: AsyncConnection, channel: Channel, user_id: str, role: Role
     ) -> tuple[Member, list[ev.ChatEvent]]:
-        member = Member(channel.id, UserId(user_id), role, self._clock())
-        await conn.execute(insert(channel_members).values(_member_row(channel.tenant_id, member)))
-        recorded = await self._record(
-            conn, channel.tenant_id, [ev.joined(member, channel.last_seq)]
+        return await self._join_as(
+            conn, channel.tenant_id, channel.id, user_id, role, channel.last_seq
         )
+
+    async def _join_as(
+        self,
+        conn: AsyncConnection,
+        tenant_id: str,
+        channel_id: ChannelId,
+        user_id: str,
+        role: Role,
+        last_seq: int,
+    ) -> tuple[Member, list[ev.ChatEvent]]:
+        member = Member(channel_id, UserId(user_id), role, self._clock())
+        await conn.execute(insert(channel_members).values(_member_row(tenant_id, member)))
+        recorded = await self._record(conn, tenant_id, [ev.joined(member, last_seq)])
         return member, recorded
 
     async def remove_member(
@@ -483,36 +494,52 @@ class SqlChatStore:
     async def _insert_message(
         self, conn: AsyncConnection, tenant_id: TenantId, new: NewMessage
     ) -> tuple[Message, list[ev.ChatEvent]]:
-        channel = await _load_channel(conn, tenant_id, new.channel_id)
+        # The hot path in one statement: take the next seq if the channel is the tenant's
+        # and the sender may write there (a member, or anyone in a public channel).
+        member = (
+            exists()
+            .where(
+                channel_members.c.channel_id == channels.c.id,
+                channel_members.c.user_id == new.user_id,
+            )
+            .correlate(channels)
+        )
+        allowed = [channels.c.id == new.channel_id, channels.c.tenant_id == tenant_id]
+        if new.user_id:
+            allowed.append(or_(member, channels.c.type == ChannelType.PUBLIC.value))
+        taken = (
+            await conn.execute(
+                update(channels)
+                .where(*allowed)
+                .values(last_seq=channels.c.last_seq + 1)
+                .returning(channels.c.last_seq, member.label("is_member"))
+            )
+        ).first()
+        if taken is None:
+            # Why not: say so precisely (ChannelNotFound, or not a member).
+            channel = await _load_channel(conn, tenant_id, new.channel_id)
+            raise NotAllowed(f"user {new.user_id!r} is not a member of this {channel.type} channel")
+        seq = int(taken.last_seq)
+        channel_id = ChannelId(new.channel_id)
         recorded: list[ev.ChatEvent] = []
-        if new.user_id and await _load_member(conn, channel.id, new.user_id) is None:
-            if not rules.joins_by_writing(channel):
-                raise NotAllowed(
-                    f"user {new.user_id!r} is not a member of this {channel.type} channel"
-                )
+        if new.user_id and not taken.is_member:  # a public channel: writing joins it
             await self._ensure_users(conn, tenant_id, [new.user_id])
-            _, recorded = await self._join(conn, channel, new.user_id, Role.MEMBER)
+            _, recorded = await self._join_as(
+                conn, tenant_id, channel_id, new.user_id, Role.MEMBER, seq - 1
+            )
         if new.reply_to:
             parent = await conn.execute(
                 select(messages.c.id).where(
-                    messages.c.id == new.reply_to, messages.c.channel_id == channel.id
+                    messages.c.id == new.reply_to, messages.c.channel_id == channel_id
                 )
             )
             if parent.first() is None:
                 raise WrongState(f"reply_to: message {new.reply_to!r} is not in this channel")
-        seq = (
-            await conn.execute(
-                update(channels)
-                .where(channels.c.id == channel.id)
-                .values(last_seq=channels.c.last_seq + 1)
-                .returning(channels.c.last_seq)
-            )
-        ).scalar_one()
         now = self._clock()
         message = Message(
             tenant_id=tenant_id,
             id=MessageId(new_id()),
-            channel_id=channel.id,
+            channel_id=channel_id,
             user_id=new.user_id,
             content=new.content,
             message_type=new.message_type,
@@ -526,7 +553,7 @@ class SqlChatStore:
             insert(messages).values(
                 id=message.id,
                 tenant_id=tenant_id,
-                channel_id=channel.id,
+                channel_id=channel_id,
                 user_id=message.user_id,
                 content=message.content,
                 message_type=message.message_type,
