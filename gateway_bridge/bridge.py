@@ -363,13 +363,13 @@ class Bridge:
             return
         conn.closed = True
         self._leave_all(conn)
-        self._per_tenant[conn.tenant.tenant_id] -= 1
-        self._per_user[(conn.tenant.tenant_id, conn.user_id)] -= 1
-        for counter, key in ((self._per_tenant, conn.tenant.tenant_id),):
-            if counter[key] <= 0:
-                del counter[key]
-        if self._per_user[(conn.tenant.tenant_id, conn.user_id)] <= 0:
-            del self._per_user[(conn.tenant.tenant_id, conn.user_id)]
+        tenant_id, user = conn.tenant.tenant_id, (conn.tenant.tenant_id, conn.user_id)
+        self._per_tenant[tenant_id] -= 1
+        self._per_user[user] -= 1
+        if self._per_tenant[tenant_id] <= 0:
+            del self._per_tenant[tenant_id]
+        if self._per_user[user] <= 0:
+            del self._per_user[user]
         CONNECTIONS.dec()
         self.link.send(
             channels_pb2.ConnectRequest(

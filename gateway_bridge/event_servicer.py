@@ -19,6 +19,7 @@ from service_kit.validation import (
     decode_time_position,
     page_size,
     time_page,
+    valid_id,
 )
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -39,13 +40,6 @@ STATUSES_BY_PROTO = {v: k for k, v in STATUSES.items()}
 
 def _tenant() -> str:
     return current_tenant().tenant_id
-
-
-def _id(field: str, value: str) -> str:
-    v = Violations()
-    v.uuid(field, value)
-    v.raise_if_any()
-    return value
 
 
 def webhook_to_proto(webhook: Webhook) -> events_pb2.Webhook:
@@ -109,7 +103,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     async def GetWebhook(
         self, request: events_pb2.GetWebhookRequest, context: Context
     ) -> events_pb2.GetWebhookResponse:
-        webhook = await self._service.get_webhook(_tenant(), _id("id", request.id))
+        webhook = await self._service.get_webhook(_tenant(), valid_id("id", request.id))
         return events_pb2.GetWebhookResponse(webhook=webhook_to_proto(webhook))
 
     async def ListWebhooks(
@@ -129,7 +123,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         hook = request.webhook
         webhook = await self._service.update_webhook(
             _tenant(),
-            _id("webhook.id", hook.id),
+            valid_id("webhook.id", hook.id),
             fields=list(request.update_mask.paths),
             url=hook.url,
             events=list(hook.events),
@@ -142,14 +136,14 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     async def DeleteWebhook(
         self, request: events_pb2.DeleteWebhookRequest, context: Context
     ) -> events_pb2.DeleteWebhookResponse:
-        await self._service.delete_webhook(_tenant(), _id("id", request.id))
+        await self._service.delete_webhook(_tenant(), valid_id("id", request.id))
         return events_pb2.DeleteWebhookResponse()
 
     async def RotateWebhookSecret(
         self, request: events_pb2.RotateWebhookSecretRequest, context: Context
     ) -> events_pb2.RotateWebhookSecretResponse:
         webhook, secret, until = await self._service.rotate_secret(
-            _tenant(), _id("id", request.id), request.grace_period_seconds
+            _tenant(), valid_id("id", request.id), request.grace_period_seconds
         )
         return events_pb2.RotateWebhookSecretResponse(
             webhook=webhook_to_proto(webhook),
@@ -160,13 +154,13 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     async def TestWebhook(
         self, request: events_pb2.TestWebhookRequest, context: Context
     ) -> events_pb2.TestWebhookResponse:
-        delivery = await self._service.test_webhook(_tenant(), _id("id", request.id))
+        delivery = await self._service.test_webhook(_tenant(), valid_id("id", request.id))
         return events_pb2.TestWebhookResponse(delivery=delivery_to_proto(delivery))
 
     async def ListDeliveries(
         self, request: events_pb2.ListDeliveriesRequest, context: Context
     ) -> events_pb2.ListDeliveriesResponse:
-        webhook_id = _id("webhook_id", request.webhook_id)
+        webhook_id = valid_id("webhook_id", request.webhook_id)
         limit = page_size(request.page_size)
         query = f"deliveries:{webhook_id}:{request.status}"
         after = decode_time_position(request.page_token, query=query)
@@ -185,13 +179,15 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     async def RedeliverEvent(
         self, request: events_pb2.RedeliverEventRequest, context: Context
     ) -> events_pb2.RedeliverEventResponse:
-        delivery = await self._service.redeliver(_tenant(), _id("delivery_id", request.delivery_id))
+        delivery = await self._service.redeliver(
+            _tenant(), valid_id("delivery_id", request.delivery_id)
+        )
         return events_pb2.RedeliverEventResponse(delivery=delivery_to_proto(delivery))
 
     async def ReplayEvents(
         self, request: events_pb2.ReplayEventsRequest, context: Context
     ) -> events_pb2.ReplayEventsResponse:
-        webhook_id = _id("webhook_id", request.webhook_id)
+        webhook_id = valid_id("webhook_id", request.webhook_id)
         v = Violations()
         v.check(request.HasField("since_time"), "since_time", "is required")
         v.raise_if_any()

@@ -11,7 +11,7 @@ one writer at a time, so there ``txid`` is 0 and ``id`` alone orders.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -552,8 +552,6 @@ async def _with_attempts(conn: AsyncConnection, found: list[Delivery]) -> list[D
         by_delivery.setdefault(r.delivery_id, []).append(
             Attempt(as_utc(r.attempt_time), int(r.status_code), int(r.latency_ms), r.error)
         )
-    from dataclasses import replace
-
     return [replace(d, attempts=tuple(by_delivery.get(d.id, ()))) for d in found]
 
 

@@ -35,6 +35,7 @@ from service_kit.validation import (
     encode_page_token,
     page_size,
     time_page,
+    valid_id,
 )
 
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -46,10 +47,8 @@ def _tenant() -> TenantId:
 
 def _ids(**fields: str) -> None:
     """INVALID_ARGUMENT unless every given field holds a Keel id (a UUID)."""
-    v = Violations()
     for name, value in fields.items():
-        v.uuid(name, value)
-    v.raise_if_any(InvalidChat)
+        valid_id(name, value)
 
 
 class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):

@@ -140,3 +140,11 @@ def time_page(
         return page, ""
     time, key = position(page[-1])
     return page, encode_time_position(time, key, query=query)
+
+
+def valid_id(field: str, value: str) -> str:
+    """``value`` if it is a Keel id (a UUID); INVALID_ARGUMENT naming ``field`` otherwise."""
+    v = Violations()
+    v.uuid(field, value)
+    v.raise_if_any()
+    return value

@@ -17,6 +17,7 @@ from service_kit.validation import (
     decode_time_position,
     page_size,
     time_page,
+    valid_id,
 )
 from tenant_service.tenants import Tenant, TenantDirectory
 
@@ -69,13 +70,6 @@ def context_to_proto(tenant: TenantContext) -> tenants_pb2.ValidateCredentialsRe
     )
 
 
-def _check_id(value: str, field: str = "id") -> str:
-    v = Violations()
-    v.uuid(field, value)
-    v.raise_if_any()
-    return value
-
-
 class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
     """The gRPC face of :class:`TenantDirectory`."""
 
@@ -101,7 +95,7 @@ class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
     async def GetTenant(
         self, request: tenants_pb2.GetTenantRequest, context: grpc.aio.ServicerContext
     ) -> tenants_pb2.GetTenantResponse:
-        tenant = await self._directory.get(_check_id(request.id))
+        tenant = await self._directory.get(valid_id("id", request.id))
         return tenants_pb2.GetTenantResponse(tenant=tenant_to_proto(tenant))
 
     async def ListTenants(
@@ -118,7 +112,7 @@ class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
     async def UpdateTenant(
         self, request: tenants_pb2.UpdateTenantRequest, context: grpc.aio.ServicerContext
     ) -> tenants_pb2.UpdateTenantResponse:
-        tenant_id = _check_id(request.tenant.id, "tenant.id")
+        tenant_id = valid_id("tenant.id", request.tenant.id)
         tenant = await self._directory.update(
             tenant_id, tenant_from_proto(request.tenant), list(request.update_mask.paths)
         )
@@ -127,7 +121,7 @@ class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
     async def RotateSecret(
         self, request: tenants_pb2.RotateSecretRequest, context: grpc.aio.ServicerContext
     ) -> tenants_pb2.RotateSecretResponse:
-        tenant, secret = await self._directory.rotate_secret(_check_id(request.id))
+        tenant, secret = await self._directory.rotate_secret(valid_id("id", request.id))
         return tenants_pb2.RotateSecretResponse(
             tenant=tenant_to_proto(tenant), client_secret=secret
         )
@@ -135,7 +129,7 @@ class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
     async def DeleteTenant(
         self, request: tenants_pb2.DeleteTenantRequest, context: grpc.aio.ServicerContext
     ) -> tenants_pb2.DeleteTenantResponse:
-        await self._directory.delete(_check_id(request.id))
+        await self._directory.delete(valid_id("id", request.id))
         return tenants_pb2.DeleteTenantResponse()
 
     async def ValidateCredentials(
