@@ -15,6 +15,7 @@ import os
 import secrets
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 from redis.asyncio import Redis
@@ -72,6 +73,36 @@ def embedded_secrets(settings: Settings) -> Settings:
 
 async def serve(process: str, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
     """Run ``process`` until SIGTERM/SIGINT, then stop gracefully."""
+    earlier = asyncio.all_tasks()
+    try:
+        await _serve(process, settings, ready)
+    finally:
+        await _finish_leftover_tasks(asyncio.all_tasks() - earlier)
+
+
+async def _finish_leftover_tasks(tasks: set[asyncio.Task[Any]], grace: float = 3.0) -> None:
+    """Cancel the tasks the orderly stop left running; name any that will not end.
+
+    Without this, ``asyncio.run`` would wait without limit for such a task and the
+    process would never exit after SIGTERM."""
+    leftover = [task for task in tasks if task is not asyncio.current_task()]
+    for task in leftover:
+        task.cancel()
+    if not leftover:
+        return
+    _, pending = await asyncio.wait(leftover, timeout=grace)
+    for task in pending:
+        frames = " <- ".join(
+            f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})"
+            for frame in task.get_stack()
+        )
+        log.error(
+            "a task did not stop within the grace period; exiting without it",
+            extra={"task": task.get_name(), "stack": frames},
+        )
+
+
+async def _serve(process: str, settings: Settings, ready: asyncio.Event | None) -> None:
     if process == "all":
         settings = embedded_secrets(settings)
     else:

@@ -98,7 +98,9 @@ class KeelProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            pytest.fail(f"{self.name} did not exit within {timeout}s after SIGTERM")
+            pytest.fail(
+                f"{self.name} did not exit within {timeout}s after SIGTERM\n{self.describe()}"
+            )
 
     def stop(self) -> int:
         """SIGTERM, wait (kill after 15 s), close the output files; returns the exit code."""

@@ -593,7 +593,8 @@ async def test_a_bridges_log_stays_json_lines_when_connections_close(
     for client in clients:
         await client.close()
     bridges.b1.keel.signal(signal.SIGTERM)
-    assert await asyncio.to_thread(bridges.b1.keel.process.wait, 15) == 0
+    code = await asyncio.to_thread(bridges.b1.keel.wait, 15)
+    assert code == 0, bridges.b1.keel.describe()
     stderr = bridges.b1.keel.stderr()
     not_json = []
     for line in stderr.splitlines():
