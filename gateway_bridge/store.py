@@ -3,10 +3,12 @@
 Every method is scoped by ``tenant_id``. Every mutation runs in one
 transaction that also records its events in the event log (the outbox) and
 returns them, so the caller can publish them after commit. A channel's
-message ``seq`` is taken by ``UPDATE channels SET last_seq = last_seq + 1``
-inside the sending transaction: the row lock serializes senders of one
-channel (PostgreSQL; SQLite serializes all writers), a rollback gives the
-number back, and so seqs are gap-free.
+message ``seq`` is taken from ``channels.last_seq`` inside the sending
+transaction, under the channel row's lock (``UPDATE ... SET last_seq = last_seq
++ 1``, or, for a batch of concurrent sends stored together, ``SELECT ... FOR
+UPDATE`` in channel id order and one update per channel): the lock serializes
+senders of one channel (PostgreSQL; SQLite serializes all writers), a rollback
+gives the numbers back, and so seqs are gap-free.
 
 Rules that need the stored state to decide (membership, who may edit or
 delete) are checked here, inside the transaction, with the predicates of
@@ -21,7 +23,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -48,11 +50,18 @@ from gateway_bridge.models import (
     UserId,
 )
 from service_kit.auth import TenantId
+from service_kit.batching import Batcher
 from service_kit.db import as_utc, insert_ignoring_conflicts, write_transaction
 from service_kit.schema import channel_members, channels, events, messages, reactions, users
 from service_kit.validation import new_id
 
 Clock = Callable[[], datetime]
+
+#: What storing a message gives: the message, and the events to publish after commit.
+Sent = tuple[Message, list[ev.ChatEvent]]
+
+#: Most sends stored in one transaction (group commit).
+SEND_BATCH = 128
 
 
 def _utcnow() -> datetime:
@@ -74,16 +83,27 @@ class SqlChatStore:
     def __init__(self, engine: AsyncEngine, *, clock: Clock = _utcnow) -> None:
         self._engine = engine
         self._clock = clock
+        # SQLite has one writer at a time, so one batch at a time; PostgreSQL overlaps a few.
+        self._sends: Batcher[tuple[TenantId, NewMessage], Sent] = Batcher(
+            self._send_batch,
+            max_batch=SEND_BATCH,
+            max_in_flight=1 if engine.dialect.name == "sqlite" else 4,
+        )
 
     # -- the event log ------------------------------------------------------------------
 
     async def _record(
         self, conn: AsyncConnection, tenant_id: str, drafts: Sequence[ev.EventDraft]
     ) -> list[ev.ChatEvent]:
+        return await self._record_many(conn, [(tenant_id, d) for d in drafts])
+
+    async def _record_many(
+        self, conn: AsyncConnection, drafts: Sequence[tuple[str, ev.EventDraft]]
+    ) -> list[ev.ChatEvent]:
+        """Append ``(tenant_id, draft)`` events to the log, in order, in one statement."""
         if not drafts:
             return []
         now = self._clock()
-        drafts = list(drafts)
         ids = [new_id() for _ in drafts]
         result = await conn.execute(
             insert(events).returning(events.c.id, sort_by_parameter_order=True),
@@ -97,7 +117,7 @@ class SqlChatStore:
                     "data": dict(d.data),
                     "created_at": now,
                 }
-                for event_id, d in zip(ids, drafts, strict=True)
+                for event_id, (tenant_id, d) in zip(ids, drafts, strict=True)
             ],
         )
         return [
@@ -111,7 +131,9 @@ class SqlChatStore:
                 data=d.data,
                 created_at=now,
             )
-            for cursor, event_id, d in zip(result.scalars().all(), ids, drafts, strict=True)
+            for cursor, event_id, (tenant_id, d) in zip(
+                result.scalars().all(), ids, drafts, strict=True
+            )
         ]
 
     @asynccontextmanager
@@ -471,11 +493,17 @@ class SqlChatStore:
 
     # -- messages -----------------------------------------------------------------------
 
-    async def send_message(
-        self, tenant_id: TenantId, new: NewMessage
-    ) -> tuple[Message, list[ev.ChatEvent]]:
+    async def send_message(self, tenant_id: TenantId, new: NewMessage) -> Sent:
         """Store ``new`` with the channel's next seq, or return the message an earlier send
-        with the same idempotency key stored (and no events)."""
+        with the same idempotency key stored (and no events).
+
+        Concurrent sends share transactions (group commit, :meth:`_send_batch`); a reply
+        runs in a transaction of its own."""
+        if new.reply_to:
+            return await self._send_alone(tenant_id, new)
+        return await self._sends.submit((tenant_id, new))
+
+    async def _send_alone(self, tenant_id: TenantId, new: NewMessage) -> Sent:
         if new.idempotency_key:
             earlier = await self._by_idempotency_key(tenant_id, new)
             if earlier is not None:
@@ -493,9 +521,9 @@ class SqlChatStore:
 
     async def _insert_message(
         self, conn: AsyncConnection, tenant_id: TenantId, new: NewMessage
-    ) -> tuple[Message, list[ev.ChatEvent]]:
-        # The hot path in one statement: take the next seq if the channel is the tenant's
-        # and the sender may write there (a member, or anyone in a public channel).
+    ) -> Sent:
+        # Take the next seq if the channel is the tenant's and the sender may write there
+        # (a member, or anyone in a public channel) in one statement.
         member = (
             exists()
             .where(
@@ -518,7 +546,7 @@ class SqlChatStore:
         if taken is None:
             # Why not: say so precisely (ChannelNotFound, or not a member).
             channel = await _load_channel(conn, tenant_id, new.channel_id)
-            raise NotAllowed(f"user {new.user_id!r} is not a member of this {channel.type} channel")
+            raise _not_a_member(new, channel.type)
         seq = int(taken.last_seq)
         channel_id = ChannelId(new.channel_id)
         recorded: list[ev.ChatEvent] = []
@@ -535,40 +563,111 @@ class SqlChatStore:
             )
             if parent.first() is None:
                 raise WrongState(f"reply_to: message {new.reply_to!r} is not in this channel")
-        now = self._clock()
-        message = Message(
-            tenant_id=tenant_id,
-            id=MessageId(new_id()),
-            channel_id=channel_id,
-            user_id=new.user_id,
-            content=new.content,
-            message_type=new.message_type,
-            reply_to=new.reply_to,
-            attachment_ids=new.attachment_ids,
-            seq=seq,
-            created_at=now,
-            updated_at=now,
-        )
-        await conn.execute(
-            insert(messages).values(
-                id=message.id,
-                tenant_id=tenant_id,
-                channel_id=channel_id,
-                user_id=message.user_id,
-                content=message.content,
-                message_type=message.message_type,
-                reply_to=message.reply_to or None,
-                attachment_ids=list(message.attachment_ids),
-                seq=seq,
-                idempotency_key=new.idempotency_key or None,
-                edited=False,
-                deleted=False,
-                created_at=now,
-                updated_at=now,
-            )
-        )
+        message = _new_message(tenant_id, new, seq, self._clock())
+        await conn.execute(insert(messages).values(_message_row(message, new.idempotency_key)))
         created = ev.message_event(ev.MESSAGE_CREATED, message)
         return message, recorded + await self._record(conn, tenant_id, [created])
+
+    async def _send_batch(
+        self, batch: list[tuple[TenantId, NewMessage]]
+    ) -> list[Sent | BaseException]:
+        """Group commit: store many sends in one transaction, each answered on its own."""
+        try:
+            async with write_transaction(self._engine) as conn:
+                outcomes, alone = await self._insert_batch(conn, batch)
+        except IntegrityError:
+            # Another process stored one of these idempotency keys first: one at a time.
+            return [await self._outcome_alone(*item) for item in batch]
+        for index in alone:
+            outcomes[index] = await self._outcome_alone(*batch[index])
+        return [_answered(outcome) for outcome in outcomes]
+
+    async def _outcome_alone(self, tenant_id: TenantId, new: NewMessage) -> Sent | BaseException:
+        try:
+            return await self._send_alone(tenant_id, new)
+        except Exception as exc:
+            return exc
+
+    async def _insert_batch(
+        self, conn: AsyncConnection, batch: list[tuple[TenantId, NewMessage]]
+    ) -> tuple[list[Sent | BaseException | None], list[int]]:
+        """Store the sends of ``batch`` that need nothing but a seq and a row; answer the
+        others with their error, and list those that must run alone (a first write to a
+        public channel, which joins it)."""
+        outcomes: list[Sent | BaseException | None] = [None] * len(batch)
+        alone: list[int] = []
+        channel_ids = sorted({new.channel_id for _, new in batch})
+        # The channels' rows are locked in id order, so batches never deadlock each other.
+        locked = {
+            row.id: row
+            for row in await conn.execute(
+                select(channels.c.id, channels.c.tenant_id, channels.c.type, channels.c.last_seq)
+                .where(channels.c.id.in_(channel_ids))
+                .order_by(channels.c.id)
+                .with_for_update()
+            )
+        }
+        senders = sorted({new.user_id for _, new in batch if new.user_id})
+        members: set[tuple[str, str]] = set()
+        if senders:
+            found = await conn.execute(
+                select(channel_members.c.channel_id, channel_members.c.user_id).where(
+                    channel_members.c.channel_id.in_(channel_ids),
+                    channel_members.c.user_id.in_(senders),
+                )
+            )
+            members = {(row.channel_id, row.user_id) for row in found}
+        stored = await _by_idempotency_keys(conn, channel_ids, batch)
+        last_seq = {channel_id: int(row.last_seq) for channel_id, row in locked.items()}
+        now = self._clock()
+        placed: list[tuple[int, Message, str]] = []
+        first_with_key: dict[tuple[str, str], int] = {}
+        repeats: list[tuple[int, int]] = []
+        for index, (tenant_id, new) in enumerate(batch):
+            channel = locked.get(new.channel_id)
+            key = (new.channel_id, new.idempotency_key)
+            if channel is None or channel.tenant_id != tenant_id:
+                outcomes[index] = ChannelNotFound(new.channel_id)
+            elif new.idempotency_key and key in stored:
+                outcomes[index] = (stored[key], [])
+            elif new.idempotency_key and key in first_with_key:
+                repeats.append((index, first_with_key[key]))
+            elif new.user_id and (new.channel_id, new.user_id) not in members:
+                if channel.type == ChannelType.PUBLIC.value:
+                    alone.append(index)
+                else:
+                    outcomes[index] = _not_a_member(new, ChannelType(channel.type))
+            else:
+                if new.idempotency_key:
+                    first_with_key[key] = index
+                last_seq[new.channel_id] += 1
+                message = _new_message(tenant_id, new, last_seq[new.channel_id], now)
+                placed.append((index, message, new.idempotency_key))
+        if placed:
+            await conn.execute(
+                update(channels)
+                .where(channels.c.id == bindparam("taken_id"))
+                .values(last_seq=bindparam("taken_seq")),
+                [
+                    {"taken_id": channel_id, "taken_seq": seq}
+                    for channel_id, seq in last_seq.items()
+                    if seq != locked[channel_id].last_seq
+                ],
+            )
+            await conn.execute(
+                insert(messages), [_message_row(message, key) for _, message, key in placed]
+            )
+            recorded = await self._record_many(
+                conn,
+                [(m.tenant_id, ev.message_event(ev.MESSAGE_CREATED, m)) for _, m, _ in placed],
+            )
+            for (index, message, _), event in zip(placed, recorded, strict=True):
+                outcomes[index] = (message, [event])
+        for index, first in repeats:
+            outcome = outcomes[first]
+            assert isinstance(outcome, tuple)
+            outcomes[index] = (outcome[0], [])
+        return outcomes, alone
 
     async def _by_idempotency_key(self, tenant_id: str, new: NewMessage) -> Message | None:
         async with self._engine.connect() as conn:
@@ -881,6 +980,72 @@ def _message(row: Any) -> Message:
         edited=bool(row["edited"]),
         deleted=bool(row["deleted"]),
     )
+
+
+def _new_message(tenant_id: TenantId, new: NewMessage, seq: int, now: datetime) -> Message:
+    return Message(
+        tenant_id=tenant_id,
+        id=MessageId(new_id()),
+        channel_id=ChannelId(new.channel_id),
+        user_id=new.user_id,
+        content=new.content,
+        message_type=new.message_type,
+        reply_to=new.reply_to,
+        attachment_ids=new.attachment_ids,
+        seq=seq,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _message_row(message: Message, idempotency_key: str) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "tenant_id": message.tenant_id,
+        "channel_id": message.channel_id,
+        "user_id": message.user_id,
+        "content": message.content,
+        "message_type": message.message_type,
+        "reply_to": message.reply_to or None,
+        "attachment_ids": list(message.attachment_ids),
+        "seq": message.seq,
+        "idempotency_key": idempotency_key or None,
+        "edited": False,
+        "deleted": False,
+        "created_at": message.created_at,
+        "updated_at": message.updated_at,
+    }
+
+
+def _not_a_member(new: NewMessage, channel_type: ChannelType) -> NotAllowed:
+    return NotAllowed(f"user {new.user_id!r} is not a member of this {channel_type} channel")
+
+
+def _answered(outcome: Sent | BaseException | None) -> Sent | BaseException:
+    assert outcome is not None, "every send of a batch is answered"
+    return outcome
+
+
+async def _by_idempotency_keys(
+    conn: AsyncConnection, channel_ids: Sequence[str], batch: list[tuple[TenantId, NewMessage]]
+) -> dict[tuple[str, str], Message]:
+    """The stored messages of ``channel_ids`` that carry one of the batch's idempotency
+    keys, by ``(channel_id, key)``."""
+    keys = sorted({new.idempotency_key for _, new in batch if new.idempotency_key})
+    if not keys:
+        return {}
+    rows = (
+        await conn.execute(
+            select(messages).where(
+                messages.c.channel_id.in_(channel_ids), messages.c.idempotency_key.in_(keys)
+            )
+        )
+    ).all()
+    found = await _with_reactions(conn, [_message(row._mapping) for row in rows])
+    return {
+        (message.channel_id, row._mapping["idempotency_key"]): message
+        for row, message in zip(rows, found, strict=True)
+    }
 
 
 async def _with_reactions(conn: AsyncConnection, found: list[Message]) -> list[Message]:

@@ -104,6 +104,85 @@ async def test_concurrent_senders_get_gap_free_seqs(chat: ChatService) -> None:
     assert (await chat.get_channel(t, channel_id)).last_seq == 1600
 
 
+async def test_sends_stored_together_are_each_answered_on_their_own(
+    chat: ChatService, published: Recorder
+) -> None:
+    """Concurrent sends share a transaction (group commit); one refused send neither
+    fails the others nor takes a seq."""
+    t, other = tenant(), tenant()
+    private = await group(chat, t, "alice", "bob")
+    theirs = await group(chat, other, "alice")
+    public = await chat.create_channel(
+        t,
+        name="town square",
+        type=ChannelType.PUBLIC,
+        metadata={},
+        created_by="alice",
+        member_ids=[],
+        request_id="",
+    )
+    sends = [
+        NewMessage(private, "alice", "one"),
+        NewMessage(private, "mallory", "not a member"),
+        NewMessage(theirs, "alice", "another tenant's channel"),
+        NewMessage(ChannelId("no-such-channel"), "alice", "nowhere"),
+        NewMessage(public.id, "carol", "first words here"),  # joins the public channel
+        NewMessage(private, "bob", "two", idempotency_key="k"),
+        NewMessage(private, "bob", "two", idempotency_key="k"),
+        NewMessage(private, "", "a system message"),
+    ]
+    results = await asyncio.gather(
+        *(chat.send_message(t, new) for new in sends), return_exceptions=True
+    )
+    ok, stranger, foreign, missing, joined, keyed, again, system = results
+    assert isinstance(stranger, NotAllowed), stranger
+    assert "not a member of this group channel" in stranger.message
+    assert isinstance(foreign, ChannelNotFound) and isinstance(missing, ChannelNotFound)
+    assert not isinstance(keyed, BaseException) and not isinstance(again, BaseException)
+    assert keyed.id == again.id
+    sent = [ok, keyed, system]
+    assert all(not isinstance(m, BaseException) for m in sent), sent
+    assert sorted(m.seq for m in sent if not isinstance(m, BaseException)) == [1, 2, 3]
+    assert (await chat.get_channel(t, private)).last_seq == 3
+    assert (await chat.get_channel(other, theirs)).last_seq == 0
+    assert not isinstance(joined, BaseException) and joined.seq == 1
+    assert await chat.get_member(t, public.id, "carol") is not None
+    await asyncio.sleep(0.05)
+    created = [e for e in published.events if e.name == ev.MESSAGE_CREATED]
+    assert sorted((e.channel_id, e.seq) for e in created) == sorted(
+        [(private, 1), (private, 2), (private, 3), (public.id, 1)]
+    )
+
+
+async def test_two_gateways_sending_to_the_same_channels_never_deadlock_or_skip(
+    engine: AsyncEngine, bus: InProcessEventBus
+) -> None:
+    """Two stores on one database (two gateway processes) batch sends to overlapping
+    channels in every order; each channel's seqs stay exactly 1..n."""
+    gateways = [
+        ChatService(store, EventRelay(store, bus), ClientTokens("x" * 32))
+        for store in (SqlChatStore(engine), SqlChatStore(engine))
+    ]
+    t = tenant()
+    channel_ids = [await group(gateways[0], t, "u0", "u1", "u2") for _ in range(3)]
+
+    async def sender(n: int) -> None:
+        chat = gateways[n % 2]
+        for k in range(30):
+            order = channel_ids if (n + k) % 2 else channel_ids[::-1]
+            await asyncio.gather(
+                *(chat.send_message(t, NewMessage(c, f"u{n % 3}", f"{n}/{k}")) for c in order)
+            )
+
+    async with asyncio.timeout(60):
+        await asyncio.gather(*(sender(n) for n in range(6)))
+    for channel_id in channel_ids:
+        stored = await gateways[1].list_messages(
+            t, MessageQuery(channel_id, limit=500, newest_first=False)
+        )
+        assert [m.seq for m in stored] == list(range(1, 181))
+
+
 async def test_one_idempotency_key_stores_one_message(
     chat: ChatService, engine: AsyncEngine, published: Recorder
 ) -> None:
