@@ -17,6 +17,8 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from service_kit.batching import Batcher
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[bytes], None]
@@ -115,9 +117,24 @@ class RedisEventBus(_HandlerTable):
         self._prefix = prefix
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._reader: asyncio.Task[None] | None = None
+        # Concurrent publishes go out together in one pipeline (one write), one pipeline
+        # at a time, so they reach Redis in the order they were made.
+        self._publishes: Batcher[tuple[str, bytes], None] = Batcher(
+            self._publish_batch, max_batch=256, max_in_flight=1
+        )
 
     async def publish(self, topic: str, payload: bytes) -> None:
-        await self._client.publish(self._prefix + topic, payload)
+        await self._publishes.submit((self._prefix + topic, payload))
+
+    async def _publish_batch(self, batch: list[tuple[str, bytes]]) -> list[None]:
+        if len(batch) == 1:
+            await self._client.publish(*batch[0])
+            return [None]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for channel, payload in batch:
+                pipe.publish(channel, payload)
+            await pipe.execute()
+        return [None] * len(batch)
 
     async def subscribe(self, topic: str, handler: Handler) -> Subscription:
         first = topic not in self.handlers

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 
@@ -37,6 +38,35 @@ async def test_redis_bus_reaches_another_process_connection(redis: Redis) -> Non
         await sender.publish(topic, f"m{i}".encode())
     await asyncio.wait_for(arrived.wait(), 5)
     assert got == [b"m0", b"m1", b"m2"]
+    await receiver.close()
+    await sender.close()
+    await receiver_client.aclose()
+
+
+async def test_concurrent_redis_publishes_all_arrive_in_the_order_they_were_made(
+    redis: Redis,
+) -> None:
+    """Publishes made together go out in one pipeline; none is lost or reordered."""
+    topics = [f"test.{uuid.uuid4().hex}" for _ in range(2)]
+    receiver_client = Redis.from_url("redis://127.0.0.1:6379/0")
+    sender, receiver = RedisEventBus(redis), RedisEventBus(receiver_client)
+    got: dict[str, list[bytes]] = {topic: [] for topic in topics}
+    arrived = asyncio.Event()
+
+    def on(topic: str) -> Callable[[bytes], None]:
+        def on_message(payload: bytes) -> None:
+            got[topic].append(payload)
+            if sum(map(len, got.values())) == 1000:
+                arrived.set()
+
+        return on_message
+
+    for topic in topics:
+        await receiver.subscribe(topic, on(topic))
+    await asyncio.gather(*(sender.publish(topics[i % 2], f"m{i}".encode()) for i in range(1000)))
+    await asyncio.wait_for(arrived.wait(), 10)
+    for n, topic in enumerate(topics):
+        assert got[topic] == [f"m{i}".encode() for i in range(n, 1000, 2)]
     await receiver.close()
     await sender.close()
     await receiver_client.aclose()
