@@ -72,7 +72,10 @@ def embedded_secrets(settings: Settings) -> Settings:
 
 
 async def serve(process: str, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
-    """Run ``process`` until SIGTERM/SIGINT, then stop gracefully."""
+    """Run ``process`` until SIGTERM/SIGINT, then stop gracefully.
+
+    It owns the event loop (``keel serve``): tasks started while it runs that are
+    still running when it stops are cancelled."""
     earlier = asyncio.all_tasks()
     try:
         await _serve(process, settings, ready)

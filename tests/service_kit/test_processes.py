@@ -5,14 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import pytest
-
 from service_kit.processes import _finish_leftover_tasks
 
 
-async def test_leftover_tasks_are_cancelled_and_a_stubborn_one_is_named(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_leftover_tasks_are_cancelled_and_a_stubborn_one_is_named() -> None:
     release = asyncio.Event()
     cancelled: list[str] = []
 
@@ -33,12 +38,17 @@ async def test_leftover_tasks_are_cancelled_and_a_stubborn_one_is_named(
     first = asyncio.create_task(polite(), name="polite-one")
     second = asyncio.create_task(stubborn(), name="stubborn-one")
     await asyncio.sleep(0)
-    with caplog.at_level(logging.ERROR, logger="keel.process"):
+    records = Records()
+    logger = logging.getLogger("keel.process")
+    logger.addHandler(records)
+    try:
         await _finish_leftover_tasks({first, second}, grace=0.2)
+    finally:
+        logger.removeHandler(records)
+        release.set()
+        await second
     assert first.cancelled()
-    assert cancelled == ["polite", "stubborn"]
-    named = [r for r in caplog.records if getattr(r, "task", None) == "stubborn-one"]
-    assert len(named) == 1, caplog.records
+    assert sorted(cancelled) == ["polite", "stubborn"]
+    named = [r for r in records.records if getattr(r, "task", None) == "stubborn-one"]
+    assert len(named) == 1, records.records
     assert "stubborn" in named[0].stack
-    release.set()
-    await second
