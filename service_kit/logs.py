@@ -91,3 +91,9 @@ def configure_logging(level: str) -> None:
     root.setLevel(level)
     for noisy in ("aiosqlite", "asyncio", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def flush_logging() -> None:
+    """Write out every queued record now (before an exit that skips ``atexit``)."""
+    if _listener is not None:
+        _listener.stop()

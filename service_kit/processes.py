@@ -29,6 +29,7 @@ from notification_service import server as notification_server
 from service_kit.auth import Authenticator, CredentialValidator, TenantId
 from service_kit.bus import EventBus
 from service_kit.config import ConfigError, Settings
+from service_kit.logs import flush_logging
 from service_kit.metrics import serve_metrics
 from service_kit.server import (
     KeelServer,
@@ -80,19 +81,20 @@ async def serve(process: str, settings: Settings, *, ready: asyncio.Event | None
     try:
         await _serve(process, settings, ready)
     finally:
-        await _finish_leftover_tasks(asyncio.all_tasks() - earlier)
+        if await _finish_leftover_tasks(asyncio.all_tasks() - earlier):
+            # asyncio.run would wait for them without limit: exit now, and say it was unclean.
+            flush_logging()
+            os._exit(1)
 
 
-async def _finish_leftover_tasks(tasks: set[asyncio.Task[Any]], grace: float = 3.0) -> None:
-    """Cancel the tasks the orderly stop left running; name any that will not end.
-
-    Without this, ``asyncio.run`` would wait without limit for such a task and the
-    process would never exit after SIGTERM."""
+async def _finish_leftover_tasks(tasks: set[asyncio.Task[Any]], grace: float = 3.0) -> int:
+    """Cancel the tasks the orderly stop left running; name (and count) any that do not
+    end within ``grace`` seconds."""
     leftover = [task for task in tasks if task is not asyncio.current_task()]
     for task in leftover:
         task.cancel()
     if not leftover:
-        return
+        return 0
     _, pending = await asyncio.wait(leftover, timeout=grace)
     for task in pending:
         frames = " <- ".join(
@@ -103,6 +105,7 @@ async def _finish_leftover_tasks(tasks: set[asyncio.Task[Any]], grace: float = 3
             "a task did not stop within the grace period; exiting without it",
             extra={"task": task.get_name(), "stack": frames},
         )
+    return len(pending)
 
 
 async def _serve(process: str, settings: Settings, ready: asyncio.Event | None) -> None:

@@ -42,11 +42,12 @@ async def test_leftover_tasks_are_cancelled_and_a_stubborn_one_is_named() -> Non
     logger = logging.getLogger("keel.process")
     logger.addHandler(records)
     try:
-        await _finish_leftover_tasks({first, second}, grace=0.2)
+        stuck = await _finish_leftover_tasks({first, second}, grace=0.2)
     finally:
         logger.removeHandler(records)
         release.set()
         await second
+    assert stuck == 1
     assert first.cancelled()
     assert sorted(cancelled) == ["polite", "stubborn"]
     named = [r for r in records.records if getattr(r, "task", None) == "stubborn-one"]
