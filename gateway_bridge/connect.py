@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
-from collections.abc import AsyncIterator
-from typing import Final
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final
 
 import grpc
 from keel.channels.v1 import channels_pb2
@@ -51,6 +51,8 @@ ChannelKey = tuple[str, str]  # (tenant id, channel id)
 
 MAX_REPLAY: Final = 10_000
 _REPLAY_PAGE: Final = 500
+#: Subscribe and unsubscribe commands a hub handles at once (each reads the database).
+_SUBSCRIBING: Final = 16
 _END: Final = object()
 
 
@@ -62,8 +64,33 @@ class _Stream:
         self.max_backlog = max_backlog
         self.keys: dict[str, set[ChannelKey]] = defaultdict(set)
         self.users: dict[str, str] = {}  # subscription key -> the user it reads for
+        self.readers: Counter[ChannelKey] = Counter()  # how many keys read each channel
+        self.commands: dict[str, asyncio.Task[None]] = {}  # the last command of each key
         self.overflowed = False
         self.restarting = False
+
+    def add(self, sub_key: str, key: ChannelKey) -> bool:
+        """``sub_key`` reads ``key``; True when the stream did not read it before."""
+        channels = self.keys[sub_key]
+        if key in channels:
+            return False
+        channels.add(key)
+        self.readers[key] += 1
+        return self.readers[key] == 1
+
+    def discard(self, sub_key: str, key: ChannelKey) -> bool:
+        """``sub_key`` stops reading ``key``; True when no key of the stream reads it now."""
+        channels = self.keys.get(sub_key)
+        if channels is None or key not in channels:
+            return False
+        channels.discard(key)
+        if not channels:
+            del self.keys[sub_key]
+        self.readers[key] -= 1
+        if self.readers[key] > 0:
+            return False
+        del self.readers[key]
+        return True
 
     def send(self, item: object) -> None:
         if self.overflowed:
@@ -79,9 +106,6 @@ class _Stream:
     def restart(self) -> None:
         self.restarting = True
         self.outbox.put_nowait(_END)
-
-    def wanted(self) -> set[ChannelKey]:
-        return set().union(*self.keys.values()) if self.keys else set()
 
 
 class _Order:
@@ -119,6 +143,7 @@ class ConnectHub:
         self._routes: dict[ChannelKey, set[_Stream]] = defaultdict(set)
         self._order: dict[ChannelKey, _Order] = {}
         self._subscription: Subscription | None = None
+        self._subscribing = asyncio.Semaphore(_SUBSCRIBING)
 
     async def start(self) -> None:
         self._subscription = await self._bus.subscribe(CHAT_EVENTS_TOPIC, self._on_event)
@@ -201,25 +226,25 @@ class ConnectHub:
         after ``channel:deleted`` every key does."""
         leaving = event.data.get("user_id") if event.name == USER_LEFT else None
         for stream in tuple(self._routes.get(key, ())):
-            before = stream.wanted()
             for sub_key, channels in list(stream.keys.items()):
                 if key in channels and (leaving is None or stream.users.get(sub_key) == leaving):
-                    channels.discard(key)
-                    if not channels:
-                        del stream.keys[sub_key]
-            self._route(stream, before)
+                    self._discard(stream, sub_key, key)
 
-    def _route(self, stream: _Stream, before: set[ChannelKey]) -> None:
-        after = stream.wanted()
-        for key in after - before:
+    def _add(self, stream: _Stream, sub_key: str, key: ChannelKey) -> None:
+        if stream.add(sub_key, key):
             self._routes[key].add(stream)
-        for key in before - after:
-            routes = self._routes.get(key)
-            if routes is not None:
-                routes.discard(stream)
-                if not routes:
-                    del self._routes[key]
-                    self._order.pop(key, None)
+
+    def _discard(self, stream: _Stream, sub_key: str, key: ChannelKey) -> None:
+        if stream.discard(sub_key, key):
+            self._unroute(stream, key)
+
+    def _unroute(self, stream: _Stream, key: ChannelKey) -> None:
+        routes = self._routes.get(key)
+        if routes is not None:
+            routes.discard(stream)
+            if not routes:
+                del self._routes[key]
+                self._order.pop(key, None)
 
     def _follow(self, key: ChannelKey, last_seq: int) -> None:
         """Start ordering a channel's live events after ``last_seq`` (read before routing)."""
@@ -253,9 +278,12 @@ class ConnectHub:
                 yield item
         finally:
             reader.cancel()
-            before = stream.wanted()
+            for task in list(stream.commands.values()):
+                task.cancel()
+            for key in list(stream.readers):
+                self._unroute(stream, key)
             stream.keys.clear()
-            self._route(stream, before)
+            stream.readers.clear()
 
     async def _read(
         self, stream: _Stream, requests: AsyncIterator[channels_pb2.ConnectRequest]
@@ -263,26 +291,60 @@ class ConnectHub:
         try:
             async for request in requests:
                 if request.HasField("subscribe"):
-                    await self._subscribe(stream, request.subscribe)
+                    command = request.subscribe
+                    self._in_turn(stream, command.subscription_key, self._subscribe, command)
                 elif request.HasField("unsubscribe"):
-                    self._unsubscribe(stream, request.unsubscribe)
+                    self._in_turn(
+                        stream,
+                        request.unsubscribe.subscription_key,
+                        self._unsubscribe,
+                        request.unsubscribe,
+                    )
+            if stream.commands:
+                await asyncio.wait(list(stream.commands.values()))
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("connect stream reader failed")
         stream.send(_END)
 
-    def _unsubscribe(self, stream: _Stream, command: channels_pb2.ConnectUnsubscribe) -> None:
+    def _in_turn(
+        self,
+        stream: _Stream,
+        sub_key: str,
+        handle: Callable[[_Stream, Any], Awaitable[None]],
+        command: Any,
+    ) -> None:
+        """Run ``handle(stream, command)`` after the key's earlier commands (so a key's
+        subscribes and unsubscribes apply in order) and alongside other keys' commands,
+        at most ``_SUBSCRIBING`` at once per hub (each reads the database)."""
+        earlier = stream.commands.get(sub_key)
+
+        async def run() -> None:
+            if earlier is not None:
+                await asyncio.wait([earlier])
+            async with self._subscribing:
+                await handle(stream, command)
+
+        task = asyncio.get_running_loop().create_task(run(), name="connect-command")
+        stream.commands[sub_key] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if stream.commands.get(sub_key) is done:
+                del stream.commands[sub_key]
+            if not done.cancelled() and done.exception() is not None:
+                log.error("a connect command failed", exc_info=done.exception())
+
+        task.add_done_callback(forget)
+
+    async def _unsubscribe(self, stream: _Stream, command: channels_pb2.ConnectUnsubscribe) -> None:
         """Drop the key's subscriptions to ``channel_ids`` (all of them when empty)."""
         keys = stream.keys.get(command.subscription_key)
         if keys is None:
             return
-        before = stream.wanted()
         dropped = set(command.channel_ids)
-        keys.difference_update({k for k in keys if not dropped or k[1] in dropped})
-        if not keys:
-            del stream.keys[command.subscription_key]
-        self._route(stream, before)
+        for key in [k for k in keys if not dropped or k[1] in dropped]:
+            self._discard(stream, command.subscription_key, key)
 
     async def _subscribe(self, stream: _Stream, command: channels_pb2.ConnectSubscribe) -> None:
         v = Violations()
@@ -313,13 +375,10 @@ class ConnectHub:
     ) -> None:
         tenant_id, channel_id = command.tenant_id, position.channel_id
         try:
-            channel = await self._store.get_channel(tenant_id, channel_id)
-            member = (
-                await self._store.get_member(tenant_id, channel_id, command.user_id)
-                if command.user_id
-                else None
+            channel_type, last_seq, is_member = await self._store.read_access(
+                tenant_id, channel_id, command.user_id
             )
-            if command.user_id and not rules.may_read(channel, member):
+            if command.user_id and not rules.may_read(channel_type, is_member):
                 stream.send(
                     _result(
                         command,
@@ -329,22 +388,13 @@ class ConnectHub:
                     )
                 )
                 return
-            before = stream.wanted()
-            stream.keys[command.subscription_key].add((tenant_id, channel_id))
+            self._add(stream, command.subscription_key, (tenant_id, channel_id))
             stream.users[command.subscription_key] = command.user_id
-            self._route(stream, before)
-            self._follow((tenant_id, channel_id), channel.last_seq)
-            last_seq = channel.last_seq
+            self._follow((tenant_id, channel_id), last_seq)
             if position.HasField("since_seq"):
                 last_seq = await self._replay(stream, command, channel_id, position.since_seq)
         except KeelError as exc:
-            keys = stream.keys.get(command.subscription_key)
-            if keys is not None and (tenant_id, channel_id) in keys:
-                before = stream.wanted()
-                keys.discard((tenant_id, channel_id))
-                if not keys:
-                    del stream.keys[command.subscription_key]
-                self._route(stream, before)
+            self._discard(stream, command.subscription_key, (tenant_id, channel_id))
             stream.send(_result(command, channel_id, exc.code, exc.message))
             return
         stream.send(_result(command, channel_id, grpc.StatusCode.OK, "", last_seq))

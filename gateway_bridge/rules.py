@@ -11,9 +11,9 @@ def joins_by_writing(channel: Channel) -> bool:
     return channel.type is ChannelType.PUBLIC
 
 
-def may_read(channel: Channel, member: Member | None) -> bool:
+def may_read(channel_type: ChannelType, is_member: bool) -> bool:
     """Members read every channel; anyone in the tenant reads public ones."""
-    return member is not None or channel.type is ChannelType.PUBLIC
+    return is_member or channel_type is ChannelType.PUBLIC
 
 
 def may_edit(message: Message, user_id: str) -> bool:

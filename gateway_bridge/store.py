@@ -468,6 +468,31 @@ class SqlChatStore:
                 conn, tenant_id, [ev.left(channel_id, user_id, channel.last_seq)]
             )
 
+    async def read_access(
+        self, tenant_id: str, channel_id: str, user_id: str
+    ) -> tuple[ChannelType, int, bool]:
+        """What a reader subscribing to a channel needs, in one query: its type, its
+        ``last_seq`` and whether ``user_id`` is a member. Raises ``ChannelNotFound``."""
+        member = (
+            exists()
+            .where(
+                channel_members.c.channel_id == channels.c.id,
+                channel_members.c.user_id == user_id,
+            )
+            .correlate(channels)
+        )
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(channels.c.type, channels.c.last_seq, member.label("is_member")).where(
+                        channels.c.tenant_id == tenant_id, channels.c.id == channel_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise ChannelNotFound(channel_id)
+        return ChannelType(row.type), int(row.last_seq), bool(row.is_member)
+
     async def get_member(self, tenant_id: str, channel_id: str, user_id: str) -> Member | None:
         async with self._engine.connect() as conn:
             await _load_channel(conn, tenant_id, channel_id)

@@ -1167,6 +1167,35 @@ async def test_connect_delivers_live_events_replays_history_and_unsubscribes(
         assert (item.event.channel_id, item.event.seq) == (marker_channel, marker.seq)
 
 
+async def test_connect_handles_many_keys_at_once_and_each_keys_commands_in_order(
+    keel: Keel, tenant: Tenant
+) -> None:
+    """A burst of subscribes (a bridge after a restart) is answered for every key; a key
+    subscribed and unsubscribed back to back ends unsubscribed."""
+    channels = [await tenant.group("alice") for _ in range(3)]
+    async with connect(keel.chat) as bridge:
+        for n in range(150):
+            await bridge.subscribe(f"burst-{n}", tenant.id, channels[n % 3], user_id="alice")
+        results = [await bridge.result() for _ in range(150)]
+        assert sorted(r.subscription_key for r in results) == sorted(
+            f"burst-{n}" for n in range(150)
+        )
+        assert {(r.code, r.last_seq) for r in results} == {(0, 0)}
+        for n in range(150):  # every key leaves again, right after asking once more
+            await bridge.subscribe(f"burst-{n}", tenant.id, channels[n % 3], user_id="alice")
+            await bridge.unsubscribe(f"burst-{n}")
+        for _ in range(150):
+            assert (await bridge.result()).code == 0
+        marker_channel = await tenant.group("alice")
+        await bridge.subscribe("marker", tenant.id, marker_channel, user_id="alice")
+        assert (await bridge.result()).subscription_key == "marker"
+        for channel in channels:
+            await tenant.send(channel, "nobody listens any more")
+        marker = await tenant.send(marker_channel, "marker")
+        item = await bridge.event()
+        assert (item.event.channel_id, item.event.seq) == (marker_channel, marker.seq)
+
+
 async def test_connect_refuses_non_members_and_other_tenants_channels(keel: Keel) -> None:
     a, b = await keel.tenant(), await keel.tenant()
     group = await a.group("alice")
