@@ -66,6 +66,8 @@ class _Stream:
         self.users: dict[str, str] = {}  # subscription key -> the user it reads for
         self.readers: Counter[ChannelKey] = Counter()  # how many keys read each channel
         self.commands: dict[str, asyncio.Task[None]] = {}  # the last command of each key
+        self.has_room = asyncio.Event()  # set while the backlog is low enough to replay into
+        self.has_room.set()
         self.overflowed = False
         self.restarting = False
 
@@ -102,6 +104,18 @@ class _Stream:
             self.outbox.put_nowait(_END)
             return
         self.outbox.put_nowait(item)
+
+    async def room_to_replay(self) -> None:
+        """Before each replayed item: wait while the backlog is at a quarter of its limit,
+        so concurrent replays cannot fill the backlog that live events need."""
+        while self.outbox.qsize() >= self.max_backlog // 4:
+            self.has_room.clear()
+            await self.has_room.wait()
+
+    def taken(self) -> None:
+        """The stream sent an item: wake the replays once the backlog is low again."""
+        if not self.has_room.is_set() and self.outbox.qsize() < self.max_backlog // 8:
+            self.has_room.set()
 
     def restart(self) -> None:
         self.restarting = True
@@ -262,6 +276,7 @@ class ConnectHub:
         try:
             while True:
                 item = await stream.outbox.get()
+                stream.taken()
                 if item is _END:
                     if stream.restarting:
                         raise Unavailable(
@@ -403,14 +418,14 @@ class ConnectHub:
         self, stream: _Stream, command: channels_pb2.ConnectSubscribe, channel_id: str, since: int
     ) -> int:
         """Send the messages after ``since`` to the key; return the last seq sent (or reached)."""
-        channel = await self._store.get_channel(command.tenant_id, channel_id)
-        if channel.last_seq - since > MAX_REPLAY:
+        _, last_seq, _ = await self._store.read_access(command.tenant_id, channel_id, "")
+        if last_seq - since > MAX_REPLAY:
             raise OutOfRange(
-                f"{channel.last_seq - since} messages were missed, more than {MAX_REPLAY} can be"
+                f"{last_seq - since} messages were missed, more than {MAX_REPLAY} can be"
                 " replayed; reload the history with ListMessages and subscribe again"
             )
-        if since >= channel.last_seq:
-            return channel.last_seq  # nothing to replay (a since_seq past the end included)
+        if since >= last_seq:
+            return last_seq  # nothing to replay (a since_seq past the end included)
         reached = max(since, 0)
         while True:
             page = await self._store.list_messages(
@@ -420,6 +435,7 @@ class ConnectHub:
                 ),
             )
             for message in page:
+                await stream.room_to_replay()
                 stream.send(
                     channels_pb2.ConnectResponse(
                         event=_event_proto(_replayed_event(command.tenant_id, message)),
@@ -428,7 +444,7 @@ class ConnectHub:
                 )
                 reached = message.seq
             if len(page) < _REPLAY_PAGE:
-                return max(reached, channel.last_seq)
+                return max(reached, last_seq)
 
 
 def _replayed_event(tenant_id: str, message: Message) -> ChatEvent:
