@@ -31,7 +31,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "resume": {"clients": 500, "missed": 500, "storm_concurrency": 200},
     },
     "full": {
-        "idle": {"bridges": 4, "conns_per_bridge": 15000, "idle_seconds": 30.0},
+        "idle": {"bridges": 4, "conns_per_bridge": 15000, "idle_seconds": 60.0},
         "fanout": {"subscribers": 10000, "rates": [10, 20, 50, 100, 200], "step_seconds": 5.0},
         "chat": {
             "channels": 2000,

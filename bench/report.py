@@ -57,7 +57,8 @@ def markdown(report: dict[str, Any], json_name: str) -> str:
         f"({_n(report['seconds'], 0)} s). Every figure below, and more, is in "
         f"[`{json_name}`]({json_name}). Reproduce with `make bench` (quick profile) or "
         "`make bench-full` (the issue's sizes); the harness is in `bench/` "
-        "(see `bench/README.md`).",
+        "(see `bench/README.md`). How the hot paths work, where the time goes and why a "
+        "target is not met: [performance.md](performance.md).",
         "",
     ]
     if report.get("loaded_machine"):

@@ -625,6 +625,7 @@ class Bridge:
         if not response.subscription_keys:
             self._on_live(event)
             return
+        frame = b""
         for key in response.subscription_keys:
             if key.startswith("ch:"):
                 self._deliver(event)  # a gap being filled: for the whole room
@@ -632,7 +633,8 @@ class Bridge:
                 conn = self._conns.get(key)
                 if conn is not None and not conn.closed:
                     if conn.session.replayed(event.channel_id, event.seq):
-                        self._write(conn, _frame(event))
+                        frame = frame or _frame(event)  # encoded once for all its keys
+                        self._write(conn, frame)
 
     def _on_live(self, event: channels_pb2.ChannelEvent) -> None:
         room = self._rooms.get((event.tenant_id, event.channel_id))
@@ -668,10 +670,13 @@ class Bridge:
         elif not room.dirty:
             room.dirty = True
             self._dirty.append(room)
-            if self._flush_handle is None:
-                self._flush_handle = asyncio.get_running_loop().call_later(
-                    _COALESCE_SECONDS, self._flush
-                )
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(
+                _COALESCE_SECONDS, self._flush
+            )
 
     def _flush(self) -> None:
         self._flush_handle = None
