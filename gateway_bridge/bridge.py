@@ -103,6 +103,9 @@ class Room:
     tenant_id: str
     channel_id: str
     live: set[Conn] = field(default_factory=set)
+    #: The live connections whose tenant may read presence (fixed per connection), so a
+    #: presence event costs nothing in a room where nobody may see it.
+    watchers: set[Conn] = field(default_factory=set)
     joining: set[Conn] = field(default_factory=set)
     pending: list[bytes] = field(default_factory=list)  # frames not yet written to `live`
     dirty: bool = False
@@ -606,6 +609,7 @@ class Bridge:
             return
         if conn in room.live:
             room.live.discard(conn)
+            room.watchers.discard(conn)
             self._presence_change((room.tenant_id, room.channel_id, conn.user_id), -1)
         room.joining.discard(conn)
         if room.empty:
@@ -761,6 +765,8 @@ class Bridge:
         self._flush_room(room)
         room.joining.discard(conn)
         room.live.add(conn)
+        if conn.tenant.allows("presence:read"):
+            room.watchers.add(conn)
         self._write(
             conn,
             p.encode_text_frame(
@@ -861,8 +867,8 @@ class Bridge:
             text = p.event_frame(message["event"], message["channel_id"], 0, data)
             skip = None
         frame = p.encode_text_frame(text.encode())
-        for conn in room.live:
-            if conn.id != skip and (skip is not None or conn.tenant.allows("presence:read")):
+        for conn in room.live if skip is not None else room.watchers:
+            if conn.id != skip:
                 self._write(conn, frame)
 
     async def _heartbeat(self) -> None:
