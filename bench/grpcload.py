@@ -31,6 +31,24 @@ from bench.loadgen import message_content
 PUBLISHER = -1
 
 
+async def send(
+    stub: channels_pb2_grpc.ChannelServiceStub,
+    md: tuple[tuple[str, str], ...],
+    channel_id: str,
+    user_id: str,
+    pad: int,
+) -> channels_pb2.SendMessageResponse:
+    """One timestamped message (see the module docstring); raises ``grpc.aio.AioRpcError``."""
+    response: channels_pb2.SendMessageResponse = await stub.SendMessage(
+        channels_pb2.SendMessageRequest(
+            channel_id=channel_id, user_id=user_id, content=message_content(PUBLISHER, pad)
+        ),
+        metadata=md,
+        timeout=10,
+    )
+    return response
+
+
 class Load:
     def __init__(self) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -65,15 +83,7 @@ class Load:
                 n += concurrency
                 started = time.monotonic_ns()
                 try:
-                    await stub.SendMessage(
-                        channels_pb2.SendMessageRequest(
-                            channel_id=channel_id,
-                            user_id=user_id,
-                            content=message_content(PUBLISHER, pad),
-                        ),
-                        metadata=md,
-                        timeout=10,
-                    )
+                    await send(stub, md, channel_id, user_id, pad)
                 except grpc.aio.AioRpcError as exc:
                     errors[exc.code().name] += 1
                     await asyncio.sleep(0.01)
@@ -107,15 +117,7 @@ class Load:
             nonlocal ok, last_seq
             started = time.monotonic_ns()
             try:
-                response = await stub.SendMessage(
-                    channels_pb2.SendMessageRequest(
-                        channel_id=channel_id,
-                        user_id=user_id,
-                        content=message_content(PUBLISHER, pad),
-                    ),
-                    metadata=md,
-                    timeout=10,
-                )
+                response = await send(stub, md, channel_id, user_id, pad)
             except grpc.aio.AioRpcError as exc:
                 errors[exc.code().name] += 1
                 return
@@ -168,15 +170,7 @@ class Load:
             while remaining > 0:
                 remaining -= 1
                 try:
-                    response = await stub.SendMessage(
-                        channels_pb2.SendMessageRequest(
-                            channel_id=channel_id,
-                            user_id=user_id,
-                            content=message_content(PUBLISHER, pad),
-                        ),
-                        metadata=md,
-                        timeout=10,
-                    )
+                    response = await send(stub, md, channel_id, user_id, pad)
                 except grpc.aio.AioRpcError as exc:
                     errors[exc.code().name] += 1
                     continue

@@ -62,6 +62,8 @@ class _Stream:
     def __init__(self, max_backlog: int) -> None:
         self.outbox: asyncio.Queue[object] = asyncio.Queue()
         self.max_backlog = max_backlog
+        # Replays pause at a quarter of the backlog and go on below an eighth.
+        self.replay_pause, self.replay_resume = max(1, max_backlog // 4), max(1, max_backlog // 8)
         self.keys: dict[str, set[ChannelKey]] = defaultdict(set)
         self.users: dict[str, str] = {}  # subscription key -> the user it reads for
         self.readers: Counter[ChannelKey] = Counter()  # how many keys read each channel
@@ -88,6 +90,7 @@ class _Stream:
         channels.discard(key)
         if not channels:
             del self.keys[sub_key]
+            self.users.pop(sub_key, None)
         self.readers[key] -= 1
         if self.readers[key] > 0:
             return False
@@ -108,13 +111,13 @@ class _Stream:
     async def room_to_replay(self) -> None:
         """Before each replayed item: wait while the backlog is at a quarter of its limit,
         so concurrent replays cannot fill the backlog that live events need."""
-        while self.outbox.qsize() >= self.max_backlog // 4:
+        while self.outbox.qsize() >= self.replay_pause:
             self.has_room.clear()
             await self.has_room.wait()
 
     def taken(self) -> None:
         """The stream sent an item: wake the replays once the backlog is low again."""
-        if not self.has_room.is_set() and self.outbox.qsize() < self.max_backlog // 8:
+        if not self.has_room.is_set() and self.outbox.qsize() < self.replay_resume:
             self.has_room.set()
 
     def restart(self) -> None:
@@ -339,7 +342,13 @@ class ConnectHub:
             if earlier is not None:
                 await asyncio.wait([earlier])
             async with self._subscribing:
-                await handle(stream, command)
+                try:
+                    await handle(stream, command)
+                except Exception:
+                    # As when reading commands fails: end the stream; the bridge reconnects
+                    # and resubscribes, rather than waiting for a result that never comes.
+                    log.exception("connect command failed; ending the stream")
+                    stream.send(_END)
 
         task = asyncio.get_running_loop().create_task(run(), name="connect-command")
         stream.commands[sub_key] = task
@@ -347,8 +356,6 @@ class ConnectHub:
         def forget(done: asyncio.Task[None]) -> None:
             if stream.commands.get(sub_key) is done:
                 del stream.commands[sub_key]
-            if not done.cancelled() and done.exception() is not None:
-                log.error("a connect command failed", exc_info=done.exception())
 
         task.add_done_callback(forget)
 

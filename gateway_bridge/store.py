@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.expression import Exists
 
 from gateway_bridge import events as ev
 from gateway_bridge import rules
@@ -473,14 +474,7 @@ class SqlChatStore:
     ) -> tuple[ChannelType, int, bool]:
         """What a reader subscribing to a channel needs, in one query: its type, its
         ``last_seq`` and whether ``user_id`` is a member. Raises ``ChannelNotFound``."""
-        member = (
-            exists()
-            .where(
-                channel_members.c.channel_id == channels.c.id,
-                channel_members.c.user_id == user_id,
-            )
-            .correlate(channels)
-        )
+        member = _is_member(user_id)
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -549,14 +543,7 @@ class SqlChatStore:
     ) -> Sent:
         # Take the next seq if the channel is the tenant's and the sender may write there
         # (a member, or anyone in a public channel) in one statement.
-        member = (
-            exists()
-            .where(
-                channel_members.c.channel_id == channels.c.id,
-                channel_members.c.user_id == new.user_id,
-            )
-            .correlate(channels)
-        )
+        member = _is_member(new.user_id)
         allowed = [channels.c.id == new.channel_id, channels.c.tenant_id == tenant_id]
         if new.user_id:
             allowed.append(or_(member, channels.c.type == ChannelType.PUBLIC.value))
@@ -642,7 +629,7 @@ class SqlChatStore:
                 )
             )
             members = {(row.channel_id, row.user_id) for row in found}
-        stored = await _by_idempotency_keys(conn, channel_ids, batch)
+        stored = await _by_idempotency_keys(conn, channel_ids, [new for _, new in batch])
         last_seq = {channel_id: int(row.last_seq) for channel_id, row in locked.items()}
         now = self._clock()
         placed: list[tuple[int, Message, str]] = []
@@ -697,17 +684,8 @@ class SqlChatStore:
     async def _by_idempotency_key(self, tenant_id: str, new: NewMessage) -> Message | None:
         async with self._engine.connect() as conn:
             await _load_channel(conn, tenant_id, new.channel_id)
-            row = (
-                await conn.execute(
-                    select(messages).where(
-                        messages.c.channel_id == new.channel_id,
-                        messages.c.idempotency_key == new.idempotency_key,
-                    )
-                )
-            ).first()
-            if row is None:
-                return None
-            return (await _with_reactions(conn, [_message(row._mapping)]))[0]
+            stored = await _by_idempotency_keys(conn, [new.channel_id], [new])
+            return stored.get((new.channel_id, new.idempotency_key))
 
     async def edit_message(
         self, tenant_id: str, channel_id: str, message_id: str, user_id: str, content: str
@@ -1042,6 +1020,18 @@ def _message_row(message: Message, idempotency_key: str) -> dict[str, Any]:
     }
 
 
+def _is_member(user_id: str) -> Exists:
+    """``user_id`` is a member of the channel of the row (``channels``) being selected."""
+    return (
+        exists()
+        .where(
+            channel_members.c.channel_id == channels.c.id,
+            channel_members.c.user_id == user_id,
+        )
+        .correlate(channels)
+    )
+
+
 def _not_a_member(new: NewMessage, channel_type: ChannelType) -> NotAllowed:
     return NotAllowed(f"user {new.user_id!r} is not a member of this {channel_type} channel")
 
@@ -1052,11 +1042,11 @@ def _answered(outcome: Sent | BaseException | None) -> Sent | BaseException:
 
 
 async def _by_idempotency_keys(
-    conn: AsyncConnection, channel_ids: Sequence[str], batch: list[tuple[TenantId, NewMessage]]
+    conn: AsyncConnection, channel_ids: Sequence[str], sends: Sequence[NewMessage]
 ) -> dict[tuple[str, str], Message]:
-    """The stored messages of ``channel_ids`` that carry one of the batch's idempotency
-    keys, by ``(channel_id, key)``."""
-    keys = sorted({new.idempotency_key for _, new in batch if new.idempotency_key})
+    """The stored messages of ``channel_ids`` that carry one of the idempotency keys of
+    ``sends``, by ``(channel_id, key)``."""
+    keys = sorted({new.idempotency_key for new in sends if new.idempotency_key})
     if not keys:
         return {}
     rows = (

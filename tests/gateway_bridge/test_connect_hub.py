@@ -71,3 +71,36 @@ async def test_concurrent_replays_wait_for_room_instead_of_overflowing_the_backl
     await hub.close()
     assert [(r.code, r.last_seq) for r in results] == [(0, 150)] * 8
     assert replayed == {f"k{k}": list(range(1, 151)) for k in range(8)}
+
+
+class BrokenStore(SqlChatStore):
+    """A store whose access check fails the way a lost database connection does."""
+
+    async def read_access(
+        self, tenant_id: str, channel_id: str, user_id: str
+    ) -> tuple[ChannelType, int, bool]:
+        raise RuntimeError("connection to the database was lost")
+
+
+async def test_a_subscribe_that_fails_unexpectedly_ends_the_stream(engine: AsyncEngine) -> None:
+    """Not a silent hang: the bridge sees its stream end, reconnects and resubscribes."""
+    store, bus = BrokenStore(engine), InProcessEventBus()
+    hub = ConnectHub(store, bus)
+    await hub.start()
+    never = asyncio.Event()
+
+    async def commands() -> AsyncIterator[channels_pb2.ConnectRequest]:
+        yield channels_pb2.ConnectRequest(
+            subscribe=channels_pb2.ConnectSubscribe(
+                subscription_key="k",
+                tenant_id=new_id(),
+                user_id="alice",
+                channels=[channels_pb2.ChannelPosition(channel_id=new_id())],
+            )
+        )
+        await never.wait()
+
+    async with asyncio.timeout(10):
+        items = [item async for item in hub.serve(commands(), None)]  # type: ignore[arg-type]
+    await hub.close()
+    assert items == []
