@@ -55,7 +55,7 @@ lint: $(VENV)/.installed node_modules/.installed
 	$(BUF) lint
 
 typecheck: $(VENV)/.installed
-	$(VENV)/bin/mypy service_kit tenant_service gateway_bridge notification_service file_service
+	$(VENV)/bin/mypy keel_app service_kit tenant_service gateway_bridge notification_service file_service
 
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -29,7 +29,7 @@ from collections import defaultdict, deque
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from gateway_bridge.protocol import encode_text_frame
+from gateway_bridge.bridge.protocol import encode_text_frame
 
 _RING = 20_000
 

@@ -41,7 +41,7 @@ from keel.events.v1 import events_pb2, events_pb2_grpc
 from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 
 BIN = Path(sys.executable).parent
-KEEL = [str(BIN / "keel")] if (BIN / "keel").exists() else [sys.executable, "-m", "service_kit.cli"]
+KEEL = [str(BIN / "keel")] if (BIN / "keel").exists() else [sys.executable, "-m", "keel_app.cli"]
 PG_ADMIN_URL = os.environ.get(
     "KEEL_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )

@@ -19,11 +19,15 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 
-from gateway_bridge.errors import InvalidClientToken
+from service_kit.errors import Unauthenticated
 
 ISSUER = "keel"
 AUDIENCE = "keel.bridge"
 _ALGORITHM = "HS256"
+
+
+class InvalidClientToken(Unauthenticated):
+    """A client token is forged, expired, malformed or for another tenant."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,5 +2,5 @@
 tenant authentication, database setup, the event bus and the ``keel`` command.
 
 Services import the kit; the kit never imports a service, except the ``keel``
-command (``service_kit.cli``), which is where the processes are wired together.
+command (``keel_app.cli``), which is where the processes are wired together.
 """

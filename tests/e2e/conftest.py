@@ -30,7 +30,7 @@ from grpc_status import rpc_status
 
 BIN = Path(sys.executable).parent
 GRPCURL = str(BIN / "grpcurl")
-KEEL = [str(BIN / "keel")] if (BIN / "keel").exists() else [sys.executable, "-m", "service_kit.cli"]
+KEEL = [str(BIN / "keel")] if (BIN / "keel").exists() else [sys.executable, "-m", "keel_app.cli"]
 
 #: The longest a process may take to answer SERVING, and to exit after SIGTERM.
 START_TIMEOUT = 20.0

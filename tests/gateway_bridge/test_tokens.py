@@ -5,8 +5,7 @@ from datetime import UTC, datetime, timedelta
 import jwt
 import pytest
 
-from gateway_bridge.errors import InvalidClientToken
-from gateway_bridge.tokens import AUDIENCE, ClientTokens
+from gateway_bridge.tokens import AUDIENCE, ClientTokens, InvalidClientToken
 
 SECRET = "s" * 32
 OTHER = "o" * 32

@@ -13,7 +13,7 @@ from grpc_status import rpc_status
 from keel.channels.v1 import channels_pb2, channels_pb2_grpc
 from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 
-from gateway_bridge import server as gateway_server
+from gateway_bridge.gateway import server as gateway_server
 from service_kit.auth import Authenticator
 from service_kit.server import KeelServer, open_runtime
 from tenant_service import server as tenant_server

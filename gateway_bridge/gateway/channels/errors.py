@@ -1,0 +1,62 @@
+"""Errors of the channel service (channels, members, messages).
+
+Exception tree (each a kind of :mod:`service_kit.errors` error, which decides
+its gRPC status)::
+
+    KeelError
+     ├── InvalidArgument
+     │    └── InvalidChat              a field of a request is malformed
+     ├── NotFound
+     │    ├── ChannelNotFound          no such channel in this tenant
+     │    ├── MessageNotFound          no such message in this channel
+     │    └── UserNotFound             no such user in this tenant
+     ├── PermissionDenied
+     │    └── NotAllowed               not a member, not the sender, not an owner
+     └── FailedPrecondition
+          └── WrongState               e.g. editing a deleted message, leaving a direct channel
+
+A client token that does not verify is :class:`gateway_bridge.tokens.InvalidClientToken`
+(the bridge checks tokens too).
+"""
+
+from __future__ import annotations
+
+from service_kit.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+
+
+class InvalidChat(InvalidArgument):
+    """A field of a chat request is malformed (the violations name which)."""
+
+
+class ChannelNotFound(NotFound):
+    """No channel with this id in the caller's tenant (another tenant's ids included)."""
+
+    def __init__(self, channel_id: str) -> None:
+        super().__init__(f"channel {channel_id!r} not found")
+
+
+class MessageNotFound(NotFound):
+    """No message with this id in the channel."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(f"message {message_id!r} not found in this channel")
+
+
+class UserNotFound(NotFound):
+    """No user with this id in the caller's tenant."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"user {user_id!r} not found")
+
+
+class NotAllowed(PermissionDenied):
+    """The user may not do this in this channel."""
+
+
+class WrongState(FailedPrecondition):
+    """The resource is not in a state that allows this request."""

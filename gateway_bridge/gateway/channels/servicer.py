@@ -1,0 +1,335 @@
+"""``keel.channels.v1.ChannelService``: protobuf in, :class:`ChatService` call, protobuf out.
+
+Checks that only concern the wire (id formats, page sizes and tokens, enum
+values) happen here; everything else is the chat service's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import TypeAlias
+
+import grpc
+from keel.channels.v1 import channels_pb2, channels_pb2_grpc
+
+from gateway_bridge.gateway.channels import convert
+from gateway_bridge.gateway.channels.errors import InvalidChat
+from gateway_bridge.gateway.channels.hub import ConnectHub
+from gateway_bridge.gateway.channels.models import (
+    ChannelId,
+    ChannelType,
+    MessageQuery,
+    NewMessage,
+    Role,
+    User,
+    UserId,
+)
+from gateway_bridge.gateway.channels.service import ChatService
+from service_kit.auth import TenantId, current_tenant
+from service_kit.protobuf import dict_of, timestamp
+from service_kit.validation import (
+    Violations,
+    decode_page_token,
+    decode_time_position,
+    encode_page_token,
+    page_size,
+    time_page,
+    valid_id,
+)
+
+Context: TypeAlias = grpc.aio.ServicerContext
+
+
+def _tenant() -> TenantId:
+    return current_tenant().tenant_id
+
+
+def _ids(**fields: str) -> None:
+    """INVALID_ARGUMENT unless every given field holds a Keel id (a UUID)."""
+    for name, value in fields.items():
+        valid_id(name, value)
+
+
+class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
+    """The gRPC face of :class:`ChatService` and of the bridge's :class:`ConnectHub`."""
+
+    def __init__(self, chat: ChatService, hub: ConnectHub) -> None:
+        self._chat = chat
+        self._hub = hub
+
+    # -- channels -----------------------------------------------------------------------
+
+    async def CreateChannel(
+        self, request: channels_pb2.CreateChannelRequest, context: Context
+    ) -> channels_pb2.CreateChannelResponse:
+        channel = await self._chat.create_channel(
+            _tenant(),
+            name=request.name,
+            type=convert.CHANNEL_TYPES_BY_PROTO.get(request.type, ChannelType.GROUP),
+            metadata=dict_of(request.metadata),
+            created_by=request.created_by,
+            member_ids=list(request.member_ids),
+            request_id=request.request_id,
+        )
+        return channels_pb2.CreateChannelResponse(channel=convert.channel_to_proto(channel))
+
+    async def GetChannel(
+        self, request: channels_pb2.GetChannelRequest, context: Context
+    ) -> channels_pb2.GetChannelResponse:
+        _ids(id=request.id)
+        channel = await self._chat.get_channel(_tenant(), request.id)
+        return channels_pb2.GetChannelResponse(channel=convert.channel_to_proto(channel))
+
+    async def ListChannels(
+        self, request: channels_pb2.ListChannelsRequest, context: Context
+    ) -> channels_pb2.ListChannelsResponse:
+        limit = page_size(request.page_size)
+        query = f"channels:{request.type}:{request.member_id}"
+        after = decode_time_position(request.page_token, query=query)
+        found = await self._chat.list_channels(
+            _tenant(),
+            limit=limit + 1,
+            after=after,
+            type=convert.CHANNEL_TYPES_BY_PROTO.get(request.type),
+            member_id=request.member_id,
+        )
+        page, token = time_page(found, limit, lambda x: (x.created_at, x.id), query=query)
+        return channels_pb2.ListChannelsResponse(
+            channels=[convert.channel_to_proto(c) for c in page], next_page_token=token
+        )
+
+    async def UpdateChannel(
+        self, request: channels_pb2.UpdateChannelRequest, context: Context
+    ) -> channels_pb2.UpdateChannelResponse:
+        _ids(**{"channel.id": request.channel.id})
+        channel = await self._chat.update_channel(
+            _tenant(),
+            request.channel.id,
+            name=request.channel.name,
+            metadata=dict_of(request.channel.metadata),
+            fields=list(request.update_mask.paths),
+        )
+        return channels_pb2.UpdateChannelResponse(channel=convert.channel_to_proto(channel))
+
+    async def DeleteChannel(
+        self, request: channels_pb2.DeleteChannelRequest, context: Context
+    ) -> channels_pb2.DeleteChannelResponse:
+        _ids(id=request.id)
+        await self._chat.delete_channel(_tenant(), request.id)
+        return channels_pb2.DeleteChannelResponse()
+
+    # -- users --------------------------------------------------------------------------
+
+    async def UpsertUser(
+        self, request: channels_pb2.UpsertUserRequest, context: Context
+    ) -> channels_pb2.UpsertUserResponse:
+        user = await self._chat.upsert_user(
+            User(
+                tenant_id=_tenant(),
+                id=UserId(request.user.id),
+                username=request.user.username,
+                email=request.user.email,
+                avatar=request.user.avatar,
+                metadata=dict_of(request.user.metadata),
+            ),
+            list(request.update_mask.paths) if request.update_mask.paths else None,
+        )
+        return channels_pb2.UpsertUserResponse(user=convert.user_to_proto(user))
+
+    async def GetUser(
+        self, request: channels_pb2.GetUserRequest, context: Context
+    ) -> channels_pb2.GetUserResponse:
+        user = await self._chat.get_user(_tenant(), request.id)
+        return channels_pb2.GetUserResponse(user=convert.user_to_proto(user))
+
+    async def ListUsers(
+        self, request: channels_pb2.ListUsersRequest, context: Context
+    ) -> channels_pb2.ListUsersResponse:
+        limit = page_size(request.page_size)
+        after = decode_time_position(request.page_token, query="users")
+        found = await self._chat.list_users(_tenant(), limit=limit + 1, after=after)
+        page, token = time_page(
+            found, limit, lambda u: (u.created_at or datetime.min, u.id), query="users"
+        )
+        return channels_pb2.ListUsersResponse(
+            users=[convert.user_to_proto(u) for u in page], next_page_token=token
+        )
+
+    # -- members ------------------------------------------------------------------------
+
+    async def AddMember(
+        self, request: channels_pb2.AddMemberRequest, context: Context
+    ) -> channels_pb2.AddMemberResponse:
+        _ids(channel_id=request.channel_id)
+        member = await self._chat.add_member(
+            _tenant(),
+            request.channel_id,
+            request.user_id,
+            convert.ROLES_BY_PROTO.get(request.role, Role.MEMBER),
+        )
+        return channels_pb2.AddMemberResponse(member=convert.member_to_proto(member))
+
+    async def RemoveMember(
+        self, request: channels_pb2.RemoveMemberRequest, context: Context
+    ) -> channels_pb2.RemoveMemberResponse:
+        _ids(channel_id=request.channel_id)
+        await self._chat.remove_member(_tenant(), request.channel_id, request.user_id)
+        return channels_pb2.RemoveMemberResponse()
+
+    async def ListMembers(
+        self, request: channels_pb2.ListMembersRequest, context: Context
+    ) -> channels_pb2.ListMembersResponse:
+        _ids(channel_id=request.channel_id)
+        limit = page_size(request.page_size)
+        query = f"members:{request.channel_id}"
+        after = decode_time_position(request.page_token, query=query)
+        found = await self._chat.list_members(
+            _tenant(), request.channel_id, limit=limit + 1, after=after
+        )
+        page, token = time_page(found, limit, lambda x: (x.joined_at, x.user_id), query=query)
+        return channels_pb2.ListMembersResponse(
+            members=[convert.member_to_proto(m) for m in page], next_page_token=token
+        )
+
+    # -- messages -----------------------------------------------------------------------
+
+    async def SendMessage(
+        self, request: channels_pb2.SendMessageRequest, context: Context
+    ) -> channels_pb2.SendMessageResponse:
+        _ids(channel_id=request.channel_id)
+        if request.reply_to:
+            _ids(reply_to=request.reply_to)
+        message = await self._chat.send_message(
+            _tenant(),
+            NewMessage(
+                channel_id=ChannelId(request.channel_id),
+                user_id=request.user_id,
+                content=request.content,
+                message_type=request.message_type or "text",
+                reply_to=request.reply_to,
+                attachment_ids=tuple(request.attachment_ids),
+                idempotency_key=request.idempotency_key,
+            ),
+        )
+        return channels_pb2.SendMessageResponse(message=convert.message_to_proto(message))
+
+    async def EditMessage(
+        self, request: channels_pb2.EditMessageRequest, context: Context
+    ) -> channels_pb2.EditMessageResponse:
+        _ids(channel_id=request.channel_id, message_id=request.message_id)
+        message = await self._chat.edit_message(
+            _tenant(), request.channel_id, request.message_id, request.user_id, request.content
+        )
+        return channels_pb2.EditMessageResponse(message=convert.message_to_proto(message))
+
+    async def DeleteMessage(
+        self, request: channels_pb2.DeleteMessageRequest, context: Context
+    ) -> channels_pb2.DeleteMessageResponse:
+        _ids(channel_id=request.channel_id, message_id=request.message_id)
+        message = await self._chat.delete_message(
+            _tenant(), request.channel_id, request.message_id, request.user_id
+        )
+        return channels_pb2.DeleteMessageResponse(message=convert.message_to_proto(message))
+
+    async def GetMessage(
+        self, request: channels_pb2.GetMessageRequest, context: Context
+    ) -> channels_pb2.GetMessageResponse:
+        _ids(channel_id=request.channel_id, message_id=request.message_id)
+        message = await self._chat.get_message(_tenant(), request.channel_id, request.message_id)
+        return channels_pb2.GetMessageResponse(message=convert.message_to_proto(message))
+
+    async def ListMessages(
+        self, request: channels_pb2.ListMessagesRequest, context: Context
+    ) -> channels_pb2.ListMessagesResponse:
+        _ids(channel_id=request.channel_id)
+        if request.reply_to:
+            _ids(reply_to=request.reply_to)
+        v = Violations()
+        v.check(request.before_seq >= 0, "before_seq", "must not be negative")
+        v.check(request.after_seq >= 0, "after_seq", "must not be negative")
+        v.check(0 <= request.offset <= 100_000, "offset", "must be between 0 and 100000")
+        v.raise_if_any(InvalidChat)
+        limit = page_size(request.page_size)
+        newest_first = request.order != channels_pb2.MESSAGE_ORDER_OLDEST_FIRST
+        fingerprint = (
+            f"messages:{request.channel_id}:{newest_first}:{request.before_seq}:"
+            f"{request.after_seq}:{request.reply_to}"
+        )
+        position = decode_page_token(request.page_token, query=fingerprint)
+        before, after, offset = request.before_seq, request.after_seq, request.offset
+        if position is not None:
+            last_seq, offset = int(position[0]), 0
+            if newest_first:
+                before = last_seq
+            else:
+                after = last_seq
+        found = await self._chat.list_messages(
+            _tenant(),
+            MessageQuery(
+                channel_id=ChannelId(request.channel_id),
+                limit=limit + 1,
+                newest_first=newest_first,
+                before_seq=before,
+                after_seq=after,
+                reply_to=request.reply_to,
+                offset=offset,
+            ),
+        )
+        page = found[:limit]
+        token = encode_page_token([page[-1].seq], query=fingerprint) if len(found) > limit else ""
+        return channels_pb2.ListMessagesResponse(
+            messages=[convert.message_to_proto(m) for m in page], next_page_token=token
+        )
+
+    # -- reactions, read state, tokens --------------------------------------------------
+
+    async def AddReaction(
+        self, request: channels_pb2.AddReactionRequest, context: Context
+    ) -> channels_pb2.AddReactionResponse:
+        _ids(channel_id=request.channel_id, message_id=request.message_id)
+        message = await self._chat.add_reaction(
+            _tenant(), request.channel_id, request.message_id, request.user_id, request.emoji
+        )
+        return channels_pb2.AddReactionResponse(message=convert.message_to_proto(message))
+
+    async def RemoveReaction(
+        self, request: channels_pb2.RemoveReactionRequest, context: Context
+    ) -> channels_pb2.RemoveReactionResponse:
+        _ids(channel_id=request.channel_id, message_id=request.message_id)
+        message = await self._chat.remove_reaction(
+            _tenant(), request.channel_id, request.message_id, request.user_id, request.emoji
+        )
+        return channels_pb2.RemoveReactionResponse(message=convert.message_to_proto(message))
+
+    async def MarkRead(
+        self, request: channels_pb2.MarkReadRequest, context: Context
+    ) -> channels_pb2.MarkReadResponse:
+        _ids(channel_id=request.channel_id)
+        member = await self._chat.mark_read(
+            _tenant(), request.channel_id, request.user_id, request.seq
+        )
+        return channels_pb2.MarkReadResponse(member=convert.member_to_proto(member))
+
+    async def GetUnreadCounts(
+        self, request: channels_pb2.GetUnreadCountsRequest, context: Context
+    ) -> channels_pb2.GetUnreadCountsResponse:
+        counts = await self._chat.unread_counts(_tenant(), request.user_id)
+        return channels_pb2.GetUnreadCountsResponse(
+            unread_counts=[convert.unread_to_proto(c) for c in counts]
+        )
+
+    async def IssueClientToken(
+        self, request: channels_pb2.IssueClientTokenRequest, context: Context
+    ) -> channels_pb2.IssueClientTokenResponse:
+        token, expires = await self._chat.issue_client_token(
+            _tenant(), request.user_id, request.ttl_seconds
+        )
+        return channels_pb2.IssueClientTokenResponse(token=token, expire_time=timestamp(expires))
+
+    # -- the bridge's stream ------------------------------------------------------------
+
+    def Connect(
+        self, request_iterator: AsyncIterator[channels_pb2.ConnectRequest], context: Context
+    ) -> AsyncIterator[channels_pb2.ConnectResponse]:
+        return self._hub.serve(request_iterator, context)

@@ -1,0 +1,128 @@
+"""The chat outbox: events recorded with each change, and how they travel.
+
+Every mutation of a channel records an event row in the same transaction as
+the change (a transactional outbox). After commit the gateway publishes it on
+the bus topic :data:`~gateway_bridge.vocabulary.CHAT_EVENTS_TOPIC`;
+:class:`~gateway_bridge.gateway.relay.EventRelay` also drains rows a crash left
+unpublished, so none is lost. The channel service records events
+(:mod:`~gateway_bridge.gateway.channels.drafts` says what each carries); the event
+service reads them back for webhooks and subscriptions. An event's JSON is encoded
+once, when it is recorded, and every consumer passes the same text along.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from service_kit.clock import rfc3339
+from service_kit.db import as_utc
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """An event about to be recorded: the store adds its id, cursor and time."""
+
+    name: str
+    channel_id: str
+    seq: int
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatEvent:
+    """A recorded event. ``cursor`` is its position in the event log.
+
+    The data is kept as JSON text (``data_text``), encoded once when the event is
+    recorded: publishing, routing and streaming pass that text along untouched, and
+    :attr:`data` parses it only for the few who look inside.
+    """
+
+    cursor: int
+    event_id: str
+    tenant_id: str
+    channel_id: str
+    seq: int
+    name: str
+    data_text: str
+    created_at: datetime
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        cursor: int,
+        event_id: str,
+        tenant_id: str,
+        channel_id: str,
+        seq: int,
+        name: str,
+        data: Mapping[str, Any],
+        created_at: datetime,
+    ) -> ChatEvent:
+        return cls(
+            cursor, event_id, tenant_id, channel_id, seq, name, encode_data(data), created_at
+        )
+
+    @property
+    def data(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.data_text)
+        return parsed
+
+    def encode(self) -> bytes:
+        """The bus payload: a JSON header line, a newline, then the data's JSON text."""
+        header = json.dumps(
+            {
+                "cursor": self.cursor,
+                "event_id": self.event_id,
+                "tenant_id": self.tenant_id,
+                "channel_id": self.channel_id,
+                "seq": self.seq,
+                "event": self.name,
+                "created_at": rfc3339(self.created_at),
+            },
+            separators=(",", ":"),
+        )
+        return f"{header}\n{self.data_text}".encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> ChatEvent:
+        """The event :meth:`encode` wrote (the data's text is kept, not parsed)."""
+        header_bytes, _, data = payload.partition(b"\n")
+        raw = json.loads(header_bytes)
+        return cls(
+            cursor=int(raw["cursor"]),
+            event_id=raw["event_id"],
+            tenant_id=raw["tenant_id"],
+            channel_id=raw["channel_id"],
+            seq=int(raw["seq"]),
+            name=raw["event"],
+            data_text=data.decode(),
+            created_at=datetime.fromisoformat(raw["created_at"]),
+        )
+
+    def data_json(self) -> str:
+        """Only the ``data`` part, as JSON text."""
+        return self.data_text
+
+
+def encode_data(data: Mapping[str, Any]) -> str:
+    """Event data as compact JSON text."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def chat_event(row: Mapping[Any, Any]) -> ChatEvent:
+    """The :class:`ChatEvent` a row of the ``events`` table holds."""
+    return ChatEvent.of(
+        cursor=int(row["id"]),
+        event_id=row["event_id"],
+        tenant_id=row["tenant_id"],
+        channel_id=row["channel_id"],
+        seq=int(row["seq"]),
+        name=row["name"],
+        data=row["data"],
+        created_at=as_utc(row["created_at"]),
+    )

@@ -1,0 +1,67 @@
+"""The chat events' vocabulary, shared by the gateway and the bridge.
+
+The names are the seed's (``channel:created``, ``message:created``, …); both sides
+agree here on what each is called and on the one rule about events that both apply:
+which events end subscriptions. The events' data is described in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Final
+
+#: The bus topic chat events travel on, from the gateways that record them.
+CHAT_EVENTS_TOPIC: Final = "chat.events"
+
+CHANNEL_CREATED: Final = "channel:created"
+CHANNEL_UPDATED: Final = "channel:updated"
+CHANNEL_DELETED: Final = "channel:deleted"
+MESSAGE_CREATED: Final = "message:created"
+MESSAGE_UPDATED: Final = "message:updated"
+MESSAGE_DELETED: Final = "message:deleted"
+REACTION_ADDED: Final = "reaction:added"
+REACTION_REMOVED: Final = "reaction:removed"
+USER_JOINED: Final = "user:joined"
+USER_LEFT: Final = "user:left"
+
+EVENT_NAMES: Final = frozenset(
+    {
+        CHANNEL_CREATED,
+        CHANNEL_UPDATED,
+        CHANNEL_DELETED,
+        MESSAGE_CREATED,
+        MESSAGE_UPDATED,
+        MESSAGE_DELETED,
+        REACTION_ADDED,
+        REACTION_REMOVED,
+        USER_JOINED,
+        USER_LEFT,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionsEnd:
+    """Whose subscriptions to a channel an event ends: one user's, or (``None``) all."""
+
+    user_id: str | None
+
+    def includes(self, user_id: str) -> bool:
+        return self.user_id is None or self.user_id == user_id
+
+
+_EVERYONE: Final = SubscriptionsEnd(None)
+
+
+def subscriptions_ended_by(name: str, data_json: str) -> SubscriptionsEnd | None:
+    """Whose subscriptions the event ``name`` (with its data as JSON text) ends.
+
+    After ``user:left`` that user's: the channel may be private, and they may no longer
+    read it. After ``channel:deleted`` everyone's. After any other event, nobody's.
+    The subscriber receives the ending event itself before its subscription ends."""
+    if name == CHANNEL_DELETED:
+        return _EVERYONE
+    if name == USER_LEFT:
+        return SubscriptionsEnd(str(json.loads(data_json).get("user_id", "")))
+    return None

@@ -1,0 +1,309 @@
+"""Which services run in which process, and the life of a serving process.
+
+``keel serve all`` puts every service in one process, where authentication
+calls the tenant directory directly; any other process validates credentials
+over gRPC against ``KEEL_TENANT_SERVICE_ADDR``. This module is wiring: the only
+place (with :mod:`keel_app.cli`) that imports the service packages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+from redis.asyncio import Redis
+
+from file_service import server as file_server
+from gateway_bridge.bridge.bridge import Bridge
+from gateway_bridge.bridge.presence import InMemoryPresence, RedisPresence
+from gateway_bridge.gateway import server as gateway_server
+from gateway_bridge.tokens import ClientTokens
+from notification_service import server as notification_server
+from service_kit.auth import Authenticator, CredentialValidator, TenantId
+from service_kit.bus import EventBus
+from service_kit.config import ConfigError, Settings
+from service_kit.logs import flush_logging
+from service_kit.metrics import serve_metrics
+from service_kit.server import (
+    KeelServer,
+    Runtime,
+    ServiceSpec,
+    open_bus,
+    open_runtime,
+    wait_for_stop_signal,
+)
+from service_kit.tenant_client import GrpcCredentialValidator, GrpcTenantLookup
+from tenant_service import server as tenant_server
+from tenant_service.tenants import ALL_SCOPES, Tenant, TenantDirectory
+
+log = logging.getLogger("keel.process")
+
+PROCESSES = (
+    "all",
+    "tenant-service",
+    "gateway",
+    "bridge",
+    "notification-service",
+    "file-service",
+)
+
+
+def embedded_secrets(settings: Settings) -> Settings:
+    """For ``serve all``: the operator token and client-token secret the environment does
+    not set, generated once and kept (mode 0600) in the data directory."""
+    changes: dict[str, object] = {}
+    for attribute, filename in (("admin_token", "admin-token"), ("token_secret", "token-secret")):
+        if getattr(settings, attribute):
+            continue
+        path = settings.data_dir / filename
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32) + "\n")
+        changes[attribute] = path.read_text().strip()
+    return replace(settings, **changes)  # type: ignore[arg-type]
+
+
+async def serve(process: str, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    """Run ``process`` until SIGTERM/SIGINT, then stop gracefully.
+
+    It owns the event loop (``keel serve``): tasks started while it runs that are
+    still running when it stops are cancelled."""
+    earlier = asyncio.all_tasks()
+    try:
+        await _serve(process, settings, ready)
+    finally:
+        if await _finish_leftover_tasks(asyncio.all_tasks() - earlier):
+            # asyncio.run would wait for them without limit: exit now, and say it was unclean.
+            flush_logging()
+            os._exit(1)
+
+
+async def _finish_leftover_tasks(tasks: set[asyncio.Task[Any]], grace: float = 3.0) -> int:
+    """Cancel the tasks the orderly stop left running; name (and count) any that do not
+    end within ``grace`` seconds."""
+    leftover = [task for task in tasks if task is not asyncio.current_task()]
+    for task in leftover:
+        task.cancel()
+    if not leftover:
+        return 0
+    _, pending = await asyncio.wait(leftover, timeout=grace)
+    for task in pending:
+        frames = " <- ".join(
+            f"{frame.f_code.co_name} ({frame.f_code.co_filename}:{frame.f_lineno})"
+            for frame in task.get_stack()
+        )
+        log.error(
+            "a task did not stop within the grace period; exiting without it",
+            extra={"task": task.get_name(), "stack": frames},
+        )
+    return len(pending)
+
+
+async def _serve(process: str, settings: Settings, ready: asyncio.Event | None) -> None:
+    if process == "all":
+        settings = embedded_secrets(settings)
+    else:
+        _check_cluster_settings(process, settings)
+    if process == "bridge":
+        await _serve_bridge(settings, ready)
+        return
+    runtime = await open_runtime(settings)
+    specs: list[ServiceSpec] = []
+    validator: CredentialValidator | None = None
+    directory: TenantDirectory | None = None
+    if process in ("all", "tenant-service"):
+        built = tenant_server.build(runtime)
+        specs.append(built.spec)
+        validator = directory = built.directory
+    if process in ("all", "gateway"):
+        specs += gateway_server.build(runtime)
+    if process in ("all", "notification-service"):
+        specs += notification_server.build(runtime)
+    if process in ("all", "file-service"):
+        specs += file_server.build(runtime)
+    channel = None
+    if validator is None:
+        assert settings.tenant_service_addr is not None
+        channel = grpc.aio.insecure_channel(settings.tenant_service_addr)
+        authenticator = _remote_authenticator(settings, channel)
+    else:
+        authenticator = Authenticator(validator, lookup=directory, ttl=settings.auth_cache_seconds)
+    await authenticator.follow_changes(runtime.bus)
+    server = KeelServer(runtime, specs, authenticator=authenticator)
+    bridge: Bridge | None = None
+    try:
+        await server.start()
+        if process == "all":
+            host = settings.grpc_addr.host
+            local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            bridge = await _start_bridge(
+                settings, runtime.bus, runtime.redis, authenticator, f"{local}:{server.port}"
+            )
+            await _welcome(runtime, server, directory, bridge)
+        if ready is not None:
+            ready.set()
+        await wait_for_stop_signal()
+        if bridge is not None:
+            await bridge.stop()
+        await server.stop(settings.shutdown_grace_seconds)
+    finally:
+        await authenticator.close()
+        if channel is not None:
+            await channel.close()
+        await runtime.close()
+
+
+def _remote_authenticator(settings: Settings, channel: grpc.aio.Channel) -> Authenticator:
+    """Credentials and tenant lookups through a tenant-service process."""
+    token = settings.peer_token or settings.admin_token
+    lookup = GrpcTenantLookup(channel, token) if token else None
+    return Authenticator(
+        GrpcCredentialValidator(channel), lookup=lookup, ttl=settings.auth_cache_seconds
+    )
+
+
+async def _start_bridge(
+    settings: Settings,
+    bus: EventBus,
+    redis: Redis | None,
+    authenticator: Authenticator,
+    gateway_addr: str,
+) -> Bridge:
+    peer_token = settings.peer_token or settings.admin_token
+    assert settings.token_secret is not None and peer_token is not None
+    bridge = Bridge(
+        settings=settings.bridge,
+        tokens=ClientTokens(settings.token_secret, previous=settings.token_secret_previous),
+        tenants=authenticator,
+        gateway=grpc.aio.insecure_channel(gateway_addr),
+        peer_token=peer_token,
+        bus=bus,
+        presence=RedisPresence(redis) if redis is not None else InMemoryPresence(),
+    )
+    try:
+        await bridge.start(settings.ws_addr.host, settings.ws_addr.port)
+    except OSError as exc:
+        raise RuntimeError(f"cannot listen on {settings.ws_addr} (KEEL_WS_ADDR): {exc}") from exc
+    return bridge
+
+
+async def _serve_bridge(settings: Settings, ready: asyncio.Event | None) -> None:
+    """``keel serve bridge``: WebSockets in front of a gateway; no database of its own."""
+    assert settings.tenant_service_addr is not None and settings.gateway_addr is not None
+    bus, redis = await open_bus(settings)
+    channel = grpc.aio.insecure_channel(settings.tenant_service_addr)
+    authenticator = _remote_authenticator(settings, channel)
+    await authenticator.follow_changes(bus)
+    metrics = (
+        serve_metrics(settings.metrics_addr.host, settings.metrics_addr.port)
+        if settings.metrics_addr is not None
+        else None
+    )
+    bridge = await _start_bridge(settings, bus, redis, authenticator, settings.gateway_addr)
+    try:
+        print(f"Keel bridge on ws://{settings.ws_addr.host}:{bridge.port}/ws", flush=True)
+        if ready is not None:
+            ready.set()
+        await wait_for_stop_signal()
+    finally:
+        await bridge.stop()
+        if metrics is not None:
+            metrics.close()
+        await authenticator.close()
+        await channel.close()
+        await bus.close()
+        if redis is not None:
+            await redis.aclose()
+
+
+def _check_cluster_settings(process: str, settings: Settings) -> None:
+    problems = []
+    if process != "tenant-service" and not settings.tenant_service_addr:
+        problems.append(
+            f"KEEL_TENANT_SERVICE_ADDR: required by `keel serve {process}` (HOST:PORT of a"
+            " tenant-service process), so it can validate tenant credentials"
+        )
+    if not settings.redis_url:
+        problems.append(
+            f"REDIS_URL: required by `keel serve {process}`: the processes of a cluster share"
+            " chat events, tenant changes, presence and rate limits through Redis"
+            " (use `keel serve all` for a single process without Redis)"
+        )
+    if process in ("gateway", "bridge") and not settings.token_secret:
+        problems.append(
+            f"KEEL_TOKEN_SECRET: required by `keel serve {process}` (at least 32 characters,"
+            " the same in every gateway and bridge) to sign and check browser client tokens"
+        )
+    if process == "bridge" and not settings.gateway_addr:
+        problems.append(
+            "KEEL_GATEWAY_ADDR: required by `keel serve bridge` (HOST:PORT of a gateway)"
+        )
+    if process == "bridge" and not (settings.peer_token or settings.admin_token):
+        problems.append(
+            "KEEL_PEER_TOKEN: required by `keel serve bridge` (the same value as the gateways'"
+            " and the tenant service's) for its stream to the gateway; KEEL_ADMIN_TOKEN also"
+            " works but gives the bridge tenant administration, which it does not need"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
+async def _welcome(
+    runtime: Runtime, server: KeelServer, directory: TenantDirectory | None, bridge: Bridge
+) -> None:
+    """Print how to reach this embedded Keel; on a first start, create the demo tenant."""
+    settings = runtime.settings
+    addr = f"{settings.grpc_addr.host}:{server.port}"
+    lines = ["", "Keel is running (every service in this process).", f"  gRPC      {addr}"]
+    if settings.metrics_addr is not None and server.metrics_port is not None:
+        metrics_host = settings.metrics_addr.host
+        lines.append(f"  metrics   http://{metrics_host}:{server.metrics_port}/metrics")
+    ws = f"{settings.ws_addr.host}:{bridge.port}"
+    lines += [
+        f"  browsers  ws://{ws}/ws   (demo: http://{ws}/demo, client: http://{ws}/keel.js)",
+        f"  operator  token in {settings.data_dir / 'admin-token'} (if KEEL_ADMIN_TOKEN is unset)",
+    ]
+    demo_file = settings.data_dir / "demo-tenant.json"
+    assert directory is not None
+    if settings.demo_tenant and await directory.count() == 0:
+        tenant, secret = await directory.create(
+            Tenant(id=TenantId(""), name="demo", client_id="", permissions=ALL_SCOPES)
+        )
+        _write_private(
+            demo_file,
+            json.dumps(
+                {"tenant_id": tenant.id, "client_id": tenant.client_id, "client_secret": secret},
+                indent=2,
+            ),
+        )
+        lines += [
+            "",
+            f"Created the demo tenant (saved to {demo_file}; the secret is not shown again):",
+            f"  client_id      {tenant.client_id}",
+            f"  client_secret  {secret}",
+            "",
+            "Try:",
+            f'  grpcurl -plaintext -d \'{{"client_id": "{tenant.client_id}",'
+            f' "client_secret": "{secret}"}}\' {addr}'
+            " keel.tenants.v1.TenantService/ValidateCredentials",
+        ]
+    elif demo_file.exists():
+        lines.append(f"  demo      tenant credentials in {demo_file}")
+    lines.append("")
+    print("\n".join(lines), flush=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text + "\n")

@@ -1,0 +1,106 @@
+"""The Connect hub on its own: concurrent replays into a small backlog."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from keel.channels.v1 import channels_pb2
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway_bridge.gateway.channels.hub import ConnectHub
+from gateway_bridge.gateway.channels.models import ChannelType, NewMessage
+from gateway_bridge.gateway.channels.service import ChatService
+from gateway_bridge.gateway.channels.store import SqlChatStore
+from gateway_bridge.gateway.relay import EventRelay
+from gateway_bridge.tokens import ClientTokens
+from service_kit.auth import TenantId
+from service_kit.bus import InProcessEventBus
+from service_kit.validation import new_id
+
+
+async def test_concurrent_replays_wait_for_room_instead_of_overflowing_the_backlog(
+    engine: AsyncEngine,
+) -> None:
+    """Eight keys resume at once, 150 messages each, through a backlog of 200 responses:
+    the replays wait for the reader, and every key gets its messages in order."""
+    store, bus = SqlChatStore(engine), InProcessEventBus()
+    chat = ChatService(store, EventRelay(store, bus), ClientTokens("x" * 32))
+    hub = ConnectHub(store, bus, max_backlog=200)
+    await hub.start()
+    tenant_id = TenantId(new_id())
+    channel = await chat.create_channel(
+        tenant_id,
+        name="busy",
+        type=ChannelType.GROUP,
+        metadata={},
+        created_by="alice",
+        member_ids=[],
+        request_id="",
+    )
+    for n in range(150):
+        await chat.send_message(tenant_id, NewMessage(channel.id, "alice", f"m{n}"))
+    done = asyncio.Event()
+
+    async def commands() -> AsyncIterator[channels_pb2.ConnectRequest]:
+        for k in range(8):
+            yield channels_pb2.ConnectRequest(
+                subscribe=channels_pb2.ConnectSubscribe(
+                    subscription_key=f"k{k}",
+                    tenant_id=tenant_id,
+                    user_id="alice",
+                    channels=[channels_pb2.ChannelPosition(channel_id=channel.id, since_seq=0)],
+                )
+            )
+        await done.wait()
+
+    replayed: dict[str, list[int]] = {f"k{k}": [] for k in range(8)}
+    results = []
+    responses = hub.serve(commands(), None)  # type: ignore[arg-type]
+    async with asyncio.timeout(30):
+        async for item in responses:
+            await asyncio.sleep(0)  # a reader no faster than the replays
+            if item.HasField("subscribe_result"):
+                results.append(item.subscribe_result)
+                if len(results) == 8:
+                    break
+            else:
+                replayed[item.subscription_keys[0]].append(item.event.seq)
+    done.set()
+    await responses.aclose()
+    await hub.close()
+    assert [(r.code, r.last_seq) for r in results] == [(0, 150)] * 8
+    assert replayed == {f"k{k}": list(range(1, 151)) for k in range(8)}
+
+
+class BrokenStore(SqlChatStore):
+    """A store whose access check fails the way a lost database connection does."""
+
+    async def read_access(
+        self, tenant_id: str, channel_id: str, user_id: str
+    ) -> tuple[ChannelType, int, bool]:
+        raise RuntimeError("connection to the database was lost")
+
+
+async def test_a_subscribe_that_fails_unexpectedly_ends_the_stream(engine: AsyncEngine) -> None:
+    """Not a silent hang: the bridge sees its stream end, reconnects and resubscribes."""
+    store, bus = BrokenStore(engine), InProcessEventBus()
+    hub = ConnectHub(store, bus)
+    await hub.start()
+    never = asyncio.Event()
+
+    async def commands() -> AsyncIterator[channels_pb2.ConnectRequest]:
+        yield channels_pb2.ConnectRequest(
+            subscribe=channels_pb2.ConnectSubscribe(
+                subscription_key="k",
+                tenant_id=new_id(),
+                user_id="alice",
+                channels=[channels_pb2.ChannelPosition(channel_id=new_id())],
+            )
+        )
+        await never.wait()
+
+    async with asyncio.timeout(10):
+        items = [item async for item in hub.serve(commands(), None)]  # type: ignore[arg-type]
+    await hub.close()
+    assert items == []

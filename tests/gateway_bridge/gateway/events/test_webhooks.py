@@ -1,0 +1,520 @@
+"""Webhook rules (``gateway/events/webhooks.py``) and the receivers' helper (``keel.webhooks``).
+
+No server here: event filters, URL checks, where a webhook may point (resolved
+with the real resolver, on literal addresses and ``localhost``), the retry
+schedule with its jitter and ``Retry-After``, and Standard Webhooks signatures
+checked against fixed vectors computed independently with ``hmac``/``base64``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from keel.webhooks import WebhookVerificationError, new_secret, sign, verify
+
+from gateway_bridge.gateway.events.webhooks import (
+    MAX_CHANNEL_FILTERS,
+    MAX_FILTERS,
+    MAX_URL,
+    Webhook,
+    WebhookState,
+    check_destination,
+    check_filters,
+    check_url,
+    matches,
+    next_attempt,
+    parse_retry_after,
+)
+from gateway_bridge.vocabulary import EVENT_NAMES
+from service_kit.errors import FailedPrecondition
+from service_kit.validation import Violations
+
+CHANNEL_A = "8c1f3b9e-0d2a-4e6f-a7b5-3c9d1e2f4a60"
+CHANNEL_B = "0b6e2f7a-1c3d-4e5f-8a9b-0c1d2e3f4a5b"
+NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def violated(check: object, *args: object) -> list[str]:
+    """The fields a check function records violations for."""
+    v = Violations()
+    check(v, *args)  # type: ignore[operator]
+    return [item.field for item in v.items]
+
+
+# -- matching events --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("patterns", "event", "expected"),
+    [
+        (["message:created"], "message:created", True),
+        (["message:*"], "message:created", True),
+        (["message:*"], "message:deleted", True),
+        (["*"], "user:left", True),
+        (["*"], "ping", True),
+        (["message:*"], "user:joined", False),
+        (["message:created"], "message:updated", False),
+        (["user:joined", "user:left"], "user:left", True),
+        (["user:joined", "user:left"], "channel:created", False),
+        (["message"], "message:created", False),
+        (["message:"], "message:created", False),
+        (["messages:*"], "message:created", False),
+        (["Message:created"], "message:created", False),
+        ([], "message:created", False),
+    ],
+)
+def test_matches_exact_names_area_patterns_and_star(
+    patterns: list[str], event: str, expected: bool
+) -> None:
+    assert matches(patterns, event) is expected
+
+
+def test_a_webhook_wants_events_its_event_and_channel_filters_select() -> None:
+    hook = Webhook(
+        id="3d65600f-2b14-4148-9e3c-3fa975bd68cb",
+        tenant_id="t",
+        url="https://hooks.example.com/keel",
+        events=("message:*",),
+        channel_ids=(CHANNEL_A,),
+        description="",
+        state=WebhookState.ACTIVE,
+        disabled_reason="",
+        consecutive_failures=0,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+    assert hook.wants("message:created", CHANNEL_A)
+    assert not hook.wants("message:created", CHANNEL_B)
+    assert not hook.wants("user:joined", CHANNEL_A)
+    every_channel = Webhook(**{**_fields(hook), "channel_ids": ()})
+    assert every_channel.wants("message:deleted", CHANNEL_B)
+
+
+def _fields(hook: Webhook) -> dict[str, object]:
+    return {name: getattr(hook, name) for name in Webhook.__slots__}
+
+
+# -- filters ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        ["message:created"],
+        ["message:*", "user:joined", "user:left"],
+        ["*"],
+        sorted(EVENT_NAMES),
+        ["channel:*", "reaction:*", "user:*"],
+    ],
+)
+def test_check_filters_accepts_known_names_and_patterns(events: list[str]) -> None:
+    assert violated(check_filters, events, [CHANNEL_A, CHANNEL_B]) == []
+    assert violated(check_filters, events, []) == []
+
+
+def test_check_filters_names_each_bad_pattern() -> None:
+    events = ["message:created", "message:sent", "nope:*", "message:", "", "ping", "user:joined"]
+    assert violated(check_filters, events, []) == [
+        "events[1]",
+        "events[2]",
+        "events[3]",
+        "events[4]",
+        "events[5]",
+    ]
+
+
+def test_check_filters_describes_the_known_events() -> None:
+    v = Violations()
+    check_filters(v, ["message:sent"], [])
+    (item,) = v.items
+    assert "'message:sent' is not an event" in item.description
+    assert "message:created" in item.description
+
+
+def test_an_empty_event_filter_is_refused() -> None:
+    assert violated(check_filters, [], []) == ["events"]
+
+
+def test_check_filters_limits_patterns_and_channels() -> None:
+    assert violated(check_filters, ["*"] * MAX_FILTERS, []) == []
+    assert violated(check_filters, ["*"] * (MAX_FILTERS + 1), []) == ["events"]
+    assert violated(check_filters, ["*"], [CHANNEL_A] * MAX_CHANNEL_FILTERS) == []
+    assert violated(check_filters, ["*"], [CHANNEL_A] * (MAX_CHANNEL_FILTERS + 1)) == [
+        "channel_ids"
+    ]
+
+
+def test_check_filters_names_each_bad_channel_id() -> None:
+    channels = [CHANNEL_A, "general", "", CHANNEL_B.upper() + "x"]
+    assert violated(check_filters, ["*"], channels) == [
+        "channel_ids[1]",
+        "channel_ids[2]",
+        "channel_ids[3]",
+    ]
+
+
+# -- URLs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example.com/keel",
+        "http://hooks.example.com:8080/keel?tenant=1#frag",
+        "https://93.184.215.14/keel",
+        "http://[2001:db8::1]:9000/",
+        "http://127.0.0.1:1/hook",
+    ],
+)
+def test_check_url_accepts_absolute_http_urls(url: str) -> None:
+    assert violated(check_url, url) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "description"),
+    [
+        ("", "is required"),
+        ("ftp://x", "must start with http:// or https://"),
+        ("not a url", "must start with http:// or https://"),
+        ("not a url", "needs a host"),
+        ("//hooks.example.com/keel", "must start with http:// or https://"),
+        ("https:///keel", "needs a host"),
+        ("http://user:pw@example.com", "must not carry credentials"),
+        ("http://user@example.com", "must not carry credentials"),
+        ("http://example.com:99999/", "has an invalid port"),
+        ("http://example.com:port/", "has an invalid port"),
+        ("https://example.com/" + "a" * MAX_URL, f"at most {MAX_URL} characters"),
+    ],
+)
+def test_check_url_refuses_what_is_not_an_http_endpoint(url: str, description: str) -> None:
+    v = Violations()
+    check_url(v, url)
+    assert {i.field for i in v.items} == {"url"}
+    assert description in [i.description for i in v.items]
+
+
+# -- where a webhook may point ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "address", "kind"),
+    [
+        ("http://127.0.0.1:8080/hook", "127.0.0.1", "127.0.0.1", "loopback"),
+        ("https://10.0.0.1/hook", "10.0.0.1", "10.0.0.1", "private"),
+        ("http://192.168.1.20/hook", "192.168.1.20", "192.168.1.20", "private"),
+        ("http://172.16.5.4/hook", "172.16.5.4", "172.16.5.4", "private"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254", "169.254.169.254", "link"),
+        ("http://[::1]:8080/hook", "::1", "::1", "loopback"),
+        ("http://[fd00::1]/hook", "fd00::1", "fd00::1", "private"),
+        ("http://[fe80::1]/hook", "fe80::1", "fe80::1", "link-local"),
+        ("http://[::ffff:127.0.0.1]/hook", "::ffff:127.0.0.1", "::ffff:7f00:1", "loopback"),
+        ("http://0.0.0.0/hook", "0.0.0.0", "0.0.0.0", ""),
+        ("http://224.0.0.1/hook", "224.0.0.1", "224.0.0.1", "multicast"),
+    ],
+)
+async def test_check_destination_refuses_addresses_inside_the_network(
+    url: str, host: str, address: str, kind: str
+) -> None:
+    with pytest.raises(FailedPrecondition) as caught:
+        await check_destination(url, allow_private=False)
+    message = caught.value.message
+    assert message.startswith(f"url: {host!r} resolves to {address}, a ")
+    assert kind in message
+    assert "KEEL_WEBHOOK_ALLOW_PRIVATE=1" in message
+    await check_destination(url, allow_private=True)
+
+
+async def test_check_destination_refuses_localhost_by_what_it_resolves_to() -> None:
+    with pytest.raises(FailedPrecondition) as caught:
+        await check_destination("http://localhost:8080/hook", allow_private=False)
+    message = caught.value.message
+    assert message.startswith("url: 'localhost' resolves to ")
+    assert "loopback" in message
+    await check_destination("http://localhost:8080/hook", allow_private=True)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://93.184.215.14/keel", "http://8.8.8.8:8080/", "https://[2606:4700::1111]/"]
+)
+async def test_check_destination_allows_public_addresses(url: str) -> None:
+    await check_destination(url, allow_private=False)
+
+
+async def test_check_destination_refuses_a_host_that_does_not_resolve() -> None:
+    for allow_private in (False, True):
+        with pytest.raises(FailedPrecondition) as caught:
+            await check_destination("https://keel-test.invalid/hook", allow_private=allow_private)
+        assert caught.value.message.startswith("url: cannot resolve 'keel-test.invalid'")
+
+
+# -- retries ----------------------------------------------------------------------------------
+
+
+def test_next_attempt_follows_the_schedule_with_twenty_percent_jitter() -> None:
+    schedule = (10.0, 20.0, 40.0)
+    for attempts_made, delay in enumerate(schedule, start=1):
+        delays = [
+            (next_attempt(schedule, attempts_made, NOW, None) or NOW) - NOW for _ in range(2000)
+        ]
+        seconds = [d.total_seconds() for d in delays]
+        assert all(0.8 * delay <= s <= 1.2 * delay for s in seconds), (min(seconds), max(seconds))
+        # Jitter, not a constant: the draws spread over the band.
+        assert min(seconds) < 0.85 * delay
+        assert max(seconds) > 1.15 * delay
+
+
+def test_next_attempt_jitter_bounds_are_exactly_plus_minus_twenty_percent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for edge in (0.8, 1.2):
+        monkeypatch.setattr(random, "uniform", lambda low, high, edge=edge: (low, high)[edge > 1])
+        assert next_attempt((10.0,), 1, NOW, None) == NOW + timedelta(seconds=10 * edge)
+
+
+def test_next_attempt_gives_up_when_the_schedule_is_used_up() -> None:
+    schedule = (1.0, 2.0)
+    assert next_attempt(schedule, 2, NOW, None) is not None
+    assert next_attempt(schedule, 3, NOW, None) is None
+    assert next_attempt(schedule, 3, NOW, 1.0) is None
+    assert next_attempt((), 1, NOW, None) is None
+
+
+def test_a_longer_retry_after_wins_over_the_schedule() -> None:
+    assert next_attempt((0.2,), 1, NOW, 30.0) == NOW + timedelta(seconds=30)
+    assert next_attempt((0.2, 0.2), 2, NOW, 1.0) == NOW + timedelta(seconds=1)
+
+
+def test_a_shorter_retry_after_does_not_shorten_the_schedule() -> None:
+    for _ in range(200):
+        when = next_attempt((10.0,), 1, NOW, 0.5)
+        assert when is not None
+        assert 8.0 <= (when - NOW).total_seconds() <= 12.0
+
+
+def test_retry_after_is_capped_at_a_day() -> None:
+    assert next_attempt((1.0,), 1, NOW, 10 * 86_400.0) == NOW + timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, None),
+        ("1", 1.0),
+        (" 120 ", 120.0),
+        ("0", 0.0),
+        ("2.5", 2.5),
+        ("-1", None),
+        ("", None),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+    ],
+)
+def test_parse_retry_after_reads_delta_seconds(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header) == seconds
+
+
+# -- signatures (keel.webhooks) ---------------------------------------------------------------
+
+# The Standard Webhooks specification's own example.
+SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SPEC_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
+SPEC_TIMESTAMP = 1614265330
+SPEC_BODY = b'{"test": 2432232314}'
+SPEC_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+# A Keel-shaped delivery, with non-ASCII content (the body is signed as UTF-8 bytes).
+SECRET = "whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="  # bytes 0..31
+OTHER_SECRET = "whsec_hzjF+MeZ+ds/7yX6hMR1D0CcZHoFsoZtMM4YeL430m0="
+MSG_ID = "5f0c2d43-7a3e-4d5b-9c61-2b8f6a1e9d07"
+TIMESTAMP = 1709294400
+BODY = (
+    '{"event":"message:created","event_id":"5f0c2d43-7a3e-4d5b-9c61-2b8f6a1e9d07",'
+    '"channel_id":"8c1f3b9e-0d2a-4e6f-a7b5-3c9d1e2f4a60","seq":7,'
+    '"data":{"message":{"content":"héllo 👋"}},"timestamp":"2024-03-01T12:00:00.123456Z"}'
+).encode()
+SIGNATURE = "v1,rtQV+rwfLtG2Sxt08GcpiDJ4i/7bQBr/Zb7YGaZ6hyg="
+OTHER_SIGNATURE = "v1,qCln6WY7JDLRNEPULDaB4rmk8RKMFK+MYw9zHbIpo2k="
+
+
+def independent_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The Standard Webhooks signature, computed here from the specification."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = msg_id.encode() + b"." + str(timestamp).encode() + b"." + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def headers(signature: str, *, msg_id: str = MSG_ID, timestamp: int = TIMESTAMP) -> dict[str, str]:
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature,
+    }
+
+
+def test_the_fixed_vectors_are_the_specification_s_hmac() -> None:
+    assert independent_signature(SPEC_SECRET, SPEC_ID, SPEC_TIMESTAMP, SPEC_BODY) == SPEC_SIGNATURE
+    assert independent_signature(SECRET, MSG_ID, TIMESTAMP, BODY) == SIGNATURE
+    assert independent_signature(OTHER_SECRET, MSG_ID, TIMESTAMP, BODY) == OTHER_SIGNATURE
+
+
+def test_sign_produces_the_fixed_vectors() -> None:
+    assert sign([SPEC_SECRET], SPEC_ID, SPEC_TIMESTAMP, SPEC_BODY) == SPEC_SIGNATURE
+    assert sign([SECRET], MSG_ID, TIMESTAMP, BODY) == SIGNATURE
+
+
+def test_sign_with_two_secrets_gives_two_space_separated_signatures() -> None:
+    assert sign([SECRET, OTHER_SECRET], MSG_ID, TIMESTAMP, BODY) == (
+        f"{SIGNATURE} {OTHER_SIGNATURE}"
+    )
+    assert sign([], MSG_ID, TIMESTAMP, BODY) == ""
+
+
+def test_verify_accepts_the_fixed_vectors_and_returns_the_payload() -> None:
+    payload = verify(SECRET, headers(SIGNATURE), BODY, now=TIMESTAMP)
+    assert payload == json.loads(BODY)
+    assert payload["data"]["message"]["content"] == "héllo 👋"
+    spec = verify(
+        SPEC_SECRET,
+        headers(SPEC_SIGNATURE, msg_id=SPEC_ID, timestamp=SPEC_TIMESTAMP),
+        SPEC_BODY,
+        now=SPEC_TIMESTAMP,
+    )
+    assert spec == {"test": 2432232314}
+
+
+def test_sign_then_verify_round_trips_with_a_new_secret() -> None:
+    secret = new_secret()
+    timestamp = int(datetime.now(UTC).timestamp())
+    body = json.dumps({"event": "ping", "data": {"n": 1}}).encode()
+    signature = sign([secret], "evt-1", timestamp, body)
+    assert verify(secret, headers(signature, msg_id="evt-1", timestamp=timestamp), body) == {
+        "event": "ping",
+        "data": {"n": 1},
+    }
+    # The body may be passed as text, as frameworks often hand it over.
+    assert verify(
+        secret, headers(signature, msg_id="evt-1", timestamp=timestamp), body.decode()
+    ) == {"event": "ping", "data": {"n": 1}}
+
+
+def test_new_secrets_are_whsec_and_32_random_bytes() -> None:
+    secrets = {new_secret() for _ in range(50)}
+    assert len(secrets) == 50
+    for secret in secrets:
+        assert secret.startswith("whsec_")
+        assert len(base64.b64decode(secret.removeprefix("whsec_"), validate=True)) == 32
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        BODY.replace(b'"seq":7', b'"seq":8'),
+        BODY + b" ",
+        BODY.replace("héllo".encode(), b"hello"),
+        b"",
+    ],
+)
+def test_verify_refuses_a_tampered_body(body: bytes) -> None:
+    with pytest.raises(WebhookVerificationError, match="no signature matches"):
+        verify(SECRET, headers(SIGNATURE), body, now=TIMESTAMP)
+
+
+def test_verify_refuses_the_wrong_secret() -> None:
+    with pytest.raises(WebhookVerificationError, match="no signature matches"):
+        verify(OTHER_SECRET, headers(SIGNATURE), BODY, now=TIMESTAMP)
+    with pytest.raises(WebhookVerificationError, match="no signature matches"):
+        verify(new_secret(), headers(SIGNATURE), BODY, now=TIMESTAMP)
+
+
+def test_verify_refuses_a_signature_for_another_id_or_timestamp() -> None:
+    with pytest.raises(WebhookVerificationError):
+        verify(SECRET, headers(SIGNATURE, msg_id=MSG_ID[:-1] + "8"), BODY, now=TIMESTAMP)
+    with pytest.raises(WebhookVerificationError):
+        verify(SECRET, headers(SIGNATURE, timestamp=TIMESTAMP + 1), BODY, now=TIMESTAMP)
+
+
+def test_verify_allows_the_tolerance_and_no_more() -> None:
+    for now in (TIMESTAMP - 300, TIMESTAMP + 300):
+        verify(SECRET, headers(SIGNATURE), BODY, now=now)
+    with pytest.raises(WebhookVerificationError, match="too old or too new"):
+        verify(SECRET, headers(SIGNATURE), BODY, now=TIMESTAMP + 301)  # an old request
+    with pytest.raises(WebhookVerificationError, match="too old or too new"):
+        verify(SECRET, headers(SIGNATURE), BODY, now=TIMESTAMP - 301)  # from the future
+    verify(SECRET, headers(SIGNATURE), BODY, tolerance=3600, now=TIMESTAMP + 3000)
+    with pytest.raises(WebhookVerificationError, match="too old or too new"):
+        verify(SECRET, headers(SIGNATURE), BODY, tolerance=10, now=TIMESTAMP + 11)
+
+
+def test_verify_checks_the_timestamp_against_the_clock_by_default() -> None:
+    # The fixed vector was signed in 2024: far outside the default tolerance today.
+    with pytest.raises(WebhookVerificationError, match="too old or too new"):
+        verify(SECRET, headers(SIGNATURE), BODY)
+
+
+@pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+def test_verify_names_a_missing_header(missing: str) -> None:
+    incomplete = {k: v for k, v in headers(SIGNATURE).items() if k != missing}
+    with pytest.raises(WebhookVerificationError, match=f"missing header {missing}"):
+        verify(SECRET, incomplete, BODY, now=TIMESTAMP)
+
+
+def test_verify_refuses_a_timestamp_that_is_not_a_number() -> None:
+    bad = headers(SIGNATURE) | {"webhook-timestamp": "2024-03-01T12:00:00Z"}
+    with pytest.raises(WebhookVerificationError, match="not a number"):
+        verify(SECRET, bad, BODY, now=TIMESTAMP)
+
+
+def test_during_a_rotation_either_secret_verifies_the_two_signatures() -> None:
+    both = sign([OTHER_SECRET, SECRET], MSG_ID, TIMESTAMP, BODY)
+    assert both == f"{OTHER_SIGNATURE} {SIGNATURE}"
+    for secret in (SECRET, OTHER_SECRET):
+        assert verify(secret, headers(both), BODY, now=TIMESTAMP)["seq"] == 7
+    with pytest.raises(WebhookVerificationError):
+        verify(new_secret(), headers(both), BODY, now=TIMESTAMP)
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        f"v1,bm90IGEgc2lnbmF0dXJl {SIGNATURE}",
+        f"v2,abc {SIGNATURE}",
+        f"v1a,{SIGNATURE[3:]} {SIGNATURE}",
+        f"  {SIGNATURE}  ",
+    ],
+)
+def test_verify_finds_the_matching_signature_among_others(signature: str) -> None:
+    verify(SECRET, headers(signature), BODY, now=TIMESTAMP)
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        "",
+        SIGNATURE[3:],  # no version
+        "v2," + SIGNATURE[3:],  # an unknown version
+        "v1a," + SIGNATURE[3:],
+        "v1," + SIGNATURE[3:].lower(),
+        "v1," + SIGNATURE[3:-2],
+    ],
+)
+def test_verify_refuses_signatures_that_are_not_v1_of_this_body(signature: str) -> None:
+    with pytest.raises(WebhookVerificationError):
+        verify(SECRET, headers(signature), BODY, now=TIMESTAMP)
+
+
+def test_header_names_are_case_insensitive() -> None:
+    for transform in (str.title, str.upper, str.lower):
+        mixed = {transform(k): v for k, v in headers(SIGNATURE).items()}
+        assert verify(SECRET, mixed, BODY, now=TIMESTAMP)["event"] == "message:created"
+
+
+def test_a_secret_without_its_prefix_works_and_a_malformed_one_is_refused() -> None:
+    verify(SECRET.removeprefix("whsec_"), headers(SIGNATURE), BODY, now=TIMESTAMP)
+    with pytest.raises(WebhookVerificationError, match="whsec_"):
+        verify("whsec_not base64!", headers(SIGNATURE), BODY, now=TIMESTAMP)
