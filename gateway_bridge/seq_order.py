@@ -26,7 +26,9 @@ class SeqOrder(Generic[E]):
 
     ``last_seq`` is the seq through which every message was released (or given up);
     ``None`` means it is not known yet: until :meth:`start_at` says where the channel
-    is, every event is released as it comes (nothing can be called a repeat or a gap).
+    is, every event is released as it comes (nothing can be called a repeat or a gap;
+    a bridge room's subscribers are all still replaying then, and each drops what its
+    replay already sent).
     """
 
     __slots__ = ("_highest", "_messages", "_others", "last_seq")
@@ -48,10 +50,10 @@ class SeqOrder(Generic[E]):
         return bool(self._messages)
 
     def start_at(self, last_seq: int) -> None:
-        """Where the channel is (once known): messages up to ``last_seq`` are repeats."""
+        """Where the channel is, once known (later calls change nothing): messages up to
+        ``last_seq`` — and up to any released before — are repeats from now on."""
         if self.last_seq is None:
-            self.last_seq = max(self._highest, last_seq)
-            self._highest = self.last_seq
+            self.last_seq = self._highest = max(self._highest, last_seq)
 
     def offer(self, event: E, seq: int | None) -> list[E]:
         """The events ``event`` releases, in order (maybe none, maybe several).
@@ -88,10 +90,25 @@ class SeqOrder(Generic[E]):
         """Give up the first gap (its messages are not to be had): what that releases."""
         if not self._messages:
             return []
-        self.last_seq = min(self._messages) - 1
-        return self._release()
+        return self.skip_to(min(self._messages) - 1)
+
+    def skip_to(self, seq: int) -> list[E]:
+        """Give up the missing messages up to ``seq``: what that releases, in order."""
+        assert self.last_seq is not None
+        released: list[E] = []
+        for held in sorted(s for s in self._messages if s <= seq):
+            if held in self._messages:  # not released with an earlier one
+                self.last_seq = max(self.last_seq, held - 1)
+                released += self._release()
+        for key in sorted(k for k in self._others if k <= seq):
+            released += self._others.pop(key)
+        self.last_seq = max(self.last_seq, seq)
+        self._highest = max(self._highest, self.last_seq)
+        return released + self._release()
 
     def _release(self) -> list[E]:
+        """Release the messages that follow ``last_seq`` without a gap, each followed by
+        the other events that arrived after it."""
         assert self.last_seq is not None
         released: list[E] = []
         while self.last_seq + 1 in self._messages:

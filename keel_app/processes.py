@@ -2,8 +2,10 @@
 
 ``keel serve all`` puts every service in one process, where authentication
 calls the tenant directory directly; any other process validates credentials
-over gRPC against ``KEEL_TENANT_SERVICE_ADDR``. This module is wiring: the only
-place (with :mod:`keel_app.cli`) that imports the service packages.
+over gRPC against ``KEEL_TENANT_SERVICE_ADDR``. This module is the composition
+root: with :mod:`keel_app.cli`, the only place that imports several services.
+Each service offers it one entry: ``build(runtime)`` (its gRPC services) or, for
+the bridge, ``start_bridge`` and ``serve``.
 """
 
 from __future__ import annotations
@@ -18,28 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from redis.asyncio import Redis
 
 from file_service import server as file_server
+from gateway_bridge.bridge import server as bridge_server
 from gateway_bridge.bridge.bridge import Bridge
-from gateway_bridge.bridge.presence import InMemoryPresence, RedisPresence
 from gateway_bridge.gateway import server as gateway_server
-from gateway_bridge.tokens import ClientTokens
 from notification_service import server as notification_server
 from service_kit.auth import Authenticator, CredentialValidator, TenantId
-from service_kit.bus import EventBus
 from service_kit.config import ConfigError, Settings
 from service_kit.logs import flush_logging
-from service_kit.metrics import serve_metrics
 from service_kit.server import (
     KeelServer,
     Runtime,
     ServiceSpec,
-    open_bus,
     open_runtime,
     wait_for_stop_signal,
 )
-from service_kit.tenant_client import GrpcCredentialValidator, GrpcTenantLookup
+from service_kit.tenant_client import remote_authenticator
 from tenant_service import server as tenant_server
 from tenant_service.tenants import ALL_SCOPES, Tenant, TenantDirectory
 
@@ -114,7 +111,7 @@ async def _serve(process: str, settings: Settings, ready: asyncio.Event | None) 
     else:
         _check_cluster_settings(process, settings)
     if process == "bridge":
-        await _serve_bridge(settings, ready)
+        await bridge_server.serve(settings, ready)
         return
     runtime = await open_runtime(settings)
     specs: list[ServiceSpec] = []
@@ -134,7 +131,7 @@ async def _serve(process: str, settings: Settings, ready: asyncio.Event | None) 
     if validator is None:
         assert settings.tenant_service_addr is not None
         channel = grpc.aio.insecure_channel(settings.tenant_service_addr)
-        authenticator = _remote_authenticator(settings, channel)
+        authenticator = remote_authenticator(settings, channel)
     else:
         authenticator = Authenticator(validator, lookup=directory, ttl=settings.auth_cache_seconds)
     await authenticator.follow_changes(runtime.bus)
@@ -145,7 +142,7 @@ async def _serve(process: str, settings: Settings, ready: asyncio.Event | None) 
         if process == "all":
             host = settings.grpc_addr.host
             local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-            bridge = await _start_bridge(
+            bridge = await bridge_server.start_bridge(
                 settings, runtime.bus, runtime.redis, authenticator, f"{local}:{server.port}"
             )
             await _welcome(runtime, server, directory, bridge)
@@ -160,69 +157,6 @@ async def _serve(process: str, settings: Settings, ready: asyncio.Event | None) 
         if channel is not None:
             await channel.close()
         await runtime.close()
-
-
-def _remote_authenticator(settings: Settings, channel: grpc.aio.Channel) -> Authenticator:
-    """Credentials and tenant lookups through a tenant-service process."""
-    token = settings.peer_token or settings.admin_token
-    lookup = GrpcTenantLookup(channel, token) if token else None
-    return Authenticator(
-        GrpcCredentialValidator(channel), lookup=lookup, ttl=settings.auth_cache_seconds
-    )
-
-
-async def _start_bridge(
-    settings: Settings,
-    bus: EventBus,
-    redis: Redis | None,
-    authenticator: Authenticator,
-    gateway_addr: str,
-) -> Bridge:
-    peer_token = settings.peer_token or settings.admin_token
-    assert settings.token_secret is not None and peer_token is not None
-    bridge = Bridge(
-        settings=settings.bridge,
-        tokens=ClientTokens(settings.token_secret, previous=settings.token_secret_previous),
-        tenants=authenticator,
-        gateway=grpc.aio.insecure_channel(gateway_addr),
-        peer_token=peer_token,
-        bus=bus,
-        presence=RedisPresence(redis) if redis is not None else InMemoryPresence(),
-    )
-    try:
-        await bridge.start(settings.ws_addr.host, settings.ws_addr.port)
-    except OSError as exc:
-        raise RuntimeError(f"cannot listen on {settings.ws_addr} (KEEL_WS_ADDR): {exc}") from exc
-    return bridge
-
-
-async def _serve_bridge(settings: Settings, ready: asyncio.Event | None) -> None:
-    """``keel serve bridge``: WebSockets in front of a gateway; no database of its own."""
-    assert settings.tenant_service_addr is not None and settings.gateway_addr is not None
-    bus, redis = await open_bus(settings)
-    channel = grpc.aio.insecure_channel(settings.tenant_service_addr)
-    authenticator = _remote_authenticator(settings, channel)
-    await authenticator.follow_changes(bus)
-    metrics = (
-        serve_metrics(settings.metrics_addr.host, settings.metrics_addr.port)
-        if settings.metrics_addr is not None
-        else None
-    )
-    bridge = await _start_bridge(settings, bus, redis, authenticator, settings.gateway_addr)
-    try:
-        print(f"Keel bridge on ws://{settings.ws_addr.host}:{bridge.port}/ws", flush=True)
-        if ready is not None:
-            ready.set()
-        await wait_for_stop_signal()
-    finally:
-        await bridge.stop()
-        if metrics is not None:
-            metrics.close()
-        await authenticator.close()
-        await channel.close()
-        await bus.close()
-        if redis is not None:
-            await redis.aclose()
 
 
 def _check_cluster_settings(process: str, settings: Settings) -> None:

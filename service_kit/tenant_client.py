@@ -8,7 +8,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 
-from service_kit.auth import Credentials, TenantContext, TenantId
+from service_kit.auth import Authenticator, Credentials, TenantContext, TenantId
+from service_kit.config import Settings
 from service_kit.errors import NotFound, ResourceExhausted, Unauthenticated, Unavailable
 
 
@@ -102,3 +103,13 @@ def _retry_delay(exc: grpc.aio.AioRpcError) -> float:
         if detail.Unpack(info):
             return float(info.retry_delay.ToNanoseconds()) / 1e9
     return 1.0
+
+
+def remote_authenticator(settings: Settings, channel: grpc.aio.Channel) -> Authenticator:
+    """Credentials and tenant lookups through the tenant-service process on ``channel``
+    (lookups, for the bridge's origin checks, need the peer or operator token)."""
+    token = settings.peer_token or settings.admin_token
+    lookup = GrpcTenantLookup(channel, token) if token else None
+    return Authenticator(
+        GrpcCredentialValidator(channel), lookup=lookup, ttl=settings.auth_cache_seconds
+    )

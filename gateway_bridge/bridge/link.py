@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import grpc
 from keel.channels.v1 import channels_pb2, channels_pb2_grpc
@@ -20,6 +20,9 @@ from keel.channels.v1 import channels_pb2, channels_pb2_grpc
 from service_kit.interceptor import ACTING_FOR_TENANT
 
 log = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 class GatewayLink:
@@ -34,7 +37,11 @@ class GatewayLink:
         resubscriptions: Callable[[], Sequence[channels_pb2.ConnectRequest]],
         call_timeout: float = 10.0,
     ) -> None:
-        self.stub = channels_pb2_grpc.ChannelServiceStub(channel)
+        # The generated stub is the same class for both; its aio typing is the AsyncStub's.
+        self.stub = cast(
+            "channels_pb2_grpc.ChannelServiceAsyncStub",
+            channels_pb2_grpc.ChannelServiceStub(channel),
+        )
         self._auth = ("authorization", f"Bearer {peer_token}")
         self._on_response = on_response
         self._resubscriptions = resubscriptions
@@ -51,15 +58,61 @@ class GatewayLink:
         """Queue a subscription change for the stream (sent in order)."""
         self._outbox.put_nowait(request)
 
-    def acting_for(self, tenant_id: str) -> tuple[tuple[str, str], ...]:
-        """Metadata for a unary call made for ``tenant_id``."""
-        return (self._auth, (ACTING_FOR_TENANT, tenant_id))
+    def subscribe(
+        self, key: str, tenant_id: str, channel_id: str, *, user_id: str = "", since: int | None
+    ) -> None:
+        """Queue :func:`subscribe_request`."""
+        self.send(subscribe_request(key, tenant_id, channel_id, user_id=user_id, since=since))
 
-    async def call(self, method: str, request: Any, tenant_id: str) -> Any:
-        """Call ``ChannelService.<method>`` for the tenant; raises ``grpc.aio.AioRpcError``."""
-        return await getattr(self.stub, method)(
-            request, metadata=self.acting_for(tenant_id), timeout=self._call_timeout
+    def unsubscribe(self, key: str, channel_ids: Sequence[str] = ()) -> None:
+        """``key`` stops following ``channel_ids`` (every channel when empty)."""
+        self.send(
+            channels_pb2.ConnectRequest(
+                unsubscribe=channels_pb2.ConnectUnsubscribe(
+                    subscription_key=key, channel_ids=list(channel_ids)
+                )
+            )
         )
+
+    # -- unary calls for a tenant (each raises grpc.aio.AioRpcError) -----------------------
+
+    async def _call(
+        self, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, tenant_id: str
+    ) -> Resp:
+        """Call ``method`` for ``tenant_id``: the operator token, ``x-keel-tenant-id``."""
+        metadata = (self._auth, (ACTING_FOR_TENANT, tenant_id))
+        response: Resp = await method(request, metadata=metadata, timeout=self._call_timeout)
+        return response
+
+    async def send_message(
+        self, tenant_id: str, request: channels_pb2.SendMessageRequest
+    ) -> channels_pb2.SendMessageResponse:
+        return await self._call(self.stub.SendMessage, request, tenant_id)
+
+    async def edit_message(
+        self, tenant_id: str, request: channels_pb2.EditMessageRequest
+    ) -> channels_pb2.EditMessageResponse:
+        return await self._call(self.stub.EditMessage, request, tenant_id)
+
+    async def delete_message(
+        self, tenant_id: str, request: channels_pb2.DeleteMessageRequest
+    ) -> channels_pb2.DeleteMessageResponse:
+        return await self._call(self.stub.DeleteMessage, request, tenant_id)
+
+    async def add_reaction(
+        self, tenant_id: str, request: channels_pb2.AddReactionRequest
+    ) -> channels_pb2.AddReactionResponse:
+        return await self._call(self.stub.AddReaction, request, tenant_id)
+
+    async def remove_reaction(
+        self, tenant_id: str, request: channels_pb2.RemoveReactionRequest
+    ) -> channels_pb2.RemoveReactionResponse:
+        return await self._call(self.stub.RemoveReaction, request, tenant_id)
+
+    async def mark_read(
+        self, tenant_id: str, request: channels_pb2.MarkReadRequest
+    ) -> channels_pb2.MarkReadResponse:
+        return await self._call(self.stub.MarkRead, request, tenant_id)
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -116,3 +169,19 @@ class GatewayLink:
             self._task.cancel()
             # grpc may turn the cancellation into a CANCELLED status; the flag ends the loop.
             await asyncio.wait([self._task], timeout=5)
+
+
+def subscribe_request(
+    key: str, tenant_id: str, channel_id: str, *, user_id: str = "", since: int | None
+) -> channels_pb2.ConnectRequest:
+    """Subscribe ``key`` to the channel (as ``user_id``, whose access the gateway checks;
+    empty for the bridge's own room keys): the messages after ``since`` are replayed to
+    ``key`` alone (none when ``since`` is None), then a ``SubscribeResult`` answers."""
+    position = channels_pb2.ChannelPosition(channel_id=channel_id)
+    if since is not None:
+        position.since_seq = since
+    return channels_pb2.ConnectRequest(
+        subscribe=channels_pb2.ConnectSubscribe(
+            subscription_key=key, tenant_id=tenant_id, user_id=user_id, channels=[position]
+        )
+    )

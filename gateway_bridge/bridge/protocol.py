@@ -3,11 +3,11 @@
 Everything here takes text and returns values: :func:`parse_frame` turns a
 client frame into a :class:`Command` (or raises :class:`FrameError` with the
 error code to send back); :class:`Session` holds one connection's
-subscriptions and decides, for each event, whether and when it is delivered —
-the replay-then-live seam, seq de-duplication, the per-connection rate limit;
-the ``*_frame`` functions build server frames; :func:`encode_text_frame` makes
-the bytes of one unmasked WebSocket text frame, once, for every subscriber.
-``docs/protocol.md`` is the specification; this module is its implementation.
+subscriptions and its rate budget; the ``*_frame`` functions build server
+frames; :func:`encode_text_frame` makes the bytes of one unmasked WebSocket
+text frame, once, for every subscriber.
+``docs/protocol.md`` is the specification; this module (with the rooms' seam in
+:mod:`gateway_bridge.bridge.room`) is its implementation.
 """
 
 from __future__ import annotations
@@ -235,24 +235,20 @@ class SessionLimits:
 
 @dataclass(slots=True)
 class Subscription:
-    """One channel a connection follows: ``live`` once its replay is over."""
+    """One channel a connection follows. ``last_seq`` is the seq it asked to start after
+    (``since_seq``, 0 without); ``live`` once its ``subscribe`` was acknowledged."""
 
     channel_id: str
     last_seq: int = 0
     live: bool = False
     frame_id: Any = None
-    held: list[tuple[str, int, bytes]] = field(default_factory=list)
-
-
-MESSAGE_CREATED: Final = "message:created"
 
 
 class Session:
-    """A connection's subscriptions and rate budget; decides what it is sent, in what order.
+    """A connection's subscriptions and rate budget.
 
-    Live events arrive for a channel while its replay is still running; they
-    are held and released after the replay, skipping those the replay already
-    delivered (``message:created`` events are de-duplicated by seq).
+    What each subscription is sent, and when (the replay-then-live seam, seq
+    de-duplication), is the room's business: :mod:`gateway_bridge.bridge.room`.
     """
 
     def __init__(
@@ -284,7 +280,8 @@ class Session:
         return self._refused_in_a_row >= self.limits.flood_tolerance
 
     def start(self, command: Command) -> Subscription:
-        """Begin following ``command.channel_id``; raises FrameError past the limit."""
+        """Begin following ``command.channel_id`` (or, if followed, take the new frame id);
+        raises FrameError past the limit."""
         if command.channel_id in self.subscriptions:
             sub = self.subscriptions[command.channel_id]
             sub.frame_id = command.id
@@ -302,36 +299,3 @@ class Session:
 
     def stop(self, channel_id: str) -> bool:
         return self.subscriptions.pop(channel_id, None) is not None
-
-    def replayed(self, channel_id: str, seq: int) -> bool:
-        """Whether a replayed message with ``seq`` is new for this connection (then noted)."""
-        sub = self.subscriptions.get(channel_id)
-        if sub is None or seq <= sub.last_seq:
-            return False
-        sub.last_seq = seq
-        return True
-
-    def hold(self, channel_id: str, name: str, seq: int, frame: bytes) -> bool:
-        """Keep a live event for a channel still replaying; False if not subscribed/replaying."""
-        sub = self.subscriptions.get(channel_id)
-        if sub is None or sub.live:
-            return False
-        sub.held.append((name, seq, frame))
-        return True
-
-    def go_live(self, channel_id: str, last_seq: int) -> list[bytes]:
-        """End the replay at ``last_seq``: the held frames still to send, in order."""
-        sub = self.subscriptions.get(channel_id)
-        if sub is None:
-            return []
-        sub.last_seq = max(sub.last_seq, last_seq)
-        release = []
-        for name, seq, frame in sub.held:
-            if name == MESSAGE_CREATED:
-                if seq <= sub.last_seq:
-                    continue
-                sub.last_seq = seq
-            release.append(frame)
-        sub.held.clear()
-        sub.live = True
-        return release

@@ -84,6 +84,7 @@ class _Joiner(Generic[E]):
 
     user_id: str
     last_seq: int  # the highest message seq it was sent
+    wants_replay: bool  # it gave a since_seq (else it starts at the channel's end)
     replaying: bool = True
     held: list[E] = field(default_factory=list)
 
@@ -134,10 +135,12 @@ class Room(Generic[S, E]):
 
     # -- subscribers --------------------------------------------------------------------
 
-    def join(self, subscriber: S, user_id: str, since_seq: int) -> None:
-        """``subscriber`` starts following the channel from ``since_seq`` (its replay runs)."""
+    def join(self, subscriber: S, user_id: str, since_seq: int | None) -> None:
+        """``subscriber`` starts following the channel after ``since_seq`` (None: from the
+        channel's end); the gateway's replay to it runs until :meth:`replay_done`."""
         if subscriber not in self._joining and subscriber not in self.live:
-            self._joining[subscriber] = _Joiner(user_id, since_seq)
+            wants_replay = since_seq is not None
+            self._joining[subscriber] = _Joiner(user_id, since_seq or 0, wants_replay)
 
     def replayed(self, subscriber: S, seq: int) -> bool:
         """Whether the replayed message ``seq`` is new to ``subscriber`` (then it is
@@ -149,17 +152,17 @@ class Room(Generic[S, E]):
         return True
 
     def replay_done(self, subscriber: S, last_seq: int) -> list[Effect[E, S]]:
-        """The replay is over; the subscriber is at ``last_seq`` (the gateway's word: the
-        last message replayed, or the channel's last seq when none was — also when
-        ``since_seq`` was past the end). ``[Ready]`` when it may go live now; nothing
-        while the room has yet to deliver that far."""
+        """The replay is over and reached ``last_seq`` (the last message replayed, or the
+        channel's last seq when none was). ``[Ready]`` when the subscriber may go live
+        now; nothing while the room has yet to deliver that far."""
         joiner = self._joining.get(subscriber)
         if joiner is None:
             return []
         joiner.replaying = False
-        joiner.last_seq = last_seq
+        # Never back: a since_seq past the channel's end stays where the client said.
+        joiner.last_seq = max(joiner.last_seq, last_seq)
         self._order.start_at(last_seq)
-        return [Ready(subscriber)] if self._caught_up(joiner) else []
+        return self._released([])
 
     def go_live(self, subscriber: S) -> list[E] | None:
         """Make a :class:`Ready` subscriber live; the held events it has yet to be sent
@@ -188,12 +191,7 @@ class Room(Generic[S, E]):
     def live_event(self, event: E) -> list[Effect[E, S]]:
         """An event from the channel's live stream (or from a replay of a gap)."""
         seq = event.seq if event.event == MESSAGE_CREATED else None
-        effects = self._released(self._order.offer(event, seq))
-        if not self.filling and self._order.gap() is not None:
-            self.filling = True
-            assert self.last_seq is not None
-            effects.append(Fill(self.last_seq))
-        return effects
+        return self._fill_gap(self._released(self._order.offer(event, seq)))
 
     def fill_done(self, ok: bool, last_seq: int) -> list[Effect[E, S]]:
         """The room's replay is over (``ok``: it read the channel through ``last_seq``).
@@ -207,7 +205,11 @@ class Room(Generic[S, E]):
             self._order.start_at(last_seq)
             while (gap := self._order.gap()) is not None and gap[1] <= last_seq:
                 effects += self._released(self._order.skip_gap())
-        if self._order.gap() is not None:
+        return self._fill_gap(effects)
+
+    def _fill_gap(self, effects: list[Effect[E, S]]) -> list[Effect[E, S]]:
+        """``effects``, and a :class:`Fill` when events wait behind a gap none is filling."""
+        if not self.filling and self._order.gap() is not None:
             self.filling = True
             assert self.last_seq is not None
             effects.append(Fill(self.last_seq))
@@ -238,10 +240,15 @@ class Room(Generic[S, E]):
 
     # -- after the gateway link reopens ---------------------------------------------------
 
-    def resubscriptions(self) -> tuple[int | None, list[tuple[S, str, int]]]:
+    def resubscriptions(self) -> tuple[int | None, list[tuple[S, str, int | None]]]:
         """What to ask a new gateway stream for: the room's own replay from its last seq
-        (None when the room is not known yet), and each replaying subscriber's, from the
-        seq it reached, as ``(subscriber, user id, since_seq)``."""
+        (None when the room is not known yet), and each replaying subscriber's, as
+        ``(subscriber, user id, since_seq)`` — from the seq its replay reached, or (None)
+        from the channel's end when it asked for no replay."""
         room_since = self.last_seq if not self.empty else None
-        replaying = [(s, j.user_id, j.last_seq) for s, j in self._joining.items() if j.replaying]
+        replaying = [
+            (s, j.user_id, j.last_seq if j.wants_replay else None)
+            for s, j in self._joining.items()
+            if j.replaying
+        ]
         return room_since, replaying

@@ -11,7 +11,12 @@ from the database to that key alone (``subscription_keys`` names it), then
 sends a ``SubscribeResult`` carrying the seq the replay reached. Live events
 of the channel flow from the moment of the subscription, so around the seam
 the bridge may see a message both replayed and live; it keeps the seq order
-and drops repeats by seq.
+and drops repeats by seq. The seam has one rule the bridge relies on: a
+result with ``last_seq`` R comes after every live event of the channel up to R
+on the same stream (the result waits until they went out, reading them from
+the database if their publishes are late), so when a bridge puts a new
+subscriber live, its room already holds everything up to where that
+subscriber's replay ended.
 
 A stream whose bridge reads too slowly (more than ``max_backlog`` responses
 waiting) is ended with RESOURCE_EXHAUSTED; the bridge reconnects and
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
@@ -33,8 +38,14 @@ from gateway_bridge.gateway.channels import rules
 from gateway_bridge.gateway.channels.drafts import message_data
 from gateway_bridge.gateway.channels.models import ChannelId, Message, MessageQuery
 from gateway_bridge.gateway.channels.store import SqlChatStore
+from gateway_bridge.gateway.channels.streams import END, BridgeStream, ChannelKey, LiveChannel
 from gateway_bridge.gateway.outbox import ChatEvent
-from gateway_bridge.vocabulary import CHANNEL_DELETED, CHAT_EVENTS_TOPIC, MESSAGE_CREATED, USER_LEFT
+from gateway_bridge.vocabulary import (
+    CHAT_EVENTS_TOPIC,
+    MESSAGE_CREATED,
+    SubscriptionsEnd,
+    subscriptions_ended_by,
+)
 from service_kit.bus import EventBus, Subscription
 from service_kit.errors import KeelError, OutOfRange, ResourceExhausted, Unavailable
 from service_kit.protobuf import timestamp
@@ -42,99 +53,11 @@ from service_kit.validation import Violations, is_uuid
 
 log = logging.getLogger(__name__)
 
-ChannelKey = tuple[str, str]  # (tenant id, channel id)
 
 MAX_REPLAY: Final = 10_000
 _REPLAY_PAGE: Final = 500
 #: Subscribe and unsubscribe commands a hub handles at once (each reads the database).
 _SUBSCRIBING: Final = 16
-_END: Final = object()
-
-
-class _Stream:
-    """One bridge's Connect stream: its keys, its channels and its outgoing backlog."""
-
-    def __init__(self, max_backlog: int) -> None:
-        self.outbox: asyncio.Queue[object] = asyncio.Queue()
-        self.max_backlog = max_backlog
-        # Replays pause at a quarter of the backlog and go on below an eighth.
-        self.replay_pause, self.replay_resume = max(1, max_backlog // 4), max(1, max_backlog // 8)
-        self.keys: dict[str, set[ChannelKey]] = defaultdict(set)
-        self.users: dict[str, str] = {}  # subscription key -> the user it reads for
-        self.readers: Counter[ChannelKey] = Counter()  # how many keys read each channel
-        self.commands: dict[str, asyncio.Task[None]] = {}  # the last command of each key
-        self.has_room = asyncio.Event()  # set while the backlog is low enough to replay into
-        self.has_room.set()
-        self.overflowed = False
-        self.restarting = False
-
-    def add(self, sub_key: str, key: ChannelKey) -> bool:
-        """``sub_key`` reads ``key``; True when the stream did not read it before."""
-        channels = self.keys[sub_key]
-        if key in channels:
-            return False
-        channels.add(key)
-        self.readers[key] += 1
-        return self.readers[key] == 1
-
-    def discard(self, sub_key: str, key: ChannelKey) -> bool:
-        """``sub_key`` stops reading ``key``; True when no key of the stream reads it now."""
-        channels = self.keys.get(sub_key)
-        if channels is None or key not in channels:
-            return False
-        channels.discard(key)
-        if not channels:
-            del self.keys[sub_key]
-            self.users.pop(sub_key, None)
-        self.readers[key] -= 1
-        if self.readers[key] > 0:
-            return False
-        del self.readers[key]
-        return True
-
-    def send(self, item: object) -> None:
-        if self.overflowed:
-            return
-        if self.outbox.qsize() >= self.max_backlog:
-            self.overflowed = True
-            while not self.outbox.empty():
-                self.outbox.get_nowait()
-            self.outbox.put_nowait(_END)
-            return
-        self.outbox.put_nowait(item)
-
-    async def room_to_replay(self) -> None:
-        """Before each replayed item: wait while the backlog is at a quarter of its limit,
-        so concurrent replays cannot fill the backlog that live events need."""
-        while self.outbox.qsize() >= self.replay_pause:
-            self.has_room.clear()
-            await self.has_room.wait()
-
-    def taken(self) -> None:
-        """The stream sent an item: wake the replays once the backlog is low again."""
-        if not self.has_room.is_set() and self.outbox.qsize() < self.replay_resume:
-            self.has_room.set()
-
-    def restart(self) -> None:
-        self.restarting = True
-        self.outbox.put_nowait(_END)
-
-
-class _Order:
-    """Puts one channel's live message events back in seq order.
-
-    Gateways publish after commit, and two commits' publishes can cross (two
-    coroutines, or two gateway processes), so events may arrive out of order.
-    An early event waits here for the ones before it; if they do not arrive
-    within ``gap_wait`` seconds they are read from the database instead.
-    """
-
-    __slots__ = ("filling", "next_seq", "pending")
-
-    def __init__(self, next_seq: int) -> None:
-        self.next_seq = next_seq
-        self.pending: dict[int, ChatEvent] = {}
-        self.filling = False
 
 
 class ConnectHub:
@@ -152,8 +75,8 @@ class ConnectHub:
         self._bus = bus
         self._max_backlog = max_backlog
         self._gap_wait = gap_wait
-        self._routes: dict[ChannelKey, set[_Stream]] = defaultdict(set)
-        self._order: dict[ChannelKey, _Order] = {}
+        self._routes: dict[ChannelKey, set[BridgeStream]] = defaultdict(set)
+        self._live: dict[ChannelKey, LiveChannel] = {}
         self._subscription: Subscription | None = None
         self._subscribing = asyncio.Semaphore(_SUBSCRIBING)
 
@@ -164,7 +87,9 @@ class ConnectHub:
     def _restart_streams(self) -> None:
         """The bus was down and events may be missing: end every stream with UNAVAILABLE,
         so each bridge reconnects and resubscribes from the seqs it delivered."""
-        self._order.clear()
+        for live in self._live.values():
+            live.release_waiters()
+        self._live.clear()
         for stream in {s for streams in self._routes.values() for s in streams}:
             stream.restart()
 
@@ -177,51 +102,50 @@ class ConnectHub:
         key = (event.tenant_id, event.channel_id)
         if key not in self._routes:
             return
-        order = self._order.get(key)
-        if event.name != MESSAGE_CREATED or order is None:
+        live = self._live.get(key)
+        if live is None:
             self._emit(key, event)
             return
-        if event.seq < order.next_seq or event.seq in order.pending:
-            return  # a repeat (the event log publishes at least once)
-        order.pending[event.seq] = event
-        self._release(key, order)
-        if order.pending and not order.filling:
-            order.filling = True
-            asyncio.get_running_loop().create_task(self._fill_gap(key, order))
+        seq = event.seq if event.name == MESSAGE_CREATED else None
+        self._release(key, live, live.order.offer(event, seq))
+        self._fill_soon(key, live)
 
-    def _release(self, key: ChannelKey, order: _Order) -> None:
-        while order.next_seq in order.pending:
-            self._emit(key, order.pending.pop(order.next_seq))
-            order.next_seq += 1
+    def _release(self, key: ChannelKey, live: LiveChannel, events: list[ChatEvent]) -> None:
+        for event in events:
+            self._emit(key, event)
+        live.wake()
 
-    async def _fill_gap(self, key: ChannelKey, order: _Order) -> None:
+    def _fill_soon(self, key: ChannelKey, live: LiveChannel) -> None:
+        if not live.filling and live.missing_until() is not None:
+            live.filling = True
+            asyncio.get_running_loop().create_task(self._fill(key, live))
+
+    async def _fill(self, key: ChannelKey, live: LiveChannel) -> None:
         """Wait for the missing events; read from the database those that never come."""
         try:
             await asyncio.sleep(self._gap_wait)
-            while order.pending and self._order.get(key) is order:
-                missing_until = min(order.pending)
+            while self._live.get(key) is live and (until := live.missing_until()) is not None:
                 found = await self._store.list_messages(
                     key[0],
                     MessageQuery(
                         ChannelId(key[1]),
-                        limit=min(missing_until - order.next_seq, _REPLAY_PAGE),
+                        limit=min(until - live.last_seq, _REPLAY_PAGE),
                         newest_first=False,
-                        after_seq=order.next_seq - 1,
+                        after_seq=live.last_seq,
                     ),
                 )
                 for message in found:
-                    if message.seq >= order.next_seq and message.seq not in order.pending:
-                        order.pending[message.seq] = _replayed_event(key[0], message)
-                if not found:
-                    order.next_seq = missing_until  # nothing stored in between: skip ahead
-                self._release(key, order)
+                    event = _replayed_event(key[0], message)
+                    self._release(key, live, live.order.offer(event, message.seq))
+                if not found:  # nothing stored in between: skip ahead
+                    self._release(key, live, live.order.skip_to(until))
         except KeelError:
             log.warning("could not fill a gap in a channel's events", exc_info=True)
-            if order.pending:
-                order.next_seq = min(order.pending)
-                self._release(key, order)
+            until = live.missing_until()
+            if until is not None:
+                self._release(key, live, live.order.skip_to(until))
         finally:
-            order.filling = False
+            live.filling = False
 
     def _emit(self, key: ChannelKey, event: ChatEvent) -> None:
         streams = self._routes.get(key)
@@ -230,38 +154,54 @@ class ConnectHub:
         response = channels_pb2.ConnectResponse(event=_event_proto(event))
         for stream in tuple(streams):
             stream.send(response)
-        if event.name in (USER_LEFT, CHANNEL_DELETED):
-            self._end_subscriptions(key, event)
+        ended = subscriptions_ended_by(event.name, event.data_text)
+        if ended is not None:
+            self._end_subscriptions(key, ended)
 
-    def _end_subscriptions(self, key: ChannelKey, event: ChatEvent) -> None:
-        """After ``user:left`` that user's keys stop reading the channel (it may be private);
-        after ``channel:deleted`` every key does."""
-        leaving = event.data.get("user_id") if event.name == USER_LEFT else None
+    def _end_subscriptions(self, key: ChannelKey, ended: SubscriptionsEnd) -> None:
+        """The keys of the users whose subscriptions the event ended stop reading the
+        channel (:func:`~gateway_bridge.vocabulary.subscriptions_ended_by`)."""
         for stream in tuple(self._routes.get(key, ())):
             for sub_key, channels in list(stream.keys.items()):
-                if key in channels and (leaving is None or stream.users.get(sub_key) == leaving):
+                if key in channels and ended.includes(stream.users.get(sub_key, "")):
                     self._discard(stream, sub_key, key)
 
-    def _add(self, stream: _Stream, sub_key: str, key: ChannelKey) -> None:
+    def _add(self, stream: BridgeStream, sub_key: str, key: ChannelKey) -> None:
         if stream.add(sub_key, key):
             self._routes[key].add(stream)
 
-    def _discard(self, stream: _Stream, sub_key: str, key: ChannelKey) -> None:
+    def _discard(self, stream: BridgeStream, sub_key: str, key: ChannelKey) -> None:
         if stream.discard(sub_key, key):
             self._unroute(stream, key)
 
-    def _unroute(self, stream: _Stream, key: ChannelKey) -> None:
+    def _unroute(self, stream: BridgeStream, key: ChannelKey) -> None:
         routes = self._routes.get(key)
         if routes is not None:
             routes.discard(stream)
             if not routes:
                 del self._routes[key]
-                self._order.pop(key, None)
+                live = self._live.pop(key, None)
+                if live is not None:
+                    live.release_waiters()
 
     def _follow(self, key: ChannelKey, last_seq: int) -> None:
         """Start ordering a channel's live events after ``last_seq`` (read before routing)."""
-        if key not in self._order:
-            self._order[key] = _Order(last_seq + 1)
+        if key not in self._live:
+            self._live[key] = LiveChannel(last_seq)
+
+    async def _caught_up(self, key: ChannelKey, seq: int) -> None:
+        """Return once every live event of the channel up to ``seq`` went out on the
+        streams (read from the database after ``gap_wait`` if it does not come), or the
+        channel is no longer followed. A subscribe result waits for this, so a bridge
+        sees every live event up to a result's ``last_seq`` before the result."""
+        live = self._live.get(key)
+        if live is None or live.last_seq >= seq:
+            return
+        live.wanted = max(live.wanted, seq)
+        waiter = asyncio.get_running_loop().create_future()
+        live.waiters.append((seq, waiter))
+        self._fill_soon(key, live)
+        await waiter
 
     async def serve(
         self,
@@ -269,13 +209,13 @@ class ConnectHub:
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[channels_pb2.ConnectResponse]:
         """The Connect stream: read commands in the background, yield responses."""
-        stream = _Stream(self._max_backlog)
+        stream = BridgeStream(self._max_backlog)
         reader = asyncio.create_task(self._read(stream, requests), name="connect-reader")
         try:
             while True:
                 item = await stream.outbox.get()
                 stream.taken()
-                if item is _END:
+                if item is END:
                     if stream.restarting:
                         raise Unavailable(
                             "the gateway's event bus reconnected; resubscribe to catch up",
@@ -299,7 +239,7 @@ class ConnectHub:
             stream.readers.clear()
 
     async def _read(
-        self, stream: _Stream, requests: AsyncIterator[channels_pb2.ConnectRequest]
+        self, stream: BridgeStream, requests: AsyncIterator[channels_pb2.ConnectRequest]
     ) -> None:
         try:
             async for request in requests:
@@ -319,13 +259,13 @@ class ConnectHub:
             raise
         except Exception:
             log.exception("connect stream reader failed")
-        stream.send(_END)
+        stream.send(END)
 
     def _in_turn(
         self,
-        stream: _Stream,
+        stream: BridgeStream,
         sub_key: str,
-        handle: Callable[[_Stream, Any], Awaitable[None]],
+        handle: Callable[[BridgeStream, Any], Awaitable[None]],
         command: Any,
     ) -> None:
         """Run ``handle(stream, command)`` after the key's earlier commands (so a key's
@@ -343,7 +283,7 @@ class ConnectHub:
                     # As when reading commands fails: end the stream; the bridge reconnects
                     # and resubscribes, rather than waiting for a result that never comes.
                     log.exception("connect command failed; ending the stream")
-                    stream.send(_END)
+                    stream.send(END)
 
         task = asyncio.get_running_loop().create_task(run(), name="connect-command")
         stream.commands[sub_key] = task
@@ -354,7 +294,9 @@ class ConnectHub:
 
         task.add_done_callback(forget)
 
-    async def _unsubscribe(self, stream: _Stream, command: channels_pb2.ConnectUnsubscribe) -> None:
+    async def _unsubscribe(
+        self, stream: BridgeStream, command: channels_pb2.ConnectUnsubscribe
+    ) -> None:
         """Drop the key's subscriptions to ``channel_ids`` (all of them when empty)."""
         keys = stream.keys.get(command.subscription_key)
         if keys is None:
@@ -363,7 +305,9 @@ class ConnectHub:
         for key in [k for k in keys if not dropped or k[1] in dropped]:
             self._discard(stream, command.subscription_key, key)
 
-    async def _subscribe(self, stream: _Stream, command: channels_pb2.ConnectSubscribe) -> None:
+    async def _subscribe(
+        self, stream: BridgeStream, command: channels_pb2.ConnectSubscribe
+    ) -> None:
         v = Violations()
         v.text("subscription_key", command.subscription_key, max_length=128)
         v.uuid("tenant_id", command.tenant_id)
@@ -386,7 +330,7 @@ class ConnectHub:
 
     async def _subscribe_one(
         self,
-        stream: _Stream,
+        stream: BridgeStream,
         command: channels_pb2.ConnectSubscribe,
         position: channels_pb2.ChannelPosition,
     ) -> None:
@@ -405,11 +349,15 @@ class ConnectHub:
                     )
                 )
                 return
-            self._add(stream, command.subscription_key, (tenant_id, channel_id))
+            key = (tenant_id, channel_id)
+            self._add(stream, command.subscription_key, key)
             stream.users[command.subscription_key] = command.user_id
-            self._follow((tenant_id, channel_id), last_seq)
+            self._follow(key, last_seq)
             if position.HasField("since_seq"):
                 last_seq = await self._replay(stream, command, channel_id, position.since_seq)
+            else:  # from now on: where the channel's live events already went, if further
+                last_seq = max(last_seq, self._live[key].last_seq)
+            await self._caught_up(key, last_seq)
         except KeelError as exc:
             self._discard(stream, command.subscription_key, (tenant_id, channel_id))
             stream.send(_result(command, channel_id, exc.code, exc.message))
@@ -417,7 +365,11 @@ class ConnectHub:
         stream.send(_result(command, channel_id, grpc.StatusCode.OK, "", last_seq))
 
     async def _replay(
-        self, stream: _Stream, command: channels_pb2.ConnectSubscribe, channel_id: str, since: int
+        self,
+        stream: BridgeStream,
+        command: channels_pb2.ConnectSubscribe,
+        channel_id: str,
+        since: int,
     ) -> int:
         """Send the messages after ``since`` to the key; return the last seq sent (or reached)."""
         _, last_seq, _ = await self._store.read_access(command.tenant_id, channel_id, "")

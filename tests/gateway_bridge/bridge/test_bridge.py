@@ -1,7 +1,7 @@
 """The WebSocket bridge through real sockets, in front of a real gateway on SQLite.
 
 Each test starts a :class:`~gateway_bridge.bridge.bridge.Bridge` on port 0 the way
-``keel serve all`` does (``keel_app.processes._start_bridge``: loopback
+``keel serve all`` does (``gateway_bridge.bridge.server.start_bridge``: loopback
 gRPC to the gateway, the process's bus, in-memory presence), with the limits
 it is about, and talks to it with websockets clients speaking ``keel.v1`` —
 or, to be a consumer that stops reading, with a bare socket driven by
@@ -34,10 +34,10 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from gateway_bridge.bridge.bridge import Bridge
+from gateway_bridge.bridge.server import start_bridge as start_bridge_process
 from gateway_bridge.gateway import server as gateway_server
 from gateway_bridge.gateway.channels.store import SqlChatStore
 from gateway_bridge.tokens import ISSUER, ClientTokens
-from keel_app.processes import _start_bridge
 from service_kit.auth import Authenticator
 from service_kit.config import Address, BridgeSettings
 from service_kit.server import KeelServer, Runtime, open_runtime
@@ -122,7 +122,7 @@ async def start_bridge(stack: Stack, **limits: Any) -> Bridge:
         ws_addr=Address("127.0.0.1", 0),
         bridge=BridgeSettings(**limits),
     )
-    bridge = await _start_bridge(
+    bridge = await start_bridge_process(
         settings,
         stack.runtime.bus,
         stack.runtime.redis,
@@ -1060,7 +1060,8 @@ async def test_a_slow_consumer_is_closed_with_4008_and_others_get_everything(
             assert isinstance(ack, dict) and ack["type"] == "ack"
             # The slow connection as the bridge holds it; a small kernel send buffer
             # makes the backlog show up in the bridge's own buffer at once.
-            conn = bridge._conns["c:" + welcome["connection_id"]]
+            conn = bridge.connection(welcome["connection_id"])
+            assert conn is not None
             transport = conn.ws.transport
             transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             peak = 0
@@ -1082,8 +1083,7 @@ async def test_a_slow_consumer_is_closed_with_4008_and_others_get_everything(
                 watcher.cancel()
             frame_size = len(content) + 2000
             assert limit < peak <= limit + frame_size, peak
-            room = bridge._rooms[(tenant.id, channel)]
-            assert [c.user_id for c in room.live] == ["bob"]
+            assert [c.user_id for c in bridge.live_connections(tenant.id, channel)] == ["bob"]
 
             # carol reads again: what was sent is a gap-free prefix, then close 4008.
             received: list[Json | Close] = []
@@ -1120,7 +1120,8 @@ async def test_a_slow_consumer_that_never_reads_is_disconnected_within_the_close
             assert isinstance(welcome, dict)
             await slow.send({"type": "subscribe", "id": "s", "channel_id": channel})
             await slow.read()
-            conn = bridge._conns["c:" + welcome["connection_id"]]
+            conn = bridge.connection(welcome["connection_id"])
+            assert conn is not None
             conn.ws.transport.get_extra_info("socket").setsockopt(
                 socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
             )

@@ -398,9 +398,11 @@ class ChannelServiceServicer:
         are sent once per stream, with no subscription keys, in seq order for
         messages (an event that arrives early waits for the ones before it, read
         from the database if need be); around the end of a replay a message may
-        come both replayed and live, and the bridge keeps the first. After a
-        `user:left` the gateway drops that user's keys from the channel, and after
-        `channel:deleted` every key (the event itself is still delivered). A stream that falls too far behind ends with
+        come both replayed and live, and the bridge keeps the first. A
+        SubscribeResult comes after every live event of its channel up to its
+        `last_seq`. After a `user:left` the gateway drops that user's keys from
+        the channel, and after `channel:deleted` every key (the event itself is
+        still delivered). A stream that falls too far behind ends with
         RESOURCE_EXHAUSTED, and one whose gateway lost its event bus for a while
         with UNAVAILABLE; the bridge then reconnects and resubscribes each channel
         from the last seq it delivered.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
+import pytest
 from keel.channels.v1 import channels_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -104,3 +106,75 @@ async def test_a_subscribe_that_fails_unexpectedly_ends_the_stream(engine: Async
         items = [item async for item in hub.serve(commands(), None)]  # type: ignore[arg-type]
     await hub.close()
     assert items == []
+
+
+def _subscribe(key: str, tenant_id: str, channel_id: str, since: int | None = None) -> Any:
+    position = channels_pb2.ChannelPosition(channel_id=channel_id)
+    if since is not None:
+        position.since_seq = since
+    return channels_pb2.ConnectRequest(
+        subscribe=channels_pb2.ConnectSubscribe(
+            subscription_key=key, tenant_id=tenant_id, user_id="alice", channels=[position]
+        )
+    )
+
+
+@pytest.mark.parametrize("published", [True, False], ids=["published-late", "never-published"])
+async def test_a_subscribe_result_comes_after_every_live_event_up_to_its_last_seq(
+    engine: AsyncEngine, published: bool
+) -> None:
+    """The seam's contract with the bridge: "k1" already follows the channel; three
+    messages are stored but their live events are late (or never come: the sender
+    died before publishing). "k2" subscribes and its replay reads all three. Its result
+    must come after the live events of 1..3 on the stream — published meanwhile, or
+    read from the database after ``gap_wait`` — so the bridge has them in the room's
+    order before it puts "k2" live."""
+    store, bus = SqlChatStore(engine), InProcessEventBus()
+    relay = EventRelay(store, bus)
+    chat = ChatService(store, relay, ClientTokens("x" * 32))
+    hub = ConnectHub(store, bus, gap_wait=0.2)
+    await hub.start()
+    tenant_id = TenantId(new_id())
+    channel = await chat.create_channel(
+        tenant_id,
+        name="late",
+        type=ChannelType.PUBLIC,
+        metadata={},
+        created_by="alice",
+        member_ids=[],
+        request_id="",
+    )
+    commands: asyncio.Queue[channels_pb2.ConnectRequest | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[channels_pb2.ConnectRequest]:
+        while (request := await commands.get()) is not None:
+            yield request
+
+    responses = hub.serve(requests(), None)  # type: ignore[arg-type]
+    log: list[tuple[str, int]] = []
+    async with asyncio.timeout(10):
+        await commands.put(_subscribe("k1", tenant_id, channel.id))
+        first = await anext(responses)
+        assert first.subscribe_result.subscription_key == "k1"
+        unpublished = []
+        for n in range(3):  # stored, events recorded, not (yet) on the bus
+            _, events = await store.send_message(tenant_id, NewMessage(channel.id, "alice", f"{n}"))
+            unpublished += events
+        await commands.put(_subscribe("k2", tenant_id, channel.id, since=0))
+        if published:
+            await asyncio.sleep(0.05)
+            await relay.publish(unpublished)
+        while True:
+            item = await anext(responses)
+            if item.HasField("subscribe_result"):
+                log.append(("result", item.subscribe_result.last_seq))
+                break
+            kind = "replay" if item.subscription_keys else "live"
+            log.append((kind, item.event.seq))
+    await commands.put(None)
+    await responses.aclose()
+    await hub.close()
+    live = [seq for kind, seq in log if kind == "live"]
+    assert live == [1, 2, 3], log
+    assert [seq for kind, seq in log if kind == "replay"] == [1, 2, 3], log
+    assert log[-1] == ("result", 3)

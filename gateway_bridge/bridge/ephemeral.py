@@ -1,0 +1,143 @@
+"""Typing and presence: announced to every bridge over the bus, never stored.
+
+A user is *present* in a channel while one of their connections on some bridge has
+a live subscription to it. Each bridge counts its own (:meth:`Ephemeral.change`),
+reports a user's first and last local subscription to the shared
+:class:`~gateway_bridge.bridge.presence.Presence` store (in order, off the hot path),
+and announces ``presence:online``/``presence:offline`` when that store says the
+user came or went across all bridges. A heartbeat keeps this bridge's entries alive
+and reports users whose bridge died. ``typing`` frames and presence events travel on
+the bus topic :data:`EPHEMERAL_TOPIC` and are written to the rooms of every bridge:
+typing to the live subscribers (but the typist's own connection), presence to the
+room's watchers (connections whose tenant may read presence).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from typing import Final
+
+from gateway_bridge.bridge import protocol as p
+from gateway_bridge.bridge.connection import Conn
+from gateway_bridge.bridge.fanout import Fanout
+from gateway_bridge.bridge.presence import Presence, Presence3
+from service_kit.bus import EventBus, Subscription
+
+log = logging.getLogger(__name__)
+
+EPHEMERAL_TOPIC: Final = "bridge.ephemeral"
+
+
+class Ephemeral:
+    """Typing and presence for one bridge process (see the module docstring)."""
+
+    def __init__(self, *, bus: EventBus, presence: Presence, ttl: float = 30.0) -> None:
+        self._bus = bus
+        self._presence = presence
+        self._ttl = ttl
+        self._present: Counter[Presence3] = Counter()
+        self._changes: asyncio.Queue[tuple[str, Presence3]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscription: Subscription | None = None
+        self._fanout: Fanout | None = None
+
+    async def start(self, fanout: Fanout) -> None:
+        """Write what other bridges announce to ``fanout``'s rooms; start the loops."""
+        self._fanout = fanout
+        self._subscription = await self._bus.subscribe(EPHEMERAL_TOPIC, self._on_ephemeral)
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="presence-heartbeat"))
+        self._tasks.append(asyncio.create_task(self._announce_changes(), name="presence"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._subscription is not None:
+            await self._subscription.close()
+
+    async def typing(self, conn: Conn, channel_id: str) -> None:
+        """Tell the channel's other live subscribers, on every bridge, that the user types."""
+        await self._publish(
+            {
+                "kind": "typing",
+                "tenant_id": conn.tenant_id,
+                "channel_id": channel_id,
+                "user_id": conn.user_id,
+                "origin": conn.id,
+            }
+        )
+
+    async def online(self, tenant_id: str, channel_id: str) -> list[str]:
+        """The users online in the channel, across all bridges."""
+        return await self._presence.online(tenant_id, channel_id)
+
+    def change(self, who: Presence3, delta: int) -> None:
+        """Count a user's live subscriptions here; queue a join/leave on 0 <-> 1."""
+        before = self._present[who]
+        after = before + delta
+        if after > 0:
+            self._present[who] = after
+        else:
+            del self._present[who]
+        if before == 0 and after > 0:
+            self._changes.put_nowait(("join", who))
+        elif before > 0 and after <= 0:
+            self._changes.put_nowait(("leave", who))
+
+    async def _announce_changes(self) -> None:
+        """Apply queued joins/leaves to the presence store, in order; announce changes."""
+        while True:
+            change, (tenant_id, channel_id, user_id) = await self._changes.get()
+            try:
+                if change == "join":
+                    if await self._presence.join(tenant_id, channel_id, user_id):
+                        await self._announce("presence:online", tenant_id, channel_id, user_id)
+                elif await self._presence.leave(tenant_id, channel_id, user_id):
+                    await self._announce("presence:offline", tenant_id, channel_id, user_id)
+            except Exception:
+                log.warning("presence update failed", exc_info=True)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            try:
+                for tenant_id, channel_id, user_id in await self._presence.heartbeat(
+                    list(self._present)
+                ):
+                    await self._announce("presence:offline", tenant_id, channel_id, user_id)
+            except Exception:
+                log.warning("presence heartbeat failed", exc_info=True)
+
+    async def _announce(self, event: str, tenant_id: str, channel_id: str, user_id: str) -> None:
+        await self._publish(
+            {
+                "kind": "presence",
+                "event": event,
+                "tenant_id": tenant_id,
+                "channel_id": channel_id,
+                "user_id": user_id,
+            }
+        )
+
+    async def _publish(self, message: dict[str, str]) -> None:
+        await self._bus.publish(EPHEMERAL_TOPIC, json.dumps(message).encode())
+
+    def _on_ephemeral(self, payload: bytes) -> None:
+        message = json.loads(payload)
+        assert self._fanout is not None
+        room = self._fanout.room(message["tenant_id"], message["channel_id"])
+        if room is None:
+            return
+        if message["kind"] == "typing":
+            text = p.typing_frame(message["channel_id"], message["user_id"])
+            skip = message.get("origin", "")
+        else:
+            data = json.dumps({"user_id": message["user_id"]}, separators=(",", ":"))
+            text = p.event_frame(message["event"], message["channel_id"], 0, data)
+            skip = None
+        frame = p.encode_text_frame(text.encode())
+        for conn in list(room.live if skip is not None else room.watchers):
+            if conn.id != skip:
+                self._fanout.write(conn, frame)

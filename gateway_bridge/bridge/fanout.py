@@ -1,0 +1,309 @@
+"""Fan-out: the bridge's rooms, fed by the gateway stream, written to sockets.
+
+This is the I/O side of :mod:`gateway_bridge.bridge.room`: it routes what the
+gateway's ``Connect`` stream sends (live events, replays, subscribe results) to the
+room cores, carries out what they decide, and writes. Fan-out is the hot path: each
+event becomes one frame's bytes once, and those bytes are written straight to every
+live subscriber's transport. Events that arrive within ``COALESCE_SECONDS`` of each
+other go out together, one write per subscriber for the lot; a subscriber whose
+unsent bytes exceed the send buffer is cut as a slow consumer instead of slowing the
+others or growing memory.
+
+Before any subscriber joins or leaves the live set, what is pending for the room is
+written first, so frames reach exactly the subscribers that were live when the room
+released them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Final
+
+import grpc
+from keel.channels.v1 import channels_pb2
+
+from gateway_bridge.bridge import protocol as p
+from gateway_bridge.bridge.connection import DELIVERIES, Conn, Connections
+from gateway_bridge.bridge.link import GatewayLink, subscribe_request
+from gateway_bridge.bridge.presence import Presence3
+from gateway_bridge.bridge.room import Deliver, Effect, End, Fill, Ready, Room
+
+#: Events arriving this close together are written to each subscriber in one write.
+COALESCE_SECONDS: Final = 0.001
+
+Event = channels_pb2.ChannelEvent
+
+_GRPC_TO_ERROR = {
+    grpc.StatusCode.INVALID_ARGUMENT: p.ErrorCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND: p.ErrorCode.NOT_FOUND,
+    grpc.StatusCode.PERMISSION_DENIED: p.ErrorCode.PERMISSION_DENIED,
+    grpc.StatusCode.FAILED_PRECONDITION: p.ErrorCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE: p.ErrorCode.OUT_OF_RANGE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: p.ErrorCode.RATE_LIMITED,
+    grpc.StatusCode.UNAVAILABLE: p.ErrorCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: p.ErrorCode.UNAVAILABLE,
+}
+
+
+def error_code(code: int | grpc.StatusCode) -> p.ErrorCode:
+    """The ``error`` frame code for a gRPC status (code or number)."""
+    if isinstance(code, int):
+        code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+    return _GRPC_TO_ERROR.get(code, p.ErrorCode.INTERNAL)
+
+
+def event_bytes(event: Event) -> bytes:
+    """The WebSocket frame of an ``event`` frame for ``event``."""
+    return p.encode_text_frame(
+        p.event_frame(
+            event.event, event.channel_id, event.seq, event.data_json or "{}", event.event_id
+        ).encode()
+    )
+
+
+class LocalRoom(Room[Conn, Event]):
+    """A room core plus what writing needs: frames not yet written, and its watchers."""
+
+    __slots__ = ("dirty", "pending", "watchers")
+
+    def __init__(self, tenant_id: str, channel_id: str) -> None:
+        super().__init__(tenant_id, channel_id)
+        self.pending: list[bytes] = []  # frames not yet written to the live subscribers
+        self.dirty = False
+        #: The live connections whose tenant may read presence (fixed per connection), so a
+        #: presence event costs nothing in a room where nobody may see it.
+        self.watchers: set[Conn] = set()
+
+
+class Fanout:
+    """The rooms of one bridge process (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        connections: Connections,
+        link: GatewayLink,
+        send_buffer_bytes: int,
+        on_slow: Callable[[Conn], None],
+        on_presence: Callable[[Presence3, int], None],
+    ) -> None:
+        self._connections = connections
+        self._link = link
+        self._limit = send_buffer_bytes
+        self._on_slow = on_slow
+        self._on_presence = on_presence
+        self._rooms: dict[tuple[str, str], LocalRoom] = {}
+        self._dirty: list[LocalRoom] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
+
+    def room(self, tenant_id: str, channel_id: str) -> LocalRoom | None:
+        return self._rooms.get((tenant_id, channel_id))
+
+    def close(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+
+    # -- a connection's subscriptions ----------------------------------------------------
+
+    def subscribe(self, conn: Conn, command: p.Command) -> str | None:
+        """Follow ``command.channel_id``: the replay and the ack follow from the gateway.
+        Already followed and acknowledged: the ack to send now (nothing is replayed)."""
+        sub = conn.session.start(command)
+        key = (conn.tenant_id, command.channel_id)
+        room = self._rooms.get(key)
+        if room is None:
+            room = self._rooms[key] = LocalRoom(*key)
+        if sub.live:
+            seq = room.seq_of(conn)
+            result = {"channel_id": command.channel_id, "last_seq": seq or 0}
+            return p.ack_frame(command.id, result)
+        if not room.is_joining(conn):  # else its replay runs: the ack will take this id
+            since = command.fields.get("since_seq")
+            room.join(conn, conn.user_id, since)
+            self._link.subscribe(
+                conn.key, conn.tenant_id, command.channel_id, user_id=conn.user_id, since=since
+            )
+        return None
+
+    def unsubscribe(self, conn: Conn, channel_id: str) -> bool:
+        """Stop following ``channel_id``; False when it was not followed."""
+        self._leave(conn, channel_id)
+        if not conn.session.stop(channel_id):
+            return False
+        self._link.unsubscribe(conn.key, [channel_id])
+        return True
+
+    def leave_all(self, conn: Conn) -> None:
+        """The connection is closing: it leaves every room it is in."""
+        for channel_id in list(conn.session.subscriptions):
+            self._leave(conn, channel_id)
+            conn.session.stop(channel_id)
+
+    def _leave(self, conn: Conn, channel_id: str) -> None:
+        room = self._rooms.get((conn.tenant_id, channel_id))
+        if room is None:
+            return
+        room.leave(conn)
+        room.watchers.discard(conn)
+        sub = conn.session.subscriptions.get(channel_id)
+        if sub is not None and sub.live:
+            self._on_presence((conn.tenant_id, channel_id, conn.user_id), -1)
+        if room.empty:
+            del self._rooms[(room.tenant_id, room.channel_id)]
+            if room.last_seq is not None:  # its own key may follow the channel
+                self._link.unsubscribe(room.key)
+
+    # -- from the gateway ----------------------------------------------------------------
+
+    def on_gateway(self, response: channels_pb2.ConnectResponse) -> None:
+        """One message of the gateway's ``Connect`` stream."""
+        if response.HasField("subscribe_result"):
+            self._on_result(response.subscribe_result)
+            return
+        event = response.event
+        if not response.subscription_keys:
+            self._on_live(event)
+            return
+        frame = b""
+        for key in response.subscription_keys:
+            if key.startswith("ch:"):
+                self._on_live(event)  # a gap being filled: for the whole room
+                continue
+            conn = self._connections.get(key)
+            room = self._rooms.get((event.tenant_id, event.channel_id))
+            if conn is not None and room is not None and room.replayed(conn, event.seq):
+                frame = frame or event_bytes(event)  # encoded once for all its keys
+                self.write(conn, frame)
+
+    def _on_live(self, event: Event) -> None:
+        room = self._rooms.get((event.tenant_id, event.channel_id))
+        if room is not None:
+            self._apply(room, room.live_event(event))
+
+    def _on_result(self, result: channels_pb2.SubscribeResult) -> None:
+        key = result.subscription_key
+        if key.startswith("ch:"):
+            _, tenant_id, channel_id = key.split(":", 2)
+            room = self._rooms.get((tenant_id, channel_id))
+            if room is not None:
+                self._apply(room, room.fill_done(result.code == 0, result.last_seq))
+            return
+        conn = self._connections.get(key)
+        if conn is None or conn.closed:
+            return
+        sub = conn.session.subscriptions.get(result.channel_id)
+        room = self._rooms.get((conn.tenant_id, result.channel_id))
+        if sub is None or sub.live or room is None or not room.is_joining(conn):
+            return
+        if result.code != 0:
+            self._leave(conn, result.channel_id)
+            conn.session.stop(result.channel_id)
+            frame = p.error_frame(error_code(result.code), result.message, sub.frame_id)
+            self.write(conn, p.encode_text_frame(frame.encode()))
+            return
+        sub.live = True
+        ack = {"channel_id": result.channel_id, "last_seq": result.last_seq}
+        self.write(conn, p.encode_text_frame(p.ack_frame(sub.frame_id, ack).encode()))
+        self._on_presence((conn.tenant_id, result.channel_id, conn.user_id), +1)
+        self._apply(room, room.replay_done(conn, result.last_seq))
+
+    def _apply(self, room: LocalRoom, effects: list[Effect[Event, Conn]]) -> None:
+        """Carry out what the room decided, in order."""
+        for effect in effects:
+            if isinstance(effect, Deliver):
+                room.pending.append(event_bytes(effect.event))
+                if not room.dirty:
+                    room.dirty = True
+                    self._dirty.append(room)
+                    self._flush_soon()
+            elif isinstance(effect, Ready):
+                self._flush_room(room)  # what the others were due, before it joins them
+                conn = effect.subscriber
+                held = room.go_live(conn)
+                if held is None:
+                    continue
+                if conn.tenant.allows("presence:read"):
+                    room.watchers.add(conn)
+                for event in held:
+                    self.write(conn, event_bytes(event))
+            elif isinstance(effect, End):
+                self._flush_room(room)  # the leaving subscribers get the ending event too
+                for conn in effect.subscribers:
+                    self._leave(conn, room.channel_id)
+                    conn.session.stop(room.channel_id)
+                    self._link.unsubscribe(conn.key, [room.channel_id])
+            elif isinstance(effect, Fill):
+                self._link.subscribe(
+                    room.key, room.tenant_id, room.channel_id, since=effect.since_seq
+                )
+
+    def resubscriptions(self) -> list[channels_pb2.ConnectRequest]:
+        """After the link (re)opens: every room from where it got, every pending subscribe.
+
+        Built at once (the link writes them one by one while rooms keep changing)."""
+        requests = []
+        for room in list(self._rooms.values()):
+            room_since, replaying = room.resubscriptions()
+            if room_since is not None:
+                requests.append(
+                    subscribe_request(room.key, room.tenant_id, room.channel_id, since=room_since)
+                )
+            for conn, user_id, since in replaying:
+                requests.append(
+                    subscribe_request(
+                        conn.key, room.tenant_id, room.channel_id, user_id=user_id, since=since
+                    )
+                )
+        return requests
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write(self, conn: Conn, data: bytes) -> None:
+        """Write frames to one connection (cut as a slow consumer if it is behind)."""
+        written = conn.write(data, self._limit)
+        if written:
+            DELIVERIES.inc()
+        elif written is False:
+            self._on_slow(conn)
+
+    def _flush_soon(self) -> None:
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(
+                COALESCE_SECONDS, self._flush
+            )
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        rooms, self._dirty = self._dirty, []
+        for room in rooms:
+            self._flush_room(room)
+
+    def _flush_room(self, room: LocalRoom) -> None:
+        """Write the room's pending frames to every live subscriber, as one write each.
+
+        Events that arrive within ``COALESCE_SECONDS`` of each other go out together:
+        one system call per subscriber for the lot, instead of one per event, which is
+        what limits fan-out when traffic is dense (at the cost of at most that delay).
+        """
+        room.dirty = False
+        frames, room.pending = room.pending, []
+        if not frames:
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        limit = self._limit
+        delivered = 0
+        for conn in room.live:
+            written = conn.write(data, limit)
+            if written:
+                delivered += 1
+            elif written is False:
+                self._on_slow(conn)
+        DELIVERIES.inc(delivered * len(frames))
+
+    # -- for tests and tools -------------------------------------------------------------
+
+    def live_connections(self, tenant_id: str, channel_id: str) -> Iterator[Conn]:
+        """The connections live in a channel on this bridge."""
+        room = self._rooms.get((tenant_id, channel_id))
+        yield from room.live if room is not None else ()

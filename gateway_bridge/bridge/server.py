@@ -1,0 +1,77 @@
+"""Wiring of the bridge process: :func:`start_bridge` builds and starts a bridge (``keel
+serve all`` starts one beside the gateway in its own process); :func:`serve` is
+``keel serve bridge``, WebSockets in front of a gateway, with no database of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from redis.asyncio import Redis
+
+from gateway_bridge.bridge.bridge import Bridge
+from gateway_bridge.bridge.presence import InMemoryPresence, RedisPresence
+from gateway_bridge.tokens import ClientTokens
+from service_kit.auth import Authenticator
+from service_kit.bus import EventBus
+from service_kit.config import Settings
+from service_kit.metrics import serve_metrics
+from service_kit.server import open_bus, wait_for_stop_signal
+from service_kit.tenant_client import remote_authenticator
+
+
+async def start_bridge(
+    settings: Settings,
+    bus: EventBus,
+    redis: Redis | None,
+    authenticator: Authenticator,
+    gateway_addr: str,
+) -> Bridge:
+    """A bridge listening on ``KEEL_WS_ADDR``, linked to the gateway at ``gateway_addr``;
+    presence in Redis when there is one. Raises ``RuntimeError`` if it cannot listen."""
+    peer_token = settings.peer_token or settings.admin_token
+    assert settings.token_secret is not None and peer_token is not None
+    bridge = Bridge(
+        settings=settings.bridge,
+        tokens=ClientTokens(settings.token_secret, previous=settings.token_secret_previous),
+        tenants=authenticator,
+        gateway=grpc.aio.insecure_channel(gateway_addr),
+        peer_token=peer_token,
+        bus=bus,
+        presence=RedisPresence(redis) if redis is not None else InMemoryPresence(),
+    )
+    try:
+        await bridge.start(settings.ws_addr.host, settings.ws_addr.port)
+    except OSError as exc:
+        raise RuntimeError(f"cannot listen on {settings.ws_addr} (KEEL_WS_ADDR): {exc}") from exc
+    return bridge
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """``keel serve bridge`` until SIGTERM/SIGINT; then close every connection with 1012."""
+    assert settings.tenant_service_addr is not None and settings.gateway_addr is not None
+    bus, redis = await open_bus(settings)
+    channel = grpc.aio.insecure_channel(settings.tenant_service_addr)
+    authenticator = remote_authenticator(settings, channel)
+    await authenticator.follow_changes(bus)
+    metrics = (
+        serve_metrics(settings.metrics_addr.host, settings.metrics_addr.port)
+        if settings.metrics_addr is not None
+        else None
+    )
+    bridge = await start_bridge(settings, bus, redis, authenticator, settings.gateway_addr)
+    try:
+        print(f"Keel bridge on ws://{settings.ws_addr.host}:{bridge.port}/ws", flush=True)
+        if ready is not None:
+            ready.set()
+        await wait_for_stop_signal()
+    finally:
+        await bridge.stop()
+        if metrics is not None:
+            metrics.close()
+        await authenticator.close()
+        await channel.close()
+        await bus.close()
+        if redis is not None:
+            await redis.aclose()

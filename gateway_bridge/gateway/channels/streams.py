@@ -1,0 +1,137 @@
+"""The gateway's Connect hub's state: one :class:`BridgeStream` per bridge process, one
+:class:`LiveChannel` per channel some stream follows (see :mod:`.hub`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, defaultdict
+from typing import Final
+
+from gateway_bridge.gateway.outbox import ChatEvent
+from gateway_bridge.seq_order import SeqOrder
+
+ChannelKey = tuple[str, str]  # (tenant id, channel id)
+
+#: Put in a stream's outbox: the stream ends (why: ``overflowed``, ``restarting``).
+END: Final = object()
+
+
+class BridgeStream:
+    """One bridge's Connect stream: its keys, its channels and its outgoing backlog."""
+
+    def __init__(self, max_backlog: int) -> None:
+        self.outbox: asyncio.Queue[object] = asyncio.Queue()
+        self.max_backlog = max_backlog
+        # Replays pause at a quarter of the backlog and go on below an eighth.
+        self.replay_pause, self.replay_resume = max(1, max_backlog // 4), max(1, max_backlog // 8)
+        self.keys: dict[str, set[ChannelKey]] = defaultdict(set)
+        self.users: dict[str, str] = {}  # subscription key -> the user it reads for
+        self.readers: Counter[ChannelKey] = Counter()  # how many keys read each channel
+        self.commands: dict[str, asyncio.Task[None]] = {}  # the last command of each key
+        self.has_room = asyncio.Event()  # set while the backlog is low enough to replay into
+        self.has_room.set()
+        self.overflowed = False
+        self.restarting = False
+
+    def add(self, sub_key: str, key: ChannelKey) -> bool:
+        """``sub_key`` reads ``key``; True when the stream did not read it before."""
+        channels = self.keys[sub_key]
+        if key in channels:
+            return False
+        channels.add(key)
+        self.readers[key] += 1
+        return self.readers[key] == 1
+
+    def discard(self, sub_key: str, key: ChannelKey) -> bool:
+        """``sub_key`` stops reading ``key``; True when no key of the stream reads it now."""
+        channels = self.keys.get(sub_key)
+        if channels is None or key not in channels:
+            return False
+        channels.discard(key)
+        if not channels:
+            del self.keys[sub_key]
+            self.users.pop(sub_key, None)
+        self.readers[key] -= 1
+        if self.readers[key] > 0:
+            return False
+        del self.readers[key]
+        return True
+
+    def send(self, item: object) -> None:
+        if self.overflowed:
+            return
+        if self.outbox.qsize() >= self.max_backlog:
+            self.overflowed = True
+            while not self.outbox.empty():
+                self.outbox.get_nowait()
+            self.outbox.put_nowait(END)
+            return
+        self.outbox.put_nowait(item)
+
+    async def room_to_replay(self) -> None:
+        """Before each replayed item: wait while the backlog is at a quarter of its limit,
+        so concurrent replays cannot fill the backlog that live events need."""
+        while self.outbox.qsize() >= self.replay_pause:
+            self.has_room.clear()
+            await self.has_room.wait()
+
+    def taken(self) -> None:
+        """The stream sent an item: wake the replays once the backlog is low again."""
+        if not self.has_room.is_set() and self.outbox.qsize() < self.replay_resume:
+            self.has_room.set()
+
+    def restart(self) -> None:
+        self.restarting = True
+        self.outbox.put_nowait(END)
+
+
+class LiveChannel:
+    """One routed channel's live events, put back in seq order, and who waits for them.
+
+    Gateways publish after commit, and two commits' publishes can cross (two
+    coroutines, or two gateway processes), so events may arrive out of order. An
+    early event waits (:class:`~gateway_bridge.seq_order.SeqOrder`) for the ones
+    before it; if they do not arrive within ``gap_wait`` seconds they are read from
+    the database instead. A subscribe result waits here too, until every live event
+    up to its ``last_seq`` went out before it (see :meth:`ConnectHub._caught_up`).
+    """
+
+    __slots__ = ("filling", "order", "waiters", "wanted")
+
+    def __init__(self, last_seq: int) -> None:
+        self.order: SeqOrder[ChatEvent] = SeqOrder(last_seq)
+        self.filling = False
+        #: The highest seq known to be stored (a subscribe result waits until it is out).
+        self.wanted = last_seq
+        self.waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    @property
+    def last_seq(self) -> int:
+        assert self.order.last_seq is not None
+        return self.order.last_seq
+
+    def missing_until(self) -> int | None:
+        """The last seq of the first run of messages not out yet (None: nothing missing)."""
+        gap = self.order.gap()
+        if gap is not None:
+            return gap[1]
+        return self.wanted if self.wanted > self.last_seq else None
+
+    def wake(self) -> None:
+        """Resolve the waiters whose seq went out."""
+        if self.waiters:
+            still = []
+            for seq, waiter in self.waiters:
+                if seq <= self.last_seq:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                else:
+                    still.append((seq, waiter))
+            self.waiters = still
+
+    def release_waiters(self) -> None:
+        """The channel is no longer followed: nobody waits for it any more."""
+        for _, waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.waiters = []
