@@ -1,4 +1,5 @@
-"""Database setup shared by every service: the async engine, its health, and migrations.
+"""Database setup shared by every service: the async engine, its health, migrations,
+and the query helpers every store uses (one row or NotFound, claiming rows, keyset pages).
 
 One schema (:mod:`service_kit.schema`) serves SQLite (aiosqlite, the embedded
 default) and PostgreSQL (asyncpg). Alembic migrations in
@@ -10,16 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVarTuple
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Insert, Table, event, text
+from sqlalchemy import Executable, Insert, Row, Select, Table, and_, event, or_, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, RowMapping, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -27,6 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from service_kit.errors import Unavailable
 
 log = logging.getLogger(__name__)
+
+_Columns = TypeVarTuple("_Columns")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Any constant works; it only has to be the same in every Keel process.
@@ -96,6 +100,57 @@ def insert_ignoring_conflicts(conn: AsyncConnection, table: Table) -> Insert:
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     return sqlite.insert(table).on_conflict_do_nothing()
+
+
+async def load_one(
+    conn: AsyncConnection, query: Executable, not_found: Callable[[], Exception]
+) -> RowMapping:
+    """The first row ``query`` selects, as a mapping of its columns.
+
+    Raises the exception ``not_found()`` makes (for example ``ChannelNotFound(id)``)
+    when ``query`` selects no row; ``not_found`` is only called then.
+    """
+    row = (await conn.execute(query)).first()
+    if row is None:
+        raise not_found()
+    return row._mapping
+
+
+async def claim_rows(
+    conn: AsyncConnection, query: Select[*_Columns], *, of: Table | None = None
+) -> Sequence[Row[*_Columns]]:
+    """The rows ``query`` selects, claimed for ``conn``'s transaction: on PostgreSQL they
+    are locked (those of table ``of`` when given) and rows another transaction holds are
+    skipped, so concurrent claimers take different rows; on SQLite the one writer at a
+    time (``write_transaction``) already keeps claimers apart."""
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(of=of, skip_locked=True)
+    return (await conn.execute(query)).all()
+
+
+def keyset_page(
+    query: Select[*_Columns],
+    time_column: Any,
+    id_column: Any,
+    *,
+    limit: int,
+    after: tuple[datetime, str] | None,
+    newest_first: bool = False,
+) -> Select[*_Columns]:
+    """``query`` as one page of a list in ``(time_column, id_column)`` order (descending
+    when ``newest_first``): at most ``limit`` rows, those past the ``(time, id)`` position
+    ``after`` (the last row of the previous page; None for the first page)."""
+    if newest_first:
+        query = query.order_by(time_column.desc(), id_column.desc())
+    else:
+        query = query.order_by(time_column, id_column)
+    query = query.limit(limit)
+    if after is None:
+        return query
+    time, key = after
+    if newest_first:
+        return query.where(or_(time_column < time, and_(time_column == time, id_column < key)))
+    return query.where(or_(time_column > time, and_(time_column == time, id_column > key)))
 
 
 async def ping(engine: AsyncEngine, *, within: float = 2.0) -> bool:

@@ -6,12 +6,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service_kit.auth import TenantId
-from service_kit.db import as_utc
+from service_kit.db import as_utc, keyset_page
 from service_kit.schema import tenants
 from tenant_service.errors import TenantConflict
 from tenant_service.tenants import Tenant
@@ -72,15 +72,9 @@ class SqlTenantStore:
         return (_from_row(row._mapping), row.secret_hash) if row else None
 
     async def list(self, *, limit: int, after: tuple[datetime, str] | None) -> list[Tenant]:
-        query = select(tenants).order_by(tenants.c.create_time, tenants.c.id).limit(limit)
-        if after is not None:
-            time, tenant_id = after
-            query = query.where(
-                or_(
-                    tenants.c.create_time > time,
-                    and_(tenants.c.create_time == time, tenants.c.id > tenant_id),
-                )
-            )
+        query = keyset_page(
+            select(tenants), tenants.c.create_time, tenants.c.id, limit=limit, after=after
+        )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [_from_row(row._mapping) for row in rows]

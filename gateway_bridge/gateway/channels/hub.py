@@ -37,7 +37,7 @@ from keel.channels.v1 import channels_pb2
 from gateway_bridge.gateway.channels import rules
 from gateway_bridge.gateway.channels.drafts import message_data
 from gateway_bridge.gateway.channels.models import ChannelId, Message, MessageQuery
-from gateway_bridge.gateway.channels.store import SqlChatStore
+from gateway_bridge.gateway.channels.store import ChatStore
 from gateway_bridge.gateway.channels.streams import END, BridgeStream, ChannelKey, LiveChannel
 from gateway_bridge.gateway.outbox import ChatEvent
 from gateway_bridge.vocabulary import (
@@ -65,7 +65,7 @@ class ConnectHub:
 
     def __init__(
         self,
-        store: SqlChatStore,
+        store: ChatStore,
         bus: EventBus,
         *,
         max_backlog: int = 50_000,

@@ -39,7 +39,7 @@ from gateway_bridge.gateway.channels.models import (
     UnreadCount,
     User,
 )
-from gateway_bridge.gateway.channels.store import SqlChatStore
+from gateway_bridge.gateway.channels.store import ChatStore
 from gateway_bridge.gateway.relay import EventRelay
 from gateway_bridge.tokens import ClientTokens
 from service_kit.auth import TenantId
@@ -89,7 +89,7 @@ class ChatService:
 
     def __init__(
         self,
-        store: SqlChatStore,
+        store: ChatStore,
         relay: EventRelay,
         tokens: ClientTokens,
         *,

@@ -31,6 +31,7 @@ from gateway_bridge.gateway.events.webhooks import (
     next_attempt,
     parse_retry_after,
 )
+from service_kit.clock import rfc3339
 from service_kit.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class DispatchSettings:
 def body_of(payload: dict[str, object], now: datetime) -> bytes:
     """The request body: the seed's ``{"event", "data", "timestamp"}`` plus ids and seq."""
     body = dict(payload)
-    body["timestamp"] = now.isoformat().replace("+00:00", "Z")
+    body["timestamp"] = rfc3339(now)
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 

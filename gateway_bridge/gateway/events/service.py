@@ -13,6 +13,7 @@ from typing import Any
 
 from keel.webhooks import new_secret
 
+from gateway_bridge.gateway.events.errors import InvalidWebhook
 from gateway_bridge.gateway.events.store import Cursor, SqlEventStore
 from gateway_bridge.gateway.events.webhooks import (
     MAX_DESCRIPTION,
@@ -30,7 +31,7 @@ from gateway_bridge.gateway.events.webhooks import (
 from gateway_bridge.gateway.outbox import ChatEvent
 from gateway_bridge.vocabulary import CHAT_EVENTS_TOPIC
 from service_kit.bus import EventBus, Subscription
-from service_kit.errors import FailedPrecondition, InvalidArgument
+from service_kit.errors import FailedPrecondition
 from service_kit.validation import Violations, is_uuid, new_id
 
 MAX_GRACE_SECONDS = 7 * 86_400
@@ -48,7 +49,7 @@ def decode_cursor(text: str) -> Cursor:
     """The position :func:`encode_cursor` wrote; INVALID_ARGUMENT for anything else."""
     txid, _, event_id = text.partition("-")
     if not (txid.isdigit() and event_id.isdigit()):
-        raise InvalidArgument.for_field("after", "is not a cursor this API returned")
+        raise InvalidWebhook.for_field("after", "is not a cursor this API returned")
     return int(txid), int(event_id)
 
 

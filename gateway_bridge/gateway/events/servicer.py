@@ -11,7 +11,13 @@ from google.protobuf import duration_pb2, json_format, struct_pb2
 from keel.events.v1 import events_pb2, events_pb2_grpc
 
 from gateway_bridge.gateway.events.service import EventService
-from gateway_bridge.gateway.events.webhooks import Delivery, DeliveryStatus, Webhook, WebhookState
+from gateway_bridge.gateway.events.webhooks import (
+    Delivery,
+    DeliveryStatus,
+    Webhook,
+    WebhookState,
+    raise_violations,
+)
 from service_kit.auth import current_tenant
 from service_kit.protobuf import timestamp
 from service_kit.validation import (
@@ -190,7 +196,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         webhook_id = valid_id("webhook_id", request.webhook_id)
         v = Violations()
         v.check(request.HasField("since_time"), "since_time", "is required")
-        v.raise_if_any()
+        raise_violations(v)
         since = request.since_time.ToDatetime(tzinfo=UTC)
         count = await self._service.replay(_tenant(), webhook_id, since)
         return events_pb2.ReplayEventsResponse(count=count)

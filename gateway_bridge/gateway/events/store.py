@@ -6,18 +6,23 @@ by ``(txid, id)`` and only read rows of transactions older than the oldest
 still running (``pg_snapshot_xmin``), so a transaction that commits late can
 never put a row behind a cursor that was already handed out. SQLite commits
 one writer at a time, so there ``txid`` is 0 and ``id`` alone orders.
+
+Every read and write is scoped by ``tenant_id``: another tenant's webhook or
+delivery is ``WebhookNotFound`` / ``DeliveryNotFound``
+(:mod:`gateway_bridge.gateway.events.errors`), like one that does not exist.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, text, tuple_, update
+from sqlalchemy import delete, func, insert, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway_bridge.gateway.events.errors import DeliveryNotFound, WebhookNotFound
 from gateway_bridge.gateway.events.webhooks import (
     Attempt,
     Delivery,
@@ -26,22 +31,13 @@ from gateway_bridge.gateway.events.webhooks import (
     WebhookState,
 )
 from gateway_bridge.gateway.outbox import ChatEvent, chat_event
-from service_kit.db import as_utc, write_transaction
-from service_kit.errors import NotFound, OutOfRange
+from service_kit.clock import Clock, utcnow
+from service_kit.db import as_utc, claim_rows, keyset_page, load_one, write_transaction
+from service_kit.errors import OutOfRange
 from service_kit.schema import deliveries, delivery_attempts, event_log_horizon, events, webhooks
 from service_kit.validation import new_id
 
 Cursor = tuple[int, int]  # (txid, id)
-
-
-class WebhookNotFound(NotFound):
-    def __init__(self, webhook_id: str) -> None:
-        super().__init__(f"webhook {webhook_id!r} not found")
-
-
-class DeliveryNotFound(NotFound):
-    def __init__(self, delivery_id: str) -> None:
-        super().__init__(f"delivery {delivery_id!r} not found")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +50,10 @@ class DueDelivery:
     secrets: tuple[str, ...]
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class SqlEventStore:
     """Webhook endpoints, deliveries, attempts, and cursor reads of the event log."""
 
-    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
         self._engine = engine
         self._clock = clock
 
@@ -105,20 +97,8 @@ class SqlEventStore:
     async def list_webhooks(
         self, tenant_id: str, *, limit: int, after: tuple[datetime, str] | None
     ) -> list[Webhook]:
-        query = (
-            select(webhooks)
-            .where(webhooks.c.tenant_id == tenant_id)
-            .order_by(webhooks.c.created_at, webhooks.c.id)
-            .limit(limit)
-        )
-        if after is not None:
-            time, key = after
-            query = query.where(
-                or_(
-                    webhooks.c.created_at > time,
-                    and_(webhooks.c.created_at == time, webhooks.c.id > key),
-                )
-            )
+        query = select(webhooks).where(webhooks.c.tenant_id == tenant_id)
+        query = keyset_page(query, webhooks.c.created_at, webhooks.c.id, limit=limit, after=after)
         async with self._engine.connect() as conn:
             return [_webhook(r._mapping) for r in (await conn.execute(query)).all()]
 
@@ -149,21 +129,19 @@ class SqlEventStore:
         self, tenant_id: str, webhook_id: str, secret: str, previous_until: datetime
     ) -> Webhook:
         async with write_transaction(self._engine) as conn:
-            current = (
-                await conn.execute(
-                    select(webhooks.c.secret).where(
-                        webhooks.c.tenant_id == tenant_id, webhooks.c.id == webhook_id
-                    )
-                )
-            ).first()
-            if current is None:
-                raise WebhookNotFound(webhook_id)
+            current = await load_one(
+                conn,
+                select(webhooks.c.secret).where(
+                    webhooks.c.tenant_id == tenant_id, webhooks.c.id == webhook_id
+                ),
+                lambda: WebhookNotFound(webhook_id),
+            )
             await conn.execute(
                 update(webhooks)
                 .where(webhooks.c.id == webhook_id)
                 .values(
                     secret=secret,
-                    previous_secret=current.secret,
+                    previous_secret=current["secret"],
                     previous_secret_expires_at=previous_until,
                     updated_at=self._clock(),
                 )
@@ -182,9 +160,7 @@ class SqlEventStore:
             .limit(limit)
         )
         async with write_transaction(self._engine) as conn:
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            rows = (await conn.execute(query)).all()
+            rows = await claim_rows(conn, query)
             if not rows:
                 return 0
             tenants = {r.tenant_id for r in rows}
@@ -272,9 +248,7 @@ class SqlEventStore:
             .limit(limit)
         )
         async with write_transaction(self._engine) as conn:
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update(of=deliveries, skip_locked=True)
-            rows = (await conn.execute(query)).all()
+            rows = await claim_rows(conn, query, of=deliveries)
             if rows:
                 await conn.execute(
                     update(deliveries)
@@ -367,22 +341,18 @@ class SqlEventStore:
         limit: int,
         after: tuple[datetime, str] | None,
     ) -> list[Delivery]:
-        query = (
-            select(deliveries)
-            .where(deliveries.c.tenant_id == tenant_id, deliveries.c.webhook_id == webhook_id)
-            .order_by(deliveries.c.created_at.desc(), deliveries.c.id.desc())
-            .limit(limit)
+        query = keyset_page(
+            select(deliveries).where(
+                deliveries.c.tenant_id == tenant_id, deliveries.c.webhook_id == webhook_id
+            ),
+            deliveries.c.created_at,
+            deliveries.c.id,
+            limit=limit,
+            after=after,
+            newest_first=True,
         )
         if status is not None:
             query = query.where(deliveries.c.status == status.value)
-        if after is not None:
-            time, key = after
-            query = query.where(
-                or_(
-                    deliveries.c.created_at < time,
-                    and_(deliveries.c.created_at == time, deliveries.c.id < key),
-                )
-            )
         async with self._engine.connect() as conn:
             await _load_webhook(conn, tenant_id, webhook_id)
             found = [_delivery(r._mapping) for r in (await conn.execute(query)).all()]
@@ -483,14 +453,9 @@ def _delivery_row(hook: Webhook, payload: dict[str, Any], now: datetime) -> dict
 
 
 async def _load_webhook(conn: AsyncConnection, tenant_id: str, webhook_id: str) -> Webhook:
-    row = (
-        await conn.execute(
-            select(webhooks).where(webhooks.c.tenant_id == tenant_id, webhooks.c.id == webhook_id)
-        )
-    ).first()
-    if row is None:
-        raise WebhookNotFound(webhook_id)
-    return _webhook(row._mapping)
+    """The tenant's webhook; raises ``WebhookNotFound``."""
+    query = select(webhooks).where(webhooks.c.tenant_id == tenant_id, webhooks.c.id == webhook_id)
+    return _webhook(await load_one(conn, query, lambda: WebhookNotFound(webhook_id)))
 
 
 def _webhook(row: Any) -> Webhook:
@@ -510,16 +475,12 @@ def _webhook(row: Any) -> Webhook:
 
 
 async def _load_delivery(conn: AsyncConnection, tenant_id: str, delivery_id: str) -> Delivery:
-    row = (
-        await conn.execute(
-            select(deliveries).where(
-                deliveries.c.tenant_id == tenant_id, deliveries.c.id == delivery_id
-            )
-        )
-    ).first()
-    if row is None:
-        raise DeliveryNotFound(delivery_id)
-    return (await _with_attempts(conn, [_delivery(row._mapping)]))[0]
+    """The tenant's delivery with its attempts; raises ``DeliveryNotFound``."""
+    query = select(deliveries).where(
+        deliveries.c.tenant_id == tenant_id, deliveries.c.id == delivery_id
+    )
+    row = await load_one(conn, query, lambda: DeliveryNotFound(delivery_id))
+    return (await _with_attempts(conn, [_delivery(row)]))[0]
 
 
 def _delivery(row: Any) -> Delivery:

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from gateway_bridge.gateway.channels.errors import InvalidChat
+from gateway_bridge.gateway.events.errors import InvalidWebhook
 from gateway_bridge.vocabulary import EVENT_NAMES
 from service_kit.errors import FailedPrecondition
 from service_kit.validation import Violations, is_uuid
@@ -216,4 +216,5 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def raise_violations(v: Violations) -> None:
-    v.raise_if_any(InvalidChat)
+    """Raise :class:`InvalidWebhook` naming every violation ``v`` collected, if any."""
+    v.raise_if_any(InvalidWebhook)

@@ -1,0 +1,368 @@
+"""The chat store's messages: send (with group commit), edit, delete, get and list.
+
+A channel's message ``seq`` is taken from ``channels.last_seq`` inside the
+sending transaction, under the channel row's lock (``UPDATE ... SET last_seq =
+last_seq + 1``, or, for a batch of concurrent sends stored together, ``SELECT
+... FOR UPDATE`` in channel id order and one update per channel): the lock
+serializes senders of one channel (PostgreSQL; SQLite serializes all writers),
+a rollback gives the numbers back, and so seqs are gap-free.
+
+A send with an idempotency key the channel already stored returns the stored
+message and records nothing. Every change records its events in the same
+transaction (the outbox) and returns them; a sender is answered only after its
+transaction committed. What a batch decides is :mod:`.group_commit`'s pure
+:func:`~.group_commit.plan_batch`; this module reads and writes around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway_bridge import vocabulary as vocab
+from gateway_bridge.gateway import outbox as ev
+from gateway_bridge.gateway.channels import drafts, rules
+from gateway_bridge.gateway.channels.errors import NotAllowed, WrongState
+from gateway_bridge.gateway.channels.models import (
+    ChannelId,
+    ChannelType,
+    Message,
+    MessageQuery,
+    NewMessage,
+    Role,
+)
+from gateway_bridge.gateway.channels.store.base import SqlStoreBase
+from gateway_bridge.gateway.channels.store.group_commit import (
+    Alone,
+    Earlier,
+    LockedChannel,
+    Placed,
+    Plan,
+    Refused,
+    RepeatOf,
+    new_message,
+    not_a_member,
+    plan_batch,
+)
+from gateway_bridge.gateway.channels.store.interface import Sent
+from gateway_bridge.gateway.channels.store.rows import (
+    is_member,
+    load_channel,
+    load_channel_message,
+    load_member,
+    message_row,
+    to_message,
+    with_reactions,
+)
+from service_kit.auth import TenantId
+from service_kit.batching import Batcher
+from service_kit.clock import Clock, utcnow
+from service_kit.db import write_transaction
+from service_kit.schema import channel_members, channels, messages, reactions
+from service_kit.validation import new_id
+
+#: Most sends stored in one transaction (group commit).
+SEND_BATCH = 128
+
+#: A send of a batch answered: stored or found (a ``Sent``), its error, or None for a
+#: send that runs alone once the batch has committed.
+Answer = Sent | BaseException | None
+
+
+class SqlMessages(SqlStoreBase):
+    """Messages of the chat store, in SQL; concurrent sends share transactions."""
+
+    def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
+        super().__init__(engine, clock=clock)
+        # SQLite has one writer at a time, so one batch at a time; PostgreSQL overlaps a few.
+        self._sends: Batcher[tuple[TenantId, NewMessage], Sent] = Batcher(
+            self._send_batch,
+            max_batch=SEND_BATCH,
+            max_in_flight=1 if engine.dialect.name == "sqlite" else 4,
+        )
+
+    async def send_message(self, tenant_id: TenantId, new: NewMessage) -> Sent:
+        """Store ``new`` with the channel's next seq, or return the message an earlier send
+        with the same idempotency key stored (and no events).
+
+        Concurrent sends share transactions (group commit, :meth:`_send_batch`); a reply
+        runs in a transaction of its own."""
+        if new.reply_to:
+            return await self._send_alone(tenant_id, new)
+        return await self._sends.submit((tenant_id, new))
+
+    async def _send_alone(self, tenant_id: TenantId, new: NewMessage) -> Sent:
+        if new.idempotency_key:
+            earlier = await self._by_idempotency_key(tenant_id, new)
+            if earlier is not None:
+                return earlier, []
+        try:
+            async with write_transaction(self._engine) as conn:
+                return await self._insert_message(conn, tenant_id, new)
+        except IntegrityError:
+            earlier = (
+                await self._by_idempotency_key(tenant_id, new) if new.idempotency_key else None
+            )
+            if earlier is None:
+                raise
+            return earlier, []
+
+    async def _insert_message(
+        self, conn: AsyncConnection, tenant_id: TenantId, new: NewMessage
+    ) -> Sent:
+        # Take the next seq if the channel is the tenant's and the sender may write there
+        # (a member, or anyone in a public channel) in one statement.
+        member = is_member(new.user_id)
+        allowed = [channels.c.id == new.channel_id, channels.c.tenant_id == tenant_id]
+        if new.user_id:
+            allowed.append(or_(member, channels.c.type == ChannelType.PUBLIC.value))
+        taken = (
+            await conn.execute(
+                update(channels)
+                .where(*allowed)
+                .values(last_seq=channels.c.last_seq + 1)
+                .returning(channels.c.last_seq, member.label("is_member"))
+            )
+        ).first()
+        if taken is None:
+            # Why not: say so precisely (ChannelNotFound, or not a member).
+            channel = await load_channel(conn, tenant_id, new.channel_id)
+            raise not_a_member(new, channel.type)
+        seq = int(taken.last_seq)
+        channel_id = ChannelId(new.channel_id)
+        recorded: list[ev.ChatEvent] = []
+        if new.user_id and not taken.is_member:  # a public channel: writing joins it
+            await self._ensure_users(conn, tenant_id, [new.user_id])
+            _, recorded = await self._join_as(
+                conn, tenant_id, channel_id, new.user_id, Role.MEMBER, seq - 1
+            )
+        if new.reply_to:
+            parent = await conn.execute(
+                select(messages.c.id).where(
+                    messages.c.id == new.reply_to, messages.c.channel_id == channel_id
+                )
+            )
+            if parent.first() is None:
+                raise WrongState(f"reply_to: message {new.reply_to!r} is not in this channel")
+        message = new_message(tenant_id, new, seq, self._clock(), new_id())
+        await conn.execute(insert(messages).values(message_row(message, new.idempotency_key)))
+        created = drafts.message_event(vocab.MESSAGE_CREATED, message)
+        return message, recorded + await self._record(conn, tenant_id, [created])
+
+    async def _send_batch(
+        self, batch: list[tuple[TenantId, NewMessage]]
+    ) -> list[Sent | BaseException]:
+        """Group commit: store many sends in one transaction, each answered on its own."""
+        try:
+            async with write_transaction(self._engine) as conn:
+                answers = await self._insert_batch(conn, batch)
+        except IntegrityError:
+            # Another process stored one of these idempotency keys first: one at a time.
+            return [await self._outcome_alone(*item) for item in batch]
+        return [
+            answer if answer is not None else await self._outcome_alone(*item)
+            for answer, item in zip(answers, batch, strict=True)
+        ]
+
+    async def _outcome_alone(self, tenant_id: TenantId, new: NewMessage) -> Sent | BaseException:
+        try:
+            return await self._send_alone(tenant_id, new)
+        except Exception as exc:
+            return exc
+
+    async def _insert_batch(
+        self, conn: AsyncConnection, batch: list[tuple[TenantId, NewMessage]]
+    ) -> list[Answer]:
+        """Lock the batch's channels, read what the plan needs, and store the sends that
+        need nothing but a seq and a row; every send answered (None: it runs alone)."""
+        sends = [new for _, new in batch]
+        channel_ids = sorted({new.channel_id for new in sends})
+        plan = plan_batch(
+            batch,
+            channels=await _lock_channels(conn, channel_ids),
+            members=await _memberships(conn, channel_ids, sends),
+            stored=await _by_idempotency_keys(conn, channel_ids, sends),
+            now=self._clock(),
+            make_id=new_id,
+        )
+        created = iter(await self._store_plan(conn, plan))
+        answers: list[Answer] = []
+        for outcome in plan.outcomes:
+            match outcome:
+                case Placed(message=message):
+                    answers.append((message, [next(created)]))
+                case Earlier(message=message) | RepeatOf(message=message):
+                    answers.append((message, []))
+                case Refused(error=error):
+                    answers.append(error)
+                case Alone():
+                    answers.append(None)
+        return answers
+
+    async def _store_plan(self, conn: AsyncConnection, plan: Plan) -> list[ev.ChatEvent]:
+        """Write the plan's new ``last_seq``s and messages; their ``message:created``
+        events, in batch order."""
+        placed = plan.placed
+        if not placed:
+            return []
+        await conn.execute(
+            update(channels)
+            .where(channels.c.id == bindparam("taken_id"))
+            .values(last_seq=bindparam("taken_seq")),
+            [
+                {"taken_id": channel_id, "taken_seq": seq}
+                for channel_id, seq in plan.last_seq.items()
+            ],
+        )
+        await conn.execute(
+            insert(messages), [message_row(p.message, p.idempotency_key) for p in placed]
+        )
+        return await self._record_many(
+            conn,
+            [
+                (p.message.tenant_id, drafts.message_event(vocab.MESSAGE_CREATED, p.message))
+                for p in placed
+            ],
+        )
+
+    async def _by_idempotency_key(self, tenant_id: str, new: NewMessage) -> Message | None:
+        async with self._engine.connect() as conn:
+            await load_channel(conn, tenant_id, new.channel_id)
+            stored = await _by_idempotency_keys(conn, [new.channel_id], [new])
+            return stored.get((new.channel_id, new.idempotency_key))
+
+    async def edit_message(
+        self, tenant_id: str, channel_id: str, message_id: str, user_id: str, content: str
+    ) -> tuple[Message, list[ev.ChatEvent]]:
+        """Replace the content (only the sender, or the backend, may); marks it edited."""
+        async with write_transaction(self._engine) as conn:
+            message = await load_channel_message(conn, tenant_id, channel_id, message_id)
+            if message.deleted:
+                raise WrongState("a deleted message cannot be edited")
+            if not rules.may_edit(message, user_id):
+                raise NotAllowed("only the sender may edit a message")
+            now = self._clock()
+            await conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id)
+                .values(content=content, edited=True, updated_at=now)
+            )
+            message = replace(message, content=content, edited=True, updated_at=now)
+            message = (await with_reactions(conn, [message]))[0]
+            recorded = await self._record(
+                conn, tenant_id, [drafts.message_event(vocab.MESSAGE_UPDATED, message)]
+            )
+        return message, recorded
+
+    async def delete_message(
+        self, tenant_id: str, channel_id: str, message_id: str, user_id: str
+    ) -> tuple[Message, list[ev.ChatEvent]]:
+        """Leave a tombstone (no content, attachments or reactions; the seq stays); a
+        deleted message is returned unchanged."""
+        async with write_transaction(self._engine) as conn:
+            message = await load_channel_message(conn, tenant_id, channel_id, message_id)
+            if message.deleted:
+                return message, []
+            member = await load_member(conn, channel_id, user_id) if user_id else None
+            if not rules.may_delete(message, user_id, member):
+                raise NotAllowed("only the sender or a channel owner may delete a message")
+            now = self._clock()
+            await conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id)
+                .values(content="", attachment_ids=[], deleted=True, updated_at=now)
+            )
+            await conn.execute(delete(reactions).where(reactions.c.message_id == message_id))
+            message = replace(
+                message,
+                content="",
+                attachment_ids=(),
+                deleted=True,
+                updated_at=now,
+                reaction_counts=(),
+            )
+            recorded = await self._record(
+                conn, tenant_id, [drafts.message_event(vocab.MESSAGE_DELETED, message)]
+            )
+        return message, recorded
+
+    async def get_message(self, tenant_id: str, channel_id: str, message_id: str) -> Message:
+        """The message with its reaction counts; raises ``ChannelNotFound``/``MessageNotFound``."""
+        async with self._engine.connect() as conn:
+            message = await load_channel_message(conn, tenant_id, channel_id, message_id)
+            return (await with_reactions(conn, [message]))[0]
+
+    async def list_messages(self, tenant_id: str, query: MessageQuery) -> list[Message]:
+        """A page of the channel's messages (tombstones included), per ``query``."""
+        seq = messages.c.seq
+        statement = (
+            select(messages)
+            .where(messages.c.channel_id == query.channel_id)
+            .order_by(seq.desc() if query.newest_first else seq)
+            .limit(query.limit)
+            .offset(query.offset)
+        )
+        if query.before_seq:
+            statement = statement.where(seq < query.before_seq)
+        if query.after_seq:
+            statement = statement.where(seq > query.after_seq)
+        if query.reply_to:
+            statement = statement.where(messages.c.reply_to == query.reply_to)
+        async with self._engine.connect() as conn:
+            await load_channel(conn, tenant_id, query.channel_id)
+            rows = (await conn.execute(statement)).all()
+            return await with_reactions(conn, [to_message(r._mapping) for r in rows])
+
+
+async def _lock_channels(conn: AsyncConnection, channel_ids: Sequence[str]) -> list[LockedChannel]:
+    """The rows of ``channel_ids`` that exist, locked until the transaction ends. They are
+    locked in id order, so batches never deadlock each other."""
+    rows = await conn.execute(
+        select(channels.c.id, channels.c.tenant_id, channels.c.type, channels.c.last_seq)
+        .where(channels.c.id.in_(channel_ids))
+        .order_by(channels.c.id)
+        .with_for_update()
+    )
+    return [LockedChannel(r.id, r.tenant_id, ChannelType(r.type), int(r.last_seq)) for r in rows]
+
+
+async def _memberships(
+    conn: AsyncConnection, channel_ids: Sequence[str], sends: Sequence[NewMessage]
+) -> set[tuple[str, str]]:
+    """The ``(channel_id, user_id)`` memberships of the senders of ``sends`` in ``channel_ids``."""
+    senders = sorted({new.user_id for new in sends if new.user_id})
+    if not senders:
+        return set()
+    found = await conn.execute(
+        select(channel_members.c.channel_id, channel_members.c.user_id).where(
+            channel_members.c.channel_id.in_(channel_ids),
+            channel_members.c.user_id.in_(senders),
+        )
+    )
+    return {(row.channel_id, row.user_id) for row in found}
+
+
+async def _by_idempotency_keys(
+    conn: AsyncConnection, channel_ids: Sequence[str], sends: Sequence[NewMessage]
+) -> dict[tuple[str, str], Message]:
+    """The stored messages of ``channel_ids`` that carry one of the idempotency keys of
+    ``sends``, by ``(channel_id, key)``."""
+    keys = sorted({new.idempotency_key for new in sends if new.idempotency_key})
+    if not keys:
+        return {}
+    rows = (
+        await conn.execute(
+            select(messages).where(
+                messages.c.channel_id.in_(channel_ids), messages.c.idempotency_key.in_(keys)
+            )
+        )
+    ).all()
+    found = await with_reactions(conn, [to_message(row._mapping) for row in rows])
+    return {
+        (message.channel_id, row._mapping["idempotency_key"]): message
+        for row, message in zip(rows, found, strict=True)
+    }
