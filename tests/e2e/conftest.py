@@ -3,13 +3,16 @@
 :func:`start_keel` runs ``keel serve <process>`` with its output in files,
 waits (bounded) until ``grpc.health.v1.Health/Check`` answers SERVING, and
 :meth:`KeelProcess.stop` sends SIGTERM and waits (killing it after 15 s).
-The helpers call the process the way users do: ``grpcurl``, the ``keel``
-command, and the generated Python stubs.
+:class:`PgCluster` (made by the module-scoped ``pg_cluster`` factory) runs
+several such processes on one PostgreSQL database and one Redis, a tenant
+service first. The helpers call the processes the way users do: ``grpcurl``,
+the ``keel`` command, and the generated Python stubs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -27,6 +30,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+
+from tests.conftest import ADMIN_TOKEN, REDIS_URL, free_port
 
 BIN = Path(sys.executable).parent
 GRPCURL = str(BIN / "grpcurl")
@@ -136,10 +141,8 @@ def health_status(addr: str, service: str = "", *, timeout: float = 2.0) -> int:
     return int(response.status)
 
 
-def start_keel(
-    process_name: str, env: Mapping[str, str], log_dir: Path, *, wait_for_stdout: str | None = None
-) -> KeelProcess:
-    """Run ``keel serve process_name`` and wait until it answers SERVING (bounded)."""
+def launch_keel(process_name: str, env: Mapping[str, str], log_dir: Path) -> KeelProcess:
+    """Run ``keel serve process_name`` with its output in files under ``log_dir``; no waiting."""
     log_dir.mkdir(parents=True, exist_ok=True)
     stamp = f"{process_name}-{time.monotonic_ns()}"
     stdout_path, stderr_path = log_dir / f"{stamp}.stdout", log_dir / f"{stamp}.stderr"
@@ -152,13 +155,20 @@ def start_keel(
         out.close()
         err.close()
         raise
-    keel = KeelProcess(
+    return KeelProcess(
         process_name, env["KEEL_GRPC_ADDR"], dict(env), popen, stdout_path, stderr_path, [out, err]
     )
+
+
+def start_keel(
+    process_name: str, env: Mapping[str, str], log_dir: Path, *, wait_for_stdout: str | None = None
+) -> KeelProcess:
+    """Run ``keel serve process_name`` and wait until it answers SERVING (bounded)."""
+    keel = launch_keel(process_name, env, log_dir)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            if popen.poll() is not None:
+            if keel.process.poll() is not None:
                 pytest.fail(f"the process exited while starting: {keel.describe()}")
             try:
                 if health_status(keel.addr, timeout=1.0) == health_pb2.HealthCheckResponse.SERVING:
@@ -204,6 +214,112 @@ def embedded_env(keel_env: Mapping[str, str], **changes: str) -> dict[str, str]:
 def serve_all(keel_env: dict[str, str], keel_server: Callable[..., KeelProcess]) -> KeelProcess:
     """``keel serve all`` on a fresh SQLite data dir, started and past its banner."""
     return keel_server("all", embedded_env(keel_env), wait_for_stdout="Keel is running")
+
+
+# --- a cluster on PostgreSQL and Redis ----------------------------------------------------
+
+#: The secret every process of a cluster signs and checks client tokens with.
+CLUSTER_TOKEN_SECRET = "test-client-token-secret-0123456789abcdef"
+
+
+def cluster_env(database_url: str, data_dir: Path, **changes: str) -> dict[str, str]:
+    """The environment every process of a cluster shares.
+
+    The test run's environment minus Keel's variables, plus the database, Redis, the
+    operator token, the token secret and the data dir, then ``changes``; no addresses
+    (each process gets its own).
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not (k.startswith("KEEL_") or k in ("DATABASE_URL", "REDIS_URL"))
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=REDIS_URL,
+        KEEL_ADMIN_TOKEN=ADMIN_TOKEN,
+        KEEL_TOKEN_SECRET=CLUSTER_TOKEN_SECRET,
+        KEEL_DATA_DIR=str(data_dir),
+        KEEL_SECRET_HASH_COST="10",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(changes)
+    return env
+
+
+def fresh_addrs() -> dict[str, str]:
+    """``KEEL_GRPC_ADDR`` and ``KEEL_METRICS_ADDR`` on free ports of 127.0.0.1."""
+    return {
+        "KEEL_GRPC_ADDR": f"127.0.0.1:{free_port()}",
+        "KEEL_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+    }
+
+
+@dataclass
+class PgCluster:
+    """A tenant service, and the processes started after it, on one database and one Redis.
+
+    Every process gets ``base_env`` (shared settings, no addresses); all but the tenant
+    service are also pointed at it. Output goes to files under ``logs``.
+    """
+
+    base_env: dict[str, str]
+    logs: Path
+    tenant_service: KeelProcess
+    started: list[KeelProcess] = field(default_factory=list)
+
+    def env_for(self, **changes: str) -> dict[str, str]:
+        """``base_env``, fresh gRPC and metrics ports, the tenant service's address, ``changes``."""
+        return (
+            self.base_env
+            | fresh_addrs()
+            | {"KEEL_TENANT_SERVICE_ADDR": self.tenant_service.addr}
+            | changes
+        )
+
+    def start(self, process_name: str, **changes: str) -> KeelProcess:
+        """``keel serve process_name`` with ``env_for(**changes)``, once it answers SERVING."""
+        keel = start_keel(process_name, self.env_for(**changes), self.logs)
+        self.started.append(keel)
+        return keel
+
+    def launch(self, process_name: str, **changes: str) -> KeelProcess:
+        """Like :meth:`start`, without waiting (for a process with no gRPC health)."""
+        keel = launch_keel(process_name, self.env_for(**changes), self.logs)
+        self.started.append(keel)
+        return keel
+
+    def stop_all(self) -> None:
+        """Stop every process, the last started first and the tenant service last."""
+        for keel in [*reversed(self.started), self.tenant_service]:
+            keel.stop()
+        self.started.clear()
+
+
+@pytest.fixture(scope="module")
+def pg_cluster(
+    pg_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., PgCluster]]:
+    """A factory of clusters, each stopped (with all it started) at the end of the module.
+
+    ``pg_cluster("name", **changes)`` migrates the session's PostgreSQL database, starts a
+    tenant service with ``changes`` added to the shared environment, and returns the
+    :class:`PgCluster`.
+    """
+    clusters: list[PgCluster] = []
+
+    def start_cluster(name: str, **changes: str) -> PgCluster:
+        root = tmp_path_factory.mktemp(name)
+        base = cluster_env(pg_url, root / "var", **changes)
+        migrated = keel_cli("migrate", env=base)
+        assert migrated.returncode == 0, migrated.stderr
+        tenant_service = start_keel("tenant-service", base | fresh_addrs(), root / "logs")
+        clusters.append(PgCluster(base, root / "logs", tenant_service))
+        return clusters[-1]
+
+    yield start_cluster
+    for cluster in reversed(clusters):
+        cluster.stop_all()
 
 
 # --- calling it ---------------------------------------------------------------------------

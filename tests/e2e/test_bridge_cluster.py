@@ -14,14 +14,11 @@ import itertools
 import json
 import os
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -33,8 +30,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import ADMIN_TOKEN, free_port, unique
-from tests.e2e.conftest import KEEL, KeelProcess, bearer, client_metadata, keel_cli, start_keel
-from tests.e2e.test_cluster import cluster_env
+from tests.e2e.conftest import KeelProcess, PgCluster, bearer, client_metadata
 
 pytestmark = pytest.mark.e2e
 
@@ -51,57 +47,35 @@ REPLY_WAIT = 10.0
 
 @dataclass
 class Cluster:
-    tenant_service: KeelProcess
+    processes: PgCluster
     g1: KeelProcess
     g2: KeelProcess
-    base_env: dict[str, str]
-    logs: Path
     tenant_id: str
     md: tuple[tuple[str, str], ...]
 
 
 @pytest.fixture(scope="module")
-def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(pg_cluster: Callable[..., PgCluster]) -> Cluster:
     """Tenant service + G1 + G2 on one database and Redis, and a tenant with chat and presence."""
-    root = tmp_path_factory.mktemp("bridges")
-    base = cluster_env(pg_url, root / "var", KEEL_PEER_TOKEN=PEER_TOKEN)
-    migrated = keel_cli("migrate", env=base)
-    assert migrated.returncode == 0, migrated.stderr
-
-    def env_for(**changes: str) -> dict[str, str]:
-        return base | {
-            "KEEL_GRPC_ADDR": f"127.0.0.1:{free_port()}",
-            "KEEL_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-            **changes,
-        }
-
-    with ExitStack() as stack:
-        tenant_service = start_keel("tenant-service", env_for(), root / "logs")
-        stack.callback(tenant_service.stop)
-        gateway_env = {"KEEL_TENANT_SERVICE_ADDR": tenant_service.addr}
-        g1 = start_keel("gateway", env_for(**gateway_env), root / "logs")
-        stack.callback(g1.stop)
-        g2 = start_keel("gateway", env_for(**gateway_env), root / "logs")
-        stack.callback(g2.stop)
-        with grpc.insecure_channel(tenant_service.addr) as admin:
-            created = tenants_pb2_grpc.TenantServiceStub(admin).CreateTenant(
-                tenants_pb2.CreateTenantRequest(
-                    tenant=tenants_pb2.Tenant(
-                        name=unique("bridges"), permissions=["chat:*", "presence:*"]
-                    )
-                ),
-                metadata=bearer(ADMIN_TOKEN),
-                timeout=30,
-            )
-        yield Cluster(
-            tenant_service,
-            g1,
-            g2,
-            base,
-            root / "logs",
-            created.tenant.id,
-            tuple(client_metadata(created.tenant.client_id, created.client_secret)),
+    processes = pg_cluster("bridges", KEEL_PEER_TOKEN=PEER_TOKEN)
+    g1, g2 = processes.start("gateway"), processes.start("gateway")
+    with grpc.insecure_channel(processes.tenant_service.addr) as admin:
+        created = tenants_pb2_grpc.TenantServiceStub(admin).CreateTenant(
+            tenants_pb2.CreateTenantRequest(
+                tenant=tenants_pb2.Tenant(
+                    name=unique("bridges"), permissions=["chat:*", "presence:*"]
+                )
+            ),
+            metadata=bearer(ADMIN_TOKEN),
+            timeout=30,
         )
+    return Cluster(
+        processes,
+        g1,
+        g2,
+        created.tenant.id,
+        tuple(client_metadata(created.tenant.client_id, created.client_secret)),
+    )
 
 
 @dataclass
@@ -162,25 +136,11 @@ def healthz(port: int) -> int | None:
 def launch_bridge(cluster: Cluster, gateway: KeelProcess) -> BridgeProcess:
     """Run ``keel serve bridge`` linked to ``gateway`` (not waiting for it)."""
     port = free_port()
-    env = cluster.base_env | {
-        "KEEL_GATEWAY_ADDR": gateway.addr,
-        "KEEL_TENANT_SERVICE_ADDR": cluster.tenant_service.addr,
-        "KEEL_WS_ADDR": f"127.0.0.1:{port}",
-        "KEEL_GRPC_ADDR": f"127.0.0.1:{free_port()}",  # unused by a bridge
-        "KEEL_METRICS_ADDR": "off",
-    }
-    cluster.logs.mkdir(parents=True, exist_ok=True)
-    stamp = f"bridge-{port}-{time.monotonic_ns()}"
-    stdout_path, stderr_path = cluster.logs / f"{stamp}.stdout", cluster.logs / f"{stamp}.stderr"
-    out, err = stdout_path.open("wb"), stderr_path.open("wb")
-    try:
-        popen = subprocess.Popen([*KEEL, "serve", "bridge"], env=env, stdout=out, stderr=err)
-    except BaseException:
-        out.close()
-        err.close()
-        raise
-    keel = KeelProcess(
-        "bridge", f"127.0.0.1:{port}", env, popen, stdout_path, stderr_path, [out, err]
+    keel = cluster.processes.launch(
+        "bridge",
+        KEEL_GATEWAY_ADDR=gateway.addr,
+        KEEL_WS_ADDR=f"127.0.0.1:{port}",
+        KEEL_METRICS_ADDR="off",
     )
     return BridgeProcess(keel, port)
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,18 +15,17 @@ from grpc_health.v1 import health_pb2
 from keel.channels.v1 import channels_pb2, channels_pb2_grpc
 from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 
-from tests.conftest import ADMIN_TOKEN, REDIS_URL, free_port, unique
+from tests.conftest import ADMIN_TOKEN, free_port, unique
 from tests.e2e.conftest import (
     KEEL,
     KeelProcess,
+    PgCluster,
     bearer,
     client_metadata,
     fetch_metrics,
     grpcurl,
     health_status,
-    keel_cli,
     metric_samples,
-    start_keel,
     status_code,
 )
 
@@ -45,51 +43,11 @@ class Cluster:
     base_env: dict[str, str]
 
 
-def cluster_env(database_url: str, data_dir: Path, **changes: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not (k.startswith("KEEL_") or k in ("DATABASE_URL", "REDIS_URL"))
-    }
-    env.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=REDIS_URL,
-        KEEL_ADMIN_TOKEN=ADMIN_TOKEN,
-        KEEL_TOKEN_SECRET="test-client-token-secret-0123456789abcdef",
-        KEEL_DATA_DIR=str(data_dir),
-        KEEL_SECRET_HASH_COST="10",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(changes)
-    return env
-
-
 @pytest.fixture(scope="module")
-def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(pg_cluster: Callable[..., PgCluster]) -> Cluster:
     """A tenant service on port A and a gateway on port B that validates against A."""
-    root = tmp_path_factory.mktemp("cluster")
-    base = cluster_env(pg_url, root / "var")
-    migrated = keel_cli("migrate", env=base)
-    assert migrated.returncode == 0, migrated.stderr
-
-    def env_for(**changes: str) -> dict[str, str]:
-        return base | {
-            "KEEL_GRPC_ADDR": f"127.0.0.1:{free_port()}",
-            "KEEL_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-            **changes,
-        }
-
-    tenant_service = start_keel("tenant-service", env_for(), root / "logs")
-    try:
-        gateway = start_keel(
-            "gateway", env_for(KEEL_TENANT_SERVICE_ADDR=tenant_service.addr), root / "logs"
-        )
-        try:
-            yield Cluster(tenant_service, gateway, base)
-        finally:
-            gateway.stop()
-    finally:
-        tenant_service.stop()
+    processes = pg_cluster("cluster")
+    return Cluster(processes.tenant_service, processes.start("gateway"), processes.base_env)
 
 
 def create_tenant(addr: str) -> tenants_pb2.CreateTenantResponse:

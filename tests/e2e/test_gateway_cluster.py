@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import grpc
@@ -19,9 +19,8 @@ from keel.channels.v1 import channels_pb2 as pb
 from keel.channels.v1 import channels_pb2_grpc
 from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 
-from tests.conftest import ADMIN_TOKEN, free_port, unique
-from tests.e2e.conftest import KeelProcess, bearer, client_metadata, keel_cli, start_keel
-from tests.e2e.test_cluster import cluster_env
+from tests.conftest import ADMIN_TOKEN, unique
+from tests.e2e.conftest import KeelProcess, PgCluster, bearer, client_metadata
 from tests.gateway_bridge.conftest import Bridge, connect
 
 pytestmark = pytest.mark.e2e
@@ -38,29 +37,12 @@ class Gateways:
 
 
 @pytest.fixture(scope="module")
-def gateways(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+def gateways(pg_cluster: Callable[..., PgCluster]) -> Gateways:
     """A tenant service and two gateways (A and B) sharing the database, Redis and secrets."""
-    root = tmp_path_factory.mktemp("gateways")
-    base = cluster_env(pg_url, root / "var")
-    migrated = keel_cli("migrate", env=base)
-    assert migrated.returncode == 0, migrated.stderr
-
-    def env_for(**changes: str) -> dict[str, str]:
-        return base | {
-            "KEEL_GRPC_ADDR": f"127.0.0.1:{free_port()}",
-            "KEEL_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-            **changes,
-        }
-
-    with ExitStack() as stack:
-        tenant_service = start_keel("tenant-service", env_for(), root / "logs")
-        stack.callback(tenant_service.stop)
-        gateway_env = {"KEEL_TENANT_SERVICE_ADDR": tenant_service.addr}
-        a = start_keel("gateway", env_for(**gateway_env), root / "logs")
-        stack.callback(a.stop)
-        b = start_keel("gateway", env_for(**gateway_env), root / "logs")
-        stack.callback(b.stop)
-        yield Gateways(tenant_service, a, b)
+    processes = pg_cluster("gateways")
+    return Gateways(
+        processes.tenant_service, processes.start("gateway"), processes.start("gateway")
+    )
 
 
 @dataclass

@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
@@ -26,10 +25,9 @@ from keel.events.v1 import events_pb2 as pb
 from keel.events.v1 import events_pb2_grpc
 from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 
-from tests.conftest import ADMIN_TOKEN, free_port, unique
-from tests.e2e.conftest import KeelProcess, bearer, client_metadata, keel_cli, start_keel
-from tests.e2e.test_cluster import cluster_env
-from tests.gateway_bridge.test_event_service import Hit, Receiver
+from tests.conftest import ADMIN_TOKEN, unique
+from tests.e2e.conftest import KeelProcess, PgCluster, bearer, client_metadata
+from tests.gateway_bridge.gateway.events.test_service import Hit, Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -37,50 +35,35 @@ pytestmark = pytest.mark.e2e
 SCHEDULE = ",".join(["0.5"] * 50)
 #: The longest a test waits for deliveries; a killed gateway's leases last timeout + 30 s.
 DELIVERY_WAIT = 90.0
+#: What every gateway of this module gets: webhooks to 127.0.0.1, retried on SCHEDULE.
+WEBHOOK_ENV = {
+    "KEEL_WEBHOOK_ALLOW_PRIVATE": "1",
+    "KEEL_WEBHOOK_RETRY_SCHEDULE": SCHEDULE,
+    "KEEL_WEBHOOK_TIMEOUT_SECONDS": "10",
+    "KEEL_WEBHOOK_DISABLE_AFTER_FAILURES": "1000000",
+}
 
 
 @dataclass
 class Cluster:
-    tenant_service: KeelProcess
-    root: Path
-    base_env: dict[str, str]
+    processes: PgCluster
 
-    def gateway_env(self, **changes: str) -> dict[str, str]:
-        return self.base_env | {
-            "KEEL_GRPC_ADDR": f"127.0.0.1:{free_port()}",
-            "KEEL_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-            "KEEL_TENANT_SERVICE_ADDR": self.tenant_service.addr,
-            "KEEL_WEBHOOK_ALLOW_PRIVATE": "1",
-            "KEEL_WEBHOOK_RETRY_SCHEDULE": SCHEDULE,
-            "KEEL_WEBHOOK_TIMEOUT_SECONDS": "10",
-            "KEEL_WEBHOOK_DISABLE_AFTER_FAILURES": "1000000",
-            **changes,
-        }
+    @property
+    def tenant_service(self) -> KeelProcess:
+        return self.processes.tenant_service
 
     async def gateway(self, stack: ExitStack, **changes: str) -> KeelProcess:
         """A ``keel serve gateway`` (started off the event loop, which serves the receiver)."""
         process = await asyncio.to_thread(
-            start_keel, "gateway", self.gateway_env(**changes), self.root / "logs"
+            self.processes.start, "gateway", **(WEBHOOK_ENV | changes)
         )
         stack.callback(process.stop)
         return process
 
 
 @pytest.fixture(scope="module")
-def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("webhooks")
-    base = cluster_env(pg_url, root / "var")
-    migrated = keel_cli("migrate", env=base)
-    assert migrated.returncode == 0, migrated.stderr
-    env = base | {
-        "KEEL_GRPC_ADDR": f"127.0.0.1:{free_port()}",
-        "KEEL_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-    }
-    tenant_service = start_keel("tenant-service", env, root / "logs")
-    try:
-        yield Cluster(tenant_service, root, base)
-    finally:
-        tenant_service.stop()
+def cluster(pg_cluster: Callable[..., PgCluster]) -> Cluster:
+    return Cluster(pg_cluster("webhooks"))
 
 
 class HoldingReceiver(Receiver):
