@@ -26,7 +26,7 @@ from gateway_bridge.gateway import server as gateway_server
 from service_kit.auth import Authenticator
 from service_kit.bus import EventBus
 from service_kit.config import Settings
-from service_kit.server import KeelServer, open_runtime
+from service_kit.server import KeelServer, Runtime, open_runtime
 from tenant_service import server as tenant_server
 from tests.conftest import ADMIN_TOKEN, settings_for, unique
 
@@ -128,10 +128,14 @@ class Tenant:
 
 @dataclass
 class Keel:
-    """A running server: its address, a client channel, the settings it runs with."""
+    """A running server: a client channel, its settings, and what a bridge beside it needs
+    (the process's runtime, its authenticator and the server's address)."""
 
     client: grpc.aio.Channel
     settings: Settings
+    runtime: Runtime
+    authenticator: Authenticator
+    address: str
 
     @property
     def tenants(self) -> tenants_pb2_grpc.TenantServiceStub:
@@ -171,7 +175,8 @@ async def running_keel(
     wrap_bus: Callable[[EventBus], EventBus] | None = None,
     **changes: object,
 ) -> AsyncIterator[Keel]:
-    """The tenant and gateway services in one server on port 0; stopped on exit.
+    """The tenant and gateway services in one server on port 0, wired as ``keel serve
+    all`` wires them; stopped on exit.
 
     ``wrap_bus`` may put a stand-in around the process's event bus (to delay a publish).
     """
@@ -181,7 +186,9 @@ async def running_keel(
         runtime.bus = wrap_bus(runtime.bus)
     try:
         tenants = tenant_server.build(runtime)
-        authenticator = Authenticator(tenants.directory)
+        authenticator = Authenticator(
+            tenants.directory, lookup=tenants.directory, ttl=settings.auth_cache_seconds
+        )
         await authenticator.follow_changes(runtime.bus)
         try:
             server = KeelServer(
@@ -191,9 +198,10 @@ async def running_keel(
             )
             await server.start()
             try:
-                client = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+                address = f"127.0.0.1:{server.port}"
+                client = grpc.aio.insecure_channel(address)
                 try:
-                    yield Keel(client, settings)
+                    yield Keel(client, settings, runtime, authenticator, address)
                 finally:
                     await client.close()
             finally:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import grpc
 import jwt
 import pytest
 from keel.channels.v1 import channels_pb2
@@ -35,15 +34,12 @@ from websockets.uri import parse_uri
 
 from gateway_bridge.bridge.bridge import Bridge
 from gateway_bridge.bridge.server import start_bridge as start_bridge_process
-from gateway_bridge.gateway import server as gateway_server
 from gateway_bridge.gateway.channels.store import SqlChatStore
 from gateway_bridge.tokens import ISSUER, ClientTokens
-from service_kit.auth import Authenticator
 from service_kit.config import Address, BridgeSettings
-from service_kit.server import KeelServer, Runtime, open_runtime
-from tenant_service import server as tenant_server
-from tests.conftest import settings_for, unique
-from tests.gateway_bridge.conftest import ADMIN, Keel, Tenant
+from service_kit.server import Runtime
+from tests.conftest import unique
+from tests.gateway_bridge.conftest import ADMIN, Keel, Tenant, running_keel
 
 #: The longest a test waits for one frame, close or condition.
 WAIT = 10.0
@@ -55,10 +51,11 @@ Json = dict[str, Any]
 
 @dataclass
 class Stack:
-    runtime: Runtime
-    authenticator: Authenticator
-    gateway_addr: str
     keel: Keel
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.keel.runtime
 
     async def tenant(
         self,
@@ -85,34 +82,8 @@ class Stack:
 @pytest.fixture(scope="module")
 async def stack(sqlite_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     """The tenant and gateway services in one server, wired as ``keel serve all`` wires them."""
-    settings = settings_for(sqlite_url, tmp_path_factory.mktemp("bridge"))
-    runtime = await open_runtime(settings)
-    try:
-        tenants = tenant_server.build(runtime)
-        authenticator = Authenticator(
-            tenants.directory, lookup=tenants.directory, ttl=settings.auth_cache_seconds
-        )
-        await authenticator.follow_changes(runtime.bus)
-        try:
-            server = KeelServer(
-                runtime,
-                [tenants.spec, *gateway_server.build(runtime)],
-                authenticator=authenticator,
-            )
-            await server.start()
-            try:
-                address = f"127.0.0.1:{server.port}"
-                client = grpc.aio.insecure_channel(address)
-                try:
-                    yield Stack(runtime, authenticator, address, Keel(client, settings))
-                finally:
-                    await client.close()
-            finally:
-                await server.stop(1)
-        finally:
-            await authenticator.close()
-    finally:
-        await runtime.close()
+    async with running_keel(sqlite_url, tmp_path_factory.mktemp("bridge")) as keel:
+        yield Stack(keel)
 
 
 async def start_bridge(stack: Stack, **limits: Any) -> Bridge:
@@ -122,12 +93,9 @@ async def start_bridge(stack: Stack, **limits: Any) -> Bridge:
         ws_addr=Address("127.0.0.1", 0),
         bridge=BridgeSettings(**limits),
     )
+    keel = stack.keel
     bridge = await start_bridge_process(
-        settings,
-        stack.runtime.bus,
-        stack.runtime.redis,
-        stack.authenticator,
-        stack.gateway_addr,
+        settings, keel.runtime.bus, keel.runtime.redis, keel.authenticator, keel.address
     )
     async with asyncio.timeout(WAIT):
         await bridge.link.connected.wait()
