@@ -972,6 +972,65 @@ async def test_another_tenants_channel_is_not_found(
     await still_delivering(bridge, other, dial, theirs)
 
 
+async def test_another_tenants_channel_is_not_found_without_a_replay(
+    stack: Stack, bridge: Bridge, tenant: Tenant, dial: Dial
+) -> None:
+    """Without ``since_seq`` nothing is read back, so only the subscription's own tenant
+    check stands between a client and another tenant's live events."""
+    other = await stack.tenant()
+    theirs = await other.public()
+    alice = await join(dial, bridge, tenant, "alice")
+    error = await alice.error("subscribe", channel_id=theirs)
+    assert error["code"] == "not_found"
+    await other.send(theirs, "live in the other tenant")
+    assert [f for f in await alice.flush() if f["type"] == "event"] == []
+    error = await alice.error("typing", channel_id=theirs)
+    assert error["code"] == "not_subscribed"
+    await still_delivering(bridge, other, dial, theirs)
+
+
+async def test_a_tenant_without_chat_write_cannot_write_through_the_bridge(
+    stack: Stack, bridge: Bridge, dial: Dial
+) -> None:
+    """The bridge acts for the tenant; the gateway checks the tenant's current scopes on
+    every call it makes, as it does for the tenant's own calls (docs/auth.md)."""
+    tenant = await stack.tenant()
+    channel = await tenant.public()
+    message = await tenant.send(channel, "before the scope was taken away")
+    alice = await join(dial, bridge, tenant, "alice")
+    await alice.ok("subscribe", channel_id=channel)
+    await stack.keel.set_permissions(tenant, "chat:read")
+    ids = {"channel_id": channel, "message_id": message.id}
+    for kind, fields in [
+        ("send", {"channel_id": channel, "content": "x", "client_msg_id": "c1"}),
+        ("edit", {**ids, "content": "changed"}),
+        ("delete", ids),
+        ("react", {**ids, "emoji": "x"}),
+        ("unreact", {**ids, "emoji": "x"}),
+        ("read", {"channel_id": channel, "seq": 1}),
+    ]:
+        error = await alice.error(kind, **fields)
+        assert error["code"] == "permission_denied", (kind, error)
+        assert "chat:write" in error["message"], (kind, error)
+    await stack.keel.set_permissions(tenant, "chat:*")
+    stored = await tenant.messages(channel)
+    assert [(m.content, m.edited, m.deleted, list(m.reaction_counts)) for m in stored] == [
+        ("before the scope was taken away", False, False, [])
+    ]
+    assert [f for f in await alice.flush() if f["type"] == "event"] == []
+
+
+async def test_a_non_member_of_a_group_is_denied_without_a_replay(
+    bridge: Bridge, tenant: Tenant, dial: Dial
+) -> None:
+    channel = await tenant.group("alice", "bob")
+    mallory = await join(dial, bridge, tenant, "mallory")
+    error = await mallory.error("subscribe", channel_id=channel)
+    assert error["code"] == "permission_denied" and "mallory" in error["message"]
+    await tenant.send(channel, "members only")
+    assert [f for f in await mallory.flush() if f["type"] == "event"] == []
+
+
 async def test_a_non_member_of_a_group_is_denied(
     bridge: Bridge, tenant: Tenant, dial: Dial
 ) -> None:
@@ -1094,9 +1153,11 @@ async def test_a_slow_consumer_that_never_reads_is_disconnected_within_the_close
                 socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
             )
             i = 0
-            while not conn.closed:
-                i += 1
-                await tenant.send(channel, f"{i}:" + "y" * 3000)
+            # With no send-buffer limit this loop would never end: fail fast instead.
+            async with asyncio.timeout(WAIT):
+                while not conn.closed:
+                    i += 1
+                    await tenant.send(channel, f"{i}:" + "y" * 3000)
             # The bridge's close_timeout is 2 s; give it 4.
             async with asyncio.timeout(4):
                 await conn.ws.wait_closed()
