@@ -1,6 +1,6 @@
 """The kit every Keel service shares: configuration, the gRPC server bootstrap,
-tenant authentication, database setup, the event bus and the ``keel`` command.
+tenant authentication, database setup, the event bus, group commit and the clock.
 
-Services import the kit; the kit never imports a service, except the ``keel``
-command (``keel_app.cli``), which is where the processes are wired together.
+Services import the kit; the kit imports no service. The ``keel`` command that wires
+services into processes is :mod:`keel_app`.
 """
