@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -15,6 +18,7 @@ from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 
 from gateway_bridge.gateway import server as gateway_server
 from service_kit.auth import Authenticator
+from service_kit.config import Settings, load_settings
 from service_kit.server import KeelServer, open_runtime
 from tenant_service import server as tenant_server
 from tests.conftest import ADMIN_TOKEN, settings_for, unique
@@ -22,10 +26,10 @@ from tests.conftest import ADMIN_TOKEN, settings_for, unique
 ADMIN = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
 
 
-@pytest.fixture
-async def channel(database_url: str, tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
-    """A client channel to a server with the tenant and gateway services on the test database."""
-    runtime = await open_runtime(settings_for(database_url, tmp_path))
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[grpc.aio.Channel]:
+    """A client channel to a server with the tenant and gateway services, per ``settings``."""
+    runtime = await open_runtime(settings)
     tenants = tenant_server.build(runtime)
     authenticator = Authenticator(tenants.directory)
     await authenticator.follow_changes(runtime.bus)
@@ -34,11 +38,20 @@ async def channel(database_url: str, tmp_path: Path) -> AsyncIterator[grpc.aio.C
     )
     await server.start()
     client = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    yield client
-    await client.close()
-    await server.stop(1)
-    await authenticator.close()
-    await runtime.close()
+    try:
+        yield client
+    finally:
+        await client.close()
+        await server.stop(1)
+        await authenticator.close()
+        await runtime.close()
+
+
+@pytest.fixture
+async def channel(database_url: str, tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
+    """A client channel to a server on the test database (with the tests' cheap hashing)."""
+    async with serving(settings_for(database_url, tmp_path)) as client:
+        yield client
 
 
 def details(error: grpc.aio.AioRpcError) -> list[object]:
@@ -249,3 +262,45 @@ async def test_scope_change_applies_at_once_despite_the_cache(channel: grpc.aio.
         await chat.SendMessage(send, metadata=creds)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "chat:write" in (caught.value.details() or "")
+
+
+async def test_an_unknown_client_id_is_refused_as_slowly_as_a_wrong_secret(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Refusal times must not tell which client ids exist: an unknown id is checked against
+    a dummy hash of the default cost. Medians of interleaved samples, with a wide margin."""
+    settings = settings_for(
+        database_url,
+        tmp_path,
+        secret_hash_cost=load_settings({}).secret_hash_cost,  # the real cost, not the tests'
+        validate_failures_per_minute=10_000,  # the failure limit must not answer instead
+    )
+    async with serving(settings) as client:
+        stub = tenants_pb2_grpc.TenantServiceStub(client)
+        client_id = (await create(stub)).tenant.client_id
+
+        async def refusal(candidate: str) -> tuple[float, grpc.StatusCode, str]:
+            request = tenants_pb2.ValidateCredentialsRequest(
+                client_id=candidate, client_secret="not-the-secret"
+            )
+            started = time.perf_counter()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.ValidateCredentials(request)
+            elapsed = time.perf_counter() - started
+            return elapsed, caught.value.code(), caught.value.details() or ""
+
+        await refusal(client_id)  # warm up: the first unknown id also makes the dummy hash
+        await refusal(unique("kc_nobody"))
+        wrong_secret, unknown_id = [], []
+        for _ in range(15):
+            wrong_secret.append(await refusal(client_id))
+            unknown_id.append(await refusal(unique("kc_nobody")))
+    assert {(code, message) for _, code, message in wrong_secret + unknown_id} == {
+        (grpc.StatusCode.UNAUTHENTICATED, "invalid client id or client secret")
+    }
+    wrong_median = statistics.median(elapsed for elapsed, _, _ in wrong_secret)
+    unknown_median = statistics.median(elapsed for elapsed, _, _ in unknown_id)
+    assert unknown_median >= 0.5 * wrong_median, (
+        f"unknown ids are refused in {unknown_median * 1000:.1f} ms (median), wrong secrets"
+        f" in {wrong_median * 1000:.1f} ms: timing tells which client ids exist"
+    )

@@ -8,7 +8,11 @@ serializes senders of one channel (PostgreSQL; SQLite serializes all writers),
 a rollback gives the numbers back, and so seqs are gap-free.
 
 A send with an idempotency key the channel already stored returns the stored
-message and records nothing. Every change records its events in the same
+message and records nothing. The channel lock and that lookup, both taken before a
+batch writes, keep a batch clear of ``UNIQUE(channel_id, seq)`` and
+``UNIQUE(channel_id, idempotency_key)``; a send that hits one anyway (its batch is
+then retried one send at a time) is counted in ``keel_send_conflicts_total``, so a
+slow path taken often shows. Every change records its events in the same
 transaction (the outbox) and returns them; a sender is answered only after its
 transaction committed. What a batch decides is :mod:`.group_commit`'s pure
 :func:`~.group_commit.plan_batch`; this module reads and writes around it.
@@ -19,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from prometheus_client import Counter
 from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -68,6 +73,11 @@ from service_kit.validation import new_id
 #: Most sends stored in one transaction (group commit).
 SEND_BATCH = 128
 
+SEND_CONFLICTS = Counter(
+    "keel_send_conflicts_total",
+    "Sends that hit a unique constraint and were retried one at a time.",
+)
+
 #: A send of a batch answered: stored or found (a ``Sent``), its error, or None for a
 #: send that runs alone once the batch has committed.
 Answer = Sent | BaseException | None
@@ -104,6 +114,7 @@ class SqlMessages(SqlStoreBase):
             async with write_transaction(self._engine) as conn:
                 return await self._insert_message(conn, tenant_id, new)
         except IntegrityError:
+            SEND_CONFLICTS.inc()
             earlier = (
                 await self._by_idempotency_key(tenant_id, new) if new.idempotency_key else None
             )
@@ -162,6 +173,7 @@ class SqlMessages(SqlStoreBase):
                 answers = await self._insert_batch(conn, batch)
         except IntegrityError:
             # Another process stored one of these idempotency keys first: one at a time.
+            SEND_CONFLICTS.inc(len(batch))
             return [await self._outcome_alone(*item) for item in batch]
         return [
             answer if answer is not None else await self._outcome_alone(*item)

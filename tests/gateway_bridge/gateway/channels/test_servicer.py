@@ -681,6 +681,35 @@ async def test_another_tenants_ids_answer_not_found_and_change_nothing(keel: Kee
     assert channel in await channel_ids(a)
 
 
+async def test_request_ids_and_direct_pairs_are_per_tenant(keel: Keel) -> None:
+    """Two tenants using one request_id, or one pair of user ids, each get a channel of
+    their own; a retry in each tenant returns that tenant's channel."""
+    a, b = await keel.tenant(), await keel.tenant()
+
+    async def create(tenant: Tenant, **fields: Any) -> tuple[str, str]:
+        response = await tenant.stub.CreateChannel(
+            pb.CreateChannelRequest(created_by="alice", **fields), metadata=tenant.md
+        )
+        return response.channel.id, response.channel.name
+
+    group = {"type": pb.CHANNEL_TYPE_GROUP, "request_id": "create-general-1"}
+    a_group = await create(a, name="tenant A's", **group)
+    b_group = await create(b, name="tenant B's", **group)
+    assert a_group[1] == "tenant A's" and b_group[1] == "tenant B's"
+    assert await create(a, name="A, retried", **group) == a_group
+    assert await create(b, name="B, retried", **group) == b_group
+
+    direct = {"type": pb.CHANNEL_TYPE_DIRECT, "member_ids": ["bob"]}
+    a_direct = await create(a, name="A's dm", **direct)
+    b_direct = await create(b, name="B's dm", **direct)
+    assert a_direct[1] == "A's dm" and b_direct[1] == "B's dm"
+    assert await create(a, name="again", **direct) == a_direct
+    assert await create(b, name="again", **direct) == b_direct
+
+    assert sorted(await channel_ids(a)) == sorted([a_group[0], a_direct[0]])
+    assert sorted(await channel_ids(b)) == sorted([b_group[0], b_direct[0]])
+
+
 async def test_read_scope_may_read_but_not_write(keel: Keel) -> None:
     tenant = await keel.tenant("chat:*")
     channel = await tenant.group("alice")

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,6 +19,7 @@ from gateway_bridge.gateway.channels.errors import (
     WrongState,
 )
 from gateway_bridge.gateway.channels.models import (
+    Channel,
     ChannelId,
     ChannelType,
     MessageQuery,
@@ -30,6 +32,8 @@ from gateway_bridge.gateway.relay import EventRelay
 from gateway_bridge.tokens import ClientTokens
 from service_kit.auth import TenantId
 from service_kit.bus import InProcessEventBus
+from service_kit.config import load_settings
+from service_kit.db import create_engine, migrate
 from service_kit.schema import events, messages
 from service_kit.validation import new_id
 
@@ -45,6 +49,13 @@ class Recorder:
 
     def names(self) -> list[str]:
         return [e.name for e in self.events]
+
+
+class BrokenBus(InProcessEventBus):
+    """A bus that refuses every publish (Redis is down)."""
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        raise ConnectionError("redis is down")
 
 
 @pytest.fixture
@@ -75,6 +86,24 @@ def tenant() -> TenantId:
     return TenantId(new_id())
 
 
+def send_conflicts() -> float:
+    """Sends that have hit a unique constraint so far (``keel_send_conflicts_total``)."""
+    value = REGISTRY.get_sample_value("keel_send_conflicts_total")
+    assert value is not None, "keel_send_conflicts_total is not registered"
+    return value
+
+
+@pytest.fixture
+async def two_engines(pg_url: str) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    """Two engines (two pools) on the PostgreSQL test database, as two gateways have."""
+    url = load_settings({"DATABASE_URL": pg_url}).database_url
+    first, second = create_engine(url), create_engine(url)
+    await migrate(first)
+    yield first, second
+    await first.dispose()
+    await second.dispose()
+
+
 async def group(chat: ChatService, tenant_id: TenantId, *members: str) -> ChannelId:
     channel = await chat.create_channel(
         tenant_id,
@@ -86,6 +115,22 @@ async def group(chat: ChatService, tenant_id: TenantId, *members: str) -> Channe
         request_id="",
     )
     return channel.id
+
+
+async def stored_channel(
+    store: SqlChatStore, tenant_id: TenantId, type: ChannelType, *members: str
+) -> tuple[Channel, list[ev.ChatEvent]]:
+    """A channel made by the store alone (nobody publishes its events), with ``members``
+    (the first one creates it); the channel and the events it recorded."""
+    return await store.create_channel(
+        tenant_id,
+        name="c",
+        type=type,
+        metadata={},
+        created_by=members[0] if members else "",
+        member_ids=list(members[1:]),
+        request_id="",
+    )
 
 
 async def test_concurrent_senders_get_gap_free_seqs(chat: ChatService) -> None:
@@ -189,6 +234,32 @@ async def test_two_gateways_sending_to_the_same_channels_never_deadlock_or_skip(
         assert [m.seq for m in stored] == list(range(1, 181))
 
 
+async def test_two_gateways_batching_sends_to_one_channel_wait_for_its_lock(
+    two_engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    """On PostgreSQL, concurrent batches of two processes take the channel row's lock
+    before reading ``last_seq``: every send gets the next seq at the first attempt, and
+    none hits ``UNIQUE(channel_id, seq)`` and falls back to sending alone."""
+    stores = [SqlChatStore(engine) for engine in two_engines]
+    t = tenant()
+    senders = [f"u{i}" for i in range(8)]
+    channel, _ = await stored_channel(stores[0], t, ChannelType.GROUP, *senders)
+    before = send_conflicts()
+
+    async def send_all(n: int) -> list[int]:
+        store, user = stores[n % 2], senders[n]
+        seqs = []
+        for k in range(50):
+            message, _ = await store.send_message(t, NewMessage(channel.id, user, f"{user} #{k}"))
+            seqs.append(message.seq)
+        return seqs
+
+    async with asyncio.timeout(60):
+        per_sender = await asyncio.gather(*(send_all(n) for n in range(len(senders))))
+    assert sorted(seq for seqs in per_sender for seq in seqs) == list(range(1, 401))
+    assert send_conflicts() == before
+
+
 async def test_one_idempotency_key_stores_one_message(
     chat: ChatService, engine: AsyncEngine, published: Recorder
 ) -> None:
@@ -208,6 +279,23 @@ async def test_one_idempotency_key_stores_one_message(
     assert published.names().count(vocab.MESSAGE_CREATED) == 1
     other = await chat.send_message(t, NewMessage(channel_id, "alice", "next"))
     assert other.seq == 2  # the losing concurrent attempts left no gap
+
+
+async def test_a_retried_send_is_found_before_the_batch_writes(store: SqlChatStore) -> None:
+    """A retry's batch looks its idempotency key up first: it answers with the stored
+    message and no events, without hitting ``UNIQUE(channel_id, idempotency_key)``."""
+    t = tenant()
+    channel, _ = await stored_channel(store, t, ChannelType.GROUP, "alice")
+    new = NewMessage(channel.id, "alice", "hello", idempotency_key="retried")
+    before = send_conflicts()
+    first, recorded = await store.send_message(t, new)
+    retries = [await store.send_message(t, new)]
+    retries += await asyncio.gather(*(store.send_message(t, new) for _ in range(5)))
+    assert [e.name for e in recorded] == [vocab.MESSAGE_CREATED]
+    assert [(m.id, m.seq, m.content, answered) for m, answered in retries] == [
+        (first.id, 1, "hello", [])
+    ] * len(retries)
+    assert send_conflicts() == before
 
 
 async def test_every_mutation_is_logged_and_published_in_order(
@@ -262,15 +350,7 @@ async def test_events_left_unpublished_by_a_crash_are_drained(
 ) -> None:
     t = tenant()
     # The store commits but nobody publishes: the process "died" after commit.
-    channel, _ = await store.create_channel(
-        t,
-        name="c",
-        type=ChannelType.PUBLIC,
-        metadata={},
-        created_by="",
-        member_ids=[],
-        request_id="",
-    )
+    channel, _ = await stored_channel(store, t, ChannelType.PUBLIC)
     message, _ = await store.send_message(t, NewMessage(channel.id, "dora", "lost?"))
     assert published.events == []
     relay = EventRelay(store, bus, grace=0.0)
@@ -285,10 +365,6 @@ async def test_events_left_unpublished_by_a_crash_are_drained(
 async def test_a_failed_publish_is_retried_from_the_log(
     store: SqlChatStore, published: Recorder, bus: InProcessEventBus
 ) -> None:
-    class BrokenBus(InProcessEventBus):
-        async def publish(self, topic: str, payload: bytes) -> None:
-            raise ConnectionError("redis is down")
-
     t = tenant()
     chat = ChatService(store, EventRelay(store, BrokenBus()), ClientTokens("x" * 32))
     channel_id = await group(chat, t, "alice")  # answered despite the bus being down
@@ -298,6 +374,25 @@ async def test_a_failed_publish_is_retried_from_the_log(
         vocab.USER_JOINED,
     ]
     assert published.events[0].channel_id == channel_id
+
+
+async def test_a_failed_publish_is_not_marked_published_by_its_own_relay(
+    store: SqlChatStore, published: Recorder, bus: InProcessEventBus
+) -> None:
+    """The relay whose bus refused an event keeps running and flushing; the event stays
+    unpublished in the log, and a healthy relay sends it, once."""
+
+    t = tenant()
+    channel, recorded = await stored_channel(store, t, ChannelType.PUBLIC)
+    broken = EventRelay(store, BrokenBus())  # default grace: it does not drain the new event
+    await broken.publish(recorded)
+    await broken.flush()
+    await EventRelay(store, bus, grace=0.0).flush()
+    mine = [e for e in published.events if e.tenant_id == t]
+    assert [(e.name, e.cursor) for e in mine] == [(e.name, e.cursor) for e in recorded]
+    assert mine[0].channel_id == channel.id
+    await EventRelay(store, bus, grace=0.0).flush()  # now marked: not sent again
+    assert len([e for e in published.events if e.tenant_id == t]) == len(recorded)
 
 
 async def test_direct_channels_are_one_per_pair(chat: ChatService) -> None:
