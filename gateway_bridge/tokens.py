@@ -37,6 +37,7 @@ class ClientClaims:
     tenant_id: str
     user_id: str
     expires_at: datetime
+    issued_at: datetime
 
 
 class ClientTokens:
@@ -97,5 +98,6 @@ class ClientTokens:
                 tenant_id=str(claims["tid"]),
                 user_id=str(claims["sub"]),
                 expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+                issued_at=datetime.fromtimestamp(claims["iat"], UTC),
             )
         raise InvalidClientToken("client token signature does not verify") from last_error

@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NewType, Protocol
 
 from service_kit.bus import EventBus, Subscription
@@ -51,6 +52,9 @@ class TenantContext:
     allowed_origins: tuple[str, ...] = ()
     require_origin: bool = False
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: When the tenant's client secret last changed (None when not known, e.g. from a
+    #: credentials check); what a browser holds from before then is revoked.
+    secret_rotated_at: datetime | None = None
 
     def allows(self, scope: str) -> bool:
         """True when a granted scope covers ``scope`` (see :func:`scope_allows`)."""

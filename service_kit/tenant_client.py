@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import grpc
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
@@ -26,6 +28,11 @@ def tenant_context_from_proto(
         allowed_origins=tuple(message.allowed_origins),
         require_origin=message.require_origin,
         metadata=json_format.MessageToDict(message.metadata),
+        secret_rotated_at=(
+            message.secret_rotate_time.ToDatetime(UTC)
+            if isinstance(message, tenants_pb2.Tenant) and message.HasField("secret_rotate_time")
+            else None
+        ),
     )
 
 

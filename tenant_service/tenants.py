@@ -94,6 +94,7 @@ class Tenant:
             allowed_origins=self.allowed_origins,
             require_origin=self.require_origin,
             metadata=self.metadata,
+            secret_rotated_at=self.secret_rotate_time,
         )
 
 

@@ -5,13 +5,17 @@ The token comes in the URL (``/ws?token=…``) or as the first frame (``{"type":
 "auth", "token": …}``, within the handshake time). A connection refused here is
 closed with the documented code (4001 to 4005, docs/protocol.md); an admitted one is
 registered in :class:`~gateway_bridge.bridge.connection.Connections` and greeted
-with ``welcome``.
+with ``welcome``. A token issued before the tenant's last secret rotation is
+revoked; an open connection renews its token with another ``auth`` frame
+(:meth:`Admission.renew`) before it expires.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
+from typing import Final
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
@@ -20,6 +24,7 @@ from gateway_bridge.bridge import protocol as p
 from gateway_bridge.bridge.connection import CLOSED, Conn, Connections
 from gateway_bridge.tokens import ClientTokens, InvalidClientToken
 from service_kit.auth import Authenticator, TenantContext
+from service_kit.clock import rfc3339
 from service_kit.config import BridgeSettings
 from service_kit.errors import KeelError
 
@@ -62,6 +67,9 @@ class Admission:
         except KeelError as exc:
             await refuse(ws, p.CloseCode.BAD_TOKEN, f"tenant unavailable: {exc.message}")
             return None
+        if revoked(tenant, claims.issued_at):
+            await refuse(ws, p.CloseCode.BAD_TOKEN, REVOKED)
+            return None
         origin = ws.request.headers.get("Origin")
         if not origin_allowed(origin, tenant, ws.request.headers.get("Host")):
             await refuse(ws, p.CloseCode.ORIGIN_REFUSED, f"origin {origin!r} is not allowed")
@@ -78,9 +86,19 @@ class Admission:
         ):
             await refuse(ws, p.CloseCode.TOO_MANY_CONNECTIONS, "too many connections for this user")
             return None
-        conn = Conn(uuid.uuid4().hex, ws, tenant, claims.user_id, p.Session(self._limits))
+        conn = Conn(
+            uuid.uuid4().hex,
+            ws,
+            tenant,
+            claims.user_id,
+            p.Session(self._limits),
+            issued_at=claims.issued_at,
+            expires_at=claims.expires_at,
+        )
         self._connections.add(conn)
-        await ws.send(p.welcome_frame(conn.id, conn.user_id, tenant.tenant_id))
+        await ws.send(
+            p.welcome_frame(conn.id, conn.user_id, tenant.tenant_id, rfc3339(conn.expires_at))
+        )
         return conn
 
     async def _token_frame(self, ws: ServerConnection) -> str | None:
@@ -100,6 +118,36 @@ class Admission:
             await refuse(ws, p.CloseCode.BAD_TOKEN, "the first frame must be auth")
             return None
         return str(command.fields["token"])
+
+    async def renew(self, conn: Conn, token: str, frame_id: object) -> None:
+        """An ``auth`` frame on an open connection: a fresh token for the same user moves
+        its expiry. Raises FrameError (the connection keeps its current token)."""
+        try:
+            claims = self._tokens.verify(token)
+        except InvalidClientToken as exc:
+            raise p.FrameError(p.ErrorCode.INVALID_ARGUMENT, exc.message, frame_id) from exc
+        if (claims.tenant_id, claims.user_id) != (conn.tenant_id, conn.user_id):
+            raise p.FrameError(
+                p.ErrorCode.INVALID_ARGUMENT,
+                "the token is for another user; open a new connection for them",
+                frame_id,
+            )
+        if revoked(conn.tenant, claims.issued_at):
+            raise p.FrameError(p.ErrorCode.INVALID_ARGUMENT, REVOKED, frame_id)
+        conn.issued_at, conn.expires_at = claims.issued_at, claims.expires_at
+
+
+#: Why a token issued before the tenant's last secret rotation no longer counts.
+REVOKED: Final = "client token revoked: the tenant's secret was rotated after it was issued"
+
+
+def revoked(tenant: TenantContext, issued_at: datetime) -> bool:
+    """Whether a client token issued at ``issued_at`` predates the tenant's last secret
+    rotation. Tokens carry whole seconds, so a token of the rotation's own second counts
+    as after it (a fresh token is never refused; one minted within a second before the
+    rotation may live on until it expires)."""
+    rotated = tenant.secret_rotated_at
+    return rotated is not None and issued_at < rotated.replace(microsecond=0)
 
 
 async def refuse(ws: ServerConnection, code: p.CloseCode, reason: str) -> None:

@@ -31,6 +31,7 @@ from gateway_bridge.bridge.ephemeral import Ephemeral
 from gateway_bridge.bridge.fanout import Fanout
 from gateway_bridge.bridge.link import GatewayLink
 from gateway_bridge.bridge.presence import Presence
+from gateway_bridge.bridge.revocation import Revocation
 from gateway_bridge.tokens import ClientTokens
 from service_kit.auth import Authenticator
 from service_kit.bus import EventBus
@@ -87,8 +88,18 @@ class Bridge:
             on_presence=self._ephemeral.change,
         )
         self._commands = Commands(
-            link=self.link, fanout=self._fanout, ephemeral=self._ephemeral, reply=self._reply
+            link=self.link,
+            fanout=self._fanout,
+            ephemeral=self._ephemeral,
+            admission=self._admission,
+            tenants=tenants,
+            reply=self._reply,
+            renewed=lambda conn: self._revocation.watch(conn),
         )
+        self._revocation = Revocation(
+            connections=self._connections, tenants=tenants, fanout=self._fanout, close=self._cut
+        )
+        self._bus = bus
         self._server: Server | None = None
         self.port = 0
 
@@ -98,6 +109,7 @@ class Bridge:
         """Listen on ``host:port`` and open the gateway link."""
         self.link.start()
         await self._ephemeral.start(self._fanout)
+        await self._revocation.start(self._bus)
         self._server = await serve(
             self._handle,
             host,
@@ -131,6 +143,7 @@ class Bridge:
             await asyncio.gather(*closing, return_exceptions=True)
             await self._server.wait_closed()
         self._fanout.close()
+        await self._revocation.stop()
         await self._ephemeral.stop()
         await self.link.close()
         await self._gateway.close()
@@ -160,6 +173,7 @@ class Bridge:
                 self._admitting.discard(ws)
             if conn is None:
                 return
+            self._revocation.watch(conn)
             async for message in ws:
                 if conn.closed:
                     break

@@ -3,7 +3,10 @@
 Subscriptions go to the rooms (:mod:`~gateway_bridge.bridge.fanout`); writes go to the
 gateway as the ``ChannelService`` call they stand for, for the connection's tenant and
 as its user (the gateway checks the tenant's scopes and the user's membership);
-typing and presence go to :mod:`~gateway_bridge.bridge.ephemeral`. A handler refuses
+typing and presence go to :mod:`~gateway_bridge.bridge.ephemeral`. Each frame needs
+the scope the ``ChannelService`` method it stands for needs (:data:`FRAME_SCOPES`),
+checked against the tenant's scopes as they are now, not as they were when the
+connection opened. A handler refuses
 with :class:`~gateway_bridge.bridge.protocol.FrameError`; a failed gateway call
 becomes the ``error`` frame of its status (docs/protocol.md has both tables).
 """
@@ -12,31 +15,61 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 import grpc
 from keel.channels.v1 import channels_pb2
 
 from gateway_bridge.bridge import protocol as p
+from gateway_bridge.bridge.admission import Admission
 from gateway_bridge.bridge.connection import Conn
 from gateway_bridge.bridge.ephemeral import Ephemeral
 from gateway_bridge.bridge.fanout import Fanout, error_code
 from gateway_bridge.bridge.link import GatewayLink
+from service_kit.auth import Authenticator, require_scope
+from service_kit.clock import rfc3339
+from service_kit.errors import KeelError, NotFound, PermissionDenied
 from service_kit.validation import is_uuid
 
 Reply = Callable[[Conn, str], Awaitable[None]]
 Handler = Callable[[Conn, p.Command], Awaitable[None]]
+
+#: The scope each frame needs, as the ``ChannelService`` method it stands for needs it
+#: (docs/auth.md): checked against the tenant's scopes as they are now, frame by frame.
+FRAME_SCOPES: Final[dict[str, str]] = {
+    "subscribe": "chat:read",  # Connect, as ListMessages
+    "send": "chat:write",  # SendMessage
+    "edit": "chat:write",  # EditMessage
+    "delete": "chat:write",  # DeleteMessage
+    "react": "chat:write",  # AddReaction
+    "unreact": "chat:write",  # RemoveReaction
+    "read": "chat:write",  # MarkRead
+    "typing": "chat:write",  # tells others; no RPC
+    "presence": "presence:read",  # who is online; no RPC
+}
 
 
 class Commands:
     """Runs client commands (see the module docstring)."""
 
     def __init__(
-        self, *, link: GatewayLink, fanout: Fanout, ephemeral: Ephemeral, reply: Reply
+        self,
+        *,
+        link: GatewayLink,
+        fanout: Fanout,
+        ephemeral: Ephemeral,
+        admission: Admission,
+        tenants: Authenticator,
+        reply: Reply,
+        renewed: Callable[[Conn], None],
     ) -> None:
         self._link = link
         self._fanout = fanout
         self._ephemeral = ephemeral
+        self._admission = admission
+        self._tenants = tenants
         self._reply = reply
+        self._renewed = renewed
         #: One handler per frame type of keel.v1 (``protocol.FRAME_FIELDS``).
         self.handlers: dict[str, Handler] = {
             "auth": self._auth,
@@ -63,6 +96,9 @@ class Commands:
                     f"channel_id {command.channel_id[:40]!r} is not a valid id",
                     command.id,
                 )
+            scope = FRAME_SCOPES.get(command.type)
+            if scope is not None:
+                await self._require(conn, command, scope)
             await self.handlers[command.type](conn, command)
         except p.FrameError as exc:
             await self._reply(conn, p.error_frame(exc.code, exc.message, exc.frame_id))
@@ -70,13 +106,32 @@ class Commands:
             message = exc.details() or exc.code().name
             await self._reply(conn, p.error_frame(error_code(exc.code()), message, command.id))
 
+    async def _require(self, conn: Conn, command: p.Command, scope: str) -> None:
+        """Refuse ``command`` unless the tenant holds ``scope`` now (its context is read
+        through the process's tenant cache, which tenant changes empty at once)."""
+        try:
+            conn.tenant = await self._tenants.tenant_by_id(conn.tenant_id)
+        except NotFound as exc:
+            raise p.FrameError(
+                p.ErrorCode.PERMISSION_DENIED, "the tenant no longer exists", command.id
+            ) from exc
+        except KeelError as exc:
+            raise p.FrameError(p.ErrorCode.UNAVAILABLE, exc.message, command.id) from exc
+        try:
+            require_scope(conn.tenant, scope)
+        except PermissionDenied as exc:
+            raise p.FrameError(p.ErrorCode.PERMISSION_DENIED, exc.message, command.id) from exc
+
     async def _ack(self, conn: Conn, command: p.Command, result: dict[str, object]) -> None:
         await self._reply(conn, p.ack_frame(command.id, result))
 
     # -- the connection and its subscriptions ----------------------------------------------
 
     async def _auth(self, conn: Conn, command: p.Command) -> None:
-        raise p.FrameError(p.ErrorCode.BAD_FRAME, "already authenticated", command.id)
+        """A fresh token for the same user: the connection lives on until it expires."""
+        await self._admission.renew(conn, command.fields["token"], command.id)
+        self._renewed(conn)
+        await self._ack(conn, command, {"expire_time": rfc3339(conn.expires_at)})
 
     async def _ping(self, conn: Conn, command: p.Command) -> None:
         await self._reply(conn, p.pong_frame(command.id))
@@ -181,10 +236,6 @@ class Commands:
 
     async def _presence(self, conn: Conn, command: p.Command) -> None:
         self._require_live(conn, command)
-        if not conn.tenant.allows("presence:read"):
-            raise p.FrameError(
-                p.ErrorCode.PERMISSION_DENIED, "the tenant lacks presence:read", command.id
-            )
         users = await self._ephemeral.online(conn.tenant_id, command.channel_id)
         await self._reply(conn, p.presence_frame(command.channel_id, users, command.id))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from prometheus_client import Counter as MetricCounter
 from prometheus_client import Gauge
@@ -38,6 +39,10 @@ class Conn:
     tenant: TenantContext
     user_id: str
     session: p.Session
+    #: When its client token was issued and when it expires (a fresh ``auth`` frame
+    #: moves both); the connection is closed with 4002 at expiry.
+    issued_at: datetime
+    expires_at: datetime
     closed: bool = False
 
     @property
@@ -73,6 +78,10 @@ class Connections:
 
     def get(self, key: str) -> Conn | None:
         return self._by_key.get(key)
+
+    def of(self, tenant_id: str) -> list[Conn]:
+        """The open connections of a tenant."""
+        return [conn for conn in self._by_key.values() if conn.tenant_id == tenant_id]
 
     def of_tenant(self, tenant_id: str) -> int:
         return self._per_tenant[tenant_id]

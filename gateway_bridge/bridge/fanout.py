@@ -140,6 +140,28 @@ class Fanout:
             self._leave(conn, channel_id)
             conn.session.stop(channel_id)
 
+    def rescope(self, conn: Conn) -> None:
+        """The connection's tenant changed (``conn.tenant`` is new): without ``chat:read``
+        its subscriptions end, each told with an ``error`` frame naming the channel; with
+        or without ``presence:read`` it gets presence events or stops getting them."""
+        reads = conn.tenant.allows("chat:read")
+        watches = conn.tenant.allows("presence:read")
+        for channel_id in list(conn.session.subscriptions):
+            if not reads:
+                self._leave(conn, channel_id)
+                conn.session.stop(channel_id)
+                self._link.unsubscribe(conn.key, [channel_id])
+                message = "the tenant lost chat:read; the subscription ended"
+                error = p.error_frame(p.ErrorCode.PERMISSION_DENIED, message, channel_id=channel_id)
+                self.write(conn, p.encode_text_frame(error.encode()))
+                continue
+            room = self._rooms.get((conn.tenant_id, channel_id))
+            if room is not None and conn in room.live:
+                if watches:
+                    room.watchers.add(conn)
+                else:
+                    room.watchers.discard(conn)
+
     def _leave(self, conn: Conn, channel_id: str) -> None:
         room = self._rooms.get((conn.tenant_id, channel_id))
         if room is None:

@@ -112,11 +112,15 @@ def parse_frame(text: str | bytes) -> Command:
         raw = json.loads(text)
     except ValueError:
         raise FrameError(ErrorCode.BAD_FRAME, "the frame is not valid JSON") from None
+    except RecursionError:
+        raise FrameError(ErrorCode.BAD_FRAME, "the frame is nested too deeply") from None
     if not isinstance(raw, dict):
         raise FrameError(ErrorCode.BAD_FRAME, 'a frame is a JSON object with a "type"')
     frame_id = raw.get("id")
-    if frame_id is not None and not isinstance(frame_id, str | int):
-        raise FrameError(ErrorCode.BAD_FRAME, '"id" must be a string or a number')
+    if frame_id is not None and not _id_ok(frame_id):
+        raise FrameError(
+            ErrorCode.BAD_FRAME, '"id" must be a string of text or a whole number (64-bit)'
+        )
     kind = raw.get("type")
     spec = FRAME_FIELDS.get(kind) if isinstance(kind, str) else None
     if spec is None:
@@ -134,15 +138,47 @@ def parse_frame(text: str | bytes) -> Command:
                 raise FrameError(ErrorCode.BAD_FRAME, f'{kind}: "{name}" is required', frame_id)
             continue
         wants_int = kind_of.startswith("int")
-        if wants_int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        if wants_int and not (_is_int(value) and 0 <= value <= MAX_INT):
             raise FrameError(
-                ErrorCode.BAD_FRAME, f'{kind}: "{name}" must be a whole number ≥ 0', frame_id
+                ErrorCode.BAD_FRAME,
+                f'{kind}: "{name}" must be a whole number from 0 to {MAX_INT}',
+                frame_id,
             )
         if not wants_int and not isinstance(value, str):
             raise FrameError(ErrorCode.BAD_FRAME, f'{kind}: "{name}" must be a string', frame_id)
+        if not wants_int and not _is_text(value):
+            raise FrameError(
+                ErrorCode.BAD_FRAME,
+                f'{kind}: "{name}" is not valid Unicode text (a lone surrogate)',
+                frame_id,
+            )
         values[name] = value
     channel_id = values.pop("channel_id", "")
     return Command(str(kind), frame_id, channel_id, values)
+
+
+#: The largest whole number a frame may carry (seqs are 64-bit signed integers).
+MAX_INT: Final = 2**63 - 1
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_text(value: str) -> bool:
+    """Whether ``value`` can be encoded as UTF-8 (JSON's ``\\ud800`` escapes can make
+    lone surrogates, which no protobuf string or WebSocket text frame can carry)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _id_ok(frame_id: object) -> bool:
+    if isinstance(frame_id, str):
+        return _is_text(frame_id)
+    return _is_int(frame_id) and -MAX_INT - 1 <= frame_id <= MAX_INT  # type: ignore[operator]
 
 
 # -- server frames -------------------------------------------------------------------------
@@ -156,23 +192,32 @@ def ack_frame(frame_id: Any, result: dict[str, Any] | None = None) -> str:
     return _dump({"type": "ack", "id": frame_id, **({"result": result} if result else {})})
 
 
-def error_frame(code: ErrorCode | str, message: str, frame_id: Any = None) -> str:
+def error_frame(
+    code: ErrorCode | str, message: str, frame_id: Any = None, *, channel_id: str = ""
+) -> str:
+    """An ``error`` frame; with ``channel_id`` when it ends that channel's subscription
+    on the bridge's own initiative (no frame of the client's to answer)."""
     frame: dict[str, Any] = {"type": "error", "code": str(code), "message": message}
     if frame_id is not None:
         frame["id"] = frame_id
+    if channel_id:
+        frame["channel_id"] = channel_id
     return _dump(frame)
 
 
-def welcome_frame(connection_id: str, user_id: str, tenant_id: str) -> str:
-    return _dump(
-        {
-            "type": "welcome",
-            "protocol": PROTOCOL,
-            "connection_id": connection_id,
-            "user_id": user_id,
-            "tenant_id": tenant_id,
-        }
-    )
+def welcome_frame(connection_id: str, user_id: str, tenant_id: str, expire_time: str = "") -> str:
+    """The ``welcome`` frame; ``expire_time`` (RFC 3339) is when the client token expires
+    (renew it before then with an ``auth`` frame, or the connection closes with 4002)."""
+    frame = {
+        "type": "welcome",
+        "protocol": PROTOCOL,
+        "connection_id": connection_id,
+        "user_id": user_id,
+        "tenant_id": tenant_id,
+    }
+    if expire_time:
+        frame["expire_time"] = expire_time
+    return _dump(frame)
 
 
 def event_frame(event: str, channel_id: str, seq: int, data_json: str, event_id: str = "") -> str:

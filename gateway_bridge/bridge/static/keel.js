@@ -10,8 +10,10 @@
  *   url,                 // "ws://host:port/ws" (http(s):// works too; default: this page's
  *                        // host + "/ws")
  *   token,               // a client token from ChannelService.IssueClientToken, or
- *   getToken,            // async () => token; called for the first connection and again
- *                        // whenever the bridge closes with 4002 (token expired) or 4001
+ *   getToken,            // async () => token; called for the first connection, shortly
+ *                        // before the token expires (the fresh one is sent over the open
+ *                        // socket: no reconnect), and whenever the bridge closes with
+ *                        // 4002 (token expired) or 4001 (bad or revoked token)
  *   onEvent(ev),         // a channel event: {event, channelId, seq, eventId, data, replayed}
  *                        //   event: "message:created" | "message:updated" | "message:deleted"
  *                        //        | "reaction:added" | "reaction:removed" | "user:joined"
@@ -24,7 +26,8 @@
  *   onStateChange(s, d), // s: "connecting" | "open" | "reconnecting" | "closed";
  *                        //   d: {attempt, delay, code, reason, userId, offline}
  *   onError(err),        // a Keel.KeelError {code, message, frameId} not tied to a promise
- *                        //   (close codes, errors of queued work, id-less error frames)
+ *                        //   (close codes, errors of queued work, id-less error frames,
+ *                        //   a subscription the bridge ended: the tenant lost chat:read)
  *   // tuning (defaults shown):
  *   requestTimeout: 10000,  // ms an ack may take once a frame is written
  *   pingInterval: 25000,    // ms between application-level pings
@@ -173,7 +176,7 @@
       this._wanted = false; // connect() called and not close()d
       this._refreshToken = !this._token;
       this._attempt = 0;
-      this._timers = { retry: null, stable: null, ping: null, pong: null, welcome: null };
+      this._timers = { retry: null, stable: null, ping: null, pong: null, welcome: null, renew: null };
       this._nextId = 0;
       this._pending = new Map(); // frame id -> request in flight
       this._queue = []; // requests waiting for a connection (or a live subscription)
@@ -305,7 +308,8 @@
       for (const req of inflight) {
         clearTimeout(req.timer);
         if (req.kind === "send" || req.kind === "presence") resend.push(req);
-        else if (req.kind === "subscribe" || req.kind === "unsubscribe") continue;
+        else if (req.kind === "subscribe" || req.kind === "unsubscribe" || req.kind === "auth")
+          continue;
         else this._settle(req, new KeelError("disconnected", "the connection closed before the ack"));
       }
       this._queue = resend.concat(this._queue);
@@ -367,10 +371,39 @@
         this._attempt = 0;
       }, this._opt.stableAfter);
       this._schedulePing();
+      this._scheduleRenewal(frame.expire_time);
       this._setState("open", { userId: frame.user_id });
       for (const w of this._connectWaiters.splice(0)) w.resolve(this);
       for (const ch of this._channels.values()) this._sendSubscribe(ch);
       this._flush();
+    }
+
+    /** With getToken, send a fresh token over the socket before this one expires (an
+     * `auth` frame), so the connection lives on instead of closing with 4002. */
+    _scheduleRenewal(expireTime) {
+      clearTimeout(this._timers.renew);
+      const expires = Date.parse(expireTime || "");
+      if (!this._getToken || !expires) return;
+      const left = expires - Date.now();
+      const delay = Math.max(0, left - Math.min(30000, left / 10));
+      this._timers.renew = setTimeout(async () => {
+        if (!this._open) return;
+        let token;
+        try {
+          token = await this._getToken();
+        } catch (e) {
+          return; // the bridge closes with 4002 at expiry; the reconnect asks again
+        }
+        if (!this._open || !token) return;
+        const req = this._track({ type: "auth", token: token }, "auth");
+        req.onReply = (err, result) => {
+          if (err) this._error(err);
+          else {
+            this._token = token;
+            this._scheduleRenewal(result.expire_time);
+          }
+        };
+      }, delay);
     }
 
     _schedulePing() {
@@ -428,6 +461,14 @@
         case "ack":
           return this._onReply(frame.id, null, frame.result || {});
         case "error":
+          if (frame.channel_id && (frame.id === undefined || frame.id === null)) {
+            // The bridge ended this subscription (e.g. the tenant lost chat:read).
+            const ended = this._channels.get(frame.channel_id);
+            const err = new KeelError(frame.code, frame.message);
+            if (ended) this._dropChannel(ended, err);
+            this._error(err);
+            return;
+          }
           if (frame.id === undefined || frame.id === null || !this._pending.has(frame.id)) {
             this._error(new KeelError(frame.code, frame.message, frame.id));
             return;

@@ -11,320 +11,35 @@ websockets' sans-I/O client protocol.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
 import pytest
-from keel.channels.v1 import channels_pb2
 from keel.tenants.v1 import tenants_pb2
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Close, Frame, Opcode
-from websockets.http11 import Response
-from websockets.typing import Subprotocol
-from websockets.uri import parse_uri
+from websockets.frames import Close
 
 from gateway_bridge.bridge.bridge import Bridge
-from gateway_bridge.bridge.server import start_bridge as start_bridge_process
 from gateway_bridge.gateway.channels.store import SqlChatStore
 from gateway_bridge.tokens import ISSUER, ClientTokens
-from service_kit.config import Address, BridgeSettings
-from service_kit.server import Runtime
 from tests.conftest import unique
-from tests.gateway_bridge.conftest import ADMIN, Keel, Tenant, running_keel
-
-#: The longest a test waits for one frame, close or condition.
-WAIT = 10.0
-Json = dict[str, Any]
-
-
-# -- the stack: tenant service + gateway on port 0, a bridge per test -----------------------
-
-
-@dataclass
-class Stack:
-    keel: Keel
-
-    @property
-    def runtime(self) -> Runtime:
-        return self.keel.runtime
-
-    async def tenant(
-        self,
-        *permissions: str,
-        allowed_origins: tuple[str, ...] = (),
-        require_origin: bool = False,
-    ) -> Tenant:
-        created = await self.keel.tenants.CreateTenant(
-            tenants_pb2.CreateTenantRequest(
-                tenant=tenants_pb2.Tenant(
-                    name=unique("ws"),
-                    permissions=list(permissions or ["chat:*"]),
-                    allowed_origins=list(allowed_origins),
-                    require_origin=require_origin,
-                )
-            ),
-            metadata=ADMIN,
-        )
-        return Tenant(
-            created.tenant.id, created.tenant.client_id, created.client_secret, self.keel.chat
-        )
-
-
-@pytest.fixture(scope="module")
-async def stack(sqlite_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    """The tenant and gateway services in one server, wired as ``keel serve all`` wires them."""
-    async with running_keel(sqlite_url, tmp_path_factory.mktemp("bridge")) as keel:
-        yield Stack(keel)
-
-
-async def start_bridge(stack: Stack, **limits: Any) -> Bridge:
-    """A bridge on port 0 with ``limits`` (BridgeSettings fields), its gateway link up."""
-    settings = replace(
-        stack.runtime.settings,
-        ws_addr=Address("127.0.0.1", 0),
-        bridge=BridgeSettings(**limits),
-    )
-    keel = stack.keel
-    bridge = await start_bridge_process(
-        settings, keel.runtime.bus, keel.runtime.redis, keel.authenticator, keel.address
-    )
-    async with asyncio.timeout(WAIT):
-        await bridge.link.connected.wait()
-    return bridge
-
-
-@asynccontextmanager
-async def running_bridge(stack: Stack, **limits: Any) -> AsyncIterator[Bridge]:
-    bridge = await start_bridge(stack, **limits)
-    try:
-        yield bridge
-    finally:
-        await bridge.stop()
-
-
-@pytest.fixture
-async def bridge(stack: Stack) -> AsyncIterator[Bridge]:
-    async with running_bridge(stack) as running:
-        yield running
-
-
-@pytest.fixture
-async def tenant(stack: Stack) -> Tenant:
-    return await stack.tenant()
-
-
-async def token_for(tenant: Tenant, user_id: str) -> str:
-    """A client token, minted the way a tenant's backend mints one."""
-    response = await tenant.stub.IssueClientToken(
-        channels_pb2.IssueClientTokenRequest(user_id=user_id), metadata=tenant.md
-    )
-    return str(response.token)
-
-
-# -- clients -------------------------------------------------------------------------------
-
-
-class Client:
-    """A keel.v1 client: frames it did not wait for yet stay in ``inbox``; ``log`` has all."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.inbox: list[Json] = []
-        self.log: list[Json] = []
-        self.welcome: Json = {}
-        self._ids = itertools.count(1)
-
-    async def send(self, frame: Json | str | bytes) -> None:
-        await self.ws.send(frame if isinstance(frame, str | bytes) else json.dumps(frame))
-
-    async def expect(self, wanted: Callable[[Json], bool], within: float = WAIT) -> Json:
-        """The first frame (already received or yet to come) that is ``wanted``."""
-        for i, frame in enumerate(self.inbox):
-            if wanted(frame):
-                return self.inbox.pop(i)
-        try:
-            async with asyncio.timeout(within):
-                while True:
-                    frame = json.loads(await self.ws.recv())
-                    self.log.append(frame)
-                    if wanted(frame):
-                        return frame
-                    self.inbox.append(frame)
-        except TimeoutError:
-            pytest.fail(f"no wanted frame within {within}s; got {self.inbox[-5:]}")
-
-    async def call(self, kind: str, **fields: Any) -> Json:
-        """Send a frame with a fresh id; return the reply carrying that id."""
-        frame_id = f"{kind}-{next(self._ids)}"
-        await self.send({"type": kind, "id": frame_id, **fields})
-        return await self.expect(lambda f: f.get("id") == frame_id)
-
-    async def ok(self, kind: str, **fields: Any) -> Json:
-        reply = await self.call(kind, **fields)
-        assert reply["type"] != "error", reply
-        return reply
-
-    async def error(self, kind: str, **fields: Any) -> Json:
-        reply = await self.call(kind, **fields)
-        assert reply["type"] == "error", reply
-        return reply
-
-    async def event(self, name: str, channel_id: str | None = None) -> Json:
-        return await self.expect(
-            lambda f: (
-                f["type"] == "event"
-                and f["event"] == name
-                and channel_id in (None, f["channel_id"])
-            )
-        )
-
-    async def created_seqs(self, channel_id: str, until: int) -> list[int]:
-        """The seqs of message:created events for the channel, up to seq ``until``."""
-        seqs: list[int] = []
-        while not seqs or seqs[-1] < until:
-            frame = await self.event("message:created", channel_id)
-            seqs.append(frame["seq"])
-        return seqs
-
-    async def flush(self) -> list[Json]:
-        """Every frame the bridge wrote before answering a ping (which it answers in order)."""
-        before = len(self.log)
-        pong = await self.call("ping")
-        assert pong["type"] == "pong"
-        return self.log[before:-1]
-
-    async def closed(self) -> tuple[int, str]:
-        """Read until the bridge closes the connection; the code and reason it sent."""
-        try:
-            async with asyncio.timeout(WAIT):
-                while True:
-                    frame = json.loads(await self.ws.recv())
-                    self.log.append(frame)
-                    self.inbox.append(frame)
-        except ConnectionClosed as exc:
-            assert exc.rcvd is not None, f"closed without a close frame: {exc}"
-            return exc.rcvd.code, exc.rcvd.reason
-
-
-Dial = Callable[..., Any]
-
-
-async def until(condition: Callable[[], bool], within: float = WAIT) -> None:
-    """Wait for ``condition`` to hold (polled: it is the bridge's state, not an event)."""
-    for _ in range(int(within / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"the condition did not hold within {within}s")
-
-
-@pytest.fixture
-async def dial() -> AsyncIterator[Dial]:
-    """Open clients to a bridge (``await dial(bridge, token=..., origin=...)``); all are
-    closed after the test."""
-    opened: list[Client] = []
-
-    async def open_client(
-        bridge: Bridge, token: str | None = None, *, origin: str | None = None, **options: Any
-    ) -> Client:
-        url = f"ws://127.0.0.1:{bridge.port}/ws" + (f"?token={token}" if token else "")
-        options.setdefault("subprotocols", [Subprotocol("keel.v1")])
-        ws = await connect(
-            url,
-            origin=origin,  # type: ignore[arg-type]
-            proxy=None,
-            open_timeout=WAIT,
-            close_timeout=2,
-            **options,
-        )
-        client = Client(ws)
-        opened.append(client)
-        return client
-
-    yield open_client
-    for client in opened:
-        await client.ws.close()
-
-
-async def join(dial: Dial, bridge: Bridge, tenant: Tenant, user_id: str, **options: Any) -> Client:
-    """A client of ``user_id`` (token in the query), past its welcome frame."""
-    client = await dial(bridge, await token_for(tenant, user_id), **options)
-    client.welcome = await client.expect(lambda f: True)
-    assert client.welcome["type"] == "welcome", client.welcome
-    return client
-
-
-class SlowClient:
-    """A WebSocket client on a bare socket with a small receive buffer, which reads only
-    when asked: it can stop reading altogether, as a stalled browser tab does."""
-
-    def __init__(self, sock: socket.socket, protocol: ClientProtocol) -> None:
-        self.sock = sock
-        self.protocol = protocol
-        self.loop = asyncio.get_running_loop()
-
-    @classmethod
-    async def open(cls, port: int, token: str, *, receive_buffer: int = 4096) -> SlowClient:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        sock.setblocking(False)
-        protocol = ClientProtocol(
-            parse_uri(f"ws://127.0.0.1:{port}/ws?token={token}"),
-            subprotocols=[Subprotocol("keel.v1")],
-            max_size=None,
-        )
-        client = cls(sock, protocol)
-        try:
-            await client.loop.sock_connect(sock, ("127.0.0.1", port))
-            protocol.send_request(protocol.connect())
-            await client._flush()
-        except BaseException:
-            sock.close()
-            raise
-        return client
-
-    async def _flush(self) -> None:
-        data = b"".join(self.protocol.data_to_send())
-        if data:
-            await self.loop.sock_sendall(self.sock, data)
-
-    async def send(self, frame: Json) -> None:
-        self.protocol.send_text(json.dumps(frame).encode())
-        await self._flush()
-
-    async def read(self) -> list[Json | Close]:
-        """The next frames to arrive (JSON text, or the close frame); answers a close."""
-        while True:
-            async with asyncio.timeout(WAIT):
-                data = await self.loop.sock_recv(self.sock, 65536)
-            if data:
-                self.protocol.receive_data(data)
-            else:
-                self.protocol.receive_eof()
-            found: list[Json | Close] = []
-            for event in self.protocol.events_received():
-                if isinstance(event, Response):
-                    assert event.status_code == 101, event
-                elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-                    found.append(json.loads(event.data))
-                elif isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
-                    found.append(Close.parse(event.data))
-            await self._flush()  # e.g. the reply to a close frame
-            if found or not data:
-                return found
-
-    def close(self) -> None:
-        self.sock.close()
-
+from tests.gateway_bridge.bridge.conftest import (
+    WAIT,
+    Dial,
+    Json,
+    SlowClient,
+    Stack,
+    join,
+    running_bridge,
+    start_bridge,
+    token_for,
+    until,
+)
+from tests.gateway_bridge.conftest import ADMIN, Tenant
 
 # -- connecting: tokens, origins, limits ---------------------------------------------------
 
@@ -341,8 +56,15 @@ async def test_welcome_names_the_connection_user_and_tenant(
         "connection_id": welcome["connection_id"],
         "user_id": "alice",
         "tenant_id": tenant.id,
+        "expire_time": welcome["expire_time"],
     }
     assert len(welcome["connection_id"]) == 32
+    expires = datetime.fromisoformat(welcome["expire_time"])  # the token's expiry, RFC 3339
+    assert (
+        datetime.now(UTC) + timedelta(minutes=50)
+        < expires
+        < datetime.now(UTC) + timedelta(minutes=70)
+    )
     other = await join(dial, bridge, tenant, "alice")
     assert other.welcome["connection_id"] != welcome["connection_id"]
 
@@ -362,9 +84,10 @@ async def test_the_token_may_come_in_the_first_frame(
     welcome = await client.expect(lambda f: True)
     assert welcome["type"] == "welcome" and welcome["user_id"] == "bob"
     assert (await client.call("ping"))["type"] == "pong"
-    # Once authenticated, another auth frame is a mistake, not a new login.
+    # Once authenticated, another auth frame renews the token (the same user's only).
     error = await client.error("auth", token="x")
-    assert error["code"] == "bad_frame" and "already authenticated" in error["message"]
+    assert error["code"] == "invalid_argument" and "malformed client token" in error["message"]
+    assert (await client.call("ping"))["type"] == "pong"
 
 
 @pytest.mark.parametrize(
@@ -954,6 +677,31 @@ async def test_bad_frames_get_an_error_and_the_connection_stays_open(
         assert words in error["message"]
     assert (await alice.call("ping"))["type"] == "pong"
     await alice.ok("subscribe", channel_id=channel)
+    await still_delivering(bridge, tenant, dial, channel)
+
+
+async def test_numbers_past_64_bits_lone_surrogates_and_deep_nesting_keep_the_connection(
+    bridge: Bridge, tenant: Tenant, dial: Dial
+) -> None:
+    """Each would fail further in (a protobuf field, a UTF-8 encoder, the JSON parser's
+    recursion): the bridge answers ``bad_frame`` and nothing is sent or closed (no 1011)."""
+    channel = await tenant.public()
+    alice = await join(dial, bridge, tenant, "alice")
+    await alice.ok("subscribe", channel_id=channel)
+    at = f'"channel_id":"{channel}"'
+    nasty = [
+        f'{{"type":"read","id":"r",{at},"seq":{2**64}}}',
+        f'{{"type":"send","id":"s",{at},"content":"\\ud800"}}',
+        f'{{"type":"react","id":"e",{at},"message_id":"m","emoji":"\\udfff"}}',
+        '{"type":"ping","id":"\\ud800"}',
+        '{"type":"ping","x":' + "[" * 20_000 + "]" * 20_000 + "}",  # within 64 KiB
+    ]
+    for text in nasty:
+        await alice.send(text)
+        error = await alice.expect(lambda f: f["type"] == "error")
+        assert error["code"] == "bad_frame", error
+    assert (await alice.call("ping"))["type"] == "pong"
+    assert await tenant.messages(channel) == []
     await still_delivering(bridge, tenant, dial, channel)
 
 

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
 from gateway_bridge.bridge import protocol as p
@@ -182,6 +184,99 @@ def test_json_that_is_not_an_object_is_a_bad_frame(text: str) -> None:
     error = refused(text)
     assert error.code is ErrorCode.BAD_FRAME and error.frame_id is None
     assert "JSON object" in error.message
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (frame("read", channel_id=CHANNEL, seq=2**64), "from 0 to 9223372036854775807"),
+        (frame("subscribe", channel_id=CHANNEL, since_seq=2**63), "from 0 to"),
+        ('{"type":"read","channel_id":"x","seq":NaN}', "whole number"),
+        ('{"type":"send","channel_id":"\\ud800","content":"x"}', "lone surrogate"),
+        ('{"type":"send","channel_id":"a","content":"\\udc00x"}', "lone surrogate"),
+        ('{"type":"ping","id":"\\ud83d"}', '"id" must be'),
+        ('{"type":"ping","id":true}', '"id" must be'),
+        ('{"type":"ping","id":1e999}', '"id" must be'),
+        ('{"type":"ping","id":' + str(2**64) + "}", '"id" must be'),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"type":"ping","x":' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    ],
+    ids=[
+        "seq-2**64",
+        "since_seq-2**63",
+        "NaN",
+        "surrogate-field",
+        "surrogate-content",
+        "surrogate-id",
+        "bool-id",
+        "infinite-id",
+        "huge-id",
+        "deep-array",
+        "deep-unknown-field",
+    ],
+)
+def test_out_of_range_numbers_lone_surrogates_and_deep_nesting_are_bad_frames(
+    text: str, says: str
+) -> None:
+    error = refused(text)
+    assert error.code is ErrorCode.BAD_FRAME and says in error.message, error.message
+
+
+#: Text of any kind, lone surrogates included (JSON's \\ud800 escapes make them).
+_text = st.text(alphabet=st.characters(categories=["L", "N", "P", "S", "Zs", "Cc", "Cs"]))
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | _text,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+#: Whole numbers at and past the edges of what a frame may carry.
+_numbers = st.integers(min_value=-(2**65), max_value=2**65) | st.sampled_from(
+    [0, 2**63 - 1, 2**63, 2**64, -1]
+)
+
+
+@st.composite
+def _frames(draw: st.DrawFn) -> str:
+    """Frames shaped like keel.v1's — a known type with its fields mostly of the right
+    kind, at and past their edges (lone surrogates, 64-bit overflow), or an unknown type
+    with any fields; any id — or any text at all."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(_text)
+    kind = draw(st.sampled_from(sorted(FRAME_FIELDS)) | st.text(max_size=8))
+    raw: dict[str, Any] = {"type": kind}
+    for name, spec in FRAME_FIELDS.get(kind, {}).items():
+        if draw(st.integers(0, 5)):  # mostly present, mostly of its kind
+            typed = _numbers if spec.startswith("int") else _text | st.just(CHANNEL)
+            raw[name] = draw(typed if draw(st.integers(0, 4)) else _json)
+    raw |= draw(st.dictionaries(st.text(max_size=6), _json, max_size=3))
+    if draw(st.booleans()):
+        raw["id"] = draw(_text | _numbers | _json)
+    return json.dumps(raw, ensure_ascii=draw(st.booleans()))
+
+
+@settings(max_examples=600, deadline=None)
+@given(_frames())
+def test_any_frame_becomes_a_command_or_a_bad_frame_never_another_error(text: str) -> None:
+    """What the bridge hands on from a frame can always be encoded: protobuf strings and
+    WebSocket text need valid UTF-8, seqs fit in 64 bits."""
+    try:
+        command = parse_frame(text)
+    except FrameError as error:
+        assert error.code in set(ErrorCode)
+        p.error_frame(error.code, error.message, error.frame_id).encode()  # can be sent back
+        return
+    assert command.type in FRAME_FIELDS
+    for value in [command.channel_id, *command.fields.values(), command.id]:
+        if isinstance(value, str):
+            value.encode()
+        elif isinstance(value, int):
+            assert -(2**63) <= value < 2**63
 
 
 def test_binary_frames_are_refused_even_when_they_hold_json() -> None:
