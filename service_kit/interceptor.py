@@ -3,9 +3,18 @@
 For each RPC of a Keel API it: takes or makes a request id (metadata
 ``x-request-id``, echoed back in trailing metadata and written into every log
 line), authenticates the caller according to the method's :class:`MethodPolicy`,
-applies the tenant's rate limit, maps errors to statuses (one place:
-:func:`service_kit.errors.to_rpc_status`), and records metrics and an access
-log line. Health and reflection pass through untouched.
+applies the tenant's rate limit, refuses bad requests (below), maps errors to
+statuses (one place: :func:`service_kit.errors.to_rpc_status`), and records
+metrics and an access log line. Health and reflection pass through untouched.
+
+No handler sees a request that is not well-formed protobuf or that breaks a
+bound its proto declares (:mod:`service_kit.bounds`): the method's request
+deserializer is wrapped so that neither ends as grpc's INTERNAL "Exception
+deserializing request!"; after authentication such a request is answered
+INVALID_ARGUMENT (with a BadRequest naming each field out of bounds). In a
+request stream, the first such message ends the call the same way, even if
+the handler swallowed the error. Page tokens made during a call are bound to
+its method and tenant (:data:`service_kit.validation.page_token_scope_var`).
 """
 
 from __future__ import annotations
@@ -16,12 +25,13 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_status import rpc_status
 
 from service_kit.auth import (
@@ -32,8 +42,10 @@ from service_kit.auth import (
     current_tenant_var,
     require_scope,
 )
+from service_kit.bounds import RequestBounds, refusal
 from service_kit.db import database_unavailable
 from service_kit.errors import (
+    InvalidArgument,
     KeelError,
     PermissionDenied,
     ResourceExhausted,
@@ -44,6 +56,7 @@ from service_kit.errors import (
 from service_kit.logs import request_id_var
 from service_kit.metrics import RPC_HANDLED, RPC_IN_FLIGHT, RPC_LATENCY, STREAM_DURATION
 from service_kit.ratelimit import RateLimiter
+from service_kit.validation import page_token_scope_var
 
 log = logging.getLogger("keel.rpc")
 
@@ -68,6 +81,60 @@ PEER = MethodPolicy("peer")
 def tenant_scope(scope: str) -> MethodPolicy:
     """A method a tenant may call when it holds ``scope`` (``chat:read``, ``upload:*`` …)."""
     return MethodPolicy("tenant", scope)
+
+
+#: What a client that sent bytes that are not a request of the method's type is told.
+MALFORMED_REQUEST = "the request is not a well-formed protobuf message of this method's type"
+
+
+class _Refused:
+    """What the guarded request deserializer yields instead of a request no handler may see."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: InvalidArgument) -> None:
+        self.error = error
+
+
+def _guarded(parse: Callable[[bytes], Any], bounds: RequestBounds | None) -> Callable[[bytes], Any]:
+    """``parse`` that never raises: malformed bytes, and a request out of its ``bounds``,
+    become a :class:`_Refused` (grpc would answer INTERNAL for an exception here)."""
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            request = parse(raw)
+        except Exception:  # DecodeError, or anything a parser raises on hostile input
+            return _Refused(InvalidArgument(MALFORMED_REQUEST))
+        if bounds is not None:
+            violations = bounds.violations(request)
+            if violations:
+                return _Refused(refusal(violations))
+        return request
+
+    return deserialize
+
+
+async def _checked(requests: AsyncIterator[Any], refused: list[InvalidArgument]) -> Any:
+    """The messages of a request stream, raising at the first refused one (and noting it
+    in ``refused``, so the call fails even if the handler swallows the error)."""
+    async for request in requests:
+        if type(request) is _Refused:
+            refused.append(request.error)
+            raise request.error
+        yield request
+
+
+def _request_bounds(methods: Iterable[str]) -> dict[str, RequestBounds]:
+    """The compiled bounds of each method's request type (``/pkg.Service/Method``)."""
+    pool = descriptor_pool.Default()
+    compiled: dict[str, RequestBounds] = {}
+    for method in methods:
+        try:
+            found = pool.FindMethodByName(method[1:].replace("/", "."))
+        except KeyError:  # not a generated method; its requests are still parsed safely
+            continue
+        compiled[method] = RequestBounds(found.input_type)
+    return compiled
 
 
 class _Rpc:
@@ -95,6 +162,7 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._rate_limiter = rate_limiter
         self._admin_token = admin_token
         self._peer_token = peer_token
+        self._bounds = _request_bounds(policies)
 
     async def intercept_service(
         self,
@@ -112,17 +180,32 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> grpc.RpcMethodHandler:
         service, _, name = method[1:].rpartition("/")
         rpc = self._rpc
+        parse = handler.request_deserializer
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _guarded(parse, self._bounds.get(method)) if parse else None,
             "response_serializer": handler.response_serializer,
         }
+        streamed = bool(handler.stream_unary or handler.stream_stream)
+
+        def admit(request: Any, refused: list[InvalidArgument]) -> Any:
+            """The request the handler gets; raises the refusal of a refused one."""
+            if streamed:
+                return _checked(request, refused)
+            if type(request) is _Refused:
+                raise request.error
+            return request
+
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
 
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 async with rpc(service, name, policy, context):
-                    result = inner(request, context)
-                    return await result if inspect.isawaitable(result) else result
+                    refused: list[InvalidArgument] = []
+                    result = inner(admit(request, refused), context)
+                    result = await result if inspect.isawaitable(result) else result
+                    if refused:
+                        raise refused[0]
+                    return result
 
             make = (
                 grpc.unary_unary_rpc_method_handler
@@ -135,12 +218,15 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with rpc(service, name, policy, context, streaming=True):
-                produced = inner_stream(request, context)
+                refused: list[InvalidArgument] = []
+                produced = inner_stream(admit(request, refused), context)
                 if inspect.isawaitable(produced):  # a handler that writes with context.write
                     await produced
-                    return
-                async for item in produced:
-                    yield item
+                else:
+                    async for item in produced:
+                        yield item
+                if refused:
+                    raise refused[0]
 
         make = (
             grpc.unary_stream_rpc_method_handler
@@ -162,13 +248,16 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
         request_id = _request_id(metadata)
         rid_token = request_id_var.set(request_id)
-        tenant_token = None
+        tenant_token = scope_token = None
         rpc = _Rpc()
         started = time.perf_counter()
         RPC_IN_FLIGHT.labels(service).inc()
         try:
             await self._authorize(policy, metadata, rpc)
             tenant_token = current_tenant_var.set(rpc.tenant)
+            scope_token = page_token_scope_var.set(
+                f"/{service}/{name}:{rpc.tenant.tenant_id if rpc.tenant else ''}"
+            )
             yield
             context.set_trailing_metadata((("x-request-id", request_id),))
         except KeelError as exc:
@@ -216,6 +305,8 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             # Each RPC runs in a task of its own; a stream closed by its client is finalized
             # in another context, where these tokens cannot be reset (and need not be).
             with contextlib.suppress(ValueError):
+                if scope_token is not None:
+                    page_token_scope_var.reset(scope_token)
                 if tenant_token is not None:
                     current_tenant_var.reset(tenant_token)
                 request_id_var.reset(rid_token)

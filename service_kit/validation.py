@@ -2,6 +2,13 @@
 
 A servicer collects every problem of a request in :class:`Violations` and
 raises them together, so the caller sees all bad fields at once.
+
+A page token is opaque to clients: base64 of JSON holding a position (strings and
+64-bit integers only) and a fingerprint of the query it pages, of the RPC method and
+of the calling tenant (:data:`page_token_scope_var`, set by the interceptor for each
+call). Whatever a client sends back, decoding either yields a position of that shape
+or raises INVALID_ARGUMENT naming ``page_token``: a token of another list, method or
+tenant, or bytes that are no token at all, never reach a query.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -21,6 +29,13 @@ T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+
+#: What a page token made in this context is bound to besides its query: the RPC method
+#: and the calling tenant (the interceptor sets it; empty outside an RPC).
+page_token_scope_var: ContextVar[str] = ContextVar("keel_page_token_scope", default="")
+
+_INT64 = range(-(2**63), 2**63)
+_NOT_A_TOKEN = "is not a token this API returned"
 
 
 class Violations:
@@ -90,28 +105,43 @@ def encode_page_token(position: list[Any], *, query: str) -> str:
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
 
 
-def decode_page_token(token: str, *, query: str) -> list[Any] | None:
-    """The position in ``token`` (None for an empty token).
+def decode_page_token(token: str, *, query: str) -> list[str | int] | None:
+    """The position in ``token`` (None for an empty token): a list of strings and 64-bit
+    integers, as :func:`encode_page_token` wrote it.
 
-    Raises INVALID_ARGUMENT for a malformed token or one made for another query.
+    Raises INVALID_ARGUMENT naming ``page_token`` for anything that is not such a token,
+    and for a token made for another query, method or tenant.
     """
     if not token:
         return None
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        payload = json.loads(raw)
+        payload = json.loads(raw, parse_constant=_no_constant)
         position, fingerprint = payload["p"], payload["q"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
-        raise InvalidArgument.for_field("page_token", "is not a token this API returned") from None
-    if fingerprint != _fingerprint(query) or not isinstance(position, list):
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError):
+        raise InvalidArgument.for_field("page_token", _NOT_A_TOKEN) from None
+    if not (isinstance(position, list) and all(map(_is_position_part, position))):
+        raise InvalidArgument.for_field("page_token", _NOT_A_TOKEN)
+    if fingerprint != _fingerprint(query):
         raise InvalidArgument.for_field(
             "page_token", "was returned for a different request; start again without it"
         )
     return position
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _is_position_part(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, str) or (isinstance(value, int) and value in _INT64)
+
+
 def _fingerprint(query: str) -> str:
-    return hashlib.sha256(query.encode()).hexdigest()[:16]
+    scoped = f"{page_token_scope_var.get()}\n{query}"
+    return hashlib.sha256(scoped.encode()).hexdigest()[:16]
 
 
 def encode_time_position(time: datetime, key: str, *, query: str) -> str:
@@ -125,9 +155,22 @@ def decode_time_position(token: str, *, query: str) -> tuple[datetime, str] | No
     if position is None:
         return None
     try:
-        return datetime.fromisoformat(position[0]), str(position[1])
-    except (ValueError, IndexError, TypeError):
-        raise InvalidArgument.for_field("page_token", "is not a token this API returned") from None
+        time, key = position
+        return datetime.fromisoformat(str(time)), str(key)
+    except (ValueError, TypeError):
+        raise InvalidArgument.for_field("page_token", _NOT_A_TOKEN) from None
+
+
+def decode_seq_position(token: str, *, query: str) -> int | None:
+    """The seq a page token written as ``encode_page_token([seq], ...)`` holds (None for
+    no token); INVALID_ARGUMENT naming ``page_token`` unless it is one non-negative int."""
+    position = decode_page_token(token, query=query)
+    if position is None:
+        return None
+    match position:
+        case [int(seq)] if seq >= 0:
+            return seq
+    raise InvalidArgument.for_field("page_token", _NOT_A_TOKEN)
 
 
 def time_page(

@@ -132,6 +132,8 @@ class ConnectHub:
                 await asyncio.wait(list(stream.commands.values()))
         except asyncio.CancelledError:
             raise
+        except KeelError:
+            pass  # a refused request (the kit's checks): the call ends with its status
         except Exception:
             log.exception("connect stream reader failed")
         stream.send(END)

@@ -30,7 +30,7 @@ from service_kit.auth import TenantId, current_tenant
 from service_kit.protobuf import dict_of, timestamp
 from service_kit.validation import (
     Violations,
-    decode_page_token,
+    decode_seq_position,
     decode_time_position,
     encode_page_token,
     page_size,
@@ -256,10 +256,10 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
             f"messages:{request.channel_id}:{newest_first}:{request.before_seq}:"
             f"{request.after_seq}:{request.reply_to}"
         )
-        position = decode_page_token(request.page_token, query=fingerprint)
+        last_seq = decode_seq_position(request.page_token, query=fingerprint)
         before, after, offset = request.before_seq, request.after_seq, request.offset
-        if position is not None:
-            last_seq, offset = int(position[0]), 0
+        if last_seq is not None:
+            offset = 0
             if newest_first:
                 before = last_seq
             else:

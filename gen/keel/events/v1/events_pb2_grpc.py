@@ -224,7 +224,12 @@ class EventServiceServicer:
         """SubscribeEvents streams the tenant's events, oldest first, from a cursor
         onwards and then live, until the caller cancels. To resume without loss
         after a disconnection, call again with the last `cursor` received. A
-        cursor older than the stored event log answers OUT_OF_RANGE.
+        cursor older than the stored event log answers OUT_OF_RANGE. The response
+        headers arrive as soon as the stream is accepted. A tenant may hold a
+        limited number of streams per gateway (RESOURCE_EXHAUSTED past it); a
+        stream that falls too far behind ends with RESOURCE_EXHAUSTED (resume from
+        its last cursor), and one whose tenant's credentials change or lose
+        `chat:read` ends with UNAUTHENTICATED or PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -97,7 +97,12 @@ class EventServiceStub:
     """SubscribeEvents streams the tenant's events, oldest first, from a cursor
     onwards and then live, until the caller cancels. To resume without loss
     after a disconnection, call again with the last `cursor` received. A
-    cursor older than the stored event log answers OUT_OF_RANGE.
+    cursor older than the stored event log answers OUT_OF_RANGE. The response
+    headers arrive as soon as the stream is accepted. A tenant may hold a
+    limited number of streams per gateway (RESOURCE_EXHAUSTED past it); a
+    stream that falls too far behind ends with RESOURCE_EXHAUSTED (resume from
+    its last cursor), and one whose tenant's credentials change or lose
+    `chat:read` ends with UNAUTHENTICATED or PERMISSION_DENIED.
     """
 
 @_typing.type_check_only
@@ -169,7 +174,12 @@ class EventServiceAsyncStub(EventServiceStub):
     """SubscribeEvents streams the tenant's events, oldest first, from a cursor
     onwards and then live, until the caller cancels. To resume without loss
     after a disconnection, call again with the last `cursor` received. A
-    cursor older than the stored event log answers OUT_OF_RANGE.
+    cursor older than the stored event log answers OUT_OF_RANGE. The response
+    headers arrive as soon as the stream is accepted. A tenant may hold a
+    limited number of streams per gateway (RESOURCE_EXHAUSTED past it); a
+    stream that falls too far behind ends with RESOURCE_EXHAUSTED (resume from
+    its last cursor), and one whose tenant's credentials change or lose
+    `chat:read` ends with UNAUTHENTICATED or PERMISSION_DENIED.
     """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -304,7 +314,12 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         """SubscribeEvents streams the tenant's events, oldest first, from a cursor
         onwards and then live, until the caller cancels. To resume without loss
         after a disconnection, call again with the last `cursor` received. A
-        cursor older than the stored event log answers OUT_OF_RANGE.
+        cursor older than the stored event log answers OUT_OF_RANGE. The response
+        headers arrive as soon as the stream is accepted. A tenant may hold a
+        limited number of streams per gateway (RESOURCE_EXHAUSTED past it); a
+        stream that falls too far behind ends with RESOURCE_EXHAUSTED (resume from
+        its last cursor), and one whose tenant's credentials change or lose
+        `chat:read` ends with UNAUTHENTICATED or PERMISSION_DENIED.
         """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,13 +3,24 @@ import datetime
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from keel.api.v1 import field_bounds_pb2 as _field_bounds_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class TenantDeletionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TENANT_DELETION_STATE_UNSPECIFIED: _ClassVar[TenantDeletionState]
+    TENANT_DELETION_STATE_DELETING: _ClassVar[TenantDeletionState]
+    TENANT_DELETION_STATE_PURGED: _ClassVar[TenantDeletionState]
+TENANT_DELETION_STATE_UNSPECIFIED: TenantDeletionState
+TENANT_DELETION_STATE_DELETING: TenantDeletionState
+TENANT_DELETION_STATE_PURGED: TenantDeletionState
 
 class RateLimits(_message.Message):
     __slots__ = ("requests_per_second", "burst")
@@ -126,8 +137,47 @@ class DeleteTenantRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class DeleteTenantResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("deletion",)
+    DELETION_FIELD_NUMBER: _ClassVar[int]
+    deletion: TenantDeletion
+    def __init__(self, deletion: _Optional[_Union[TenantDeletion, _Mapping]] = ...) -> None: ...
+
+class TenantDeletion(_message.Message):
+    __slots__ = ("tenant_id", "name", "state", "purged_rows", "start_time", "update_time", "finish_time")
+    class PurgedRowsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PURGED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    FINISH_TIME_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    name: str
+    state: TenantDeletionState
+    purged_rows: _containers.ScalarMap[str, int]
+    start_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    finish_time: _timestamp_pb2.Timestamp
+    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[TenantDeletionState, str]] = ..., purged_rows: _Optional[_Mapping[str, int]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finish_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetTenantDeletionRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class GetTenantDeletionResponse(_message.Message):
+    __slots__ = ("deletion",)
+    DELETION_FIELD_NUMBER: _ClassVar[int]
+    deletion: TenantDeletion
+    def __init__(self, deletion: _Optional[_Union[TenantDeletion, _Mapping]] = ...) -> None: ...
 
 class ValidateCredentialsRequest(_message.Message):
     __slots__ = ("client_id", "client_secret")

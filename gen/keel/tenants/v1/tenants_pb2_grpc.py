@@ -72,6 +72,11 @@ class TenantServiceStub:
                 request_serializer=keel_dot_tenants_dot_v1_dot_tenants__pb2.DeleteTenantRequest.SerializeToString,
                 response_deserializer=keel_dot_tenants_dot_v1_dot_tenants__pb2.DeleteTenantResponse.FromString,
                 _registered_method=True)
+        self.GetTenantDeletion = channel.unary_unary(
+                '/keel.tenants.v1.TenantService/GetTenantDeletion',
+                request_serializer=keel_dot_tenants_dot_v1_dot_tenants__pb2.GetTenantDeletionRequest.SerializeToString,
+                response_deserializer=keel_dot_tenants_dot_v1_dot_tenants__pb2.GetTenantDeletionResponse.FromString,
+                _registered_method=True)
         self.ValidateCredentials = channel.unary_unary(
                 '/keel.tenants.v1.TenantService/ValidateCredentials',
                 request_serializer=keel_dot_tenants_dot_v1_dot_tenants__pb2.ValidateCredentialsRequest.SerializeToString,
@@ -92,7 +97,8 @@ class TenantServiceServicer:
 
     def CreateTenant(self, request, context):
         """CreateTenant registers a tenant and returns it with its client secret.
-        The secret is shown only in this response; Keel keeps only a slow hash.
+        The secret is shown only in this response; Keel keeps only a hash of it
+        (a slow one for a chosen secret).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,7 +134,19 @@ class TenantServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTenant(self, request, context):
-        """DeleteTenant removes a tenant; its credentials stop working at once.
+        """DeleteTenant deletes a tenant. At once its credentials stop working, its
+        open connections are closed, GetTenant and ListTenants no longer show it,
+        and its name and client id are free for a new tenant; then a background
+        job purges every row of its data. GetTenantDeletion follows the purge.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTenantDeletion(self, request, context):
+        """GetTenantDeletion reports the deletion of a tenant: whether its data is
+        still being purged, how many rows of each table are gone, and when the
+        deletion started and finished. The record is kept after the purge.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +193,11 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     servicer.DeleteTenant,
                     request_deserializer=keel_dot_tenants_dot_v1_dot_tenants__pb2.DeleteTenantRequest.FromString,
                     response_serializer=keel_dot_tenants_dot_v1_dot_tenants__pb2.DeleteTenantResponse.SerializeToString,
+            ),
+            'GetTenantDeletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenantDeletion,
+                    request_deserializer=keel_dot_tenants_dot_v1_dot_tenants__pb2.GetTenantDeletionRequest.FromString,
+                    response_serializer=keel_dot_tenants_dot_v1_dot_tenants__pb2.GetTenantDeletionResponse.SerializeToString,
             ),
             'ValidateCredentials': grpc.unary_unary_rpc_method_handler(
                     servicer.ValidateCredentials,
@@ -352,6 +375,33 @@ class TenantService:
             '/keel.tenants.v1.TenantService/DeleteTenant',
             keel_dot_tenants_dot_v1_dot_tenants__pb2.DeleteTenantRequest.SerializeToString,
             keel_dot_tenants_dot_v1_dot_tenants__pb2.DeleteTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenantDeletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.tenants.v1.TenantService/GetTenantDeletion',
+            keel_dot_tenants_dot_v1_dot_tenants__pb2.GetTenantDeletionRequest.SerializeToString,
+            keel_dot_tenants_dot_v1_dot_tenants__pb2.GetTenantDeletionResponse.FromString,
             options,
             channel_credentials,
             insecure,

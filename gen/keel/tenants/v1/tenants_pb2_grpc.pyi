@@ -43,7 +43,8 @@ class TenantServiceStub:
     def __new__(cls, channel: _aio.Channel) -> TenantServiceAsyncStub: ...
     CreateTenant: _grpc.UnaryUnaryMultiCallable[_tenants_pb2.CreateTenantRequest, _tenants_pb2.CreateTenantResponse]
     """CreateTenant registers a tenant and returns it with its client secret.
-    The secret is shown only in this response; Keel keeps only a slow hash.
+    The secret is shown only in this response; Keel keeps only a hash of it
+    (a slow one for a chosen secret).
     """
     GetTenant: _grpc.UnaryUnaryMultiCallable[_tenants_pb2.GetTenantRequest, _tenants_pb2.GetTenantResponse]
     """GetTenant returns one tenant by its id."""
@@ -56,7 +57,16 @@ class TenantServiceStub:
     working at once. The new secret is shown only in this response.
     """
     DeleteTenant: _grpc.UnaryUnaryMultiCallable[_tenants_pb2.DeleteTenantRequest, _tenants_pb2.DeleteTenantResponse]
-    """DeleteTenant removes a tenant; its credentials stop working at once."""
+    """DeleteTenant deletes a tenant. At once its credentials stop working, its
+    open connections are closed, GetTenant and ListTenants no longer show it,
+    and its name and client id are free for a new tenant; then a background
+    job purges every row of its data. GetTenantDeletion follows the purge.
+    """
+    GetTenantDeletion: _grpc.UnaryUnaryMultiCallable[_tenants_pb2.GetTenantDeletionRequest, _tenants_pb2.GetTenantDeletionResponse]
+    """GetTenantDeletion reports the deletion of a tenant: whether its data is
+    still being purged, how many rows of each table are gone, and when the
+    deletion started and finished. The record is kept after the purge.
+    """
     ValidateCredentials: _grpc.UnaryUnaryMultiCallable[_tenants_pb2.ValidateCredentialsRequest, _tenants_pb2.ValidateCredentialsResponse]
     """ValidateCredentials checks a client id and secret and returns what the
     tenant may do. It answers UNAUTHENTICATED for wrong credentials and
@@ -78,7 +88,8 @@ class TenantServiceAsyncStub(TenantServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateTenant: _aio.UnaryUnaryMultiCallable[_tenants_pb2.CreateTenantRequest, _tenants_pb2.CreateTenantResponse]  # type: ignore[assignment]
     """CreateTenant registers a tenant and returns it with its client secret.
-    The secret is shown only in this response; Keel keeps only a slow hash.
+    The secret is shown only in this response; Keel keeps only a hash of it
+    (a slow one for a chosen secret).
     """
     GetTenant: _aio.UnaryUnaryMultiCallable[_tenants_pb2.GetTenantRequest, _tenants_pb2.GetTenantResponse]  # type: ignore[assignment]
     """GetTenant returns one tenant by its id."""
@@ -91,7 +102,16 @@ class TenantServiceAsyncStub(TenantServiceStub):
     working at once. The new secret is shown only in this response.
     """
     DeleteTenant: _aio.UnaryUnaryMultiCallable[_tenants_pb2.DeleteTenantRequest, _tenants_pb2.DeleteTenantResponse]  # type: ignore[assignment]
-    """DeleteTenant removes a tenant; its credentials stop working at once."""
+    """DeleteTenant deletes a tenant. At once its credentials stop working, its
+    open connections are closed, GetTenant and ListTenants no longer show it,
+    and its name and client id are free for a new tenant; then a background
+    job purges every row of its data. GetTenantDeletion follows the purge.
+    """
+    GetTenantDeletion: _aio.UnaryUnaryMultiCallable[_tenants_pb2.GetTenantDeletionRequest, _tenants_pb2.GetTenantDeletionResponse]  # type: ignore[assignment]
+    """GetTenantDeletion reports the deletion of a tenant: whether its data is
+    still being purged, how many rows of each table are gone, and when the
+    deletion started and finished. The record is kept after the purge.
+    """
     ValidateCredentials: _aio.UnaryUnaryMultiCallable[_tenants_pb2.ValidateCredentialsRequest, _tenants_pb2.ValidateCredentialsResponse]  # type: ignore[assignment]
     """ValidateCredentials checks a client id and secret and returns what the
     tenant may do. It answers UNAUTHENTICATED for wrong credentials and
@@ -116,7 +136,8 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tenants_pb2.CreateTenantResponse, _abc.Awaitable[_tenants_pb2.CreateTenantResponse]]:
         """CreateTenant registers a tenant and returns it with its client secret.
-        The secret is shown only in this response; Keel keeps only a slow hash.
+        The secret is shown only in this response; Keel keeps only a hash of it
+        (a slow one for a chosen secret).
         """
 
     @_abc_1.abstractmethod
@@ -159,7 +180,22 @@ class TenantServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tenants_pb2.DeleteTenantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tenants_pb2.DeleteTenantResponse, _abc.Awaitable[_tenants_pb2.DeleteTenantResponse]]:
-        """DeleteTenant removes a tenant; its credentials stop working at once."""
+        """DeleteTenant deletes a tenant. At once its credentials stop working, its
+        open connections are closed, GetTenant and ListTenants no longer show it,
+        and its name and client id are free for a new tenant; then a background
+        job purges every row of its data. GetTenantDeletion follows the purge.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTenantDeletion(
+        self,
+        request: _tenants_pb2.GetTenantDeletionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tenants_pb2.GetTenantDeletionResponse, _abc.Awaitable[_tenants_pb2.GetTenantDeletionResponse]]:
+        """GetTenantDeletion reports the deletion of a tenant: whether its data is
+        still being purged, how many rows of each table are gone, and when the
+        deletion started and finished. The record is kept after the purge.
+        """
 
     @_abc_1.abstractmethod
     def ValidateCredentials(
