@@ -4,27 +4,50 @@ and the query helpers every store uses (one row or NotFound, claiming rows, keys
 One schema (:mod:`service_kit.schema`) serves SQLite (aiosqlite, the embedded
 default) and PostgreSQL (asyncpg). Alembic migrations in
 ``service_kit/migrations`` create and change it; :func:`migrate` applies them,
-holding a lock so several processes starting together migrate once.
+holding a lock so several processes starting together migrate once, and reports
+which it applied; :func:`create_database` makes a missing PostgreSQL database.
+
+Invariants:
+
+- A transaction cancelled mid-statement (a client deadline, a dropped call) rolls
+  back and releases its connection at once; on SQLite its write lock never outlives
+  it (see ``_abandon_sqlite_transaction``).
+- Pooled PostgreSQL connections are pinged when taken, so connections a server restart
+  killed are replaced instead of failing a call.
+- :func:`database_unavailable` is the one place that tells an outage (answered
+  UNAVAILABLE with a retry delay) from a bug; :func:`check` and :func:`describe_problem`
+  say in an operator's words why the database cannot be used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+import socket
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVarTuple
 
+import aiosqlite
+import asyncpg
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Executable, Insert, Row, Select, Table, and_, event, or_, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, RowMapping, make_url
+from sqlalchemy.engine import URL, Connection, RowMapping, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+from sqlalchemy.util import await_
+from sqlalchemy.util.concurrency import in_greenlet
 
 from service_kit.errors import Unavailable
 
@@ -38,6 +61,25 @@ _MIGRATION_LOCK_KEY = 0x6B65656C
 _WRITE_OPTION = "keel_write"
 # OperationalError texts that mean "try again" (lost connection, lock, timeout), not a bug.
 _TRANSIENT = ("locked", "connect", "closed", "terminat", "timeout", "timed out", "shutdown")
+# SQLSTATE prefixes of a server that cannot serve a connection right now: connection
+# exceptions (08…), admin or crash shutdown and "cannot connect now" (starting up,
+# shutting down: 57P01-03), too many connections (53300).
+_SQLSTATES_UNAVAILABLE = ("08", "57P01", "57P02", "57P03", "53300")
+_SQLSTATES_AUTHENTICATION = ("28000", "28P01")
+_SQLSTATE_MISSING_DATABASE = "3D000"
+_SQLSTATE_DUPLICATE_DATABASE = "42P04"
+_SQLSTATE_INSUFFICIENT_PRIVILEGE = "42501"
+_CONNECT_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ETIMEDOUT,
+        errno.EPIPE,
+    }
+)
 
 
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -72,6 +114,11 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
             immediate = conn.get_execution_options().get(_WRITE_OPTION)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
+        @event.listens_for(engine.sync_engine, "invalidate")
+        def _sqlite_invalidate(dbapi_connection, _record, _reason):  # type: ignore[no-untyped-def]
+            if in_greenlet():  # else the garbage collector is closing it: nothing waits
+                await_(asyncio.shield(_abandon_sqlite_transaction(dbapi_connection)))
+
         return engine
     return create_async_engine(
         url,
@@ -80,6 +127,24 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_pre_ping=True,
         hide_parameters=True,  # never log message contents or secret hashes
     )
+
+
+async def _abandon_sqlite_transaction(dbapi_connection: Any) -> None:
+    """Stop the statement running on an invalidated SQLite connection and roll back its
+    transaction, so its locks are released now.
+
+    SQLAlchemy invalidates a connection whose task is cancelled mid-statement (a client
+    deadline, a dropped call, a stopping loop) and closes it; but SQLite only defers the
+    close of a connection whose statement is still open (the cancelled cursor holds it),
+    so without this the write lock stays held until the garbage collector finalizes that
+    cursor, and every other writer waits out the busy timeout and fails.
+    """
+    connection: aiosqlite.Connection = dbapi_connection.driver_connection
+    try:
+        await connection.interrupt()  # thread-safe: the statement fails at once
+        await connection.rollback()  # queued behind it on the connection's thread
+    except (sqlite3.Error, ValueError) as exc:  # ValueError: already closed
+        log.debug("rolling back an invalidated SQLite connection failed", exc_info=exc)
 
 
 @asynccontextmanager
@@ -155,13 +220,130 @@ def keyset_page(
 
 async def ping(engine: AsyncEngine, *, within: float = 2.0) -> bool:
     """True when the database answers ``SELECT 1`` within ``within`` seconds."""
+    return await check(engine, within=within) is None
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseProblem:
+    """Why the database cannot be used right now, in words an operator can act on.
+
+    ``reason`` is what went wrong (the server's own message when it sent one: ``database
+    "keel" does not exist``, ``password authentication failed for user "keel"``, or
+    ``connection refused``); ``hint`` what to do about it, or ``""``. ``missing_database``
+    is set when the server answered that the database does not exist (``keel migrate``
+    creates it)."""
+
+    reason: str
+    hint: str = ""
+    missing_database: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.reason} ({self.hint})" if self.hint else self.reason
+
+
+async def check(engine: AsyncEngine, *, within: float = 2.0) -> DatabaseProblem | None:
+    """None when the database answers ``SELECT 1`` within ``within`` seconds; else why not."""
     try:
         async with asyncio.timeout(within):
             async with engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-        return True
-    except (SQLAlchemyError, OSError, TimeoutError):
+        return None
+    except TimeoutError:
+        return DatabaseProblem(f"no answer within {within:g} s")
+    except (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return describe_problem(exc, engine.url)
+
+
+def describe_problem(exc: BaseException, url: URL) -> DatabaseProblem:
+    """What ``exc``, raised while connecting to ``url``, says about the database."""
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    for error in _causes(exc):
+        state = getattr(error, "sqlstate", None)
+        if state == _SQLSTATE_MISSING_DATABASE:
+            return DatabaseProblem(
+                f'database "{url.database}" does not exist',
+                "run `keel migrate`: it creates the database and its schema",
+                missing_database=True,
+            )
+        if state in _SQLSTATES_AUTHENTICATION:
+            return DatabaseProblem(
+                _first_line(error), "check the user and password in DATABASE_URL"
+            )
+        if isinstance(error, socket.gaierror):
+            return DatabaseProblem(f"cannot resolve the host {url.host!r}", "check DATABASE_URL")
+        if isinstance(error, ConnectionRefusedError) or "connect call failed" in str(error).lower():
+            return DatabaseProblem(
+                f"connection refused at {where}", "is PostgreSQL running and listening there?"
+            )
+        if state is not None or isinstance(error, sqlite3.Error | OSError):
+            return DatabaseProblem(_first_line(error))
+    return DatabaseProblem(_first_line(exc))
+
+
+def _first_line(error: BaseException) -> str:
+    orig = getattr(error, "orig", None)
+    text_ = str(orig if orig is not None else error).strip() or type(error).__name__
+    return text_.splitlines()[0][:300]
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it wraps (SQLAlchemy's ``orig``, then ``__cause__``), in turn."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+
+
+async def create_database(database_url: str) -> bool:
+    """Create the PostgreSQL database ``database_url`` (normalized by the config, as for
+    :func:`create_engine`) names, if it does not exist yet.
+
+    Connects to the server's maintenance database (``postgres``, else ``template1``) as
+    the same user. Returns True when it created the database, False when there was
+    nothing to do (SQLite creates its file itself; another process may have been first).
+    Raises ``RuntimeError`` saying exactly what to run when the user may not create it.
+    """
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql" or not url.database:
         return False
+    problem: BaseException | None = None
+    for maintenance in ("postgres", "template1"):
+        admin = create_async_engine(
+            url.set(database=maintenance), isolation_level="AUTOCOMMIT", poolclass=NullPool
+        )
+        try:
+            async with admin.connect() as conn:
+                quoted = conn.dialect.identifier_preparer.quote(url.database)
+                await conn.execute(text(f"CREATE DATABASE {quoted}"))
+            return True
+        except DBAPIError as exc:
+            state = getattr(exc.orig, "sqlstate", None)
+            if state == _SQLSTATE_DUPLICATE_DATABASE:
+                return False
+            if state == _SQLSTATE_INSUFFICIENT_PRIVILEGE:
+                raise RuntimeError(_cannot_create(url)) from exc
+            if state != _SQLSTATE_MISSING_DATABASE:
+                raise RuntimeError(
+                    f'cannot create the database "{url.database}": {_first_line(exc)}'
+                ) from exc
+            problem = exc
+        finally:
+            await admin.dispose()
+    raise RuntimeError(_cannot_create(url)) from problem
+
+
+def _cannot_create(url: URL) -> str:
+    owner = url.username or "postgres"
+    statement = f'CREATE DATABASE "{url.database}" OWNER "{owner}"'
+    return (
+        f'the database "{url.database}" does not exist and user "{owner}" may not create it;'
+        " ask a PostgreSQL administrator to run"
+        f" `psql -h {url.host or 'localhost'} -p {url.port or 5432} -U postgres -c '{statement}'`,"
+        " then `keel migrate` again"
+    )
 
 
 def _alembic_config(connection: Connection) -> Config:
@@ -171,18 +353,31 @@ def _alembic_config(connection: Connection) -> Config:
     return config
 
 
-def _upgrade(connection: Connection) -> None:
+def _upgrade(connection: Connection) -> list[str]:
     if connection.dialect.name == "postgresql":
         # Held until this transaction ends, whether the migration commits or fails.
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-    command.upgrade(_alembic_config(connection), "head")
+    config = _alembic_config(connection)
+    before = MigrationContext.configure(connection).get_current_revision()
+    command.upgrade(config, "head")
+    scripts = ScriptDirectory.from_config(config)
+    applied = scripts.iterate_revisions(scripts.get_current_head(), before)
+    return [f"{script.revision} {script.doc}" for script in reversed(list(applied))]
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest migration (a no-op when it is already there)."""
+async def migrate(engine: AsyncEngine) -> list[str]:
+    """Bring the schema to the newest migration (a no-op when it is already there).
+
+    Returns the migrations it applied, oldest first, each as ``"<revision> <title>"``
+    (``"0002 the event log, and idempotent channel creation"``); empty when none was due.
+    """
     async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
-    log.info("database schema is up to date", extra={"database": engine.url.render_as_string()})
+        applied = await conn.run_sync(_upgrade)
+    log.info(
+        "database schema is up to date",
+        extra={"database": engine.url.render_as_string(), "applied": applied},
+    )
+    return applied
 
 
 def as_utc(value: datetime) -> datetime:
@@ -191,12 +386,33 @@ def as_utc(value: datetime) -> datetime:
 
 
 def database_unavailable(exc: BaseException) -> Unavailable | None:
-    """The :class:`Unavailable` error for a failure that means "the database cannot be
-    reached (or is locked) right now", so callers retry; None for any other failure."""
-    lost = isinstance(exc, DBAPIError) and exc.connection_invalidated
-    transient = isinstance(exc, OperationalError) and any(
-        word in str(exc.orig).lower() for word in _TRANSIENT
-    )
-    if lost or transient or isinstance(exc, InterfaceError | PoolTimeout | ConnectionError):
+    """The :class:`Unavailable` error (with a one-second retry delay) for a failure that
+    means "the database cannot be reached, or is locked, right now", so callers retry;
+    None for any other failure.
+
+    This is the one place that decides it, for both databases: a lost or refused
+    connection (SQLAlchemy's invalidated connections, asyncpg's
+    ``ConnectionDoesNotExistError`` and ``InterfaceError``, ``OSError`` from connecting),
+    a server starting up, shutting down or out of connections (``CannotConnectNowError``,
+    ``AdminShutdownError``, ``TooManyConnectionsError``: SQLSTATE class 08, 57P01-03,
+    53300), a pool timeout, and SQLite's "database is locked".
+    """
+    if any(_is_unavailable(error) for error in _causes(exc)):
         return Unavailable("the database is unavailable right now; retry shortly", retry_after=1.0)
     return None
+
+
+def _is_unavailable(error: BaseException) -> bool:
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, OperationalError):
+        return any(word in str(error.orig).lower() for word in _TRANSIENT)
+    state = getattr(error, "sqlstate", None)
+    if isinstance(state, str) and state.startswith(_SQLSTATES_UNAVAILABLE):
+        return True
+    if isinstance(error, OSError):
+        # Not every OSError (a file the file service cannot read is a bug, not an outage).
+        return isinstance(error, ConnectionError | TimeoutError | socket.gaierror) or (
+            error.errno in _CONNECT_ERRNOS or "connect" in str(error).lower()
+        )
+    return isinstance(error, InterfaceError | PoolTimeout | asyncpg.InterfaceError)

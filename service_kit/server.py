@@ -1,11 +1,17 @@
 """The one server bootstrap every Keel process uses.
 
 :func:`open_runtime` builds what a process shares (database engine with its
-migrations applied, bus, rate limiter); each service package turns it into a
-:class:`ServiceSpec`; :class:`KeelServer` serves the specs on one grpc.aio port
-with health (a status per service), reflection, the interceptor, ``/metrics``,
-and a graceful stop: health turns NOT_SERVING, new RPCs are refused, in-flight
-ones get ``grace`` seconds to finish.
+migrations applied, bus, rate limiter), waiting a bounded time for the database and
+Redis and saying why in every ``waiting for …`` line; each service package turns it
+into a :class:`ServiceSpec`; :class:`KeelServer` serves the specs on one grpc.aio port
+with health, reflection (:mod:`service_kit.reflection`), the interceptor, ``/metrics``,
+and a graceful stop: health turns NOT_SERVING, new RPCs are refused, in-flight ones get
+``grace`` seconds to finish.
+
+Health invariants: a service is SERVING only while it can answer its calls — never a
+service whose methods all answer UNIMPLEMENTED (:func:`unimplemented_spec`: always
+NOT_SERVING), never one that needs the unreachable database; the process's own status
+(``""``) is SERVING when every implemented service is. ``Health/List`` reports them all.
 """
 
 from __future__ import annotations
@@ -16,13 +22,18 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    RedisError,
+)
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service_kit import db
@@ -32,6 +43,7 @@ from service_kit.config import Settings
 from service_kit.interceptor import KeelInterceptor, MethodPolicy
 from service_kit.metrics import SERVICE_SERVING, MetricsEndpoint, serve_metrics
 from service_kit.ratelimit import InMemoryRateLimiter, RateLimiter, RedisRateLimiter
+from service_kit.reflection import enable_reflection
 
 log = logging.getLogger("keel.server")
 
@@ -61,19 +73,17 @@ class Runtime:
 async def open_runtime(settings: Settings, *, wait_for_database: float = 30.0) -> Runtime:
     """Connect to the database (waiting up to ``wait_for_database`` s), migrate, build the bus.
 
-    Raises ``RuntimeError`` with a readable message when the database stays unreachable.
+    Raises ``RuntimeError`` with a one-line message saying what is wrong (the database
+    does not exist, refused the connection or the credentials; the migration failed) when
+    the database stays unusable.
     """
     engine = db.create_engine(settings.database_url)
     deadline = asyncio.get_running_loop().time() + wait_for_database
-    while not await db.ping(engine):
-        if asyncio.get_running_loop().time() > deadline:
-            await engine.dispose()
-            raise RuntimeError(
-                f"cannot reach the database at {engine.url.render_as_string()} (check DATABASE_URL)"
-            )
-        log.warning("waiting for the database", extra={"database": engine.url.render_as_string()})
-        await asyncio.sleep(1.0)
-    await db.migrate(engine)
+    try:
+        await prepare_database(engine, deadline)
+    except BaseException:
+        await engine.dispose()
+        raise
     try:
         bus, redis = await open_bus(
             settings, wait=max(0.0, deadline - asyncio.get_running_loop().time())
@@ -85,6 +95,35 @@ async def open_runtime(settings: Settings, *, wait_for_database: float = 30.0) -
     return Runtime(settings, engine, bus, limiter, redis)
 
 
+async def prepare_database(engine: AsyncEngine, deadline: float) -> list[str]:
+    """Wait for the database (:func:`wait_for_database_at`), then migrate it; returns the
+    migrations applied (:func:`service_kit.db.migrate`). Raises ``RuntimeError`` with one
+    line saying what is wrong when the database stays unusable or a migration fails."""
+    await wait_for_database_at(engine, deadline)
+    try:
+        return await db.migrate(engine)
+    except SQLAlchemyError as exc:
+        problem = db.describe_problem(exc, engine.url)
+        raise RuntimeError(
+            f"cannot migrate the database at {engine.url.render_as_string()}: {problem}"
+        ) from exc
+
+
+async def wait_for_database_at(engine: AsyncEngine, deadline: float) -> None:
+    """Return once the database answers; until the loop's clock passes ``deadline``, log
+    ``waiting for the database`` every second with the reason. Then raise ``RuntimeError``
+    with that reason (and, for a database that does not exist, how to create it)."""
+    url = engine.url.render_as_string()
+    while (problem := await db.check(engine)) is not None:
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"cannot use the database at {url} (DATABASE_URL): {problem}")
+        log.warning(
+            f"waiting for the database: {problem}",
+            extra={"database": url, "reason": problem.reason},
+        )
+        await asyncio.sleep(1.0)
+
+
 async def open_bus(settings: Settings, *, wait: float = 30.0) -> tuple[EventBus, Redis | None]:
     """The bus: Redis pub/sub when ``REDIS_URL`` is set (waiting up to ``wait`` s for it),
     else in-process. Raises ``RuntimeError`` naming REDIS_URL when Redis stays unreachable."""
@@ -92,23 +131,44 @@ async def open_bus(settings: Settings, *, wait: float = 30.0) -> tuple[EventBus,
         return InProcessEventBus(), None
     redis = Redis.from_url(settings.redis_url)
     try:
-        await _wait_for_redis(redis, asyncio.get_running_loop().time() + wait)
+        await _wait_for_redis(
+            redis, _without_password(settings.redis_url), asyncio.get_running_loop().time() + wait
+        )
     except RuntimeError:
         await redis.aclose()
         raise
     return RedisEventBus(redis), redis
 
 
-async def _wait_for_redis(redis: Redis, deadline: float) -> None:
+async def _wait_for_redis(redis: Redis, where: str, deadline: float) -> None:
     while True:
         try:
             await redis.ping()
             return
         except (RedisError, OSError) as exc:
+            reason = _redis_problem(exc)
             if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"cannot reach Redis (check REDIS_URL): {exc}") from exc
-        log.warning("waiting for Redis")
+                raise RuntimeError(f"cannot reach Redis at {where} (REDIS_URL): {reason}") from exc
+        log.warning(f"waiting for Redis: {reason}", extra={"redis": where, "reason": reason})
         await asyncio.sleep(1.0)
+
+
+def _redis_problem(exc: BaseException) -> str:
+    """Why Redis did not answer, in words an operator can act on."""
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError):
+        return f"authentication failed: {text} (check the password in REDIS_URL)"
+    if "refused" in text.lower() or "connect call failed" in text.lower():
+        return "connection refused (is Redis running and listening there?)"
+    return text
+
+
+def _without_password(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
 
 @dataclass(frozen=True)
@@ -117,7 +177,8 @@ class ServiceSpec:
 
     ``policies`` gives the :class:`MethodPolicy` of methods by short name; the
     others get ``default_policy``. ``uses_database`` services report
-    NOT_SERVING while the database is unreachable.
+    NOT_SERVING while the database is unreachable; services not ``implemented``
+    (registered so the API is visible, every method UNIMPLEMENTED) always.
     """
 
     name: str
@@ -125,6 +186,7 @@ class ServiceSpec:
     default_policy: MethodPolicy
     policies: Mapping[str, MethodPolicy] = field(default_factory=dict)
     uses_database: bool = True
+    implemented: bool = True
     #: Run before the server accepts calls (start background work) and after it stopped.
     on_start: Callable[[], Awaitable[None]] | None = None
     on_stop: Callable[[], Awaitable[None]] | None = None
@@ -154,7 +216,7 @@ class KeelServer:
     ) -> None:
         self._runtime = runtime
         self._specs = list(specs)
-        self._health = health.aio.HealthServicer()
+        self._health = KeelHealth()
         self._health_interval = health_interval
         self._monitor: asyncio.Task[None] | None = None
         self._metrics: MetricsEndpoint | None = None
@@ -193,9 +255,7 @@ class KeelServer:
             spec.register(self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [spec.name for spec in self._specs]
-        reflection.enable_server_reflection(
-            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
-        )
+        enable_reflection([*names, health.SERVICE_NAME], self._server)
         try:
             self.port = self._server.add_insecure_port(str(settings.grpc_addr))
         except RuntimeError as exc:
@@ -228,8 +288,8 @@ class KeelServer:
         database_up = await db.ping(self._runtime.engine)
         everything_up = True
         for spec in self._specs:
-            up = database_up or not spec.uses_database
-            everything_up &= up
+            up = spec.implemented and (database_up or not spec.uses_database)
+            everything_up &= up or not spec.implemented
             await self._health.set(spec.name, SERVING if up else NOT_SERVING)
             SERVICE_SERVING.labels(spec.name).set(1 if up else 0)
         await self._health.set("", SERVING if everything_up else NOT_SERVING)
@@ -268,14 +328,49 @@ def unimplemented_spec(
     """A spec serving a generated servicer base class: every method answers UNIMPLEMENTED.
 
     Registers an API whose implementation has not landed yet, so reflection
-    shows it and its authentication policies already apply.
+    shows it and its authentication policies already apply; its health is
+    NOT_SERVING (a probe for it must not pass), and the process's own status
+    does not count it.
     """
     return ServiceSpec(
         name=name,
         register=lambda server: add_to_server(servicer_class(), server),
         default_policy=default_policy,
         policies=policies or {},
+        implemented=False,
     )
+
+
+class KeelHealth(health.aio.HealthServicer):  # type: ignore[misc]
+    """grpcio's health servicer plus ``Health/List`` (which it leaves UNIMPLEMENTED):
+    every service's status, the process's own (``""``) included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._statuses: dict[str, health_pb2.HealthCheckResponse.ServingStatus] = {"": SERVING}
+        self._shut_down = False
+
+    async def set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        if not self._shut_down:
+            self._statuses[service] = status
+        await super().set(service, status)
+
+    async def enter_graceful_shutdown(self) -> None:
+        self._shut_down = True
+        await super().enter_graceful_shutdown()
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        """A snapshot of every status (all NOT_SERVING once shutting down)."""
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(
+                    status=NOT_SERVING if self._shut_down else status
+                )
+                for name, status in self._statuses.items()
+            }
+        )
 
 
 async def wait_for_stop_signal() -> None:

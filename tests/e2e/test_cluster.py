@@ -2,30 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from keel.channels.v1 import channels_pb2, channels_pb2_grpc
 from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 
-from tests.conftest import ADMIN_TOKEN, free_port, unique
+from service_kit.db import MIGRATIONS_DIR
+from tests.conftest import ADMIN_TOKEN, PG_ADMIN_URL, free_port, unique
 from tests.e2e.conftest import (
     KEEL,
+    START_TIMEOUT,
     KeelProcess,
     PgCluster,
     bearer,
     client_metadata,
+    cluster_env,
     fetch_metrics,
+    fresh_addrs,
     grpcurl,
     health_status,
+    keel_cli,
+    launch_keel,
     metric_samples,
+    start_keel,
     status_code,
 )
 
@@ -34,6 +43,21 @@ pytestmark = pytest.mark.e2e
 TENANTS = "keel.tenants.v1.TenantService"
 CHANNELS = "keel.channels.v1.ChannelService"
 EVENTS = "keel.events.v1.EventService"
+MIGRATIONS = MIGRATIONS_DIR / "versions"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def as_operator(statement: str) -> None:
+    """Run one statement as the operator on the test session's PostgreSQL server."""
+
+    async def run() -> None:
+        connection = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
 
 
 @dataclass
@@ -192,3 +216,108 @@ def test_gateway_health_reports_its_services_serving(cluster: Cluster) -> None:
     with pytest.raises(grpc.RpcError) as unknown:
         health_status(cluster.gateway.addr, TENANTS)
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- `keel migrate` and the database a process waits for --------------------------------------
+
+
+@pytest.fixture
+def fresh_database_url(pg_url: str) -> Iterator[str]:
+    """The URL of a PostgreSQL database that does not exist yet (dropped afterwards)."""
+    name = f"keel_fresh_{uuid.uuid4().hex[:8]}"
+    yield f"{pg_url.rsplit('/', 1)[0]}/{name}"
+    as_operator(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_keel_migrate_creates_the_database_and_says_what_it_applied(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    env = cluster_env(fresh_database_url, tmp_path / "var") | fresh_addrs()
+    migrations = sorted(p.stem.split("_", 1)[0] for p in MIGRATIONS.glob("[0-9]*.py"))
+
+    first = keel_cli("migrate", env=env)
+
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    name = fresh_database_url.rsplit("/", 1)[1]
+    assert lines[0] == f'created the database "{name}"'
+    assert [line.split()[1] for line in lines[1:-1]] == migrations
+    assert all(line.startswith("applied ") for line in lines[1:-1])
+    assert lines[-1].startswith("database schema is up to date")
+
+    again = keel_cli("migrate", env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == [lines[-1]]
+
+    tenant_service = start_keel("tenant-service", env, tmp_path / "logs")
+    try:
+        assert health_status(tenant_service.addr) == SERVING
+    finally:
+        tenant_service.stop()
+
+
+def test_a_process_whose_database_does_not_exist_says_so_and_starts_once_it_is_migrated(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    env = cluster_env(fresh_database_url, tmp_path / "var") | fresh_addrs()
+    name = fresh_database_url.rsplit("/", 1)[1]
+    waiting = launch_keel("tenant-service", env, tmp_path / "logs")
+    try:
+        output = waiting.wait_for_output(
+            "waiting for the database", stream="stderr", timeout=START_TIMEOUT
+        )
+        line = next(
+            record["message"]
+            for record in waiting.log_records()
+            if record["message"].startswith("waiting for the database")
+        )
+        assert f'database "{name}" does not exist' in line, output
+        assert "keel migrate" in line, output
+
+        assert keel_cli("migrate", env=env).returncode == 0
+
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                if health_status(waiting.addr, timeout=1.0) == SERVING:
+                    break
+            except grpc.RpcError:
+                pass
+            if waiting.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"not SERVING after `keel migrate`: {waiting.describe()}")
+            time.sleep(0.1)
+    finally:
+        waiting.stop()
+
+
+def test_keel_migrate_without_a_database_server_exits_with_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    env = cluster_env(f"postgresql://postgres@127.0.0.1:{port}/keel", tmp_path / "var")
+
+    result = keel_cli("migrate", env=env)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("keel: cannot use the database at"), result.stderr
+    assert f"connection refused at 127.0.0.1:{port}" in last
+    waiting = [line for line in result.stderr.splitlines() if "waiting for the database" in line]
+    assert waiting and all("connection refused" in line for line in waiting), result.stderr
+
+
+def test_keel_migrate_that_may_not_create_the_database_says_what_to_run(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    role = f"keel_nocreate_{uuid.uuid4().hex[:6]}"
+    name = fresh_database_url.rsplit("/", 1)[1]
+    url = fresh_database_url.replace("://postgres@", f"://{role}@")
+    as_operator(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        result = keel_cli("migrate", env=cluster_env(url, tmp_path / "var"))
+    finally:
+        as_operator(f'DROP ROLE "{role}"')
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f'CREATE DATABASE "{name}" OWNER "{role}"' in result.stderr

@@ -11,13 +11,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from keel.channels.v1 import channels_pb2, channels_pb2_grpc
+from keel.events.v1 import events_pb2
+from keel.files.v1 import files_pb2
+from keel.notifications.v1 import notifications_pb2
 from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from tests.conftest import unique
 from tests.e2e.conftest import (
@@ -160,7 +166,7 @@ def test_tenant_created_with_the_cli_validates_over_grpc(serve_all: KeelProcess)
 
     assert result.returncode == 0, result.stdout + result.stderr
     answer = json.loads(result.stdout)
-    assert answer["tenant_id"] == tenant["tenant_id"]
+    assert answer["tenant_id"] == tenant["id"]
     assert answer["name"] == name
     assert answer["permissions"] == ["chat:read"]
 
@@ -366,9 +372,13 @@ def test_sigterm_lets_in_flight_calls_finish_and_exits_cleanly(
     names = [unique("drain") for _ in range(6)]
 
     with stubs(keel.addr) as api:
+        # A chosen secret is hashed slowly (scrypt at cost 17): the calls are still in
+        # flight when SIGTERM comes.
         calls = [
             api.tenants.CreateTenant.future(
-                tenants_pb2.CreateTenantRequest(tenant=tenants_pb2.Tenant(name=name)),
+                tenants_pb2.CreateTenantRequest(
+                    tenant=tenants_pb2.Tenant(name=name), client_secret=f"chosen-{name}"
+                ),
                 metadata=admin,
                 timeout=60,
             )
@@ -485,3 +495,146 @@ def test_rotated_secret_stops_working_at_once(serve_all: KeelProcess) -> None:
 
         assert get_channel(old_secret) == grpc.StatusCode.UNAUTHENTICATED
         assert get_channel(rotated.client_secret) == grpc.StatusCode.NOT_FOUND
+
+
+# -- reflection and health as grpcurl sees them ------------------------------------------------
+
+#: Every Keel API, by the file that defines it.
+KEEL_SERVICES = {
+    TENANTS: tenants_pb2.DESCRIPTOR,
+    CHANNELS: channels_pb2.DESCRIPTOR,
+    "keel.events.v1.EventService": events_pb2.DESCRIPTOR,
+    "keel.notifications.v1.NotificationService": notifications_pb2.DESCRIPTOR,
+    "keel.files.v1.FileService": files_pb2.DESCRIPTOR,
+}
+
+
+def test_grpcurl_describes_every_method_over_reflection(serve_all: KeelProcess) -> None:
+    listed = grpcurl("-plaintext", serve_all.addr, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert {
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= set(listed.stdout.split())
+    for symbol, shown in [
+        (f"{CHANNELS}.SendMessage", "rpc SendMessage ( .keel.channels.v1.SendMessageRequest )"),
+        ("grpc.health.v1.Health.Check", "rpc Check ( .grpc.health.v1.HealthCheckRequest )"),
+        ("grpc.health.v1.Health.List", "rpc List ( .grpc.health.v1.HealthListRequest )"),
+    ]:
+        described = grpcurl("-plaintext", serve_all.addr, "describe", symbol)
+        assert described.returncode == 0, described.stderr
+        assert f"{symbol} is a method" in described.stdout
+        assert shown in described.stdout
+
+
+def first_unary_method(service: str) -> str:
+    methods = KEEL_SERVICES[service].services_by_name[service.rsplit(".", 1)[1]].methods
+    return next(m.name for m in methods if not m.client_streaming and not m.server_streaming)
+
+
+def test_health_serves_a_service_only_when_it_does_not_answer_unimplemented(
+    serve_all: KeelProcess,
+) -> None:
+    demo = json.loads((serve_all.data_dir / "demo-tenant.json").read_text())
+    creds = client_metadata(demo["client_id"], demo["client_secret"])
+    listed = grpcurl_call(serve_all.addr, "grpc.health.v1.Health/List")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    statuses = {name: s["status"] for name, s in json.loads(listed.stdout)["statuses"].items()}
+    assert set(statuses) == {"", *KEEL_SERVICES}
+    assert statuses[""] == "SERVING"
+    with grpc.insecure_channel(serve_all.addr) as channel:
+        for service in KEEL_SERVICES:
+            call = channel.unary_unary(
+                f"/{service}/{first_unary_method(service)}",
+                request_serializer=lambda request: b"",
+                response_deserializer=lambda response: response,
+            )
+            code = status_code(partial(call, b"", metadata=creds, timeout=10))
+            expected = "NOT_SERVING" if code == grpc.StatusCode.UNIMPLEMENTED else "SERVING"
+            assert statuses[service] == expected, (service, code)
+            check = {"service": service}
+            checked = grpcurl_call(serve_all.addr, "grpc.health.v1.Health/Check", check)
+            assert json.loads(checked.stdout) == {"status": expected}
+    assert "Traceback" not in serve_all.stderr()
+
+
+# -- nothing secret in the logs, at any level -------------------------------------------------
+
+
+async def test_no_secret_or_token_reaches_the_logs_even_at_debug(
+    keel_env: dict[str, str], keel_server: Callable[..., KeelProcess]
+) -> None:
+    keel = keel_server(
+        "all", embedded_env(keel_env, KEEL_LOG_LEVEL="DEBUG"), wait_for_stdout="Keel is running"
+    )
+    demo = json.loads((keel.data_dir / "demo-tenant.json").read_text())
+    created = create_tenant(keel, permissions=["chat:*"])
+    creds = client_metadata(created.tenant.client_id, created.client_secret)
+    canary = f"frame-content-{uuid.uuid4().hex}"
+    with stubs(keel.addr) as api:
+        channel = api.channels.CreateChannel(
+            channels_pb2.CreateChannelRequest(name=unique("logs"), created_by="alice"),
+            metadata=creds,
+            timeout=30,
+        ).channel
+        tokens = [
+            api.channels.IssueClientToken(
+                channels_pb2.IssueClientTokenRequest(user_id="alice"), metadata=creds, timeout=30
+            ).token
+            for _ in range(2)
+        ]
+        # The other way to send credentials, and a refused secret.
+        bearer_creds = bearer(f"{created.tenant.client_id}:{created.client_secret}")
+        api.channels.GetChannel(
+            channels_pb2.GetChannelRequest(id=channel.id), metadata=bearer_creds, timeout=10
+        )
+        wrong = client_metadata(created.tenant.client_id, "ks_" + "w" * 43)
+        refused = partial(
+            api.channels.GetChannel, get_channel_request(), metadata=wrong, timeout=10
+        )
+        assert status_code(refused) == grpc.StatusCode.UNAUTHENTICATED
+
+    ws = f"ws://{keel.env['KEEL_WS_ADDR']}/ws"
+    async with connect(f"{ws}?token={tokens[0]}", subprotocols=[Subprotocol("keel.v1")]) as alice:
+        assert json.loads(await alice.recv())["type"] == "welcome"
+        await alice.send(json.dumps({"type": "subscribe", "id": "s", "channel_id": channel.id}))
+        assert json.loads(await alice.recv())["type"] == "ack"
+        await alice.send(
+            json.dumps({"type": "send", "id": "m", "channel_id": channel.id, "content": canary})
+        )
+        assert {json.loads(await alice.recv())["type"] for _ in range(2)} == {"ack", "event"}
+    async with connect(ws, subprotocols=[Subprotocol("keel.v1")]) as by_frame:
+        await by_frame.send(json.dumps({"type": "auth", "token": tokens[1]}))
+        assert json.loads(await by_frame.recv())["type"] == "welcome"
+
+    with stubs(keel.addr) as api:
+        rotated = api.tenants.RotateSecret(
+            tenants_pb2.RotateSecretRequest(id=created.tenant.id),
+            metadata=bearer(admin_token(keel)),
+            timeout=30,
+        )
+    assert keel.stop() == 0
+
+    secrets = {
+        "client secret": created.client_secret,
+        "rotated secret": rotated.client_secret,
+        "demo secret": demo["client_secret"],
+        "operator token": admin_token(keel),
+        "token secret": (keel.data_dir / "token-secret").read_text().strip(),
+        "frame content": canary,
+        "frame content's end": canary[-16:],  # websockets shortens long frames in the middle
+    }
+    for number, token in enumerate(tokens):
+        secrets[f"client token {number}"] = token
+        secrets[f"client token {number}'s signature"] = token.rsplit(".", 1)[1]
+    lines = keel.stderr().splitlines()
+    records = keel.log_records()
+    assert len(records) == len(lines)  # every line is JSON
+    assert any(r["level"] == "debug" and r["logger"] == "keel.rpc" for r in records)
+    leaks = [(what, line) for line in lines for what, value in secrets.items() if value in line]
+    assert not leaks, leaks
+    bridge = [r for r in records if r["logger"].startswith("websockets")]
+    opened = [r for r in bridge if r["message"] == "connection open"]
+    assert len(opened) == 2, bridge
+    assert all(r["path"] == "/ws" and r["peer"].startswith("127.0.0.1:") for r in opened)
+    assert not [line for line in lines if "object at 0x" in line]

@@ -7,21 +7,24 @@ import contextlib
 import io
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from keel.channels.v1 import channels_pb2_grpc
 from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 
 from service_kit.interceptor import PUBLIC
 from service_kit.logs import JsonFormatter, request_id_var
-from service_kit.server import KeelServer, ServiceSpec, open_runtime
+from service_kit.server import KeelHealth, KeelServer, ServiceSpec, open_runtime, unimplemented_spec
 from tenant_service import server as tenant_server
-from tests.conftest import ADMIN_TOKEN, settings_for
+from tests.conftest import ADMIN_TOKEN, free_port, settings_for
 
 
 class BrokenTenants(tenants_pb2_grpc.TenantServiceServicer):
@@ -34,9 +37,10 @@ class BrokenTenants(tenants_pb2_grpc.TenantServiceServicer):
 
 
 def broken_spec() -> ServiceSpec:
+    servicer = BrokenTenants()  # type: ignore[abstract]
     return ServiceSpec(
         name="keel.tenants.v1.TenantService",
-        register=lambda s: tenants_pb2_grpc.add_TenantServiceServicer_to_server(BrokenTenants(), s),
+        register=lambda s: tenants_pb2_grpc.add_TenantServiceServicer_to_server(servicer, s),
         default_policy=PUBLIC,
     )
 
@@ -254,3 +258,183 @@ def test_ports_in_use_give_a_readable_error(sqlite_url: str, tmp_path: Path) -> 
 
     message = asyncio.run(scenario())
     assert "KEEL_GRPC_ADDR" in message
+
+
+# -- health of services that are not implemented, Health/List -----------------------------
+
+
+def unimplemented_tenants() -> ServiceSpec:
+    return unimplemented_spec(
+        "keel.tenants.v1.TenantService",
+        tenants_pb2_grpc.add_TenantServiceServicer_to_server,
+        tenants_pb2_grpc.TenantServiceServicer,
+        PUBLIC,
+    )
+
+
+def channels_spec() -> ServiceSpec:
+    """A working (if empty) service beside the unimplemented one."""
+    servicer = channels_pb2_grpc.ChannelServiceServicer()  # type: ignore[abstract]
+    return ServiceSpec(
+        name="keel.channels.v1.ChannelService",
+        register=lambda s: channels_pb2_grpc.add_ChannelServiceServicer_to_server(servicer, s),
+        default_policy=PUBLIC,
+        uses_database=False,
+    )
+
+
+async def test_a_service_answering_unimplemented_is_not_serving(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    runtime = await open_runtime(settings_for(sqlite_url, tmp_path))
+    server = KeelServer(runtime, [unimplemented_tenants(), channels_spec()], authenticator=None)
+    await server.start()
+    serving, not_serving = (
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        assert await health_of(channel, "keel.tenants.v1.TenantService") == not_serving
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await tenants_pb2_grpc.TenantServiceStub(channel).GetTenant(
+                tenants_pb2.GetTenantRequest(id="x")
+            )
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        # The process serves what it implements.
+        assert await health_of(channel, "keel.channels.v1.ChannelService") == serving
+        assert await health_of(channel, "") == serving
+
+        listed = await health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest())
+        assert {name: s.status for name, s in listed.statuses.items()} == {
+            "": serving,
+            "keel.channels.v1.ChannelService": serving,
+            "keel.tenants.v1.TenantService": not_serving,
+        }
+        await server.stop(0.5)
+        # (the channel's connection is gone with the server: List was checked above)
+    await runtime.close()
+
+
+async def test_health_list_reports_not_serving_once_shutting_down(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    health = KeelHealth()
+    await health.set("keel.channels.v1.ChannelService", health_pb2.HealthCheckResponse.SERVING)
+    await health.enter_graceful_shutdown()
+    await health.set("keel.channels.v1.ChannelService", health_pb2.HealthCheckResponse.SERVING)
+    listed = await health.List(health_pb2.HealthListRequest(), None)
+    assert {s.status for s in listed.statuses.values()} == {
+        health_pb2.HealthCheckResponse.NOT_SERVING
+    }
+    assert set(listed.statuses) == {"", "keel.channels.v1.ChannelService"}
+
+
+# -- reflection: v1 and v1alpha, method symbols ----------------------------------------------
+
+REFLECTION_METHODS = {
+    "v1alpha": "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "v1": "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+}
+
+
+async def reflect(
+    channel: grpc.aio.Channel, version: str, request: reflection_pb2.ServerReflectionRequest
+) -> reflection_pb2.ServerReflectionResponse:
+    """One reflection request over ``version`` (the two share their wire format)."""
+    call = channel.stream_stream(
+        REFLECTION_METHODS[version],
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+
+    async def one() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        yield request
+
+    async for response in call(one()):
+        return response
+    raise AssertionError("no reflection response")
+
+
+def file_packages(response: reflection_pb2.ServerReflectionResponse) -> set[str]:
+    packages = set()
+    for raw in response.file_descriptor_response.file_descriptor_proto:
+        packages.add(descriptor_pb2.FileDescriptorProto.FromString(raw).package)
+    return packages
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+async def test_reflection_resolves_services_and_methods(
+    version: str, sqlite_url: str, tmp_path: Path
+) -> None:
+    runtime = await open_runtime(settings_for(sqlite_url, tmp_path))
+    server = KeelServer(runtime, [broken_spec()], authenticator=None)
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        listed = await reflect(
+            channel, version, reflection_pb2.ServerReflectionRequest(list_services="")
+        )
+        assert {s.name for s in listed.list_services_response.service} == {
+            "keel.tenants.v1.TenantService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        }
+        for symbol, package in [
+            ("keel.tenants.v1.TenantService.GetTenant", "keel.tenants.v1"),
+            ("keel.tenants.v1.TenantService", "keel.tenants.v1"),
+            ("grpc.health.v1.Health.Check", "grpc.health.v1"),
+            ("grpc.health.v1.Health.List", "grpc.health.v1"),
+            ("grpc.reflection.v1.ServerReflection.ServerReflectionInfo", "grpc.reflection.v1"),
+            ("grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1alpha"),
+        ]:
+            found = await reflect(
+                channel,
+                version,
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol),
+            )
+            assert not found.HasField("error_response"), (symbol, found.error_response)
+            assert package in file_packages(found), symbol
+        for unknown in ("keel.tenants.v1.TenantService.NoSuchMethod", "no.such.Service.Method"):
+            missing = await reflect(
+                channel,
+                version,
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol=unknown),
+            )
+            assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+    await server.stop(0)
+    await runtime.close()
+
+
+# -- waiting for the database and Redis, saying why ------------------------------------------
+
+
+async def test_waiting_for_a_database_that_does_not_exist_says_so_and_how_to_fix_it(
+    pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = f"{pg_url.rsplit('/', 1)[0]}/keel_missing_{uuid.uuid4().hex[:8]}"
+    with caplog.at_level(logging.WARNING, "keel.server"), pytest.raises(RuntimeError) as caught:
+        await open_runtime(settings_for(missing, tmp_path), wait_for_database=1.5)
+    message = str(caught.value)
+    assert "does not exist" in message and "keel migrate" in message, message
+    assert "\n" not in message
+    waiting = [r for r in caplog.records if r.getMessage().startswith("waiting for the database")]
+    assert waiting, caplog.text
+    assert all("does not exist" in r.getMessage() for r in waiting)
+    assert all("keel migrate" in r.getMessage() for r in waiting)
+
+
+async def test_waiting_for_redis_says_why(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    settings = settings_for(
+        sqlite_url, tmp_path, redis_url=f"redis://:hunter2hunter2@127.0.0.1:{port}/0"
+    )
+    with caplog.at_level(logging.WARNING, "keel.server"), pytest.raises(RuntimeError) as caught:
+        await open_runtime(settings, wait_for_database=1.5)
+    message = str(caught.value)
+    assert "REDIS_URL" in message and f"127.0.0.1:{port}" in message, message
+    assert "hunter2hunter2" not in message
+    waiting = [r for r in caplog.records if r.getMessage().startswith("waiting for Redis")]
+    assert waiting, caplog.text
+    assert all("refused" in r.getMessage().lower() for r in waiting), caplog.text

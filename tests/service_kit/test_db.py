@@ -1,0 +1,184 @@
+"""The database helpers: a cancelled SQLite writer lets go, outages are told apart from
+bugs, problems are named, and a missing PostgreSQL database is created."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service_kit.db import (
+    check,
+    create_database,
+    create_engine,
+    database_unavailable,
+    write_transaction,
+)
+from service_kit.errors import Unavailable
+from tests.conftest import PG_ADMIN_URL, free_port
+
+#: A statement that keeps SQLite busy for about a second.
+SLOW_QUERY = (
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000000)"
+    " SELECT count(*) FROM n"
+)
+
+
+def write_locked(path: Path) -> bool:
+    """Whether some connection holds the SQLite database's write lock right now."""
+    probe = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        probe.close()
+
+
+@pytest.fixture
+async def sqlite_engine(tmp_path: Path) -> AsyncIterator[tuple[AsyncEngine, Path]]:
+    path = tmp_path / "writers.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE notes (body TEXT NOT NULL)"))
+    yield engine, path
+    await engine.dispose()
+
+
+async def notes(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        return [row.body for row in await conn.execute(text("SELECT body FROM notes"))]
+
+
+async def test_a_writer_cancelled_mid_statement_rolls_back_and_the_next_writer_proceeds(
+    sqlite_engine: tuple[AsyncEngine, Path],
+) -> None:
+    engine, path = sqlite_engine
+
+    async def cancelled_writer() -> None:
+        async with write_transaction(engine) as conn:
+            await conn.execute(text("INSERT INTO notes VALUES ('cancelled')"))
+            await conn.execute(text(SLOW_QUERY))
+
+    task = asyncio.create_task(cancelled_writer())
+    async with asyncio.timeout(10):
+        while True:
+            if write_locked(path):
+                break
+            await asyncio.sleep(0.01)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    # Left holding the lock, this writer would wait out the 30 s busy timeout, then fail.
+    async with asyncio.timeout(10):
+        async with write_transaction(engine) as conn:
+            await conn.execute(text("INSERT INTO notes VALUES ('next')"))
+    assert await notes(engine) == ["next"]
+    assert not write_locked(path)
+
+
+def wrapped(orig: BaseException) -> DBAPIError:
+    """``orig`` as SQLAlchemy raises it from a statement."""
+    return DBAPIError("SELECT 1", None, orig)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        asyncpg.CannotConnectNowError("the database system is starting up"),
+        asyncpg.CannotConnectNowError("the database system is shutting down"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.TooManyConnectionsError("sorry, too many clients already"),
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        asyncpg.InterfaceError("connection is closed"),
+        wrapped(asyncpg.CannotConnectNowError("the database system is shutting down")),
+        wrapped(asyncpg.ConnectionDoesNotExistError("connection was closed")),
+        ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed ('127.0.0.1', 5432)"),
+        OSError("Multiple exceptions: [Errno 111] Connect call failed ('::1', 5432, 0, 0)"),
+        OSError(errno.EHOSTUNREACH, "No route to host"),
+        TimeoutError(),
+        OperationalError("INSERT", None, sqlite3.OperationalError("database is locked")),
+    ],
+    ids=repr,
+)
+def test_outages_are_unavailable_with_a_retry_delay(failure: BaseException) -> None:
+    mapped = database_unavailable(failure)
+    assert isinstance(mapped, Unavailable)
+    assert mapped.retry_after == 1.0
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        IntegrityError("INSERT", None, sqlite3.IntegrityError("UNIQUE constraint failed")),
+        wrapped(asyncpg.UniqueViolationError("duplicate key value")),
+        wrapped(asyncpg.InvalidCatalogNameError('database "keel" does not exist')),
+        FileNotFoundError(errno.ENOENT, "No such file or directory"),
+        PermissionError(errno.EACCES, "Permission denied"),
+        ValueError("a bug"),
+    ],
+    ids=repr,
+)
+def test_other_failures_are_not_called_outages(failure: BaseException) -> None:
+    assert database_unavailable(failure) is None
+
+
+async def test_check_names_what_is_wrong() -> None:
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    missing_name = f"keel_missing_{uuid.uuid4().hex[:8]}"
+    cases = {
+        f"{base}/{missing_name}": (f'database "{missing_name}" does not exist', "keel migrate"),
+        f"postgresql://nobody_{uuid.uuid4().hex[:6]}@127.0.0.1:5432/postgres": (
+            "does not exist",
+            "user and password in DATABASE_URL",
+        ),
+        f"postgresql://postgres@127.0.0.1:{free_port()}/keel": (
+            "connection refused at 127.0.0.1:",
+            "PostgreSQL running",
+        ),
+    }
+    for url, (reason, hint) in cases.items():
+        engine = create_engine(url.replace("postgresql://", "postgresql+asyncpg://"))
+        try:
+            problem = await check(engine)
+        finally:
+            await engine.dispose()
+        assert problem is not None, url
+        assert reason in problem.reason, problem
+        assert hint in problem.hint, problem
+        assert problem.missing_database == (missing_name in url)
+
+
+async def test_create_database_creates_a_missing_one_once() -> None:
+    name = f"keel_created_{uuid.uuid4().hex[:8]}"
+    url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}".replace("postgresql:", "postgresql+asyncpg:")
+    try:
+        assert await create_database(url) is True
+        assert await create_database(url) is False  # already there: nothing to do
+        engine = create_engine(url)
+        try:
+            assert await check(engine) is None
+        finally:
+            await engine.dispose()
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def test_create_database_leaves_sqlite_alone(tmp_path: Path) -> None:
+    assert await create_database(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}") is False
