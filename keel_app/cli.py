@@ -1,17 +1,26 @@
 """The ``keel`` command: serve a process, migrate the database, administer tenants.
 
     keel serve all | tenant-service | gateway | notification-service | file-service
-    keel migrate
+    keel migrate                (creates a missing PostgreSQL database; prints what it applied)
     keel tenants create NAME [--permission SCOPE]... [--client-id ID] [--rate-limit RPS]
-                             [--burst N] [--origin URL]...
+                             [--burst N] [--origin URL]... [--require-origin] [--metadata JSON]
+    keel tenants update TENANT_ID [--name NAME] [--permission SCOPE]... | [--no-permissions]
+                             [--origin URL]... | [--no-origins] [--[no-]require-origin]
+                             [--rate-limit RPS] [--burst N] [--metadata JSON]
+                             (only the fields given change)
     keel tenants list
     keel tenants get TENANT_ID
     keel tenants rotate-secret TENANT_ID
-    keel tenants delete TENANT_ID
+    keel tenants delete TENANT_ID     (prints the deletion record; the purge runs in the
+                                    tenant-service process)
+    keel tenants deletion TENANT_ID   (the purge's state and rows purged so far, by table)
     keel tenants seed FILE        (YAML or JSON list, like the seed's seedTenants())
 
 The tenant commands work on the database directly (``DATABASE_URL``); they
-print JSON. Exit codes: 0 success, 1 failure, 2 bad configuration or usage.
+print JSON. A tenant is printed as the gRPC API's JSON shows it (``grpcurl
+-emit-defaults`` of ``GetTenant``'s ``tenant``: proto field names, every field,
+RFC 3339 times in UTC), plus ``client_secret`` where a new secret is shown.
+Exit codes: 0 success, 1 failure, 2 bad configuration or usage.
 """
 
 from __future__ import annotations
@@ -22,19 +31,23 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 
 from keel_app.processes import PROCESSES, serve
 from service_kit.auth import TenantId
 from service_kit.config import ConfigError, Settings, load_settings
-from service_kit.db import create_engine, migrate
+from service_kit.db import check, create_database, create_engine
 from service_kit.errors import KeelError
 from service_kit.logs import configure_logging
-from service_kit.server import open_runtime
+from service_kit.server import open_runtime, prepare_database
 from tenant_service.server import build_directory
-from tenant_service.tenants import Tenant, TenantDirectory, tenant_from_seed
+from tenant_service.servicer import deletion_to_proto, tenant_to_proto
+from tenant_service.tenants import Tenant, TenantDeletion, TenantDirectory, tenant_from_seed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,11 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--rate-limit", type=int, default=0, metavar="RPS")
     create.add_argument("--burst", type=int, default=0)
     create.add_argument("--origin", action="append", default=[], metavar="URL")
+    create.add_argument("--require-origin", action=argparse.BooleanOptionalAction, default=False)
+    create.add_argument("--metadata", type=_json_object, default={}, metavar="JSON")
+    _add_update_parser(tenant_cmds)
     tenant_cmds.add_parser("list", help="list every tenant")
     for name, text in (
         ("get", "show one tenant"),
         ("rotate-secret", "replace a tenant's secret; prints the new one"),
-        ("delete", "delete a tenant"),
+        ("delete", "delete a tenant (its data is purged in the background)"),
+        ("deletion", "show how the deletion of a tenant goes: state, rows purged by table"),
     ):
         tenant_cmds.add_parser(name, help=text).add_argument("tenant_id")
     seed = tenant_cmds.add_parser("seed", help="create the tenants listed in a YAML/JSON file")
@@ -67,25 +84,128 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_update_parser(tenant_cmds: Any) -> None:
+    update = tenant_cmds.add_parser(
+        "update", help="change the fields given of a tenant; the others keep their values"
+    )
+    update.add_argument("tenant_id")
+    update.add_argument("--name")
+    scopes = update.add_mutually_exclusive_group()
+    scopes.add_argument(
+        "--permission", action="append", metavar="SCOPE", help="repeatable; replaces the list"
+    )
+    scopes.add_argument("--no-permissions", action="store_true", help="remove every scope")
+    origins = update.add_mutually_exclusive_group()
+    origins.add_argument(
+        "--origin", action="append", metavar="URL", help="repeatable; replaces the list"
+    )
+    origins.add_argument("--no-origins", action="store_true", help="remove every origin")
+    update.add_argument("--require-origin", action=argparse.BooleanOptionalAction)
+    update.add_argument("--rate-limit", type=int, metavar="RPS")
+    update.add_argument("--burst", type=int)
+    update.add_argument("--metadata", type=_json_object, metavar="JSON", help="replaces it")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """The ``--metadata`` argument: a JSON object (argparse reports a bad one as usage)."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    try:
+        value = json.loads(text, parse_constant=refuse)
+    except (ValueError, RecursionError) as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('must be a JSON object, like \'{"plan": "pro"}\'')
+    return value
+
+
+def update_request(args: argparse.Namespace) -> tuple[Tenant, list[str]]:
+    """The changes and the update mask that ``keel tenants update``'s options ask for."""
+    changes: dict[str, Any] = {}
+    mask: list[str] = []
+    for given, path, attribute, value in (
+        (args.name is not None, "name", "name", args.name),
+        (args.permission or args.no_permissions, "permissions", "permissions", args.permission),
+        (args.origin or args.no_origins, "allowed_origins", "allowed_origins", args.origin),
+        (args.require_origin is not None, "require_origin", "require_origin", args.require_origin),
+        (
+            args.rate_limit is not None,
+            "rate_limits.requests_per_second",
+            "rate_limit_rps",
+            args.rate_limit,
+        ),
+        (args.burst is not None, "rate_limits.burst", "rate_limit_burst", args.burst),
+        (args.metadata is not None, "metadata", "metadata", args.metadata),
+    ):
+        if given:
+            mask.append(path)
+            changes[attribute] = tuple(value or ()) if isinstance(value, list | None) else value
+    base: dict[str, Any] = {"id": TenantId(args.tenant_id), "name": "", "client_id": ""}
+    return Tenant(**(base | changes)), mask
+
+
+def proto_json(message: Message) -> dict[str, Any]:
+    """``message`` exactly as the gRPC API's JSON shows it (``grpcurl -emit-defaults``):
+    proto field names in declaration order, every field, map and Struct keys sorted,
+    RFC 3339 times in UTC, integral numbers without a fraction."""
+    shown = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return cast(dict[str, Any], _as_grpcurl_shows(cast(Descriptor, message.DESCRIPTOR), shown))
+
+
+_JSON_VALUES = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+
+
+def _as_grpcurl_shows(descriptor: Descriptor, shown: Any) -> Any:
+    if descriptor.full_name in _JSON_VALUES:
+        return _sorted_json(shown)
+    if not isinstance(shown, dict):  # a well-known type shown as a string (a Timestamp)
+        return shown
+    ordered: dict[str, Any] = {}
+    for field in descriptor.fields:
+        if field.name not in shown:
+            continue
+        value, kind = shown[field.name], field.message_type
+        if kind is not None and kind.GetOptions().map_entry:
+            entry = kind.fields_by_name["value"].message_type
+            value = {
+                key: _as_grpcurl_shows(entry, item) if entry else item
+                for key, item in sorted(value.items())
+            }
+        elif kind is not None and isinstance(value, list):
+            value = [_as_grpcurl_shows(kind, item) for item in value]
+        elif kind is not None:
+            value = _as_grpcurl_shows(kind, value)
+        ordered[field.name] = value
+    return ordered
+
+
+def _sorted_json(value: Any) -> Any:
+    # A Struct holds every number as a double; Go's JSON (grpcurl) prints 5.0 as 5.
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _sorted_json(item) for key, item in sorted(value.items())}
+    if isinstance(value, list):
+        return [_sorted_json(item) for item in value]
+    return value
+
+
 def tenant_json(tenant: Tenant, secret: str | None = None) -> dict[str, Any]:
-    """A tenant as the CLI prints it."""
-    out: dict[str, Any] = {
-        "tenant_id": tenant.id,
-        "name": tenant.name,
-        "client_id": tenant.client_id,
-        "permissions": list(tenant.permissions),
-        "rate_limits": {
-            "requests_per_second": tenant.rate_limit_rps,
-            "burst": tenant.rate_limit_burst,
-        },
-        "allowed_origins": list(tenant.allowed_origins),
-        "require_origin": tenant.require_origin,
-        "metadata": dict(tenant.metadata),
-        "create_time": tenant.create_time.isoformat(),
-    }
+    """A tenant as the CLI prints it: :func:`proto_json` of the API's ``Tenant``, plus the
+    ``client_secret`` when one is shown."""
+    out = proto_json(tenant_to_proto(tenant))
     if secret is not None:
         out["client_secret"] = secret
     return out
+
+
+def deletion_json(deletion: TenantDeletion) -> dict[str, Any]:
+    """A tenant's deletion as the CLI prints it: exactly as the gRPC API's JSON shows it."""
+    return proto_json(deletion_to_proto(deletion))
 
 
 async def _with_directory(
@@ -112,9 +232,16 @@ async def _tenants(args: argparse.Namespace, settings: Settings) -> Any:
                     rate_limit_rps=args.rate_limit,
                     rate_limit_burst=args.burst,
                     allowed_origins=tuple(args.origin),
+                    require_origin=args.require_origin,
+                    metadata=args.metadata,
                 )
             )
             return tenant_json(tenant, secret)
+        if command == "update":
+            changes, mask = update_request(args)
+            result = tenant_json(await directory.update(args.tenant_id, changes, mask))
+            _warn_without_shared_bus(settings)
+            return result
         if command == "list":
             found, after = [], None
             while page := await directory.list(limit=500, after=after):
@@ -128,9 +255,16 @@ async def _tenants(args: argparse.Namespace, settings: Settings) -> Any:
             _warn_without_shared_bus(settings)
             return result
         if command == "delete":
-            await directory.delete(args.tenant_id)
+            deletion = await directory.delete(args.tenant_id)
             _warn_without_shared_bus(settings)
-            return {"deleted": args.tenant_id}
+            print(
+                "note: a running `keel serve all` or `keel serve tenant-service` purges the"
+                f" tenant's data; follow it with `keel tenants deletion {deletion.tenant_id}`",
+                file=sys.stderr,
+            )
+            return deletion_json(deletion)
+        if command == "deletion":
+            return deletion_json(await directory.deletion(args.tenant_id))
         return await _seed(directory, args.file, args.file.read_text())
 
     return await _with_directory(settings, run)
@@ -174,6 +308,17 @@ async def _seed(directory: TenantDirectory, path: Path, text: str) -> list[dict[
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``keel`` command; returns the exit code."""
     args = _parser().parse_args(argv)
+    if (
+        args.command == "tenants"
+        and args.tenant_command == "update"
+        and not update_request(args)[1]
+    ):
+        print(
+            "keel tenants update: give at least one field to change"
+            " (see keel tenants update --help)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -185,8 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(serve(args.process, settings))
             return 0
         if args.command == "migrate":
-            asyncio.run(_migrate(settings))
-            print("database schema is up to date", file=sys.stderr)
+            print("\n".join(asyncio.run(_migrate(settings))))
             return 0
         result = asyncio.run(_tenants(args, settings))
     except ConfigError as exc:
@@ -202,12 +346,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _migrate(settings: Settings) -> None:
+async def _migrate(settings: Settings, *, wait: float = 10.0) -> list[str]:
+    """``keel migrate``: create the database when it does not exist (PostgreSQL), apply
+    the pending migrations; returns the report, one line per thing done."""
     engine = create_engine(settings.database_url)
+    report = []
     try:
-        await migrate(engine)
+        problem = await check(engine)
+        if problem is not None and problem.missing_database:
+            if await create_database(settings.database_url):
+                report.append(f'created the database "{engine.url.database}"')
+        deadline = asyncio.get_running_loop().time() + wait
+        report += [f"applied {migration}" for migration in await prepare_database(engine, deadline)]
     finally:
         await engine.dispose()
+    report.append(f"database schema is up to date at {engine.url.render_as_string()}")
+    return report
 
 
 if __name__ == "__main__":

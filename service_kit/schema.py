@@ -2,7 +2,9 @@
 
 Each table belongs to one service (named in its comment); only that service
 queries it. Every tenant-owned row carries ``tenant_id`` and every query of it
-is scoped by it. Times are stored in UTC. Alembic migrations in
+is scoped by it; every tenant-owned table has an index that starts with
+``tenant_id``, which the purge of a deleted tenant deletes by
+(:mod:`service_kit.purge`). Times are stored in UTC. Alembic migrations in
 ``service_kit/migrations/versions`` must produce exactly this schema (a test
 compares them).
 """
@@ -62,6 +64,22 @@ tenants = Table(
     Column("create_time", Timestamp, nullable=False),
     Column("update_time", Timestamp, nullable=False),
     Column("secret_rotate_time", Timestamp, nullable=False),
+)
+
+# tenant_service: the record of each tenant's deletion; it outlives the tenant's row, which
+# goes when the deletion starts. Written by service_kit/purge.py, read by the tenant service.
+tenant_deletions = Table(
+    "tenant_deletions",
+    metadata,
+    Column("tenant_id", KeelId, primary_key=True),
+    Column("name", String(200), nullable=False),
+    # "deleting" while the purge runs, then "purged".
+    Column("state", String(16), nullable=False),
+    # {table name: rows purged so far}, counted in the transaction of each batch.
+    Column("purged_rows", Json, nullable=False),
+    Column("start_time", Timestamp, nullable=False),
+    Column("update_time", Timestamp, nullable=False),
+    Column("finish_time", Timestamp, nullable=True),
 )
 
 # gateway_bridge: the seed's users, channels, messages and reactions, per tenant.
@@ -133,6 +151,7 @@ messages = Table(
     UniqueConstraint("channel_id", "seq"),
     UniqueConstraint("channel_id", "idempotency_key"),
     Index(None, "channel_id", "reply_to", "seq"),
+    Index(None, "tenant_id"),
 )
 
 reactions = Table(
@@ -145,6 +164,7 @@ reactions = Table(
     Column("emoji", String(64), nullable=False),
     Column("created_at", Timestamp, nullable=False),
     UniqueConstraint("message_id", "user_id", "emoji"),
+    Index(None, "tenant_id"),
 )
 
 # gateway_bridge: the event log, written in the same transaction as each change (an outbox).
@@ -213,6 +233,7 @@ deliveries = Table(
     Column("updated_at", Timestamp, nullable=False),
     Index(None, "status", "next_attempt_at"),
     Index(None, "webhook_id", "created_at"),
+    Index(None, "tenant_id"),
 )
 
 delivery_attempts = Table(
@@ -226,6 +247,7 @@ delivery_attempts = Table(
     Column("latency_ms", Integer, nullable=False),
     Column("error", String(1000), nullable=False),
     Index(None, "delivery_id", "attempt_time"),
+    Index(None, "tenant_id"),
 )
 
 # The highest event-log id removed by retention: a cursor at or below it is too old.
@@ -235,3 +257,64 @@ event_log_horizon = Table(
     Column("id", Integer, primary_key=True),
     Column("removed_through", BigInteger, nullable=False),
 )
+
+# service_kit: the durable job queue (service_kit/jobs.py): background work any service
+# enqueues in its own transaction, claimed by leased workers, and every attempt of each job.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", KeelId, primary_key=True),
+    # Which handler runs it, e.g. "tenant.purge".
+    Column("kind", String(64), nullable=False),
+    # The tenant the work is for; None for installation-wide work (such as a tenant's purge).
+    Column("tenant_id", KeelId, nullable=True),
+    Column("payload", Json, nullable=False),
+    # queued -> running -> succeeded | failed; running -> queued again for a retry.
+    Column("state", String(16), nullable=False),
+    # Claims so far; also the fencing token of the current claim.
+    Column("attempts", Integer, nullable=False),
+    # None: retried for ever.
+    Column("max_attempts", Integer, nullable=True),
+    # When a queued job becomes due (its first run, or its next retry).
+    Column("run_after", Timestamp, nullable=False),
+    Column("lease_owner", String(128), nullable=True),
+    # A running job whose lease has passed is due again (its worker died or lost the job).
+    Column("lease_until", Timestamp, nullable=True),
+    Column("last_error", String(1000), nullable=False),
+    # Names the job so enqueueing it twice makes one job (None: no such name).
+    Column("unique_key", String(200), nullable=True, unique=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("finished_at", Timestamp, nullable=True),
+    Index(None, "state", "run_after"),
+    Index(None, "state", "lease_until"),
+    Index(None, "finished_at"),
+    Index(None, "tenant_id"),
+)
+
+job_attempts = Table(
+    "job_attempts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("job_id", KeelId, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("tenant_id", KeelId, nullable=True),
+    # 1 for the first claim of the job, then 2, 3 ...
+    Column("attempt", Integer, nullable=False),
+    Column("worker", String(128), nullable=False),
+    Column("start_time", Timestamp, nullable=False),
+    Column("finish_time", Timestamp, nullable=True),
+    # running | succeeded | failed | interrupted | lease_expired
+    Column("outcome", String(16), nullable=False),
+    Column("error", String(1000), nullable=False),
+    UniqueConstraint("job_id", "attempt"),
+    Index(None, "tenant_id"),
+)
+
+#: Tables of the installation as a whole, without ``tenant_id``; every other table is
+#: tenant-owned (see :func:`tenant_owned_tables`).
+INSTALLATION_TABLES = frozenset({"tenants", "event_log_horizon"})
+
+
+def tenant_owned_tables() -> list[Table]:
+    """Every tenant-owned table (each carries ``tenant_id``), parents before children."""
+    return [table for table in metadata.sorted_tables if table.name not in INSTALLATION_TABLES]

@@ -7,13 +7,15 @@ its gRPC status)::
      ├── InvalidArgument
      │    └── InvalidTenant            a field of a tenant is malformed
      ├── NotFound
-     │    └── TenantNotFound           no tenant with that id
+     │    ├── TenantNotFound           no tenant with that id
+     │    └── DeletionNotFound         no deletion of a tenant with that id
      ├── AlreadyExists
      │    └── TenantConflict           name, client id or request id taken
      ├── Unauthenticated
      │    └── InvalidCredentials       unknown client id or wrong secret
      └── ResourceExhausted
-          └── TooManyFailedAttempts    a client id failed validation too often
+          ├── TooManyFailedAttempts    a client id failed validation too often
+          └── SlowChecksBusy           too many slow (scrypt) credential checks at once
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ class TenantNotFound(NotFound):
         super().__init__(f"tenant {tenant_id!r} not found")
 
 
+class DeletionNotFound(NotFound):
+    """No tenant with the given id was ever deleted (or the id names a live tenant)."""
+
+    def __init__(self, tenant_id: str) -> None:
+        super().__init__(
+            f"tenant {tenant_id!r} has no deletion: it was never deleted, or never existed"
+        )
+
+
 class TenantConflict(AlreadyExists):
     """Another tenant already uses this name, client id or request id."""
 
@@ -57,3 +68,10 @@ class TooManyFailedAttempts(ResourceExhausted):
             f"too many failed attempts for client id {client_id!r}; retry in {retry_after:.1f}s",
             retry_after,
         )
+
+
+class SlowChecksBusy(ResourceExhausted):
+    """Every slot for slow (chosen-secret) credential checks is taken and too many wait."""
+
+    def __init__(self) -> None:
+        super().__init__("too many slow credential checks in progress", retry_after=1.0)

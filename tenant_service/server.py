@@ -1,13 +1,17 @@
-"""Wiring of the tenant service: store, directory, servicer, and the spec the bootstrap serves."""
+"""Wiring of the tenant service: store, directory, servicer, the spec the bootstrap serves,
+and the job handlers its process runs (the purge of deleted tenants)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
 from keel.tenants.v1 import tenants_pb2_grpc
 
 from service_kit.interceptor import ADMIN, PEER, PUBLIC
+from service_kit.jobs import JobHandler
+from service_kit.purge import TENANT_PURGE_JOB, tenant_purge_handler
 from service_kit.server import Runtime, ServiceSpec
 from tenant_service.servicer import TenantServicer
 from tenant_service.store import SqlTenantStore
@@ -32,10 +36,13 @@ def build_directory(runtime: Runtime) -> TenantDirectory:
 
 @dataclass(frozen=True)
 class TenantService:
-    """The built service: its spec for the server, and the directory for in-process callers."""
+    """The built service: its spec for the server, the directory for in-process callers,
+    and the handlers of the jobs its process runs (for a :class:`~service_kit.jobs.JobWorker`).
+    """
 
     spec: ServiceSpec
     directory: TenantDirectory
+    job_handlers: Mapping[str, JobHandler]
 
 
 def build(runtime: Runtime) -> TenantService:
@@ -57,4 +64,5 @@ def build(runtime: Runtime) -> TenantService:
         # The bridge looks tenants up (allowed origins) with the peer token.
         policies={"ValidateCredentials": PUBLIC, "GetTenant": PEER},
     )
-    return TenantService(spec, directory)
+    handlers = {TENANT_PURGE_JOB: tenant_purge_handler(runtime.engine)}
+    return TenantService(spec, directory, handlers)

@@ -19,7 +19,7 @@ from service_kit.validation import (
     time_page,
     valid_id,
 )
-from tenant_service.tenants import Tenant, TenantDirectory
+from tenant_service.tenants import DeletionState, Tenant, TenantDeletion, TenantDirectory
 
 _LIST_QUERY = "tenants.list"
 
@@ -53,6 +53,24 @@ def tenant_from_proto(message: tenants_pb2.Tenant) -> Tenant:
         allowed_origins=tuple(message.allowed_origins),
         require_origin=message.require_origin,
         metadata=dict_of(message.metadata),
+    )
+
+
+_DELETION_STATES = {
+    DeletionState.DELETING: tenants_pb2.TENANT_DELETION_STATE_DELETING,
+    DeletionState.PURGED: tenants_pb2.TENANT_DELETION_STATE_PURGED,
+}
+
+
+def deletion_to_proto(deletion: TenantDeletion) -> tenants_pb2.TenantDeletion:
+    return tenants_pb2.TenantDeletion(
+        tenant_id=deletion.tenant_id,
+        name=deletion.name,
+        state=_DELETION_STATES[deletion.state],
+        purged_rows=dict(deletion.purged_rows),
+        start_time=timestamp(deletion.start_time),
+        update_time=timestamp(deletion.update_time),
+        finish_time=timestamp(deletion.finish_time),
     )
 
 
@@ -129,8 +147,14 @@ class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
     async def DeleteTenant(
         self, request: tenants_pb2.DeleteTenantRequest, context: grpc.aio.ServicerContext
     ) -> tenants_pb2.DeleteTenantResponse:
-        await self._directory.delete(valid_id("id", request.id))
-        return tenants_pb2.DeleteTenantResponse()
+        deletion = await self._directory.delete(valid_id("id", request.id))
+        return tenants_pb2.DeleteTenantResponse(deletion=deletion_to_proto(deletion))
+
+    async def GetTenantDeletion(
+        self, request: tenants_pb2.GetTenantDeletionRequest, context: grpc.aio.ServicerContext
+    ) -> tenants_pb2.GetTenantDeletionResponse:
+        deletion = await self._directory.deletion(valid_id("tenant_id", request.tenant_id))
+        return tenants_pb2.GetTenantDeletionResponse(deletion=deletion_to_proto(deletion))
 
     async def ValidateCredentials(
         self, request: tenants_pb2.ValidateCredentialsRequest, context: grpc.aio.ServicerContext

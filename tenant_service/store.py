@@ -1,4 +1,8 @@
-"""Where tenants are kept: the ``TenantStore`` role and its SQL implementation."""
+"""Where tenants are kept: the ``TenantStore`` role and its SQL implementation.
+
+A deleted tenant's row goes at once; its ``tenant_deletions`` record (written by
+:mod:`service_kit.purge`) stays, and tells how the purge of its data goes.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service_kit import purge
 from service_kit.auth import TenantId
-from service_kit.db import as_utc, keyset_page
-from service_kit.schema import tenants
+from service_kit.clock import utcnow
+from service_kit.db import as_utc, keyset_page, write_transaction
+from service_kit.schema import tenant_deletions, tenants
 from tenant_service.errors import TenantConflict
-from tenant_service.tenants import Tenant
+from tenant_service.tenants import DeletionState, Tenant, TenantDeletion
 
 
 class TenantStore(Protocol):
@@ -41,7 +47,19 @@ class TenantStore(Protocol):
         self, tenant_id: str, secret_hash: str, rotate_time: datetime
     ) -> Tenant | None: ...
 
-    async def delete(self, tenant_id: str) -> bool: ...
+    async def replace_secret_hash(self, tenant_id: str, old_hash: str, new_hash: str) -> bool:
+        """Store ``new_hash`` (of the same secret) in place of ``old_hash``; no time changes.
+        False, changing nothing, when the stored hash is no longer ``old_hash``."""
+        ...
+
+    async def delete(self, tenant_id: str, *, delete_time: datetime | None = None) -> bool:
+        """Remove the tenant's row, record its deletion and enqueue the purge of its data,
+        in one transaction; False (changing nothing) when there is no such tenant."""
+        ...
+
+    async def get_deletion(self, tenant_id: str) -> TenantDeletion | None:
+        """The record of the tenant's deletion, or None when it was never deleted."""
+        ...
 
     async def count(self) -> int: ...
 
@@ -115,15 +133,50 @@ class SqlTenantStore:
             row = (await conn.execute(select(tenants).where(tenants.c.id == tenant_id))).one()
         return _from_row(row._mapping)
 
-    async def delete(self, tenant_id: str) -> bool:
+    async def replace_secret_hash(self, tenant_id: str, old_hash: str, new_hash: str) -> bool:
         async with self._engine.begin() as conn:
-            result = await conn.execute(delete(tenants).where(tenants.c.id == tenant_id))
+            result = await conn.execute(
+                update(tenants)
+                .where(tenants.c.id == tenant_id, tenants.c.secret_hash == old_hash)
+                .values(secret_hash=new_hash)
+            )
         return result.rowcount == 1
+
+    async def delete(self, tenant_id: str, *, delete_time: datetime | None = None) -> bool:
+        async with write_transaction(self._engine) as conn:
+            removed = await conn.execute(
+                delete(tenants).where(tenants.c.id == tenant_id).returning(tenants.c.name)
+            )
+            name = removed.scalar_one_or_none()
+            if name is None:
+                return False
+            now = delete_time or utcnow()
+            await purge.start_tenant_purge(conn, tenant_id=tenant_id, name=name, now=now)
+        return True
+
+    async def get_deletion(self, tenant_id: str) -> TenantDeletion | None:
+        query = select(tenant_deletions).where(tenant_deletions.c.tenant_id == tenant_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return TenantDeletion(
+            tenant_id=TenantId(row.tenant_id),
+            name=row.name,
+            state=_DELETION_STATES[row.state],
+            purged_rows={table: int(count) for table, count in row.purged_rows.items()},
+            start_time=as_utc(row.start_time),
+            update_time=as_utc(row.update_time),
+            finish_time=as_utc(row.finish_time) if row.finish_time is not None else None,
+        )
 
     async def count(self) -> int:
         async with self._engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(tenants))).scalar_one())
 
+
+# The states service_kit.purge writes, as the domain names them.
+_DELETION_STATES = {purge.DELETING: DeletionState.DELETING, purge.PURGED: DeletionState.PURGED}
 
 # Tenant attributes whose column has another key.
 _COLUMN_OF = {"metadata": "metadata_"}

@@ -8,12 +8,15 @@ process) the other services' authentication all call it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from service_kit.auth import (
@@ -22,14 +25,16 @@ from service_kit.auth import (
     TenantContext,
     TenantId,
 )
+from service_kit.bounds import MAX_JSON_DEPTH
 from service_kit.bus import EventBus
-from service_kit.errors import ResourceExhausted
 from service_kit.ratelimit import RateLimiter
 from service_kit.validation import Violations, new_id
 from tenant_service import credentials as creds
 from tenant_service.errors import (
+    DeletionNotFound,
     InvalidCredentials,
     InvalidTenant,
+    SlowChecksBusy,
     TenantNotFound,
     TooManyFailedAttempts,
 )
@@ -46,10 +51,14 @@ MAX_PERMISSIONS = 64
 MAX_ORIGINS = 100
 MAX_METADATA_BYTES = 16 * 1024
 MAX_RATE = 1_000_000
-#: Secrets hashed at once (each scrypt check takes ~32 MiB and tens of ms of CPU).
-MAX_CONCURRENT_HASHES = 4
-#: Credential checks allowed to wait for a hashing slot before new ones are refused.
-MAX_WAITING_HASHES = 256
+#: Nesting depth of metadata (objects and lists within each other): the kit's JSON rule.
+MAX_METADATA_DEPTH = MAX_JSON_DEPTH
+#: Slow (scrypt) checks run at once (each takes ~32 MiB and tens of ms of CPU). Only
+#: tenants with a chosen secret (or a hash not yet upgraded) need one; fast checks and
+#: unknown client ids never wait for these slots.
+MAX_CONCURRENT_SLOW_CHECKS = 4
+#: Slow checks allowed to wait for a slot before new ones are refused (RESOURCE_EXHAUSTED).
+MAX_WAITING_SLOW_CHECKS = 256
 
 _SCOPE = re.compile(r"^(\*|[a-z][a-z0-9_-]{0,31}:(\*|[a-z][a-z0-9_-]{0,31}))$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,127}$")
@@ -57,10 +66,19 @@ _ORIGIN = re.compile(
     r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9a-fA-F:]+\](:[0-9]{1,5})?$"
 )
 
+#: The paths an update mask may name, and the ``Tenant`` attributes each one changes.
+UPDATE_PATHS: Mapping[str, tuple[str, ...]] = {
+    "name": ("name",),
+    "permissions": ("permissions",),
+    "rate_limits": ("rate_limit_rps", "rate_limit_burst"),
+    "rate_limits.requests_per_second": ("rate_limit_rps",),
+    "rate_limits.burst": ("rate_limit_burst",),
+    "allowed_origins": ("allowed_origins",),
+    "require_origin": ("require_origin",),
+    "metadata": ("metadata",),
+}
 #: Fields an update may change, as named in the API's update mask.
-UPDATABLE_FIELDS = frozenset(
-    {"name", "permissions", "rate_limits", "allowed_origins", "require_origin", "metadata"}
-)
+UPDATABLE_FIELDS = frozenset(UPDATE_PATHS)
 
 #: The scopes of the seed's services; the demo tenant gets all of them.
 ALL_SCOPES = ("chat:*", "presence:*", "send:*", "upload:*")
@@ -98,6 +116,29 @@ class Tenant:
         )
 
 
+class DeletionState(Enum):
+    """How far the deletion of a tenant has come."""
+
+    #: The tenant is gone (credentials, lookups, listings); its data is being purged.
+    DELETING = "deleting"
+    #: Every row of the tenant's data is gone.
+    PURGED = "purged"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantDeletion:
+    """The record of a tenant's deletion, kept after its data is purged."""
+
+    tenant_id: TenantId
+    name: str
+    state: DeletionState
+    #: Rows purged so far, by table name (tables with none purged yet are absent).
+    purged_rows: Mapping[str, int]
+    start_time: datetime
+    update_time: datetime
+    finish_time: datetime | None = None
+
+
 def check_tenant(tenant: Tenant, *, fields: Collection[str] | None = None) -> None:
     """Raise :class:`InvalidTenant` naming every malformed field (all, or only ``fields``)."""
     v = Violations()
@@ -124,11 +165,11 @@ def check_tenant(tenant: Tenant, *, fields: Collection[str] | None = None) -> No
                 f"tenant.permissions[{i}]",
                 f"{scope[:40]!r} is not a scope like 'chat:*', 'chat:read' or '*'",
             )
-    if "rate_limits" in wanted:
-        for name, value in (
-            ("requests_per_second", tenant.rate_limit_rps),
-            ("burst", tenant.rate_limit_burst),
-        ):
+    for name, value in (
+        ("requests_per_second", tenant.rate_limit_rps),
+        ("burst", tenant.rate_limit_burst),
+    ):
+        if "rate_limits" in wanted or f"rate_limits.{name}" in wanted:
             v.check(
                 0 <= value <= MAX_RATE,
                 f"tenant.rate_limits.{name}",
@@ -147,13 +188,39 @@ def check_tenant(tenant: Tenant, *, fields: Collection[str] | None = None) -> No
                 f"{origin[:60]!r} is not an origin like 'https://app.example.com'",
             )
     if "metadata" in wanted:
-        size = len(json.dumps(tenant.metadata, default=str))
-        v.check(
-            size <= MAX_METADATA_BYTES,
-            "tenant.metadata",
-            f"is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}",
+        problem = (
+            _not_json(tenant.metadata, depth=1)
+            if isinstance(tenant.metadata, Mapping)
+            else "must be a JSON object"
         )
+        if problem is None:
+            size = len(json.dumps(tenant.metadata))
+            if size > MAX_METADATA_BYTES:
+                problem = f"is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}"
+        v.check(problem is None, "tenant.metadata", problem or "")
     v.raise_if_any(InvalidTenant)
+
+
+def _not_json(value: object, *, depth: int) -> str | None:
+    """What keeps ``value`` from being stored as metadata (a JSON object within the
+    depth limit, with finite numbers), or None when nothing does."""
+    if depth > MAX_METADATA_DEPTH:
+        return f"is nested deeper than {MAX_METADATA_DEPTH} levels"
+    if isinstance(value, Mapping):
+        items: Collection[object] = value.values()
+        if not all(isinstance(key, str) for key in value):
+            return "has a key that is not a string"
+    elif isinstance(value, list | tuple):
+        items = value
+    elif isinstance(value, float):
+        return None if math.isfinite(value) else "holds NaN or Infinity, which JSON cannot"
+    elif value is None or isinstance(value, str | int):
+        return None
+    else:
+        return f"holds a {type(value).__name__}, not a JSON value"
+    return next(
+        (p for p in (_not_json(item, depth=depth + 1) for item in items) if p is not None), None
+    )
 
 
 def check_secret(secret: str) -> None:
@@ -194,15 +261,16 @@ class TenantDirectory:
         self._rate_limiter = rate_limiter
         self._policy = policy
         self._clock = clock
-        self._dummy_hash: str | None = None
+        self._dummy_hash = creds.dummy_hash()
         self._checking: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._hashing = asyncio.Semaphore(MAX_CONCURRENT_HASHES)
-        self._hash_waiting = 0
+        # The slow checks' own budget: fast checks never wait for it.
+        self._slow_slots = asyncio.Semaphore(MAX_CONCURRENT_SLOW_CHECKS)
+        self._slow_waiting = 0
 
     async def _hash(self, secret: str) -> str:
-        return await asyncio.to_thread(
-            creds.hash_secret, secret, cost=self._policy.secret_hash_cost
-        )
+        """The storable hash of ``secret`` (fast or slow by its form; see credentials)."""
+        hash_it = functools.partial(creds.hash_secret, secret, cost=self._policy.secret_hash_cost)
+        return hash_it() if creds.has_generated_form(secret) else await asyncio.to_thread(hash_it)
 
     async def create(
         self, tenant: Tenant, *, client_secret: str = "", request_id: str = ""
@@ -240,7 +308,11 @@ class TenantDirectory:
         return await self._store.list(limit=limit, after=after)
 
     async def update(self, tenant_id: str, changes: Tenant, fields: Collection[str]) -> Tenant:
-        """Copy ``fields`` of ``changes`` onto the stored tenant; returns the result."""
+        """Copy ``fields`` of ``changes`` onto the stored tenant; returns the result.
+
+        ``fields`` are update-mask paths (:data:`UPDATE_PATHS`): ``rate_limits`` sets both
+        limits, ``rate_limits.requests_per_second`` or ``rate_limits.burst`` only one.
+        """
         unknown = set(fields) - UPDATABLE_FIELDS
         if unknown or not fields:
             raise InvalidTenant(
@@ -248,13 +320,11 @@ class TenantDirectory:
                 + (f" (unknown: {', '.join(sorted(unknown))})" if unknown else "")
             )
         check_tenant(changes, fields=fields)
-        values: dict[str, Any] = {}
-        for name in fields:
-            if name == "rate_limits":
-                values["rate_limit_rps"] = changes.rate_limit_rps
-                values["rate_limit_burst"] = changes.rate_limit_burst
-            else:
-                values[name] = getattr(changes, name)
+        values: dict[str, Any] = {
+            attribute: getattr(changes, attribute)
+            for path in fields
+            for attribute in UPDATE_PATHS[path]
+        }
         updated = await self._store.update(tenant_id, values, self._clock())
         if updated is None:
             raise TenantNotFound(tenant_id)
@@ -270,11 +340,29 @@ class TenantDirectory:
         await self._announce(tenant_id)
         return tenant, secret
 
-    async def delete(self, tenant_id: str) -> None:
-        """Remove the tenant; its credentials stop working at once."""
-        if not await self._store.delete(tenant_id):
+    async def delete(self, tenant_id: str) -> TenantDeletion:
+        """Delete the tenant; returns the record of its deletion (state ``DELETING``).
+
+        At once, in one transaction, the tenant's row goes (its credentials, lookups and
+        listings answer as for an unknown tenant; its name and client id are free for a
+        new tenant), the deletion is recorded and the purge of its data is enqueued; then
+        the change is announced so caches forget it and bridges close its connections.
+        The purge runs on the job queue (:mod:`service_kit.purge`). Raises
+        ``TenantNotFound`` when there is no such tenant (or it is already deleted).
+        """
+        if not await self._store.delete(tenant_id, delete_time=self._clock()):
             raise TenantNotFound(tenant_id)
         await self._announce(tenant_id)
+        return await self.deletion(tenant_id)
+
+    async def deletion(self, tenant_id: str) -> TenantDeletion:
+        """The record of the deletion of ``tenant_id``: its state, rows purged so far by
+        table, start and finish times. Raises ``DeletionNotFound`` when it was never
+        deleted."""
+        found = await self._store.get_deletion(tenant_id)
+        if found is None:
+            raise DeletionNotFound(tenant_id)
+        return found
 
     async def validate(self, credentials: Credentials) -> TenantContext:
         """The tenant owning ``credentials``.
@@ -282,9 +370,17 @@ class TenantDirectory:
         Raises ``InvalidCredentials``; after too many failures for one client
         id (a token bucket per client id), ``TooManyFailedAttempts`` without
         checking the secret at all. Checks of one client id run one at a time,
-        so concurrent guesses cannot overtake the count; at most
-        ``MAX_CONCURRENT_HASHES`` secrets are hashed at once, and when too
-        many checks wait, the next is refused (RESOURCE_EXHAUSTED).
+        so concurrent guesses cannot overtake the count.
+
+        A client id that does not exist is checked against a dummy fast hash, so
+        its refusal is as quick as, and identical to, a wrong secret for a tenant
+        with a generated secret: neither timing nor errors say which ids exist,
+        and a flood of made-up ids costs one lookup and microseconds each. Only
+        stored scrypt hashes (chosen secrets) need a slow check; those have their
+        own budget (``MAX_CONCURRENT_SLOW_CHECKS`` at once, and beyond
+        ``MAX_WAITING_SLOW_CHECKS`` waiting the next is refused with
+        RESOURCE_EXHAUSTED), which fast checks never wait for. A scrypt hash of a
+        secret of the generated form is rewritten in the fast form once it matched.
         """
         client_id = credentials.client_id[:MAX_CLIENT_ID]
         lock, users = self._checking.get(client_id, (asyncio.Lock(), 0))
@@ -307,28 +403,35 @@ class TenantDirectory:
         if wait > 0:
             raise TooManyFailedAttempts(client_id, wait)
         found = await self._store.get_with_secret_hash(client_id)
-        # An unknown id spends the same time as a wrong secret, so timing reveals no ids.
-        stored = found[1] if found is not None else await self._dummy()
+        # An unknown id takes the fast path a generated secret takes: timing reveals no ids.
+        stored = found[1] if found is not None else self._dummy_hash
         ok = await self._verify(secret, stored) and found is not None
         if not ok or found is None:
             await self._rate_limiter.acquire(bucket, rate, burst)
             raise InvalidCredentials()
+        if creds.upgradable(secret, stored):
+            await self._upgrade(found[0], stored, secret)
         return found[0].context()
 
     async def _verify(self, secret: str, stored: str) -> bool:
-        if self._hash_waiting >= MAX_WAITING_HASHES:
-            raise ResourceExhausted("too many credential checks in progress", retry_after=1.0)
-        self._hash_waiting += 1
+        if not creds.is_slow(stored):
+            return creds.verify_secret(secret, stored)  # microseconds: no thread, no budget
+        if self._slow_waiting >= MAX_WAITING_SLOW_CHECKS:
+            raise SlowChecksBusy()
+        self._slow_waiting += 1
         try:
-            async with self._hashing:
+            async with self._slow_slots:
                 return await asyncio.to_thread(creds.verify_secret, secret, stored)
         finally:
-            self._hash_waiting -= 1
+            self._slow_waiting -= 1
 
-    async def _dummy(self) -> str:
-        if self._dummy_hash is None:
-            self._dummy_hash = await self._hash(creds.DUMMY_HASH_SECRET)
-        return self._dummy_hash
+    async def _upgrade(self, tenant: Tenant, stored: str, secret: str) -> None:
+        """Replace the slow hash ``stored`` of a generated-form secret by its fast hash,
+        unless the secret changed meanwhile. Best effort: the check already succeeded."""
+        try:
+            await self._store.replace_secret_hash(tenant.id, stored, await self._hash(secret))
+        except Exception:
+            log.warning("could not upgrade a secret hash", exc_info=True)
 
     async def lookup(self, tenant_id: str) -> TenantContext:
         """The tenant's context by id (the ``TenantLookup`` role); raises ``TenantNotFound``."""
@@ -379,6 +482,6 @@ def tenant_from_seed(entry: Mapping[str, Any]) -> tuple[Tenant, str]:
         rate_limit_burst=int(limits.get("burst", 0)),
         allowed_origins=tuple(pick("allowedOrigins", "allowed_origins", default=[])),
         require_origin=bool(pick("requireOrigin", "require_origin", default=False)),
-        metadata=dict(pick("metadata", default={}) or {}),
+        metadata=pick("metadata", default={}) or {},  # check_tenant says what is wrong
     )
     return tenant, str(pick("clientSecret", "client_secret", default=""))

@@ -91,6 +91,20 @@ async def test_set_secret_replaces_the_hash(engine: AsyncEngine) -> None:
     assert (await store.get_with_secret_hash(tenant.client_id)) == (updated, "new")
 
 
+async def test_replacing_a_hash_needs_the_current_one_and_changes_no_time(
+    engine: AsyncEngine,
+) -> None:
+    store = SqlTenantStore(engine)
+    tenant = make_tenant()
+    await store.insert(tenant, "slow", None)
+    # A rotation landed after the check that wants the upgrade: the upgrade must lose.
+    assert not await store.replace_secret_hash(tenant.id, "stale", "fast")
+    assert not await store.replace_secret_hash(new_id(), "slow", "fast")
+    assert (await store.get_with_secret_hash(tenant.client_id)) == (tenant, "slow")
+    assert await store.replace_secret_hash(tenant.id, "slow", "fast")
+    assert (await store.get_with_secret_hash(tenant.client_id)) == (tenant, "fast")
+
+
 async def test_list_pages_in_creation_order(engine: AsyncEngine) -> None:
     store = SqlTenantStore(engine)
     base = datetime(2030, 1, 1, tzinfo=UTC) + timedelta(days=int(new_id()[:4], 16))

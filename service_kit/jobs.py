@@ -1,0 +1,537 @@
+"""The durable job queue: background work kept in the database and run by leased workers.
+
+A *job* is one unit of background work: a ``kind`` (which handler runs it), a JSON
+``payload``, the tenant it is for (None for installation-wide work), and its bookkeeping
+in the ``jobs`` table: ``state``, ``attempts``, ``run_after``, ``lease_until``,
+``last_error``. Code that needs work done calls :func:`enqueue` inside its own
+transaction, so the job exists exactly when the change that needs it commits. A
+:class:`JobWorker` in a serving process claims due jobs of the kinds it has handlers for
+and runs them, at most ``concurrency`` at a time.
+
+Invariants:
+
+- **Claims.** A job is due when it is ``queued`` and its ``run_after`` has passed, or
+  ``running`` and its lease has expired (its worker was killed, or lost the database).
+  :func:`claim` takes due rows with ``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL
+  (SQLite has one writer at a time), so concurrent workers never take the same job; a
+  claim leases the job to its worker until ``lease_until`` and adds one to ``attempts``.
+  The worker extends the lease while the handler runs.
+- **Fencing.** ``attempts`` numbers the claims of a job. A worker settles, extends or
+  hands back only the claim it made (same ``attempts``, still ``running``), so a worker
+  whose job was reclaimed after its lease expired changes nothing.
+- **At least once.** A handler may run more than once for one job (its lease expired
+  while it still ran; the process died after the work but before the success was
+  recorded): handlers must be idempotent.
+- **Retries.** A failed attempt is retried after an exponential backoff with jitter
+  (:func:`retry_delay`); when a failed attempt was the job's ``max_attempts``-th claim
+  (None: never) the job is ``failed`` and stays for inspection.
+- **Every attempt is recorded** in ``job_attempts``: its worker, start and finish times,
+  outcome (``running``, ``succeeded``, ``failed``, ``interrupted``, ``lease_expired``)
+  and error.
+- **Stopping.** Long handlers call :meth:`Job.checkpoint` between steps (never inside a
+  transaction). Once the worker is stopping, or has lost the job's lease, it raises
+  :class:`JobInterrupted`; the job is handed back (``queued``, due at once) and the
+  attempt is recorded as ``interrupted``. :meth:`JobWorker.stop` waits ``grace``
+  seconds for handlers to get there, then cancels them; a cancelled job is due again
+  when its lease expires.
+- **Retention.** Finished jobs (succeeded or failed) are deleted, with their attempts,
+  ``keep_finished`` after they finished (7 days by default).
+
+Times come from the workers' clocks: the processes of a cluster must keep them in step
+(NTP), or a job may be reclaimed before its lease really ran out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import re
+import socket
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service_kit.clock import Clock, utcnow
+from service_kit.db import claim_rows, insert_ignoring_conflicts, write_transaction
+from service_kit.schema import job_attempts, jobs
+from service_kit.validation import new_id
+
+log = logging.getLogger(__name__)
+
+QUEUED: Final = "queued"
+RUNNING: Final = "running"
+SUCCEEDED: Final = "succeeded"
+FAILED: Final = "failed"
+#: Outcomes of an attempt besides ``running``, ``succeeded`` and ``failed``.
+INTERRUPTED: Final = "interrupted"
+LEASE_EXPIRED: Final = "lease_expired"
+
+#: How often a job is tried before it is ``failed``, unless its enqueuer says otherwise.
+DEFAULT_MAX_ATTEMPTS: Final = 25
+
+_KIND = re.compile(r"^[a-z][a-z0-9_.:-]{0,63}$")
+_MAX_ERROR = 1000
+
+
+class JobInterrupted(Exception):
+    """Raised by :meth:`Job.checkpoint`: stop now; the job will run again later."""
+
+
+async def _keep_going() -> None:
+    """The checkpoint of a job run outside a worker: never interrupts."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One claimed job as its handler sees it.
+
+    ``attempt`` is 1 on the first run, 2 on the second, and so on; after a failed
+    attempt number ``max_attempts`` (None: never) the job is given up. Call
+    :meth:`checkpoint` between steps of long work.
+    """
+
+    id: str
+    kind: str
+    payload: Mapping[str, Any]
+    tenant_id: str | None = None
+    attempt: int = 1
+    max_attempts: int | None = DEFAULT_MAX_ATTEMPTS
+    interrupt_check: Callable[[], Awaitable[None]] = field(
+        default=_keep_going, repr=False, compare=False
+    )
+
+    async def checkpoint(self) -> None:
+        """Raise :class:`JobInterrupted` when the job must stop (its worker is stopping or
+        lost the lease); return at once otherwise."""
+        await self.interrupt_check()
+
+
+#: What runs jobs of one kind. It may run twice for one job; raising retries the job.
+JobHandler = Callable[[Job], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long a failed job waits before its next attempt (see :func:`retry_delay`)."""
+
+    base_delay: float = 1.0
+    max_delay: float = 3600.0
+
+
+def retry_delay(attempt: int, policy: RetryPolicy, rand: Callable[[], float]) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1 for the first).
+
+    ``base_delay * 2 ** (attempt - 1)``, at most ``max_delay``, then scaled by a random
+    factor in [0.5, 1) (``rand()`` is in [0, 1)), so jobs that failed together (an
+    endpoint down, the database restarting) do not all come back at the same moment.
+    """
+    exponential = policy.base_delay * 2.0 ** min(max(attempt - 1, 0), 60)
+    return min(policy.max_delay, exponential) * (0.5 + rand() / 2)
+
+
+async def enqueue(
+    conn: AsyncConnection,
+    kind: str,
+    payload: Mapping[str, Any],
+    *,
+    now: datetime,
+    tenant_id: str | None = None,
+    run_after: datetime | None = None,
+    max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
+    unique_key: str | None = None,
+) -> str:
+    """Add a job in ``conn``'s transaction (it exists if and only if that commits).
+
+    ``kind`` names the handler (lower-case letters, digits, ``._:-``; up to 64);
+    ``payload`` must be a JSON object; the job is due at ``run_after`` (default ``now``).
+    With a ``unique_key`` (up to 200 characters) a second enqueue of the same key adds
+    nothing and returns the first job's id, for as long as that job is kept. Raises
+    ``ValueError`` for a bad kind, payload, key or ``max_attempts``. Returns the job id.
+    """
+    if not _KIND.match(kind):
+        raise ValueError(f"job kind {kind[:70]!r}: 1 to 64 of a-z, 0-9, '.', '_', ':', '-'")
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1 (or None), not {max_attempts}")
+    if unique_key is not None and not 0 < len(unique_key) <= 200:
+        raise ValueError("unique_key must be 1 to 200 characters")
+    if not isinstance(payload, Mapping):
+        raise ValueError("a job payload must be a JSON object")
+    try:
+        document = json.loads(json.dumps(payload, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the job payload is not JSON: {exc}") from exc
+    job_id = new_id()
+    row = {
+        "id": job_id,
+        "kind": kind,
+        "tenant_id": tenant_id,
+        "payload": document,
+        "state": QUEUED,
+        "attempts": 0,
+        "max_attempts": max_attempts,
+        "run_after": run_after or now,
+        "last_error": "",
+        "unique_key": unique_key,
+        "created_at": now,
+        "updated_at": now,
+    }
+    if unique_key is None:
+        await conn.execute(insert(jobs).values(row))
+        return job_id
+    await conn.execute(insert_ignoring_conflicts(conn, jobs).values(row))
+    found = await conn.execute(select(jobs.c.id).where(jobs.c.unique_key == unique_key))
+    return str(found.scalar_one())
+
+
+async def claim(
+    engine: AsyncEngine,
+    kinds: Collection[str],
+    *,
+    limit: int,
+    worker: str,
+    lease: timedelta,
+    now: datetime,
+) -> list[Job]:
+    """Lease up to ``limit`` due jobs of ``kinds`` to ``worker`` until ``now + lease``.
+
+    Oldest due first. A job taken back from an expired lease has that attempt recorded
+    as ``lease_expired``; if it was the job's last allowed attempt the job is ``failed``
+    instead of claimed.
+    """
+    if not kinds or limit < 1:
+        return []
+    due = or_(
+        and_(jobs.c.state == QUEUED, jobs.c.run_after <= now),
+        and_(jobs.c.state == RUNNING, jobs.c.lease_until <= now),
+    )
+    query = select(jobs).where(jobs.c.kind.in_(sorted(kinds)), due)
+    claimed: list[Job] = []
+    async with write_transaction(engine) as conn:
+        rows = await claim_rows(conn, query.order_by(jobs.c.run_after).limit(limit))
+        for row in rows:
+            if row.state == RUNNING and not await _take_back(conn, row, now):
+                continue
+            attempt = row.attempts + 1
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == row.id)
+                .values(
+                    state=RUNNING,
+                    attempts=attempt,
+                    lease_owner=worker,
+                    lease_until=now + lease,
+                    updated_at=now,
+                )
+            )
+            await conn.execute(
+                insert(job_attempts).values(
+                    job_id=row.id,
+                    tenant_id=row.tenant_id,
+                    attempt=attempt,
+                    worker=worker,
+                    start_time=now,
+                    outcome=RUNNING,
+                    error="",
+                )
+            )
+            claimed.append(
+                Job(row.id, row.kind, row.payload, row.tenant_id, attempt, row.max_attempts)
+            )
+    return claimed
+
+
+async def _take_back(conn: AsyncConnection, row: Any, now: datetime) -> bool:
+    """Close the attempt whose lease expired; False (and the job failed) if it was the last."""
+    error = f"the lease of attempt {row.attempts} expired (its worker stopped or lost the job)"
+    await _close_attempt(conn, row.id, row.attempts, LEASE_EXPIRED, error, now)
+    if row.max_attempts is None or row.attempts < row.max_attempts:
+        return True
+    await conn.execute(
+        update(jobs)
+        .where(jobs.c.id == row.id)
+        .values(
+            state=FAILED,
+            lease_owner=None,
+            lease_until=None,
+            last_error=error,
+            updated_at=now,
+            finished_at=now,
+        )
+    )
+    log.error("a job failed for good", extra={"job_id": row.id, "kind": row.kind, "error": error})
+    return False
+
+
+async def _close_attempt(
+    conn: AsyncConnection, job_id: str, attempt: int, outcome: str, error: str, now: datetime
+) -> None:
+    await conn.execute(
+        update(job_attempts)
+        .where(job_attempts.c.job_id == job_id, job_attempts.c.attempt == attempt)
+        .values(outcome=outcome, error=error[:_MAX_ERROR], finish_time=now)
+    )
+
+
+async def _settle(
+    engine: AsyncEngine, job: Job, outcome: str, error: str, now: datetime, **values: Any
+) -> bool:
+    """Apply ``values`` to ``job`` and close its attempt with ``outcome``, if the claim is
+    still ``job``'s (fencing); False when it is not (reclaimed, or purged)."""
+    async with write_transaction(engine) as conn:
+        result = await conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job.id, jobs.c.attempts == job.attempt, jobs.c.state == RUNNING)
+            .values(lease_owner=None, lease_until=None, updated_at=now, **values)
+        )
+        if result.rowcount != 1:
+            return False
+        await _close_attempt(conn, job.id, job.attempt, outcome, error, now)
+    return True
+
+
+async def succeed(engine: AsyncEngine, job: Job, *, now: datetime) -> bool:
+    """Record that ``job``'s attempt did its work; False when the claim was no longer its."""
+    return await _settle(engine, job, SUCCEEDED, "", now, state=SUCCEEDED, finished_at=now)
+
+
+async def fail(
+    engine: AsyncEngine, job: Job, error: str, *, now: datetime, retry_at: datetime
+) -> bool:
+    """Record that ``job``'s attempt failed with ``error``: due again at ``retry_at``, or
+    ``failed`` if it was the last allowed attempt. False when the claim was no longer its."""
+    final = job.max_attempts is not None and job.attempt >= job.max_attempts
+    values: dict[str, Any] = {"last_error": error[:_MAX_ERROR]}
+    if final:
+        values |= {"state": FAILED, "finished_at": now}
+    else:
+        values |= {"state": QUEUED, "run_after": retry_at}
+    settled = await _settle(engine, job, FAILED, error, now, **values)
+    if settled and final:
+        log.error("a job failed for good", extra={"job_id": job.id, "kind": job.kind})
+    return settled
+
+
+async def hand_back(engine: AsyncEngine, job: Job, *, now: datetime) -> bool:
+    """Return an interrupted ``job`` to the queue, due at once."""
+    return await _settle(engine, job, INTERRUPTED, "", now, state=QUEUED, run_after=now)
+
+
+async def extend_lease(engine: AsyncEngine, job: Job, *, until: datetime, now: datetime) -> bool:
+    """Keep ``job`` leased until ``until``; False when the claim is no longer its."""
+    async with write_transaction(engine) as conn:
+        result = await conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job.id, jobs.c.attempts == job.attempt, jobs.c.state == RUNNING)
+            .values(lease_until=until, updated_at=now)
+        )
+    return result.rowcount == 1
+
+
+async def delete_finished(engine: AsyncEngine, *, before: datetime, batch_size: int = 1000) -> int:
+    """Delete jobs that finished (succeeded or failed) before ``before``, with their
+    attempts, ``batch_size`` per transaction; returns how many jobs went."""
+    total = 0
+    while True:
+        chosen = (
+            select(jobs.c.id)
+            .where(jobs.c.state.in_((SUCCEEDED, FAILED)), jobs.c.finished_at < before)
+            .limit(batch_size)
+        )
+        async with write_transaction(engine) as conn:
+            ids = [row.id for row in await claim_rows(conn, chosen)]
+            if ids:
+                await conn.execute(delete(job_attempts).where(job_attempts.c.job_id.in_(ids)))
+                await conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
+        total += len(ids)
+        if len(ids) < batch_size:
+            return total
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text[:_MAX_ERROR]
+
+
+class JobWorker:
+    """Claims due jobs of the kinds in ``handlers`` and runs them, ``concurrency`` at a time.
+
+    :meth:`start` runs the loop in a task; :meth:`stop` ends it. :meth:`run_due` runs
+    what is due now and returns, for callers (and tests) that drive it themselves.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        handlers: Mapping[str, JobHandler],
+        *,
+        concurrency: int = 4,
+        lease: timedelta = timedelta(seconds=60),
+        poll_interval: float = 1.0,
+        retry: RetryPolicy = RetryPolicy(),
+        keep_finished: timedelta = timedelta(days=7),
+        name: str | None = None,
+        clock: Clock = utcnow,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._engine = engine
+        self._handlers = dict(handlers)
+        self._concurrency = concurrency
+        self._lease = lease
+        self._poll_interval = poll_interval
+        self._retry = retry
+        self._keep_finished = keep_finished
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+        self._clock = clock
+        self._rand = rand
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._lost: set[str] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._pruned_at: datetime | None = None
+
+    def start(self) -> None:
+        """Start claiming and running jobs in the background."""
+        if self._loop_task is None:
+            self._stopping = False
+            self._loop_task = asyncio.create_task(self._run(), name=f"job-worker {self.name}")
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming; give running handlers ``grace`` seconds to finish or reach a
+        checkpoint (which hands their job back), then cancel them."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+            self._loop_task = None
+        running = list(self._running.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def run_due(self) -> int:
+        """Claim what is due now (up to the free slots) and run it to the end; returns how
+        many jobs were run."""
+        claimed = await self._claim()
+        await asyncio.gather(*claimed)
+        return len(claimed)
+
+    async def _claim(self) -> list[asyncio.Task[None]]:
+        free = self._concurrency - len(self._running)
+        found = await claim(
+            self._engine,
+            self._handlers,
+            limit=free,
+            worker=self.name,
+            lease=self._lease,
+            now=self._clock(),
+        )
+        return [self._spawn(job) for job in found]
+
+    def _spawn(self, job: Job) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._execute(job), name=f"job {job.kind} {job.id}")
+        self._running[job.id] = task
+        task.add_done_callback(lambda _: self._finished(job.id))
+        return task
+
+    def _finished(self, job_id: str) -> None:
+        self._running.pop(job_id, None)
+        self._lost.discard(job_id)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            busy = False
+            try:
+                if len(self._running) < self._concurrency:
+                    busy = len(await self._claim()) > 0
+                await self._prune_now_and_then()
+            except (SQLAlchemyError, OSError):
+                log.warning("the job worker could not reach the database; retrying", exc_info=True)
+            except Exception:  # a bug must not end the loop for good: say so, keep going
+                log.exception("a pass of the job worker failed; retrying")
+            if busy or self._stopping:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            except TimeoutError:
+                pass
+
+    async def _prune_now_and_then(self) -> None:
+        now = self._clock()
+        if self._pruned_at is None or now - self._pruned_at >= timedelta(hours=1):
+            self._pruned_at = now
+            await delete_finished(self._engine, before=now - self._keep_finished)
+
+    def _interrupt_check(self, job_id: str) -> Callable[[], Awaitable[None]]:
+        async def check() -> None:
+            if self._stopping:
+                raise JobInterrupted("the worker is stopping")
+            if job_id in self._lost:
+                raise JobInterrupted("the worker lost the job's lease")
+
+        return check
+
+    async def _execute(self, claimed: Job) -> None:
+        job = replace(claimed, interrupt_check=self._interrupt_check(claimed.id))
+        keeper = asyncio.create_task(self._keep_lease(job), name=f"lease {job.id}")
+        extra = {"job_id": job.id, "kind": job.kind, "attempt": job.attempt}
+        try:
+            await self._handlers[job.kind](job)
+        except JobInterrupted as exc:
+            log.info("a job was interrupted; it will run again", extra=extra | {"why": str(exc)})
+            await self._record(hand_back(self._engine, job, now=self._clock()), job)
+        except Exception as exc:
+            log.warning("a job failed", exc_info=True, extra=extra)
+            now = self._clock()
+            retry_at = now + timedelta(seconds=retry_delay(job.attempt, self._retry, self._rand))
+            await self._record(
+                fail(self._engine, job, _error_text(exc), now=now, retry_at=retry_at), job
+            )
+        else:
+            await self._record(succeed(self._engine, job, now=self._clock()), job)
+        finally:
+            keeper.cancel()
+
+    async def _record(self, settling: Awaitable[bool], job: Job) -> None:
+        """Await a settlement of ``job``; say so when the claim was no longer this worker's
+        or the database could not be reached (the lease then brings the job back)."""
+        try:
+            if not await settling:
+                log.warning(
+                    "a job's claim was lost before its outcome was recorded",
+                    extra={"job_id": job.id, "kind": job.kind, "attempt": job.attempt},
+                )
+        except (SQLAlchemyError, OSError):
+            log.warning(
+                "could not record a job's outcome; it runs again when its lease expires",
+                exc_info=True,
+                extra={"job_id": job.id, "kind": job.kind},
+            )
+
+    async def _keep_lease(self, job: Job) -> None:
+        """Extend ``job``'s lease every third of it; mark the job lost once it is not ours."""
+        period = self._lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(period)
+            now = self._clock()
+            try:
+                if not await extend_lease(self._engine, job, until=now + self._lease, now=now):
+                    log.warning("a job's lease was lost", extra={"job_id": job.id})
+                    self._lost.add(job.id)
+                    return
+            except (SQLAlchemyError, OSError):
+                log.warning("could not extend a job's lease", exc_info=True)
