@@ -2,7 +2,8 @@
 ``keel.events.v1``).
 
 ChannelService: chat store, event relay, the bridges' Connect hub.
-EventService: webhooks (their dispatcher runs here) and event subscriptions.
+EventService: webhooks (their dispatcher runs here) and event subscriptions, which the
+process's authenticator checks again when their tenant changes.
 """
 
 from __future__ import annotations
@@ -17,19 +18,22 @@ from gateway_bridge.gateway.channels.hub import ConnectHub
 from gateway_bridge.gateway.channels.service import ChatLimits, ChatService
 from gateway_bridge.gateway.channels.servicer import ChannelServicer
 from gateway_bridge.gateway.channels.store import SqlChatStore
+from gateway_bridge.gateway.events.access import StreamAuthorizer
 from gateway_bridge.gateway.events.dispatcher import Dispatcher, DispatchSettings
 from gateway_bridge.gateway.events.service import EventService
 from gateway_bridge.gateway.events.servicer import EventServicer
 from gateway_bridge.gateway.events.store import SqlEventStore
 from gateway_bridge.gateway.relay import EventRelay
 from gateway_bridge.tokens import ClientTokens
+from service_kit.auth import Authenticator
 from service_kit.interceptor import PEER, tenant_scope
 from service_kit.server import Runtime, ServiceSpec
 
 CHANNEL_SERVICE = "keel.channels.v1.ChannelService"
 EVENT_SERVICE = "keel.events.v1.EventService"
 
-READ = tenant_scope("chat:read")
+READ_SCOPE = "chat:read"
+READ = tenant_scope(READ_SCOPE)
 WRITE = tenant_scope("chat:write")
 
 _CHANNEL_READS = (
@@ -45,8 +49,13 @@ _CHANNEL_READS = (
 _EVENT_READS = ("GetWebhook", "ListWebhooks", "ListDeliveries", "SubscribeEvents")
 
 
-def build(runtime: Runtime) -> list[ServiceSpec]:
-    """The gateway's services for the bootstrap to serve."""
+def build(runtime: Runtime, *, authenticator: Authenticator | None = None) -> list[ServiceSpec]:
+    """The gateway's services for the bootstrap to serve.
+
+    ``authenticator`` is the one the process's server authenticates tenants with: open
+    event streams are checked again through it when their tenant changes (without it,
+    they keep what they had at open).
+    """
     settings = runtime.settings
     if not settings.token_secret:
         raise RuntimeError("the gateway needs KEEL_TOKEN_SECRET to sign client tokens")
@@ -76,6 +85,8 @@ def build(runtime: Runtime) -> list[ServiceSpec]:
         runtime.bus,
         allow_private=settings.webhook_allow_private,
         wake_dispatcher=dispatcher.wake,
+        max_streams_per_tenant=settings.max_event_streams_per_tenant,
+        authorizer=StreamAuthorizer(authenticator, scope=READ_SCOPE) if authenticator else None,
     )
 
     def register(server: grpc.aio.Server) -> None:

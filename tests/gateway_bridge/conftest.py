@@ -193,7 +193,7 @@ async def running_keel(
         try:
             server = KeelServer(
                 runtime,
-                [tenants.spec, *gateway_server.build(runtime)],
+                [tenants.spec, *gateway_server.build(runtime, authenticator=authenticator)],
                 authenticator=authenticator,
             )
             await server.start()

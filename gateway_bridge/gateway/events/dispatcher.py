@@ -5,9 +5,15 @@ log into delivery rows for the webhooks that select them. The *sender* claims
 due deliveries (row locks on PostgreSQL keep gateways from taking the same
 ones; a lease makes a crashed sender's deliveries due again), POSTs them with
 Standard Webhooks signatures, and records each attempt: 2xx succeeds; 410
-disables the endpoint; anything else is retried on the schedule (honouring
-``Retry-After`` on 429 and 503) until it is used up. Everything is in the
-database, so a restart of any process loses nothing.
+disables the endpoint; anything else — a destination the outbound guard refuses
+included — is retried on the schedule (honouring ``Retry-After`` on 429 and 503)
+until it is used up. Everything is in the database, so a restart of any process
+loses nothing.
+
+Every POST goes through :class:`service_kit.outbound.OutboundHttp`, which resolves
+the host once, checks every address and connects to the address it checked. The
+body of a delivery is the same bytes on every attempt (:func:`body_of`); only the
+``webhook-timestamp`` header and the signature over it change.
 """
 
 from __future__ import annotations
@@ -16,23 +22,17 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
-import aiohttp
 from keel.webhooks import sign
 
 from gateway_bridge.gateway.events.store import DueDelivery, SqlEventStore
-from gateway_bridge.gateway.events.webhooks import (
-    Attempt,
-    check_destination,
-    next_attempt,
-    parse_retry_after,
-)
+from gateway_bridge.gateway.events.webhooks import Attempt, next_attempt, parse_retry_after
 from service_kit.clock import rfc3339
-from service_kit.errors import FailedPrecondition
+from service_kit.outbound import OutboundError, OutboundHttp
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,15 @@ class DispatchSettings:
     interval: float = 0.5
 
 
-def body_of(payload: dict[str, object], now: datetime) -> bytes:
-    """The request body: the seed's ``{"event", "data", "timestamp"}`` plus ids and seq."""
+def body_of(payload: Mapping[str, Any], created_at: datetime) -> bytes:
+    """The request body: the seed's ``{"event", "data", "timestamp"}`` plus ids and seq.
+
+    A function of the stored delivery alone, so every attempt sends the same bytes:
+    ``timestamp`` is the event's own time when the payload carries it, else the
+    delivery's ``created_at`` (when it was queued) — never the attempt's time.
+    """
     body = dict(payload)
-    body["timestamp"] = rfc3339(now)
+    body.setdefault("timestamp", rfc3339(created_at))
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -67,12 +72,13 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
-        self._session: aiohttp.ClientSession | None = None
+        self._http: OutboundHttp | None = None
 
     def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._settings.timeout_seconds),
-            headers={"User-Agent": USER_AGENT},
+        self._http = OutboundHttp(
+            allow_private=self._settings.allow_private,
+            timeout_seconds=self._settings.timeout_seconds,
+            user_agent=USER_AGENT,
         )
         self._tasks = [
             asyncio.create_task(self._loop(self._fan_out_pass), name="webhook-fan-out"),
@@ -99,8 +105,8 @@ class Dispatcher:
                 await task
             except asyncio.CancelledError:
                 pass
-        if self._session is not None:
-            await self._session.close()
+        if self._http is not None:
+            await self._http.close()
 
     async def _loop(self, work: object) -> None:
         assert callable(work)
@@ -132,10 +138,10 @@ class Dispatcher:
 
     async def _attempt(self, due: DueDelivery) -> None:
         """One POST of one delivery, recorded whatever happens."""
-        assert self._session is not None
+        assert self._http is not None
         started = datetime.now(UTC)
         timestamp = int(time.time())
-        body = body_of(dict(due.delivery.payload), started)
+        body = body_of(due.delivery.payload, due.delivery.created_at)
         headers = {
             "content-type": "application/json",
             "webhook-id": due.delivery.event_id,
@@ -145,24 +151,17 @@ class Dispatcher:
         status, error, retry_after, disable = 0, "", None, ""
         clock = time.perf_counter()
         try:
-            await check_destination(due.url, allow_private=self._settings.allow_private)
-            async with self._session.post(
-                due.url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                status = response.status
-                await response.read()
-                if status in (429, 503):
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                if status == 410:
-                    disable = "the endpoint answered 410 Gone"
-                elif not 200 <= status < 300:
-                    error = f"HTTP {status}"
-        except FailedPrecondition as exc:
+            response = await self._http.post(due.url, body=body, headers=headers)
+        except OutboundError as exc:
             error = exc.message
-        except TimeoutError:
-            error = f"no answer within {self._settings.timeout_seconds:g}s"
-        except aiohttp.ClientError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
+        else:
+            status = response.status
+            if status in (429, 503):
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if status == 410:
+                disable = "the endpoint answered 410 Gone"
+            elif not 200 <= status < 300:
+                error = f"HTTP {status}"
         latency_ms = int((time.perf_counter() - clock) * 1000)
         succeeded = 200 <= status < 300
         attempts_made = due.delivery.attempt_count + 1

@@ -1,8 +1,13 @@
-"""``keel.events.v1.EventService``: protobuf in, :class:`EventService` call, protobuf out."""
+"""``keel.events.v1.EventService``: protobuf in, :class:`EventService` call, protobuf out.
+
+``SubscribeEvents`` sends its response headers as soon as the stream is open (before
+any event), so a client knows from then on that every event committed later reaches
+it; it writes with ``context.write`` so that a stream the client cancels is closed at
+once (its slot under the per-tenant cap freed), not when a generator is collected.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC
 from typing import TypeAlias
 
@@ -10,7 +15,8 @@ import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2
 from keel.events.v1 import events_pb2, events_pb2_grpc
 
-from gateway_bridge.gateway.events.service import EventService
+from gateway_bridge.gateway.events.access import StreamAccess
+from gateway_bridge.gateway.events.service import EventService, encode_cursor
 from gateway_bridge.gateway.events.webhooks import (
     Delivery,
     DeliveryStatus,
@@ -18,7 +24,8 @@ from gateway_bridge.gateway.events.webhooks import (
     WebhookState,
     raise_violations,
 )
-from service_kit.auth import current_tenant
+from service_kit.auth import credentials_from_metadata, current_tenant
+from service_kit.interceptor import ACTING_FOR_TENANT
 from service_kit.protobuf import timestamp
 from service_kit.validation import (
     Violations,
@@ -46,6 +53,15 @@ STATUSES_BY_PROTO = {v: k for k, v in STATUSES.items()}
 
 def _tenant() -> str:
     return current_tenant().tenant_id
+
+
+def stream_access(context: Context) -> StreamAccess:
+    """How the caller authenticated (the interceptor has checked it), to check it again."""
+    metadata = {key: value for key, value in context.invocation_metadata() or ()}
+    acting_for = metadata.get(ACTING_FOR_TENANT)
+    if acting_for:
+        return StreamAccess(acting_for=acting_for)
+    return StreamAccess(credentials=credentials_from_metadata(metadata))
 
 
 def webhook_to_proto(webhook: Webhook) -> events_pb2.Webhook:
@@ -201,24 +217,29 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         count = await self._service.replay(_tenant(), webhook_id, since)
         return events_pb2.ReplayEventsResponse(count=count)
 
-    async def SubscribeEvents(
+    async def SubscribeEvents(  # type: ignore[override]  # writes; yields nothing
         self, request: events_pb2.SubscribeEventsRequest, context: Context
-    ) -> AsyncIterator[events_pb2.SubscribeEventsResponse]:
-        stream = self._service.subscribe(
+    ) -> None:
+        opened = self._service.open_stream(
             _tenant(),
             events=list(request.events),
             channel_ids=list(request.channel_ids),
             after=request.after,
+            access=stream_access(context),
         )
-        async for cursor, event in stream:
-            data = struct_pb2.Struct()
-            json_format.ParseDict(dict(event.data), data)
-            yield events_pb2.SubscribeEventsResponse(
-                cursor=cursor,
-                event=event.name,
-                channel_id=event.channel_id,
-                seq=event.seq,
-                data=data,
-                create_time=timestamp(event.created_at),
-                event_id=event.event_id,
-            )
+        async with opened as items:
+            await context.send_initial_metadata(())
+            async for position, event in items:
+                data = struct_pb2.Struct()
+                json_format.ParseDict(dict(event.data), data)
+                await context.write(
+                    events_pb2.SubscribeEventsResponse(
+                        cursor=encode_cursor(position),
+                        event=event.name,
+                        channel_id=event.channel_id,
+                        seq=event.seq,
+                        data=data,
+                        create_time=timestamp(event.created_at),
+                        event_id=event.event_id,
+                    )
+                )

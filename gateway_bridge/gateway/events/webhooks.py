@@ -1,18 +1,16 @@
 """Webhooks: endpoints, their event filters, where they may point, and when to retry.
 
-Plain rules, no I/O except :func:`check_destination`, which resolves a host
-name to refuse addresses inside the operator's network (loopback, private,
-link-local — which includes cloud metadata services — multicast, reserved)
-unless ``KEEL_WEBHOOK_ALLOW_PRIVATE`` allows them.
+Plain rules, no I/O except :func:`check_destination`, which resolves a webhook's
+host when the webhook is created or its URL changed and refuses it unless every
+address is globally routable (or ``KEEL_WEBHOOK_ALLOW_PRIVATE`` allows private
+ones). The address rule and the client that delivers, which checks the address of
+every connection again, are :mod:`service_kit.outbound`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import ipaddress
 import random
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +20,13 @@ from urllib.parse import urlsplit
 from gateway_bridge.gateway.events.errors import InvalidWebhook
 from gateway_bridge.vocabulary import EVENT_NAMES
 from service_kit.errors import FailedPrecondition
+from service_kit.outbound import (
+    NameResolver,
+    OutboundError,
+    SystemResolver,
+    destination,
+    resolve_destination,
+)
 from service_kit.validation import Violations, is_uuid
 
 MAX_URL: Final = 2048
@@ -150,43 +155,20 @@ def check_url(v: Violations, url: str) -> None:
         v.add("url", "has an invalid port")
 
 
-def _refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    for label, hit in (
-        ("loopback", address.is_loopback),
-        ("link-local (cloud metadata lives here)", address.is_link_local),
-        ("private", address.is_private),
-        ("multicast", address.is_multicast),
-        ("reserved", address.is_reserved),
-        ("unspecified", address.is_unspecified),
-    ):
-        if hit:
-            return label
-    return None
-
-
-async def check_destination(url: str, *, allow_private: bool) -> None:
-    """Resolve the URL's host; raise ``FailedPrecondition`` when it cannot be reached from
-    outside or points into a private network (unless ``allow_private``)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+async def check_destination(
+    url: str, *, allow_private: bool, resolver: NameResolver | None = None
+) -> None:
+    """Resolve the URL's host (with ``resolver``, the system's by default); raise
+    ``FailedPrecondition`` naming the address when it does not resolve or any address
+    it resolves to may not be reached (:func:`service_kit.outbound.refusal_reason`),
+    unless ``allow_private``."""
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise FailedPrecondition(f"url: cannot resolve {host!r}: {exc.strerror or exc}") from exc
-    if allow_private:
-        return
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        reason = _refused(address)
-        if reason is not None:
-            raise FailedPrecondition(
-                f"url: {host!r} resolves to {address}, a {reason} address; webhooks may only"
-                " reach public addresses (the operator can allow private ones with"
-                " KEEL_WEBHOOK_ALLOW_PRIVATE=1)"
-            )
+        host, port = destination(url)
+        await resolve_destination(
+            host, port, allow_private=allow_private, resolver=resolver or SystemResolver()
+        )
+    except (OutboundError, ValueError) as exc:
+        raise FailedPrecondition(f"url: {exc}") from exc
 
 
 def next_attempt(

@@ -191,6 +191,18 @@ class SqlDeliveries(SqlEventStoreBase):
         else:
             status = DeliveryStatus.PENDING
         async with write_transaction(self._engine) as conn:
+            settled = await conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery.id)
+                .values(
+                    status=status.value,
+                    attempt_count=deliveries.c.attempt_count + 1,
+                    next_attempt_at=next_attempt_at if status is DeliveryStatus.PENDING else None,
+                    updated_at=self._clock(),
+                )
+            )
+            if settled.rowcount != 1:
+                return  # purged meanwhile (its tenant was deleted): nothing left to record
             await conn.execute(
                 insert(delivery_attempts).values(
                     tenant_id=due.tenant_id,
@@ -199,16 +211,6 @@ class SqlDeliveries(SqlEventStoreBase):
                     status_code=attempt.status_code,
                     latency_ms=attempt.latency_ms,
                     error=attempt.error[:1000],
-                )
-            )
-            await conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id == delivery.id)
-                .values(
-                    status=status.value,
-                    attempt_count=deliveries.c.attempt_count + 1,
-                    next_attempt_at=next_attempt_at if status is DeliveryStatus.PENDING else None,
-                    updated_at=self._clock(),
                 )
             )
             failures = 0 if succeeded else webhooks.c.consecutive_failures + 1

@@ -26,6 +26,7 @@ from gateway_bridge.gateway.events.webhooks import (
     Webhook,
     WebhookState,
 )
+from service_kit.clock import rfc3339
 from service_kit.db import as_utc, load_one
 from service_kit.schema import deliveries, delivery_attempts, webhooks
 from service_kit.validation import new_id
@@ -68,6 +69,8 @@ def event_payload(row: Row) -> dict[str, Any]:
         "channel_id": row["channel_id"],
         "seq": int(row["seq"]),
         "data": row["data"],
+        # The event's own time: the body is the same bytes on every attempt and redelivery.
+        "timestamp": rfc3339(as_utc(row["created_at"])),
     }
 
 

@@ -1,27 +1,44 @@
-"""Webhook rules (``gateway/events/webhooks.py``) and the receivers' helper (``keel.webhooks``).
+"""Webhook rules (``gateway/events/webhooks.py``), the body the dispatcher sends
+(``dispatcher.py``), and the receivers' helper (``keel.webhooks``).
 
-No server here: event filters, URL checks, where a webhook may point (resolved
-with the real resolver, on literal addresses and ``localhost``), the retry
-schedule with its jitter and ``Retry-After``, and Standard Webhooks signatures
-checked against fixed vectors computed independently with ``hmac``/``base64``.
+Event filters, URL checks, where a webhook may point (literal addresses and
+``localhost`` with the real resolver, names with a scripted one; the address rule
+itself is tested in ``tests/service_kit/test_outbound.py``), the retry schedule
+with its jitter and ``Retry-After``, and Standard Webhooks signatures checked
+against fixed vectors computed independently with ``hmac``/``base64``. The
+dispatcher tests run a real dispatcher on a private database (SQLite and
+PostgreSQL) against a receiver on 127.0.0.1: every attempt of a delivery sends the
+same body, and a destination the guard refuses fails the attempt, recorded and
+retried.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import random
+import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from aiohttp import web
 from keel.webhooks import WebhookVerificationError, new_secret, sign, verify
 
+from gateway_bridge.gateway.events.dispatcher import Dispatcher, DispatchSettings, body_of
+from gateway_bridge.gateway.events.store import SqlEventStore
 from gateway_bridge.gateway.events.webhooks import (
     MAX_CHANNEL_FILTERS,
     MAX_FILTERS,
     MAX_URL,
+    Delivery,
+    DeliveryStatus,
     Webhook,
     WebhookState,
     check_destination,
@@ -32,8 +49,14 @@ from gateway_bridge.gateway.events.webhooks import (
     parse_retry_after,
 )
 from gateway_bridge.vocabulary import EVENT_NAMES
+from service_kit.clock import rfc3339
+from service_kit.config import load_settings
+from service_kit.db import create_engine, migrate
 from service_kit.errors import FailedPrecondition
 from service_kit.validation import Violations
+from tests.gateway_bridge.gateway.events.test_service import private_database
+from tests.service_kit.test_outbound import PUBLIC as PUBLIC_ADDRESS
+from tests.service_kit.test_outbound import ScriptedResolver
 
 CHANNEL_A = "8c1f3b9e-0d2a-4e6f-a7b5-3c9d1e2f4a60"
 CHANNEL_B = "0b6e2f7a-1c3d-4e5f-8a9b-0c1d2e3f4a5b"
@@ -201,33 +224,73 @@ def test_check_url_refuses_what_is_not_an_http_endpoint(url: str, description: s
 
 # -- where a webhook may point ----------------------------------------------------------------
 
+HINT = "set KEEL_WEBHOOK_ALLOW_PRIVATE=1 to allow private destinations"
+MAPPED_LOOPBACK = str(ipaddress.ip_address("::ffff:127.0.0.1"))  # how this Python writes it
+
 
 @pytest.mark.parametrize(
-    ("url", "host", "address", "kind"),
+    ("url", "host", "kind"),
     [
-        ("http://127.0.0.1:8080/hook", "127.0.0.1", "127.0.0.1", "loopback"),
-        ("https://10.0.0.1/hook", "10.0.0.1", "10.0.0.1", "private"),
-        ("http://192.168.1.20/hook", "192.168.1.20", "192.168.1.20", "private"),
-        ("http://172.16.5.4/hook", "172.16.5.4", "172.16.5.4", "private"),
-        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254", "169.254.169.254", "link"),
-        ("http://[::1]:8080/hook", "::1", "::1", "loopback"),
-        ("http://[fd00::1]/hook", "fd00::1", "fd00::1", "private"),
-        ("http://[fe80::1]/hook", "fe80::1", "fe80::1", "link-local"),
-        ("http://[::ffff:127.0.0.1]/hook", "::ffff:127.0.0.1", "::ffff:7f00:1", "loopback"),
-        ("http://0.0.0.0/hook", "0.0.0.0", "0.0.0.0", ""),
-        ("http://224.0.0.1/hook", "224.0.0.1", "224.0.0.1", "multicast"),
+        ("http://127.0.0.1:8080/hook", "127.0.0.1", "a loopback address"),
+        ("https://10.0.0.1/hook", "10.0.0.1", "a private address"),
+        ("http://192.168.1.20/hook", "192.168.1.20", "a private address"),
+        ("http://172.16.5.4/hook", "172.16.5.4", "a private address"),
+        ("http://100.64.0.1/hook", "100.64.0.1", "a shared address (carrier-grade NAT)"),
+        ("http://192.0.0.8/hook", "192.0.0.8", "an IETF protocol assignment address"),
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "169.254.169.254",
+            "the cloud metadata service's link-local address",
+        ),
+        ("http://[::1]:8080/hook", "::1", "a loopback address"),
+        ("http://[fd00::1]/hook", "fd00::1", "a private (unique local) address"),
+        ("http://[fe80::1]/hook", "fe80::1", "a link-local address"),
+        (
+            "http://[::ffff:127.0.0.1]/hook",
+            MAPPED_LOOPBACK,
+            "an IPv4-mapped address embedding 127.0.0.1, a loopback address",
+        ),
+        ("http://0.0.0.0/hook", "0.0.0.0", "a 'this network' address"),
+        ("http://224.0.0.1/hook", "224.0.0.1", "a multicast address"),
     ],
 )
-async def test_check_destination_refuses_addresses_inside_the_network(
-    url: str, host: str, address: str, kind: str
+async def test_check_destination_refuses_literal_addresses_inside_the_network(
+    url: str, host: str, kind: str
 ) -> None:
     with pytest.raises(FailedPrecondition) as caught:
         await check_destination(url, allow_private=False)
     message = caught.value.message
-    assert message.startswith(f"url: {host!r} resolves to {address}, a ")
-    assert kind in message
-    assert "KEEL_WEBHOOK_ALLOW_PRIVATE=1" in message
+    assert message.startswith(f"url: {host!r} resolves to {host}, {kind}")
+    assert message.endswith(HINT)
     await check_destination(url, allow_private=True)
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("10.0.0.5", "a private address"),
+        ("fd00:ec2::254", "the cloud metadata service's private address"),
+        ("2002:a00:5::1", "a 6to4 address embedding 10.0.0.5, a private address"),
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffa", "a Teredo address embedding 10.0.0.5"),
+        ("64:ff9b::a9fe:a9fe", "a NAT64 address embedding 169.254.169.254"),
+        ("64:ff9b:1::a00:5", "a local-use NAT64 address embedding 10.0.0.5"),
+    ],
+)
+async def test_check_destination_refuses_a_name_by_what_it_resolves_to(
+    address: str, kind: str
+) -> None:
+    answers = ScriptedResolver([[PUBLIC_ADDRESS, address]])
+    with pytest.raises(FailedPrecondition) as caught:
+        await check_destination(
+            "https://hooks.example.com/keel", allow_private=False, resolver=answers
+        )
+    message = caught.value.message
+    assert message.startswith(
+        f"url: 'hooks.example.com' resolves to {ipaddress.ip_address(address)}, {kind}"
+    )
+    assert message.endswith(HINT)
+    await check_destination("https://hooks.example.com/keel", allow_private=True, resolver=answers)
+    assert answers.lookups == ["hooks.example.com"] * 2
 
 
 async def test_check_destination_refuses_localhost_by_what_it_resolves_to() -> None:
@@ -235,12 +298,19 @@ async def test_check_destination_refuses_localhost_by_what_it_resolves_to() -> N
         await check_destination("http://localhost:8080/hook", allow_private=False)
     message = caught.value.message
     assert message.startswith("url: 'localhost' resolves to ")
-    assert "loopback" in message
+    assert "a loopback address" in message
     await check_destination("http://localhost:8080/hook", allow_private=True)
 
 
 @pytest.mark.parametrize(
-    "url", ["https://93.184.215.14/keel", "http://8.8.8.8:8080/", "https://[2606:4700::1111]/"]
+    "url",
+    [
+        "https://93.184.215.14/keel",
+        "http://8.8.8.8:8080/",
+        "https://[2606:4700::1111]/",
+        "https://[::ffff:8.8.8.8]/",
+        "https://[64:ff9b::808:808]/",
+    ],
 )
 async def test_check_destination_allows_public_addresses(url: str) -> None:
     await check_destination(url, allow_private=False)
@@ -518,3 +588,132 @@ def test_a_secret_without_its_prefix_works_and_a_malformed_one_is_refused() -> N
     verify(SECRET.removeprefix("whsec_"), headers(SIGNATURE), BODY, now=TIMESTAMP)
     with pytest.raises(WebhookVerificationError, match="whsec_"):
         verify("whsec_not base64!", headers(SIGNATURE), BODY, now=TIMESTAMP)
+
+
+# -- delivering: the body of every attempt (dispatcher.py) ------------------------------------
+
+EVENT_TIME = "2024-03-01T12:00:00.123456Z"
+
+
+def test_the_body_is_the_payload_with_the_event_s_time_never_the_attempt_s() -> None:
+    payload = {"event": "ping", "event_id": MSG_ID, "channel_id": "", "seq": 0, "data": {"t": "é"}}
+    queued = datetime(2024, 3, 1, 12, 0, 5, tzinfo=UTC)
+    assert (
+        body_of(payload, queued)
+        == (
+            '{"event":"ping","event_id":"5f0c2d43-7a3e-4d5b-9c61-2b8f6a1e9d07","channel_id":"",'
+            '"seq":0,"data":{"t":"é"},"timestamp":"2024-03-01T12:00:05Z"}'
+        ).encode()
+    )
+    # A payload that carries its event's time keeps it.
+    stamped = body_of({**payload, "timestamp": EVENT_TIME}, queued)
+    assert json.loads(stamped)["timestamp"] == EVENT_TIME
+    assert payload.get("timestamp") is None  # the stored payload is not changed
+
+
+class Endpoint:
+    """A webhook receiver on 127.0.0.1 (port 0): records each request, answers ``statuses``
+    in order (then 200)."""
+
+    def __init__(self, *statuses: int) -> None:
+        self.statuses = list(statuses)
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.url = ""
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), await request.read()))
+        return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[Endpoint]:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+            yield self
+        finally:
+            await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def event_store(database_url: str, tmp_path: Path) -> AsyncIterator[SqlEventStore]:
+    """An event store on a database of its own (no other dispatcher works on it)."""
+    async with private_database(database_url, tmp_path) as url:
+        engine = create_engine(load_settings({"DATABASE_URL": url}).database_url)
+        try:
+            await migrate(engine)
+            yield SqlEventStore(engine)
+        finally:
+            await engine.dispose()
+
+
+async def queue_ping(
+    store: SqlEventStore, url: str, secret: str, data: dict[str, object]
+) -> tuple[str, Delivery]:
+    """A new tenant's new webhook to ``url`` with one ``ping`` delivery queued; the tenant's
+    id and that delivery."""
+    tenant_id = f"tenant-{uuid.uuid4().hex[:8]}"
+    hook = await store.create_webhook(
+        tenant_id, url=url, events_filter=["*"], channel_ids=[], description="", secret=secret
+    )
+    payload = {"event": "ping", "event_id": MSG_ID, "channel_id": "", "seq": 0, "data": data}
+    return tenant_id, await store.add_delivery(tenant_id, hook.id, payload)
+
+
+async def settled_delivery(
+    store: SqlEventStore, settings: DispatchSettings, tenant_id: str, queued: Delivery
+) -> Delivery:
+    """Run a dispatcher until the queued delivery is settled (at most 10 s); it, again."""
+    dispatcher = Dispatcher(store, settings)
+    dispatcher.start()
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                (delivery,) = await store.list_deliveries(
+                    tenant_id, queued.webhook_id, status=None, limit=10, after=None
+                )
+                if delivery.status is not DeliveryStatus.PENDING:
+                    return delivery
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        pytest.fail(f"delivery {queued.id} was not settled within 10 s")
+    finally:
+        await dispatcher.close()
+
+
+async def test_every_attempt_of_a_delivery_sends_the_same_body_signed_afresh(
+    database_url: str, tmp_path: Path
+) -> None:
+    secret = new_secret()
+    async with event_store(database_url, tmp_path) as store, Endpoint(500, 503).serving() as end:
+        tenant_id, queued = await queue_ping(store, end.url, secret, {"t": "👋"})
+        settings = DispatchSettings(retry_schedule=(0.05, 0.05), allow_private=True, interval=0.05)
+        delivery = await settled_delivery(store, settings, tenant_id, queued)
+
+    assert delivery.status is DeliveryStatus.SUCCEEDED
+    assert [a.status_code for a in delivery.attempts] == [500, 503, 200]
+    bodies = {body for _, body in end.requests}
+    assert len(end.requests) == 3 and len(bodies) == 1
+    for request_headers, body in end.requests:
+        payload = verify(secret, request_headers, body)  # each attempt's own signature
+        assert payload["timestamp"] == rfc3339(queued.created_at)
+        assert payload["data"] == {"t": "👋"}
+        assert request_headers["webhook-id"] == MSG_ID
+
+
+async def test_a_refused_destination_fails_the_attempt_with_why_and_is_retried(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with event_store(database_url, tmp_path) as store, Endpoint().serving() as end:
+        tenant_id, queued = await queue_ping(store, end.url, SECRET, {})
+        settings = DispatchSettings(retry_schedule=(0.05,), allow_private=False, interval=0.05)
+        delivery = await settled_delivery(store, settings, tenant_id, queued)
+
+    assert end.requests == []
+    assert delivery.status is DeliveryStatus.FAILED
+    assert [(a.status_code, a.error) for a in delivery.attempts] == [
+        (0, f"'127.0.0.1' resolves to 127.0.0.1, a loopback address; {HINT}")
+    ] * 2
