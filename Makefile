@@ -5,7 +5,7 @@ BUF     := node_modules/.bin/buf
 PROTOS  := $(shell find protos -name '*.proto' | sort)
 PYTHON  ?= python3
 
-.PHONY: run test gen check-gen lint typecheck pytest install clean-var
+.PHONY: run test gen check-gen lint typecheck pytest conformance install clean-var
 
 
 ## run: create .venv if missing, install Keel, and run every service in one process.
@@ -59,6 +59,12 @@ typecheck: $(VENV)/.installed
 
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+## conformance: all 517 Autobahn WebSocket cases against the bridge, compression too (~6 min;
+## `make test` runs all but the larger compression cases); tables in var/conformance/.
+conformance: $(VENV)/.installed
+	KEEL_CONFORMANCE=full KEEL_CONFORMANCE_REPORT=var/conformance \
+		$(VENV)/bin/pytest tests/gateway_bridge/bridge/test_conformance.py $(PYTEST_ARGS)
 
 clean-var:
 	rm -rf var

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Final
+from urllib.parse import urlsplit
 
 import grpc
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from gateway_bridge.bridge import http
 from gateway_bridge.bridge import protocol as p
@@ -115,6 +118,7 @@ class Bridge:
             host,
             port,
             subprotocols=[p.PROTOCOL],  # type: ignore[list-item]
+            select_subprotocol=self._subprotocol,
             process_request=self._http,
             compression="deflate" if self._settings.compression else None,
             max_size=self._settings.max_frame_bytes,
@@ -149,7 +153,23 @@ class Bridge:
         await self._gateway.close()
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
-        return http.respond(connection, request, gateway_up=self.link.connected.is_set())
+        return http.respond(
+            connection,
+            request,
+            gateway_up=self.link.connected.is_set(),
+            echo=self._settings.conformance_echo,
+        )
+
+    def _subprotocol(
+        self, connection: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        """``keel.v1`` is required (websockets' own rule: 400 without it), except on the
+        conformance suite's echo route, which speaks no subprotocol."""
+        request = connection.request
+        if self._settings.conformance_echo and request is not None:
+            if urlsplit(request.path).path == http.ECHO_PATH:
+                return None
+        return ServerProtocol.select_subprotocol(connection.protocol, offered)
 
     # -- what tests and tools may look at ------------------------------------------------
 
@@ -164,6 +184,10 @@ class Bridge:
     # -- one connection -----------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        if self._settings.conformance_echo and ws.request is not None:
+            if urlsplit(ws.request.path).path == http.ECHO_PATH:
+                await _echo(ws)
+                return
         conn: Conn | None = None
         self._admitting.add(ws)
         try:
@@ -239,3 +263,12 @@ class Bridge:
         conn.closed = True
         self._fanout.leave_all(conn)
         self.link.unsubscribe(conn.key)
+
+
+async def _echo(ws: ServerConnection) -> None:
+    """The conformance suite's echo: every message back as it came (text or binary)."""
+    try:
+        async for message in ws:
+            await ws.send(message)
+    except ConnectionClosed:
+        pass

@@ -1,5 +1,6 @@
 """What the bridge answers over plain HTTP on its port: ``/keel.js``, ``/demo``,
-``/healthz``, and a 426 for ``/ws`` without a WebSocket upgrade."""
+``/healthz``, and a 426 for ``/ws`` without a WebSocket upgrade (and for the
+conformance suite's echo route, when it is turned on)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,19 @@ FILES: Final = {
 }
 
 
-def respond(connection: ServerConnection, request: Request, *, gateway_up: bool) -> Response | None:
+#: The echo route of the conformance suite (``KEEL_WS_CONFORMANCE_ECHO``).
+ECHO_PATH: Final = "/_conformance/echo"
+
+
+def respond(
+    connection: ServerConnection, request: Request, *, gateway_up: bool, echo: bool = False
+) -> Response | None:
     """The HTTP response for ``request``, or None to go on with the WebSocket handshake.
 
-    ``/healthz`` is 200 while the bridge's stream to the gateway is up, 503 otherwise."""
+    ``/healthz`` is 200 while the bridge's stream to the gateway is up, 503 otherwise;
+    :data:`ECHO_PATH` upgrades only when ``echo`` is on (else it is not found)."""
     path = urlsplit(request.path).path
-    if path == "/ws":
+    if path == "/ws" or (echo and path == ECHO_PATH):
         if "upgrade" not in request.headers.get("Connection", "").lower():
             return connection.respond(
                 HTTPStatus.UPGRADE_REQUIRED, "this endpoint speaks WebSocket (keel.v1)\n"

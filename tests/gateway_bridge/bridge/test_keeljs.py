@@ -20,7 +20,7 @@ NODE = shutil.which("node")
 SCRIPT = Path(__file__).with_name("keeljs") / "renew.mjs"
 
 
-async def run_node(script: Path, env: dict[str, str], timeout: float = 30.0) -> dict[str, object]:
+async def run_node(script: Path, env: dict[str, str], within: float = 30.0) -> dict[str, object]:
     if NODE is None:
         pytest.fail("node is missing (apt-get install -y nodejs npm)")
     proc = await asyncio.create_subprocess_exec(
@@ -33,10 +33,10 @@ async def run_node(script: Path, env: dict[str, str], timeout: float = 30.0) -> 
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), within)
     except TimeoutError:
         proc.kill()
-        pytest.fail(f"{script.name} did not finish within {timeout}s")
+        pytest.fail(f"{script.name} did not finish within {within}s")
     lines = out.decode().strip().splitlines()
     assert proc.returncode == 0 and lines, f"exit {proc.returncode}\n{err.decode()}"
     result: dict[str, object] = json.loads(lines[-1])
