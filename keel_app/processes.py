@@ -28,7 +28,8 @@ from gateway_bridge.gateway import server as gateway_server
 from notification_service import server as notification_server
 from service_kit.auth import Authenticator, CredentialValidator, TenantId
 from service_kit.config import ConfigError, Settings
-from service_kit.logs import flush_logging
+from service_kit.jobs import JobHandler, JobWorker
+from service_kit.logs import flush_logging, redact_values
 from service_kit.server import (
     KeelServer,
     Runtime,
@@ -110,6 +111,14 @@ async def _serve(process: str, settings: Settings, ready: asyncio.Event | None) 
         settings = embedded_secrets(settings)
     else:
         _check_cluster_settings(process, settings)
+    redact_values(
+        (
+            settings.admin_token,
+            settings.peer_token,
+            settings.token_secret,
+            settings.token_secret_previous,
+        )
+    )
     if process == "bridge":
         await bridge_server.serve(settings, ready)
         return
@@ -117,16 +126,13 @@ async def _serve(process: str, settings: Settings, ready: asyncio.Event | None) 
     specs: list[ServiceSpec] = []
     validator: CredentialValidator | None = None
     directory: TenantDirectory | None = None
+    # The durable jobs this process runs (service_kit/jobs.py), by kind.
+    job_handlers: dict[str, JobHandler] = {}
     if process in ("all", "tenant-service"):
         built = tenant_server.build(runtime)
         specs.append(built.spec)
         validator = directory = built.directory
-    if process in ("all", "gateway"):
-        specs += gateway_server.build(runtime)
-    if process in ("all", "notification-service"):
-        specs += notification_server.build(runtime)
-    if process in ("all", "file-service"):
-        specs += file_server.build(runtime)
+        job_handlers |= built.job_handlers
     channel = None
     if validator is None:
         assert settings.tenant_service_addr is not None
@@ -134,11 +140,20 @@ async def _serve(process: str, settings: Settings, ready: asyncio.Event | None) 
         authenticator = remote_authenticator(settings, channel)
     else:
         authenticator = Authenticator(validator, lookup=directory, ttl=settings.auth_cache_seconds)
+    if process in ("all", "gateway"):
+        specs += gateway_server.build(runtime, authenticator=authenticator)
+    if process in ("all", "notification-service"):
+        specs += notification_server.build(runtime)
+    if process in ("all", "file-service"):
+        specs += file_server.build(runtime)
     await authenticator.follow_changes(runtime.bus)
     server = KeelServer(runtime, specs, authenticator=authenticator)
     bridge: Bridge | None = None
+    worker = JobWorker(runtime.engine, job_handlers) if job_handlers else None
     try:
         await server.start()
+        if worker is not None:
+            worker.start()
         if process == "all":
             host = settings.grpc_addr.host
             local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -151,8 +166,12 @@ async def _serve(process: str, settings: Settings, ready: asyncio.Event | None) 
         await wait_for_stop_signal()
         if bridge is not None:
             await bridge.stop()
+        if worker is not None:
+            await worker.stop(settings.shutdown_grace_seconds)
         await server.stop(settings.shutdown_grace_seconds)
     finally:
+        if worker is not None:
+            await worker.stop(0)  # a no-op after the orderly stop above
         await authenticator.close()
         if channel is not None:
             await channel.close()

@@ -53,6 +53,9 @@ class BridgeSettings:
     handshake_timeout: float = 10.0
     send_buffer_bytes: int = 1024 * 1024
     compression: bool = False
+    #: Serve ``/_conformance/echo`` (echoes every message; no token, no keel.v1) for
+    #: the WebSocket conformance suite. Off by default; never turn it on in production.
+    conformance_echo: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,7 @@ class Settings:
     webhook_allow_private: bool
     webhook_disable_after_failures: int
     event_retention_days: float
+    max_event_streams_per_tenant: int
 
     @property
     def is_sqlite(self) -> bool:
@@ -221,6 +225,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "KEEL_WEBHOOK_DISABLE_AFTER_FAILURES", 100, _number(int, 1, 1_000_000)
         ),
         event_retention_days=get("KEEL_EVENT_RETENTION_DAYS", 7.0, _number(float, 0.0001, 3650)),
+        max_event_streams_per_tenant=get(
+            "KEEL_MAX_EVENT_STREAMS_PER_TENANT", 10, _number(int, 1, 100_000)
+        ),
         bridge=BridgeSettings(
             max_frame_bytes=get("KEEL_WS_MAX_FRAME_BYTES", 65536, _number(int, 256, 16 << 20)),
             max_subscriptions=get("KEEL_WS_MAX_SUBSCRIPTIONS", 100, _number(int, 1, 100_000)),
@@ -241,6 +248,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 "KEEL_WS_SEND_BUFFER_BYTES", 1 << 20, _number(int, 4096, 1 << 30)
             ),
             compression=get("KEEL_WS_COMPRESSION", False, _parse_bool),
+            conformance_echo=get("KEEL_WS_CONFORMANCE_ECHO", False, _parse_bool),
         ),
     )
     for name, token in (
