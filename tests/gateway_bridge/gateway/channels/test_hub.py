@@ -21,6 +21,19 @@ from service_kit.bus import InProcessEventBus
 from service_kit.validation import new_id
 
 
+async def new_channel(chat: ChatService, tenant_id: TenantId, name: str, type: ChannelType) -> Any:
+    """A channel created by alice, with no other member."""
+    return await chat.create_channel(
+        tenant_id,
+        name=name,
+        type=type,
+        metadata={},
+        created_by="alice",
+        member_ids=[],
+        request_id="",
+    )
+
+
 async def test_concurrent_replays_wait_for_room_instead_of_overflowing_the_backlog(
     engine: AsyncEngine,
 ) -> None:
@@ -31,15 +44,7 @@ async def test_concurrent_replays_wait_for_room_instead_of_overflowing_the_backl
     hub = ConnectHub(store, bus, max_backlog=200)
     await hub.start()
     tenant_id = TenantId(new_id())
-    channel = await chat.create_channel(
-        tenant_id,
-        name="busy",
-        type=ChannelType.GROUP,
-        metadata={},
-        created_by="alice",
-        member_ids=[],
-        request_id="",
-    )
+    channel = await new_channel(chat, tenant_id, "busy", ChannelType.GROUP)
     for n in range(150):
         await chat.send_message(tenant_id, NewMessage(channel.id, "alice", f"m{n}"))
     done = asyncio.Event()
@@ -135,15 +140,7 @@ async def test_a_subscribe_result_comes_after_every_live_event_up_to_its_last_se
     hub = ConnectHub(store, bus, gap_wait=0.2)
     await hub.start()
     tenant_id = TenantId(new_id())
-    channel = await chat.create_channel(
-        tenant_id,
-        name="late",
-        type=ChannelType.PUBLIC,
-        metadata={},
-        created_by="alice",
-        member_ids=[],
-        request_id="",
-    )
+    channel = await new_channel(chat, tenant_id, "late", ChannelType.PUBLIC)
     commands: asyncio.Queue[channels_pb2.ConnectRequest | None] = asyncio.Queue()
 
     async def requests() -> AsyncIterator[channels_pb2.ConnectRequest]:

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import sqlite3
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -41,6 +40,8 @@ from service_kit.db import create_engine, migrate, write_transaction
 from service_kit.errors import OutOfRange
 from tests.conftest import PG_ADMIN_URL
 from tests.gateway_bridge.conftest import Keel, Tenant, field_violations, rpc_error, running_keel
+from tests.service_kit.test_db import SLOW_QUERY
+from tests.service_kit.test_db import write_locked as sqlite_write_locked
 
 #: The retry schedule of the servers here: four attempts within about a second.
 SCHEDULE = (0.2, 0.2, 0.5)
@@ -1478,24 +1479,6 @@ async def test_chat_read_may_read_but_not_change_webhooks(
 
 
 # -- the database under the dispatcher --------------------------------------------------------
-
-SLOW_QUERY = (
-    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000000)"
-    " SELECT count(*) FROM n"
-)
-
-
-def sqlite_write_locked(path: Path) -> bool:
-    """Whether another connection holds the SQLite database's write lock right now."""
-    probe = sqlite3.connect(path, timeout=0, isolation_level=None)
-    try:
-        probe.execute("BEGIN IMMEDIATE")
-        probe.execute("ROLLBACK")
-        return False
-    except sqlite3.OperationalError:
-        return True
-    finally:
-        probe.close()
 
 
 async def test_a_write_cancelled_mid_transaction_releases_the_sqlite_lock(tmp_path: Path) -> None:
