@@ -28,7 +28,8 @@ from gateway_bridge.gateway import server as gateway_server
 from notification_service import server as notification_server
 from service_kit.auth import Authenticator, CredentialValidator, TenantId
 from service_kit.config import ConfigError, Settings
-from service_kit.jobs import JobHandler, JobWorker
+from service_kit.job_worker import JobWorker
+from service_kit.jobs import JobHandler
 from service_kit.logs import flush_logging, redact_values
 from service_kit.server import (
     KeelServer,

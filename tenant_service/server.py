@@ -37,8 +37,8 @@ def build_directory(runtime: Runtime) -> TenantDirectory:
 @dataclass(frozen=True)
 class TenantService:
     """The built service: its spec for the server, the directory for in-process callers,
-    and the handlers of the jobs its process runs (for a :class:`~service_kit.jobs.JobWorker`).
-    """
+    and the handlers of the jobs its process runs (for a job worker,
+    :class:`~service_kit.job_worker.JobWorker`)."""
 
     spec: ServiceSpec
     directory: TenantDirectory

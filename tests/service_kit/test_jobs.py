@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service_kit import jobs
 from service_kit.db import create_engine, write_transaction
-from service_kit.jobs import Job, JobInterrupted, JobWorker, RetryPolicy, retry_delay
+from service_kit.job_worker import JobWorker
+from service_kit.jobs import Job, JobInterrupted, RetryPolicy, retry_delay
 from service_kit.schema import job_attempts
 from service_kit.schema import jobs as jobs_table
 

@@ -27,7 +27,8 @@ from gateway_bridge.gateway import server as gateway_server
 from service_kit.auth import TENANT_CHANGED_TOPIC, Authenticator, Credentials, TenantId
 from service_kit.bus import InProcessEventBus
 from service_kit.db import create_engine, write_transaction
-from service_kit.jobs import Job, JobInterrupted, JobWorker
+from service_kit.job_worker import JobWorker
+from service_kit.jobs import Job, JobInterrupted
 from service_kit.purge import TENANT_PURGE_JOB, purge_tenant, purged_tables, tenant_purge_handler
 from service_kit.schema import jobs as jobs_table
 from service_kit.schema import metadata, tenant_deletions

@@ -1,0 +1,216 @@
+"""The worker of the durable job queue (:mod:`service_kit.jobs`): claims due jobs of the
+kinds it has handlers for, runs them with bounded concurrency, keeps their leases while
+they run, records each attempt's outcome, and stops gracefully (handlers reach a
+:meth:`~service_kit.jobs.Job.checkpoint`; what does not in time is cancelled and due
+again when its lease expires)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service_kit.clock import Clock, utcnow
+from service_kit.jobs import (
+    DEFAULT_RETRY,
+    Job,
+    JobHandler,
+    JobInterrupted,
+    RetryPolicy,
+    claim,
+    delete_finished,
+    error_text,
+    extend_lease,
+    fail,
+    hand_back,
+    retry_delay,
+    succeed,
+)
+from service_kit.validation import new_id
+
+log = logging.getLogger(__name__)
+
+
+class JobWorker:
+    """Claims due jobs of the kinds in ``handlers`` and runs them, ``concurrency`` at a time.
+
+    :meth:`start` runs the loop in a task; :meth:`stop` ends it. :meth:`run_due` runs
+    what is due now and returns, for callers (and tests) that drive it themselves.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        handlers: Mapping[str, JobHandler],
+        *,
+        concurrency: int = 4,
+        lease: timedelta = timedelta(seconds=60),
+        poll_interval: float = 1.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        keep_finished: timedelta = timedelta(days=7),
+        name: str | None = None,
+        clock: Clock = utcnow,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._engine = engine
+        self._handlers = dict(handlers)
+        self._concurrency = concurrency
+        self._lease = lease
+        self._poll_interval = poll_interval
+        self._retry = retry
+        self._keep_finished = keep_finished
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+        self._clock = clock
+        self._rand = rand
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._lost: set[str] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._pruned_at: datetime | None = None
+
+    def start(self) -> None:
+        """Start claiming and running jobs in the background."""
+        if self._loop_task is None:
+            self._stopping = False
+            self._loop_task = asyncio.create_task(self._run(), name=f"job-worker {self.name}")
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming; give running handlers ``grace`` seconds to finish or reach a
+        checkpoint (which hands their job back), then cancel them."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+            self._loop_task = None
+        running = list(self._running.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def run_due(self) -> int:
+        """Claim what is due now (up to the free slots) and run it to the end; returns how
+        many jobs were run."""
+        claimed = await self._claim()
+        await asyncio.gather(*claimed)
+        return len(claimed)
+
+    async def _claim(self) -> list[asyncio.Task[None]]:
+        free = self._concurrency - len(self._running)
+        found = await claim(
+            self._engine,
+            self._handlers,
+            limit=free,
+            worker=self.name,
+            lease=self._lease,
+            now=self._clock(),
+        )
+        return [self._spawn(job) for job in found]
+
+    def _spawn(self, job: Job) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._execute(job), name=f"job {job.kind} {job.id}")
+        self._running[job.id] = task
+        task.add_done_callback(lambda _: self._finished(job.id))
+        return task
+
+    def _finished(self, job_id: str) -> None:
+        self._running.pop(job_id, None)
+        self._lost.discard(job_id)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            busy = False
+            try:
+                if len(self._running) < self._concurrency:
+                    busy = len(await self._claim()) > 0
+                await self._prune_now_and_then()
+            except (SQLAlchemyError, OSError):
+                log.warning("the job worker could not reach the database; retrying", exc_info=True)
+            except Exception:  # a bug must not end the loop for good: say so, keep going
+                log.exception("a pass of the job worker failed; retrying")
+            if busy or self._stopping:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            except TimeoutError:
+                pass
+
+    async def _prune_now_and_then(self) -> None:
+        now = self._clock()
+        if self._pruned_at is None or now - self._pruned_at >= timedelta(hours=1):
+            self._pruned_at = now
+            await delete_finished(self._engine, before=now - self._keep_finished)
+
+    def _interrupt_check(self, job_id: str) -> Callable[[], Awaitable[None]]:
+        async def check() -> None:
+            if self._stopping:
+                raise JobInterrupted("the worker is stopping")
+            if job_id in self._lost:
+                raise JobInterrupted("the worker lost the job's lease")
+
+        return check
+
+    async def _execute(self, claimed: Job) -> None:
+        job = replace(claimed, interrupt_check=self._interrupt_check(claimed.id))
+        keeper = asyncio.create_task(self._keep_lease(job), name=f"lease {job.id}")
+        extra = {"job_id": job.id, "kind": job.kind, "attempt": job.attempt}
+        try:
+            await self._handlers[job.kind](job)
+        except JobInterrupted as exc:
+            log.info("a job was interrupted; it will run again", extra=extra | {"why": str(exc)})
+            await self._record(hand_back(self._engine, job, now=self._clock()), job)
+        except Exception as exc:
+            log.warning("a job failed", exc_info=True, extra=extra)
+            now = self._clock()
+            retry_at = now + timedelta(seconds=retry_delay(job.attempt, self._retry, self._rand))
+            await self._record(
+                fail(self._engine, job, error_text(exc), now=now, retry_at=retry_at), job
+            )
+        else:
+            await self._record(succeed(self._engine, job, now=self._clock()), job)
+        finally:
+            keeper.cancel()
+
+    async def _record(self, settling: Awaitable[bool], job: Job) -> None:
+        """Await a settlement of ``job``; say so when the claim was no longer this worker's
+        or the database could not be reached (the lease then brings the job back)."""
+        try:
+            if not await settling:
+                log.warning(
+                    "a job's claim was lost before its outcome was recorded",
+                    extra={"job_id": job.id, "kind": job.kind, "attempt": job.attempt},
+                )
+        except (SQLAlchemyError, OSError):
+            log.warning(
+                "could not record a job's outcome; it runs again when its lease expires",
+                exc_info=True,
+                extra={"job_id": job.id, "kind": job.kind},
+            )
+
+    async def _keep_lease(self, job: Job) -> None:
+        """Extend ``job``'s lease every third of it; mark the job lost once it is not ours."""
+        period = self._lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(period)
+            now = self._clock()
+            try:
+                if not await extend_lease(self._engine, job, until=now + self._lease, now=now):
+                    log.warning("a job's lease was lost", extra={"job_id": job.id})
+                    self._lost.add(job.id)
+                    return
+            except (SQLAlchemyError, OSError):
+                log.warning("could not extend a job's lease", exc_info=True)
