@@ -75,7 +75,11 @@ def decode_cursor(text: str) -> Cursor:
 
 
 class EventService:
-    """Webhooks and event subscriptions for tenants."""
+    """Webhooks and event subscriptions for tenants.
+
+    About 300 lines because it is the one face of the service: each method is a short
+    validate-then-delegate step (to the store, the shared reader of ``reader.py``, the
+    stream limits of ``streams.py`` and the access checks of ``access.py``)."""
 
     def __init__(
         self,
