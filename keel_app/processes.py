@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,6 @@ from service_kit.server import (
     Runtime,
     ServiceSpec,
     open_runtime,
-    wait_for_stop_signal,
 )
 from service_kit.tenant_client import remote_authenticator
 from tenant_service import server as tenant_server
@@ -75,11 +75,32 @@ async def serve(process: str, settings: Settings, *, ready: asyncio.Event | None
     """Run ``process`` until SIGTERM/SIGINT, then stop gracefully.
 
     It owns the event loop (``keel serve``): tasks started while it runs that are
-    still running when it stops are cancelled."""
+    still running when it stops are cancelled. A signal while the process is still
+    starting (waiting for its database, say) stops it at once, quietly, with exit 0."""
     earlier = asyncio.all_tasks()
+    started = ready or asyncio.Event()
+    stop = asyncio.Event()
+    this = asyncio.current_task()
+    assert this is not None
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        stop.set()
+        if not started.is_set():
+            this.cancel()  # nothing serves yet: abandon the start-up
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
     try:
-        await _serve(process, settings, ready)
+        await _serve(process, settings, started, stop)
+    except asyncio.CancelledError:
+        if started.is_set() or not stop.is_set():
+            raise
+        this.uncancel()
+        log.info("stopped while starting", extra={"keel_process": process})
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         if await _finish_leftover_tasks(asyncio.all_tasks() - earlier):
             # asyncio.run would wait for them without limit: exit now, and say it was unclean.
             flush_logging()
@@ -107,7 +128,9 @@ async def _finish_leftover_tasks(tasks: set[asyncio.Task[Any]], grace: float = 3
     return len(pending)
 
 
-async def _serve(process: str, settings: Settings, ready: asyncio.Event | None) -> None:
+async def _serve(
+    process: str, settings: Settings, ready: asyncio.Event, stop: asyncio.Event
+) -> None:
     if process == "all":
         settings = embedded_secrets(settings)
     else:
@@ -121,7 +144,7 @@ async def _serve(process: str, settings: Settings, ready: asyncio.Event | None) 
         )
     )
     if process == "bridge":
-        await bridge_server.serve(settings, ready)
+        await bridge_server.serve(settings, ready, stop=stop)
         return
     runtime = await open_runtime(settings)
     specs: list[ServiceSpec] = []
@@ -162,9 +185,8 @@ async def _serve(process: str, settings: Settings, ready: asyncio.Event | None) 
                 settings, runtime.bus, runtime.redis, authenticator, f"{local}:{server.port}"
             )
             await _welcome(runtime, server, directory, bridge)
-        if ready is not None:
-            ready.set()
-        await wait_for_stop_signal()
+        ready.set()
+        await stop.wait()
         if bridge is not None:
             await bridge.stop()
         if worker is not None:

@@ -60,7 +60,7 @@ class BridgeSettings:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything a Keel process is configured with (see the README's table)."""
+    """Everything a Keel process is configured with (docs/configuration.md lists it)."""
 
     database_url: str
     redis_url: str | None

@@ -395,7 +395,8 @@ def database_unavailable(exc: BaseException) -> Unavailable | None:
     ``ConnectionDoesNotExistError`` and ``InterfaceError``, ``OSError`` from connecting),
     a server starting up, shutting down or out of connections (``CannotConnectNowError``,
     ``AdminShutdownError``, ``TooManyConnectionsError``: SQLSTATE class 08, 57P01-03,
-    53300), a pool timeout, and SQLite's "database is locked".
+    53300), a database that no longer exists (3D000: dropped under a running process), a
+    pool timeout, and SQLite's "database is locked".
     """
     if any(_is_unavailable(error) for error in _causes(exc)):
         return Unavailable("the database is unavailable right now; retry shortly", retry_after=1.0)
@@ -408,8 +409,10 @@ def _is_unavailable(error: BaseException) -> bool:
     if isinstance(error, OperationalError):
         return any(word in str(error.orig).lower() for word in _TRANSIENT)
     state = getattr(error, "sqlstate", None)
-    if isinstance(state, str) and state.startswith(_SQLSTATES_UNAVAILABLE):
-        return True
+    if isinstance(state, str) and (
+        state.startswith(_SQLSTATES_UNAVAILABLE) or state == _SQLSTATE_MISSING_DATABASE
+    ):
+        return True  # a database dropped under a running process is an outage too
     if isinstance(error, OSError):
         # Not every OSError (a file the file service cannot read is a bug, not an outage).
         return isinstance(error, ConnectionError | TimeoutError | socket.gaierror) or (

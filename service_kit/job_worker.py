@@ -76,6 +76,7 @@ class JobWorker:
         self._lost: set[str] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._unreachable = False  # logged once per database outage
         self._loop_task: asyncio.Task[None] | None = None
         self._pruned_at: datetime | None = None
 
@@ -137,10 +138,19 @@ class JobWorker:
                 if len(self._running) < self._concurrency:
                     busy = len(await self._claim()) > 0
                 await self._prune_now_and_then()
-            except (SQLAlchemyError, OSError):
-                log.warning("the job worker could not reach the database; retrying", exc_info=True)
+            except (SQLAlchemyError, OSError) as exc:
+                if not self._unreachable:  # once per outage, not once a poll
+                    self._unreachable = True
+                    log.warning(
+                        "the job worker cannot reach the database; retrying",
+                        extra={"error": str(exc).splitlines()[0][:300]},
+                    )
             except Exception:  # a bug must not end the loop for good: say so, keep going
                 log.exception("a pass of the job worker failed; retrying")
+            else:
+                if self._unreachable:
+                    self._unreachable = False
+                    log.info("the job worker reaches the database again")
             if busy or self._stopping:
                 continue
             self._wake.clear()

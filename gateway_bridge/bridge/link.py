@@ -49,6 +49,7 @@ class GatewayLink:
         self._outbox: asyncio.Queue[channels_pb2.ConnectRequest] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._was_connected = False  # until the first stream opens, failures are waits
         self.connected = asyncio.Event()
 
     def start(self) -> None:
@@ -127,6 +128,7 @@ class GatewayLink:
                     await call.write(request)
                 writer = asyncio.create_task(self._write(call), name="gateway-link-writer")
                 self.connected.set()
+                self._was_connected = True
                 while True:
                     response = await call.read()
                     if response is grpc.aio.EOF:
@@ -138,7 +140,9 @@ class GatewayLink:
                 if self._closing:
                     return
                 log.warning(
-                    "gateway link lost; reconnecting",
+                    "gateway link lost; reconnecting"
+                    if self._was_connected
+                    else "waiting for the gateway (KEEL_GATEWAY_ADDR)",
                     extra={"code": exc.code().name, "details": exc.details()},
                 )
             except asyncio.CancelledError:

@@ -48,8 +48,11 @@ async def start_bridge(
     return bridge
 
 
-async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
-    """``keel serve bridge`` until SIGTERM/SIGINT; then close every connection with 1012."""
+async def serve(
+    settings: Settings, ready: asyncio.Event | None = None, *, stop: asyncio.Event | None = None
+) -> None:
+    """``keel serve bridge`` until ``stop`` is set (by default: until SIGTERM/SIGINT); then
+    close every connection with 1012."""
     assert settings.tenant_service_addr is not None and settings.gateway_addr is not None
     bus, redis = await open_bus(settings)
     channel = grpc.aio.insecure_channel(settings.tenant_service_addr)
@@ -65,7 +68,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         print(f"Keel bridge on ws://{settings.ws_addr.host}:{bridge.port}/ws", flush=True)
         if ready is not None:
             ready.set()
-        await wait_for_stop_signal()
+        if stop is None:
+            await wait_for_stop_signal()
+        else:
+            await stop.wait()
     finally:
         await bridge.stop()
         if metrics is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import time
 import uuid
@@ -286,6 +287,22 @@ def test_a_process_whose_database_does_not_exist_says_so_and_starts_once_it_is_m
             if waiting.process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"not SERVING after `keel migrate`: {waiting.describe()}")
             time.sleep(0.1)
+    finally:
+        waiting.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_process_stopped_while_it_waits_for_its_database_exits_0_without_a_traceback(
+    fresh_database_url: str, tmp_path: Path, sig: signal.Signals
+) -> None:
+    env = cluster_env(fresh_database_url, tmp_path / "var") | fresh_addrs()
+    waiting = launch_keel("tenant-service", env, tmp_path / "logs")
+    try:
+        waiting.wait_for_output("waiting for the database", stream="stderr", timeout=START_TIMEOUT)
+        waiting.signal(sig)
+        assert waiting.wait() == 0, waiting.describe()
+        assert "Traceback" not in waiting.stderr(), waiting.describe()
+        assert any(r["message"] == "stopped while starting" for r in waiting.log_records())
     finally:
         waiting.stop()
 

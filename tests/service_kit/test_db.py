@@ -110,6 +110,7 @@ def wrapped(orig: BaseException) -> DBAPIError:
         OSError(errno.EHOSTUNREACH, "No route to host"),
         TimeoutError(),
         OperationalError("INSERT", None, sqlite3.OperationalError("database is locked")),
+        wrapped(asyncpg.InvalidCatalogNameError('database "keel" does not exist')),
     ],
     ids=repr,
 )
@@ -124,7 +125,6 @@ def test_outages_are_unavailable_with_a_retry_delay(failure: BaseException) -> N
     [
         IntegrityError("INSERT", None, sqlite3.IntegrityError("UNIQUE constraint failed")),
         wrapped(asyncpg.UniqueViolationError("duplicate key value")),
-        wrapped(asyncpg.InvalidCatalogNameError('database "keel" does not exist')),
         FileNotFoundError(errno.ENOENT, "No such file or directory"),
         PermissionError(errno.EACCES, "Permission denied"),
         ValueError("a bug"),
