@@ -416,21 +416,13 @@ async def answer(world: World, method: MethodDescriptor, payloads: list[bytes]) 
         if not method.client_streaming and not method.server_streaming:
             await channel.unary_unary(path)(payloads[0], metadata=metadata, timeout=CALL_DEADLINE)
         elif method.client_streaming and not method.server_streaming:
-            await channel.stream_unary(path)(
-                iter(payloads), metadata=metadata, timeout=CALL_DEADLINE
-            )
+            call = channel.stream_unary(path)(metadata=metadata, timeout=CALL_DEADLINE)
+            if await _wrote_all(call, payloads):
+                await call
         else:
             if method.client_streaming:
                 call = channel.stream_stream(path)(metadata=metadata, timeout=CALL_DEADLINE)
-                try:
-                    for payload in payloads:
-                        await call.write(payload)
-                    await call.done_writing()
-                except grpc.aio.AioRpcError:
-                    # The server ended the call before it read everything (it refused a
-                    # message): the client's own write fails, with a status of the
-                    # client's making ("Internal error from Core"), not the server's.
-                    # What the server answered is read from its metrics instead.
+                if not await _wrote_all(call, payloads):
                     return codes
             else:
                 call = channel.unary_stream(path)(
@@ -440,6 +432,20 @@ async def answer(world: World, method: MethodDescriptor, payloads: list[bytes]) 
     except grpc.aio.AioRpcError as error:
         codes.append(error.code().value[0])
     return codes
+
+
+async def _wrote_all(call: Any, payloads: list[bytes]) -> bool:
+    """Write ``payloads`` to a client stream and close it; False when the server ended
+    the call before it read everything (it refused a message). Then the client's own
+    write fails, with a status of the client's making ("Internal error from Core"), not
+    the server's: what the server answered is read from its metrics instead."""
+    try:
+        for payload in payloads:
+            await call.write(payload)
+        await call.done_writing()
+    except grpc.aio.AioRpcError:
+        return False
+    return True
 
 
 async def _drain(call: Any, method: MethodDescriptor) -> list[int]:
