@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[bytes], None]
 
+#: The notification service publishes ``keel.notifications.v1.LiveNotifications`` here once
+#: it stored in-app notifications; every bridge pushes them to the recipients' connections.
+NOTIFICATIONS_LIVE_TOPIC = "notifications.live"
+
 
 class Subscription(Protocol):
     """A handler's registration on a topic; ``close`` stops its deliveries."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from email.utils import parseaddr
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -59,6 +60,29 @@ class BridgeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class NotificationSettings:
+    """How the notification service sends (``KEEL_SMTP_*``, ``KEEL_NOTIFICATION_*``, …)."""
+
+    #: ``smtp://[user:pass@]host[:port][?starttls=1]`` or ``smtps://…``; None: no email.
+    smtp_url: str | None = None
+    #: The sender of emails of tenants that set no ``email_from``.
+    smtp_from: str = "Keel <keel@localhost>"
+    #: The base URL at which browsers reach the bridge's HTTP port (unsubscribe links);
+    #: None: ``http://`` + ``KEEL_WS_ADDR``.
+    public_url: str | None = None
+    #: The ``sub`` claim of VAPID JWTs: how a push service can reach the operator.
+    vapid_subject: str = "mailto:keel@localhost"
+    #: Attempts of one email, push or webhook delivery before it is given up.
+    max_attempts: int = 10
+    #: How long one email, push or webhook attempt may take.
+    timeout_seconds: float = 15.0
+    #: Deliveries one process runs at once.
+    concurrency: int = 16
+    #: HOST:PORT of a notification service, for a bridge of a cluster (the inbox frames).
+    service_addr: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a Keel process is configured with (docs/configuration.md lists it)."""
 
@@ -88,6 +112,7 @@ class Settings:
     webhook_disable_after_failures: int
     event_retention_days: float
     max_event_streams_per_tenant: int
+    notifications: NotificationSettings = NotificationSettings()
 
     @property
     def is_sqlite(self) -> bool:
@@ -228,6 +253,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_event_streams_per_tenant=get(
             "KEEL_MAX_EVENT_STREAMS_PER_TENANT", 10, _number(int, 1, 100_000)
         ),
+        notifications=NotificationSettings(
+            smtp_url=get("KEEL_SMTP_URL", None, _smtp_url),
+            smtp_from=get("KEEL_SMTP_FROM", "Keel <keel@localhost>", _mailbox),
+            public_url=get("KEEL_PUBLIC_URL", None, _http_url),
+            vapid_subject=get("KEEL_VAPID_SUBJECT", "mailto:keel@localhost", _vapid_subject),
+            max_attempts=get("KEEL_NOTIFICATION_MAX_ATTEMPTS", 10, _number(int, 1, 100)),
+            timeout_seconds=get(
+                "KEEL_NOTIFICATION_TIMEOUT_SECONDS", 15.0, _number(float, 0.1, 300)
+            ),
+            concurrency=get("KEEL_NOTIFICATION_CONCURRENCY", 16, _number(int, 1, 1000)),
+            service_addr=get("KEEL_NOTIFICATION_SERVICE_ADDR", None, _peer_address),
+        ),
         bridge=BridgeSettings(
             max_frame_bytes=get("KEEL_WS_MAX_FRAME_BYTES", 65536, _number(int, 256, 16 << 20)),
             max_subscriptions=get("KEEL_WS_MAX_SUBSCRIPTIONS", 100, _number(int, 1, 100_000)),
@@ -270,4 +307,35 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 def _peer_address(text: str) -> str:
     parse_address(text)
+    return text
+
+
+def _smtp_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ValueError("expected smtp://[user:password@]host[:port][?starttls=1] or smtps://…")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise ValueError(f"bad port: {exc}") from exc
+    return text
+
+
+def _mailbox(text: str) -> str:
+    _, address = parseaddr(text)
+    if "@" not in address:
+        raise ValueError("expected an address such as `Keel <keel@example.com>`")
+    return text
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL, such as https://chat.example.com")
+    return text.rstrip("/")
+
+
+def _vapid_subject(text: str) -> str:
+    if not (text.startswith("mailto:") or text.startswith("https://")):
+        raise ValueError("expected a mailto: or https: URI, such as mailto:ops@example.com")
     return text

@@ -56,3 +56,32 @@ def test_containers_can_listen_on_all_interfaces() -> None:
     settings = load_settings({"KEEL_GRPC_ADDR": "0.0.0.0:7000", "KEEL_WS_ADDR": "[::]:8081"})
     assert str(settings.grpc_addr) == "0.0.0.0:7000"
     assert str(settings.ws_addr) == "[::]:8081"
+
+
+def test_notification_settings_are_read_and_checked() -> None:
+    settings = load_settings(
+        {
+            "KEEL_SMTP_URL": "smtp://u:p@mail.example:587?starttls=1",
+            "KEEL_SMTP_FROM": "Team <team@example.com>",
+            "KEEL_PUBLIC_URL": "https://chat.example.com/",
+            "KEEL_NOTIFICATION_SERVICE_ADDR": "notify:50051",
+        }
+    ).notifications
+    assert settings.smtp_url == "smtp://u:p@mail.example:587?starttls=1"
+    assert settings.smtp_from == "Team <team@example.com>"
+    assert settings.public_url == "https://chat.example.com"
+    assert settings.service_addr == "notify:50051"
+    defaults = load_settings({}).notifications
+    assert defaults.smtp_url is None and defaults.public_url is None
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            {
+                "KEEL_SMTP_URL": "http://mail.example",
+                "KEEL_SMTP_FROM": "nobody",
+                "KEEL_PUBLIC_URL": "chat.example.com",
+                "KEEL_VAPID_SUBJECT": "ops@example.com",
+            }
+        )
+    assert len(caught.value.problems) == 4
+    for name in ("KEEL_SMTP_URL", "KEEL_SMTP_FROM", "KEEL_PUBLIC_URL", "KEEL_VAPID_SUBJECT"):
+        assert name in str(caught.value)

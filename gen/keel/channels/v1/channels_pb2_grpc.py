@@ -108,6 +108,11 @@ class ChannelServiceStub:
                 request_serializer=keel_dot_channels_dot_v1_dot_channels__pb2.ListUsersRequest.SerializeToString,
                 response_deserializer=keel_dot_channels_dot_v1_dot_channels__pb2.ListUsersResponse.FromString,
                 _registered_method=True)
+        self.BatchGetUsers = channel.unary_unary(
+                '/keel.channels.v1.ChannelService/BatchGetUsers',
+                request_serializer=keel_dot_channels_dot_v1_dot_channels__pb2.BatchGetUsersRequest.SerializeToString,
+                response_deserializer=keel_dot_channels_dot_v1_dot_channels__pb2.BatchGetUsersResponse.FromString,
+                _registered_method=True)
         self.AddMember = channel.unary_unary(
                 '/keel.channels.v1.ChannelService/AddMember',
                 request_serializer=keel_dot_channels_dot_v1_dot_channels__pb2.AddMemberRequest.SerializeToString,
@@ -271,6 +276,15 @@ class ChannelServiceServicer:
 
     def ListUsers(self, request, context):
         """ListUsers returns users in creation order, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGetUsers(self, request, context):
+        """BatchGetUsers returns the users with the given ids, in the order asked.
+        When any of them does not exist it answers NOT_FOUND, naming the
+        missing ids in the error's details.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -453,6 +467,11 @@ def add_ChannelServiceServicer_to_server(servicer, server):
                     servicer.ListUsers,
                     request_deserializer=keel_dot_channels_dot_v1_dot_channels__pb2.ListUsersRequest.FromString,
                     response_serializer=keel_dot_channels_dot_v1_dot_channels__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'BatchGetUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetUsers,
+                    request_deserializer=keel_dot_channels_dot_v1_dot_channels__pb2.BatchGetUsersRequest.FromString,
+                    response_serializer=keel_dot_channels_dot_v1_dot_channels__pb2.BatchGetUsersResponse.SerializeToString,
             ),
             'AddMember': grpc.unary_unary_rpc_method_handler(
                     servicer.AddMember,
@@ -775,6 +794,33 @@ class ChannelService:
             '/keel.channels.v1.ChannelService/ListUsers',
             keel_dot_channels_dot_v1_dot_channels__pb2.ListUsersRequest.SerializeToString,
             keel_dot_channels_dot_v1_dot_channels__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.channels.v1.ChannelService/BatchGetUsers',
+            keel_dot_channels_dot_v1_dot_channels__pb2.BatchGetUsersRequest.SerializeToString,
+            keel_dot_channels_dot_v1_dot_channels__pb2.BatchGetUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

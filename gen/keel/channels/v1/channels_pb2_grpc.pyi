@@ -89,6 +89,11 @@ class ChannelServiceStub:
     """GetUser returns one user by its id."""
     ListUsers: _grpc.UnaryUnaryMultiCallable[_channels_pb2.ListUsersRequest, _channels_pb2.ListUsersResponse]
     """ListUsers returns users in creation order, a page at a time."""
+    BatchGetUsers: _grpc.UnaryUnaryMultiCallable[_channels_pb2.BatchGetUsersRequest, _channels_pb2.BatchGetUsersResponse]
+    """BatchGetUsers returns the users with the given ids, in the order asked.
+    When any of them does not exist it answers NOT_FOUND, naming the
+    missing ids in the error's details.
+    """
     AddMember: _grpc.UnaryUnaryMultiCallable[_channels_pb2.AddMemberRequest, _channels_pb2.AddMemberResponse]
     """AddMember adds a user to a group or public channel and emits
     `user:joined`. Adding a current member is not an error: it returns the
@@ -227,6 +232,11 @@ class ChannelServiceAsyncStub(ChannelServiceStub):
     """GetUser returns one user by its id."""
     ListUsers: _aio.UnaryUnaryMultiCallable[_channels_pb2.ListUsersRequest, _channels_pb2.ListUsersResponse]  # type: ignore[assignment]
     """ListUsers returns users in creation order, a page at a time."""
+    BatchGetUsers: _aio.UnaryUnaryMultiCallable[_channels_pb2.BatchGetUsersRequest, _channels_pb2.BatchGetUsersResponse]  # type: ignore[assignment]
+    """BatchGetUsers returns the users with the given ids, in the order asked.
+    When any of them does not exist it answers NOT_FOUND, naming the
+    missing ids in the error's details.
+    """
     AddMember: _aio.UnaryUnaryMultiCallable[_channels_pb2.AddMemberRequest, _channels_pb2.AddMemberResponse]  # type: ignore[assignment]
     """AddMember adds a user to a group or public channel and emits
     `user:joined`. Adding a current member is not an error: it returns the
@@ -410,6 +420,17 @@ class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_channels_pb2.ListUsersResponse, _abc.Awaitable[_channels_pb2.ListUsersResponse]]:
         """ListUsers returns users in creation order, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def BatchGetUsers(
+        self,
+        request: _channels_pb2.BatchGetUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_channels_pb2.BatchGetUsersResponse, _abc.Awaitable[_channels_pb2.BatchGetUsersResponse]]:
+        """BatchGetUsers returns the users with the given ids, in the order asked.
+        When any of them does not exist it answers NOT_FOUND, naming the
+        missing ids in the error's details.
+        """
 
     @_abc_1.abstractmethod
     def AddMember(

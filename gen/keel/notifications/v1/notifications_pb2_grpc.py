@@ -27,15 +27,18 @@ if _version_not_supported:
 
 class NotificationServiceStub:
     """NotificationService sends notifications to a tenant's users through one
-    or more channels (the in-app inbox, email, a webhook), keeps each user's
-    inbox and read state, and honours each user's preferences.
+    or more channels (the in-app inbox, email, Web Push, a webhook), keeps each
+    user's inbox and read state, and honours each user's preferences and the
+    tenant's defaults.
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope
-    `send:basic` (which `send:*` grants). User ids are
-    the tenant's own (the same as in keel.channels.v1); another tenant's ids
-    answer NOT_FOUND.
+    <client_id>:<client_secret>`. Reading inboxes and preferences and sending
+    to listed users in-app or by email needs the scope `send:basic`; sending to
+    the members of a channel, to more than 100 users at once, by push or
+    webhook, or at a later time (`send_at`), and changing the tenant's
+    settings, need `send:*`. User ids are the tenant's own (the same as in
+    keel.channels.v1); another tenant's ids answer NOT_FOUND.
     """
 
     def __init__(self, channel):
@@ -79,26 +82,63 @@ class NotificationServiceStub:
                 request_serializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.ListDeliveryAttemptsRequest.SerializeToString,
                 response_deserializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.ListDeliveryAttemptsResponse.FromString,
                 _registered_method=True)
+        self.GetTenantSettings = channel.unary_unary(
+                '/keel.notifications.v1.NotificationService/GetTenantSettings',
+                request_serializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.GetTenantSettingsRequest.SerializeToString,
+                response_deserializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.GetTenantSettingsResponse.FromString,
+                _registered_method=True)
+        self.UpdateTenantSettings = channel.unary_unary(
+                '/keel.notifications.v1.NotificationService/UpdateTenantSettings',
+                request_serializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.UpdateTenantSettingsRequest.SerializeToString,
+                response_deserializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.UpdateTenantSettingsResponse.FromString,
+                _registered_method=True)
+        self.RegisterPushSubscription = channel.unary_unary(
+                '/keel.notifications.v1.NotificationService/RegisterPushSubscription',
+                request_serializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.RegisterPushSubscriptionRequest.SerializeToString,
+                response_deserializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.RegisterPushSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.DeletePushSubscription = channel.unary_unary(
+                '/keel.notifications.v1.NotificationService/DeletePushSubscription',
+                request_serializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.DeletePushSubscriptionRequest.SerializeToString,
+                response_deserializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.DeletePushSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.ListPushSubscriptions = channel.unary_unary(
+                '/keel.notifications.v1.NotificationService/ListPushSubscriptions',
+                request_serializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.ListPushSubscriptionsRequest.SerializeToString,
+                response_deserializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.ListPushSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.Unsubscribe = channel.unary_unary(
+                '/keel.notifications.v1.NotificationService/Unsubscribe',
+                request_serializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.UnsubscribeRequest.SerializeToString,
+                response_deserializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.UnsubscribeResponse.FromString,
+                _registered_method=True)
 
 
 class NotificationServiceServicer:
     """NotificationService sends notifications to a tenant's users through one
-    or more channels (the in-app inbox, email, a webhook), keeps each user's
-    inbox and read state, and honours each user's preferences.
+    or more channels (the in-app inbox, email, Web Push, a webhook), keeps each
+    user's inbox and read state, and honours each user's preferences and the
+    tenant's defaults.
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope
-    `send:basic` (which `send:*` grants). User ids are
-    the tenant's own (the same as in keel.channels.v1); another tenant's ids
-    answer NOT_FOUND.
+    <client_id>:<client_secret>`. Reading inboxes and preferences and sending
+    to listed users in-app or by email needs the scope `send:basic`; sending to
+    the members of a channel, to more than 100 users at once, by push or
+    webhook, or at a later time (`send_at`), and changing the tenant's
+    settings, need `send:*`. User ids are the tenant's own (the same as in
+    keel.channels.v1); another tenant's ids answer NOT_FOUND.
     """
 
     def SendNotification(self, request, context):
-        """SendNotification creates one notification per user and delivers it
-        through the requested channels that the user has enabled. It answers
-        once the notifications are stored; email and webhook deliveries follow
-        in the background, retried with backoff.
+        """SendNotification creates one notification per recipient — the listed
+        users, or the members of a channel — and delivers it through the
+        requested channels that the recipient's preferences allow. It answers
+        once the notifications are stored; the in-app notification reaches the
+        user's open browser connections at once, and email, push and webhook
+        deliveries follow in the background, retried with backoff. A retry with
+        the same `request_id` returns the same notifications and sends nothing
+        again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,8 +183,58 @@ class NotificationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDeliveryAttempts(self, request, context):
-        """ListDeliveryAttempts returns the email and webhook delivery attempts of
-        a notification, oldest first, a page at a time.
+        """ListDeliveryAttempts returns the email, push and webhook delivery
+        attempts of a notification, oldest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTenantSettings(self, request, context):
+        """GetTenantSettings returns the tenant's notification settings: its email
+        sender, its defaults per category and its Web Push (VAPID) public key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateTenantSettings(self, request, context):
+        """UpdateTenantSettings changes the fields of the tenant's settings named in
+        the update mask.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterPushSubscription(self, request, context):
+        """RegisterPushSubscription stores a browser's Web Push subscription (the
+        `PushSubscription` a browser's `pushManager.subscribe` returns) for a
+        user. Registering an endpoint again replaces its keys.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePushSubscription(self, request, context):
+        """DeletePushSubscription removes a user's push subscription by endpoint.
+        Removing one that is not there is not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPushSubscriptions(self, request, context):
+        """ListPushSubscriptions returns a user's push subscriptions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unsubscribe(self, request, context):
+        """Unsubscribe applies a one-click unsubscribe token (from the
+        `List-Unsubscribe` link of a notification email, RFC 8058): that user's
+        email for that category is turned off. The WebSocket bridge calls it when
+        the link is followed; it needs the peer token, not tenant credentials.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,6 +278,36 @@ def add_NotificationServiceServicer_to_server(servicer, server):
                     request_deserializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.ListDeliveryAttemptsRequest.FromString,
                     response_serializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.ListDeliveryAttemptsResponse.SerializeToString,
             ),
+            'GetTenantSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenantSettings,
+                    request_deserializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.GetTenantSettingsRequest.FromString,
+                    response_serializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.GetTenantSettingsResponse.SerializeToString,
+            ),
+            'UpdateTenantSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateTenantSettings,
+                    request_deserializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.UpdateTenantSettingsRequest.FromString,
+                    response_serializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.UpdateTenantSettingsResponse.SerializeToString,
+            ),
+            'RegisterPushSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterPushSubscription,
+                    request_deserializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.RegisterPushSubscriptionRequest.FromString,
+                    response_serializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.RegisterPushSubscriptionResponse.SerializeToString,
+            ),
+            'DeletePushSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePushSubscription,
+                    request_deserializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.DeletePushSubscriptionRequest.FromString,
+                    response_serializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.DeletePushSubscriptionResponse.SerializeToString,
+            ),
+            'ListPushSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPushSubscriptions,
+                    request_deserializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.ListPushSubscriptionsRequest.FromString,
+                    response_serializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.ListPushSubscriptionsResponse.SerializeToString,
+            ),
+            'Unsubscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unsubscribe,
+                    request_deserializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.UnsubscribeRequest.FromString,
+                    response_serializer=keel_dot_notifications_dot_v1_dot_notifications__pb2.UnsubscribeResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'keel.notifications.v1.NotificationService', rpc_method_handlers)
@@ -198,15 +318,18 @@ def add_NotificationServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class NotificationService:
     """NotificationService sends notifications to a tenant's users through one
-    or more channels (the in-app inbox, email, a webhook), keeps each user's
-    inbox and read state, and honours each user's preferences.
+    or more channels (the in-app inbox, email, Web Push, a webhook), keeps each
+    user's inbox and read state, and honours each user's preferences and the
+    tenant's defaults.
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope
-    `send:basic` (which `send:*` grants). User ids are
-    the tenant's own (the same as in keel.channels.v1); another tenant's ids
-    answer NOT_FOUND.
+    <client_id>:<client_secret>`. Reading inboxes and preferences and sending
+    to listed users in-app or by email needs the scope `send:basic`; sending to
+    the members of a channel, to more than 100 users at once, by push or
+    webhook, or at a later time (`send_at`), and changing the tenant's
+    settings, need `send:*`. User ids are the tenant's own (the same as in
+    keel.channels.v1); another tenant's ids answer NOT_FOUND.
     """
 
     @staticmethod
@@ -388,6 +511,168 @@ class NotificationService:
             '/keel.notifications.v1.NotificationService/ListDeliveryAttempts',
             keel_dot_notifications_dot_v1_dot_notifications__pb2.ListDeliveryAttemptsRequest.SerializeToString,
             keel_dot_notifications_dot_v1_dot_notifications__pb2.ListDeliveryAttemptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenantSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.notifications.v1.NotificationService/GetTenantSettings',
+            keel_dot_notifications_dot_v1_dot_notifications__pb2.GetTenantSettingsRequest.SerializeToString,
+            keel_dot_notifications_dot_v1_dot_notifications__pb2.GetTenantSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateTenantSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.notifications.v1.NotificationService/UpdateTenantSettings',
+            keel_dot_notifications_dot_v1_dot_notifications__pb2.UpdateTenantSettingsRequest.SerializeToString,
+            keel_dot_notifications_dot_v1_dot_notifications__pb2.UpdateTenantSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterPushSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.notifications.v1.NotificationService/RegisterPushSubscription',
+            keel_dot_notifications_dot_v1_dot_notifications__pb2.RegisterPushSubscriptionRequest.SerializeToString,
+            keel_dot_notifications_dot_v1_dot_notifications__pb2.RegisterPushSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePushSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.notifications.v1.NotificationService/DeletePushSubscription',
+            keel_dot_notifications_dot_v1_dot_notifications__pb2.DeletePushSubscriptionRequest.SerializeToString,
+            keel_dot_notifications_dot_v1_dot_notifications__pb2.DeletePushSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPushSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.notifications.v1.NotificationService/ListPushSubscriptions',
+            keel_dot_notifications_dot_v1_dot_notifications__pb2.ListPushSubscriptionsRequest.SerializeToString,
+            keel_dot_notifications_dot_v1_dot_notifications__pb2.ListPushSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unsubscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keel.notifications.v1.NotificationService/Unsubscribe',
+            keel_dot_notifications_dot_v1_dot_notifications__pb2.UnsubscribeRequest.SerializeToString,
+            keel_dot_notifications_dot_v1_dot_notifications__pb2.UnsubscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

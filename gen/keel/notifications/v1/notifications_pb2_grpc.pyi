@@ -28,15 +28,18 @@ GRPC_VERSION: str
 
 class NotificationServiceStub:
     """NotificationService sends notifications to a tenant's users through one
-    or more channels (the in-app inbox, email, a webhook), keeps each user's
-    inbox and read state, and honours each user's preferences.
+    or more channels (the in-app inbox, email, Web Push, a webhook), keeps each
+    user's inbox and read state, and honours each user's preferences and the
+    tenant's defaults.
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope
-    `send:basic` (which `send:*` grants). User ids are
-    the tenant's own (the same as in keel.channels.v1); another tenant's ids
-    answer NOT_FOUND.
+    <client_id>:<client_secret>`. Reading inboxes and preferences and sending
+    to listed users in-app or by email needs the scope `send:basic`; sending to
+    the members of a channel, to more than 100 users at once, by push or
+    webhook, or at a later time (`send_at`), and changing the tenant's
+    settings, need `send:*`. User ids are the tenant's own (the same as in
+    keel.channels.v1); another tenant's ids answer NOT_FOUND.
     """
 
     @_typing.overload
@@ -44,10 +47,14 @@ class NotificationServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> NotificationServiceAsyncStub: ...
     SendNotification: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.SendNotificationRequest, _notifications_pb2.SendNotificationResponse]
-    """SendNotification creates one notification per user and delivers it
-    through the requested channels that the user has enabled. It answers
-    once the notifications are stored; email and webhook deliveries follow
-    in the background, retried with backoff.
+    """SendNotification creates one notification per recipient — the listed
+    users, or the members of a channel — and delivers it through the
+    requested channels that the recipient's preferences allow. It answers
+    once the notifications are stored; the in-app notification reaches the
+    user's open browser connections at once, and email, push and webhook
+    deliveries follow in the background, retried with backoff. A retry with
+    the same `request_id` returns the same notifications and sends nothing
+    again.
     """
     GetNotification: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.GetNotificationRequest, _notifications_pb2.GetNotificationResponse]
     """GetNotification returns one notification by its id."""
@@ -66,30 +73,62 @@ class NotificationServiceStub:
     the update mask.
     """
     ListDeliveryAttempts: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.ListDeliveryAttemptsRequest, _notifications_pb2.ListDeliveryAttemptsResponse]
-    """ListDeliveryAttempts returns the email and webhook delivery attempts of
-    a notification, oldest first, a page at a time.
+    """ListDeliveryAttempts returns the email, push and webhook delivery
+    attempts of a notification, oldest first, a page at a time.
+    """
+    GetTenantSettings: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.GetTenantSettingsRequest, _notifications_pb2.GetTenantSettingsResponse]
+    """GetTenantSettings returns the tenant's notification settings: its email
+    sender, its defaults per category and its Web Push (VAPID) public key.
+    """
+    UpdateTenantSettings: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.UpdateTenantSettingsRequest, _notifications_pb2.UpdateTenantSettingsResponse]
+    """UpdateTenantSettings changes the fields of the tenant's settings named in
+    the update mask.
+    """
+    RegisterPushSubscription: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.RegisterPushSubscriptionRequest, _notifications_pb2.RegisterPushSubscriptionResponse]
+    """RegisterPushSubscription stores a browser's Web Push subscription (the
+    `PushSubscription` a browser's `pushManager.subscribe` returns) for a
+    user. Registering an endpoint again replaces its keys.
+    """
+    DeletePushSubscription: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.DeletePushSubscriptionRequest, _notifications_pb2.DeletePushSubscriptionResponse]
+    """DeletePushSubscription removes a user's push subscription by endpoint.
+    Removing one that is not there is not an error.
+    """
+    ListPushSubscriptions: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.ListPushSubscriptionsRequest, _notifications_pb2.ListPushSubscriptionsResponse]
+    """ListPushSubscriptions returns a user's push subscriptions."""
+    Unsubscribe: _grpc.UnaryUnaryMultiCallable[_notifications_pb2.UnsubscribeRequest, _notifications_pb2.UnsubscribeResponse]
+    """Unsubscribe applies a one-click unsubscribe token (from the
+    `List-Unsubscribe` link of a notification email, RFC 8058): that user's
+    email for that category is turned off. The WebSocket bridge calls it when
+    the link is followed; it needs the peer token, not tenant credentials.
     """
 
 @_typing.type_check_only
 class NotificationServiceAsyncStub(NotificationServiceStub):
     """NotificationService sends notifications to a tenant's users through one
-    or more channels (the in-app inbox, email, a webhook), keeps each user's
-    inbox and read state, and honours each user's preferences.
+    or more channels (the in-app inbox, email, Web Push, a webhook), keeps each
+    user's inbox and read state, and honours each user's preferences and the
+    tenant's defaults.
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope
-    `send:basic` (which `send:*` grants). User ids are
-    the tenant's own (the same as in keel.channels.v1); another tenant's ids
-    answer NOT_FOUND.
+    <client_id>:<client_secret>`. Reading inboxes and preferences and sending
+    to listed users in-app or by email needs the scope `send:basic`; sending to
+    the members of a channel, to more than 100 users at once, by push or
+    webhook, or at a later time (`send_at`), and changing the tenant's
+    settings, need `send:*`. User ids are the tenant's own (the same as in
+    keel.channels.v1); another tenant's ids answer NOT_FOUND.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SendNotification: _aio.UnaryUnaryMultiCallable[_notifications_pb2.SendNotificationRequest, _notifications_pb2.SendNotificationResponse]  # type: ignore[assignment]
-    """SendNotification creates one notification per user and delivers it
-    through the requested channels that the user has enabled. It answers
-    once the notifications are stored; email and webhook deliveries follow
-    in the background, retried with backoff.
+    """SendNotification creates one notification per recipient — the listed
+    users, or the members of a channel — and delivers it through the
+    requested channels that the recipient's preferences allow. It answers
+    once the notifications are stored; the in-app notification reaches the
+    user's open browser connections at once, and email, push and webhook
+    deliveries follow in the background, retried with backoff. A retry with
+    the same `request_id` returns the same notifications and sends nothing
+    again.
     """
     GetNotification: _aio.UnaryUnaryMultiCallable[_notifications_pb2.GetNotificationRequest, _notifications_pb2.GetNotificationResponse]  # type: ignore[assignment]
     """GetNotification returns one notification by its id."""
@@ -108,21 +147,49 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     the update mask.
     """
     ListDeliveryAttempts: _aio.UnaryUnaryMultiCallable[_notifications_pb2.ListDeliveryAttemptsRequest, _notifications_pb2.ListDeliveryAttemptsResponse]  # type: ignore[assignment]
-    """ListDeliveryAttempts returns the email and webhook delivery attempts of
-    a notification, oldest first, a page at a time.
+    """ListDeliveryAttempts returns the email, push and webhook delivery
+    attempts of a notification, oldest first, a page at a time.
+    """
+    GetTenantSettings: _aio.UnaryUnaryMultiCallable[_notifications_pb2.GetTenantSettingsRequest, _notifications_pb2.GetTenantSettingsResponse]  # type: ignore[assignment]
+    """GetTenantSettings returns the tenant's notification settings: its email
+    sender, its defaults per category and its Web Push (VAPID) public key.
+    """
+    UpdateTenantSettings: _aio.UnaryUnaryMultiCallable[_notifications_pb2.UpdateTenantSettingsRequest, _notifications_pb2.UpdateTenantSettingsResponse]  # type: ignore[assignment]
+    """UpdateTenantSettings changes the fields of the tenant's settings named in
+    the update mask.
+    """
+    RegisterPushSubscription: _aio.UnaryUnaryMultiCallable[_notifications_pb2.RegisterPushSubscriptionRequest, _notifications_pb2.RegisterPushSubscriptionResponse]  # type: ignore[assignment]
+    """RegisterPushSubscription stores a browser's Web Push subscription (the
+    `PushSubscription` a browser's `pushManager.subscribe` returns) for a
+    user. Registering an endpoint again replaces its keys.
+    """
+    DeletePushSubscription: _aio.UnaryUnaryMultiCallable[_notifications_pb2.DeletePushSubscriptionRequest, _notifications_pb2.DeletePushSubscriptionResponse]  # type: ignore[assignment]
+    """DeletePushSubscription removes a user's push subscription by endpoint.
+    Removing one that is not there is not an error.
+    """
+    ListPushSubscriptions: _aio.UnaryUnaryMultiCallable[_notifications_pb2.ListPushSubscriptionsRequest, _notifications_pb2.ListPushSubscriptionsResponse]  # type: ignore[assignment]
+    """ListPushSubscriptions returns a user's push subscriptions."""
+    Unsubscribe: _aio.UnaryUnaryMultiCallable[_notifications_pb2.UnsubscribeRequest, _notifications_pb2.UnsubscribeResponse]  # type: ignore[assignment]
+    """Unsubscribe applies a one-click unsubscribe token (from the
+    `List-Unsubscribe` link of a notification email, RFC 8058): that user's
+    email for that category is turned off. The WebSocket bridge calls it when
+    the link is followed; it needs the peer token, not tenant credentials.
     """
 
 class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
     """NotificationService sends notifications to a tenant's users through one
-    or more channels (the in-app inbox, email, a webhook), keeps each user's
-    inbox and read state, and honours each user's preferences.
+    or more channels (the in-app inbox, email, Web Push, a webhook), keeps each
+    user's inbox and read state, and honours each user's preferences and the
+    tenant's defaults.
 
     Every method authenticates the tenant with the metadata `x-client-id` +
     `x-client-secret`, or `authorization: Bearer
-    <client_id>:<client_secret>`, and needs the scope
-    `send:basic` (which `send:*` grants). User ids are
-    the tenant's own (the same as in keel.channels.v1); another tenant's ids
-    answer NOT_FOUND.
+    <client_id>:<client_secret>`. Reading inboxes and preferences and sending
+    to listed users in-app or by email needs the scope `send:basic`; sending to
+    the members of a channel, to more than 100 users at once, by push or
+    webhook, or at a later time (`send_at`), and changing the tenant's
+    settings, need `send:*`. User ids are the tenant's own (the same as in
+    keel.channels.v1); another tenant's ids answer NOT_FOUND.
     """
 
     @_abc_1.abstractmethod
@@ -131,10 +198,14 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _notifications_pb2.SendNotificationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_notifications_pb2.SendNotificationResponse, _abc.Awaitable[_notifications_pb2.SendNotificationResponse]]:
-        """SendNotification creates one notification per user and delivers it
-        through the requested channels that the user has enabled. It answers
-        once the notifications are stored; email and webhook deliveries follow
-        in the background, retried with backoff.
+        """SendNotification creates one notification per recipient — the listed
+        users, or the members of a channel — and delivers it through the
+        requested channels that the recipient's preferences allow. It answers
+        once the notifications are stored; the in-app notification reaches the
+        user's open browser connections at once, and email, push and webhook
+        deliveries follow in the background, retried with backoff. A retry with
+        the same `request_id` returns the same notifications and sends nothing
+        again.
         """
 
     @_abc_1.abstractmethod
@@ -189,8 +260,69 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _notifications_pb2.ListDeliveryAttemptsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_notifications_pb2.ListDeliveryAttemptsResponse, _abc.Awaitable[_notifications_pb2.ListDeliveryAttemptsResponse]]:
-        """ListDeliveryAttempts returns the email and webhook delivery attempts of
-        a notification, oldest first, a page at a time.
+        """ListDeliveryAttempts returns the email, push and webhook delivery
+        attempts of a notification, oldest first, a page at a time.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTenantSettings(
+        self,
+        request: _notifications_pb2.GetTenantSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notifications_pb2.GetTenantSettingsResponse, _abc.Awaitable[_notifications_pb2.GetTenantSettingsResponse]]:
+        """GetTenantSettings returns the tenant's notification settings: its email
+        sender, its defaults per category and its Web Push (VAPID) public key.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateTenantSettings(
+        self,
+        request: _notifications_pb2.UpdateTenantSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notifications_pb2.UpdateTenantSettingsResponse, _abc.Awaitable[_notifications_pb2.UpdateTenantSettingsResponse]]:
+        """UpdateTenantSettings changes the fields of the tenant's settings named in
+        the update mask.
+        """
+
+    @_abc_1.abstractmethod
+    def RegisterPushSubscription(
+        self,
+        request: _notifications_pb2.RegisterPushSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notifications_pb2.RegisterPushSubscriptionResponse, _abc.Awaitable[_notifications_pb2.RegisterPushSubscriptionResponse]]:
+        """RegisterPushSubscription stores a browser's Web Push subscription (the
+        `PushSubscription` a browser's `pushManager.subscribe` returns) for a
+        user. Registering an endpoint again replaces its keys.
+        """
+
+    @_abc_1.abstractmethod
+    def DeletePushSubscription(
+        self,
+        request: _notifications_pb2.DeletePushSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notifications_pb2.DeletePushSubscriptionResponse, _abc.Awaitable[_notifications_pb2.DeletePushSubscriptionResponse]]:
+        """DeletePushSubscription removes a user's push subscription by endpoint.
+        Removing one that is not there is not an error.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPushSubscriptions(
+        self,
+        request: _notifications_pb2.ListPushSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notifications_pb2.ListPushSubscriptionsResponse, _abc.Awaitable[_notifications_pb2.ListPushSubscriptionsResponse]]:
+        """ListPushSubscriptions returns a user's push subscriptions."""
+
+    @_abc_1.abstractmethod
+    def Unsubscribe(
+        self,
+        request: _notifications_pb2.UnsubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notifications_pb2.UnsubscribeResponse, _abc.Awaitable[_notifications_pb2.UnsubscribeResponse]]:
+        """Unsubscribe applies a one-click unsubscribe token (from the
+        `List-Unsubscribe` link of a notification email, RFC 8058): that user's
+        email for that category is turned off. The WebSocket bridge calls it when
+        the link is followed; it needs the peer token, not tenant credentials.
         """
 
 def add_NotificationServiceServicer_to_server(servicer: NotificationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
