@@ -310,6 +310,162 @@ job_attempts = Table(
     Index(None, "tenant_id"),
 )
 
+# notification_service: notifications, their deliveries per channel and every attempt.
+# One row per recipient; ``send_id`` names the SendNotification call that made it and
+# ``position`` its place in that call's answer. ``inbox_time`` is set once it is in the
+# user's inbox (at once, or at its send_at); the inbox is ordered by it.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", KeelId, primary_key=True),
+    Column("tenant_id", KeelId, nullable=False),
+    Column("user_id", AppId, nullable=False),
+    Column("send_id", KeelId, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("category", String(64), nullable=False),
+    Column("title", String(256), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("data", Json, nullable=False),
+    # The channels asked for, by name ("in_app", "email", "webhook", "push").
+    Column("channels", Json, nullable=False),
+    Column("channel_id", KeelId, nullable=True),
+    Column("create_time", Timestamp, nullable=False),
+    Column("send_time", Timestamp, nullable=True),
+    Column("inbox_time", Timestamp, nullable=True),
+    Column("read_time", Timestamp, nullable=True),
+    Index(None, "tenant_id", "user_id", "inbox_time", "id"),
+    Index(None, "send_id", "position"),
+)
+
+# One row per notification and channel (per push subscription for push): its state
+# (pending, sent, failed, skipped, held), why it is held (quiet, digest, scheduled) or
+# failed or skipped, and the digest it waits for.
+notification_deliveries = Table(
+    "notification_deliveries",
+    metadata,
+    Column("id", KeelId, primary_key=True),
+    Column("tenant_id", KeelId, nullable=False),
+    Column(
+        "notification_id",
+        KeelId,
+        ForeignKey("notifications.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("channel", String(16), nullable=False),
+    Column("subscription_id", KeelId, nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("hold", String(16), nullable=False),
+    Column("error", String(1000), nullable=False),
+    Column("digest_id", KeelId, nullable=True),
+    Column("update_time", Timestamp, nullable=False),
+    Index(None, "notification_id"),
+    Index(None, "digest_id"),
+    Index(None, "tenant_id"),
+)
+
+notification_attempts = Table(
+    "notification_attempts",
+    metadata,
+    Column("id", KeelId, primary_key=True),
+    Column("tenant_id", KeelId, nullable=False),
+    Column(
+        "notification_id",
+        KeelId,
+        ForeignKey("notifications.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("delivery_id", KeelId, nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("target", String(2048), nullable=False),
+    Column("attempt_time", Timestamp, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("error", String(1000), nullable=False),
+    Index(None, "notification_id", "attempt_time", "id"),
+    Index(None, "tenant_id"),
+)
+
+# A SendNotification's request_id, and the send it made: a retry answers that send.
+notification_requests = Table(
+    "notification_requests",
+    metadata,
+    Column("tenant_id", KeelId, nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("send_id", KeelId, nullable=False),
+    Column("create_time", Timestamp, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "request_id"),
+)
+
+# A user's preferences; no row means the defaults.
+notification_preferences = Table(
+    "notification_preferences",
+    metadata,
+    Column("tenant_id", KeelId, nullable=False),
+    Column("user_id", AppId, nullable=False),
+    # Channel names; None: every channel.
+    Column("enabled_channels", Json, nullable=True),
+    Column("email", String(255), nullable=False),
+    Column("webhook_url", String(2048), nullable=False),
+    Column("webhook_secret", String(256), nullable=False),
+    # "HH:MM" and an IANA zone; None: no quiet hours.
+    Column("quiet_start", String(5), nullable=True),
+    Column("quiet_end", String(5), nullable=True),
+    Column("quiet_time_zone", String(64), nullable=True),
+    # [{"category", "channel", "enabled"}]
+    Column("rules", Json, nullable=False),
+    Column("update_time", Timestamp, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "user_id"),
+)
+
+# A tenant's notification settings, one row per setting ("email_from",
+# "category_defaults", "webhook": its URL and signing secret, "vapid": its key pair); the
+# secret and the key pair are made at first use. ``update_time`` is None until the tenant
+# changes the setting.
+notification_tenant_settings = Table(
+    "notification_tenant_settings",
+    metadata,
+    Column("tenant_id", KeelId, nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("value", Json, nullable=False),
+    Column("create_time", Timestamp, nullable=False),
+    Column("update_time", Timestamp, nullable=True),
+    PrimaryKeyConstraint("tenant_id", "name"),
+)
+
+# Browsers' Web Push subscriptions; an endpoint (by its SHA-256) belongs to one user.
+push_subscriptions = Table(
+    "push_subscriptions",
+    metadata,
+    Column("id", KeelId, primary_key=True),
+    Column("tenant_id", KeelId, nullable=False),
+    Column("user_id", AppId, nullable=False),
+    Column("endpoint", String(2048), nullable=False),
+    Column("endpoint_hash", String(64), nullable=False),
+    Column("p256dh", String(128), nullable=False),
+    Column("auth", String(64), nullable=False),
+    Column("create_time", Timestamp, nullable=False),
+    UniqueConstraint("tenant_id", "endpoint_hash"),
+    Index(None, "tenant_id", "user_id", "create_time"),
+)
+
+# Digest windows: the first email or push of a (user, category, channel) with a digest
+# window opens one; what follows within it waits for the one digest sent at its end.
+# ``open_key`` names the (tenant, user, category, channel) while the window is open and is
+# None once its digest ran, so at most one window of each is open.
+notification_digests = Table(
+    "notification_digests",
+    metadata,
+    Column("id", KeelId, primary_key=True),
+    Column("tenant_id", KeelId, nullable=False),
+    Column("user_id", AppId, nullable=False),
+    Column("category", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("open_key", String(300), nullable=True, unique=True),
+    Column("start_time", Timestamp, nullable=False),
+    Column("end_time", Timestamp, nullable=False),
+    Index(None, "tenant_id"),
+)
+
 #: Tables of the installation as a whole, without ``tenant_id``; every other table is
 #: tenant-owned (see :func:`tenant_owned_tables`).
 INSTALLATION_TABLES = frozenset({"tenants", "event_log_horizon"})
