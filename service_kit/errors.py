@@ -6,7 +6,7 @@ Exception tree::
      ├── InvalidArgument       INVALID_ARGUMENT    (BadRequest field violations)
      ├── Unauthenticated       UNAUTHENTICATED
      ├── PermissionDenied      PERMISSION_DENIED
-     ├── NotFound              NOT_FOUND
+     ├── NotFound              NOT_FOUND           (ResourceInfo per missing resource)
      ├── AlreadyExists         ALREADY_EXISTS
      ├── FailedPrecondition    FAILED_PRECONDITION
      ├── OutOfRange            OUT_OF_RANGE
@@ -22,6 +22,7 @@ secret or a stack trace; anything that is not a ``KeelError`` becomes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -75,9 +76,16 @@ class PermissionDenied(KeelError):
 
 
 class NotFound(KeelError):
-    """The resource does not exist for this caller (another tenant's ids included)."""
+    """The resource does not exist for this caller (another tenant's ids included).
+
+    ``resources`` names each missing resource as ``(type, name)``, such as
+    ``("keel.channels.v1.User", "alice")``, when a request named several."""
 
     code = grpc.StatusCode.NOT_FOUND
+
+    def __init__(self, message: str, *, resources: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.resources = list(resources)
 
 
 class AlreadyExists(KeelError):
@@ -137,6 +145,11 @@ def to_rpc_status(error: KeelError) -> status_pb2.Status:
             ]
         )
         status.details.add().Pack(bad_request)
+    if isinstance(error, NotFound):
+        for kind, name in error.resources:
+            status.details.add().Pack(
+                error_details_pb2.ResourceInfo(resource_type=kind, resource_name=name)
+            )
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         status.details.add().Pack(_retry_info(retry_after))

@@ -41,6 +41,7 @@ _CHANNEL_READS = (
     "ListChannels",
     "GetUser",
     "ListUsers",
+    "BatchGetUsers",
     "ListMembers",
     "GetMessage",
     "ListMessages",

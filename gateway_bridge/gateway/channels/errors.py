@@ -9,7 +9,8 @@ its gRPC status)::
      ├── NotFound
      │    ├── ChannelNotFound          no such channel in this tenant
      │    ├── MessageNotFound          no such message in this channel
-     │    └── UserNotFound             no such user in this tenant
+     │    ├── UserNotFound             no such user in this tenant
+     │    └── UsersNotFound            some of the users asked for (each named in the details)
      ├── PermissionDenied
      │    └── NotAllowed               not a member, not the sender, not an owner
      └── FailedPrecondition
@@ -20,6 +21,8 @@ A client token that does not verify is :class:`gateway_bridge.tokens.InvalidClie
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from service_kit.errors import (
     FailedPrecondition,
@@ -52,6 +55,20 @@ class UserNotFound(NotFound):
 
     def __init__(self, user_id: str) -> None:
         super().__init__(f"user {user_id!r} not found")
+
+
+class UsersNotFound(NotFound):
+    """Users asked for together that the tenant does not have; each is named in a
+    ``google.rpc.ResourceInfo`` detail (type ``keel.channels.v1.User``)."""
+
+    def __init__(self, user_ids: Sequence[str]) -> None:
+        shown = ", ".join(repr(u) for u in user_ids[:20])
+        more = f" and {len(user_ids) - 20} more" if len(user_ids) > 20 else ""
+        super().__init__(
+            f"users not found: {shown}{more}",
+            resources=[("keel.channels.v1.User", user_id) for user_id in user_ids],
+        )
+        self.user_ids = list(user_ids)
 
 
 class NotAllowed(PermissionDenied):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gateway_bridge.gateway.channels.errors import InvalidChat, UserNotFound
+from gateway_bridge.gateway.channels.errors import InvalidChat, UserNotFound, UsersNotFound
 from gateway_bridge.gateway.channels.models import (
     DEFAULT_TOKEN_TTL_SECONDS,
     MAX_ATTACHMENTS,
@@ -38,12 +38,16 @@ from gateway_bridge.gateway.channels.models import (
     Role,
     UnreadCount,
     User,
+    UserId,
 )
 from gateway_bridge.gateway.channels.store import ChatStore
 from gateway_bridge.gateway.relay import EventRelay
 from gateway_bridge.tokens import ClientTokens
 from service_kit.auth import TenantId
 from service_kit.validation import Violations
+
+#: How many users one BatchGetUsers may ask for.
+MAX_BATCH_USERS = 1000
 
 #: Message types Keel knows; applications may add their own as ``x-<name>``.
 MESSAGE_TYPES = frozenset({"text", "markdown", "image", "file", "audio", "video", "system"})
@@ -125,6 +129,20 @@ class ChatService:
         self, tenant_id: TenantId, *, limit: int, after: tuple[datetime, str] | None
     ) -> list[User]:
         return await self._store.list_users(tenant_id, limit=limit, after=after)
+
+    async def batch_get_users(self, tenant_id: TenantId, user_ids: Sequence[str]) -> list[User]:
+        """The users ``user_ids`` (1 to 1000) name, in that order; raises
+        :class:`UsersNotFound` naming every id the tenant has no user for."""
+        v = Violations()
+        if v.check(0 < len(user_ids) <= MAX_BATCH_USERS, "ids", f"give 1 to {MAX_BATCH_USERS} ids"):
+            for index, user_id in enumerate(user_ids):
+                check_user_id(v, f"ids[{index}]", user_id)
+        v.raise_if_any(InvalidChat)
+        found = {u.id: u for u in await self._store.batch_get_users(tenant_id, user_ids)}
+        missing = list(dict.fromkeys(u for u in user_ids if u not in found))
+        if missing:
+            raise UsersNotFound(missing)
+        return [found[UserId(u)] for u in user_ids]
 
     # -- channels -----------------------------------------------------------------------
 

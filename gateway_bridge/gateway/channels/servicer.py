@@ -156,6 +156,12 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
             users=[convert.user_to_proto(u) for u in page], next_page_token=token
         )
 
+    async def BatchGetUsers(
+        self, request: channels_pb2.BatchGetUsersRequest, context: Context
+    ) -> channels_pb2.BatchGetUsersResponse:
+        found = await self._chat.batch_get_users(_tenant(), list(request.ids))
+        return channels_pb2.BatchGetUsersResponse(users=[convert.user_to_proto(u) for u in found])
+
     # -- members ------------------------------------------------------------------------
 
     async def AddMember(

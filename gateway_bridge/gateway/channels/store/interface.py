@@ -49,6 +49,10 @@ class ChatStore(Protocol):
 
     async def get_user(self, tenant_id: str, user_id: str) -> User | None: ...
 
+    async def batch_get_users(self, tenant_id: str, user_ids: Collection[str]) -> list[User]:
+        """Those of ``user_ids`` the tenant has, in no particular order."""
+        ...
+
     async def list_users(self, tenant_id: str, *, limit: int, after: After) -> list[User]: ...
 
     # -- channels: created once per request id, a direct channel once per pair ----------

@@ -54,6 +54,13 @@ class SqlUsers(SqlStoreBase):
             row = (await conn.execute(user_query(tenant_id, user_id))).first()
         return to_user(row._mapping) if row else None
 
+    async def batch_get_users(self, tenant_id: str, user_ids: Collection[str]) -> list[User]:
+        """Those of ``user_ids`` the tenant has, in no particular order."""
+        query = select(users).where(users.c.tenant_id == tenant_id, users.c.id.in_(set(user_ids)))
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [to_user(r._mapping) for r in rows]
+
     async def list_users(
         self, tenant_id: str, *, limit: int, after: tuple[datetime, str] | None
     ) -> list[User]:

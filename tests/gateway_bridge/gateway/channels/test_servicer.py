@@ -19,6 +19,8 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from keel.channels.v1 import channels_pb2 as pb
 
 from gateway_bridge.tokens import ClientTokens
@@ -288,6 +290,77 @@ async def test_users_upsert_get_and_list(tenant: Tenant) -> None:
         await code_of(tenant.stub.GetUser(pb.GetUserRequest(id="u-nobody"), metadata=tenant.md))
         == NOT_FOUND
     )
+
+
+def missing_users(error: grpc.aio.AioRpcError) -> list[str]:
+    """The user ids the ResourceInfo details of a NOT_FOUND name."""
+    status = rpc_status.from_call(error)
+    named = []
+    for detail in status.details if status else ():
+        info = error_details_pb2.ResourceInfo()
+        if detail.Unpack(info):
+            assert info.resource_type == "keel.channels.v1.User"
+            named.append(info.resource_name)
+    return named
+
+
+async def test_batch_get_users_answers_in_the_order_asked(tenant: Tenant) -> None:
+    for user_id, name in (("u-1", "One"), ("u-2", "Two"), ("u-3", "Three")):
+        await tenant.stub.UpsertUser(
+            pb.UpsertUserRequest(user=pb.User(id=user_id, username=name)), metadata=tenant.md
+        )
+    found = await tenant.stub.BatchGetUsers(
+        pb.BatchGetUsersRequest(ids=["u-3", "u-1", "u-3", "u-2"]), metadata=tenant.md
+    )
+    assert [(u.id, u.username) for u in found.users] == [
+        ("u-3", "Three"),
+        ("u-1", "One"),
+        ("u-3", "Three"),
+        ("u-2", "Two"),
+    ]
+
+
+async def test_batch_get_users_names_every_missing_id_and_another_tenants_users(
+    keel: Keel,
+) -> None:
+    a, b = await keel.tenant(), await keel.tenant()
+    await a.stub.UpsertUser(pb.UpsertUserRequest(user=pb.User(id="ann")), metadata=a.md)
+    await b.stub.UpsertUser(pb.UpsertUserRequest(user=pb.User(id="bea")), metadata=b.md)
+    error = await rpc_error(
+        a.stub.BatchGetUsers(
+            pb.BatchGetUsersRequest(ids=["ann", "bea", "nobody", "bea"]), metadata=a.md
+        )
+    )
+    assert error.code() == NOT_FOUND
+    assert missing_users(error) == ["bea", "nobody"]
+    assert "'bea'" in (error.details() or "") and "'nobody'" in (error.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("ids", "field"),
+    [([], "ids"), (["ok", " padded"], "ids[1]"), (["tab\there"], "ids[0]")],
+)
+async def test_batch_get_users_refuses_malformed_ids(
+    tenant: Tenant, ids: list[str], field: str
+) -> None:
+    error = await rpc_error(
+        tenant.stub.BatchGetUsers(pb.BatchGetUsersRequest(ids=ids), metadata=tenant.md)
+    )
+    assert error.code() == INVALID
+    assert field_violations(error) == [field]
+
+
+async def test_batch_get_users_needs_only_chat_read(keel: Keel) -> None:
+    reader = await keel.tenant("chat:read")
+    error = await rpc_error(
+        reader.stub.BatchGetUsers(pb.BatchGetUsersRequest(ids=["x"]), metadata=reader.md)
+    )
+    assert error.code() == NOT_FOUND  # past the scope check: the user does not exist
+    nothing = await keel.tenant("send:*")
+    error = await rpc_error(
+        nothing.stub.BatchGetUsers(pb.BatchGetUsersRequest(ids=["x"]), metadata=nothing.md)
+    )
+    assert error.code() == DENIED
 
 
 async def test_group_creator_is_its_owner_and_members_join_and_leave(tenant: Tenant) -> None:
