@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -25,14 +25,16 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from gateway_bridge.bridge import http
+from gateway_bridge.bridge import http, unsubscribe
 from gateway_bridge.bridge import protocol as p
 from gateway_bridge.bridge.admission import Admission
 from gateway_bridge.bridge.commands import Commands
 from gateway_bridge.bridge.connection import CLOSED, Conn, Connections
 from gateway_bridge.bridge.ephemeral import Ephemeral
 from gateway_bridge.bridge.fanout import Fanout
+from gateway_bridge.bridge.inbox import Inbox
 from gateway_bridge.bridge.link import GatewayLink
+from gateway_bridge.bridge.notification_link import NotificationLink
 from gateway_bridge.bridge.presence import Presence
 from gateway_bridge.bridge.revocation import Revocation
 from gateway_bridge.tokens import ClientTokens
@@ -46,7 +48,8 @@ _CLOSE_TIMEOUT: Final = 2.0
 
 
 class Bridge:
-    """Serves ``/ws`` (protocol keel.v1), ``/keel.js``, ``/demo`` and ``/healthz``."""
+    """Serves ``/ws`` (protocol keel.v1), ``/keel.js``, ``/demo``, ``/healthz`` and
+    ``/notifications/unsubscribe``."""
 
     def __init__(
         self,
@@ -59,7 +62,9 @@ class Bridge:
         bus: EventBus,
         presence: Presence,
         presence_ttl: float = 30.0,
+        notifications: grpc.aio.Channel | None = None,
     ) -> None:
+        """``notifications`` is a channel to a notification service, if there is one."""
         self._settings = settings
         self._gateway = gateway
         self._connections = Connections()
@@ -90,10 +95,19 @@ class Bridge:
             on_slow=lambda conn: self._cut(conn, p.CloseCode.SLOW_CONSUMER, "slow consumer"),
             on_presence=self._ephemeral.change,
         )
+        self._notifications = NotificationLink(notifications, peer_token)
+        self._inbox = Inbox(
+            link=self._notifications,
+            connections=self._connections,
+            tenants=tenants,
+            write=self._fanout.write,
+            reply=self._reply,
+        )
         self._commands = Commands(
             link=self.link,
             fanout=self._fanout,
             ephemeral=self._ephemeral,
+            inbox=self._inbox,
             admission=self._admission,
             tenants=tenants,
             reply=self._reply,
@@ -113,6 +127,7 @@ class Bridge:
         self.link.start()
         await self._ephemeral.start(self._fanout)
         await self._revocation.start(self._bus)
+        await self._inbox.start(self._bus)
         self._server = await serve(
             self._handle,
             host,
@@ -120,6 +135,7 @@ class Bridge:
             subprotocols=[p.PROTOCOL],  # type: ignore[list-item]
             select_subprotocol=self._subprotocol,
             process_request=self._http,
+            create_connection=http.BridgeConnection,
             compression="deflate" if self._settings.compression else None,
             max_size=self._settings.max_frame_bytes,
             open_timeout=self._settings.handshake_timeout,
@@ -148,11 +164,18 @@ class Bridge:
             await self._server.wait_closed()
         self._fanout.close()
         await self._revocation.stop()
+        await self._inbox.stop()
         await self._ephemeral.stop()
         await self.link.close()
         await self._gateway.close()
+        await self._notifications.close()
 
-    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _http(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | Awaitable[Response] | None:
+        if urlsplit(request.path).path == unsubscribe.UNSUBSCRIBE_PATH:
+            assert isinstance(request, http.HttpRequest)
+            return unsubscribe.respond(request, self._notifications)
         return http.respond(
             connection,
             request,
@@ -180,6 +203,10 @@ class Bridge:
     def live_connections(self, tenant_id: str, channel_id: str) -> Iterator[Conn]:
         """The connections live in a channel on this bridge."""
         return self._fanout.live_connections(tenant_id, channel_id)
+
+    def user_connections(self, tenant_id: str, user_id: str) -> list[Conn]:
+        """The open connections of a user on this bridge."""
+        return list(self._connections.user_connections(tenant_id, user_id))
 
     # -- one connection -----------------------------------------------------------------
 
@@ -222,7 +249,7 @@ class Bridge:
             await self._reply(conn, p.error_frame(p.ErrorCode.RATE_LIMITED, "slow down", frame_id))
             return
         if refused is not None:
-            await self._reply(conn, p.error_frame(refused.code, refused.message, refused.frame_id))
+            await self._reply(conn, p.refusal_frame(refused))
             return
         await self._commands.run(conn, command)
 

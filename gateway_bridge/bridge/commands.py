@@ -3,8 +3,10 @@
 Subscriptions go to the rooms (:mod:`~gateway_bridge.bridge.fanout`); writes go to the
 gateway as the ``ChannelService`` call they stand for, for the connection's tenant and
 as its user (the gateway checks the tenant's scopes and the user's membership);
-typing and presence go to :mod:`~gateway_bridge.bridge.ephemeral`. Each frame needs
-the scope the ``ChannelService`` method it stands for needs (:data:`FRAME_SCOPES`),
+typing and presence go to :mod:`~gateway_bridge.bridge.ephemeral`; the notification
+frames to :mod:`~gateway_bridge.bridge.inbox`. Each frame needs the scope the
+``ChannelService`` (or ``NotificationService``) method it stands for needs
+(:data:`FRAME_SCOPES`),
 checked against the tenant's scopes as they are now, not as they were when the
 connection opened. A handler refuses
 with :class:`~gateway_bridge.bridge.protocol.FrameError`; a failed gateway call
@@ -24,8 +26,10 @@ from gateway_bridge.bridge import protocol as p
 from gateway_bridge.bridge.admission import Admission
 from gateway_bridge.bridge.connection import Conn
 from gateway_bridge.bridge.ephemeral import Ephemeral
-from gateway_bridge.bridge.fanout import Fanout, error_code
+from gateway_bridge.bridge.fanout import Fanout
+from gateway_bridge.bridge.inbox import Inbox
 from gateway_bridge.bridge.link import GatewayLink
+from gateway_bridge.bridge.rpc_errors import frame_error
 from service_kit.auth import Authenticator, require_scope
 from service_kit.clock import rfc3339
 from service_kit.errors import KeelError, NotFound, PermissionDenied
@@ -46,6 +50,11 @@ FRAME_SCOPES: Final[dict[str, str]] = {
     "read": "chat:write",  # MarkRead
     "typing": "chat:write",  # tells others; no RPC
     "presence": "presence:read",  # who is online; no RPC
+    "inbox": "send:basic",  # NotificationService.ListNotifications
+    "mark_read": "send:basic",  # MarkNotificationRead
+    "push_config": "send:basic",  # GetTenantSettings
+    "push_subscribe": "send:basic",  # RegisterPushSubscription
+    "push_unsubscribe": "send:basic",  # DeletePushSubscription
 }
 
 
@@ -58,6 +67,7 @@ class Commands:
         link: GatewayLink,
         fanout: Fanout,
         ephemeral: Ephemeral,
+        inbox: Inbox,
         admission: Admission,
         tenants: Authenticator,
         reply: Reply,
@@ -84,6 +94,7 @@ class Commands:
             "read": self._read,
             "presence": self._presence,
             "ping": self._ping,
+            **inbox.handlers,
         }
         assert self.handlers.keys() == p.FRAME_FIELDS.keys(), "a frame type without a handler"
 
@@ -101,10 +112,9 @@ class Commands:
                 await self._require(conn, command, scope)
             await self.handlers[command.type](conn, command)
         except p.FrameError as exc:
-            await self._reply(conn, p.error_frame(exc.code, exc.message, exc.frame_id))
+            await self._reply(conn, p.refusal_frame(exc))
         except grpc.aio.AioRpcError as exc:
-            message = exc.details() or exc.code().name
-            await self._reply(conn, p.error_frame(error_code(exc.code()), message, command.id))
+            await self._reply(conn, p.refusal_frame(frame_error(exc, command.id)))
 
     async def _require(self, conn: Conn, command: p.Command, scope: str) -> None:
         """Refuse ``command`` unless the tenant holds ``scope`` now (its context is read

@@ -13,7 +13,7 @@ unsent — then it is a slow consumer, and the caller cuts it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -66,12 +66,12 @@ class Conn:
 
 
 class Connections:
-    """The open connections by key, counted per tenant and per user."""
+    """The open connections by key and by user, counted per tenant."""
 
     def __init__(self) -> None:
         self._by_key: dict[str, Conn] = {}
         self._per_tenant: Counter[str] = Counter()
-        self._per_user: Counter[tuple[str, str]] = Counter()
+        self._by_user: dict[tuple[str, str], set[Conn]] = {}
 
     def __iter__(self) -> Iterator[Conn]:
         return iter(list(self._by_key.values()))
@@ -87,12 +87,16 @@ class Connections:
         return self._per_tenant[tenant_id]
 
     def of_user(self, tenant_id: str, user_id: str) -> int:
-        return self._per_user[(tenant_id, user_id)]
+        return len(self._by_user.get((tenant_id, user_id), ()))
+
+    def user_connections(self, tenant_id: str, user_id: str) -> Collection[Conn]:
+        """The open connections of one user (one lookup; do not keep the result)."""
+        return self._by_user.get((tenant_id, user_id), ())
 
     def add(self, conn: Conn) -> None:
         self._by_key[conn.key] = conn
         self._per_tenant[conn.tenant_id] += 1
-        self._per_user[(conn.tenant_id, conn.user_id)] += 1
+        self._by_user.setdefault((conn.tenant_id, conn.user_id), set()).add(conn)
         CONNECTIONS.inc()
 
     def remove(self, conn: Conn) -> bool:
@@ -101,10 +105,11 @@ class Connections:
             return False
         user = (conn.tenant_id, conn.user_id)
         self._per_tenant[conn.tenant_id] -= 1
-        self._per_user[user] -= 1
         if self._per_tenant[conn.tenant_id] <= 0:
             del self._per_tenant[conn.tenant_id]
-        if self._per_user[user] <= 0:
-            del self._per_user[user]
+        connections = self._by_user[user]
+        connections.discard(conn)
+        if not connections:
+            del self._by_user[user]
         CONNECTIONS.dec()
         return True

@@ -20,7 +20,6 @@ import asyncio
 from collections.abc import Callable, Iterator
 from typing import Final
 
-import grpc
 from keel.channels.v1 import channels_pb2
 
 from gateway_bridge.bridge import protocol as p
@@ -28,29 +27,12 @@ from gateway_bridge.bridge.connection import DELIVERIES, Conn, Connections
 from gateway_bridge.bridge.link import GatewayLink, subscribe_request
 from gateway_bridge.bridge.presence import Presence3
 from gateway_bridge.bridge.room import Deliver, Effect, End, Fill, Ready, Room
+from gateway_bridge.bridge.rpc_errors import error_code
 
 #: Events arriving this close together are written to each subscriber in one write.
 COALESCE_SECONDS: Final = 0.001
 
 Event = channels_pb2.ChannelEvent
-
-_GRPC_TO_ERROR = {
-    grpc.StatusCode.INVALID_ARGUMENT: p.ErrorCode.INVALID_ARGUMENT,
-    grpc.StatusCode.NOT_FOUND: p.ErrorCode.NOT_FOUND,
-    grpc.StatusCode.PERMISSION_DENIED: p.ErrorCode.PERMISSION_DENIED,
-    grpc.StatusCode.FAILED_PRECONDITION: p.ErrorCode.FAILED_PRECONDITION,
-    grpc.StatusCode.OUT_OF_RANGE: p.ErrorCode.OUT_OF_RANGE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: p.ErrorCode.RATE_LIMITED,
-    grpc.StatusCode.UNAVAILABLE: p.ErrorCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED: p.ErrorCode.UNAVAILABLE,
-}
-
-
-def error_code(code: int | grpc.StatusCode) -> p.ErrorCode:
-    """The ``error`` frame code for a gRPC status (code or number)."""
-    if isinstance(code, int):
-        code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
-    return _GRPC_TO_ERROR.get(code, p.ErrorCode.INTERNAL)
 
 
 def event_bytes(event: Event) -> bytes:

@@ -1,17 +1,35 @@
 """What the bridge answers over plain HTTP on its port: ``/keel.js``, ``/demo``,
-``/healthz``, and a 426 for ``/ws`` without a WebSocket upgrade (and for the
-conformance suite's echo route, when it is turned on)."""
+``/healthz``, ``/notifications/unsubscribe`` (:mod:`~gateway_bridge.bridge.unsubscribe`),
+and a 426 for ``/ws`` without a WebSocket upgrade (and for the conformance suite's echo
+route, when it is turned on).
+
+websockets reads only what a WebSocket handshake needs: a request without a body. The
+one-click unsubscribe of RFC 8058 is a POST with a short form body, so the bridge's
+connections (:class:`BridgeConnection`) read requests with :func:`read_request`, which
+also takes the body of a POST of up to :data:`MAX_BODY_BYTES`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Generator
 from http import HTTPStatus
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from websockets.exceptions import (
+    HeaderLineTooLong,
+    InvalidMessage,
+    RequestLineTooLong,
+    TooManyHeaders,
+)
+from websockets.http11 import Request, Response, parse_headers, parse_line
+from websockets.protocol import CONNECTING, Protocol
+from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 STATIC: Final = Path(__file__).with_name("static")
 
@@ -25,6 +43,9 @@ FILES: Final = {
 
 #: The echo route of the conformance suite (``KEEL_WS_CONFORMANCE_ECHO``).
 ECHO_PATH: Final = "/_conformance/echo"
+
+#: The largest request body read (a POST's; an RFC 8058 one is 26 bytes).
+MAX_BODY_BYTES: Final = 4096
 
 
 def respond(
@@ -48,13 +69,112 @@ def respond(
         )
     if path in FILES:
         name, content_type = FILES[path]
-        body = (STATIC / name).read_bytes()
-        headers = Headers(
-            [
-                ("Content-Type", content_type),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", "no-cache"),
-            ]
-        )
-        return Response(200, "OK", headers, body)
+        return page(HTTPStatus.OK, (STATIC / name).read_bytes(), content_type)
     return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+
+
+def page(
+    status: HTTPStatus,
+    body: bytes,
+    content_type: str,
+    *,
+    cache: str = "no-cache",
+    extra: tuple[tuple[str, str], ...] = (),
+) -> Response:
+    """A response with ``body``; by default not to be cached without asking again."""
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", cache),
+            *extra,
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+# -- reading requests with a body ------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class HttpRequest(Request):
+    """A request as websockets parses it, with its body (a POST's; empty otherwise).
+    ``body_too_long`` when it announced more than :data:`MAX_BODY_BYTES` (left unread)."""
+
+    body: bytes = b""
+    body_too_long: bool = False
+
+
+def read_request(reader: StreamReader) -> Generator[None, None, HttpRequest]:
+    """websockets' ``Request.parse``, except that a POST may have a body (read, up to
+    :data:`MAX_BODY_BYTES`). Raises what ``Request.parse`` raises."""
+    request_line = yield from parse_line(reader.read_line, RequestLineTooLong)
+    try:
+        raw_method, raw_path, raw_protocol = request_line.split(b" ", 2)
+    except ValueError:
+        raise ValueError(f"invalid HTTP request line: {request_line!r}") from None
+    if raw_protocol not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise ValueError(f"unsupported protocol: {request_line!r}")
+    method, path = raw_method.decode("ascii"), raw_path.decode("ascii")
+    headers = yield from parse_headers(reader.read_line)
+    if "Transfer-Encoding" in headers:
+        raise NotImplementedError("transfer codings aren't supported")
+    lengths = set(headers.get_all("Content-Length"))
+    request = HttpRequest(path, headers, method, raw_protocol.decode("ascii"))
+    if lengths <= {"0"}:
+        return request
+    if method != "POST" or len(lengths) != 1 or not next(iter(lengths)).isdigit():
+        raise ValueError("unsupported request body")
+    length = int(next(iter(lengths)))
+    if length > MAX_BODY_BYTES:
+        request.body_too_long = True  # answered 413; the response discards the rest
+        return request
+    request.body = bytes((yield from reader.read_exact(length)))
+    return request
+
+
+def _handshake(protocol: ServerProtocol) -> Generator[None]:
+    """``ServerProtocol.parse`` with :func:`read_request` for ``Request.parse``."""
+    if protocol.state is CONNECTING:
+        try:
+            request = yield from read_request(protocol.reader)
+        except RequestLineTooLong as exc:
+            protocol.handshake_exc = exc
+            protocol.send_response(
+                protocol.reject(
+                    HTTPStatus.REQUEST_URI_TOO_LONG,
+                    f"Failed to open a WebSocket connection: {exc}.\n",
+                )
+            )
+            yield
+        except (HeaderLineTooLong, TooManyHeaders) as exc:
+            protocol.handshake_exc = exc
+            protocol.send_response(
+                protocol.reject(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    f"Failed to open a WebSocket connection: {exc}.\n",
+                )
+            )
+            yield
+        except Exception as exc:
+            protocol.handshake_exc = InvalidMessage("did not receive a valid HTTP request")
+            protocol.handshake_exc.__cause__ = exc
+            protocol.send_eof()
+            protocol.parser = protocol.discard()
+            next(protocol.parser)
+            yield
+        protocol.events.append(request)
+        while request.body_too_long:  # unread: its bytes must not be taken for frames
+            protocol.reader.discard()  # (the 413 answer replaces this parser)
+            yield
+    yield from Protocol.parse(protocol)
+
+
+class BridgeConnection(ServerConnection):
+    """websockets' server connection, reading its request with :func:`read_request`."""
+
+    def __init__(self, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+        # Nothing has been received yet: the handshake parser can still be swapped.
+        protocol.parser = _handshake(protocol)
+        next(protocol.parser)
+        super().__init__(protocol, *args, **kwargs)

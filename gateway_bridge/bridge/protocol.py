@@ -51,17 +51,34 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     NOT_SUBSCRIBED = "not_subscribed"
     UNAVAILABLE = "unavailable"
+    NOT_CONFIGURED = "not_configured"  # this bridge has no notification service to ask
     INTERNAL = "internal"
 
 
-class FrameError(Exception):
-    """A client frame the bridge refuses; ``frame_id`` is echoed when it could be read."""
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """One bad field of a frame (an ``error`` frame's ``fields``): its name and why."""
 
-    def __init__(self, code: ErrorCode, message: str, frame_id: Any = None) -> None:
+    field: str
+    description: str
+
+
+class FrameError(Exception):
+    """A client frame the bridge refuses; ``frame_id`` is echoed when it could be read;
+    ``fields`` names the bad fields when the service that refused it said which."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        frame_id: Any = None,
+        fields: tuple[FieldProblem, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.frame_id = frame_id
+        self.fields = fields
 
 
 # -- client frames -------------------------------------------------------------------------
@@ -78,8 +95,11 @@ class Command:
 
 
 _STR, _INT, _OPT_STR, _OPT_INT = "str", "int", "str?", "int?"
+_OPT_BOOL, _OPT_INT32, _OPT_STRS, _PUSH = "bool?", "int32?", "[str]?", "push_subscription"
 
-#: Each client frame type and its fields (``?`` = optional).
+#: Each client frame type and its fields (``?`` = optional): ``str``, ``int`` (0 to
+#: :data:`MAX_INT`), ``int32`` (0 to :data:`MAX_INT32`), ``bool``, ``[str]`` (a list of
+#: strings), ``push_subscription`` (a browser's ``PushSubscription.toJSON()``).
 FRAME_FIELDS: Final[dict[str, dict[str, str]]] = {
     "auth": {"token": _STR},
     "subscribe": {"channel_id": _STR, "since_seq": _OPT_INT},
@@ -99,6 +119,11 @@ FRAME_FIELDS: Final[dict[str, dict[str, str]]] = {
     "read": {"channel_id": _STR, "seq": _INT},
     "presence": {"channel_id": _STR},
     "ping": {},
+    "inbox": {"unread_only": _OPT_BOOL, "page_size": _OPT_INT32, "page_token": _OPT_STR},
+    "mark_read": {"ids": _OPT_STRS, "all": _OPT_BOOL},
+    "push_config": {},
+    "push_subscribe": {"subscription": _PUSH},
+    "push_unsubscribe": {"endpoint": _STR},
 }
 
 
@@ -132,33 +157,75 @@ def parse_frame(text: str | bytes) -> Command:
     values: dict[str, Any] = {}
     for name, kind_of in spec.items():
         value = raw.get(name)
-        optional = kind_of.endswith("?")
         if value is None:
-            if not optional:
+            if not kind_of.endswith("?"):
                 raise FrameError(ErrorCode.BAD_FRAME, f'{kind}: "{name}" is required', frame_id)
             continue
-        wants_int = kind_of.startswith("int")
-        if wants_int and not (_is_int(value) and 0 <= value <= MAX_INT):
-            raise FrameError(
-                ErrorCode.BAD_FRAME,
-                f'{kind}: "{name}" must be a whole number from 0 to {MAX_INT}',
-                frame_id,
-            )
-        if not wants_int and not isinstance(value, str):
-            raise FrameError(ErrorCode.BAD_FRAME, f'{kind}: "{name}" must be a string', frame_id)
-        if not wants_int and not _is_text(value):
-            raise FrameError(
-                ErrorCode.BAD_FRAME,
-                f'{kind}: "{name}" is not valid Unicode text (a lone surrogate)',
-                frame_id,
-            )
-        values[name] = value
+        problem = _field_problem(kind_of.rstrip("?"), value)
+        if problem is not None:
+            raise FrameError(ErrorCode.BAD_FRAME, f'{kind}: "{name}" {problem}', frame_id)
+        values[name] = _push_subscription(value) if kind_of == _PUSH else value
     channel_id = values.pop("channel_id", "")
     return Command(str(kind), frame_id, channel_id, values)
 
 
 #: The largest whole number a frame may carry (seqs are 64-bit signed integers).
 MAX_INT: Final = 2**63 - 1
+#: The largest ``page_size`` (a 32-bit field of the API).
+MAX_INT32: Final = 2**31 - 1
+
+_LONE_SURROGATE: Final = "is not valid Unicode text (a lone surrogate)"
+
+
+def _field_problem(kind_of: str, value: object) -> str | None:
+    """Why ``value`` is not of ``kind_of`` (a ``FRAME_FIELDS`` type without its ``?``),
+    or None when it is."""
+    if kind_of in ("int", "int32"):
+        top = MAX_INT if kind_of == "int" else MAX_INT32
+        if _is_int(value) and 0 <= value <= top:  # type: ignore[operator]
+            return None
+        return f"must be a whole number from 0 to {top}"
+    if kind_of == "bool":
+        return None if isinstance(value, bool) else "must be true or false"
+    if kind_of == "str":
+        if not isinstance(value, str):
+            return "must be a string"
+        return None if _is_text(value) else _LONE_SURROGATE
+    if kind_of == "[str]":
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            return "must be a list of strings"
+        return None if all(_is_text(item) for item in value) else _LONE_SURROGATE
+    assert kind_of == _PUSH, kind_of
+    parts = _push_parts(value)
+    if parts is None:
+        return (
+            'must be a PushSubscription\'s JSON: {"endpoint": "…", '
+            '"keys": {"p256dh": "…", "auth": "…"}}'
+        )
+    return None if all(_is_text(part) for part in parts) else _LONE_SURROGATE
+
+
+def _push_parts(value: object) -> tuple[str, str, str] | None:
+    """``endpoint``, ``keys.p256dh`` and ``keys.auth`` of a ``PushSubscription.toJSON()``
+    (which also has ``expirationTime``, left out), or None when one is not a string."""
+    if not isinstance(value, dict) or not isinstance(value.get("keys"), dict):
+        return None
+    endpoint, p256dh, auth = (
+        value.get("endpoint"),
+        value["keys"].get("p256dh"),
+        value["keys"].get("auth"),
+    )
+    if isinstance(endpoint, str) and isinstance(p256dh, str) and isinstance(auth, str):
+        return endpoint, p256dh, auth
+    return None
+
+
+def _push_subscription(value: object) -> dict[str, Any]:
+    """The parts of a valid ``push_subscription`` field that the bridge passes on."""
+    parts = _push_parts(value)
+    assert parts is not None
+    endpoint, p256dh, auth = parts
+    return {"endpoint": endpoint, "keys": {"p256dh": p256dh, "auth": auth}}
 
 
 def _is_int(value: object) -> bool:
@@ -193,16 +260,29 @@ def ack_frame(frame_id: Any, result: dict[str, Any] | None = None) -> str:
 
 
 def error_frame(
-    code: ErrorCode | str, message: str, frame_id: Any = None, *, channel_id: str = ""
+    code: ErrorCode | str,
+    message: str,
+    frame_id: Any = None,
+    *,
+    channel_id: str = "",
+    fields: tuple[FieldProblem, ...] = (),
 ) -> str:
     """An ``error`` frame; with ``channel_id`` when it ends that channel's subscription
-    on the bridge's own initiative (no frame of the client's to answer)."""
+    on the bridge's own initiative (no frame of the client's to answer); with ``fields``
+    (``[{"field", "description"}]``) when the bad fields are known."""
     frame: dict[str, Any] = {"type": "error", "code": str(code), "message": message}
     if frame_id is not None:
         frame["id"] = frame_id
     if channel_id:
         frame["channel_id"] = channel_id
+    if fields:
+        frame["fields"] = [{"field": f.field, "description": f.description} for f in fields]
     return _dump(frame)
+
+
+def refusal_frame(error: FrameError) -> str:
+    """The ``error`` frame that answers a refused frame."""
+    return error_frame(error.code, error.message, error.frame_id, fields=error.fields)
 
 
 def welcome_frame(connection_id: str, user_id: str, tenant_id: str, expire_time: str = "") -> str:
@@ -250,6 +330,14 @@ def typing_frame(channel_id: str, user_id: str) -> str:
 
 def pong_frame(frame_id: Any) -> str:
     return _dump({"type": "pong", "id": frame_id})
+
+
+def notification_frame(notification: dict[str, Any], unread_count: int) -> str:
+    """A ``notification`` frame: a new notification of the connection's user, and how
+    many unread notifications the user's inbox holds with it."""
+    return _dump(
+        {"type": "notification", "notification": notification, "unread_count": unread_count}
+    )
 
 
 def encode_text_frame(payload: bytes) -> bytes:

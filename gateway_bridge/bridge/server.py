@@ -27,11 +27,17 @@ async def start_bridge(
     redis: Redis | None,
     authenticator: Authenticator,
     gateway_addr: str,
+    *,
+    notification_addr: str | None = None,
 ) -> Bridge:
-    """A bridge listening on ``KEEL_WS_ADDR``, linked to the gateway at ``gateway_addr``;
-    presence in Redis when there is one. Raises ``RuntimeError`` if it cannot listen."""
+    """A bridge listening on ``KEEL_WS_ADDR``, linked to the gateway at ``gateway_addr``
+    and to the notification service at ``notification_addr`` (by default
+    ``KEEL_NOTIFICATION_SERVICE_ADDR``; without either, the notification frames answer
+    ``not_configured``); presence in Redis when there is one. Raises ``RuntimeError`` if
+    it cannot listen."""
     peer_token = settings.peer_token or settings.admin_token
     assert settings.token_secret is not None and peer_token is not None
+    notification_addr = notification_addr or settings.notifications.service_addr
     bridge = Bridge(
         settings=settings.bridge,
         tokens=ClientTokens(settings.token_secret, previous=settings.token_secret_previous),
@@ -40,6 +46,7 @@ async def start_bridge(
         peer_token=peer_token,
         bus=bus,
         presence=RedisPresence(redis) if redis is not None else InMemoryPresence(),
+        notifications=(grpc.aio.insecure_channel(notification_addr) if notification_addr else None),
     )
     try:
         await bridge.start(settings.ws_addr.host, settings.ws_addr.port)

@@ -315,3 +315,45 @@ class SlowClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# -- plain HTTP on the bridge's port -----------------------------------------------------------
+
+
+@dataclass
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]  # lowercase names
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+
+async def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: tuple[tuple[str, str], ...] = (),
+) -> HttpAnswer:
+    """One HTTP/1.1 request to the bridge's port, as a browser or mail client sends it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers)]
+        if body or method == "POST":
+            lines.append(f"Content-Length: {len(body)}")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        async with asyncio.timeout(WAIT):
+            head = await reader.readuntil(b"\r\n\r\n")
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            found = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (line.partition(":") for line in header_lines if line)
+            }
+            content = await reader.readexactly(int(found.get("content-length", "0")))
+        return HttpAnswer(int(status_line.split(" ")[1]), found, content)
+    finally:
+        writer.close()
+        await writer.wait_closed()

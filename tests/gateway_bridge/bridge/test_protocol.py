@@ -44,6 +44,16 @@ VALID: dict[str, dict[str, Any]] = {
     "read": {"channel_id": CHANNEL, "seq": 7},
     "presence": {"channel_id": CHANNEL},
     "ping": {},
+    "inbox": {"unread_only": True, "page_size": 20, "page_token": "next"},
+    "mark_read": {"ids": [MESSAGE], "all": False},
+    "push_config": {},
+    "push_subscribe": {
+        "subscription": {
+            "endpoint": "https://push.example/abc",
+            "keys": {"p256dh": "BNcR", "auth": "tBHI"},
+        }
+    },
+    "push_unsubscribe": {"endpoint": "https://push.example/abc"},
 }
 
 
@@ -118,6 +128,31 @@ def test_a_missing_required_field_is_a_bad_frame_naming_it(kind: str, name: str)
     assert f'"{name}" is required' in error.message
 
 
+def test_a_push_subscription_keeps_only_what_the_bridge_passes_on() -> None:
+    browser = {
+        "endpoint": "https://push.example/abc",
+        "expirationTime": None,
+        "keys": {"p256dh": "BNcR", "auth": "tBHI", "extra": "x"},
+    }
+    command = parse_frame(frame("push_subscribe", subscription=browser))
+    assert command.fields == {
+        "subscription": {
+            "endpoint": "https://push.example/abc",
+            "keys": {"p256dh": "BNcR", "auth": "tBHI"},
+        }
+    }
+
+
+def test_lone_surrogates_in_lists_and_subscriptions_are_bad_frames() -> None:
+    error = refused('{"type":"mark_read","ids":["a","\\udc00"]}')
+    assert error.code is ErrorCode.BAD_FRAME and "lone surrogate" in error.message
+    error = refused(
+        '{"type":"push_subscribe","subscription":'
+        '{"endpoint":"\\ud800","keys":{"p256dh":"a","auth":"b"}}}'
+    )
+    assert error.code is ErrorCode.BAD_FRAME and "lone surrogate" in error.message
+
+
 def test_null_counts_as_missing() -> None:
     error = refused(frame("send", "f1", channel_id=CHANNEL, content=None))
     assert error.code is ErrorCode.BAD_FRAME and '"content" is required' in error.message
@@ -146,6 +181,19 @@ def test_null_counts_as_missing() -> None:
         ("read", "seq", "7"),
         ("read", "seq", -2),
         ("presence", "channel_id", 0),
+        ("inbox", "unread_only", 1),
+        ("inbox", "unread_only", "true"),
+        ("inbox", "page_size", 2**31),
+        ("inbox", "page_size", -1),
+        ("inbox", "page_token", 5),
+        ("mark_read", "ids", "n-1"),
+        ("mark_read", "ids", ["n-1", 2]),
+        ("mark_read", "all", "yes"),
+        ("push_subscribe", "subscription", "https://push.example/abc"),
+        ("push_subscribe", "subscription", {"endpoint": "https://push.example/abc"}),
+        ("push_subscribe", "subscription", {"endpoint": 1, "keys": {"p256dh": "a", "auth": "b"}}),
+        ("push_subscribe", "subscription", {"endpoint": "e", "keys": {"p256dh": "a"}}),
+        ("push_unsubscribe", "endpoint", ["e"]),
     ],
 )
 def test_a_field_of_the_wrong_type_is_a_bad_frame(kind: str, name: str, wrong: object) -> None:
@@ -241,6 +289,36 @@ _numbers = st.integers(min_value=-(2**65), max_value=2**65) | st.sampled_from(
 )
 
 
+#: Values mostly of each field type (strings are the rest).
+_TYPED: dict[str, st.SearchStrategy[Any]] = {
+    "int": _numbers,
+    "int32": _numbers | st.sampled_from([2**31 - 1, 2**31]),
+    "bool": st.booleans(),
+    "[str]": st.lists(_text, max_size=3),
+    "push_subscription": st.fixed_dictionaries(
+        {"endpoint": _text, "keys": st.fixed_dictionaries({"p256dh": _text, "auth": _text})},
+        optional={"expirationTime": _json},
+    ),
+}
+
+
+def _encodable(value: object) -> None:
+    """Fail unless ``value`` (and what it holds) can be put in a protobuf message."""
+    if isinstance(value, str):
+        value.encode()
+    elif value is None or isinstance(value, bool):
+        pass
+    elif isinstance(value, int):
+        assert -(2**63) <= value < 2**63
+    elif isinstance(value, list):
+        for item in value:
+            _encodable(item)
+    else:
+        assert isinstance(value, dict), value
+        for item in value.values():
+            _encodable(item)
+
+
 @st.composite
 def _frames(draw: st.DrawFn) -> str:
     """Frames shaped like keel.v1's — a known type with its fields mostly of the right
@@ -252,7 +330,7 @@ def _frames(draw: st.DrawFn) -> str:
     raw: dict[str, Any] = {"type": kind}
     for name, spec in FRAME_FIELDS.get(kind, {}).items():
         if draw(st.integers(0, 5)):  # mostly present, mostly of its kind
-            typed = _numbers if spec.startswith("int") else _text | st.just(CHANNEL)
+            typed = _TYPED.get(spec.rstrip("?"), _text | st.just(CHANNEL))
             raw[name] = draw(typed if draw(st.integers(0, 4)) else _json)
     raw |= draw(st.dictionaries(st.text(max_size=6), _json, max_size=3))
     if draw(st.booleans()):
@@ -273,10 +351,7 @@ def test_any_frame_becomes_a_command_or_a_bad_frame_never_another_error(text: st
         return
     assert command.type in FRAME_FIELDS
     for value in [command.channel_id, *command.fields.values(), command.id]:
-        if isinstance(value, str):
-            value.encode()
-        elif isinstance(value, int):
-            assert -(2**63) <= value < 2**63
+        _encodable(value)
 
 
 def test_binary_frames_are_refused_even_when_they_hold_json() -> None:
@@ -296,6 +371,7 @@ def test_error_codes_are_the_documented_strings() -> None:
         "too_many_subscriptions",
         "not_subscribed",
         "unavailable",
+        "not_configured",
         "internal",
     }
 
