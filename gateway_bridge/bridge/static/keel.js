@@ -23,6 +23,7 @@
  *   onPresence(p),       // {channelId, users: [userId...], userId?, online?} — the channel's
  *                        //   online users, after each subscribe and each change
  *   onTyping(t),         // {channelId, userId} — someone else is typing
+ *   onNotification(n, unreadCount),  // a new notification for this user (see client.inbox)
  *   onStateChange(s, d), // s: "connecting" | "open" | "reconnecting" | "closed";
  *                        //   d: {attempt, delay, code, reason, userId, offline}
  *   onError(err),        // a Keel.KeelError {code, message, frameId} not tied to a promise
@@ -64,6 +65,29 @@
  * client.presence(channelId)            → Promise of [userId...]
  * client.pending()                      sends not yet acknowledged: [{clientMsgId,
  *                                       channelId, content}]
+ *
+ * Notifications (the tenant needs the scope send:basic; docs/protocol.md):
+ * client.inbox.list({unreadOnly, pageSize, pageToken})
+ *                                       → Promise of {notifications, next_page_token,
+ *                                       unread_count}: the user's inbox, newest first
+ * client.inbox.unreadCount              the user's unread count: null until known (a list,
+ *                                       a markRead or a notification), then kept current;
+ *                                       refreshed after each reconnect
+ * client.inbox.markRead(ids)            → Promise of {marked_count, unread_count}
+ * client.inbox.markAllRead()            → Promise of {marked_count, unread_count}
+ * client.inbox.onNotification(cb)       cb(notification, unreadCount) for each new one, live
+ *                                       (no subscription needed); returns an unsubscribe fn
+ * client.inbox.onUnreadCount(cb)        cb(unreadCount) whenever it changes; returns an
+ *                                       unsubscribe fn
+ * client.push.subscribe(registration)   Web Push for this browser: subscribes the service
+ *                                       worker's pushManager with the tenant's VAPID key
+ *                                       (userVisibleOnly) and registers the subscription
+ *                                       with Keel → Promise of the PushSubscription
+ * client.push.unsubscribe(target)       target: the registration, a PushSubscription or its
+ *                                       endpoint → Promise; Keel forgets it, the browser
+ *                                       unsubscribes
+ * client.push.publicKey()               → Promise of the tenant's VAPID public key
+ *                                       (base64url)
  *
  * Promises reject with a Keel.KeelError: code is the error frame's code ("not_found",
  * "permission_denied", "invalid_argument", "rate_limited", ...), or "timeout",
@@ -113,6 +137,12 @@
     }
   }
 
+  /** Requests sent again after a reconnect when cut off before their answer (sends carry
+   * their clientMsgId; the others change nothing twice). */
+  const RESENDABLE = new Set([
+    "send", "presence", "inbox", "mark_read", "push_config", "push_subscribe", "push_unsubscribe",
+  ]);
+
   /** Errors worth retrying a subscription for (the others drop it). */
   const TRANSIENT = new Set(["unavailable", "rate_limited", "internal"]);
 
@@ -154,6 +184,7 @@
         typing: o.onTyping || noop,
         state: o.onStateChange || noop,
         error: o.onError || noop,
+        notification: o.onNotification || noop,
       };
       this._opt = {
         requestTimeout: o.requestTimeout || 10000,
@@ -183,6 +214,9 @@
       this._channels = new Map(); // channel id -> channel state
       this._typingAt = new Map();
       this._connectWaiters = [];
+      this._welcomed = false; // welcomed once already (the next welcome is a reconnect)
+      this.inbox = new Inbox(this);
+      this.push = new Push(this);
 
       this._onlineListener = () => {
         if (this._wanted && !this._ws) this._retryNow();
@@ -307,7 +341,7 @@
       const resend = [];
       for (const req of inflight) {
         clearTimeout(req.timer);
-        if (req.kind === "send" || req.kind === "presence") resend.push(req);
+        if (RESENDABLE.has(req.kind)) resend.push(req);
         else if (req.kind === "subscribe" || req.kind === "unsubscribe" || req.kind === "auth")
           continue;
         else this._settle(req, new KeelError("disconnected", "the connection closed before the ack"));
@@ -375,6 +409,8 @@
       this._setState("open", { userId: frame.user_id });
       for (const w of this._connectWaiters.splice(0)) w.resolve(this);
       for (const ch of this._channels.values()) this._sendSubscribe(ch);
+      if (this._welcomed) this.inbox._refresh(); // notifications may have come meanwhile
+      this._welcomed = true;
       this._flush();
     }
 
@@ -481,6 +517,8 @@
           return this._onPresenceList(frame.channel_id, frame.users || []);
         case "typing":
           return this._call("typing", { channelId: frame.channel_id, userId: frame.user_id });
+        case "notification":
+          return this.inbox._onNotification(frame);
         case "pong":
           clearTimeout(this._timers.pong);
           this._timers.pong = null;
@@ -793,5 +831,144 @@
     }
   }
 
-  return { Client, KeelError, Close, PROTOCOL, version: "1.0.0" };
+  // -- notifications ---------------------------------------------------------------------
+
+  /** The user's notification inbox: client.inbox (see the header). */
+  class Inbox {
+    constructor(client) {
+      this._client = client;
+      this.unreadCount = null;
+      this._notificationListeners = new Set();
+      this._countListeners = new Set();
+    }
+
+    list(options) {
+      const o = options || {};
+      const frame = { type: "inbox" };
+      if (o.unreadOnly) frame.unread_only = true;
+      if (o.pageSize) frame.page_size = o.pageSize;
+      if (o.pageToken) frame.page_token = o.pageToken;
+      return this._ask(frame);
+    }
+
+    markRead(ids) {
+      const list = Array.isArray(ids) ? ids.map(String) : [String(ids)];
+      return this._ask({ type: "mark_read", ids: list });
+    }
+
+    markAllRead() {
+      return this._ask({ type: "mark_read", all: true });
+    }
+
+    onNotification(cb) {
+      this._notificationListeners.add(cb);
+      return () => this._notificationListeners.delete(cb);
+    }
+
+    onUnreadCount(cb) {
+      this._countListeners.add(cb);
+      return () => this._countListeners.delete(cb);
+    }
+
+    _ask(frame) {
+      return this._client._request(frame, frame.type).promise.then((result) => {
+        this._setCount(result.unread_count);
+        return result;
+      });
+    }
+
+    /** After a reconnect: the count may have changed while the socket was down. */
+    _refresh() {
+      if (this.unreadCount === null) return;
+      const frame = { type: "inbox", unread_only: true, page_size: 1 };
+      this._ask(frame).catch((e) => this._client._error(e));
+    }
+
+    _onNotification(frame) {
+      this._setCount(frame.unread_count);
+      const n = frame.notification || {};
+      this._client._call("notification", n, this.unreadCount);
+      for (const cb of Array.from(this._notificationListeners)) this._safely(cb, n, this.unreadCount);
+    }
+
+    _setCount(count) {
+      if (typeof count !== "number" || count === this.unreadCount) return;
+      this.unreadCount = count;
+      for (const cb of Array.from(this._countListeners)) this._safely(cb, count);
+    }
+
+    _safely(cb, a, b) {
+      try {
+        cb(a, b);
+      } catch (e) {
+        if (typeof console !== "undefined") console.error("keel.js: an inbox listener threw", e);
+      }
+    }
+  }
+
+  function base64UrlBytes(text) {
+    const base64 = text.replace(/-/g, "+").replace(/_/g, "/");
+    const binary = atob(base64.padEnd(Math.ceil(base64.length / 4) * 4, "="));
+    const bytes = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+    return bytes;
+  }
+
+  function sameBytes(buffer, bytes) {
+    if (!buffer) return false;
+    const a = new Uint8Array(buffer);
+    return a.length === bytes.length && a.every((v, i) => v === bytes[i]);
+  }
+
+  /** Web Push for this browser: client.push (see the header). */
+  class Push {
+    constructor(client) {
+      this._client = client;
+    }
+
+    publicKey() {
+      return this._client._request({ type: "push_config" }, "push_config").promise.then(
+        (result) => result.vapid_public_key || ""
+      );
+    }
+
+    async subscribe(registration) {
+      if (!registration || !registration.pushManager) {
+        throw new KeelError("invalid_argument", "push.subscribe needs a ServiceWorkerRegistration");
+      }
+      const key = await this.publicKey();
+      if (!key) throw new KeelError("failed_precondition", "the tenant has no Web Push key");
+      const applicationServerKey = base64UrlBytes(key);
+      const manager = registration.pushManager;
+      let subscription = await manager.getSubscription();
+      const options = subscription && subscription.options;
+      if (subscription && !sameBytes(options && options.applicationServerKey, applicationServerKey)) {
+        await subscription.unsubscribe(); // made with another key: push services refuse it
+        subscription = null;
+      }
+      if (!subscription) {
+        subscription = await manager.subscribe({ userVisibleOnly: true, applicationServerKey });
+      }
+      const json = subscription.toJSON();
+      const keys = json.keys || {};
+      const registered = { endpoint: json.endpoint, keys: { p256dh: keys.p256dh, auth: keys.auth } };
+      await this._client._request({ type: "push_subscribe", subscription: registered }, "push_subscribe")
+        .promise;
+      return subscription;
+    }
+
+    async unsubscribe(target) {
+      let subscription = null;
+      if (target && target.pushManager) subscription = await target.pushManager.getSubscription();
+      else if (target && typeof target === "object") subscription = target;
+      const endpoint = typeof target === "string" ? target : subscription && subscription.endpoint;
+      if (!endpoint) return { endpoint: null }; // nothing subscribed
+      const frame = { type: "push_unsubscribe", endpoint };
+      const result = await this._client._request(frame, "push_unsubscribe").promise;
+      if (subscription) await subscription.unsubscribe();
+      return result;
+    }
+  }
+
+  return { Client, KeelError, Close, PROTOCOL, version: "1.1.0" };
 });

@@ -1,5 +1,6 @@
 """keel.js against a real bridge, under Node's own WebSocket (no browser needed for
-behaviour that has nothing to draw): token renewal over the open socket."""
+behaviour that has nothing to draw): token renewal over the open socket, notifications
+pushed live to ``client.inbox``."""
 
 from __future__ import annotations
 
@@ -8,22 +9,26 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway_bridge.bridge.bridge import Bridge
 from gateway_bridge.bridge.http import STATIC
+from tests.gateway_bridge.bridge.conftest import Stack, token_for, until
+from tests.gateway_bridge.bridge.test_inbox import notification, publish
 from tests.gateway_bridge.bridge.test_revocation import token_with_ttl
 from tests.gateway_bridge.conftest import Tenant
 
 NODE = shutil.which("node")
-SCRIPT = Path(__file__).with_name("keeljs") / "renew.mjs"
+SCRIPTS = Path(__file__).with_name("keeljs")
+SCRIPT = SCRIPTS / "renew.mjs"
 
 
-async def run_node(script: Path, env: dict[str, str], within: float = 30.0) -> dict[str, object]:
+async def start_node(script: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
     if NODE is None:
         pytest.fail("node is missing (apt-get install -y nodejs npm)")
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         NODE,
         "--experimental-websocket",
         "--no-warnings",
@@ -32,6 +37,12 @@ async def run_node(script: Path, env: dict[str, str], within: float = 30.0) -> d
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def node_result(
+    proc: asyncio.subprocess.Process, script: Path, within: float = 30.0
+) -> dict[str, Any]:
+    """The JSON object the script printed last, once it exited (with 0)."""
     try:
         out, err = await asyncio.wait_for(proc.communicate(), within)
     except TimeoutError:
@@ -39,8 +50,12 @@ async def run_node(script: Path, env: dict[str, str], within: float = 30.0) -> d
         pytest.fail(f"{script.name} did not finish within {within}s")
     lines = out.decode().strip().splitlines()
     assert proc.returncode == 0 and lines, f"exit {proc.returncode}\n{err.decode()}"
-    result: dict[str, object] = json.loads(lines[-1])
+    result: dict[str, Any] = json.loads(lines[-1])
     return result
+
+
+async def run_node(script: Path, env: dict[str, str], within: float = 30.0) -> dict[str, Any]:
+    return await node_result(await start_node(script, env), script, within)
 
 
 async def test_keel_js_renews_its_token_before_it_expires(bridge: Bridge, tenant: Tenant) -> None:
@@ -62,3 +77,32 @@ async def test_keel_js_renews_its_token_before_it_expires(bridge: Bridge, tenant
     assert result["asked"] == 2, result  # the first token, then its renewal
     sent = result["sent"]
     assert isinstance(sent, dict) and sent["seq"] == 1, result
+
+
+async def test_keel_js_hands_live_notifications_to_its_inbox_listeners(
+    stack: Stack, bridge: Bridge
+) -> None:
+    tenant = await stack.tenant("chat:*", "send:basic")
+    proc = await start_node(
+        SCRIPTS / "inbox_live.mjs",
+        {
+            "KEEL_JS": str(STATIC / "keel.js"),
+            "KEEL_URL": f"ws://127.0.0.1:{bridge.port}/ws",
+            "KEEL_TOKEN": await token_for(tenant, "alice"),
+            "KEEL_EXPECT": "2",
+            "KEEL_WAIT_MS": "10000",
+        },
+    )
+    await until(lambda: bool(bridge.user_connections(tenant.id, "alice")))
+    first, second = notification("alice", "first"), notification("alice", "second")
+    await publish(stack, tenant, (first, 4))
+    await publish(stack, tenant, (second, 5))
+    result = await node_result(proc, SCRIPTS / "inbox_live.mjs")
+    assert result["errors"] == [], result
+    assert result["option"] == [["first", 4], ["second", 5]], result
+    assert result["listener"] == [
+        ["first", 4, first.id, "billing", {"url": "/billing", "n": 2}],
+        ["second", 5, second.id, "billing", {"url": "/billing", "n": 2}],
+    ], result
+    assert result["removed"] == ["first"], result
+    assert result["counts"] == [4, 5] and result["unreadCount"] == 5, result
