@@ -181,8 +181,9 @@ async def _serve(
         if process == "all":
             host = settings.grpc_addr.host
             local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            own = f"{local}:{server.port}"  # the gateway and the notification service
             bridge = await bridge_server.start_bridge(
-                settings, runtime.bus, runtime.redis, authenticator, f"{local}:{server.port}"
+                settings, runtime.bus, runtime.redis, authenticator, own, notification_addr=own
             )
             await _welcome(runtime, server, directory, bridge)
         ready.set()
