@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
-from typing import TypeVar
-from urllib.parse import urlsplit
+from typing import Final, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 T = TypeVar("T")
 
@@ -57,6 +57,60 @@ class BridgeSettings:
     #: Serve ``/_conformance/echo`` (echoes every message; no token, no keel.v1) for
     #: the WebSocket conformance suite. Off by default; never turn it on in production.
     conformance_echo: bool = False
+
+
+_TRUE: Final = ("1", "true", "yes", "on")
+_FALSE: Final = ("0", "false", "no", "off")
+
+# -- the server -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpServer:
+    """Where and how to reach the SMTP server (from :func:`parse_smtp_url`)."""
+
+    host: str
+    port: int
+    #: TLS from the first byte (``smtps://``).
+    implicit_tls: bool = False
+    #: Upgrade with STARTTLS, and refuse to go on when the server cannot.
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+def parse_smtp_url(url: str) -> SmtpServer:
+    """Read ``smtp://[user:pass@]host[:port][?starttls=1]`` or ``smtps://…``.
+
+    Raises ValueError saying what is wrong (scheme, host, port, an unknown or
+    contradictory query parameter).
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ValueError("expected smtp://[user:password@]host[:port][?starttls=1] or smtps://…")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad port: {exc}") from exc
+    starttls = False
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name != "starttls":
+            raise ValueError(f"unknown parameter {name!r}; the only one is starttls=1")
+        if value.lower() not in _TRUE + _FALSE:
+            raise ValueError(f"starttls={value!r}: expected 1 or 0")
+        starttls = value.lower() in _TRUE
+    implicit_tls = parts.scheme == "smtps"
+    if implicit_tls and starttls:
+        raise ValueError("smtps:// is TLS from the start; starttls=1 goes with smtp://")
+    default_port = 465 if implicit_tls else 587 if starttls else 25
+    return SmtpServer(
+        host=parts.hostname,
+        port=port or default_port,
+        implicit_tls=implicit_tls,
+        starttls=starttls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,13 +365,7 @@ def _peer_address(text: str) -> str:
 
 
 def _smtp_url(text: str) -> str:
-    parts = urlsplit(text)
-    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-        raise ValueError("expected smtp://[user:password@]host[:port][?starttls=1] or smtps://…")
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        raise ValueError(f"bad port: {exc}") from exc
+    parse_smtp_url(text)
     return text
 
 

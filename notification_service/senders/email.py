@@ -1,6 +1,6 @@
 """Email over SMTP: the message (a pure function) and the mailer that sends it.
 
-:func:`parse_smtp_url` reads ``KEEL_SMTP_URL``:
+:func:`~service_kit.config.parse_smtp_url` reads ``KEEL_SMTP_URL`` (checked at start-up):
 
 - ``smtp://host`` — plain SMTP, port 25;
 - ``smtp://user:pass@host:587?starttls=1`` — STARTTLS, required (port 587 by default);
@@ -36,74 +36,19 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from dataclasses import dataclass, field
 from datetime import datetime
 from email.header import Header
 from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import format_datetime, parseaddr
 from typing import Any, Final
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aiosmtplib
 
 from notification_service.senders import render
 from notification_service.senders.base import DeliveryFailed, OutgoingEmail
 from service_kit.clock import Clock, utcnow
-
-_TRUE: Final = ("1", "true", "yes", "on")
-_FALSE: Final = ("0", "false", "no", "off")
-
-# -- the server -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SmtpServer:
-    """Where and how to reach the SMTP server (from :func:`parse_smtp_url`)."""
-
-    host: str
-    port: int
-    #: TLS from the first byte (``smtps://``).
-    implicit_tls: bool = False
-    #: Upgrade with STARTTLS, and refuse to go on when the server cannot.
-    starttls: bool = False
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-
-def parse_smtp_url(url: str) -> SmtpServer:
-    """Read ``smtp://[user:pass@]host[:port][?starttls=1]`` or ``smtps://…``.
-
-    Raises ValueError saying what is wrong (scheme, host, port, an unknown or
-    contradictory query parameter).
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-        raise ValueError("expected smtp://[user:password@]host[:port][?starttls=1] or smtps://…")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"bad port: {exc}") from exc
-    starttls = False
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name != "starttls":
-            raise ValueError(f"unknown parameter {name!r}; the only one is starttls=1")
-        if value.lower() not in _TRUE + _FALSE:
-            raise ValueError(f"starttls={value!r}: expected 1 or 0")
-        starttls = value.lower() in _TRUE
-    implicit_tls = parts.scheme == "smtps"
-    if implicit_tls and starttls:
-        raise ValueError("smtps:// is TLS from the start; starttls=1 goes with smtp://")
-    default_port = 465 if implicit_tls else 587 if starttls else 25
-    return SmtpServer(
-        host=parts.hostname,
-        port=port or default_port,
-        implicit_tls=implicit_tls,
-        starttls=starttls,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-    )
-
+from service_kit.config import parse_smtp_url
 
 # -- the message ------------------------------------------------------------------------
 

@@ -85,3 +85,11 @@ def test_notification_settings_are_read_and_checked() -> None:
     assert len(caught.value.problems) == 4
     for name in ("KEEL_SMTP_URL", "KEEL_SMTP_FROM", "KEEL_PUBLIC_URL", "KEEL_VAPID_SUBJECT"):
         assert name in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["smtp://mail.example?tls=1", "smtps://mail.example?starttls=1", "smtp://m:99999"]
+)
+def test_a_bad_smtp_url_is_named_at_start(url: str) -> None:
+    with pytest.raises(ConfigError, match="KEEL_SMTP_URL"):
+        load_settings({"KEEL_SMTP_URL": url})

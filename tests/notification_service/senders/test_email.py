@@ -17,13 +17,9 @@ import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from notification_service.senders.base import DeliveryFailed, OutgoingEmail
-from notification_service.senders.email import (
-    SmtpMailer,
-    SmtpServer,
-    build_message,
-    parse_smtp_url,
-)
+from notification_service.senders.email import SmtpMailer, build_message
 from notification_service.senders.unsubscribe import make_token, read_token, unsubscribe_url
+from service_kit.config import SmtpServer, parse_smtp_url
 from tests.conftest import free_port
 from tests.notification_service.senders.conftest import T0, Mailbox, Tls, notification, smtp_server
 
