@@ -1,0 +1,65 @@
+"""What every part of the SQL notification store shares: the engine, and reading
+notifications with their deliveries."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from notification_service.models import Delivery, Notification
+from notification_service.store.rows import Row, to_delivery, to_notification
+from service_kit.schema import notification_deliveries, notifications
+
+T = TypeVar("T")
+
+#: The most ids one ``IN (…)`` carries (SQLite allows 32766 parameters per statement).
+CHUNK = 1000
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SqlStoreBase:
+    """Holds the engine the store's parts query."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+
+async def deliveries_of(conn: AsyncConnection, notification_ids: Sequence[str]) -> list[Delivery]:
+    """Every delivery of the notifications ``notification_ids``."""
+    found: list[Delivery] = []
+    for part in chunks(notification_ids):
+        query = select(notification_deliveries).where(
+            notification_deliveries.c.notification_id.in_(part)
+        )
+        found += [to_delivery(r._mapping) for r in (await conn.execute(query)).all()]
+    return found
+
+
+async def load_notifications(
+    conn: AsyncConnection, tenant_id: str, ids: Sequence[str]
+) -> list[Notification]:
+    """The tenant's notifications with these ids (with their deliveries), in that order;
+    ids of no notification of the tenant are left out."""
+    rows: dict[str, Row] = {}
+    for part in chunks(ids):
+        query = select(notifications).where(
+            notifications.c.tenant_id == tenant_id, notifications.c.id.in_(part)
+        )
+        rows |= {r.id: r._mapping for r in (await conn.execute(query)).all()}
+    return await with_deliveries(conn, [rows[i] for i in ids if i in rows])
+
+
+async def with_deliveries(conn: AsyncConnection, rows: Sequence[Row]) -> list[Notification]:
+    """Notifications of ``rows`` (of the notifications table), in that order."""
+    grouped: dict[str, list[Delivery]] = defaultdict(list)
+    for delivery in await deliveries_of(conn, [row["id"] for row in rows]):
+        grouped[delivery.notification_id].append(delivery)
+    return [to_notification(row, grouped[row["id"]]) for row in rows]
