@@ -1,0 +1,187 @@
+"""Conversions between ``keel.notifications.v1`` messages and the service's domain values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from keel.notifications.v1 import live_pb2
+from keel.notifications.v1 import notifications_pb2 as pb
+
+from notification_service.models import (
+    CategoryDefault,
+    CategoryRule,
+    Channel,
+    ChannelDelivery,
+    DeliveryAttempt,
+    DeliveryState,
+    Notification,
+    Preferences,
+    PushSubscription,
+    QuietHours,
+    TenantSettings,
+    UserId,
+)
+from service_kit.protobuf import struct, timestamp
+
+CHANNELS: Final = {
+    Channel.IN_APP: pb.NOTIFICATION_CHANNEL_IN_APP,
+    Channel.EMAIL: pb.NOTIFICATION_CHANNEL_EMAIL,
+    Channel.WEBHOOK: pb.NOTIFICATION_CHANNEL_WEBHOOK,
+    Channel.PUSH: pb.NOTIFICATION_CHANNEL_PUSH,
+}
+CHANNELS_BY_PROTO: Final = {number: channel for channel, number in CHANNELS.items()}
+STATES: Final = {
+    DeliveryState.PENDING: pb.DELIVERY_STATE_PENDING,
+    DeliveryState.SENT: pb.DELIVERY_STATE_SENT,
+    DeliveryState.FAILED: pb.DELIVERY_STATE_FAILED,
+    DeliveryState.SKIPPED: pb.DELIVERY_STATE_SKIPPED,
+    DeliveryState.HELD: pb.DELIVERY_STATE_HELD,
+}
+
+
+def delivery_to_proto(delivery: ChannelDelivery) -> pb.ChannelDelivery:
+    return pb.ChannelDelivery(
+        channel=CHANNELS[delivery.channel],
+        state=STATES[delivery.state],
+        update_time=timestamp(delivery.update_time),
+        error=delivery.error,
+    )
+
+
+def notification_to_proto(notification: Notification) -> pb.Notification:
+    return pb.Notification(
+        id=notification.id,
+        user_id=notification.user_id,
+        title=notification.title,
+        body=notification.body,
+        data=struct(notification.data),
+        channels=[CHANNELS[c] for c in notification.channels],
+        read=notification.read,
+        read_time=timestamp(notification.read_time),
+        create_time=timestamp(notification.create_time),
+        deliveries=[delivery_to_proto(d) for d in notification.deliveries],
+        category=notification.category,
+        channel_id=notification.channel_id,
+        send_time=timestamp(notification.send_time),
+    )
+
+
+def live_to_proto(
+    tenant_id: str, items: list[tuple[Notification, int]]
+) -> live_pb2.LiveNotifications:
+    return live_pb2.LiveNotifications(
+        tenant_id=tenant_id,
+        items=[
+            live_pb2.LiveNotification(
+                notification=notification_to_proto(notification), unread_count=unread
+            )
+            for notification, unread in items
+        ],
+    )
+
+
+def preferences_to_proto(preferences: Preferences) -> pb.Preferences:
+    quiet = preferences.quiet_hours
+    return pb.Preferences(
+        user_id=preferences.user_id,
+        enabled_channels=[CHANNELS[c] for c in preferences.enabled_channels],
+        email=preferences.email,
+        webhook_url=preferences.webhook_url,
+        # webhook_secret is write-only.
+        quiet_hours=(
+            pb.QuietHours(start=quiet.start, end=quiet.end, time_zone=quiet.time_zone)
+            if quiet
+            else None
+        ),
+        update_time=timestamp(preferences.update_time),
+        rules=[
+            pb.CategoryRule(category=r.category, channel=CHANNELS[r.channel], enabled=r.enabled)
+            for r in preferences.rules
+        ],
+    )
+
+
+def channels_from_proto(numbers: Iterable[int]) -> tuple[Channel, ...]:
+    """The channels of valid enum numbers, each once (the service refuses the others)."""
+    known = {int(number): channel for number, channel in CHANNELS_BY_PROTO.items()}
+    return tuple(dict.fromkeys(known[n] for n in numbers if n in known))
+
+
+def preferences_from_proto(message: pb.Preferences) -> Preferences:
+    """The values of ``message`` (checked by the service; unknown channels dropped)."""
+    quiet = None
+    if message.HasField("quiet_hours"):
+        q = message.quiet_hours
+        quiet = QuietHours(q.start, q.end, q.time_zone or "UTC")
+    return Preferences(
+        user_id=UserId(message.user_id),
+        enabled_channels=channels_from_proto(message.enabled_channels),
+        email=message.email,
+        webhook_url=message.webhook_url,
+        webhook_secret=message.webhook_secret,
+        quiet_hours=quiet,
+        rules=tuple(
+            CategoryRule(r.category, CHANNELS_BY_PROTO[r.channel], r.enabled)
+            for r in message.rules
+            if r.channel in CHANNELS_BY_PROTO
+        ),
+    )
+
+
+def settings_to_proto(settings: TenantSettings) -> pb.TenantSettings:
+    return pb.TenantSettings(
+        email_from=settings.email_from,
+        category_defaults=[
+            pb.CategoryDefault(
+                category=d.category,
+                enabled_channels=[CHANNELS[c] for c in d.enabled_channels],
+                digest_window_seconds=d.digest_window_seconds,
+            )
+            for d in settings.category_defaults
+        ],
+        webhook_url=settings.webhook_url,
+        # webhook_secret is write-only.
+        vapid_public_key=settings.vapid_public_key,
+        update_time=timestamp(settings.update_time),
+    )
+
+
+def settings_from_proto(message: pb.TenantSettings) -> TenantSettings:
+    return TenantSettings(
+        email_from=message.email_from,
+        category_defaults=tuple(
+            CategoryDefault(
+                d.category,
+                channels_from_proto(d.enabled_channels),
+                d.digest_window_seconds,
+            )
+            for d in message.category_defaults
+        ),
+        webhook_url=message.webhook_url,
+        webhook_secret=message.webhook_secret,
+    )
+
+
+def subscription_to_proto(subscription: PushSubscription) -> pb.PushSubscription:
+    return pb.PushSubscription(
+        id=subscription.id,
+        user_id=subscription.user_id,
+        endpoint=subscription.endpoint,
+        p256dh=subscription.p256dh,
+        auth=subscription.auth,
+        create_time=timestamp(subscription.create_time),
+    )
+
+
+def attempt_to_proto(attempt: DeliveryAttempt) -> pb.DeliveryAttempt:
+    return pb.DeliveryAttempt(
+        id=attempt.id,
+        notification_id=attempt.notification_id,
+        channel=CHANNELS[attempt.channel],
+        target=attempt.target,
+        attempt_time=timestamp(attempt.attempt_time),
+        state=STATES[attempt.state],
+        status_code=attempt.status_code,
+        error=attempt.error,
+    )

@@ -1,0 +1,64 @@
+"""The live side of the in-app channel: what the notification service publishes on the bus
+for every WebSocket bridge once in-app notifications are stored.
+
+Topic :data:`~service_kit.bus.NOTIFICATIONS_LIVE_TOPIC`, payload a serialized
+``keel.notifications.v1.LiveNotifications``: one message per send (or release of a
+scheduled send) with every recipient whose in-app delivery happened and that recipient's
+unread count. A very large send is split into several messages of at most
+:data:`MAX_LIVE_BYTES` each, so no bus message grows without bound. Publishing is
+best-effort, as the bus is: the inbox in the database is the truth, and a client that
+missed a live message sees the notification with ``ListNotifications``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Final, Protocol
+
+from notification_service.convert import live_to_proto
+from notification_service.models import Notification
+from service_kit.bus import NOTIFICATIONS_LIVE_TOPIC, EventBus
+
+log = logging.getLogger(__name__)
+
+#: The largest payload of one live message (items beyond it go in the next message).
+MAX_LIVE_BYTES: Final = 1 << 20
+
+
+class LivePublisher(Protocol):
+    """Announces in-app notifications (each with its recipient's unread count)."""
+
+    async def publish(self, tenant_id: str, items: Sequence[tuple[Notification, int]]) -> None: ...
+
+
+class BusLivePublisher:
+    """:class:`LivePublisher` on the process's event bus (see the module docstring)."""
+
+    def __init__(self, bus: EventBus, *, max_bytes: int = MAX_LIVE_BYTES) -> None:
+        self._bus = bus
+        self._max_bytes = max_bytes
+
+    async def publish(self, tenant_id: str, items: Sequence[tuple[Notification, int]]) -> None:
+        batch: list[tuple[Notification, int]] = []
+        size = 0
+        for item in items:
+            item_size = live_to_proto(tenant_id, [item]).ByteSize()
+            if batch and size + item_size > self._max_bytes:
+                await self._send(tenant_id, batch)
+                batch, size = [], 0
+            batch.append(item)
+            size += item_size
+        if batch:
+            await self._send(tenant_id, batch)
+
+    async def _send(self, tenant_id: str, batch: list[tuple[Notification, int]]) -> None:
+        payload = live_to_proto(tenant_id, batch).SerializeToString()
+        try:
+            await self._bus.publish(NOTIFICATIONS_LIVE_TOPIC, payload)
+        except Exception:  # the bus is best-effort; the inbox already holds them
+            log.warning(
+                "could not publish live notifications",
+                exc_info=True,
+                extra={"tenant_id": tenant_id, "count": len(batch)},
+            )
