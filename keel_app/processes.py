@@ -17,6 +17,7 @@ import os
 import secrets
 import signal
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -166,17 +167,29 @@ async def _serve(
         authenticator = Authenticator(validator, lookup=directory, ttl=settings.auth_cache_seconds)
     if process in ("all", "gateway"):
         specs += gateway_server.build(runtime, authenticator=authenticator)
+    # In `keel serve all` the notification service checks recipients with this process's
+    # own gateway, on the port it learns once the server listens.
+    own_port: list[int] = []
+    notification_handlers: dict[str, JobHandler] = {}
     if process in ("all", "notification-service"):
-        specs += notification_server.build(runtime)
+        notifications = notification_server.build(
+            runtime,
+            gateway_addr=(lambda: _local_addr(settings, own_port[0])) if process == "all" else None,
+        )
+        specs.append(notifications.spec)
+        notification_handlers = dict(notifications.job_handlers)
     if process in ("all", "file-service"):
         specs += file_server.build(runtime)
     await authenticator.follow_changes(runtime.bus)
     server = KeelServer(runtime, specs, authenticator=authenticator)
     bridge: Bridge | None = None
-    worker = JobWorker(runtime.engine, job_handlers) if job_handlers else None
+    workers = [JobWorker(runtime.engine, job_handlers)] if job_handlers else []
+    if notification_handlers:
+        workers.append(notification_worker(runtime, notification_handlers))
     try:
         await server.start()
-        if worker is not None:
+        own_port.append(server.port)
+        for worker in workers:
             worker.start()
         if process == "all":
             host = settings.grpc_addr.host
@@ -190,16 +203,35 @@ async def _serve(
         await stop.wait()
         if bridge is not None:
             await bridge.stop()
-        if worker is not None:
+        for worker in workers:
             await worker.stop(settings.shutdown_grace_seconds)
         await server.stop(settings.shutdown_grace_seconds)
     finally:
-        if worker is not None:
+        for worker in workers:
             await worker.stop(0)  # a no-op after the orderly stop above
         await authenticator.close()
         if channel is not None:
             await channel.close()
         await runtime.close()
+
+
+def _local_addr(settings: Settings, port: int) -> str:
+    """``HOST:PORT`` at which this process reaches its own gRPC port."""
+    host = settings.grpc_addr.host
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"[{local}]:{port}" if ":" in local else f"{local}:{port}"
+
+
+def notification_worker(runtime: Runtime, handlers: dict[str, JobHandler]) -> JobWorker:
+    """The job worker of the notification deliveries: ``KEEL_NOTIFICATION_CONCURRENCY`` at
+    a time, each leased a while longer than one attempt may take."""
+    notifications = runtime.settings.notifications
+    return JobWorker(
+        runtime.engine,
+        handlers,
+        concurrency=notifications.concurrency,
+        lease=timedelta(seconds=notifications.timeout_seconds + 30),
+    )
 
 
 def _check_cluster_settings(process: str, settings: Settings) -> None:
@@ -230,8 +262,30 @@ def _check_cluster_settings(process: str, settings: Settings) -> None:
             " and the tenant service's) for its stream to the gateway; KEEL_ADMIN_TOKEN also"
             " works but gives the bridge tenant administration, which it does not need"
         )
+    if process == "notification-service":
+        problems += _notification_service_problems(settings)
     if problems:
         raise ConfigError(problems)
+
+
+def _notification_service_problems(settings: Settings) -> list[str]:
+    problems = []
+    if not settings.gateway_addr:
+        problems.append(
+            "KEEL_GATEWAY_ADDR: required by `keel serve notification-service` (HOST:PORT of a"
+            " gateway), which checks recipients and lists channel members there"
+        )
+    if not settings.peer_token:
+        problems.append(
+            "KEEL_PEER_TOKEN: required by `keel serve notification-service` (the same value as"
+            " the gateways'), to ask the gateway about a tenant's users"
+        )
+    if not settings.token_secret:
+        problems.append(
+            "KEEL_TOKEN_SECRET: required by `keel serve notification-service` (the same in"
+            " every process) to sign the one-click unsubscribe links of emails"
+        )
+    return problems
 
 
 async def _welcome(

@@ -90,7 +90,10 @@ async def world(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
     ) as keel:
         extra = KeelServer(
             keel.runtime,
-            [*notification_server.build(keel.runtime), *file_server.build(keel.runtime)],
+            [
+                notification_server.build(keel.runtime, gateway_addr=keel.address).spec,
+                *file_server.build(keel.runtime),
+            ],
             authenticator=keel.authenticator,
         )
         await extra.start()
