@@ -1,6 +1,7 @@
 """The worker of the durable job queue (:mod:`service_kit.jobs`): claims due jobs of the
 kinds it has handlers for, runs them with bounded concurrency, keeps their leases while
-they run, records each attempt's outcome, and stops gracefully (handlers reach a
+they run, records each attempt's outcome (a handler may choose its retry time by raising
+:class:`~service_kit.jobs.RetryAt`), and stops gracefully (handlers reach a
 :meth:`~service_kit.jobs.Job.checkpoint`; what does not in time is cancelled and due
 again when its lease expires)."""
 
@@ -24,6 +25,7 @@ from service_kit.jobs import (
     Job,
     JobHandler,
     JobInterrupted,
+    RetryAt,
     RetryPolicy,
     claim,
     delete_finished,
@@ -101,6 +103,10 @@ class JobWorker:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
+    def wake(self) -> None:
+        """Jobs were just enqueued: look for due jobs now rather than at the next poll."""
+        self._wake.set()
+
     async def run_due(self) -> int:
         """Claim what is due now (up to the free slots) and run it to the end; returns how
         many jobs were run."""
@@ -133,6 +139,8 @@ class JobWorker:
 
     async def _run(self) -> None:
         while not self._stopping:
+            # Cleared before the pass, so a wake-up during it is not lost.
+            self._wake.clear()
             busy = False
             try:
                 if len(self._running) < self._concurrency:
@@ -153,7 +161,6 @@ class JobWorker:
                     log.info("the job worker reaches the database again")
             if busy or self._stopping:
                 continue
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
             except TimeoutError:
@@ -183,6 +190,14 @@ class JobWorker:
         except JobInterrupted as exc:
             log.info("a job was interrupted; it will run again", extra=extra | {"why": str(exc)})
             await self._record(hand_back(self._engine, job, now=self._clock()), job)
+        except RetryAt as retry:
+            # The handler's own schedule: an expected outcome, recorded, not a fault.
+            log.debug(
+                "a job will run again when its handler said",
+                extra=extra | {"retry_at": retry.when.isoformat(), "why": retry.reason},
+            )
+            failing = fail(self._engine, job, retry.reason, now=self._clock(), retry_at=retry.when)
+            await self._record(failing, job)
         except Exception as exc:
             log.warning("a job failed", exc_info=True, extra=extra)
             now = self._clock()

@@ -23,8 +23,9 @@ Invariants:
   while it still ran; the process died after the work but before the success was
   recorded): handlers must be idempotent.
 - **Retries.** A failed attempt is retried after an exponential backoff with jitter
-  (:func:`retry_delay`); when a failed attempt was the job's ``max_attempts``-th claim
-  (None: never) the job is ``failed`` and stays for inspection.
+  (:func:`retry_delay`), or at the time its handler chose by raising :class:`RetryAt`
+  (a schedule of its own, a ``Retry-After``); when a failed attempt was the job's
+  ``max_attempts``-th claim (None: never) the job is ``failed`` and stays for inspection.
 - **Every attempt is recorded** in ``job_attempts``: its worker, start and finish times,
   outcome (``running``, ``succeeded``, ``failed``, ``interrupted``, ``lease_expired``)
   and error.
@@ -46,7 +47,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -77,6 +78,20 @@ _MAX_ERROR = 1000
 
 class JobInterrupted(Exception):
     """Raised by :meth:`Job.checkpoint`: stop now; the job will run again later."""
+
+
+class RetryAt(Exception):
+    """Raised by a handler whose attempt failed and that says when the job runs again.
+
+    The attempt is recorded as ``failed`` with ``reason`` as its error, and the job is
+    due at ``when`` instead of after the worker's backoff (unless it was the job's last
+    allowed attempt). For work with a retry schedule of its own, such as a webhook's.
+    """
+
+    def __init__(self, when: datetime, reason: str) -> None:
+        super().__init__(reason)
+        self.when = when
+        self.reason = reason
 
 
 async def _keep_going() -> None:
@@ -154,39 +169,77 @@ async def enqueue(
     nothing and returns the first job's id, for as long as that job is kept. Raises
     ``ValueError`` for a bad kind, payload, key or ``max_attempts``. Returns the job id.
     """
+    if unique_key is not None and not 0 < len(unique_key) <= 200:
+        raise ValueError("unique_key must be 1 to 200 characters")
+    _check_options(kind, max_attempts)
+    row = _job_row(kind, payload, tenant_id, run_after or now, max_attempts, now)
+    row["unique_key"] = unique_key
+    if unique_key is None:
+        await conn.execute(insert(jobs).values(row))
+        return str(row["id"])
+    await conn.execute(insert_ignoring_conflicts(conn, jobs).values(row))
+    found = await conn.execute(select(jobs.c.id).where(jobs.c.unique_key == unique_key))
+    return str(found.scalar_one())
+
+
+async def enqueue_many(
+    conn: AsyncConnection,
+    kind: str,
+    payloads: Sequence[Mapping[str, Any]],
+    *,
+    now: datetime,
+    tenant_id: str | None = None,
+    run_after: datetime | None = None,
+    max_attempts: int | None = DEFAULT_MAX_ATTEMPTS,
+) -> list[str]:
+    """Add one job of ``kind`` per payload, all for ``tenant_id``, in ``conn``'s transaction
+    and in one statement: :func:`enqueue` for work that comes in batches (no unique keys).
+    Raises ``ValueError`` as :func:`enqueue` does, adding none. Returns the ids in order.
+    """
+    _check_options(kind, max_attempts)
+    rows = [_job_row(kind, p, tenant_id, run_after or now, max_attempts, now) for p in payloads]
+    if rows:
+        await conn.execute(insert(jobs), rows)
+    return [str(row["id"]) for row in rows]
+
+
+def _check_options(kind: str, max_attempts: int | None) -> None:
     if not _KIND.match(kind):
         raise ValueError(f"job kind {kind[:70]!r}: 1 to 64 of a-z, 0-9, '.', '_', ':', '-'")
     if max_attempts is not None and max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1 (or None), not {max_attempts}")
-    if unique_key is not None and not 0 < len(unique_key) <= 200:
-        raise ValueError("unique_key must be 1 to 200 characters")
+
+
+def _job_row(
+    kind: str,
+    payload: Mapping[str, Any],
+    tenant_id: str | None,
+    run_after: datetime,
+    max_attempts: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The row of a new queued job; raises ``ValueError`` for a payload that is not a JSON
+    object."""
     if not isinstance(payload, Mapping):
         raise ValueError("a job payload must be a JSON object")
     try:
         document = json.loads(json.dumps(payload, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"the job payload is not JSON: {exc}") from exc
-    job_id = new_id()
-    row = {
-        "id": job_id,
+    return {
+        "id": new_id(),
         "kind": kind,
         "tenant_id": tenant_id,
         "payload": document,
         "state": QUEUED,
         "attempts": 0,
         "max_attempts": max_attempts,
-        "run_after": run_after or now,
+        "run_after": run_after,
         "last_error": "",
-        "unique_key": unique_key,
+        "unique_key": None,
         "created_at": now,
         "updated_at": now,
     }
-    if unique_key is None:
-        await conn.execute(insert(jobs).values(row))
-        return job_id
-    await conn.execute(insert_ignoring_conflicts(conn, jobs).values(row))
-    found = await conn.execute(select(jobs.c.id).where(jobs.c.unique_key == unique_key))
-    return str(found.scalar_one())
 
 
 async def claim(

@@ -2,8 +2,9 @@
 ``keel.events.v1``).
 
 ChannelService: chat store, event relay, the bridges' Connect hub.
-EventService: webhooks (their dispatcher runs here) and event subscriptions, which the
-process's authenticator checks again when their tenant changes.
+EventService: webhooks (their dispatcher runs here, with its own worker of the kit's job
+queue for the deliveries' jobs) and event subscriptions, which the process's
+authenticator checks again when their tenant changes.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def build(runtime: Runtime, *, authenticator: Authenticator | None = None) -> li
     event_store = SqlEventStore(runtime.engine)
     dispatcher = Dispatcher(
         event_store,
+        runtime.engine,
         DispatchSettings(
             retry_schedule=settings.webhook_retry_schedule,
             timeout_seconds=settings.webhook_timeout_seconds,

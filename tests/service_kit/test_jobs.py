@@ -447,3 +447,83 @@ async def test_finished_jobs_go_after_the_retention_with_their_attempts(
         attempts = await conn.execute(select(func.count()).where(job_attempts.c.job_id == done))
         assert attempts.scalar_one() == 0
     assert [row.id for row in left] == [waiting]
+
+
+async def test_a_handler_raising_retry_at_is_due_again_when_it_said(engine: AsyncEngine) -> None:
+    kind, clock = new_kind(), epoch()
+    job_id = await add(engine, kind, clock(), max_attempts=2)
+    later = clock() + timedelta(minutes=7)
+
+    async def handler(job: Job) -> None:
+        raise jobs.RetryAt(later, "the endpoint asked for 7 minutes")
+
+    worker = JobWorker(engine, {kind: handler}, clock=clock, rand=lambda: 0.0)
+    assert await worker.run_due() == 1
+    row = await job_row(engine, job_id)
+    assert (row["state"], row["attempts"]) == ("queued", 1)
+    assert row["run_after"].replace(tzinfo=UTC) == later  # not the worker's backoff
+    assert await attempts_of(engine, job_id) == [
+        (1, worker.name, "failed", "the endpoint asked for 7 minutes")
+    ]
+    clock.advance(7 * 60 - 1)
+    assert await worker.run_due() == 0
+    clock.advance(1)
+    assert await worker.run_due() == 1
+    # Its second attempt was its last allowed one: the handler's time does not keep it.
+    row = await job_row(engine, job_id)
+    assert (row["state"], row["attempts"]) == ("failed", 2)
+
+
+async def test_enqueue_many_adds_one_job_per_payload_in_order_or_none(
+    engine: AsyncEngine,
+) -> None:
+    kind, clock = new_kind(), epoch()
+    tenant = str(uuid.uuid4())
+    async with write_transaction(engine) as conn:
+        ids = await jobs.enqueue_many(
+            conn, kind, [{"n": n} for n in range(3)], now=clock(), tenant_id=tenant
+        )
+    seen: list[tuple[str, int, str | None]] = []
+
+    async def handler(job: Job) -> None:
+        seen.append((job.id, job.payload["n"], job.tenant_id))
+
+    assert await JobWorker(engine, {kind: handler}, clock=clock).run_due() == 3
+    assert sorted(seen) == sorted(zip(ids, range(3), [tenant] * 3, strict=True))
+
+    with pytest.raises(ValueError, match="not JSON"):
+        async with write_transaction(engine) as conn:
+            await jobs.enqueue_many(conn, kind, [{"n": 4}, {"n": float("inf")}], now=clock())
+    async with engine.connect() as conn:
+        query = select(func.count()).where(jobs_table.c.kind == kind)
+        assert (await conn.execute(query)).scalar_one() == 3
+
+
+async def test_wake_runs_a_new_job_without_waiting_for_the_next_poll(engine: AsyncEngine) -> None:
+    kind = new_kind()
+    ran: list[int] = []
+    second = asyncio.Event()
+
+    async def handler(job: Job) -> None:
+        ran.append(int(job.payload["n"]))
+        if len(ran) == 2:
+            second.set()
+
+    # A poll interval far longer than the test: once the worker has found nothing more to
+    # do it sleeps, and only wake() brings it back in time.
+    worker = JobWorker(engine, {kind: handler}, poll_interval=3600)
+    await add(engine, kind, datetime.now(UTC), payload={"n": 1})
+    worker.start()
+    try:
+        await wait_until(lambda: _ran(ran, 1), "the first job")
+        await add(engine, kind, datetime.now(UTC), payload={"n": 2})
+        worker.wake()
+        async with asyncio.timeout(WAIT):
+            await second.wait()
+    finally:
+        await worker.stop(5)
+    assert ran == [1, 2]
+
+
+async def _ran(ran: list[int], count: int) -> bool:
+    return len(ran) >= count

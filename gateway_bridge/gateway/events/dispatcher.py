@@ -1,14 +1,17 @@
 """Webhook delivery: from the event log to tenants' HTTP endpoints, signed and retried.
 
-Two loops run in every gateway process. The *fan-out* turns new events of the
-log into delivery rows for the webhooks that select them. The *sender* claims
-due deliveries (row locks on PostgreSQL keep gateways from taking the same
-ones; a lease makes a crashed sender's deliveries due again), POSTs them with
-Standard Webhooks signatures, and records each attempt: 2xx succeeds; 410
-disables the endpoint; anything else — a destination the outbound guard refuses
-included — is retried on the schedule (honouring ``Retry-After`` on 429 and 503)
-until it is used up. Everything is in the database, so a restart of any process
-loses nothing.
+Every gateway process runs a dispatcher. Its *fan-out* loop turns new events of the
+log into delivery rows for the webhooks that select them, each with its job on the
+kit's durable queue (:mod:`gateway_bridge.gateway.events.store.delivery_jobs`). Its
+:class:`~service_kit.job_worker.JobWorker` claims those jobs (row locks on
+PostgreSQL keep gateways from taking the same one; a lease of the attempt timeout
+plus 30 s, kept while the attempt runs, makes a crashed gateway's jobs due again)
+and makes one attempt per claim (:meth:`Dispatcher.deliver`): POST with Standard
+Webhooks signatures, and record it on the delivery. 2xx succeeds; 410 disables the
+endpoint; anything else — a destination the outbound guard refuses included — is
+retried on the webhook schedule (honouring ``Retry-After`` on 429 and 503), which the
+job follows (:class:`~service_kit.jobs.RetryAt`), until it is used up. Everything is
+in the database, so a restart of any process loses nothing.
 
 Every POST goes through :class:`service_kit.outbound.OutboundHttp`, which resolves
 the host once, checks every address and connects to the address it checked. The
@@ -28,10 +31,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from keel.webhooks import sign
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway_bridge.gateway.events.store import DueDelivery, SqlEventStore
+from gateway_bridge.gateway.events.store import DELIVERY_JOB, DueDelivery, SqlEventStore
 from gateway_bridge.gateway.events.webhooks import Attempt, next_attempt, parse_retry_after
 from service_kit.clock import rfc3339
+from service_kit.job_worker import JobWorker
+from service_kit.jobs import Job, RetryAt
 from service_kit.outbound import OutboundError, OutboundHttp
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,11 @@ USER_AGENT: Final = "Keel-Webhooks/1"
 
 @dataclass(frozen=True, slots=True)
 class DispatchSettings:
+    """How a gateway delivers webhooks: the retry schedule (seconds after each failed
+    attempt), the attempt timeout, whether private addresses may be reached, failures in
+    a row before a webhook is disabled, how long the event log keeps events, attempts
+    at once, and how often the fan-out and the job worker look for work."""
+
     retry_schedule: Sequence[float]
     timeout_seconds: float = 15.0
     allow_private: bool = False
@@ -63,9 +74,12 @@ def body_of(payload: Mapping[str, Any], created_at: datetime) -> bytes:
 
 
 class Dispatcher:
-    """Runs the fan-out, sender and retention loops of one gateway process."""
+    """Runs the fan-out and retention loops, and the job worker that attempts deliveries,
+    of one gateway process."""
 
-    def __init__(self, store: SqlEventStore, settings: DispatchSettings) -> None:
+    def __init__(
+        self, store: SqlEventStore, engine: AsyncEngine, settings: DispatchSettings
+    ) -> None:
         self._store = store
         self._settings = settings
         self._tasks: list[asyncio.Task[None]] = []
@@ -73,6 +87,15 @@ class Dispatcher:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._http: OutboundHttp | None = None
+        self._worker = JobWorker(
+            engine,
+            {DELIVERY_JOB: self.deliver},
+            concurrency=settings.concurrency,
+            # An attempt ends within the timeout, so a lease never runs out under a live
+            # attempt even if it cannot be extended; a dead gateway's jobs wait this long.
+            lease=timedelta(seconds=settings.timeout_seconds + 30),
+            poll_interval=settings.interval,
+        )
 
     def start(self) -> None:
         self._http = OutboundHttp(
@@ -81,23 +104,27 @@ class Dispatcher:
             user_agent=USER_AGENT,
         )
         self._tasks = [
-            asyncio.create_task(self._loop(self._fan_out_pass), name="webhook-fan-out"),
-            asyncio.create_task(self._loop(self._send_pass), name="webhook-sender"),
+            asyncio.create_task(self._fan_out(), name="webhook-fan-out"),
             asyncio.create_task(self._retention(), name="event-retention"),
         ]
+        self._worker.start()
 
     def wake(self) -> None:
         """New events or deliveries: look now rather than at the next interval."""
         self._wake.set()
+        self._worker.wake()
 
     async def close(self) -> None:
-        """Let each loop finish the pass it is in (a pass cancelled in the middle of a
-        database write would leave SQLite's write lock held), then stop."""
+        """Stop: let the loops finish the pass they are in (a pass cancelled in the middle
+        of a database write would leave SQLite's write lock held) and the attempts under
+        way finish (an attempt not yet started goes back to the queue, due at once)."""
         self._stopping = True
         self._stopped.set()
         self._wake.set()
+        grace = self._settings.timeout_seconds + 5
+        await self._worker.stop(grace)
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self._settings.timeout_seconds + 5)
+            await asyncio.wait(self._tasks, timeout=grace)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -108,36 +135,44 @@ class Dispatcher:
         if self._http is not None:
             await self._http.close()
 
-    async def _loop(self, work: object) -> None:
-        assert callable(work)
+    async def _fan_out(self) -> None:
         while not self._stopping:
+            self._wake.clear()
             try:
-                busy = await work()
+                handled = await self._store.fan_out()
             except Exception:
-                log.warning("webhook dispatcher pass failed; retrying", exc_info=True)
-                busy = False
-            if not busy and not self._stopping:
-                self._wake.clear()
+                log.warning("webhook fan-out pass failed; retrying", exc_info=True)
+                handled = 0
+            if handled:
+                self._worker.wake()  # their deliveries are due now
+                continue
+            if not self._stopping:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._settings.interval)
                 except TimeoutError:
                     pass
 
-    async def _fan_out_pass(self) -> bool:
-        handled = await self._store.fan_out()
-        if handled:
-            self._wake.set()
-        return handled > 0
+    async def deliver(self, job: Job) -> None:
+        """The handler of :data:`DELIVERY_JOB`: one attempt of the job's delivery, if it
+        is still to be attempted (see :meth:`SqlEventStore.take`).
 
-    async def _send_pass(self) -> bool:
-        lease = datetime.now(UTC) + timedelta(seconds=self._settings.timeout_seconds + 30)
-        due = await self._store.claim_due(limit=self._settings.concurrency, lease_until=lease)
-        if due:
-            await asyncio.gather(*(self._attempt(d) for d in due))
-        return len(due) == self._settings.concurrency
+        Raises :class:`RetryAt` with the schedule's time when the attempt failed and
+        the delivery stays pending, or when the delivery is not due yet (its job came
+        back early: the lease of a gateway that died after recording an attempt)."""
+        due = await self._store.take(str(job.payload["delivery_id"]))
+        if due is None:
+            return
+        next_at = due.delivery.next_attempt_at
+        if next_at is not None and next_at > datetime.now(UTC):
+            raise RetryAt(next_at, "the delivery's next attempt is not due yet")
+        await job.checkpoint()  # stopping, or the lease lost: leave the attempt to others
+        retry_at, error = await self._attempt(due)
+        if retry_at is not None:
+            raise RetryAt(retry_at, error)
 
-    async def _attempt(self, due: DueDelivery) -> None:
-        """One POST of one delivery, recorded whatever happens."""
+    async def _attempt(self, due: DueDelivery) -> tuple[datetime | None, str]:
+        """One POST of one delivery, recorded whatever happens; when to try again (None:
+        never, the delivery is settled) and why."""
         assert self._http is not None
         started = datetime.now(UTC)
         timestamp = int(time.time())
@@ -172,7 +207,7 @@ class Dispatcher:
                 self._settings.retry_schedule, attempts_made, datetime.now(UTC), retry_after
             )
         )
-        await self._store.record_attempt(
+        recorded = await self._store.record_attempt(
             due,
             Attempt(started, status, latency_ms, error or disable),
             succeeded=succeeded,
@@ -180,6 +215,7 @@ class Dispatcher:
             disable_reason=disable,
             disable_after_failures=self._settings.disable_after_failures,
         )
+        return (retry_at if recorded else None), error
 
     async def _retention(self) -> None:
         while not self._stopping:

@@ -14,13 +14,15 @@ delivery is ``WebhookNotFound`` / ``DeliveryNotFound``
 Modules: :mod:`.sql` (``SqlEventStore``, composed of :mod:`.webhooks`,
 :mod:`.deliveries` (with ``DueDelivery``) and :mod:`.log` (with ``Cursor``) over
 :mod:`.base`), :mod:`.rows` (rows to domain values and back, and the loads the
-parts share).
+parts share), :mod:`.delivery_jobs` (the job of the kit's queue that carries each
+pending delivery, ``DELIVERY_JOB``).
 """
 
 from __future__ import annotations
 
 from gateway_bridge.gateway.events.store.deliveries import DueDelivery
+from gateway_bridge.gateway.events.store.delivery_jobs import DELIVERY_JOB
 from gateway_bridge.gateway.events.store.log import Cursor
 from gateway_bridge.gateway.events.store.sql import SqlEventStore
 
-__all__ = ["Cursor", "DueDelivery", "SqlEventStore"]
+__all__ = ["DELIVERY_JOB", "Cursor", "DueDelivery", "SqlEventStore"]

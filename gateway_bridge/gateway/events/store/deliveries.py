@@ -4,11 +4,16 @@ A logged event becomes one pending delivery per active webhook of its tenant tha
 selects it (:meth:`gateway_bridge.gateway.events.webhooks.Webhook.wants`), exactly
 once: the events are claimed with row locks that concurrent dispatchers skip
 (PostgreSQL) and marked ``webhooks_done`` in the same transaction that inserts
-their deliveries. A due delivery is leased to the claiming process (its
-``next_attempt_at`` moves to the lease's end), so another process retries it only
-if that one died. Each attempt is stored with the delivery's new state and the
-webhook's failure count in one transaction; a webhook is disabled when told to or
-after too many failures in a row.
+their deliveries.
+
+Each delivery is carried by a job of the kit's queue, enqueued in the transaction that
+creates it (:mod:`.delivery_jobs`); :meth:`SqlDeliveries.take` gives an attempt what it
+needs, or parks the delivery while its webhook is paused or disabled.
+
+Each attempt is stored with the delivery's new state and the webhook's failure count in
+one transaction, and only if the delivery is still as the attempt found it (pending,
+same attempt count), so no attempt is recorded twice. A webhook is disabled when told to
+or after too many failures in a row.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Select, insert, select, update
 
 from gateway_bridge.gateway.events.store.base import SqlEventStoreBase
+from gateway_bridge.gateway.events.store.delivery_jobs import queue_deliveries
 from gateway_bridge.gateway.events.store.rows import (
+    PARKED,
     delivery_row,
     event_payload,
     load_delivery,
@@ -38,10 +45,12 @@ from gateway_bridge.gateway.events.webhooks import (
 from service_kit.db import as_utc, claim_rows, keyset_page, write_transaction
 from service_kit.schema import deliveries, delivery_attempts, events, webhooks
 
+_PENDING = DeliveryStatus.PENDING.value
+
 
 @dataclass(frozen=True, slots=True)
 class DueDelivery:
-    """A delivery claimed for an attempt, with what the attempt needs."""
+    """A delivery to attempt, with what the attempt needs."""
 
     delivery: Delivery
     tenant_id: str
@@ -55,8 +64,9 @@ class SqlDeliveries(SqlEventStoreBase):
     # -- from the event log to deliveries -----------------------------------------------
 
     async def fan_out(self, *, limit: int = 500) -> int:
-        """Create the deliveries of events no dispatcher has handled yet; return how many
-        events were handled. Concurrent dispatchers skip each other's rows."""
+        """Create the deliveries (and their jobs) of events no dispatcher has handled yet;
+        return how many events were handled. Concurrent dispatchers skip each other's
+        rows."""
         query = (
             select(events)
             .where(events.c.webhooks_done.is_(False))
@@ -80,14 +90,16 @@ class SqlDeliveries(SqlEventStoreBase):
                 ).all()
             ]
             now = self._clock()
-            new_rows = [
-                delivery_row(hook, event_payload(row._mapping), now)
-                for row in rows
-                for hook in hooks
-                if hook.tenant_id == row.tenant_id and hook.wants(row.name, row.channel_id)
-            ]
-            if new_rows:
-                await conn.execute(insert(deliveries), new_rows)
+            await queue_deliveries(
+                conn,
+                now,
+                [
+                    delivery_row(hook, event_payload(row._mapping), now)
+                    for row in rows
+                    for hook in hooks
+                    if hook.tenant_id == row.tenant_id and hook.wants(row.name, row.channel_id)
+                ],
+            )
             await conn.execute(
                 update(events)
                 .where(events.c.id.in_([r.id for r in rows]))
@@ -101,8 +113,9 @@ class SqlDeliveries(SqlEventStoreBase):
         """Queue one delivery of ``payload`` to the webhook now (tests, redeliveries)."""
         async with write_transaction(self._engine) as conn:
             hook = await load_webhook(conn, tenant_id, webhook_id)
-            row = delivery_row(hook, payload, self._clock())
-            await conn.execute(insert(deliveries).values(row))
+            now = self._clock()
+            row = delivery_row(hook, payload, now)
+            await queue_deliveries(conn, now, [row])
             return await load_delivery(conn, tenant_id, row["id"])
 
     async def replay(self, tenant_id: str, webhook_id: str, since: datetime, *, limit: int) -> int:
@@ -123,52 +136,45 @@ class SqlDeliveries(SqlEventStoreBase):
                 for r in rows
                 if hook.wants(r.name, r.channel_id)
             ]
-            if new_rows:
-                await conn.execute(insert(deliveries), new_rows)
+            await queue_deliveries(conn, now, new_rows)
             return len(new_rows)
 
     # -- attempts -----------------------------------------------------------------------
 
-    async def claim_due(self, *, limit: int, lease_until: datetime) -> list[DueDelivery]:
-        """Take up to ``limit`` deliveries due now, of active webhooks, oldest first; they
-        are leased until ``lease_until`` (another process takes them after that if this
-        one died)."""
-        now = self._clock()
-        query = (
-            select(
-                deliveries,
-                webhooks.c.url,
-                webhooks.c.secret,
-                webhooks.c.previous_secret,
-                webhooks.c.previous_secret_expires_at,
-            )
-            .join(webhooks, webhooks.c.id == deliveries.c.webhook_id)
-            .where(
-                deliveries.c.status == DeliveryStatus.PENDING.value,
-                deliveries.c.next_attempt_at <= now,
-                webhooks.c.state == WebhookState.ACTIVE.value,
-            )
-            .order_by(deliveries.c.next_attempt_at, deliveries.c.created_at)
-            .limit(limit)
-        )
+    async def take(self, delivery_id: str) -> DueDelivery | None:
+        """The delivery ``delivery_id`` with what an attempt needs, when it is pending and
+        its webhook active. None when there is nothing to attempt: the delivery is settled
+        or gone (its webhook deleted, its tenant purged), or its webhook is paused or
+        disabled, and then the delivery is parked (see the module docstring)."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_attempt_query(delivery_id))).first()
+        if row is None or row.status != _PENDING:
+            return None
+        if row.state == WebhookState.ACTIVE.value:
+            return self._due(row)
         async with write_transaction(self._engine) as conn:
-            rows = await claim_rows(conn, query, of=deliveries)
-            if rows:
-                await conn.execute(
-                    update(deliveries)
-                    .where(deliveries.c.id.in_([r.id for r in rows]))
-                    .values(next_attempt_at=lease_until)
-                )
-        due = []
-        for row in rows:
-            secrets = [row.secret]
-            expires = row.previous_secret_expires_at
-            if row.previous_secret and expires is not None and as_utc(expires) > now:
-                secrets.append(row.previous_secret)
-            due.append(
-                DueDelivery(to_delivery(row._mapping), row.tenant_id, row.url, tuple(secrets))
+            query = _attempt_query(delivery_id)
+            if conn.dialect.name == "postgresql":
+                # Waits for a transaction setting the webhook active; see resume_parked.
+                query = query.with_for_update(of=webhooks, read=True)
+            row = (await conn.execute(query)).first()
+            if row is None or row.status != _PENDING:
+                return None
+            if row.state == WebhookState.ACTIVE.value:
+                return self._due(row)
+            await conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id == delivery_id, deliveries.c.status == _PENDING)
+                .values(status=PARKED, updated_at=self._clock())
             )
-        return due
+        return None
+
+    def _due(self, row: Any) -> DueDelivery:
+        secrets = [row.secret]
+        expires = row.previous_secret_expires_at
+        if row.previous_secret and expires is not None and as_utc(expires) > self._clock():
+            secrets.append(row.previous_secret)
+        return DueDelivery(to_delivery(row._mapping), row.tenant_id, row.url, tuple(secrets))
 
     async def record_attempt(
         self,
@@ -179,10 +185,13 @@ class SqlDeliveries(SqlEventStoreBase):
         next_attempt_at: datetime | None,
         disable_reason: str = "",
         disable_after_failures: int,
-    ) -> None:
+    ) -> bool:
         """Store an attempt; settle the delivery (succeeded, failed, or retry at
         ``next_attempt_at``) and the webhook's failure count, disabling it when asked to
-        or when it failed ``disable_after_failures`` times in a row."""
+        or when it failed ``disable_after_failures`` times in a row.
+
+        Only while the delivery is as ``due`` found it (pending, same attempt count);
+        False, and nothing stored, when it is not (or is gone: its tenant was purged)."""
         delivery = due.delivery
         if succeeded:
             status = DeliveryStatus.SUCCEEDED
@@ -193,7 +202,11 @@ class SqlDeliveries(SqlEventStoreBase):
         async with write_transaction(self._engine) as conn:
             settled = await conn.execute(
                 update(deliveries)
-                .where(deliveries.c.id == delivery.id)
+                .where(
+                    deliveries.c.id == delivery.id,
+                    deliveries.c.status == _PENDING,
+                    deliveries.c.attempt_count == delivery.attempt_count,
+                )
                 .values(
                     status=status.value,
                     attempt_count=deliveries.c.attempt_count + 1,
@@ -202,7 +215,7 @@ class SqlDeliveries(SqlEventStoreBase):
                 )
             )
             if settled.rowcount != 1:
-                return  # purged meanwhile (its tenant was deleted): nothing left to record
+                return False
             await conn.execute(
                 insert(delivery_attempts).values(
                     tenant_id=due.tenant_id,
@@ -239,6 +252,7 @@ class SqlDeliveries(SqlEventStoreBase):
                             updated_at=self._clock(),
                         )
                     )
+        return True
 
     async def list_deliveries(
         self,
@@ -259,7 +273,9 @@ class SqlDeliveries(SqlEventStoreBase):
             after=after,
             newest_first=True,
         )
-        if status is not None:
+        if status is DeliveryStatus.PENDING:
+            query = query.where(deliveries.c.status.in_((_PENDING, PARKED)))
+        elif status is not None:
             query = query.where(deliveries.c.status == status.value)
         async with self._engine.connect() as conn:
             await load_webhook(conn, tenant_id, webhook_id)
@@ -269,3 +285,19 @@ class SqlDeliveries(SqlEventStoreBase):
     async def get_delivery(self, tenant_id: str, delivery_id: str) -> Delivery:
         async with self._engine.connect() as conn:
             return await load_delivery(conn, tenant_id, delivery_id)
+
+
+def _attempt_query(delivery_id: str) -> Select[Any]:
+    """The delivery with its webhook's state, URL and secrets."""
+    return (
+        select(
+            deliveries,
+            webhooks.c.state,
+            webhooks.c.url,
+            webhooks.c.secret,
+            webhooks.c.previous_secret,
+            webhooks.c.previous_secret_expires_at,
+        )
+        .join(webhooks, webhooks.c.id == deliveries.c.webhook_id)
+        .where(deliveries.c.id == delivery_id)
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -32,6 +32,10 @@ from service_kit.schema import deliveries, delivery_attempts, webhooks
 from service_kit.validation import new_id
 
 Row = Mapping[Any, Any]
+
+#: The stored status of a pending delivery that waits, without a job, for its webhook to be
+#: active again (see :mod:`.deliveries`); the API shows it as pending.
+PARKED: Final = "parked"
 
 # -- webhooks -------------------------------------------------------------------------
 
@@ -108,7 +112,7 @@ def to_delivery(row: Row) -> Delivery:
         webhook_id=row["webhook_id"],
         event_id=row["event_id"],
         event=row["event"],
-        status=DeliveryStatus(row["status"]),
+        status=DeliveryStatus.PENDING if row["status"] == PARKED else DeliveryStatus(row["status"]),
         attempt_count=int(row["attempt_count"]),
         next_attempt_at=as_utc(next_at) if next_at is not None else None,
         created_at=as_utc(row["created_at"]),

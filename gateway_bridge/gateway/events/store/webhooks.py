@@ -1,9 +1,10 @@
 """The event store's webhook endpoints: create, read, page, change, delete, rotate secret.
 
 A webhook belongs to one tenant and is only found under that tenant's id. A new
-webhook is active, with no failures. Deleting one deletes its deliveries and
-their attempts in the same transaction. Rotating the secret keeps the previous
-one valid until ``previous_until``, so receivers can switch over.
+webhook is active, with no failures; setting one active again queues its parked
+deliveries again. Deleting one deletes its deliveries and their attempts in the
+same transaction (their jobs then find nothing to do). Rotating the secret keeps
+the previous one valid until ``previous_until``, so receivers can switch over.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy import delete, insert, select, update
 
 from gateway_bridge.gateway.events.errors import WebhookNotFound
 from gateway_bridge.gateway.events.store.base import SqlEventStoreBase
+from gateway_bridge.gateway.events.store.delivery_jobs import resume_parked
 from gateway_bridge.gateway.events.store.rows import load_webhook, to_webhook
 from gateway_bridge.gateway.events.webhooks import Webhook, WebhookState
 from service_kit.db import keyset_page, load_one, write_transaction
@@ -72,14 +74,20 @@ class SqlWebhooks(SqlEventStoreBase):
     async def update_webhook(
         self, tenant_id: str, webhook_id: str, values: dict[str, Any]
     ) -> Webhook:
+        """Change the webhook's columns to ``values``; setting it active also queues its
+        parked deliveries again (:func:`~.delivery_jobs.resume_parked`)."""
+        now = self._clock()
         async with write_transaction(self._engine) as conn:
             result = await conn.execute(
                 update(webhooks)
                 .where(webhooks.c.tenant_id == tenant_id, webhooks.c.id == webhook_id)
-                .values(**values, updated_at=self._clock())
+                .values(**values, updated_at=now)
             )
             if result.rowcount != 1:
                 raise WebhookNotFound(webhook_id)
+            if values.get("state") == WebhookState.ACTIVE.value:
+                # After the update: its row lock orders this after any parking under way.
+                await resume_parked(conn, webhook_id, now)
             return await load_webhook(conn, tenant_id, webhook_id)
 
     async def delete_webhook(self, tenant_id: str, webhook_id: str) -> None:

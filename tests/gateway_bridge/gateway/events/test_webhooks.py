@@ -23,16 +23,21 @@ import ipaddress
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+from alembic import command
+from alembic.config import Config
 from keel.webhooks import WebhookVerificationError, new_secret, sign, verify
+from sqlalchemy import Connection, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway_bridge.gateway.events.dispatcher import Dispatcher, DispatchSettings, body_of
-from gateway_bridge.gateway.events.store import SqlEventStore
+from gateway_bridge.gateway.events.store import DELIVERY_JOB, SqlEventStore
+from gateway_bridge.gateway.events.store.rows import delivery_row
 from gateway_bridge.gateway.events.webhooks import (
     MAX_CHANNEL_FILTERS,
     MAX_FILTERS,
@@ -51,8 +56,9 @@ from gateway_bridge.gateway.events.webhooks import (
 from gateway_bridge.vocabulary import EVENT_NAMES
 from service_kit.clock import rfc3339
 from service_kit.config import load_settings
-from service_kit.db import create_engine, migrate
+from service_kit.db import MIGRATIONS_DIR, as_utc, create_engine, migrate
 from service_kit.errors import FailedPrecondition
+from service_kit.schema import deliveries, jobs
 from service_kit.validation import Violations
 from tests.gateway_bridge.gateway.events.test_service import private_database
 from tests.service_kit.test_outbound import PUBLIC as PUBLIC_ADDRESS
@@ -639,13 +645,16 @@ class Endpoint:
 
 
 @contextlib.asynccontextmanager
-async def event_store(database_url: str, tmp_path: Path) -> AsyncIterator[SqlEventStore]:
-    """An event store on a database of its own (no other dispatcher works on it)."""
+async def event_store(
+    database_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[SqlEventStore, AsyncEngine]]:
+    """An event store on a database of its own (no other dispatcher works on it), and its
+    engine."""
     async with private_database(database_url, tmp_path) as url:
         engine = create_engine(load_settings({"DATABASE_URL": url}).database_url)
         try:
             await migrate(engine)
-            yield SqlEventStore(engine)
+            yield SqlEventStore(engine), engine
         finally:
             await engine.dispose()
 
@@ -664,10 +673,14 @@ async def queue_ping(
 
 
 async def settled_delivery(
-    store: SqlEventStore, settings: DispatchSettings, tenant_id: str, queued: Delivery
+    store: SqlEventStore,
+    engine: AsyncEngine,
+    settings: DispatchSettings,
+    tenant_id: str,
+    queued: Delivery,
 ) -> Delivery:
     """Run a dispatcher until the queued delivery is settled (at most 10 s); it, again."""
-    dispatcher = Dispatcher(store, settings)
+    dispatcher = Dispatcher(store, engine, settings)
     dispatcher.start()
     try:
         async with asyncio.timeout(10):
@@ -688,10 +701,13 @@ async def test_every_attempt_of_a_delivery_sends_the_same_body_signed_afresh(
     database_url: str, tmp_path: Path
 ) -> None:
     secret = new_secret()
-    async with event_store(database_url, tmp_path) as store, Endpoint(500, 503).serving() as end:
+    async with (
+        event_store(database_url, tmp_path) as (store, engine),
+        Endpoint(500, 503).serving() as end,
+    ):
         tenant_id, queued = await queue_ping(store, end.url, secret, {"t": "👋"})
         settings = DispatchSettings(retry_schedule=(0.05, 0.05), allow_private=True, interval=0.05)
-        delivery = await settled_delivery(store, settings, tenant_id, queued)
+        delivery = await settled_delivery(store, engine, settings, tenant_id, queued)
 
     assert delivery.status is DeliveryStatus.SUCCEEDED
     assert [a.status_code for a in delivery.attempts] == [500, 503, 200]
@@ -707,13 +723,138 @@ async def test_every_attempt_of_a_delivery_sends_the_same_body_signed_afresh(
 async def test_a_refused_destination_fails_the_attempt_with_why_and_is_retried(
     database_url: str, tmp_path: Path
 ) -> None:
-    async with event_store(database_url, tmp_path) as store, Endpoint().serving() as end:
+    async with (
+        event_store(database_url, tmp_path) as (store, engine),
+        Endpoint().serving() as end,
+    ):
         tenant_id, queued = await queue_ping(store, end.url, SECRET, {})
         settings = DispatchSettings(retry_schedule=(0.05,), allow_private=False, interval=0.05)
-        delivery = await settled_delivery(store, settings, tenant_id, queued)
+        delivery = await settled_delivery(store, engine, settings, tenant_id, queued)
 
     assert end.requests == []
     assert delivery.status is DeliveryStatus.FAILED
     assert [(a.status_code, a.error) for a in delivery.attempts] == [
         (0, f"'127.0.0.1' resolves to 127.0.0.1, a loopback address; {HINT}")
     ] * 2
+
+
+async def test_a_delivery_due_while_its_webhook_is_paused_waits_and_goes_once_resumed(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with (
+        event_store(database_url, tmp_path) as (store, engine),
+        Endpoint().serving() as end,
+    ):
+        tenant_id, queued = await queue_ping(store, end.url, SECRET, {"n": 1})
+        await store.update_webhook(tenant_id, queued.webhook_id, {"state": "paused"})
+        settings = DispatchSettings(retry_schedule=(0.05,), allow_private=True, interval=0.05)
+        dispatcher = Dispatcher(store, engine, settings)
+        dispatcher.start()
+        try:
+            # Its job comes due, finds the webhook paused and ends: the delivery waits
+            # without one, and is still shown (and listed) as pending.
+            await wait_for(lambda: job_states(engine, queued.id), ["succeeded"], "the parking")
+            (waiting,) = await store.list_deliveries(
+                tenant_id, queued.webhook_id, status=DeliveryStatus.PENDING, limit=10, after=None
+            )
+            assert (waiting.id, waiting.status, waiting.attempt_count) == (
+                queued.id,
+                DeliveryStatus.PENDING,
+                0,
+            )
+            assert end.requests == []
+
+            await store.update_webhook(tenant_id, queued.webhook_id, {"state": "active"})
+            dispatcher.wake()
+            await wait_for(lambda: settled_count(store, tenant_id, queued), 1, "the delivery")
+        finally:
+            await dispatcher.close()
+        assert await job_states(engine, queued.id) == ["succeeded", "succeeded"]
+        (delivery,) = await store.list_deliveries(
+            tenant_id, queued.webhook_id, status=None, limit=10, after=None
+        )
+
+    assert (delivery.status, delivery.attempt_count) == (DeliveryStatus.SUCCEEDED, 1)
+    assert len(end.requests) == 1
+    assert json.loads(end.requests[0][1])["data"] == {"n": 1}
+
+
+async def job_states(engine: AsyncEngine, delivery_id: str) -> list[str]:
+    """The states of the delivery's jobs, oldest first."""
+    query = (
+        select(jobs.c.state)
+        .where(
+            jobs.c.kind == DELIVERY_JOB, jobs.c.payload["delivery_id"].as_string() == delivery_id
+        )
+        .order_by(jobs.c.created_at)
+    )
+    async with engine.connect() as conn:
+        return [row.state for row in (await conn.execute(query)).all()]
+
+
+async def settled_count(store: SqlEventStore, tenant_id: str, queued: Delivery) -> int:
+    found = await store.list_deliveries(
+        tenant_id, queued.webhook_id, status=DeliveryStatus.SUCCEEDED, limit=10, after=None
+    )
+    return len(found)
+
+
+async def wait_for(read: Callable[[], Awaitable[object]], wanted: object, what: str) -> None:
+    """Wait (at most 10 s) until ``read()`` gives ``wanted``."""
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                if await read() == wanted:
+                    return
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        pytest.fail(f"{what} did not happen within 10 s (last: {await read()!r})")
+
+
+async def test_the_upgrade_to_delivery_jobs_gives_every_pending_delivery_a_job(
+    database_url: str, tmp_path: Path
+) -> None:
+    # A database as the previous version left it: deliveries pending (one due later, as
+    # a previous gateway's lease leaves it) and one settled, none with a job.
+    async with private_database(database_url, tmp_path) as url:
+        engine = create_engine(load_settings({"DATABASE_URL": url}).database_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_upgrade_to, "0006")
+            store = SqlEventStore(engine)
+            hook = await store.create_webhook(
+                "tenant-old",
+                url="http://127.0.0.1:9/hook",
+                events_filter=["*"],
+                channel_ids=[],
+                description="",
+                secret=SECRET,
+            )
+            now = datetime.now(UTC).replace(microsecond=0)
+            payload = {"event": "ping", "event_id": MSG_ID, "channel_id": "", "seq": 0, "data": {}}
+            rows = [delivery_row(hook, payload, now) for _ in range(3)]
+            rows[1]["next_attempt_at"] = now + timedelta(seconds=45)
+            rows[2]["status"] = DeliveryStatus.SUCCEEDED.value
+            async with engine.begin() as conn:
+                await conn.execute(insert(deliveries), rows)
+
+            await migrate(engine)
+
+            query = select(jobs.c.payload, jobs.c.run_after, jobs.c.tenant_id, jobs.c.state).where(
+                jobs.c.kind == DELIVERY_JOB
+            )
+            async with engine.connect() as conn:
+                found = (await conn.execute(query)).all()
+        finally:
+            await engine.dispose()
+    assert sorted(
+        (row.payload["delivery_id"], as_utc(row.run_after), row.tenant_id, row.state)
+        for row in found
+    ) == sorted((row["id"], row["next_attempt_at"], "tenant-old", "queued") for row in rows[:2])
+
+
+def _upgrade_to(connection: Connection, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
