@@ -47,7 +47,7 @@ from notification_service.store.base import SqlStoreBase, chunks, with_deliverie
 from notification_service.store.rows import to_delivery, to_notification
 from service_kit import jobs
 from service_kit.clock import rfc3339
-from service_kit.db import insert_ignoring_conflicts, write_transaction
+from service_kit.db import as_utc, insert_ignoring_conflicts, write_transaction
 from service_kit.schema import (
     notification_deliveries,
     notification_digests,
@@ -161,7 +161,7 @@ class _Scheduler:
                 self.windows[key] = (digest_id, due)
                 return self.windows[key]
             row = (await self.conn.execute(query)).one()  # another send opened it just now
-        self.windows[key] = (row.id, row.end_time)
+        self.windows[key] = (row.id, as_utc(row.end_time))  # SQLite reads naive UTC
         return self.windows[key]
 
 

@@ -7,7 +7,6 @@ senders in place of SMTP, Web Push and webhooks, and the delivery jobs run by a 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -310,11 +309,3 @@ async def rpc_error(call: Any) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
     return caught.value
-
-
-async def eventually(condition: Any, what: str, within: float = 10.0) -> None:
-    """Wait (bounded) until ``condition()`` is true."""
-    async with asyncio.timeout(within):
-        while not await condition():
-            await asyncio.sleep(0.01)
-    assert await condition(), what
