@@ -1,5 +1,6 @@
-"""notifications: inboxes, deliveries and attempts, idempotent sends, preferences, tenant
-settings (VAPID keys), push subscriptions, digest windows
+"""notifications: inboxes, deliveries, attempts, preferences, push subscriptions, digests
+
+Also idempotent send requests and tenant settings (VAPID keys among them).
 
 Revision ID: 0006
 Revises: 0005
