@@ -323,7 +323,7 @@ def check_what_the_tour_printed(
         assert found, f"no block printed {text!r}\n{transcript()}"
         return found[0]
 
-    # Reflection and health, including the registered but unimplemented services.
+    # Reflection and health, including the registered but unimplemented file service.
     listing = block_printing("keel.tenants.v1.TenantService\n")
     for service in (
         "grpc.health.v1.Health",
@@ -358,6 +358,10 @@ def check_what_the_tour_printed(
     assert '"last_read_seq": "2"' in everything
     assert re.search(r'"token": "[\w-]+\.[\w-]+\.[\w-]+"', everything), transcript()
 
+    # The notification: sent in-app to bob, in his inbox, unread.
+    assert '"title":"Alice mentioned you"' in everything, transcript()
+    assert '{"titles":["Alice mentioned you"],"unread_count":1}' in everything, transcript()
+
     # The browser step: both addresses open the demo page; the tokens open the socket.
     ws_addr = keel.env["KEEL_WS_ADDR"]
     for user in ("bob", "alice"):
@@ -372,7 +376,12 @@ def check_what_the_tour_printed(
             f"ws://{ws_addr}/ws?token={token.group(1)}", subprotocols=[Subprotocol("keel.v1")]
         ) as ws:
             welcome = json.loads(ws.recv(timeout=5))
+            ws.send(json.dumps({"type": "inbox", "id": "bell"}))
+            inbox = json.loads(ws.recv(timeout=5))
         assert welcome["type"] == "welcome" and welcome["user_id"] == user
+        # What the demo page's bell shows: bob has the tour's notification, alice none.
+        assert inbox["type"] == "ack" and inbox["id"] == "bell", inbox
+        assert inbox["result"]["unread_count"] == (1 if user == "bob" else 0), inbox
 
     # The third terminal got the message sent from the tour's terminal, with its cursor.
     streamed = [item for item in json_objects(events) if item.get("event") == "message:created"]
