@@ -1,7 +1,8 @@
 """The bridge test harness: a tenant service and gateway on port 0 (as ``keel serve all``
-wires them), bridges started per test with the limits it is about, and clients that
-speak ``keel.v1`` — websockets clients, or a bare socket driven by websockets' sans-I/O
-client protocol for a consumer that stops reading."""
+wires them; with the notification service too, for the notification frames), bridges
+started per test with the limits it is about, and clients that speak ``keel.v1`` —
+websockets clients, or a bare socket driven by websockets' sans-I/O client protocol for a
+consumer that stops reading."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
+import grpc
 import pytest
 from keel.channels.v1 import channels_pb2
 from keel.tenants.v1 import tenants_pb2
@@ -27,9 +29,13 @@ from websockets.uri import parse_uri
 
 from gateway_bridge.bridge.bridge import Bridge
 from gateway_bridge.bridge.server import start_bridge as start_bridge_process
+from gateway_bridge.gateway import server as gateway_server
+from notification_service import server as notification_server
+from service_kit.auth import Authenticator
 from service_kit.config import Address, BridgeSettings
-from service_kit.server import Runtime
-from tests.conftest import unique
+from service_kit.server import KeelServer, Runtime, open_runtime
+from tenant_service import server as tenant_server
+from tests.conftest import settings_for, unique
 from tests.gateway_bridge.conftest import ADMIN, Keel, Tenant, running_keel
 
 #: The longest a test waits for one frame, close or condition.
@@ -77,8 +83,11 @@ async def stack(sqlite_url: str, tmp_path_factory: pytest.TempPathFactory) -> As
         yield Stack(keel)
 
 
-async def start_bridge(stack: Stack, **limits: Any) -> Bridge:
-    """A bridge on port 0 with ``limits`` (BridgeSettings fields), its gateway link up."""
+async def start_bridge(
+    stack: Stack, *, notification_addr: str | None = None, **limits: Any
+) -> Bridge:
+    """A bridge on port 0 with ``limits`` (BridgeSettings fields), its gateway link up;
+    calling the notification service at ``notification_addr``, if any."""
     settings = replace(
         stack.runtime.settings,
         ws_addr=Address("127.0.0.1", 0),
@@ -86,7 +95,12 @@ async def start_bridge(stack: Stack, **limits: Any) -> Bridge:
     )
     keel = stack.keel
     bridge = await start_bridge_process(
-        settings, keel.runtime.bus, keel.runtime.redis, keel.authenticator, keel.address
+        settings,
+        keel.runtime.bus,
+        keel.runtime.redis,
+        keel.authenticator,
+        keel.address,
+        notification_addr=notification_addr,
     )
     async with asyncio.timeout(WAIT):
         await bridge.link.connected.wait()
@@ -94,12 +108,73 @@ async def start_bridge(stack: Stack, **limits: Any) -> Bridge:
 
 
 @asynccontextmanager
-async def running_bridge(stack: Stack, **limits: Any) -> AsyncIterator[Bridge]:
-    bridge = await start_bridge(stack, **limits)
+async def running_bridge(
+    stack: Stack, *, notification_addr: str | None = None, **limits: Any
+) -> AsyncIterator[Bridge]:
+    bridge = await start_bridge(stack, notification_addr=notification_addr, **limits)
     try:
         yield bridge
     finally:
         await bridge.stop()
+
+
+# -- the stack with the notification service -----------------------------------------------
+
+
+@asynccontextmanager
+async def running_keel_with_notifications(database_url: str, tmp_path: Any) -> AsyncIterator[Keel]:
+    """Tenant service, gateway and notification service in one server on port 0, wired
+    as ``keel serve all`` wires them (the notification service checks recipients with
+    the server's own gateway); no SMTP, so only in-app notifications are delivered."""
+    runtime = await open_runtime(settings_for(database_url, tmp_path))
+    port: list[int] = []
+    try:
+        tenants = tenant_server.build(runtime)
+        authenticator = Authenticator(tenants.directory, lookup=tenants.directory)
+        await authenticator.follow_changes(runtime.bus)
+        notifications = notification_server.build(
+            runtime, gateway_addr=lambda: f"127.0.0.1:{port[0]}"
+        )
+        server = KeelServer(
+            runtime,
+            [
+                tenants.spec,
+                *gateway_server.build(runtime, authenticator=authenticator),
+                notifications.spec,
+            ],
+            authenticator=authenticator,
+        )
+        await server.start()
+        port.append(server.port)
+        address = f"127.0.0.1:{server.port}"
+        client = grpc.aio.insecure_channel(address)
+        try:
+            yield Keel(client, runtime.settings, runtime, authenticator, address)
+        finally:
+            await client.close()
+            await server.stop(1)
+            await authenticator.close()
+    finally:
+        await runtime.close()
+
+
+@pytest.fixture(scope="module")
+async def notifying_stack(
+    sqlite_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    """:func:`stack` with the notification service in the same server."""
+    async with running_keel_with_notifications(
+        sqlite_url, tmp_path_factory.mktemp("notifying")
+    ) as keel:
+        yield Stack(keel)
+
+
+@pytest.fixture
+async def notifying_bridge(notifying_stack: Stack) -> AsyncIterator[Bridge]:
+    """A bridge of :func:`notifying_stack` that calls its notification service."""
+    address = notifying_stack.keel.address
+    async with running_bridge(notifying_stack, notification_addr=address) as running:
+        yield running
 
 
 @pytest.fixture
