@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from service_kit.logs import redact
+
 T = TypeVar("T")
 
 
@@ -260,7 +262,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             return parse(raw)
         except ValueError as exc:
-            problems.append(f"{name}={raw!r}: {exc}")
+            # A URL's password is not shown (the error goes to stderr and logs).
+            problems.append(redact(f"{name}={raw!r}: {exc}"))
             return default
 
     data_dir = Path(env.get("KEEL_DATA_DIR") or "var")

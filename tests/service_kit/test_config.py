@@ -93,3 +93,19 @@ def test_notification_settings_are_read_and_checked() -> None:
 def test_a_bad_smtp_url_is_named_at_start(url: str) -> None:
     with pytest.raises(ConfigError, match="KEEL_SMTP_URL"):
         load_settings({"KEEL_SMTP_URL": url})
+
+
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("KEEL_SMTP_URL", "smtp://mailer:s3cret-Pa55@mail.example?tls=1"),
+        ("DATABASE_URL", "mysql://keel:s3cret-Pa55@db.example/keel"),
+        ("REDIS_URL", "http://default:s3cret-Pa55@cache.example:6379"),
+    ],
+)
+def test_a_bad_url_is_named_without_its_password(name: str, url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({name: url})
+    message = str(caught.value)
+    assert name in message and url.split("@")[1] in message  # which setting, which host
+    assert "s3cret-Pa55" not in message
