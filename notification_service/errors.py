@@ -41,14 +41,15 @@ class NotificationNotFound(NotFound):
 
 
 class UsersNotFound(NotFound):
-    """Recipients the tenant has no user for; nothing was stored or sent."""
+    """Users the tenant does not have (another tenant's ids included). For a send
+    (``sending``), its recipients: nothing was stored or sent, and the message says so."""
 
-    def __init__(self, user_ids: Sequence[str]) -> None:
+    def __init__(self, user_ids: Sequence[str], *, sending: bool = False) -> None:
         shown = ", ".join(repr(u) for u in user_ids[:20])
         more = f" and {len(user_ids) - 20} more" if len(user_ids) > 20 else ""
         noun = "user" if len(user_ids) == 1 else "users"
         super().__init__(
-            f"{noun} not found: {shown}{more}; nothing was sent",
+            f"{noun} not found: {shown}{more}" + ("; nothing was sent" if sending else ""),
             resources=[(USER_RESOURCE, user_id) for user_id in user_ids],
         )
         self.user_ids = list(user_ids)

@@ -33,6 +33,7 @@ from notification_service.errors import (
     InvalidNotification,
     NeedsFullSendScope,
     NotificationNotFound,
+    UsersNotFound,
 )
 from notification_service.live import LivePublisher
 from notification_service.models import (
@@ -144,7 +145,10 @@ class NotificationService:
 
     async def _recipients_of(self, tenant_id: str, request: SendRequest) -> list[UserId]:
         if not request.channel_id:
-            await self._recipients.check_users(tenant_id, request.user_ids)
+            try:
+                await self._recipients.check_users(tenant_id, request.user_ids)
+            except UsersNotFound as exc:
+                raise UsersNotFound(exc.user_ids, sending=True) from exc
             return [UserId(u) for u in request.user_ids]
         members = await self._recipients.channel_members(tenant_id, request.channel_id)
         excluded = set(request.exclude_user_ids)

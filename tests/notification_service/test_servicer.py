@@ -257,9 +257,11 @@ async def test_another_tenants_ids_answer_not_found(world: World) -> None:
     assert error.code() == NOT_FOUND
     assert missing_users(error) == ["ann", "nobody"]
     assert "'ann'" in (error.details() or "")
+    assert (error.details() or "").endswith("; nothing was sent")
     assert (await b.inbox("bea")).notifications == []  # nothing was stored
     error = await rpc_error(b.preferences("ann", email="x@example.com"))
     assert error.code() == NOT_FOUND
+    assert error.details() == "user not found: 'ann'"  # not a send: nothing to say of one
 
 
 # -- bad input ------------------------------------------------------------------------------
