@@ -245,7 +245,12 @@ class World:
 
 
 @asynccontextmanager
-async def running_world(database_url: str, tmp_path: Path, **changes: Any) -> AsyncIterator[World]:
+async def running_world(
+    database_url: str, tmp_path: Path, *, real_senders: bool = False, **changes: Any
+) -> AsyncIterator[World]:
+    """The server and worker; with ``real_senders`` the notification service sends Web
+    Push and webhooks as in production (through the outbound guard, which lets 127.0.0.1
+    through here) instead of recording them, and has no SMTP."""
     notifications = NotificationSettings(max_attempts=MAX_ATTEMPTS, timeout_seconds=5)
     settings = settings_for(
         database_url, tmp_path, webhook_allow_private=True, notifications=notifications
@@ -261,9 +266,7 @@ async def running_world(database_url: str, tmp_path: Path, **changes: Any) -> As
         built = notification_server.build(
             runtime,
             gateway_addr=lambda: f"127.0.0.1:{port[0]}",
-            mailer=mailer,
-            push=push,
-            webhook=webhook,
+            **({} if real_senders else {"mailer": mailer, "push": push, "webhook": webhook}),
         )
         server = KeelServer(
             runtime,
