@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SCENARIOS = ("idle", "fanout", "chat", "api", "webhooks", "resume")
+SCENARIOS = ("idle", "fanout", "chat", "api", "webhooks", "resume", "notifications")
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
@@ -15,6 +15,13 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "api": {"channels": 4, "workers": 1, "concurrency": 4, "seconds": 0.5},
         "webhooks": {"steady_rate": 10, "steady_seconds": 0.5, "burst": 20},
         "resume": {"clients": 20, "missed": 20, "storm_concurrency": 50},
+        "notifications": {
+            "users": 20,
+            "rounds": 2,
+            "senders": 1,
+            "small_concurrency": 4,
+            "small_seconds": 0.5,
+        },
     },
     "quick": {
         # idle_seconds covers one keepalive ping cycle (KEEL_WS_PING_INTERVAL, 20 s)
@@ -29,6 +36,14 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "api": {"channels": 50, "workers": 2, "concurrency": 32, "seconds": 5.0},
         "webhooks": {"steady_rate": 20, "steady_seconds": 3.0, "burst": 1000},
         "resume": {"clients": 500, "missed": 500, "storm_concurrency": 200},
+        # the fan-out size (1,000 users) is quick enough for every profile
+        "notifications": {
+            "users": 1000,
+            "rounds": 5,
+            "senders": 2,
+            "small_concurrency": 32,
+            "small_seconds": 5.0,
+        },
     },
     "full": {
         "idle": {"bridges": 4, "conns_per_bridge": 15000, "idle_seconds": 60.0},
@@ -43,6 +58,13 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "api": {"channels": 100, "workers": 2, "concurrency": 64, "seconds": 10.0},
         "webhooks": {"steady_rate": 50, "steady_seconds": 5.0, "burst": 5000},
         "resume": {"clients": 10000, "missed": 500, "storm_concurrency": 500},
+        "notifications": {
+            "users": 1000,
+            "rounds": 20,
+            "senders": 2,
+            "small_concurrency": 64,
+            "small_seconds": 10.0,
+        },
     },
 }
 

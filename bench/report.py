@@ -442,6 +442,12 @@ def _resume(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def _notifications(r: dict[str, Any]) -> list[str]:
+    from bench.notifications import report_section  # the scenario writes its own section
+
+    return report_section(r)
+
+
 def main(argv: list[str]) -> int:
     """``python -m bench.report JSON MD``: render a saved report again."""
     if len(argv) != 2:
@@ -459,6 +465,7 @@ _SECTIONS = {
     "api": _api,
     "webhooks": _webhooks,
     "resume": _resume,
+    "notifications": _notifications,
 }
 
 

@@ -62,6 +62,17 @@ EXPECTED: dict[str, list[tuple[str, ...]]] = {
         ("baseline", "all_caught_up_seconds"),
         ("baseline", "caught_up"),
     ],
+    "notifications": [
+        ("keel", "fanout", "latency_ms", "p99"),
+        ("keel", "fanout", "until_last_ms", "median"),
+        ("keel", "small", "per_second"),
+        ("keel", "email", "per_second"),
+        ("keel", "push", "per_second"),
+        ("baseline", "fanout", "latency_ms", "p99"),
+        ("baseline", "small", "per_second"),
+        ("baseline", "email", "per_second"),
+        ("baseline", "push", "per_second"),
+    ],
 }
 
 
@@ -115,3 +126,8 @@ def test_every_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
             assert report["scenarios"][name][side]["connect"]["failed"] == 0, (name, side)
     assert report["scenarios"]["resume"]["keel"]["behind"] == 0
     assert report["scenarios"]["webhooks"]["keel"]["burst"]["bad_signatures"] == 0
+    notified = report["scenarios"]["notifications"]["keel"]
+    assert notified["fanout"]["connect"]["failed"] == 0
+    assert notified["fanout"]["complete_rounds"] == notified["fanout"]["rounds"]
+    for channel in ("email", "push"):
+        assert notified[channel]["delivered"] == notified[channel]["sent"], channel
