@@ -156,4 +156,5 @@ def test_running_it_distributed_works_when_pasted(
     applied = [line for line in migrate_shown.splitlines() if line.startswith("applied ")]
     assert [line for line in migrate.splitlines() if line.startswith("applied ")] == applied
     assert migrate.splitlines()[-1].startswith("database schema is up to date at ")
-    assert check.splitlines() == check_shown.splitlines(), check
+    logs = "\n".join(f"--- {t.name} ---\n{t.output_so_far()}" for t, _ in serving)
+    assert check.splitlines() == check_shown.splitlines(), f"{check}\n{logs}"
