@@ -171,10 +171,19 @@ async def _serve(
     # own gateway, on the port it learns once the server listens.
     own_port: list[int] = []
     notification_handlers: dict[str, JobHandler] = {}
+    # A send that enqueued deliveries wakes their worker (made below, once the handlers
+    # exist), so they start at once rather than at its next poll.
+    delivery_workers: list[JobWorker] = []
+
+    def wake_delivery_workers() -> None:
+        for worker in delivery_workers:
+            worker.wake()
+
     if process in ("all", "notification-service"):
         notifications = notification_server.build(
             runtime,
             gateway_addr=(lambda: _local_addr(settings, own_port[0])) if process == "all" else None,
+            on_jobs_enqueued=wake_delivery_workers,
         )
         specs.append(notifications.spec)
         notification_handlers = dict(notifications.job_handlers)
@@ -185,7 +194,8 @@ async def _serve(
     bridge: Bridge | None = None
     workers = [JobWorker(runtime.engine, job_handlers)] if job_handlers else []
     if notification_handlers:
-        workers.append(notification_worker(runtime, notification_handlers))
+        delivery_workers.append(notification_worker(runtime, notification_handlers))
+        workers += delivery_workers
     try:
         await server.start()
         own_port.append(server.port)

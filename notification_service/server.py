@@ -58,6 +58,7 @@ def build(
     push: PushSender | None = None,
     webhook: WebhookSender | None = None,
     clock: Clock = utcnow,
+    on_jobs_enqueued: Callable[[], None] = lambda: None,
 ) -> NotificationServer:
     """Everything needed to serve ``keel.notifications.v1.NotificationService`` here.
 
@@ -65,6 +66,8 @@ def build(
     process listens, for ``keel serve all``); ``KEEL_GATEWAY_ADDR`` by default.
     ``mailer``, ``push``, ``webhook``: the senders; by default SMTP (when
     ``KEEL_SMTP_URL`` is set), Web Push and webhooks through the outbound guard.
+    ``on_jobs_enqueued``: called when a send committed deliveries due at once (the
+    process wakes the job worker of ``job_handlers`` with it).
     """
     settings = runtime.settings
     notifications = settings.notifications
@@ -99,6 +102,7 @@ def build(
         ),
         new_vapid_keys=lambda: _vapid_keys(notifications.vapid_subject),
         clock=clock,
+        on_jobs_enqueued=on_jobs_enqueued,
     )
     jobs = DeliveryJobs(
         store,

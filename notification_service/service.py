@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 
 from keel.webhooks import new_secret
 
@@ -54,7 +55,7 @@ from notification_service.models import (
 )
 from notification_service.planning import Reachability, plan_recipient
 from notification_service.recipients import Recipients
-from notification_service.store import NewSend, NotificationStore, SendExists
+from notification_service.store import NewSend, NotificationStore, SendExists, SendInputs
 from notification_service.store.rows import VAPID, WEBHOOK_SECRET
 from service_kit.auth import TenantContext
 from service_kit.clock import Clock, utcnow
@@ -100,13 +101,17 @@ class NotificationService:
         options: SendingOptions,
         new_vapid_keys: VapidMaker,
         clock: Clock = utcnow,
+        on_jobs_enqueued: Callable[[], None] = lambda: None,
     ) -> None:
+        """``on_jobs_enqueued`` is called after a send committed delivery jobs due at once
+        (to wake the process's job worker rather than leave them to its next poll)."""
         self._store = store
         self._recipients = recipients
         self._live = live
         self._options = options
         self._new_vapid_keys = new_vapid_keys
         self._clock = clock
+        self._on_jobs_enqueued = on_jobs_enqueued
 
     # -- sending ------------------------------------------------------------------------
 
@@ -131,17 +136,26 @@ class NotificationService:
             tenant.tenant_id,
             new_id(),
             request,
-            await self._plan(tenant.tenant_id, request, user_ids, now=now),
+            user_ids,
+            partial(self._plan, request, user_ids, now=now),
             now,
             self._options.max_attempts,
         )
         try:
-            created = await self._store.create_send(send)
+            stored = await self._store.create_send(send)
         except SendExists as exc:  # a concurrent retry stored it first
             return await self._store.send_notifications(tenant.tenant_id, exc.send_id)
-        if request.send_at is None:
-            await self.announce(tenant.tenant_id, [n for n in created if n.inbox_time])
-        return created
+        if stored.jobs_due:
+            self._on_jobs_enqueued()
+        if not (stored.settings.vapid_public_key and stored.settings.webhook_secret):
+            await self.tenant_settings(tenant.tenant_id)  # the tenant's first send makes them
+        landed = [n for n in stored.notifications if n.inbox_time]
+        if landed:
+            # The counts were read in the send's transaction: no second round trip.
+            await self._live.publish(
+                tenant.tenant_id, [(n, stored.unread.get(n.user_id, 0)) for n in landed]
+            )
+        return stored.notifications
 
     async def _recipients_of(self, tenant_id: str, request: SendRequest) -> list[UserId]:
         if not request.channel_id:
@@ -154,15 +168,20 @@ class NotificationService:
         excluded = set(request.exclude_user_ids)
         return [UserId(u) for u in dict.fromkeys(members) if u not in excluded]
 
-    async def _plan(
-        self, tenant_id: str, request: SendRequest, user_ids: Sequence[UserId], *, now: datetime
+    def _plan(
+        self,
+        request: SendRequest,
+        user_ids: Sequence[UserId],
+        inputs: SendInputs,
+        *,
+        now: datetime,
     ) -> list[PlannedRecipient]:
-        preferences = await self._store.preferences_of(tenant_id, user_ids)
-        settings = await self.tenant_settings(tenant_id)
-        subscriptions = (
-            await self._store.push_subscriptions_of(tenant_id, user_ids)
-            if Channel.PUSH in request.channels
-            else {}
+        """Every recipient's channels (called by the store inside the send's transaction,
+        with what it read there)."""
+        preferences, settings, subscriptions = (
+            inputs.preferences,
+            inputs.settings,
+            inputs.subscriptions,
         )
         planned = []
         for user_id in user_ids:

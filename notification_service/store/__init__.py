@@ -6,7 +6,13 @@ from __future__ import annotations
 from notification_service.store.deliveries import SqlDeliveries
 from notification_service.store.inbox import SqlInbox
 from notification_service.store.interface import NotificationStore
-from notification_service.store.sends import NewSend, SendExists, SqlSends
+from notification_service.store.sends import (
+    NewSend,
+    SendExists,
+    SendInputs,
+    SqlSends,
+    StoredSend,
+)
 from notification_service.store.settings import SqlSettings
 
 
@@ -14,4 +20,11 @@ class SqlNotificationStore(SqlSends, SqlInbox, SqlSettings, SqlDeliveries):
     """The notification store in SQL (each part's module says what it keeps)."""
 
 
-__all__ = ["NewSend", "NotificationStore", "SendExists", "SqlNotificationStore"]
+__all__ = [
+    "NewSend",
+    "NotificationStore",
+    "SendExists",
+    "SendInputs",
+    "SqlNotificationStore",
+    "StoredSend",
+]

@@ -72,7 +72,7 @@ class SqlInbox(SqlStoreBase):
         async with self._engine.connect() as conn:
             rows = [r._mapping for r in (await conn.execute(query)).all()]
             page = await with_deliveries(conn, rows)
-            unread = await _unread(conn, tenant_id, [user_id])
+            unread = await read_unread_counts(conn, tenant_id, [user_id])
         return page, unread.get(user_id, 0)
 
     async def mark_read(
@@ -101,16 +101,20 @@ class SqlInbox(SqlStoreBase):
                         .values(read_time=now)
                     )
                     marked += result.rowcount
-            left = await _unread(conn, tenant_id, [user_id])
+            left = await read_unread_counts(conn, tenant_id, [user_id])
         return marked, left.get(user_id, 0)
 
     async def unread_counts(self, tenant_id: str, user_ids: Sequence[str]) -> dict[str, int]:
         """The unread count of each of the users' inboxes (users without one: absent)."""
         async with self._engine.connect() as conn:
-            return await _unread(conn, tenant_id, user_ids)
+            return await read_unread_counts(conn, tenant_id, user_ids)
 
 
-async def _unread(conn: AsyncConnection, tenant_id: str, user_ids: Sequence[str]) -> dict[str, int]:
+async def read_unread_counts(
+    conn: AsyncConnection, tenant_id: str, user_ids: Sequence[str]
+) -> dict[str, int]:
+    """The unread count of each of the users' inboxes as ``conn`` sees them (users
+    without one: absent)."""
     counts: dict[str, int] = {}
     for part in chunks(sorted(set(user_ids))):
         query = (

@@ -24,7 +24,7 @@ from notification_service.models import (
     Timing,
     UserId,
 )
-from notification_service.store.sends import NewSend
+from notification_service.store.sends import NewSend, StoredSend
 
 After = tuple[datetime, str] | None
 
@@ -36,8 +36,9 @@ class NotificationStore(Protocol):
 
     async def send_notifications(self, tenant_id: str, send_id: str) -> list[Notification]: ...
 
-    async def create_send(self, send: NewSend) -> list[Notification]:
-        """Raises ``SendExists`` when the request id was used, storing nothing."""
+    async def create_send(self, send: NewSend) -> StoredSend:
+        """Reads, plans and stores the send in one transaction. Raises ``SendExists``
+        when the request id was used, storing nothing."""
         ...
 
     async def scheduled_deliveries(

@@ -4,7 +4,10 @@ one transaction; and releasing a send scheduled for later.
 Invariants:
 
 - **One transaction.** A send's request id, notifications, deliveries, digest windows and
-  jobs commit together or not at all: a job exists if and only if its delivery does.
+  jobs commit together or not at all: a job exists if and only if its delivery does. The
+  same transaction (one connection checkout) reads what planning needs (preferences,
+  tenant settings, push subscriptions) and, after its writes, the unread counts of the
+  inboxes the send landed in, which are those counts as of its commit.
 - **Once per request id.** The request row is written first; a second send with the same
   (tenant, request id) finds it (on PostgreSQL it waits for the first to commit) and
   stores nothing (:class:`SendExists`).
@@ -18,7 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,13 +41,22 @@ from notification_service.models import (
     NotificationId,
     PlannedChannel,
     PlannedRecipient,
+    Preferences,
+    PushSubscription,
     SendRequest,
+    TenantSettings,
     Timing,
     UserId,
 )
 from notification_service.planning import digest_due
 from notification_service.store.base import SqlStoreBase, chunks, with_deliveries
+from notification_service.store.inbox import read_unread_counts
 from notification_service.store.rows import to_delivery, to_notification
+from notification_service.store.settings import (
+    read_preferences,
+    read_push_subscriptions,
+    read_tenant_settings,
+)
 from service_kit import jobs
 from service_kit.clock import rfc3339
 from service_kit.db import as_utc, insert_ignoring_conflicts, write_transaction
@@ -66,15 +78,42 @@ class SendExists(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class SendInputs:
+    """What planning a send needs from storage, read in the send's transaction."""
+
+    preferences: Mapping[str, Preferences]
+    settings: TenantSettings
+    #: Each recipient's push subscriptions, oldest first; empty unless the send may push.
+    subscriptions: Mapping[str, list[PushSubscription]]
+
+
+#: Plans every recipient of a send from what was read (pure: no I/O).
+SendPlanner = Callable[[SendInputs], Sequence[PlannedRecipient]]
+
+
+@dataclass(frozen=True, slots=True)
 class NewSend:
-    """A checked and planned SendNotification, ready to store."""
+    """A checked SendNotification to ``user_ids``, ready to plan and store."""
 
     tenant_id: str
     send_id: str
     request: SendRequest
-    recipients: Sequence[PlannedRecipient]
+    user_ids: Sequence[UserId]
+    plan: SendPlanner
     now: datetime
     max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSend:
+    """A committed send: its notifications in order, the unread count of every inbox it
+    landed in (as of its commit), the tenant settings it was planned with, and whether
+    it enqueued a job due at once."""
+
+    notifications: list[Notification]
+    unread: dict[str, int]
+    settings: TenantSettings
+    jobs_due: bool
 
 
 @dataclass(slots=True)
@@ -188,24 +227,33 @@ class SqlSends(SqlStoreBase):
             rows = [r._mapping for r in (await conn.execute(query)).all()]
             return await with_deliveries(conn, rows)
 
-    async def create_send(self, send: NewSend) -> list[Notification]:
-        """Store ``send`` (see the module docstring); its notifications in order. Raises
-        :class:`SendExists` when its request id was used, storing nothing."""
+    async def create_send(self, send: NewSend) -> StoredSend:
+        """Plan ``send`` with ``send.plan`` on what its transaction reads, and store it
+        (see the module docstring). Raises :class:`SendExists` when its request id was
+        used, storing nothing."""
         async with write_transaction(self._engine) as conn:
             if send.request.request_id:
                 await _claim_request_id(conn, send)
-            rows = [
-                _notification_row(send, r, position) for position, r in enumerate(send.recipients)
-            ]
+            inputs = SendInputs(
+                await read_preferences(conn, send.tenant_id, send.user_ids),
+                await read_tenant_settings(conn, send.tenant_id),
+                await read_push_subscriptions(conn, send.tenant_id, send.user_ids)
+                if Channel.PUSH in send.request.channels
+                else {},
+            )
+            recipients = send.plan(inputs)
+            rows = [_notification_row(send, r, position) for position, r in enumerate(recipients)]
             for part in chunks(rows):
                 await conn.execute(insert(notifications), list(part))
             scheduler = _Scheduler(conn, send.tenant_id, send.now, send.max_attempts)
             deliveries: list[dict[str, Any]] = []
-            for recipient in send.recipients:
+            for recipient in recipients:
                 for planned in recipient.channels:
                     deliveries += await _deliveries_of(scheduler, send, recipient, planned)
             for part in chunks(deliveries):
                 await conn.execute(insert(notification_deliveries), list(part))
+            landed = [row["user_id"] for row in rows if row["inbox_time"] is not None]
+            unread = await read_unread_counts(conn, send.tenant_id, landed) if landed else {}
             if send.request.send_at is not None:
                 await jobs.enqueue(
                     conn,
@@ -219,7 +267,12 @@ class SqlSends(SqlStoreBase):
         grouped: dict[str, list[Delivery]] = {row["id"]: [] for row in rows}
         for delivery in deliveries:
             grouped[delivery["notification_id"]].append(to_delivery(delivery))
-        return [to_notification(row, grouped[row["id"]]) for row in rows]
+        return StoredSend(
+            [to_notification(row, grouped[row["id"]]) for row in rows],
+            unread,
+            inputs.settings,
+            jobs_due=any(d["state"] == DeliveryState.PENDING for d in deliveries),
+        )
 
     async def scheduled_deliveries(
         self, tenant_id: str, send_id: str

@@ -46,16 +46,8 @@ class SqlSettings(SqlStoreBase):
         self, tenant_id: str, user_ids: Sequence[str]
     ) -> dict[str, Preferences]:
         """The stored preferences of those of ``user_ids`` that have any."""
-        found: dict[str, Preferences] = {}
         async with self._engine.connect() as conn:
-            for part in chunks(sorted(set(user_ids))):
-                query = select(notification_preferences).where(
-                    notification_preferences.c.tenant_id == tenant_id,
-                    notification_preferences.c.user_id.in_(part),
-                )
-                for row in (await conn.execute(query)).all():
-                    found[row.user_id] = to_preferences(row._mapping)
-        return found
+            return await read_preferences(conn, tenant_id, user_ids)
 
     async def update_preferences(
         self,
@@ -103,7 +95,7 @@ class SqlSettings(SqlStoreBase):
     async def tenant_settings(self, tenant_id: str) -> TenantSettings:
         """The tenant's settings (defaults for what it never set)."""
         async with self._engine.connect() as conn:
-            return await _settings(conn, tenant_id)
+            return await read_tenant_settings(conn, tenant_id)
 
     async def add_tenant_settings(
         self, tenant_id: str, settings: TenantSettings, names: Collection[str], *, now: datetime
@@ -117,7 +109,7 @@ class SqlSettings(SqlStoreBase):
                         tenant_id=tenant_id, name=name, value=value, create_time=now
                     )
                 )
-            return await _settings(conn, tenant_id)
+            return await read_tenant_settings(conn, tenant_id)
 
     async def update_tenant_settings(
         self,
@@ -158,7 +150,7 @@ class SqlSettings(SqlStoreBase):
                             update_time=now,
                         )
                     )
-            return await _settings(conn, tenant_id)
+            return await read_tenant_settings(conn, tenant_id)
 
     # -- push subscriptions ------------------------------------------------------------
 
@@ -217,20 +209,8 @@ class SqlSettings(SqlStoreBase):
         self, tenant_id: str, user_ids: Sequence[str]
     ) -> dict[str, list[PushSubscription]]:
         """Each user's push subscriptions, oldest first (users without any: absent)."""
-        found: dict[str, list[PushSubscription]] = defaultdict(list)
         async with self._engine.connect() as conn:
-            for part in chunks(sorted(set(user_ids))):
-                query = (
-                    select(push_subscriptions)
-                    .where(
-                        push_subscriptions.c.tenant_id == tenant_id,
-                        push_subscriptions.c.user_id.in_(part),
-                    )
-                    .order_by(push_subscriptions.c.create_time, push_subscriptions.c.id)
-                )
-                for row in (await conn.execute(query)).all():
-                    found[row.user_id].append(to_subscription(row._mapping))
-        return dict(found)
+            return await read_push_subscriptions(conn, tenant_id, user_ids)
 
     async def push_subscription(
         self, tenant_id: str, subscription_id: str
@@ -243,8 +223,44 @@ class SqlSettings(SqlStoreBase):
         return to_subscription(row._mapping) if row else None
 
 
-async def _settings(conn: AsyncConnection, tenant_id: str) -> TenantSettings:
+async def read_tenant_settings(conn: AsyncConnection, tenant_id: str) -> TenantSettings:
+    """The tenant's settings as ``conn`` sees them (defaults for what it never set)."""
     query = select(notification_tenant_settings).where(
         notification_tenant_settings.c.tenant_id == tenant_id
     )
     return to_tenant_settings(r._mapping for r in (await conn.execute(query)).all())
+
+
+async def read_preferences(
+    conn: AsyncConnection, tenant_id: str, user_ids: Sequence[str]
+) -> dict[str, Preferences]:
+    """The stored preferences of those of ``user_ids`` that have any, as ``conn`` sees them."""
+    found: dict[str, Preferences] = {}
+    for part in chunks(sorted(set(user_ids))):
+        query = select(notification_preferences).where(
+            notification_preferences.c.tenant_id == tenant_id,
+            notification_preferences.c.user_id.in_(part),
+        )
+        for row in (await conn.execute(query)).all():
+            found[row.user_id] = to_preferences(row._mapping)
+    return found
+
+
+async def read_push_subscriptions(
+    conn: AsyncConnection, tenant_id: str, user_ids: Sequence[str]
+) -> dict[str, list[PushSubscription]]:
+    """Each user's push subscriptions, oldest first (users without any: absent), as
+    ``conn`` sees them."""
+    found: dict[str, list[PushSubscription]] = defaultdict(list)
+    for part in chunks(sorted(set(user_ids))):
+        query = (
+            select(push_subscriptions)
+            .where(
+                push_subscriptions.c.tenant_id == tenant_id,
+                push_subscriptions.c.user_id.in_(part),
+            )
+            .order_by(push_subscriptions.c.create_time, push_subscriptions.c.id)
+        )
+        for row in (await conn.execute(query)).all():
+            found[row.user_id].append(to_subscription(row._mapping))
+    return dict(found)

@@ -246,11 +246,18 @@ class World:
 
 @asynccontextmanager
 async def running_world(
-    database_url: str, tmp_path: Path, *, real_senders: bool = False, **changes: Any
+    database_url: str,
+    tmp_path: Path,
+    *,
+    real_senders: bool = False,
+    started_worker_poll: float | None = None,
+    **changes: Any,
 ) -> AsyncIterator[World]:
     """The server and worker; with ``real_senders`` the notification service sends Web
     Push and webhooks as in production (through the outbound guard, which lets 127.0.0.1
-    through here) instead of recording them, and has no SMTP."""
+    through here) instead of recording them, and has no SMTP. The worker runs only when
+    the test drives it (``run_jobs``), unless ``started_worker_poll`` is given: then it
+    runs in the background, polling that often, woken by sends as in ``keel serve``."""
     notifications = NotificationSettings(max_attempts=MAX_ATTEMPTS, timeout_seconds=5)
     settings = settings_for(
         database_url, tmp_path, webhook_allow_private=True, notifications=notifications
@@ -259,6 +266,7 @@ async def running_world(
     runtime = await open_runtime(settings)
     mailer, push, webhook = RecordingMailer(), RecordingPush(), RecordingWebhook()
     port: list[int] = []
+    workers: list[JobWorker] = []
     try:
         tenants = tenant_server.build(runtime)
         authenticator = Authenticator(tenants.directory, lookup=tenants.directory)
@@ -266,6 +274,7 @@ async def running_world(
         built = notification_server.build(
             runtime,
             gateway_addr=lambda: f"127.0.0.1:{port[0]}",
+            on_jobs_enqueued=lambda: workers[0].wake(),
             **({} if real_senders else {"mailer": mailer, "push": push, "webhook": webhook}),
         )
         server = KeelServer(
@@ -280,7 +289,11 @@ async def running_world(
             built.job_handlers,
             concurrency=16,
             retry=RetryPolicy(base_delay=0.0, max_delay=0.0),
+            poll_interval=started_worker_poll or 1.0,
         )
+        workers.append(worker)
+        if started_worker_poll is not None:
+            worker.start()
         client = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
         try:
             yield World(client, runtime, built, worker, mailer, push, webhook)
