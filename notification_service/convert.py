@@ -67,17 +67,9 @@ def notification_to_proto(notification: Notification) -> pb.Notification:
     )
 
 
-def live_to_proto(
-    tenant_id: str, items: list[tuple[Notification, int]]
-) -> live_pb2.LiveNotifications:
-    return live_pb2.LiveNotifications(
-        tenant_id=tenant_id,
-        items=[
-            live_pb2.LiveNotification(
-                notification=notification_to_proto(notification), unread_count=unread
-            )
-            for notification, unread in items
-        ],
+def live_item_to_proto(notification: Notification, unread: int) -> live_pb2.LiveNotification:
+    return live_pb2.LiveNotification(
+        notification=notification_to_proto(notification), unread_count=unread
     )
 
 

@@ -16,7 +16,9 @@ import logging
 from collections.abc import Sequence
 from typing import Final, Protocol
 
-from notification_service.convert import live_to_proto
+from keel.notifications.v1 import live_pb2
+
+from notification_service.convert import live_item_to_proto
 from notification_service.models import Notification
 from service_kit.bus import NOTIFICATIONS_LIVE_TOPIC, EventBus
 
@@ -40,10 +42,13 @@ class BusLivePublisher:
         self._max_bytes = max_bytes
 
     async def publish(self, tenant_id: str, items: Sequence[tuple[Notification, int]]) -> None:
-        batch: list[tuple[Notification, int]] = []
+        # Each item is converted once; its size is what a message of it alone would take.
+        envelope = live_pb2.LiveNotifications(tenant_id=tenant_id).ByteSize()
+        batch: list[live_pb2.LiveNotification] = []
         size = 0
-        for item in items:
-            item_size = live_to_proto(tenant_id, [item]).ByteSize()
+        for notification, unread in items:
+            item = live_item_to_proto(notification, unread)
+            item_size = envelope + _repeated_field_size(item.ByteSize())
             if batch and size + item_size > self._max_bytes:
                 await self._send(tenant_id, batch)
                 batch, size = [], 0
@@ -52,8 +57,8 @@ class BusLivePublisher:
         if batch:
             await self._send(tenant_id, batch)
 
-    async def _send(self, tenant_id: str, batch: list[tuple[Notification, int]]) -> None:
-        payload = live_to_proto(tenant_id, batch).SerializeToString()
+    async def _send(self, tenant_id: str, batch: list[live_pb2.LiveNotification]) -> None:
+        payload = live_pb2.LiveNotifications(tenant_id=tenant_id, items=batch).SerializeToString()
         try:
             await self._bus.publish(NOTIFICATIONS_LIVE_TOPIC, payload)
         except Exception:  # the bus is best-effort; the inbox already holds them
@@ -62,3 +67,9 @@ class BusLivePublisher:
                 exc_info=True,
                 extra={"tenant_id": tenant_id, "count": len(batch)},
             )
+
+
+def _repeated_field_size(message_size: int) -> int:
+    """Bytes one element of ``LiveNotifications.items`` (field 2) takes: its one-byte tag,
+    its length as a varint, and the message."""
+    return 1 + max(1, (message_size.bit_length() + 6) // 7) + message_size
