@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notification_service.models import Notification
@@ -117,15 +117,20 @@ async def read_unread_counts(
     without one: absent)."""
     counts: dict[str, int] = {}
     for part in chunks(sorted(set(user_ids))):
-        query = (
-            select(notifications.c.user_id, func.count())
-            .where(
-                notifications.c.tenant_id == tenant_id,
-                notifications.c.user_id.in_(part),
-                notifications.c.inbox_time.is_not(None),
-                notifications.c.read_time.is_(None),
-            )
-            .group_by(notifications.c.user_id)
-        )
-        counts |= {row[0]: int(row[1]) for row in (await conn.execute(query)).all()}
+        params = {"tenant_id": tenant_id, "user_ids": list(part)}
+        rows = (await conn.execute(_UNREAD_COUNTS, params)).all()
+        counts |= {row[0]: int(row[1]) for row in rows}
     return counts
+
+
+# Built once: a send reads it every time (only the parameters change).
+_UNREAD_COUNTS = (
+    select(notifications.c.user_id, func.count())
+    .where(
+        notifications.c.tenant_id == bindparam("tenant_id"),
+        notifications.c.user_id.in_(bindparam("user_ids", expanding=True)),
+        notifications.c.inbox_time.is_not(None),
+        notifications.c.read_time.is_(None),
+    )
+    .group_by(notifications.c.user_id)
+)

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notification_service.models import Preferences, PushSubscription, TenantSettings, UserId
@@ -223,12 +223,20 @@ class SqlSettings(SqlStoreBase):
         return to_subscription(row._mapping) if row else None
 
 
+# Built once: every send reads both (only the parameters change).
+_TENANT_SETTINGS = select(notification_tenant_settings).where(
+    notification_tenant_settings.c.tenant_id == bindparam("tenant_id")
+)
+_PREFERENCES = select(notification_preferences).where(
+    notification_preferences.c.tenant_id == bindparam("tenant_id"),
+    notification_preferences.c.user_id.in_(bindparam("user_ids", expanding=True)),
+)
+
+
 async def read_tenant_settings(conn: AsyncConnection, tenant_id: str) -> TenantSettings:
     """The tenant's settings as ``conn`` sees them (defaults for what it never set)."""
-    query = select(notification_tenant_settings).where(
-        notification_tenant_settings.c.tenant_id == tenant_id
-    )
-    return to_tenant_settings(r._mapping for r in (await conn.execute(query)).all())
+    rows = (await conn.execute(_TENANT_SETTINGS, {"tenant_id": tenant_id})).all()
+    return to_tenant_settings(r._mapping for r in rows)
 
 
 async def read_preferences(
@@ -237,11 +245,8 @@ async def read_preferences(
     """The stored preferences of those of ``user_ids`` that have any, as ``conn`` sees them."""
     found: dict[str, Preferences] = {}
     for part in chunks(sorted(set(user_ids))):
-        query = select(notification_preferences).where(
-            notification_preferences.c.tenant_id == tenant_id,
-            notification_preferences.c.user_id.in_(part),
-        )
-        for row in (await conn.execute(query)).all():
+        params = {"tenant_id": tenant_id, "user_ids": list(part)}
+        for row in (await conn.execute(_PREFERENCES, params)).all():
             found[row.user_id] = to_preferences(row._mapping)
     return found
 
