@@ -92,7 +92,7 @@ def check_channel_numbers(
 def check_email(v: Violations, field: str, address: str) -> None:
     if address:
         v.check(
-            len(address) <= 255 and bool(_EMAIL.match(address)),
+            len(address) <= 255 and bool(_EMAIL.fullmatch(address)),
             field,
             f"{address[:70]!r} is not an email address such as ann@example.com",
         )
@@ -103,7 +103,7 @@ def check_mailbox(v: Violations, field: str, mailbox: str) -> None:
     if not mailbox:
         return
     _, address = parseaddr(mailbox)
-    ok = bool(_EMAIL.match(address)) and "\n" not in mailbox and "\r" not in mailbox
+    ok = bool(_EMAIL.fullmatch(address)) and "\n" not in mailbox and "\r" not in mailbox
     v.check(ok, field, f"{mailbox[:70]!r} is not a sender such as 'Team <team@example.com>'")
 
 

@@ -61,12 +61,12 @@ class Reachability:
 
 def is_category(text: str) -> bool:
     """A category: 1 to 64 of lowercase letters, digits, ``_``, ``-`` and ``.``."""
-    return bool(_CATEGORY.match(text))
+    return bool(_CATEGORY.fullmatch(text))
 
 
 def parse_hh_mm(text: str) -> time | None:
     """``"07:30"`` as a time; None when it is not ``HH:MM`` (00:00 to 23:59)."""
-    match = _HH_MM.match(text)
+    match = _HH_MM.fullmatch(text)
     return time(int(match[1]), int(match[2])) if match else None
 
 

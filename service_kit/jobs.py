@@ -204,7 +204,7 @@ async def enqueue_many(
 
 
 def _check_options(kind: str, max_attempts: int | None) -> None:
-    if not _KIND.match(kind):
+    if not _KIND.fullmatch(kind):
         raise ValueError(f"job kind {kind[:70]!r}: 1 to 64 of a-z, 0-9, '.', '_', ':', '-'")
     if max_attempts is not None and max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1 (or None), not {max_attempts}")

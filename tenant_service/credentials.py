@@ -42,7 +42,7 @@ def new_client_secret() -> str:
 
 def has_generated_form(secret: str) -> bool:
     """Whether ``secret`` looks like one :func:`new_client_secret` makes (it is hashed fast)."""
-    return _GENERATED.match(secret) is not None
+    return _GENERATED.fullmatch(secret) is not None
 
 
 def is_slow(stored: str) -> bool:

@@ -149,7 +149,7 @@ def check_tenant(tenant: Tenant, *, fields: Collection[str] | None = None) -> No
             v.check(tenant.name == tenant.name.strip(), "tenant.name", "has surrounding spaces")
     if "client_id" in wanted:
         v.check(
-            bool(_CLIENT_ID.match(tenant.client_id)),
+            bool(_CLIENT_ID.fullmatch(tenant.client_id)),
             "tenant.client_id",
             "must be 3 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit",
         )
@@ -161,7 +161,7 @@ def check_tenant(tenant: Tenant, *, fields: Collection[str] | None = None) -> No
         )
         for i, scope in enumerate(tenant.permissions):
             v.check(
-                bool(_SCOPE.match(scope)),
+                bool(_SCOPE.fullmatch(scope)),
                 f"tenant.permissions[{i}]",
                 f"{scope[:40]!r} is not a scope like 'chat:*', 'chat:read' or '*'",
             )

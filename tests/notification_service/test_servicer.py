@@ -324,6 +324,7 @@ BAD_PREFERENCES = [
     (_prefs(email="not-an-email"), ["preferences.email"]),
     (_prefs(email="a b@example.com"), ["preferences.email"]),
     (_prefs(email="ann@"), ["preferences.email"]),
+    (_prefs(email="ann@example.com\n"), ["preferences.email"]),  # would end the To header
     (_prefs(webhook_url="ftp://example.com/x"), ["preferences.webhook_url"]),
     (_prefs(webhook_url="https://user:pw@example.com/x"), ["preferences.webhook_url"]),
     (_prefs(webhook_secret="secret"), ["preferences.webhook_secret"]),
@@ -343,6 +344,14 @@ BAD_PREFERENCES = [
     (
         _prefs(rules=[pb.CategoryRule(category="Bad Category", channel=EMAIL)]),
         ["preferences.rules[0].category"],
+    ),
+    (
+        _prefs(rules=[pb.CategoryRule(category="billing\n", channel=EMAIL)]),
+        ["preferences.rules[0].category"],
+    ),
+    (
+        _prefs(quiet_hours=pb.QuietHours(start="22:00\n", end="07:00")),
+        ["preferences.quiet_hours.start"],
     ),
     (
         _prefs(

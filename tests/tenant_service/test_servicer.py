@@ -158,6 +158,8 @@ async def test_bad_requests_get_field_violations_and_store_nothing(
     bad = [
         tenants_pb2.Tenant(name="x" * 300),
         tenants_pb2.Tenant(name=unique(), permissions=["not a scope"]),
+        tenants_pb2.Tenant(name=unique(), permissions=["chat:*\n"]),
+        tenants_pb2.Tenant(name=unique(), client_id="forum-app\n"),
         tenants_pb2.Tenant(name=unique(), rate_limits=tenants_pb2.RateLimits(burst=-5)),
     ]
     for tenant in bad:
