@@ -96,9 +96,15 @@ class Admission:
             expires_at=claims.expires_at,
         )
         self._connections.add(conn)
-        await ws.send(
-            p.welcome_frame(conn.id, conn.user_id, tenant.tenant_id, rfc3339(conn.expires_at))
-        )
+        try:
+            await ws.send(
+                p.welcome_frame(conn.id, conn.user_id, tenant.tenant_id, rfc3339(conn.expires_at))
+            )
+        except BaseException:
+            # The browser left during the handshake (or the bridge is stopping): the caller
+            # never gets this connection, so it must not stay counted and indexed.
+            self._connections.remove(conn)
+            raise
         return conn
 
     async def _token_frame(self, ws: ServerConnection) -> str | None:
