@@ -247,8 +247,10 @@ class SqlSends(SqlStoreBase):
                 await conn.execute(insert(notifications), list(part))
             scheduler = _Scheduler(conn, send.tenant_id, send.now, send.max_attempts)
             deliveries: list[dict[str, Any]] = []
-            for recipient in recipients:
-                for planned in recipient.channels:
+            # Digest windows are locked in one order, (user, channel), in every transaction
+            # (see _held_for_release too), so concurrent sends never deadlock on them.
+            for recipient in sorted(recipients, key=lambda r: r.user_id):
+                for planned in sorted(recipient.channels, key=lambda c: str(c.channel)):
                     deliveries += await _deliveries_of(scheduler, send, recipient, planned)
             for part in chunks(deliveries):
                 await conn.execute(insert(notification_deliveries), list(part))
@@ -343,6 +345,7 @@ def _held_for_release(tenant_id: str, send_id: str) -> Select[Any]:
             notification_deliveries.c.state == DeliveryState.HELD,
             notification_deliveries.c.hold == Hold.SCHEDULED,
         )
+        .order_by(notifications.c.user_id, notification_deliveries.c.channel)
     )
 
 

@@ -274,6 +274,29 @@ async def test_a_digest_collapses_five_emails_into_one(world: World, tenant: Ten
     assert len(await world.job_payloads("notification.digest", tenant.id)) == 2
 
 
+async def test_concurrent_digest_sends_to_the_same_users_in_any_order_all_succeed(
+    world: World, tenant: Tenant
+) -> None:
+    # Each send locks the digest window of every recipient; listed in opposite orders,
+    # two sends would wait for each other's locks (PostgreSQL: deadlock detected).
+    users = [f"dg{n:02}" for n in range(12)]
+    for user in users:
+        await emailable(tenant, user)
+    await tenant.settings(
+        category_defaults=[pb.CategoryDefault(category="digested", digest_window_seconds=600)]
+    )
+    for round_ in range(4):
+        sent = await asyncio.gather(
+            tenant.send(*users, title=f"forward {round_}", category="digested", channels=[EMAIL]),
+            tenant.send(
+                *users[::-1], title=f"backward {round_}", category="digested", channels=[EMAIL]
+            ),
+        )
+        assert [len(notifications) for notifications in sent] == [12, 12]
+    digests = await world.job_payloads("notification.digest", tenant.id)
+    assert len(digests) == 12  # one window per user, joined by every send
+
+
 async def test_a_scheduled_send_is_released_at_its_time(world: World, tenant: Tenant) -> None:
     await emailable(tenant, "lou")
     at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
