@@ -225,6 +225,10 @@ class DeliveryJobs:
             return await self._skip(batch, "Web Push is not available in this process")
         if subscription is None:
             return await self._skip(batch, "the push subscription was removed")
+        if subscription.user_id != notification.user_id:
+            # The browser was registered again by another user (the row and its id moved
+            # with it): what was queued for the previous user must not reach it.
+            return await self._skip(batch, "the browser's push subscription is another user's now")
         settings = await self._service.tenant_settings(notification.tenant_id)
         vapid = VapidKeys(
             settings.vapid_private_pem, settings.vapid_public_key, self._options.vapid_subject

@@ -195,6 +195,22 @@ async def test_a_push_subscription_that_is_gone_is_removed(world: World, tenant:
     assert "PRIVATE KEY" in vapid.private_pem and [i.title for i in items] == ["Ping"]
 
 
+async def test_a_push_queued_for_a_user_never_reaches_the_next_user_of_that_browser(
+    world: World, tenant: Tenant
+) -> None:
+    await tenant.users("ivy", "jon")
+    endpoint = "https://push.example.com/shared-laptop"
+    await subscribe(tenant, "ivy", endpoint)
+    notification = (await tenant.send("ivy", channels=[PUSH], title="For ivy only"))[0]
+    await subscribe(tenant, "jon", endpoint)  # ivy logs out, jon logs in, before it goes
+    await world.run_jobs()
+
+    assert [p for p in world.push.sent if p[1][0].id == notification.id] == []
+    assert states(await tenant.get(notification.id)) == {
+        PUSH: (SKIPPED, "the browser's push subscription is another user's now")
+    }
+
+
 async def test_webhooks_go_to_the_users_url_or_the_tenants_signed_by_its_secret(
     world: World, tenant: Tenant
 ) -> None:
