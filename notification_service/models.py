@@ -26,6 +26,8 @@ MAX_BASIC_USERS: Final = 100
 #: How far ahead ``send_at`` may be, and the longest digest window.
 MAX_SCHEDULE_SECONDS: Final = 30 * 86_400
 MAX_DIGEST_WINDOW_SECONDS: Final = 86_400
+#: The push subscriptions (browsers) kept per user; registering one more drops the oldest.
+MAX_PUSH_SUBSCRIPTIONS_PER_USER: Final = 20
 
 
 #: The kinds of the jobs the service enqueues (service_kit/jobs.py); payloads hold ids only.

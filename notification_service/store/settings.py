@@ -16,7 +16,13 @@ from datetime import datetime
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from notification_service.models import Preferences, PushSubscription, TenantSettings, UserId
+from notification_service.models import (
+    MAX_PUSH_SUBSCRIPTIONS_PER_USER,
+    Preferences,
+    PushSubscription,
+    TenantSettings,
+    UserId,
+)
 from notification_service.store.base import SqlStoreBase, chunks
 from notification_service.store.rows import (
     preferences_row,
@@ -157,7 +163,9 @@ class SqlSettings(SqlStoreBase):
     async def register_push_subscription(
         self, tenant_id: str, subscription: PushSubscription
     ) -> PushSubscription:
-        """Store ``subscription`` (its id and time are used for a new endpoint only)."""
+        """Store ``subscription`` (its id and time are used for a new endpoint only); the
+        user keeps it and their :data:`MAX_PUSH_SUBSCRIPTIONS_PER_USER` - 1 newest others,
+        so one browser user cannot make every send fan out to endless endpoints."""
         digest = endpoint_hash(subscription.endpoint)
         key = (
             push_subscriptions.c.tenant_id == tenant_id,
@@ -187,6 +195,21 @@ class SqlSettings(SqlStoreBase):
                     )
                 )
             row = (await conn.execute(select(push_subscriptions).where(*key))).one()
+            oldest = (
+                select(push_subscriptions.c.id)
+                .where(
+                    push_subscriptions.c.tenant_id == tenant_id,
+                    push_subscriptions.c.user_id == subscription.user_id,
+                    push_subscriptions.c.id != row.id,
+                )
+                .order_by(push_subscriptions.c.create_time.desc(), push_subscriptions.c.id.desc())
+                .offset(MAX_PUSH_SUBSCRIPTIONS_PER_USER - 1)
+            )
+            dropped = [r.id for r in (await conn.execute(oldest)).all()]
+            if dropped:
+                await conn.execute(
+                    delete(push_subscriptions).where(push_subscriptions.c.id.in_(dropped))
+                )
         return to_subscription(row._mapping)
 
     async def delete_push_subscription(

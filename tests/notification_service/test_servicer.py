@@ -600,6 +600,22 @@ async def test_push_subscriptions_register_replace_list_and_delete(tenant: Tenan
     assert error.code() == NOT_FOUND
 
 
+async def test_a_user_keeps_the_20_newest_push_subscriptions(tenant: Tenant) -> None:
+    await tenant.users("ann")
+    endpoints = [f"https://push.example.com/{n:02}" for n in range(23)]
+    for endpoint in endpoints:
+        await tenant.notifications.RegisterPushSubscription(
+            pb.RegisterPushSubscriptionRequest(
+                subscription=pb.PushSubscription(user_id="ann", endpoint=endpoint, **_keys())
+            ),
+            metadata=tenant.md,
+        )
+    listed = await tenant.notifications.ListPushSubscriptions(
+        pb.ListPushSubscriptionsRequest(user_id="ann"), metadata=tenant.md
+    )
+    assert sorted(s.endpoint for s in listed.subscriptions) == endpoints[3:]
+
+
 async def test_unsubscribe_turns_that_categorys_email_off(world: World, tenant: Tenant) -> None:
     from notification_service.senders.unsubscribe import make_token
 
