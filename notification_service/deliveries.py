@@ -56,7 +56,7 @@ from notification_service.models import (
     TenantSettings,
     Timing,
 )
-from notification_service.planning import NO_SMTP, timing_of
+from notification_service.planning import NO_SMTP, channel_is_on, timing_of
 from notification_service.senders.base import (
     DeliveryFailed,
     Mailer,
@@ -194,6 +194,8 @@ class DeliveryJobs:
         if not preferences.email:
             return await self._skip(batch, "the user has no email address in their preferences")
         settings = await self._service.tenant_settings(notification.tenant_id)
+        if off := channel_is_on(Channel.EMAIL, notification.category, preferences, settings):
+            return await self._skip(batch, off)  # turned off (unsubscribed) since it was queued
         links = self._options.unsubscribe_links
         email = OutgoingEmail(
             to=preferences.email,
@@ -230,6 +232,9 @@ class DeliveryJobs:
             # with it): what was queued for the previous user must not reach it.
             return await self._skip(batch, "the browser's push subscription is another user's now")
         settings = await self._service.tenant_settings(notification.tenant_id)
+        preferences = await self._preferences(notification)
+        if off := channel_is_on(Channel.PUSH, notification.category, preferences, settings):
+            return await self._skip(batch, off)  # turned off since it was queued
         vapid = VapidKeys(
             settings.vapid_private_pem, settings.vapid_public_key, self._options.vapid_subject
         )
@@ -250,6 +255,8 @@ class DeliveryJobs:
         sender = self._senders.webhook
         preferences = await self._preferences(notification)
         settings = await self._service.tenant_settings(notification.tenant_id)
+        if off := channel_is_on(Channel.WEBHOOK, notification.category, preferences, settings):
+            return await self._skip(batch, off)  # turned off since it was queued
         url, secret = _webhook_target(preferences, settings)
         if sender is None:
             return await self._skip(batch, "webhook notifications are not available here")

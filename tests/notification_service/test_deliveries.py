@@ -195,6 +195,25 @@ async def test_a_push_subscription_that_is_gone_is_removed(world: World, tenant:
     assert "PRIVATE KEY" in vapid.private_pem and [i.title for i in items] == ["Ping"]
 
 
+async def test_an_email_queued_before_the_user_unsubscribed_is_not_sent(
+    world: World, tenant: Tenant
+) -> None:
+    await emailable(tenant, "kit")
+    notification = (await tenant.send("kit", category="billing", channels=[EMAIL]))[0]
+    assert states(notification) == {EMAIL: (PENDING, "")}
+    # The one-click link (or the user's settings page) turns billing email off before the
+    # queued email goes (held for quiet hours or a digest, or the queue is just behind).
+    await tenant.preferences(
+        "kit", "rules", rules=[pb.CategoryRule(category="billing", channel=EMAIL, enabled=False)]
+    )
+    await world.run_jobs()
+
+    assert [e for e in world.mailer.sent if e.to == "kit@example.com"] == []
+    assert states(await tenant.get(notification.id)) == {
+        EMAIL: (SKIPPED, "the user turned email off for 'billing'")
+    }
+
+
 async def test_a_push_queued_for_a_user_never_reaches_the_next_user_of_that_browser(
     world: World, tenant: Tenant
 ) -> None:
