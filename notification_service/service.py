@@ -15,11 +15,15 @@ or later (``send_at``), needs ``send:*`` (as does changing the tenant's settings
 the interceptor checks). For ``send:basic`` an empty channel list means in-app and email.
 
 Retries: a send with a ``request_id`` the tenant used before returns that send's
-notifications as they are now, and stores and enqueues nothing.
+notifications as they are now, and stores and enqueues nothing — when it asks the same
+(:func:`request_fingerprint`; a retry is answered even once its ``send_at`` has passed).
+The same ``request_id`` with other content is INVALID_ARGUMENT on ``request_id``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
@@ -119,14 +123,15 @@ class NotificationService:
         """Store one notification per recipient and start its deliveries; see the
         module docstring for scopes and retries."""
         now = self._clock()
+        fingerprint = request_fingerprint(request)
+        if request.request_id:  # a retry is answered before its send_at is checked again
+            existing = await self._store.find_send(tenant.tenant_id, request.request_id)
+            if existing is not None:
+                return await self._retried(tenant.tenant_id, fingerprint, *existing)
         v = Violations()
         checks.check_send(v, request, now=now)
         v.raise_if_any(InvalidNotification)
         _check_scope(tenant, request)
-        if request.request_id:
-            existing = await self._store.find_send(tenant.tenant_id, request.request_id)
-            if existing is not None:
-                return await self._store.send_notifications(tenant.tenant_id, existing)
         user_ids = await self._recipients_of(tenant.tenant_id, request)
         channels = request.channels or (
             ALL_CHANNELS if tenant.allows(FULL_SCOPE) else BASIC_CHANNELS
@@ -140,11 +145,12 @@ class NotificationService:
             partial(self._plan, request, user_ids, now=now),
             now,
             self._options.max_attempts,
+            fingerprint,
         )
         try:
             stored = await self._store.create_send(send)
         except SendExists as exc:  # a concurrent retry stored it first
-            return await self._store.send_notifications(tenant.tenant_id, exc.send_id)
+            return await self._retried(tenant.tenant_id, fingerprint, exc.send_id, exc.fingerprint)
         if stored.jobs_due:
             self._on_jobs_enqueued()
         if not (stored.settings.vapid_public_key and stored.settings.webhook_secret):
@@ -156,6 +162,20 @@ class NotificationService:
                 tenant.tenant_id, [(n, stored.unread.get(n.user_id, 0)) for n in landed]
             )
         return stored.notifications
+
+    async def _retried(
+        self, tenant_id: str, fingerprint: str, send_id: str, first: str
+    ) -> list[Notification]:
+        """The notifications of the send a retry names, if it asks what the first did."""
+        if first != fingerprint:
+            v = Violations()
+            v.add(
+                "request_id",
+                "was used for a send with other content (recipients, title, body, data,"
+                " category, channels or send_at); a new send needs a new request_id",
+            )
+            v.raise_if_any(InvalidNotification)
+        return await self._store.send_notifications(tenant_id, send_id)
 
     async def _recipients_of(self, tenant_id: str, request: SendRequest) -> list[UserId]:
         if not request.channel_id:
@@ -414,3 +434,21 @@ def _check_scope(tenant: TenantContext, request: SendRequest) -> None:
         raise NeedsFullSendScope(tenant.name, f"sending by {' and '.join(wider)}")
     if request.send_at is not None:
         raise NeedsFullSendScope(tenant.name, "scheduling a notification (send_at)")
+
+
+def request_fingerprint(request: SendRequest) -> str:
+    """SHA-256 (hex) of everything a send asks, as given (its ``request_id`` aside): two
+    requests with the same fingerprint ask for the same send."""
+    asked = {
+        "title": request.title,
+        "body": request.body,
+        "data": request.data,
+        "category": request.category,
+        "user_ids": list(request.user_ids),
+        "channel_id": request.channel_id,
+        "exclude_user_ids": list(request.exclude_user_ids),
+        "channels": [str(c) for c in request.channels],
+        "send_at": request.send_at.isoformat() if request.send_at else None,
+    }
+    text = json.dumps(asked, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()

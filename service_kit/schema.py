@@ -392,6 +392,9 @@ notification_requests = Table(
     Column("tenant_id", KeelId, nullable=False),
     Column("request_id", String(128), nullable=False),
     Column("send_id", KeelId, nullable=False),
+    # SHA-256 of what the request asked (notification_service.service.request_fingerprint):
+    # the same request_id with other content is refused rather than answered with the first.
+    Column("fingerprint", String(64), nullable=False, server_default=""),
     Column("create_time", Timestamp, nullable=False),
     PrimaryKeyConstraint("tenant_id", "request_id"),
 )

@@ -70,11 +70,13 @@ from service_kit.validation import new_id
 
 
 class SendExists(Exception):
-    """The tenant already made a send with this request id: ``send_id``."""
+    """The tenant already made a send with this request id: ``send_id``, of a request
+    with ``fingerprint``."""
 
-    def __init__(self, send_id: str) -> None:
+    def __init__(self, send_id: str, fingerprint: str) -> None:
         super().__init__(f"request already sent as {send_id}")
         self.send_id = send_id
+        self.fingerprint = fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,7 @@ class NewSend:
     plan: SendPlanner
     now: datetime
     max_attempts: int
+    fingerprint: str = ""  # of the request, kept with its request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,14 +210,12 @@ class _Scheduler:
 class SqlSends(SqlStoreBase):
     """Sends in SQL (see the module docstring)."""
 
-    async def find_send(self, tenant_id: str, request_id: str) -> str | None:
-        """The send the tenant made with ``request_id``, if any."""
-        query = select(notification_requests.c.send_id).where(
-            notification_requests.c.tenant_id == tenant_id,
-            notification_requests.c.request_id == request_id,
-        )
+    async def find_send(self, tenant_id: str, request_id: str) -> tuple[str, str] | None:
+        """The send the tenant made with ``request_id`` and its request's fingerprint, if
+        any."""
         async with self._engine.connect() as conn:
-            return (await conn.execute(query)).scalar_one_or_none()
+            row = (await conn.execute(_request(tenant_id, request_id))).first()
+        return (row.send_id, row.fingerprint) if row else None
 
     async def send_notifications(self, tenant_id: str, send_id: str) -> list[Notification]:
         """The notifications of a send, in its order, as they are now."""
@@ -356,15 +357,20 @@ async def _claim_request_id(conn: AsyncConnection, send: NewSend) -> None:
             tenant_id=send.tenant_id,
             request_id=send.request.request_id,
             send_id=send.send_id,
+            fingerprint=send.fingerprint,
             create_time=send.now,
         )
     )
     if claimed.rowcount != 1:
-        query = select(notification_requests.c.send_id).where(
-            notification_requests.c.tenant_id == send.tenant_id,
-            notification_requests.c.request_id == send.request.request_id,
-        )
-        raise SendExists((await conn.execute(query)).scalar_one())
+        row = (await conn.execute(_request(send.tenant_id, send.request.request_id))).one()
+        raise SendExists(row.send_id, row.fingerprint)
+
+
+def _request(tenant_id: str, request_id: str) -> Select[Any]:
+    return select(notification_requests.c.send_id, notification_requests.c.fingerprint).where(
+        notification_requests.c.tenant_id == tenant_id,
+        notification_requests.c.request_id == request_id,
+    )
 
 
 def _notification_row(send: NewSend, recipient: PlannedRecipient, position: int) -> dict[str, Any]:

@@ -170,9 +170,15 @@ async def test_a_retry_with_the_same_request_id_returns_the_same_notifications(
     await tenant.preferences("eve", email="eve@example.com")
     first = await tenant.send("eve", request_id="r-1", channels=[IN_APP, EMAIL])
     await world.run_jobs()
-    again = await tenant.send("eve", request_id="r-1", channels=[IN_APP, EMAIL], title="other")
+    again = await tenant.send("eve", request_id="r-1", channels=[IN_APP, EMAIL])
     assert [n.id for n in again] == [n.id for n in first]
     assert states(again[0])[EMAIL][0] == SENT  # as they are now
+    # The same request_id asking something else is refused, not answered with the first.
+    for changed in ({"title": "other"}, {"channels": [IN_APP]}):
+        error = await rpc_error(
+            tenant.send("eve", request_id="r-1", **({"channels": [IN_APP, EMAIL]} | changed))
+        )
+        assert error.code() == INVALID and field_violations(error) == ["request_id"]
     assert len(await world.job_payloads("notification.email", tenant.id)) == 1
     assert (await tenant.inbox("eve")).unread_count == 1
     other = await tenant.send("eve", request_id="r-2", channels=[IN_APP])

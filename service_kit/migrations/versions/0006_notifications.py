@@ -113,6 +113,7 @@ def upgrade() -> None:
         _id("tenant_id"),
         sa.Column("request_id", sa.String(length=128), nullable=False),
         _id("send_id"),
+        sa.Column("fingerprint", sa.String(length=64), nullable=False, server_default=""),
         sa.Column("create_time", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("tenant_id", "request_id", name=op.f("pk_notification_requests")),
     )
