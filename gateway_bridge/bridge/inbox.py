@@ -243,11 +243,16 @@ def notification_data(notification: n.Notification) -> dict[str, Any]:
                 "channel": _channel(d.channel),
                 "state": _word(n.DeliveryState.Name, d.state, "DELIVERY_STATE_"),
                 "update_time": _time(d, "update_time"),
-                "error": d.error,
+                # Why a delivery is held or skipped is the user's business; why one failed
+                # (an SMTP answer, a refused webhook host and its address) is the backend's.
+                "error": d.error if d.state in _USER_FACING_REASONS else "",
             }
             for d in notification.deliveries
         ],
     }
+
+
+_USER_FACING_REASONS = frozenset({n.DELIVERY_STATE_HELD, n.DELIVERY_STATE_SKIPPED})
 
 
 def _channel(value: int) -> str:

@@ -47,6 +47,12 @@ def notification(user_id: str, title: str, **fields: Any) -> n.Notification:
                 update_time=created,
                 error="the user has no email address",
             ),
+            n.ChannelDelivery(
+                channel=n.NOTIFICATION_CHANNEL_WEBHOOK,
+                state=n.DELIVERY_STATE_FAILED,
+                update_time=created,
+                error="'hooks.internal' resolves to 10.0.0.5, a private address",
+            ),
         ],
         **fields,
     )
@@ -113,6 +119,12 @@ async def test_a_notification_reaches_every_connection_of_its_user_and_nobody_el
                         "state": "skipped",
                         "update_time": "2026-03-01T09:30:05.250000Z",
                         "error": "the user has no email address",
+                    },
+                    {  # a failure's reason is for the backend (gRPC), not the browser
+                        "channel": "webhook",
+                        "state": "failed",
+                        "update_time": "2026-03-01T09:30:05.250000Z",
+                        "error": "",
                     },
                 ],
             },
