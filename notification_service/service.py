@@ -317,7 +317,10 @@ class NotificationService:
         )
 
     async def unsubscribe(self, tenant_id: str, user_id: str, category: str) -> None:
-        """Turn the user's email of ``category`` off (a one-click unsubscribe)."""
+        """Turn the user's email of ``category`` off (a one-click unsubscribe). A link of
+        a user the tenant no longer has (its tenant deleted too) is NOT_FOUND and stores
+        nothing: no preferences outlive a purge."""
+        await self._recipients.check_users(tenant_id, [user_id])
         rule = CategoryRule(category, Channel.EMAIL, False)
 
         def turn_off(current: Preferences) -> Preferences:

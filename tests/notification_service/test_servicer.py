@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 from keel.channels.v1 import channels_pb2
 from keel.notifications.v1 import notifications_pb2 as pb
 
+from notification_service.store import SqlNotificationStore
 from service_kit.validation import is_uuid
 from tests.gateway_bridge.conftest import field_violations
 from tests.notification_service.conftest import Tenant, World, rpc_error
@@ -649,3 +650,11 @@ async def test_unsubscribe_turns_that_categorys_email_off(world: World, tenant: 
         )
     )
     assert error.code() == INVALID and field_violations(error) == ["token"]
+    # A link of a user the tenant no longer has (or of a deleted tenant) stores nothing.
+    gone = make_token(secret, tenant.id, "zoe", "billing")
+    error = await rpc_error(
+        tenant.notifications.Unsubscribe(pb.UnsubscribeRequest(token=gone), metadata=peer)
+    )
+    assert error.code() == NOT_FOUND
+    stored = await SqlNotificationStore(world.runtime.engine).preferences_of(tenant.id, ["zoe"])
+    assert stored == {}
