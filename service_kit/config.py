@@ -9,6 +9,7 @@ once, so an operator fixes them in one go.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parseaddr
@@ -139,6 +140,26 @@ class NotificationSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FileSettings:
+    """Where the file service keeps blobs (``KEEL_FILES_DIR``, ``KEEL_S3_*``).
+
+    With ``s3_bucket`` set, blobs go to that S3-compatible bucket (credentials from the
+    usual ``AWS_*`` variables); otherwise to files under ``local_dir``.
+    """
+
+    local_dir: Path = Path("var/files")
+    #: The S3 endpoint, e.g. ``http://minio:9000``; None: AWS's endpoint for the region.
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_region: str = "us-east-1"
+
+    @property
+    def backend(self) -> str:
+        """``"s3"`` or ``"local"``."""
+        return "s3" if self.s3_bucket else "local"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a Keel process is configured with (docs/configuration.md lists it)."""
 
@@ -169,6 +190,7 @@ class Settings:
     event_retention_days: float
     max_event_streams_per_tenant: int
     notifications: NotificationSettings = NotificationSettings()
+    files: FileSettings = FileSettings()
 
     @property
     def is_sqlite(self) -> bool:
@@ -322,6 +344,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             concurrency=get("KEEL_NOTIFICATION_CONCURRENCY", 16, _number(int, 1, 1000)),
             service_addr=get("KEEL_NOTIFICATION_SERVICE_ADDR", None, _peer_address),
         ),
+        files=FileSettings(
+            local_dir=Path(env.get("KEEL_FILES_DIR") or data_dir / "files"),
+            s3_endpoint_url=get("KEEL_S3_ENDPOINT_URL", None, _http_url),
+            s3_bucket=get("KEEL_S3_BUCKET", None, _s3_bucket),
+            s3_region=get("KEEL_S3_REGION", "us-east-1", _s3_region),
+        ),
         bridge=BridgeSettings(
             max_frame_bytes=get("KEEL_WS_MAX_FRAME_BYTES", 65536, _number(int, 256, 16 << 20)),
             max_subscriptions=get("KEEL_WS_MAX_SUBSCRIPTIONS", 100, _number(int, 1, 100_000)),
@@ -357,6 +385,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     ):
         if secret is not None and len(secret) < 32:
             problems.append(f"{name}: must be at least 32 characters long")
+    if settings.files.s3_endpoint_url and not settings.files.s3_bucket:
+        problems.append(
+            "KEEL_S3_ENDPOINT_URL is set but KEEL_S3_BUCKET is not: set the bucket to store"
+            " files in S3, or unset the endpoint to keep them in KEEL_FILES_DIR"
+        )
     if problems:
         raise ConfigError(problems)
     return settings
@@ -389,4 +422,23 @@ def _http_url(text: str) -> str:
 def _vapid_subject(text: str) -> str:
     if not (text.startswith("mailto:") or text.startswith("https://")):
         raise ValueError("expected a mailto: or https: URI, such as mailto:ops@example.com")
+    return text
+
+
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_S3_REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+
+
+def _s3_bucket(text: str) -> str:
+    if not _S3_BUCKET.fullmatch(text) or ".." in text:
+        raise ValueError(
+            "expected an S3 bucket name: 3 to 63 lowercase letters, digits, '.' and '-',"
+            " starting and ending with a letter or digit, such as keel-files"
+        )
+    return text
+
+
+def _s3_region(text: str) -> str:
+    if not _S3_REGION.fullmatch(text):
+        raise ValueError("expected a region name such as us-east-1 or eu-west-3")
     return text

@@ -109,3 +109,46 @@ def test_a_bad_url_is_named_without_its_password(name: str, url: str) -> None:
     message = str(caught.value)
     assert name in message and url.split("@")[1] in message  # which setting, which host
     assert "s3cret-Pa55" not in message
+
+
+def test_files_default_to_a_directory_under_the_data_dir() -> None:
+    files = load_settings({"KEEL_DATA_DIR": "/srv/keel"}).files
+    assert (files.backend, files.local_dir) == ("local", Path("/srv/keel/files"))
+    assert load_settings({"KEEL_FILES_DIR": "/mnt/blobs"}).files.local_dir == Path("/mnt/blobs")
+
+
+def test_s3_settings_are_read_and_choose_s3() -> None:
+    files = load_settings(
+        {
+            "KEEL_S3_ENDPOINT_URL": "http://minio.internal:9000/",
+            "KEEL_S3_BUCKET": "keel-files",
+            "KEEL_S3_REGION": "eu-west-3",
+        }
+    ).files
+    assert files.backend == "s3"
+    assert (files.s3_endpoint_url, files.s3_bucket, files.s3_region) == (
+        "http://minio.internal:9000",
+        "keel-files",
+        "eu-west-3",
+    )
+    aws = load_settings({"KEEL_S3_BUCKET": "keel-files"}).files
+    assert (aws.s3_endpoint_url, aws.s3_region) == (None, "us-east-1")
+
+
+def test_bad_s3_settings_are_named_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            {
+                "KEEL_S3_ENDPOINT_URL": "minio:9000",
+                "KEEL_S3_BUCKET": "Keel_Files",
+                "KEEL_S3_REGION": "EU West",
+            }
+        )
+    assert len(caught.value.problems) == 3
+    for name in ("KEEL_S3_ENDPOINT_URL", "KEEL_S3_BUCKET", "KEEL_S3_REGION"):
+        assert name in str(caught.value)
+
+
+def test_an_s3_endpoint_without_a_bucket_is_refused() -> None:
+    with pytest.raises(ConfigError, match="KEEL_S3_BUCKET is not"):
+        load_settings({"KEEL_S3_ENDPOINT_URL": "http://minio.internal:9000"})
