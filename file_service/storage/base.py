@@ -1,0 +1,117 @@
+"""The interface every blob store implements, and the rules all of them share.
+
+A blob is an immutable sequence of bytes under a key. Keys are relative, ``/``-separated
+paths of safe segments (``tenant-id/file-id``), checked by :func:`check_key` in every
+backend so that the same key is accepted or refused everywhere and none can escape the
+local root (``..``, absolute paths, backslashes).
+
+Memory is bounded on both paths: :meth:`BlobStore.write` consumes its chunks as they come
+(holding at most one S3 part), and :meth:`BlobStore.read` yields chunks of at most the
+store's ``chunk_size``. A write either completes whole or leaves nothing behind: no blob,
+no temporary file, no pending multipart upload.
+
+Resumable (tus) uploads will need begin/append/complete/abort sessions; they are not part
+of this interface yet.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import Final, NewType, Protocol
+
+from file_service.storage.errors import InvalidBlobKey, InvalidRange
+
+BlobKey = NewType("BlobKey", str)
+
+#: The largest chunk :meth:`BlobStore.read` yields unless a store is built with another.
+DEFAULT_CHUNK_SIZE: Final = 64 * 1024
+MAX_KEY_LENGTH: Final = 512
+# A segment starts with a letter or digit, so ``.``, ``..`` and the local backend's
+# ``.tmp-…`` files can never be keys.
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenBlob:
+    """What :meth:`BlobStore.write` stored: its size in bytes and SHA-256 (hex)."""
+
+    key: BlobKey
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStat:
+    """What a store knows of a stored blob without reading it."""
+
+    key: BlobKey
+    size: int
+
+
+class BlobStore(Protocol):
+    """Where file bytes live: a local directory or an S3 bucket."""
+
+    #: The largest chunk :meth:`read` yields.
+    chunk_size: int
+
+    async def write(self, key: BlobKey, chunks: AsyncIterable[bytes]) -> WrittenBlob:
+        """Store the bytes of ``chunks`` under ``key``, replacing any blob there.
+
+        The blob becomes visible only once every chunk is stored. If ``chunks`` raises, or
+        the write fails or is cancelled, nothing is left behind and the error propagates.
+        Raises :class:`InvalidBlobKey`, :class:`StorageUnavailable`.
+        """
+        ...
+
+    def read(
+        self, key: BlobKey, *, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Yield the bytes ``[offset, offset + length)`` in chunks of at most ``chunk_size``.
+
+        ``length`` None (or reaching past the end) reads to the end; ``offset`` equal to the
+        size yields nothing. Raises :class:`BlobNotFound`, :class:`InvalidRange` (offset past
+        the end, negative offset or length), :class:`InvalidBlobKey`,
+        :class:`StorageUnavailable` — on the first iteration.
+        """
+        ...
+
+    async def stat(self, key: BlobKey) -> BlobStat:
+        """The blob's size. Raises :class:`BlobNotFound`, :class:`InvalidBlobKey`."""
+        ...
+
+    async def exists(self, key: BlobKey) -> bool:
+        """Whether a blob is stored under ``key``."""
+        ...
+
+    async def delete(self, key: BlobKey) -> None:
+        """Remove the blob; deleting a missing blob is not an error."""
+        ...
+
+
+def check_key(key: str) -> BlobKey:
+    """Return ``key`` as a :data:`BlobKey`, or raise :class:`InvalidBlobKey` saying why."""
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise InvalidBlobKey(f"a blob key must be 1 to {MAX_KEY_LENGTH} characters long")
+    for segment in key.split("/"):
+        if not _SEGMENT.fullmatch(segment):
+            raise InvalidBlobKey(
+                f"invalid blob key {key!r}: each /-separated segment must start with a letter"
+                " or digit and hold only letters, digits, '.', '_' and '-' (no '..', no"
+                " leading or doubled '/')"
+            )
+    return BlobKey(key)
+
+
+def byte_range(size: int, offset: int, length: int | None) -> tuple[int, int]:
+    """The ``(start, end)`` (end exclusive) a read of ``offset``/``length`` covers.
+
+    Raises :class:`InvalidRange` for a negative offset or length, or an offset past ``size``.
+    """
+    if offset < 0 or (length is not None and length < 0):
+        raise InvalidRange(f"offset and length must not be negative (got {offset}, {length})")
+    if offset > size:
+        raise InvalidRange(f"offset {offset} is past the end of the blob ({size} bytes)")
+    end = size if length is None else min(size, offset + length)
+    return offset, end

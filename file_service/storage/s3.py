@@ -1,0 +1,159 @@
+"""Blobs as objects in an S3-compatible bucket, through aiobotocore.
+
+The client is built by the caller (see :func:`file_service.storage.build_blob_store`) and
+handed in; nothing connects at import time. A write of less than one part is a single
+``PutObject``; a longer one is a multipart upload of ``part_size`` parts (S3's minimum is
+5 MiB), so memory holds at most one part. A failed or cancelled multipart write is aborted,
+so no parts are left billed in the bucket. Reads are ranged ``GetObject`` calls whose body is
+streamed in chunks of at most ``chunk_size``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, Final
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from file_service.storage.base import (
+    DEFAULT_CHUNK_SIZE,
+    BlobKey,
+    BlobStat,
+    WrittenBlob,
+    byte_range,
+    check_key,
+)
+from file_service.storage.errors import BlobNotFound, StorageError, StorageUnavailable
+
+DEFAULT_PART_SIZE: Final = 8 * 1024 * 1024
+MIN_PART_SIZE: Final = 5 * 1024 * 1024
+_NOT_FOUND_CODES: Final = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+class S3BlobStore:
+    """A :class:`~file_service.storage.base.BlobStore` in one bucket of an S3 client."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        part_size: int = DEFAULT_PART_SIZE,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
+        self._client = client
+        self.bucket = bucket
+        self.part_size = part_size
+        self.chunk_size = chunk_size
+
+    async def write(self, key: BlobKey, chunks: AsyncIterable[bytes]) -> WrittenBlob:
+        check_key(key)
+        digest = hashlib.sha256()
+        buffer = bytearray()
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        try:
+            async for chunk in chunks:
+                digest.update(chunk)
+                buffer += chunk
+                while len(buffer) >= self.part_size:
+                    if upload_id is None:
+                        created = await self._client.create_multipart_upload(
+                            Bucket=self.bucket, Key=key
+                        )
+                        upload_id = created["UploadId"]
+                    part = bytes(buffer[: self.part_size])
+                    del buffer[: self.part_size]
+                    parts.append(await self._upload_part(key, upload_id, len(parts) + 1, part))
+            size = sum(p["Size"] for p in parts) + len(buffer)
+            if upload_id is None:
+                await self._client.put_object(Bucket=self.bucket, Key=key, Body=bytes(buffer))
+            else:
+                if buffer:
+                    last = await self._upload_part(key, upload_id, len(parts) + 1, bytes(buffer))
+                    parts.append(last)
+                await self._client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={
+                        "Parts": [{"ETag": p["ETag"], "PartNumber": p["PartNumber"]} for p in parts]
+                    },
+                )
+        except BaseException as exc:
+            if upload_id is not None:
+                await asyncio.shield(self._abort(key, upload_id))
+            if isinstance(exc, ClientError | BotoCoreError):
+                raise _storage_error(exc, key, "write") from exc
+            raise
+        return WrittenBlob(key=key, size=size, sha256=digest.hexdigest())
+
+    async def _upload_part(
+        self, key: BlobKey, upload_id: str, number: int, body: bytes
+    ) -> dict[str, Any]:
+        answer = await self._client.upload_part(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+        )
+        return {"ETag": answer["ETag"], "PartNumber": number, "Size": len(body)}
+
+    async def _abort(self, key: BlobKey, upload_id: str) -> None:
+        # Best effort: the write's own error is the one to report. A failed abort leaves
+        # parts that a bucket lifecycle rule (AbortIncompleteMultipartUpload) removes.
+        try:
+            await self._client.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id
+            )
+        except (ClientError, BotoCoreError):
+            pass
+
+    async def read(
+        self, key: BlobKey, *, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        stat = await self.stat(key)
+        start, end = byte_range(stat.size, offset, length)
+        if start == end:
+            return
+        try:
+            answer = await self._client.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}"
+            )
+            async with answer["Body"] as body:
+                async for chunk in body.iter_chunks(self.chunk_size):
+                    yield chunk
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error(exc, key, "read") from exc
+
+    async def stat(self, key: BlobKey) -> BlobStat:
+        check_key(key)
+        try:
+            answer = await self._client.head_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error(exc, key, "stat") from exc
+        return BlobStat(key=key, size=int(answer["ContentLength"]))
+
+    async def exists(self, key: BlobKey) -> bool:
+        try:
+            await self.stat(key)
+        except BlobNotFound:
+            return False
+        return True
+
+    async def delete(self, key: BlobKey) -> None:
+        check_key(key)
+        try:
+            await self._client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error(exc, key, "delete") from exc
+
+
+def _storage_error(exc: ClientError | BotoCoreError, key: BlobKey, action: str) -> StorageError:
+    """The storage error a botocore error means: not found, or the backend failed."""
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code"))
+        if code in _NOT_FOUND_CODES:
+            return BlobNotFound(f"no blob {key!r}")
+    return StorageUnavailable(f"cannot {action} blob {key!r}: {exc}")

@@ -1,0 +1,213 @@
+"""One suite for every blob store: the local directory and S3 (moto's server).
+
+Each test runs once per backend (``backend`` fixture); what differs between backends is only
+how leftovers are seen (temporary files, pending multipart uploads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from file_service.storage import (
+    BlobKey,
+    BlobNotFound,
+    InvalidBlobKey,
+    InvalidRange,
+    LocalBlobStore,
+    S3BlobStore,
+    build_blob_store,
+)
+from file_service.storage.s3 import DEFAULT_PART_SIZE
+from service_kit.config import FileSettings
+from tests.file_service.conftest import Backend
+
+MiB = 1024 * 1024
+
+
+def new_key() -> BlobKey:
+    return BlobKey(f"tenant-{uuid.uuid4().hex[:8]}/file-{uuid.uuid4().hex}")
+
+
+def pattern(index: int, size: int) -> bytes:
+    """Deterministic, non-repeating-per-chunk bytes, made on demand."""
+    seed = hashlib.sha256(index.to_bytes(8, "big")).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+async def chunks_of(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def collect(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in chunks])
+
+
+class SourceBroke(Exception):
+    pass
+
+
+async def test_a_blob_round_trips_with_its_size_and_sha256(backend: Backend) -> None:
+    data = b"hello, keel " * 1000
+    key = new_key()
+
+    written = await backend.store.write(key, chunks_of(data, 777))
+
+    assert (written.key, written.size, written.sha256) == (
+        key,
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+    )
+    assert await collect(backend.store.read(key)) == data
+    assert (await backend.store.stat(key)).size == len(data)
+    assert await backend.store.exists(key)
+
+
+async def test_an_empty_blob_round_trips(backend: Backend) -> None:
+    key = new_key()
+    written = await backend.store.write(key, chunks_of(b"", 1))
+    assert (written.size, written.sha256) == (0, hashlib.sha256(b"").hexdigest())
+    assert await collect(backend.store.read(key)) == b""
+
+
+async def test_writing_a_key_again_replaces_the_blob(backend: Backend) -> None:
+    key = new_key()
+    await backend.store.write(key, chunks_of(b"first version", 4))
+    await backend.store.write(key, chunks_of(b"second", 4))
+    assert await collect(backend.store.read(key)) == b"second"
+
+
+async def test_a_blob_of_several_parts_is_streamed_in_bounded_chunks(backend: Backend) -> None:
+    # 12 MiB: more than one S3 part (8 MiB), so S3 writes it as a multipart upload.
+    chunk, count = 256 * 1024, 48
+    assert chunk * count > DEFAULT_PART_SIZE
+    expected = hashlib.sha256()
+    for index in range(count):
+        expected.update(pattern(index, chunk))
+
+    async def source() -> AsyncIterator[bytes]:
+        for index in range(count):
+            yield pattern(index, chunk)
+
+    key = new_key()
+    written = await backend.store.write(key, source())
+    assert (written.size, written.sha256) == (chunk * count, expected.hexdigest())
+
+    read_digest, read_size, largest = hashlib.sha256(), 0, 0
+    async for piece in backend.store.read(key):
+        largest = max(largest, len(piece))
+        read_size += len(piece)
+        read_digest.update(piece)
+    assert (read_size, read_digest.hexdigest()) == (chunk * count, expected.hexdigest())
+    assert 0 < largest <= backend.store.chunk_size
+    assert await backend.leftovers() == []
+
+
+@pytest.mark.parametrize(
+    ("offset", "length", "expected"),
+    [
+        (0, 10, slice(0, 10)),
+        (1000, 2345, slice(1000, 3345)),
+        (9990, None, slice(9990, 10000)),
+        (9990, 500, slice(9990, 10000)),
+        (10000, None, slice(10000, 10000)),
+        (5, 0, slice(5, 5)),
+    ],
+    ids=["start", "middle", "end", "length-past-end", "at-end", "zero-length"],
+)
+async def test_a_byte_range_is_read(
+    backend: Backend, offset: int, length: int | None, expected: slice
+) -> None:
+    data = pattern(7, 10000)
+    key = new_key()
+    await backend.store.write(key, chunks_of(data, 4096))
+    assert await collect(backend.store.read(key, offset=offset, length=length)) == data[expected]
+
+
+@pytest.mark.parametrize(("offset", "length"), [(10001, None), (20000, 5), (-1, None), (0, -1)])
+async def test_a_range_outside_the_blob_is_refused(
+    backend: Backend, offset: int, length: int | None
+) -> None:
+    key = new_key()
+    await backend.store.write(key, chunks_of(b"x" * 10000, 4096))
+    with pytest.raises(InvalidRange, match=r"past the end|must not be negative"):
+        await collect(backend.store.read(key, offset=offset, length=length))
+
+
+async def test_a_deleted_blob_is_not_found_and_deleting_again_is_fine(backend: Backend) -> None:
+    key = new_key()
+    await backend.store.write(key, chunks_of(b"gone soon", 4))
+
+    await backend.store.delete(key)
+    await backend.store.delete(key)
+
+    assert not await backend.store.exists(key)
+    with pytest.raises(BlobNotFound):
+        await backend.store.stat(key)
+    with pytest.raises(BlobNotFound):
+        await collect(backend.store.read(key))
+
+
+@pytest.mark.parametrize("size", [1000, 9 * MiB], ids=["small", "after-a-part"])
+async def test_a_write_whose_source_fails_leaves_nothing(backend: Backend, size: int) -> None:
+    key = new_key()
+
+    async def source() -> AsyncIterator[bytes]:
+        for index in range(size // (MiB // 4) + 1):
+            yield pattern(index, min(size, MiB // 4))
+        raise SourceBroke
+
+    with pytest.raises(SourceBroke):
+        await backend.store.write(key, source())
+
+    assert not await backend.store.exists(key)
+    assert await backend.leftovers() == []
+
+
+async def test_a_failed_write_keeps_the_blob_it_would_have_replaced(backend: Backend) -> None:
+    key = new_key()
+    await backend.store.write(key, chunks_of(b"the original", 5))
+
+    async def source() -> AsyncIterator[bytes]:
+        yield b"half of a new"
+        raise SourceBroke
+
+    with pytest.raises(SourceBroke):
+        await backend.store.write(key, source())
+    assert await collect(backend.store.read(key)) == b"the original"
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["../escape", "a/../../escape", "/etc/passwd", "a//b", "a/./b", ".hidden", "a\\..\\b", ""],
+)
+async def test_a_key_that_could_escape_the_root_is_refused(backend: Backend, key: str) -> None:
+    bad = BlobKey(key)
+    with pytest.raises(InvalidBlobKey, match="blob key"):
+        await backend.store.write(bad, chunks_of(b"x", 1))
+    with pytest.raises(InvalidBlobKey, match="blob key"):
+        await collect(backend.store.read(bad))
+    with pytest.raises(InvalidBlobKey, match="blob key"):
+        await backend.store.stat(bad)
+    with pytest.raises(InvalidBlobKey, match="blob key"):
+        await backend.store.delete(bad)
+
+
+async def test_the_local_store_writes_nothing_outside_its_root(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "files")
+    with pytest.raises(InvalidBlobKey):
+        await store.write(BlobKey("../outside"), chunks_of(b"x", 1))
+    assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
+
+
+async def test_settings_choose_the_backend(tmp_path: Path, s3_store: S3BlobStore) -> None:
+    async with build_blob_store(FileSettings(local_dir=tmp_path / "blobs")) as local:
+        assert isinstance(local, LocalBlobStore)
+        assert local.root == (tmp_path / "blobs").resolve()
+    assert isinstance(s3_store, S3BlobStore)
