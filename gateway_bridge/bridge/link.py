@@ -121,14 +121,19 @@ class GatewayLink:
             call = self.stub.Connect(metadata=(self._auth,))
             writer: asyncio.Task[None] | None = None
             try:
-                # What was queued for the old stream is covered by the resubscriptions.
-                while not self._outbox.empty():
-                    self._outbox.get_nowait()
-                for request in self._resubscriptions():
-                    await call.write(request)
-                writer = asyncio.create_task(self._write(call), name="gateway-link-writer")
-                self.connected.set()
-                self._was_connected = True
+                # The gateway sends its initial metadata as soon as it accepted the stream:
+                # until then (a gateway still starting, refusing, or not there) the link is
+                # not up, and /healthz must not say it is.
+                await call.initial_metadata()
+                if not call.done():  # else the read below raises the gateway's refusal
+                    # What was queued meanwhile is covered by the resubscriptions.
+                    while not self._outbox.empty():
+                        self._outbox.get_nowait()
+                    for request in self._resubscriptions():
+                        await call.write(request)
+                    writer = asyncio.create_task(self._write(call), name="gateway-link-writer")
+                    self.connected.set()
+                    self._was_connected = True
                 while True:
                     response = await call.read()
                     if response is grpc.aio.EOF:

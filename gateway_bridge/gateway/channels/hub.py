@@ -83,7 +83,11 @@ class ConnectHub:
         requests: AsyncIterator[channels_pb2.ConnectRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[channels_pb2.ConnectResponse]:
-        """The Connect stream: read commands in the background, yield responses."""
+        """The Connect stream: read commands in the background, yield responses.
+
+        Its initial metadata goes out at once: that is how a bridge knows the stream was
+        accepted (and only then says it is up), before any response."""
+        await context.send_initial_metadata(())
         stream = BridgeStream(self._max_backlog)
         reader = asyncio.create_task(self._read(stream, requests), name="connect-reader")
         try:

@@ -21,6 +21,17 @@ from service_kit.bus import InProcessEventBus
 from service_kit.validation import new_id
 
 
+class StreamContext:
+    """What the hub uses of the Connect call's context: it sends the initial metadata
+    (which tells the bridge the stream was accepted)."""
+
+    def __init__(self) -> None:
+        self.initial_metadata_sent = False
+
+    async def send_initial_metadata(self, metadata: object) -> None:
+        self.initial_metadata_sent = True
+
+
 async def new_channel(chat: ChatService, tenant_id: TenantId, name: str, type: ChannelType) -> Any:
     """A channel created by alice, with no other member."""
     return await chat.create_channel(
@@ -63,7 +74,7 @@ async def test_concurrent_replays_wait_for_room_instead_of_overflowing_the_backl
 
     replayed: dict[str, list[int]] = {f"k{k}": [] for k in range(8)}
     results = []
-    responses = hub.serve(commands(), None)  # type: ignore[arg-type]
+    responses = hub.serve(commands(), StreamContext())  # type: ignore[arg-type]
     async with asyncio.timeout(30):
         async for item in responses:
             await asyncio.sleep(0)  # a reader no faster than the replays
@@ -108,7 +119,7 @@ async def test_a_subscribe_that_fails_unexpectedly_ends_the_stream(engine: Async
         await never.wait()
 
     async with asyncio.timeout(10):
-        items = [item async for item in hub.serve(commands(), None)]  # type: ignore[arg-type]
+        items = [item async for item in hub.serve(commands(), StreamContext())]  # type: ignore[arg-type]
     await hub.close()
     assert items == []
 
@@ -147,7 +158,7 @@ async def test_a_subscribe_result_comes_after_every_live_event_up_to_its_last_se
         while (request := await commands.get()) is not None:
             yield request
 
-    responses = hub.serve(requests(), None)  # type: ignore[arg-type]
+    responses = hub.serve(requests(), StreamContext())  # type: ignore[arg-type]
     log: list[tuple[str, int]] = []
     async with asyncio.timeout(10):
         await commands.put(_subscribe("k1", tenant_id, channel.id))
