@@ -20,7 +20,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from keel.channels.v1 import channels_pb2, channels_pb2_grpc
 from keel.events.v1 import events_pb2, events_pb2_grpc
 from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
+
+from bench.ports import free_port
 
 BIN = Path(sys.executable).parent
 KEEL = [str(BIN / "keel")] if (BIN / "keel").exists() else [sys.executable, "-m", "keel_app.cli"]
@@ -60,12 +61,6 @@ BENCH_WS_ENV = {
 }
 
 Metadata = tuple[tuple[str, str], ...]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

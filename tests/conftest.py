@@ -7,8 +7,6 @@ the end; tests share it and use random names, so they never depend on order.
 from __future__ import annotations
 
 import os
-import random
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -19,43 +17,13 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.ports import free_port
 from service_kit.config import Settings, load_settings
 from service_kit.db import create_engine, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("KEEL_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("KEEL_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-def _ephemeral_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-#: Ports are handed out below the kernel's ephemeral range: a port from that range can be
-#: taken, between the test choosing it and a process listening on it, as the source port
-#: of any outgoing connection (database pools, gRPC, Redis) — which made a keel process
-#: fail at start with "address already in use". Below it only listeners compete, and the
-#: bind below checks those; no port is handed out twice by one test process.
-_PORTS = range(20_000, min(_ephemeral_start(), 32_768))
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    for _ in range(1000):
-        port = random.choice(_PORTS)
-        if port in _handed_out:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    raise RuntimeError(f"no free port between {_PORTS.start} and {_PORTS.stop - 1}")
 
 
 def unique(prefix: str = "t") -> str:
