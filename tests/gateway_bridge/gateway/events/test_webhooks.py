@@ -42,6 +42,7 @@ from gateway_bridge.gateway.events.webhooks import (
     MAX_CHANNEL_FILTERS,
     MAX_FILTERS,
     MAX_URL,
+    Attempt,
     Delivery,
     DeliveryStatus,
     Webhook,
@@ -858,3 +859,23 @@ def _upgrade_to(connection: Connection, revision: str) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
     command.upgrade(config, revision)
+
+
+async def test_an_attempt_recorded_late_by_a_claim_that_lost_its_job_is_not_kept(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Two claims saw the delivery at the same attempt count (the first gateway's lease
+    # ran out while it still posted, and another took the job). The first to record wins;
+    # the other's record is refused, so no attempt is counted or stored twice.
+    async with event_store(database_url, tmp_path) as (store, _):
+        tenant_id, queued = await queue_ping(store, "http://127.0.0.1:9/hook", SECRET, {})
+        first, late = await store.take(queued.id), await store.take(queued.id)
+        assert first is not None and late is not None
+        now = datetime.now(UTC)
+        retry = now + timedelta(minutes=1)
+        outcome = {"succeeded": False, "next_attempt_at": retry, "disable_after_failures": 10}
+        assert await store.record_attempt(first, Attempt(now, 503, 5, "busy"), **outcome)
+        assert not await store.record_attempt(late, Attempt(now, 502, 7, "late"), **outcome)
+        delivery = await store.get_delivery(tenant_id, queued.id)
+    assert delivery.attempt_count == 1
+    assert [(a.status_code, a.error) for a in delivery.attempts] == [(503, "busy")]
