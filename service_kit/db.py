@@ -353,26 +353,28 @@ def _alembic_config(connection: Connection) -> Config:
     return config
 
 
-def _upgrade(connection: Connection) -> list[str]:
+def _upgrade(connection: Connection, revision: str = "head") -> list[str]:
     if connection.dialect.name == "postgresql":
         # Held until this transaction ends, whether the migration commits or fails.
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
     config = _alembic_config(connection)
     before = MigrationContext.configure(connection).get_current_revision()
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
     scripts = ScriptDirectory.from_config(config)
-    applied = scripts.iterate_revisions(scripts.get_current_head(), before)
+    target = scripts.get_current_head() if revision == "head" else revision
+    applied = scripts.iterate_revisions(target, before)
     return [f"{script.revision} {script.doc}" for script in reversed(list(applied))]
 
 
-async def migrate(engine: AsyncEngine) -> list[str]:
-    """Bring the schema to the newest migration (a no-op when it is already there).
+async def migrate(engine: AsyncEngine, *, revision: str = "head") -> list[str]:
+    """Bring the schema to the newest migration, or to ``revision`` (a no-op when it is
+    already there; tests of a data migration stop before it).
 
     Returns the migrations it applied, oldest first, each as ``"<revision> <title>"``
     (``"0002 the event log, and idempotent channel creation"``); empty when none was due.
     """
     async with engine.begin() as conn:
-        applied = await conn.run_sync(_upgrade)
+        applied = await conn.run_sync(_upgrade, revision)
     log.info(
         "database schema is up to date",
         extra={"database": engine.url.render_as_string(), "applied": applied},

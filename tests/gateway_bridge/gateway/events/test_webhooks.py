@@ -29,10 +29,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from alembic import command
-from alembic.config import Config
 from keel.webhooks import WebhookVerificationError, new_secret, sign, verify
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway_bridge.gateway.events.dispatcher import Dispatcher, DispatchSettings, body_of
@@ -57,7 +55,7 @@ from gateway_bridge.gateway.events.webhooks import (
 from gateway_bridge.vocabulary import EVENT_NAMES
 from service_kit.clock import rfc3339
 from service_kit.config import load_settings
-from service_kit.db import MIGRATIONS_DIR, as_utc, create_engine, migrate
+from service_kit.db import as_utc, create_engine, migrate
 from service_kit.errors import FailedPrecondition
 from service_kit.schema import deliveries, jobs
 from service_kit.validation import Violations
@@ -820,8 +818,7 @@ async def test_the_upgrade_to_delivery_jobs_gives_every_pending_delivery_a_job(
     async with private_database(database_url, tmp_path) as url:
         engine = create_engine(load_settings({"DATABASE_URL": url}).database_url)
         try:
-            async with engine.begin() as conn:
-                await conn.run_sync(_upgrade_to, "0006")
+            await migrate(engine, revision="0006")
             store = SqlEventStore(engine)
             hook = await store.create_webhook(
                 "tenant-old",
@@ -852,13 +849,6 @@ async def test_the_upgrade_to_delivery_jobs_gives_every_pending_delivery_a_job(
         (row.payload["delivery_id"], as_utc(row.run_after), row.tenant_id, row.state)
         for row in found
     ) == sorted((row["id"], row["next_attempt_at"], "tenant-old", "queued") for row in rows[:2])
-
-
-def _upgrade_to(connection: Connection, revision: str) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.attributes["connection"] = connection
-    command.upgrade(config, revision)
 
 
 async def test_an_attempt_recorded_late_by_a_claim_that_lost_its_job_is_not_kept(
