@@ -123,7 +123,8 @@ class NotificationService:
         """Store one notification per recipient and start its deliveries; see the
         module docstring for scopes and retries."""
         now = self._clock()
-        fingerprint = request_fingerprint(request)
+        # Only a send that can be retried keeps what it asked (hashing up to 64 KB of data).
+        fingerprint = request_fingerprint(request) if request.request_id else ""
         if request.request_id:  # a retry is answered before its send_at is checked again
             existing = await self._store.find_send(tenant.tenant_id, request.request_id)
             if existing is not None:
