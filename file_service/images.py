@@ -37,7 +37,7 @@ from typing import Final
 from PIL import Image, ImageOps
 
 from file_service.sniff import HEAD_BYTES, OCTET_STREAM, sniff
-from service_kit.errors import FieldViolation, InvalidArgument
+from service_kit.errors import InvalidArgument
 
 #: The most bytes of image :func:`make_thumbnail` accepts.
 MAX_IMAGE_BYTES: Final = 50 * 1024 * 1024
@@ -57,12 +57,12 @@ _WEBP_QUALITY: Final = 80
 
 
 class ImageRefused(InvalidArgument):
-    """An image no thumbnail is made of: too many pixels or bytes, corrupt or truncated;
-    ``reason`` says which."""
+    """An image Keel will not decode (INVALID_ARGUMENT for a caller that reports it):
+    too many pixels or bytes, corrupt or truncated. ``reason`` says which, for people."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(f"image: {reason}", [FieldViolation("image", reason)])
         self.reason = reason
+        super().__init__(f"the image is refused: {reason}")
 
 
 @dataclass(frozen=True, slots=True)
