@@ -469,6 +469,62 @@ notification_digests = Table(
     Index(None, "tenant_id"),
 )
 
+# file_service: every file's metadata, from its pending upload to the purge of its blobs.
+# ``size`` is the declared size while pending (0: not declared) and the real size once ready;
+# ``upload_offset`` counts the bytes stored so far in ``file_upload_parts``. ``purge_time``
+# is set once a deleted file's blobs are gone. ``thumbnail``: {"blob_key", "content_type",
+# "width", "height", "size"}, or None.
+files = Table(
+    "files",
+    metadata,
+    Column("id", KeelId, primary_key=True),
+    Column("tenant_id", KeelId, nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("declared_sha256", String(64), nullable=False),
+    Column("user_id", AppId, nullable=False),
+    Column("metadata", Json, nullable=False, key="metadata_"),
+    # pending | ready | deleted
+    Column("state", String(16), nullable=False),
+    Column("blob_key", String(512), nullable=False),
+    Column("upload_offset", BigInteger, nullable=False),
+    Column("create_time", Timestamp, nullable=False),
+    Column("expire_time", Timestamp, nullable=True),
+    Column("ready_time", Timestamp, nullable=True),
+    Column("delete_time", Timestamp, nullable=True),
+    Column("purge_time", Timestamp, nullable=True),
+    Column("thumbnail", Json, nullable=True),
+    Index(None, "tenant_id", "create_time", "id"),
+    Index(None, "state", "expire_time"),
+    Index(None, "state", "purge_time", "delete_time"),
+)
+
+# The parts of pending uploads, each a blob of bytes [offset, offset + size). No foreign
+# key: the file service removes a file's parts itself (when it becomes ready or is purged).
+file_upload_parts = Table(
+    "file_upload_parts",
+    metadata,
+    Column("tenant_id", KeelId, nullable=False),
+    Column("file_id", KeelId, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("blob_key", String(512), nullable=False),
+    PrimaryKeyConstraint("file_id", "offset"),
+    Index(None, "tenant_id"),
+)
+
+# What each tenant's pending and ready files take, changed in the transaction that changes
+# them, by conditional updates that refuse to pass the tenant's limits.
+file_usage = Table(
+    "file_usage",
+    metadata,
+    Column("tenant_id", KeelId, primary_key=True),
+    Column("bytes", BigInteger, nullable=False),
+    Column("files", Integer, nullable=False),
+)
+
 #: Tables of the installation as a whole, without ``tenant_id``; every other table is
 #: tenant-owned (see :func:`tenant_owned_tables`).
 INSTALLATION_TABLES = frozenset({"tenants", "event_log_horizon"})
