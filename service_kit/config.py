@@ -152,6 +152,23 @@ class FileSettings:
     s3_endpoint_url: str | None = None
     s3_bucket: str | None = None
     s3_region: str = "us-east-1"
+    #: Where the file service serves tus uploads, upload URLs and signed downloads.
+    http_addr: Address = Address("127.0.0.1", 8090)
+    #: The base URL at which clients reach ``http_addr``; None: ``http://`` + ``http_addr``.
+    public_url: str | None = None
+    max_file_bytes: int = 1 << 30
+    tenant_max_bytes: int = 10 << 30
+    tenant_max_files: int = 100_000
+    #: Media types (``image/png``), families (``image/*``) or ``*/*``.
+    allowed_types: tuple[str, ...] = ("*/*",)
+    #: How long a tus upload or an upload URL stays open before it expires.
+    upload_ttl_seconds: int = 86_400
+    #: How often each file-service process expires abandoned uploads and purges blobs.
+    sweep_seconds: float = 60.0
+    #: Uploads a tenant may start per minute (streams, tus creations, upload URLs).
+    uploads_per_minute: int = 600
+    #: Origins allowed to call the HTTP endpoints from a browser (CORS); ``*`` for any.
+    cors_origins: tuple[str, ...] = ("*",)
 
     @property
     def backend(self) -> str:
@@ -349,6 +366,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             s3_endpoint_url=get("KEEL_S3_ENDPOINT_URL", None, _http_url),
             s3_bucket=get("KEEL_S3_BUCKET", None, _s3_bucket),
             s3_region=get("KEEL_S3_REGION", "us-east-1", _s3_region),
+            http_addr=get("KEEL_FILES_HTTP_ADDR", Address("127.0.0.1", 8090), parse_address),
+            public_url=get("KEEL_FILES_PUBLIC_URL", None, _http_url),
+            max_file_bytes=get("KEEL_FILES_MAX_FILE_BYTES", 1 << 30, _number(int, 1, 5 << 40)),
+            tenant_max_bytes=get("KEEL_FILES_TENANT_MAX_BYTES", 10 << 30, _number(int, 1, 1 << 50)),
+            tenant_max_files=get(
+                "KEEL_FILES_TENANT_MAX_FILES", 100_000, _number(int, 1, 1_000_000_000)
+            ),
+            allowed_types=get("KEEL_FILES_ALLOWED_TYPES", ("*/*",), _media_patterns),
+            upload_ttl_seconds=get(
+                "KEEL_FILES_UPLOAD_TTL_SECONDS", 86_400, _number(int, 60, 7 * 86_400)
+            ),
+            sweep_seconds=get("KEEL_FILES_SWEEP_SECONDS", 60.0, _number(float, 0.1, 86_400)),
+            uploads_per_minute=get(
+                "KEEL_FILES_UPLOADS_PER_MINUTE", 600, _number(int, 1, 1_000_000)
+            ),
+            cors_origins=get("KEEL_FILES_CORS_ORIGINS", ("*",), _origins),
         ),
         bridge=BridgeSettings(
             max_frame_bytes=get("KEEL_WS_MAX_FRAME_BYTES", 65536, _number(int, 256, 16 << 20)),
@@ -393,6 +426,31 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+_MEDIA_PATTERN = re.compile(r"(\*/\*|[a-z0-9][a-z0-9.+-]*/(\*|[a-z0-9][a-z0-9.+-]*))")
+
+
+def _media_patterns(text: str) -> tuple[str, ...]:
+    patterns = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    if not patterns:
+        raise ValueError("expected a comma-separated list such as image/*,application/pdf")
+    for pattern in patterns:
+        if not _MEDIA_PATTERN.fullmatch(pattern):
+            raise ValueError(
+                f"{pattern!r} is not a media type (image/png), a family (image/*) or */*"
+            )
+    return patterns
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    origins = tuple(part.strip() for part in text.split(",") if part.strip())
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ValueError(f"{origin!r} is not * or an origin such as https://app.example.com")
+    if not origins:
+        raise ValueError("expected * or a comma-separated list of origins")
+    return origins
 
 
 def _peer_address(text: str) -> str:

@@ -187,9 +187,13 @@ class ServiceSpec:
     policies: Mapping[str, MethodPolicy] = field(default_factory=dict)
     uses_database: bool = True
     implemented: bool = True
-    #: Run before the server accepts calls (start background work) and after it stopped.
+    #: Run before the service is registered and the server accepts calls (open what it
+    #: needs, start background work), and after the server stopped.
     on_start: Callable[[], Awaitable[None]] | None = None
     on_stop: Callable[[], Awaitable[None]] | None = None
+    #: A dependency besides the database that must answer for the service to be SERVING
+    #: (the file service's blob store): True when it does.
+    dependency_up: Callable[[], Awaitable[bool]] | None = None
 
     def method_policies(self) -> dict[str, MethodPolicy]:
         """Policies keyed by full method path (``/pkg.Service/Method``)."""
@@ -252,6 +256,9 @@ class KeelServer:
         """Bind the gRPC port (``port`` holds the bound one) and ``/metrics``; start serving."""
         settings = self._runtime.settings
         for spec in self._specs:
+            if spec.on_start is not None:
+                await spec.on_start()
+        for spec in self._specs:
             spec.register(self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [spec.name for spec in self._specs]
@@ -269,9 +276,6 @@ class KeelServer:
                 raise RuntimeError(
                     f"cannot serve metrics on {settings.metrics_addr} (KEEL_METRICS_ADDR): {exc}"
                 ) from exc
-        for spec in self._specs:
-            if spec.on_start is not None:
-                await spec.on_start()
         await self._server.start()
         await self._check_health()
         self._monitor = asyncio.create_task(self._watch_database(), name="health-monitor")
@@ -289,6 +293,8 @@ class KeelServer:
         everything_up = True
         for spec in self._specs:
             up = spec.implemented and (database_up or not spec.uses_database)
+            if up and spec.dependency_up is not None:
+                up = await spec.dependency_up()
             everything_up &= up or not spec.implemented
             await self._health.set(spec.name, SERVING if up else NOT_SERVING)
             SERVICE_SERVING.labels(spec.name).set(1 if up else 0)

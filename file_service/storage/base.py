@@ -89,6 +89,12 @@ class BlobStore(Protocol):
         """Remove the blob; deleting a missing blob is not an error."""
         ...
 
+    async def check(self) -> None:
+        """Whether the backend answers (for health): returns, or raises
+        :class:`StorageUnavailable` saying why not (directory not writable, bucket missing
+        or unreachable)."""
+        ...
+
 
 def check_key(key: str) -> BlobKey:
     """Return ``key`` as a :data:`BlobKey`, or raise :class:`InvalidBlobKey` saying why."""

@@ -111,6 +111,16 @@ class LocalBlobStore:
         except OSError as exc:
             raise StorageUnavailable(f"cannot delete blob {key!r}: {exc}") from exc
 
+    async def check(self) -> None:
+        try:
+            await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"cannot create the files directory {self.root}: {exc}"
+            ) from exc
+        if not await asyncio.to_thread(os.access, self.root, os.W_OK | os.X_OK):
+            raise StorageUnavailable(f"the files directory {self.root} is not writable")
+
 
 def _flush_and_sync(file: BinaryIO) -> None:
     file.flush()

@@ -149,6 +149,12 @@ class S3BlobStore:
         except (ClientError, BotoCoreError) as exc:
             raise _storage_error(exc, key, "delete") from exc
 
+    async def check(self) -> None:
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(f"cannot reach bucket {self.bucket!r}: {exc}") from exc
+
 
 def _storage_error(exc: ClientError | BotoCoreError, key: BlobKey, action: str) -> StorageError:
     """The storage error a botocore error means: not found, or the backend failed."""

@@ -21,6 +21,7 @@ from file_service.storage import (
     InvalidRange,
     LocalBlobStore,
     S3BlobStore,
+    StorageUnavailable,
     build_blob_store,
 )
 from file_service.storage.s3 import DEFAULT_PART_SIZE
@@ -211,3 +212,20 @@ async def test_settings_choose_the_backend(tmp_path: Path, s3_store: S3BlobStore
         assert isinstance(local, LocalBlobStore)
         assert local.root == (tmp_path / "blobs").resolve()
     assert isinstance(s3_store, S3BlobStore)
+
+
+async def test_a_store_that_answers_passes_its_check(backend: Backend) -> None:
+    await backend.store.check()
+
+
+async def test_a_local_root_that_cannot_be_a_directory_fails_the_check(tmp_path: Path) -> None:
+    blocker = tmp_path / "files"
+    blocker.write_text("a file where the directory should be")
+    with pytest.raises(StorageUnavailable, match="cannot create the files directory"):
+        await LocalBlobStore(blocker / "blobs").check()
+
+
+async def test_a_missing_bucket_fails_the_check(s3_store: S3BlobStore) -> None:
+    missing = S3BlobStore(s3_store._client, f"keel-missing-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(StorageUnavailable, match="cannot reach bucket"):
+        await missing.check()

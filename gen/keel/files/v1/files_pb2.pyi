@@ -24,7 +24,7 @@ FILE_STATE_READY: FileState
 FILE_STATE_DELETED: FileState
 
 class File(_message.Message):
-    __slots__ = ("id", "filename", "content_type", "size_bytes", "sha256", "user_id", "metadata", "create_time", "state")
+    __slots__ = ("id", "filename", "content_type", "size_bytes", "sha256", "user_id", "metadata", "create_time", "state", "thumbnail")
     ID_FIELD_NUMBER: _ClassVar[int]
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class File(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     id: str
     filename: str
     content_type: str
@@ -43,7 +44,20 @@ class File(_message.Message):
     metadata: _struct_pb2.Struct
     create_time: _timestamp_pb2.Timestamp
     state: FileState
-    def __init__(self, id: _Optional[str] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., user_id: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[FileState, str]] = ...) -> None: ...
+    thumbnail: Thumbnail
+    def __init__(self, id: _Optional[str] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., user_id: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[FileState, str]] = ..., thumbnail: _Optional[_Union[Thumbnail, _Mapping]] = ...) -> None: ...
+
+class Thumbnail(_message.Message):
+    __slots__ = ("content_type", "width", "height", "size_bytes")
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    content_type: str
+    width: int
+    height: int
+    size_bytes: int
+    def __init__(self, content_type: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class UploadFileMetadata(_message.Message):
     __slots__ = ("filename", "content_type", "size_bytes", "user_id", "metadata", "sha256")
@@ -76,14 +90,16 @@ class UploadFileResponse(_message.Message):
     def __init__(self, file: _Optional[_Union[File, _Mapping]] = ...) -> None: ...
 
 class DownloadFileRequest(_message.Message):
-    __slots__ = ("id", "offset", "length")
+    __slots__ = ("id", "offset", "length", "thumbnail")
     ID_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     id: str
     offset: int
     length: int
-    def __init__(self, id: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+    thumbnail: bool
+    def __init__(self, id: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., thumbnail: _Optional[bool] = ...) -> None: ...
 
 class DownloadFileResponse(_message.Message):
     __slots__ = ("file", "chunk")
@@ -171,12 +187,14 @@ class CreateUploadUrlResponse(_message.Message):
     def __init__(self, url: _Optional[str] = ..., file_id: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CreateDownloadUrlRequest(_message.Message):
-    __slots__ = ("id", "ttl_seconds")
+    __slots__ = ("id", "ttl_seconds", "thumbnail")
     ID_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_FIELD_NUMBER: _ClassVar[int]
     id: str
     ttl_seconds: int
-    def __init__(self, id: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    thumbnail: bool
+    def __init__(self, id: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., thumbnail: _Optional[bool] = ...) -> None: ...
 
 class CreateDownloadUrlResponse(_message.Message):
     __slots__ = ("url", "expire_time")

@@ -138,9 +138,10 @@ class FileServiceServicer:
 
     def CreateUploadUrl(self, request, context):
         """CreateUploadUrl creates a pending file and a signed URL to which the
-        client PUTs its bytes directly. The file becomes ready once Keel sees
-        the upload complete; a pending file whose URL expired unused is
-        removed.
+        client PUTs its bytes directly (or sends them in parts with the tus
+        protocol: the URL is a tus upload URL). The file becomes ready once Keel
+        has every byte and has checked them; a pending file whose URL expired
+        before that is removed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -66,9 +66,10 @@ class FileServiceStub:
     """
     CreateUploadUrl: _grpc.UnaryUnaryMultiCallable[_files_pb2.CreateUploadUrlRequest, _files_pb2.CreateUploadUrlResponse]
     """CreateUploadUrl creates a pending file and a signed URL to which the
-    client PUTs its bytes directly. The file becomes ready once Keel sees
-    the upload complete; a pending file whose URL expired unused is
-    removed.
+    client PUTs its bytes directly (or sends them in parts with the tus
+    protocol: the URL is a tus upload URL). The file becomes ready once Keel
+    has every byte and has checked them; a pending file whose URL expired
+    before that is removed.
     """
     CreateDownloadUrl: _grpc.UnaryUnaryMultiCallable[_files_pb2.CreateDownloadUrlRequest, _files_pb2.CreateDownloadUrlResponse]
     """CreateDownloadUrl creates a signed URL from which a ready file can be
@@ -113,9 +114,10 @@ class FileServiceAsyncStub(FileServiceStub):
     """
     CreateUploadUrl: _aio.UnaryUnaryMultiCallable[_files_pb2.CreateUploadUrlRequest, _files_pb2.CreateUploadUrlResponse]  # type: ignore[assignment]
     """CreateUploadUrl creates a pending file and a signed URL to which the
-    client PUTs its bytes directly. The file becomes ready once Keel sees
-    the upload complete; a pending file whose URL expired unused is
-    removed.
+    client PUTs its bytes directly (or sends them in parts with the tus
+    protocol: the URL is a tus upload URL). The file becomes ready once Keel
+    has every byte and has checked them; a pending file whose URL expired
+    before that is removed.
     """
     CreateDownloadUrl: _aio.UnaryUnaryMultiCallable[_files_pb2.CreateDownloadUrlRequest, _files_pb2.CreateDownloadUrlResponse]  # type: ignore[assignment]
     """CreateDownloadUrl creates a signed URL from which a ready file can be
@@ -193,9 +195,10 @@ class FileServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_files_pb2.CreateUploadUrlResponse, _abc.Awaitable[_files_pb2.CreateUploadUrlResponse]]:
         """CreateUploadUrl creates a pending file and a signed URL to which the
-        client PUTs its bytes directly. The file becomes ready once Keel sees
-        the upload complete; a pending file whose URL expired unused is
-        removed.
+        client PUTs its bytes directly (or sends them in parts with the tus
+        protocol: the URL is a tus upload URL). The file becomes ready once Keel
+        has every byte and has checked them; a pending file whose URL expired
+        before that is removed.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,513 @@
+"""The file service's rules: what may be stored, how bytes become a READY file, and when
+blobs go away. The gRPC servicer and the HTTP endpoints (tus, upload URLs, downloads) are
+thin faces over :class:`FileService`.
+
+How bytes arrive:
+
+- **A stream** (gRPC ``UploadFile``): the bytes go straight to the file's blob as they come
+  — never more than a chunk in memory — counted against the declared size and the maximum
+  file size as they pass; the first bytes are kept to sniff the type.
+- **Parts** (tus ``PATCH``, the upload URL's ``PUT``): each request's bytes become one part
+  blob, recorded with its offset by a conditional update (so two processes offering the
+  same offset cannot both win). When the last byte arrives the parts are read in order into
+  the file's blob and removed. A request cut off mid-way keeps what arrived.
+
+Either way the file becomes READY only after its bytes pass every check — size and SHA-256
+as declared, the type sniffed from the bytes on the tenant's allowlist, an image that
+decodes within the pixel limit (its thumbnail made) — and the tenant's quota holds. A
+refused file leaves no blob and no visible file: it is marked deleted and purged at once.
+
+Deleted and expired files lose their blobs in :meth:`FileService.sweep`, which every
+file-service process may run at once (deleting a blob twice is harmless; the rows change
+by conditional updates).
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any, Final
+
+from file_service import images, sniff
+from file_service.errors import (
+    ChecksumMismatch,
+    FileNotFound,
+    FileNotReady,
+    InvalidFile,
+    OffsetMismatch,
+    UploadExpired,
+)
+from file_service.models import (
+    OCTET_STREAM,
+    FileLimits,
+    FileState,
+    NewFile,
+    StoredFile,
+    Thumbnail,
+    UploadPart,
+)
+from file_service.storage import (
+    BlobKey,
+    BlobNotFound,
+    BlobStore,
+    InvalidRange,
+    StorageError,
+    WrittenBlob,
+)
+from file_service.store import After, FileStore
+from file_service.web.backend import Variant
+from service_kit.clock import Clock, utcnow
+from service_kit.errors import OutOfRange, ResourceExhausted, Unavailable
+from service_kit.ratelimit import RateLimiter
+from service_kit.validation import Violations, new_id
+
+log = logging.getLogger(__name__)
+
+DEFAULT_UPLOAD_TTL: Final = timedelta(hours=24)
+MAX_UPLOAD_TTL: Final = timedelta(days=7)
+MAX_FILENAME_LENGTH: Final = 255
+#: How many expired uploads and deleted files one sweep handles at most.
+SWEEP_BATCH: Final = 200
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What an uploader says about a file before its bytes."""
+
+    filename: str
+    content_type: str = ""
+    #: The size in bytes; 0 when not declared (streams only; upload URLs need it).
+    size: int = 0
+    user_id: str = ""
+    metadata: dict[str, Any] | None = None
+    #: The SHA-256 as lowercase hex, checked on arrival; "" when not declared.
+    sha256: str = ""
+
+
+class _Counted:
+    """Passes chunks through, counting them, keeping the first bytes (to sniff the type)
+    and refusing more than ``limit`` bytes."""
+
+    def __init__(self, chunks: AsyncIterable[bytes], limit: int, what: str) -> None:
+        self._chunks = chunks
+        self._limit = limit
+        self._what = what
+        self.size = 0
+        self.head = b""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            if not chunk:
+                continue
+            self.size += len(chunk)
+            if self.size > self._limit:
+                raise InvalidFile(f"{self._what}: more than {self._limit} bytes")
+            if len(self.head) < sniff.HEAD_BYTES:
+                self.head += chunk[: sniff.HEAD_BYTES - len(self.head)]
+            yield chunk
+
+
+class FileService:
+    """The files of every tenant: metadata in ``store``, bytes in ``blobs``."""
+
+    def __init__(
+        self,
+        store: FileStore,
+        blobs: BlobStore,
+        limits: FileLimits,
+        *,
+        clock: Clock = utcnow,
+        default_upload_ttl: timedelta = DEFAULT_UPLOAD_TTL,
+        rate_limiter: RateLimiter | None = None,
+        uploads_per_minute: int = 600,
+    ) -> None:
+        self._store = store
+        self._blobs = blobs
+        self.limits = limits
+        self._clock = clock
+        self._default_ttl = default_upload_ttl
+        self._limiter = rate_limiter
+        self._uploads_per_minute = uploads_per_minute
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def get_file(self, tenant_id: str, file_id: str) -> StoredFile:
+        """The file in any state. Raises ``FileNotFound``."""
+        found = await self._store.get(tenant_id, file_id)
+        if found is None:
+            raise FileNotFound(file_id)
+        return found
+
+    async def list_files(
+        self, tenant_id: str, *, user_id: str | None, after: After, limit: int
+    ) -> list[StoredFile]:
+        """Pending and ready files, newest first."""
+        return await self._store.list(tenant_id, user_id=user_id, after=after, limit=limit)
+
+    async def ready_file(self, tenant_id: str, file_id: str) -> StoredFile:
+        """The file if it is READY. Raises ``FileNotFound``, ``FileNotReady``."""
+        file = await self.get_file(tenant_id, file_id)
+        if file.state is not FileState.READY:
+            raise FileNotReady(f"file {file_id} is {file.state.value}, not ready")
+        return file
+
+    async def read(
+        self, file: StoredFile, *, variant: Variant, offset: int, length: int | None
+    ) -> AsyncIterator[bytes]:
+        """The bytes of a READY file (or its thumbnail) in chunks; the first chunk is fetched
+        before this returns, so a missing blob or a bad range raises here."""
+        if file.state is not FileState.READY:
+            raise FileNotReady(f"file {file.id} is {file.state.value}, not ready")
+        if variant == "thumbnail":
+            if file.thumbnail is None:
+                raise FileNotFound(file.id, f"file {file.id} has no thumbnail")
+            key = file.thumbnail.blob_key
+        else:
+            key = file.blob_key
+        chunks = aiter(self._blobs.read(BlobKey(key), offset=offset, length=length))
+        try:
+            first = await anext(chunks, b"")
+        except BlobNotFound as exc:
+            # Deleted between the row's read and this one.
+            raise FileNotReady(f"file {file.id} is no longer stored") from exc
+        except InvalidRange as exc:
+            raise OutOfRange(f"file {file.id} has {file.size} bytes: {exc}") from exc
+        except StorageError as exc:
+            raise _storage_failed(exc) from exc
+        return _prepend(first, chunks)
+
+    # -- uploading ----------------------------------------------------------------------
+
+    async def upload(
+        self, tenant_id: str, info: FileInfo, chunks: AsyncIterable[bytes]
+    ) -> StoredFile:
+        """Store a streamed file and return it READY (see the module docstring). Raises
+        ``InvalidFile`` (nothing kept), ``QuotaExceeded``."""
+        file = await self._create(tenant_id, info, ttl=self._default_ttl, size_required=False)
+        if info.size:
+            counted = _Counted(chunks, info.size, f"file {file.id} declared {info.size} bytes")
+        else:
+            limit = self.limits.max_file_bytes
+            counted = _Counted(chunks, limit, f"the largest file allowed is {limit} bytes")
+        try:
+            try:
+                written = await self._blobs.write(BlobKey(file.blob_key), counted)
+            except StorageError as exc:
+                raise _storage_failed(exc) from exc
+            return await self._finish(file, written, counted.head, info.sha256)
+        except BaseException:
+            await self._discard(file)
+            raise
+
+    async def create_upload(
+        self,
+        tenant_id: str,
+        *,
+        user_id: str,
+        filename: str,
+        content_type: str,
+        size: int,
+        metadata: dict[str, Any],
+        ttl: timedelta | None = None,
+        sha256: str = "",
+    ) -> StoredFile:
+        """A PENDING file whose ``size`` bytes arrive later in parts (:meth:`append`)."""
+        info = FileInfo(filename, content_type, size, user_id, metadata, sha256)
+        return await self._create(tenant_id, info, ttl=ttl or self._default_ttl, size_required=True)
+
+    async def append(
+        self,
+        tenant_id: str,
+        file_id: str,
+        offset: int,
+        chunks: AsyncIterable[bytes],
+        *,
+        sha256: bytes | None = None,
+    ) -> StoredFile:
+        """Store the bytes of ``chunks`` as the part at ``offset`` of a pending upload; the
+        file after, READY when it was the last part (see
+        :class:`~file_service.web.backend.FileBackend`)."""
+        file = await self._pending(tenant_id, file_id)
+        if offset != file.upload_offset:
+            raise OffsetMismatch(file.upload_offset, offset)
+        if file.upload_offset < file.size:
+            file = await self._add_part(file, offset, chunks, sha256)
+        if file.upload_offset == file.size:
+            # The last part is in (here, or by a request whose completion failed): finish.
+            return await self._complete(file)
+        return file
+
+    async def terminate(self, tenant_id: str, file_id: str) -> None:
+        """Abandon a pending upload; its parts are removed."""
+        file = await self._pending(tenant_id, file_id, allow_expired=True)
+        await self._discard(file)
+
+    # -- deleting -----------------------------------------------------------------------
+
+    async def delete_file(self, tenant_id: str, file_id: str) -> StoredFile:
+        """Mark the file deleted and remove its blobs (the sweep retries what fails)."""
+        deleted = await self._store.delete(tenant_id, file_id, now=self._clock())
+        if deleted.purge_time is None:
+            await self._purge([(deleted, await self._store.parts(tenant_id, file_id))])
+        return deleted
+
+    async def sweep(self) -> tuple[int, int]:
+        """Expire abandoned uploads and purge the blobs of deleted files; return how many of
+        each. Safe in several processes at once."""
+        expired = await self._store.expire_uploads(self._clock(), limit=SWEEP_BATCH)
+        purged = await self._store.unpurged(limit=SWEEP_BATCH)
+        await self._purge(purged)
+        return len(expired), len(purged)
+
+    # -- the steps ----------------------------------------------------------------------
+
+    async def _create(
+        self, tenant_id: str, info: FileInfo, *, ttl: timedelta, size_required: bool
+    ) -> StoredFile:
+        await self._admit(tenant_id)
+        v = Violations()
+        v.text("filename", info.filename, max_length=MAX_FILENAME_LENGTH)
+        filename = posixpath.basename(info.filename.replace("\\", "/"))
+        v.check(
+            not info.filename.strip() or (bool(filename.strip()) and filename not in (".", "..")),
+            "filename",
+            "must name a file, not a directory",
+        )
+        v.check(
+            not any(ord(c) < 32 or ord(c) == 127 for c in info.filename),
+            "filename",
+            "must not contain control characters",
+        )
+        v.check(info.size >= 0, "size_bytes", "must not be negative")
+        if size_required:
+            v.check(info.size > 0, "size_bytes", "is required (the exact size of the file)")
+        v.check(
+            info.size <= self.limits.max_file_bytes,
+            "size_bytes",
+            f"is {info.size}; the largest file allowed is {self.limits.max_file_bytes} bytes",
+        )
+        declared = info.content_type.strip().lower() or OCTET_STREAM
+        v.check(
+            sniff.allowed(declared, self.limits.allowed_types) or declared == OCTET_STREAM,
+            "content_type",
+            f"{declared!r} is not an allowed type ({_allowed(self.limits)})",
+        )
+        sha = info.sha256.strip().lower()
+        v.check(
+            not sha or (len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)),
+            "sha256",
+            "must be 64 lowercase hex digits",
+        )
+        v.check(
+            timedelta(0) < ttl <= MAX_UPLOAD_TTL,
+            "ttl_seconds",
+            f"must be between 1 and {int(MAX_UPLOAD_TTL.total_seconds())}",
+        )
+        v.raise_if_any(InvalidFile)
+        now = self._clock()
+        file_id = new_id()
+        return await self._store.create_pending(
+            NewFile(
+                id=file_id,
+                tenant_id=tenant_id,
+                filename=filename,
+                content_type=declared,
+                size=info.size,
+                user_id=info.user_id,
+                metadata=dict(info.metadata or {}),
+                blob_key=f"{tenant_id}/{file_id}",
+                create_time=now,
+                expire_time=now + ttl,
+                declared_sha256=sha,
+            ),
+            self.limits,
+        )
+
+    async def _admit(self, tenant_id: str) -> None:
+        """Take one of the tenant's uploads per minute, or raise ``ResourceExhausted``."""
+        if self._limiter is None:
+            return
+        per_minute = self._uploads_per_minute
+        wait = await self._limiter.acquire(
+            f"files:uploads:{tenant_id}", per_minute / 60.0, max(1, per_minute // 6)
+        )
+        if wait > 0:
+            raise ResourceExhausted(
+                f"this tenant may start {per_minute} uploads a minute; retry in {wait:.1f} s",
+                retry_after=wait,
+            )
+
+    async def _pending(
+        self, tenant_id: str, file_id: str, *, allow_expired: bool = False
+    ) -> StoredFile:
+        file = await self.get_file(tenant_id, file_id)
+        if file.state is not FileState.PENDING:
+            raise FileNotReady(f"file {file_id} is {file.state.value}, not an upload in progress")
+        expired = file.expire_time is not None and file.expire_time <= self._clock()
+        if expired and not allow_expired:
+            raise UploadExpired(f"the upload of file {file_id} expired")
+        return file
+
+    async def _add_part(
+        self,
+        file: StoredFile,
+        offset: int,
+        chunks: AsyncIterable[bytes],
+        sha256: bytes | None,
+    ) -> StoredFile:
+        key = BlobKey(f"{file.blob_key}-parts/{offset:016d}-{secrets.token_hex(4)}")
+        counted = _Counted(chunks, file.size - offset, f"file {file.id} is {file.size} bytes")
+        try:
+            written = await self._blobs.write(key, counted)
+        except StorageError as exc:
+            raise _storage_failed(exc) from exc
+        if sha256 is not None and bytes.fromhex(written.sha256) != sha256:
+            await self._blobs.delete(key)
+            raise ChecksumMismatch("the body's SHA-256 is not the one in Upload-Checksum")
+        if written.size == 0:
+            await self._blobs.delete(key)
+            return file
+        part = UploadPart(file.id, offset, written.size, key)
+        try:
+            new_offset = await self._store.add_part(part, file.tenant_id, now=self._clock())
+        except BaseException:
+            await self._blobs.delete(key)
+            raise
+        return replace(file, upload_offset=new_offset)
+
+    async def _complete(self, file: StoredFile) -> StoredFile:
+        parts = await self._store.parts(file.tenant_id, file.id)
+        head = b""
+
+        async def assembled() -> AsyncIterator[bytes]:
+            nonlocal head
+            for part in parts:
+                async for chunk in self._blobs.read(BlobKey(part.blob_key)):
+                    if len(head) < sniff.HEAD_BYTES:
+                        head += chunk[: sniff.HEAD_BYTES - len(head)]
+                    yield chunk
+
+        try:
+            try:
+                written = await self._blobs.write(BlobKey(file.blob_key), assembled())
+            except StorageError as exc:
+                raise _storage_failed(exc) from exc
+            declared = await self._store.declared_sha256(file.tenant_id, file.id)
+            ready = await self._finish(file, written, head, declared)
+        except Unavailable:
+            raise  # the parts stay; the next request (or HEAD + PATCH of 0 bytes) retries
+        except BaseException:
+            await self._discard(file)
+            raise
+        for part in parts:
+            await self._delete_blob(part.blob_key)
+        return ready
+
+    async def _finish(
+        self, file: StoredFile, written: WrittenBlob, head: bytes, declared_sha256: str
+    ) -> StoredFile:
+        """Check the stored bytes and make the file READY (or raise; the caller discards)."""
+        if file.size and written.size != file.size:
+            raise InvalidFile(f"file {file.id} declared {file.size} bytes; {written.size} arrived")
+        if declared_sha256 and written.sha256 != declared_sha256.lower():
+            raise ChecksumMismatch(
+                f"the bytes' SHA-256 is {written.sha256}, not the declared {declared_sha256}"
+            )
+        content_type = sniff.sniff(head, file.content_type, file.filename)
+        if not sniff.allowed(content_type, self.limits.allowed_types):
+            raise InvalidFile(
+                f"the file's bytes are {content_type!r}, which is not an allowed type"
+                f" ({_allowed(self.limits)})"
+            )
+        thumbnail = await self._thumbnail(file, content_type, written.size)
+        try:
+            return await self._store.mark_ready(
+                file.tenant_id,
+                file.id,
+                size=written.size,
+                sha256=written.sha256,
+                content_type=content_type,
+                thumbnail=thumbnail,
+                limits=self.limits,
+                now=self._clock(),
+            )
+        except BaseException:
+            if thumbnail is not None:
+                await self._delete_blob(thumbnail.blob_key)
+            raise
+
+    async def _thumbnail(self, file: StoredFile, content_type: str, size: int) -> Thumbnail | None:
+        if content_type not in images.IMAGE_TYPES:
+            return None
+        if size > images.MAX_IMAGE_BYTES:
+            raise InvalidFile(
+                f"images may be at most {images.MAX_IMAGE_BYTES} bytes (this one is {size})"
+            )
+        data = b"".join([chunk async for chunk in self._blobs.read(BlobKey(file.blob_key))])
+        try:
+            made = await images.thumbnail(data)
+        except images.ImageRefused as exc:
+            raise InvalidFile(str(exc)) from exc
+        if made is None:
+            return None
+        key = BlobKey(f"{file.blob_key}-thumbnail")
+
+        async def one() -> AsyncIterator[bytes]:
+            yield made.data
+
+        try:
+            stored = await self._blobs.write(key, one())
+        except StorageError as exc:
+            raise _storage_failed(exc) from exc
+        return Thumbnail(key, made.content_type, made.width, made.height, stored.size)
+
+    async def _discard(self, file: StoredFile) -> None:
+        """Make a refused or abandoned file invisible and remove its blobs, now."""
+        try:
+            deleted = await self._store.delete(file.tenant_id, file.id, now=self._clock())
+            parts = await self._store.parts(file.tenant_id, file.id)
+            await self._purge([(deleted, parts)])
+        except Exception:
+            # The row stays deleted-but-unpurged (or pending until it expires): the sweep
+            # removes the blobs later.
+            log.exception("could not discard a refused file", extra={"file_id": file.id})
+
+    async def _purge(self, files: list[tuple[StoredFile, list[UploadPart]]]) -> None:
+        by_tenant: dict[str, list[str]] = {}
+        for file, parts in files:
+            keys = [file.blob_key, f"{file.blob_key}-thumbnail"]
+            keys += [part.blob_key for part in parts]
+            try:
+                for key in keys:
+                    await self._blobs.delete(BlobKey(key))
+            except StorageError:
+                log.warning("could not remove a deleted file's blobs", extra={"file_id": file.id})
+                continue
+            by_tenant.setdefault(file.tenant_id, []).append(file.id)
+        for tenant_id, ids in by_tenant.items():
+            await self._store.mark_purged(tenant_id, ids, now=self._clock())
+
+    async def _delete_blob(self, key: str) -> None:
+        try:
+            await self._blobs.delete(BlobKey(key))
+        except StorageError:
+            log.warning("could not remove a blob; the sweep will not see it", extra={"key": key})
+
+
+def _allowed(limits: FileLimits) -> str:
+    return "allowed: " + ", ".join(limits.allowed_types)
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def _storage_failed(exc: StorageError) -> Unavailable:
+    return Unavailable(f"the file storage failed: {exc}", retry_after=1.0)

@@ -1,0 +1,73 @@
+"""What the file service's HTTP endpoints (tus uploads, upload URLs, signed downloads) need
+from the service: :class:`~file_service.service.FileService` plays this role.
+
+Every method is scoped by ``tenant_id`` (another tenant's file raises ``FileNotFound``)
+and raises the errors of :mod:`file_service.errors`, which the HTTP layer maps to statuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from datetime import timedelta
+from typing import Any, Literal, Protocol
+
+from file_service.models import StoredFile
+
+#: What a download reads: the file itself, or its thumbnail.
+Variant = Literal["file", "thumbnail"]
+
+
+class FileBackend(Protocol):
+    async def create_upload(
+        self,
+        tenant_id: str,
+        *,
+        user_id: str,
+        filename: str,
+        content_type: str,
+        size: int,
+        metadata: dict[str, Any],
+        ttl: timedelta | None = None,
+        sha256: str = "",
+    ) -> StoredFile:
+        """A new PENDING file expecting exactly ``size`` bytes (``ttl`` None: the default
+        upload lifetime). Raises ``InvalidFile`` (bad name/size/type, over the maximum file
+        size), ``QuotaExceeded``."""
+        ...
+
+    async def get_file(self, tenant_id: str, file_id: str) -> StoredFile:
+        """The file in any state. Raises ``FileNotFound``."""
+        ...
+
+    async def append(
+        self,
+        tenant_id: str,
+        file_id: str,
+        offset: int,
+        chunks: AsyncIterable[bytes],
+        *,
+        sha256: bytes | None = None,
+    ) -> StoredFile:
+        """Store the bytes of ``chunks`` at ``offset`` of a pending upload and return the file
+        after: its ``upload_offset`` advanced by what arrived, READY once every byte has (the
+        bytes then checked, typed and thumbnailed). If ``chunks`` ends early (the client went
+        away) what arrived is kept — unless ``sha256`` (the digest of the whole body, tus
+        checksum extension) was given and does not match, in which case nothing is kept and
+        ``ChecksumMismatch`` is raised. Raises ``FileNotFound``, ``FileNotReady`` (not
+        pending), ``UploadExpired``, ``OffsetMismatch``, ``InvalidFile`` (more bytes than
+        declared; bytes refused on completion: type not allowed, hash not the declared one),
+        ``QuotaExceeded``."""
+        ...
+
+    async def terminate(self, tenant_id: str, file_id: str) -> None:
+        """Abandon a pending upload (its parts are removed). Raises ``FileNotFound``,
+        ``FileNotReady`` (the file is not pending)."""
+        ...
+
+    async def read(
+        self, file: StoredFile, *, variant: Variant, offset: int, length: int | None
+    ) -> AsyncIterator[bytes]:
+        """The bytes ``[offset, offset + length)`` of a READY file or its thumbnail, in
+        chunks; the first chunk is fetched before this returns, so a missing blob raises here
+        (``FileNotReady``) rather than mid-response."""
+        ...
