@@ -22,8 +22,8 @@ from websockets.asyncio.server import ServerConnection
 
 from gateway_bridge.bridge import protocol as p
 from gateway_bridge.bridge.connection import CLOSED, Conn, Connections
-from gateway_bridge.tokens import ClientTokens, InvalidClientToken
 from service_kit.auth import Authenticator, TenantContext
+from service_kit.client_tokens import ClientTokens, InvalidClientToken
 from service_kit.clock import rfc3339
 from service_kit.config import BridgeSettings
 from service_kit.errors import KeelError

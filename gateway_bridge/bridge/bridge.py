@@ -37,9 +37,9 @@ from gateway_bridge.bridge.link import GatewayLink
 from gateway_bridge.bridge.notification_link import NotificationLink
 from gateway_bridge.bridge.presence import Presence
 from gateway_bridge.bridge.revocation import Revocation
-from gateway_bridge.tokens import ClientTokens
 from service_kit.auth import Authenticator
 from service_kit.bus import EventBus
+from service_kit.client_tokens import ClientTokens
 from service_kit.config import BridgeSettings
 
 log = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ from redis.asyncio import Redis
 
 from gateway_bridge.bridge.bridge import Bridge
 from gateway_bridge.bridge.presence import InMemoryPresence, RedisPresence
-from gateway_bridge.tokens import ClientTokens
 from service_kit.auth import Authenticator
 from service_kit.bus import EventBus
+from service_kit.client_tokens import ClientTokens
 from service_kit.config import Settings
 from service_kit.metrics import serve_metrics
 from service_kit.server import open_bus, wait_for_stop_signal

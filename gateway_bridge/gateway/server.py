@@ -25,8 +25,8 @@ from gateway_bridge.gateway.events.service import EventService
 from gateway_bridge.gateway.events.servicer import EventServicer
 from gateway_bridge.gateway.events.store import SqlEventStore
 from gateway_bridge.gateway.relay import EventRelay
-from gateway_bridge.tokens import ClientTokens
 from service_kit.auth import Authenticator
+from service_kit.client_tokens import ClientTokens
 from service_kit.interceptor import PEER, tenant_scope
 from service_kit.server import Runtime, ServiceSpec
 

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import jwt
 import pytest
 
-from gateway_bridge.tokens import AUDIENCE, ClientTokens, InvalidClientToken
+from service_kit.client_tokens import AUDIENCE, ClientTokens, InvalidClientToken
 
 SECRET = "s" * 32
 OTHER = "o" * 32

@@ -42,8 +42,8 @@ from gateway_bridge.gateway.channels.models import (
 )
 from gateway_bridge.gateway.channels.store import ChatStore
 from gateway_bridge.gateway.relay import EventRelay
-from gateway_bridge.tokens import ClientTokens
 from service_kit.auth import TenantId
+from service_kit.client_tokens import ClientTokens
 from service_kit.validation import Violations
 
 #: How many users one BatchGetUsers may ask for.

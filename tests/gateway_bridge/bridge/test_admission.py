@@ -18,8 +18,8 @@ from websockets.frames import Close
 from gateway_bridge.bridge import protocol as p
 from gateway_bridge.bridge.admission import Admission
 from gateway_bridge.bridge.connection import Connections
-from gateway_bridge.tokens import ClientClaims
 from service_kit.auth import TenantContext
+from service_kit.client_tokens import ClientClaims
 from service_kit.config import BridgeSettings
 
 

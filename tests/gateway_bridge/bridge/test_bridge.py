@@ -25,7 +25,7 @@ from websockets.frames import Close
 
 from gateway_bridge.bridge.bridge import Bridge
 from gateway_bridge.gateway.channels.store import SqlChatStore
-from gateway_bridge.tokens import ISSUER, ClientTokens
+from service_kit.client_tokens import ISSUER, ClientTokens
 from tests.conftest import unique
 from tests.gateway_bridge.bridge.conftest import (
     WAIT,

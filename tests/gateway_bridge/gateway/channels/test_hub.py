@@ -15,9 +15,9 @@ from gateway_bridge.gateway.channels.models import ChannelType, NewMessage
 from gateway_bridge.gateway.channels.service import ChatService
 from gateway_bridge.gateway.channels.store import SqlChatStore
 from gateway_bridge.gateway.relay import EventRelay
-from gateway_bridge.tokens import ClientTokens
 from service_kit.auth import TenantId
 from service_kit.bus import InProcessEventBus
+from service_kit.client_tokens import ClientTokens
 from service_kit.validation import new_id
 
 

@@ -23,9 +23,9 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from keel.channels.v1 import channels_pb2 as pb
 
-from gateway_bridge.tokens import ClientTokens
 from gateway_bridge.vocabulary import MESSAGE_CREATED
 from service_kit.bus import EventBus, Subscription
+from service_kit.client_tokens import ClientTokens
 from service_kit.validation import is_uuid
 from tests.gateway_bridge.conftest import (
     Keel,

@@ -29,9 +29,9 @@ from gateway_bridge.gateway.channels.models import (
 from gateway_bridge.gateway.channels.service import ChatService
 from gateway_bridge.gateway.channels.store import SqlChatStore
 from gateway_bridge.gateway.relay import EventRelay
-from gateway_bridge.tokens import ClientTokens
 from service_kit.auth import TenantId
 from service_kit.bus import InProcessEventBus
+from service_kit.client_tokens import ClientTokens
 from service_kit.config import load_settings
 from service_kit.db import create_engine, migrate
 from service_kit.schema import events, messages

@@ -1,13 +1,16 @@
-"""Client tokens: short-lived JWTs that let a browser open a WebSocket to the bridge.
+"""Client tokens: short-lived JWTs that let a user's browser reach Keel directly.
 
 A tenant's backend asks ``ChannelService.IssueClientToken`` for a user it has
-authenticated; the browser hands the token to the bridge, which verifies it
-here. Tokens are HS256-signed with ``KEEL_TOKEN_SECRET``; a token signed with
-``KEEL_TOKEN_SECRET_PREVIOUS`` is still accepted, so the secret can be rotated
-without cutting browsers off.
+authenticated; the browser hands the token to the bridge (to open a WebSocket) and to
+the file service's HTTP endpoints (tus uploads, downloads), which verify it here. It
+lives in the kit so that every service can verify it without importing another. Tokens
+are HS256-signed with ``KEEL_TOKEN_SECRET``; a token signed with
+``KEEL_TOKEN_SECRET_PREVIOUS`` is still accepted, so the secret can be rotated without
+cutting browsers off.
 
-Claims: ``iss`` = ``keel``, ``aud`` = ``keel.bridge``, ``sub`` = the user id,
-``tid`` = the tenant id, ``iat``, ``exp``, ``jti``.
+Claims: ``iss`` = ``keel``, ``aud`` = ``keel.bridge`` (kept for every receiver, so
+tokens already issued stay valid), ``sub`` = the user id, ``tid`` = the tenant id,
+``iat``, ``exp``, ``jti``.
 """
 
 from __future__ import annotations
