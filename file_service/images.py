@@ -103,6 +103,12 @@ def make_thumbnail(
         raise ImageRefused(f"cannot be decoded ({type(exc).__name__})") from exc
 
 
+def is_image_type(content_type: str) -> bool:
+    """Whether files of ``content_type`` (as :func:`file_service.sniff.sniff` gives it)
+    get thumbnails: JPEG, PNG, GIF and WebP."""
+    return content_type.partition(";")[0].strip().lower() in IMAGE_TYPES
+
+
 async def thumbnail(
     data: bytes, *, max_side: int = THUMBNAIL_SIDE, max_pixels: int = MAX_PIXELS
 ) -> ThumbnailImage | None:

@@ -14,6 +14,7 @@ from file_service.images import (
     MAX_IMAGE_BYTES,
     ImageRefused,
     ThumbnailImage,
+    is_image_type,
     make_thumbnail,
     thumbnail,
 )
@@ -189,6 +190,13 @@ def test_an_image_over_the_byte_limit_is_refused() -> None:
 )
 def test_a_file_that_is_not_an_image_has_no_thumbnail(not_an_image: bytes) -> None:
     assert make_thumbnail(not_an_image) is None
+
+
+def test_the_types_with_thumbnails_are_jpeg_png_gif_and_webp() -> None:
+    for image_type in ("image/jpeg", "image/png", "image/gif", "Image/WebP"):
+        assert is_image_type(image_type)
+    for other in ("image/svg+xml", "image/tiff", "application/pdf", "text/html", ""):
+        assert not is_image_type(other)
 
 
 async def test_the_async_wrapper_makes_the_same_thumbnail() -> None:
