@@ -1,0 +1,223 @@
+"""The file service's rules for uploads in parts (what tus and upload URLs use), expiry and
+the sweep, on SQLite and PostgreSQL with a local blob store and a clock the test moves."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from file_service.errors import (
+    ChecksumMismatch,
+    FileNotFound,
+    FileNotReady,
+    InvalidFile,
+    OffsetMismatch,
+    UploadExpired,
+)
+from file_service.models import FileLimits, FileState, Usage
+from file_service.service import FileInfo, FileService
+from file_service.storage import LocalBlobStore
+from file_service.store import SqlFileStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> LocalBlobStore:
+    return LocalBlobStore(tmp_path / "blobs")
+
+
+@pytest.fixture
+def service(engine: AsyncEngine, blobs: LocalBlobStore, clock: Clock) -> FileService:
+    limits = FileLimits(max_file_bytes=1 << 20, max_tenant_bytes=2 << 20, max_tenant_files=10)
+    return FileService(SqlFileStore(engine), blobs, limits, clock=clock)
+
+
+def tenant() -> str:
+    return str(uuid.uuid4())
+
+
+async def body(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+async def cut_off(data: bytes) -> AsyncIterator[bytes]:
+    """A request body whose client goes away after ``data``: the stream just ends."""
+    yield data
+
+
+def stored_blobs(blobs: LocalBlobStore, tenant_id: str) -> list[str]:
+    root = blobs.root / tenant_id
+    return sorted(p.name for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+async def new_upload(service: FileService, tenant_id: str, size: int, **more: str) -> str:
+    file = await service.create_upload(
+        tenant_id,
+        user_id="alice",
+        filename="notes.txt",
+        content_type="text/plain",
+        size=size,
+        metadata={},
+        **more,  # type: ignore[arg-type]
+    )
+    assert file.state is FileState.PENDING
+    return file.id
+
+
+async def test_parts_arriving_in_order_make_a_ready_file_and_leave_no_parts(
+    service: FileService, blobs: LocalBlobStore
+) -> None:
+    t = tenant()
+    data = b"hello, resumable world\n" * 100
+    file_id = await new_upload(service, t, len(data))
+    after = await service.append(t, file_id, 0, body(data[:1000]))
+    assert after.upload_offset == 1000 and after.state is FileState.PENDING
+    done = await service.append(t, file_id, 1000, body(data[1000:]))
+    assert done.state is FileState.READY
+    assert done.sha256 == hashlib.sha256(data).hexdigest() and done.size == len(data)
+    assert stored_blobs(blobs, t) == [file_id]  # the parts are gone
+    chunks = await service.read(done, variant="file", offset=0, length=None)
+    assert b"".join([c async for c in chunks]) == data
+
+
+async def test_a_request_cut_off_mid_way_keeps_what_arrived_and_resumes_there(
+    service: FileService,
+) -> None:
+    t = tenant()
+    data = bytes(range(256)) * 40
+    file_id = await new_upload(service, t, len(data))
+    after = await service.append(t, file_id, 0, cut_off(data[:3333]))
+    assert after.upload_offset == 3333
+    assert (await service.get_file(t, file_id)).upload_offset == 3333
+    with pytest.raises(OffsetMismatch) as caught:
+        await service.append(t, file_id, 0, body(data))
+    assert caught.value.expected == 3333
+    done = await service.append(t, file_id, 3333, body(data[3333:]))
+    assert done.state is FileState.READY and done.sha256 == hashlib.sha256(data).hexdigest()
+
+
+async def test_two_requests_at_the_same_offset_store_one_part(
+    service: FileService, blobs: LocalBlobStore
+) -> None:
+    t = tenant()
+    file_id = await new_upload(service, t, 10)
+    results = await asyncio.gather(
+        service.append(t, file_id, 0, body(b"abcde")),
+        service.append(t, file_id, 0, body(b"ABCDE")),
+        return_exceptions=True,
+    )
+    won = [r for r in results if not isinstance(r, BaseException)]
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert len(won) == 1 and len(lost) == 1 and isinstance(lost[0], OffsetMismatch)
+    assert won[0].upload_offset == 5
+    assert len(stored_blobs(blobs, t)) == 1  # the loser's part blob was removed
+
+
+async def test_a_part_with_a_wrong_checksum_is_not_kept(service: FileService) -> None:
+    t = tenant()
+    file_id = await new_upload(service, t, 10)
+    with pytest.raises(ChecksumMismatch):
+        await service.append(t, file_id, 0, body(b"abcde"), sha256=hashlib.sha256(b"x").digest())
+    assert (await service.get_file(t, file_id)).upload_offset == 0
+    right = hashlib.sha256(b"abcde").digest()
+    assert (await service.append(t, file_id, 0, body(b"abcde"), sha256=right)).upload_offset == 5
+
+
+async def test_more_bytes_than_declared_are_refused_and_nothing_is_kept(
+    service: FileService, blobs: LocalBlobStore
+) -> None:
+    t = tenant()
+    file_id = await new_upload(service, t, 4)
+    with pytest.raises(InvalidFile):
+        await service.append(t, file_id, 0, body(b"abc", b"de"))
+    assert (await service.get_file(t, file_id)).upload_offset == 0
+    assert stored_blobs(blobs, t) == []
+
+
+async def test_a_completed_upload_whose_hash_differs_from_the_declared_one_is_discarded(
+    service: FileService, blobs: LocalBlobStore
+) -> None:
+    t = tenant()
+    file_id = await new_upload(service, t, 5, sha256=hashlib.sha256(b"other").hexdigest())
+    with pytest.raises(ChecksumMismatch):
+        await service.append(t, file_id, 0, body(b"abcde"))
+    gone = await service.get_file(t, file_id)
+    assert gone.state is FileState.DELETED
+    assert stored_blobs(blobs, t) == []
+    assert await usage_of(service, t) == Usage(0, 0)
+
+
+async def test_an_expired_upload_takes_no_more_bytes_and_the_sweep_removes_it(
+    service: FileService, blobs: LocalBlobStore, clock: Clock
+) -> None:
+    t = tenant()
+    file_id = await new_upload(service, t, 100, ttl=timedelta(minutes=5))  # type: ignore[arg-type]
+    await service.append(t, file_id, 0, body(b"x" * 40))
+    assert len(stored_blobs(blobs, t)) == 1
+    clock.now += timedelta(minutes=6)
+    with pytest.raises(UploadExpired):
+        await service.append(t, file_id, 40, body(b"y" * 60))
+    expired, purged = await service.sweep()
+    assert expired >= 1 and purged >= 1
+    assert (await service.get_file(t, file_id)).state is FileState.DELETED
+    assert stored_blobs(blobs, t) == []
+    assert await usage_of(service, t) == Usage(0, 0)
+
+
+async def test_terminating_an_upload_removes_its_parts_and_frees_its_room(
+    service: FileService, blobs: LocalBlobStore
+) -> None:
+    t = tenant()
+    file_id = await new_upload(service, t, 1 << 20)
+    await service.append(t, file_id, 0, body(b"z" * 1000))
+    await service.terminate(t, file_id)
+    assert stored_blobs(blobs, t) == []
+    assert await usage_of(service, t) == Usage(0, 0)
+    with pytest.raises(FileNotReady):
+        await service.terminate(t, file_id)
+
+
+async def test_another_tenants_upload_is_not_found(service: FileService) -> None:
+    owner, other = tenant(), tenant()
+    file_id = await new_upload(service, owner, 10)
+    for call in (
+        service.append(other, file_id, 0, body(b"hijack")),
+        service.terminate(other, file_id),
+        service.get_file(other, file_id),
+    ):
+        with pytest.raises(FileNotFound):
+            await call
+
+
+async def test_a_stream_stops_at_the_largest_file_allowed(
+    service: FileService, blobs: LocalBlobStore
+) -> None:
+    t = tenant()
+    big = b"q" * (256 * 1024)
+    with pytest.raises(InvalidFile, match="largest file"):
+        await service.upload(t, FileInfo("big.bin"), body(*[big] * 5))  # 1.25 MiB > 1 MiB
+    assert stored_blobs(blobs, t) == []
+
+
+async def usage_of(service: FileService, tenant_id: str) -> Usage:
+    return await service._store.usage(tenant_id)
