@@ -457,6 +457,7 @@ def _start_embedded(log_dir: Path, log_level: str) -> Embedded:
         KEEL_DATA_DIR=str(data_dir),
         KEEL_GRPC_ADDR=addr,
         KEEL_WS_ADDR=f"127.0.0.1:{free_port()}",
+        KEEL_FILES_HTTP_ADDR=f"127.0.0.1:{free_port()}",
         KEEL_METRICS_ADDR="off",
         KEEL_SECRET_HASH_COST="10",
         KEEL_LOG_LEVEL=log_level,

@@ -1,29 +1,203 @@
-"""Wiring of ``keel.files.v1.FileService``.
+"""Wiring of ``keel.files.v1.FileService``: the blob store, the store, the service, the
+gRPC servicer, the HTTP endpoints (tus uploads, upload URLs, signed downloads) on
+``KEEL_FILES_HTTP_ADDR``, and the sweep that expires abandoned uploads and purges blobs.
 
-Registered so the platform's whole API is visible; its methods answer
-UNIMPLEMENTED (after authentication: reads need ``upload:read``, writes
-``upload:write``; ``upload:*`` grants both) until the files issue lands.
+Reads (GetFile, ListFiles, DownloadFile, CreateDownloadUrl) need ``upload:read``, the
+rest ``upload:write``; ``upload:*`` grants both. The service reports SERVING only while the
+database and the blob store both answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+from aiohttp import web
 from keel.files.v1 import files_pb2_grpc
 
+from file_service import urls
+from file_service.models import FileLimits, StoredFile
+from file_service.service import FileService
+from file_service.servicer import FileServicer
+from file_service.storage import BlobStore, StorageError, build_blob_store
+from file_service.store import SqlFileStore
+from file_service.web.app import build_app
+from file_service.web.backend import Variant
+from service_kit.client_tokens import ClientTokens
+from service_kit.clock import utcnow
+from service_kit.config import Address, Settings
 from service_kit.interceptor import tenant_scope
-from service_kit.server import Runtime, ServiceSpec, unimplemented_spec
+from service_kit.server import Runtime, ServiceSpec
 
-SERVICE_NAME = "keel.files.v1.FileService"
-_READS = ("GetFile", "ListFiles", "DownloadFile", "CreateDownloadUrl")
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: Final = "keel.files.v1.FileService"
+_READS: Final = ("GetFile", "ListFiles", "DownloadFile", "CreateDownloadUrl")
 
 
-def build(runtime: Runtime) -> list[ServiceSpec]:
-    """The file service for the bootstrap to serve."""
-    return [
-        unimplemented_spec(
-            SERVICE_NAME,
-            files_pb2_grpc.add_FileServiceServicer_to_server,
-            files_pb2_grpc.FileServiceServicer,
-            tenant_scope("upload:write"),
-            dict.fromkeys(_READS, tenant_scope("upload:read")),
+def limits_of(settings: Settings) -> FileLimits:
+    """The bounds ``KEEL_FILES_*`` set for every tenant."""
+    files = settings.files
+    return FileLimits(
+        max_file_bytes=files.max_file_bytes,
+        max_tenant_bytes=files.tenant_max_bytes,
+        max_tenant_files=files.tenant_max_files,
+        allowed_types=files.allowed_types,
+    )
+
+
+class SignedLinks:
+    """Signed upload and download URLs under the public base URL of the HTTP endpoints."""
+
+    def __init__(self, secrets: list[str], base_url: str) -> None:
+        self._secrets = secrets
+        self.base_url = base_url.rstrip("/")
+
+    def upload(self, file: StoredFile) -> tuple[str, Mapping[str, str]]:
+        token = urls.upload_token(self._secrets[0], file)
+        return urls.upload_url(self.base_url, file.id), {
+            "Authorization": f"Bearer {token}",
+            "Tus-Resumable": "1.0.0",
+        }
+
+    def download(self, file: StoredFile, *, variant: Variant, expires_at: datetime) -> str:
+        token = urls.download_token(
+            self._secrets[0], file.tenant_id, file.id, variant=variant, expires_at=expires_at
         )
-    ]
+        return urls.download_url(self.base_url, token, file.filename)
+
+
+class FileProcess:
+    """The file service's parts that live as long as the process serves."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._stack = AsyncExitStack()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
+        self.blobs: BlobStore | None = None
+        self.service: FileService | None = None
+        self.links: SignedLinks | None = None
+        #: The port the HTTP endpoints listen on, once started.
+        self.http_port = 0
+
+    async def start(self) -> None:
+        settings = self._runtime.settings
+        files = settings.files
+        secret = settings.token_secret
+        if not secret:
+            raise RuntimeError("the file service needs KEEL_TOKEN_SECRET to sign its URLs")
+        previous = settings.token_secret_previous
+        secrets = [secret, *([previous] if previous else [])]
+        self.blobs = await self._stack.enter_async_context(build_blob_store(files))
+        self.service = FileService(
+            SqlFileStore(self._runtime.engine),
+            self.blobs,
+            limits_of(settings),
+            clock=utcnow,
+            default_upload_ttl=timedelta(seconds=files.upload_ttl_seconds),
+            rate_limiter=self._runtime.rate_limiter,
+            uploads_per_minute=files.uploads_per_minute,
+        )
+        app = build_app(
+            self.service,
+            client_tokens=ClientTokens(secret, previous=settings.token_secret_previous),
+            url_secrets=secrets,
+            limits=limits_of(settings),
+            cors_origins=files.cors_origins,
+            public_base=files.public_url,
+        )
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, files.http_addr.host, files.http_addr.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise RuntimeError(
+                f"cannot listen on {files.http_addr} (KEEL_FILES_HTTP_ADDR): {exc}"
+            ) from exc
+        self.http_port = _bound_port(site, files.http_addr)
+        base = files.public_url or f"http://{_host(files.http_addr.host)}:{self.http_port}"
+        self.links = SignedLinks(secrets, base)
+        self._sweeper = asyncio.create_task(self._sweep(files.sweep_seconds), name="file-sweep")
+        log.info("file endpoints listening", extra={"url": base, "backend": files.backend})
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self._stack.aclose()
+
+    async def blobs_up(self) -> bool:
+        if self.blobs is None:
+            return False
+        try:
+            await self.blobs.check()
+        except StorageError as exc:
+            log.warning("the file storage does not answer", extra={"error": str(exc)})
+            return False
+        return True
+
+    async def _sweep(self, every: float) -> None:
+        assert self.service is not None
+        while True:
+            try:
+                expired, purged = await self.service.sweep()
+                if expired or purged:
+                    log.info("file sweep", extra={"expired": expired, "purged": purged})
+            except Exception:
+                log.exception("the file sweep failed; it runs again later")
+            await asyncio.sleep(every)
+
+
+@dataclass(frozen=True)
+class FileServer:
+    """The built service: its spec for the server, and its process-long parts (the HTTP
+    endpoints' port, once started)."""
+
+    spec: ServiceSpec
+    process: FileProcess
+
+
+def build(runtime: Runtime) -> FileServer:
+    """The file service for the bootstrap to serve (its HTTP endpoints start with it)."""
+    process = FileProcess(runtime)
+
+    def register(server: object) -> None:
+        assert process.service is not None and process.links is not None
+        files_pb2_grpc.add_FileServiceServicer_to_server(
+            FileServicer(process.service, process.links), server
+        )
+
+    spec = ServiceSpec(
+        name=SERVICE_NAME,
+        register=register,
+        default_policy=tenant_scope("upload:write"),
+        policies=dict.fromkeys(_READS, tenant_scope("upload:read")),
+        on_start=process.start,
+        on_stop=process.stop,
+        dependency_up=process.blobs_up,
+    )
+    return FileServer(spec, process)
+
+
+def _host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _bound_port(site: web.TCPSite, address: Address) -> int:
+    server = site._server  # aiohttp keeps the asyncio server here; the port may be 0
+    sockets = getattr(server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else address.port

@@ -187,8 +187,10 @@ async def _serve(
         )
         specs.append(notifications.spec)
         notification_handlers = dict(notifications.job_handlers)
+    files: file_server.FileServer | None = None
     if process in ("all", "file-service"):
-        specs += file_server.build(runtime)
+        files = file_server.build(runtime)
+        specs.append(files.spec)
     await authenticator.follow_changes(runtime.bus)
     server = KeelServer(runtime, specs, authenticator=authenticator)
     bridge: Bridge | None = None
@@ -208,7 +210,8 @@ async def _serve(
             bridge = await bridge_server.start_bridge(
                 settings, runtime.bus, runtime.redis, authenticator, own, notification_addr=own
             )
-            await _welcome(runtime, server, directory, bridge)
+            assert files is not None
+            await _welcome(runtime, server, directory, bridge, files.process.http_port)
         ready.set()
         await stop.wait()
         if bridge is not None:
@@ -274,6 +277,11 @@ def _check_cluster_settings(process: str, settings: Settings) -> None:
         )
     if process == "notification-service":
         problems += _notification_service_problems(settings)
+    if process == "file-service" and not settings.token_secret:
+        problems.append(
+            "KEEL_TOKEN_SECRET: required by `keel serve file-service` (the same in every"
+            " process) to check browsers' client tokens and sign upload and download URLs"
+        )
     if problems:
         raise ConfigError(problems)
 
@@ -299,7 +307,11 @@ def _notification_service_problems(settings: Settings) -> list[str]:
 
 
 async def _welcome(
-    runtime: Runtime, server: KeelServer, directory: TenantDirectory | None, bridge: Bridge
+    runtime: Runtime,
+    server: KeelServer,
+    directory: TenantDirectory | None,
+    bridge: Bridge,
+    files_port: int,
 ) -> None:
     """Print how to reach this embedded Keel; on a first start, create the demo tenant."""
     settings = runtime.settings
@@ -311,6 +323,8 @@ async def _welcome(
     ws = f"{settings.ws_addr.host}:{bridge.port}"
     lines += [
         f"  browsers  ws://{ws}/ws   (demo: http://{ws}/demo, client: http://{ws}/keel.js)",
+        f"  files     http://{settings.files.http_addr.host}:{files_port}/files/"
+        "   (tus uploads, signed downloads)",
         f"  operator  token in {settings.data_dir / 'admin-token'} (if KEEL_ADMIN_TOKEN is unset)",
     ]
     demo_file = settings.data_dir / "demo-tenant.json"

@@ -88,6 +88,7 @@ def settings_for(database_url: str, tmp_path: Path, **changes: object) -> Settin
         "DATABASE_URL": database_url,
         "KEEL_DATA_DIR": str(tmp_path / "var"),
         "KEEL_GRPC_ADDR": "127.0.0.1:0",
+        "KEEL_FILES_HTTP_ADDR": "127.0.0.1:0",
         "KEEL_METRICS_ADDR": "off",
         "KEEL_ADMIN_TOKEN": ADMIN_TOKEN,
         "KEEL_SECRET_HASH_COST": "10",
@@ -111,6 +112,7 @@ def keel_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         KEEL_GRPC_ADDR=f"127.0.0.1:{free_port()}",
         KEEL_METRICS_ADDR=f"127.0.0.1:{free_port()}",
         KEEL_WS_ADDR=f"127.0.0.1:{free_port()}",
+        KEEL_FILES_HTTP_ADDR=f"127.0.0.1:{free_port()}",
         KEEL_SECRET_HASH_COST="10",
         PYTHONUNBUFFERED="1",
     )

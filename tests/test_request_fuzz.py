@@ -92,7 +92,7 @@ async def world(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
             keel.runtime,
             [
                 notification_server.build(keel.runtime, gateway_addr=keel.address).spec,
-                *file_server.build(keel.runtime),
+                file_server.build(keel.runtime).spec,
             ],
             authenticator=keel.authenticator,
         )

@@ -248,10 +248,12 @@ def cluster_env(database_url: str, data_dir: Path, **changes: str) -> dict[str, 
 
 
 def fresh_addrs() -> dict[str, str]:
-    """``KEEL_GRPC_ADDR`` and ``KEEL_METRICS_ADDR`` on free ports of 127.0.0.1."""
+    """``KEEL_GRPC_ADDR``, ``KEEL_METRICS_ADDR`` and ``KEEL_FILES_HTTP_ADDR`` on free ports
+    of 127.0.0.1."""
     return {
         "KEEL_GRPC_ADDR": f"127.0.0.1:{free_port()}",
         "KEEL_METRICS_ADDR": f"127.0.0.1:{free_port()}",
+        "KEEL_FILES_HTTP_ADDR": f"127.0.0.1:{free_port()}",
     }
 
 

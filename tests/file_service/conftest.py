@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
+from bench.ports import free_port
 from file_service.storage import BlobStore, LocalBlobStore, S3BlobStore, build_blob_store
 from file_service.storage.local import TEMP_PREFIX
 from service_kit.config import FileSettings
-from tests.conftest import free_port
 
 MOTO_START_TIMEOUT = 30.0
 _AWS_ENV = {

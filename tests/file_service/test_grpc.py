@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -90,25 +91,26 @@ async def _create_bucket(endpoint: str, bucket: str) -> None:
 
 
 def _requests(
-    data: bytes, *, chunk: int = 256 * 1024, **metadata: object
+    data: bytes, *, chunk: int = 256 * 1024, **metadata: Any
 ) -> Iterator[pb.UploadFileRequest]:
     meta = {"filename": "notes.txt", "content_type": "text/plain", **metadata}
-    yield pb.UploadFileRequest(metadata=pb.UploadFileMetadata(**meta))  # type: ignore[arg-type]
+    yield pb.UploadFileRequest(metadata=pb.UploadFileMetadata(**meta))
     for start in range(0, len(data), chunk):
         yield pb.UploadFileRequest(chunk=data[start : start + chunk])
 
 
-async def _upload(files: Files, tenant: Tenant, data: bytes, **metadata: object) -> pb.File:
+async def _upload(files: Files, tenant: Tenant, data: bytes, **metadata: Any) -> pb.File:
     answer = await files.stub.UploadFile(_requests(data, **metadata), metadata=tenant.md)
-    return answer.file
+    file: pb.File = answer.file
+    return file
 
 
 async def _download(
-    files: Files, tenant: Tenant, file_id: str, **fields: object
+    files: Files, tenant: Tenant, file_id: str, **fields: Any
 ) -> tuple[pb.File, bytes]:
     stream = files.stub.DownloadFile(
         pb.DownloadFileRequest(id=file_id, **fields), metadata=tenant.md
-    )  # type: ignore[arg-type]
+    )
     messages = [m async for m in stream]
     assert messages[0].WhichOneof("payload") == "file"
     assert all(m.WhichOneof("payload") == "chunk" for m in messages[1:])
@@ -228,7 +230,7 @@ async def test_the_type_is_sniffed_from_the_bytes_and_a_disguised_file_is_refuse
     ],
 )
 async def test_an_upload_that_breaks_a_rule_is_refused_and_leaves_nothing(
-    files: Files, change: dict[str, object], field: str | None
+    files: Files, change: dict[str, Any], field: str | None
 ) -> None:
     tenant = await files.tenant()
     data = b"plain text\n" * 5000
