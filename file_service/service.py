@@ -32,6 +32,8 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Final
 
+from prometheus_client import Counter, Gauge
+
 from file_service import images, sniff
 from file_service.errors import (
     ChecksumMismatch,
@@ -61,11 +63,22 @@ from file_service.storage import (
 from file_service.store import After, FileStore
 from file_service.web.backend import Variant
 from service_kit.clock import Clock, utcnow
-from service_kit.errors import OutOfRange, ResourceExhausted, Unavailable
+from service_kit.errors import KeelError, OutOfRange, ResourceExhausted, Unavailable
 from service_kit.ratelimit import RateLimiter
 from service_kit.validation import Violations, new_id
 
 log = logging.getLogger(__name__)
+
+BYTES_RECEIVED = Counter(
+    "keel_file_bytes_received_total", "File bytes received from uploaders (streams and parts)."
+)
+BYTES_SENT = Counter("keel_file_bytes_sent_total", "File bytes sent to downloaders.")
+UPLOADS_IN_PROGRESS = Gauge(
+    "keel_file_uploads_in_progress", "Upload streams and parts being received now."
+)
+FILES_REFUSED = Counter(
+    "keel_files_refused_total", "Uploads refused after their bytes arrived, by reason.", ["reason"]
+)
 
 DEFAULT_UPLOAD_TTL: Final = timedelta(hours=24)
 MAX_UPLOAD_TTL: Final = timedelta(days=7)
@@ -108,6 +121,7 @@ class _Counted:
                 raise InvalidFile(f"{self._what}: more than {self._limit} bytes")
             if len(self.head) < sniff.HEAD_BYTES:
                 self.head += chunk[: sniff.HEAD_BYTES - len(self.head)]
+            BYTES_RECEIVED.inc(len(chunk))
             yield chunk
 
 
@@ -195,11 +209,13 @@ class FileService:
             counted = _Counted(chunks, limit, f"the largest file allowed is {limit} bytes")
         try:
             try:
-                written = await self._blobs.write(BlobKey(file.blob_key), counted)
+                with UPLOADS_IN_PROGRESS.track_inprogress():
+                    written = await self._blobs.write(BlobKey(file.blob_key), counted)
             except StorageError as exc:
                 raise _storage_failed(exc) from exc
             return await self._finish(file, written, counted.head, info.sha256)
-        except BaseException:
+        except BaseException as exc:
+            _count_refusal(exc)
             await self._discard(file)
             raise
 
@@ -362,7 +378,8 @@ class FileService:
         key = BlobKey(f"{file.blob_key}-parts/{offset:016d}-{secrets.token_hex(4)}")
         counted = _Counted(chunks, file.size - offset, f"file {file.id} is {file.size} bytes")
         try:
-            written = await self._blobs.write(key, counted)
+            with UPLOADS_IN_PROGRESS.track_inprogress():
+                written = await self._blobs.write(key, counted)
         except StorageError as exc:
             raise _storage_failed(exc) from exc
         if sha256 is not None and bytes.fromhex(written.sha256) != sha256:
@@ -400,7 +417,8 @@ class FileService:
             ready = await self._finish(file, written, head, declared)
         except Unavailable:
             raise  # the parts stay; the next request (or HEAD + PATCH of 0 bytes) retries
-        except BaseException:
+        except BaseException as exc:
+            _count_refusal(exc)
             await self._discard(file)
             raise
         for part in parts:
@@ -498,14 +516,21 @@ class FileService:
             log.warning("could not remove a blob; the sweep will not see it", extra={"key": key})
 
 
+def _count_refusal(exc: BaseException) -> None:
+    if isinstance(exc, KeelError) and not isinstance(exc, Unavailable):
+        FILES_REFUSED.labels(type(exc).__name__).inc()
+
+
 def _allowed(limits: FileLimits) -> str:
     return "allowed: " + ", ".join(limits.allowed_types)
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     if first:
+        BYTES_SENT.inc(len(first))
         yield first
     async for chunk in rest:
+        BYTES_SENT.inc(len(chunk))
         yield chunk
 
 

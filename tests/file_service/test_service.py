@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from file_service.errors import (
@@ -221,3 +222,16 @@ async def test_a_stream_stops_at_the_largest_file_allowed(
 
 async def usage_of(service: FileService, tenant_id: str) -> Usage:
     return await service._store.usage(tenant_id)
+
+
+async def test_bytes_in_and_out_are_counted_for_metrics(service: FileService) -> None:
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    received, sent = sample("keel_file_bytes_received_total"), sample("keel_file_bytes_sent_total")
+    stored = await service.upload(tenant(), FileInfo("m.txt"), body(b"a" * 1000, b"b" * 500))
+    assert sample("keel_file_bytes_received_total") - received == 1500
+    chunks = await service.read(stored, variant="file", offset=100, length=200)
+    assert len(b"".join([c async for c in chunks])) == 200
+    assert sample("keel_file_bytes_sent_total") - sent == 200
+    assert sample("keel_file_uploads_in_progress") == 0
