@@ -37,7 +37,11 @@
  *   stableAfter: 10000,     // ms a connection must last to reset the backoff
  *   typingInterval: 2000,   // typing() sends at most once per this many ms per channel
  *   presence: true,         // fetch the online users after each subscribe
+ *   uploadRetryDelays: [0, 1000, 3000, 5000],  // ms before each retry of a broken upload
  *   WebSocket,              // a WebSocket implementation (default: the browser's)
+ *   fetch,                  // a fetch implementation for uploads (default: the global one)
+ *   filesUrl,               // the file service's base URL, if the bridge names none (the
+ *                           //   welcome frame's files_url wins otherwise)
  * });
  *
  * client.connect()                      → Promise, resolved once the bridge welcomes us
@@ -50,12 +54,19 @@
  *                                       whole history); without it, only new events.
  * client.unsubscribe(channelId)         → Promise
  * client.lastSeq(channelId)             the last message seq delivered for the channel
- * client.send(channelId, content, {messageType, replyTo, clientMsgId})
+ * client.send(channelId, content, {messageType, replyTo, clientMsgId, attachmentIds})
  *                                       → Promise of {message_id, channel_id, seq}; the
  *                                       promise has .clientMsgId. Made while offline, it is
  *                                       queued; cut off before its ack, it is resent after
  *                                       the reconnect with the same clientMsgId (the server
- *                                       stores it once).
+ *                                       stores it once). attachmentIds: file ids from
+ *                                       upload(); content may then be "". A message's
+ *                                       data.message.attachments lists its files:
+ *                                       [{file_id, filename, content_type, size_bytes, url,
+ *                                       thumbnail_url, thumbnail_width, thumbnail_height,
+ *                                       url_expire_time}] — url and thumbnail_url are
+ *                                       signed, expiring GET URLs (usable as <img src>);
+ *                                       thumbnail_url is "" (or absent) for non-images.
  * client.edit(channelId, messageId, content)      → Promise of {message_id}
  * client.remove(channelId, messageId)             → Promise of {message_id}   (delete)
  * client.react(channelId, messageId, emoji="👍")   → Promise of {message_id, reactions}
@@ -65,6 +76,33 @@
  * client.presence(channelId)            → Promise of [userId...]
  * client.pending()                      sends not yet acknowledged: [{clientMsgId,
  *                                       channelId, content}]
+ *
+ * Uploads (tus 1.0 to the file service the welcome frame names; docs/files.md):
+ * client.upload(file, {onProgress, chunkSize, signal, resumeUrl, filename, contentType})
+ *                                       → Promise of {fileId, uploadUrl, size, filename,
+ *                                       contentType}: file is a Blob or File. Waits for the
+ *                                       connection's welcome (for files_url), creates the
+ *                                       upload with the connection's client token, then
+ *                                       PATCHes chunkSize bytes (default 1 MiB) at a time;
+ *                                       onProgress(sent, total) after each acknowledged
+ *                                       chunk (and (0, total) first). A network error, a
+ *                                       5xx, 429 or 409 is retried after
+ *                                       uploadRetryDelays from the offset the server
+ *                                       reports (HEAD); the delays start over after each
+ *                                       chunk that gets through. signal (an AbortSignal)
+ *                                       stops it: the promise rejects with code "aborted".
+ *                                       Every rejection carries .uploadUrl once the upload
+ *                                       exists: pass it back as resumeUrl (same file) and
+ *                                       upload() goes on from the server's offset instead
+ *                                       of starting over (an expired or unknown one starts
+ *                                       over). Codes: "aborted", "unavailable" (retries
+ *                                       spent), "bad_token" (401), "permission_denied",
+ *                                       "not_found", "upload_expired" (410), "too_large"
+ *                                       (413: file or quota), "invalid_argument" (400/415:
+ *                                       e.g. a type the tenant does not allow),
+ *                                       "checksum_mismatch", "rate_limited"; .status is the
+ *                                       HTTP status. Then send(channelId, text,
+ *                                       {attachmentIds: [result.fileId]}).
  *
  * Notifications (the tenant needs the scope send:basic; docs/protocol.md):
  * client.inbox.list({unreadOnly, pageSize, pageToken})
@@ -195,7 +233,11 @@
         stableAfter: o.stableAfter || 10000,
         typingInterval: o.typingInterval === undefined ? 2000 : o.typingInterval,
         presence: o.presence !== false,
+        uploadRetryDelays: o.uploadRetryDelays || [0, 1000, 3000, 5000],
       };
+      this._fetch = o.fetch || (typeof fetch === "function" ? fetch.bind(globalThis) : null);
+      this._filesUrl = o.filesUrl || null;
+      this.filesUrl = this._filesUrl; // the welcome's files_url, once known
       this._WS = o.WebSocket || (typeof WebSocket !== "undefined" ? WebSocket : null);
       if (!this._WS) throw new KeelError("invalid_argument", "no WebSocket implementation");
 
@@ -401,6 +443,7 @@
       this._open = true;
       this.userId = frame.user_id;
       this.connectionId = frame.connection_id;
+      this.filesUrl = frame.files_url || this._filesUrl;
       this._timers.stable = setTimeout(() => {
         this._attempt = 0;
       }, this._opt.stableAfter);
@@ -769,6 +812,7 @@
       const frame = { type: "send", channel_id: channelId, content: String(content), client_msg_id: clientMsgId };
       if (o.messageType) frame.message_type = o.messageType;
       if (o.replyTo) frame.reply_to = o.replyTo;
+      if (o.attachmentIds && o.attachmentIds.length) frame.attachment_ids = o.attachmentIds.map(String);
       const { promise } = this._request(frame, "send", {
         timeout: o.timeout,
         meta: { clientMsgId, channelId, content: frame.content },
@@ -829,6 +873,267 @@
       this._typingAt.set(channelId, now);
       return this._write({ type: "typing", channel_id: channelId });
     }
+
+    // -- uploads ------------------------------------------------------------------------
+
+    /** A Blob or File to the file service over tus 1.0 (see the header). */
+    async upload(file, options) {
+      const o = options || {};
+      if (!file || typeof file.slice !== "function" || typeof file.size !== "number") {
+        throw new KeelError("invalid_argument", "upload() needs a Blob or File");
+      }
+      if (!this._fetch) throw new KeelError("invalid_argument", "no fetch implementation for uploads");
+      if (!this._open) {
+        // files_url and a token the bridge accepted come with the welcome.
+        if (!this._wanted) throw new KeelError("closed", "call connect() before upload()");
+        await new Promise((resolve, reject) => this._connectWaiters.push({ resolve, reject }));
+      }
+      if (!this.filesUrl) {
+        throw new KeelError("not_configured", "the bridge names no file service (files_url)");
+      }
+      const refresh = this._getToken
+        ? async () => {
+            this._token = await this._getToken();
+            return this._token;
+          }
+        : null;
+      return new TusUpload(file, o, {
+        endpoint: this.filesUrl.replace(/\/+$/, "") + "/files/tus",
+        fetch: this._fetch,
+        token: () => this._token,
+        refreshToken: refresh,
+        retryDelays: this._opt.uploadRetryDelays,
+      }).run();
+    }
+  }
+
+  // -- uploads (tus 1.0) -------------------------------------------------------------------
+
+  const TUS_VERSION = "1.0.0";
+  const DEFAULT_CHUNK_SIZE = 1024 * 1024;
+
+  /** KeelError codes of the HTTP statuses a tus server answers with. */
+  const UPLOAD_ERROR_CODES = {
+    400: "invalid_argument",
+    401: "bad_token",
+    403: "permission_denied",
+    404: "not_found",
+    409: "failed_precondition",
+    410: "upload_expired",
+    412: "failed_precondition",
+    413: "too_large",
+    415: "invalid_argument",
+    429: "rate_limited",
+    460: "checksum_mismatch",
+  };
+
+  /** Worth another try from the server's offset: the server or the way to it failed, or
+   * the offset moved under us (409). */
+  function retryableStatus(status) {
+    return status === 0 || status === 409 || status === 423 || status === 429 || status >= 500;
+  }
+
+  function utf8Base64(text) {
+    const bytes = new TextEncoder().encode(text);
+    let binary = "";
+    for (let i = 0; i < bytes.length; i++) binary += String.fromCharCode(bytes[i]);
+    return btoa(binary);
+  }
+
+  function abortError() {
+    return new KeelError("aborted", "the upload was aborted");
+  }
+
+  /** Resolve after ms, or reject with "aborted" as soon as signal fires. */
+  function sleep(ms, signal) {
+    return new Promise((resolve, reject) => {
+      if (signal && signal.aborted) return reject(abortError());
+      const onAbort = () => {
+        clearTimeout(timer);
+        reject(abortError());
+      };
+      const timer = setTimeout(() => {
+        if (signal) signal.removeEventListener("abort", onAbort);
+        resolve();
+      }, ms);
+      if (signal) signal.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+
+  /** One client.upload(): creation (or a resumed URL), then PATCHes from the server's
+   * offset until every byte is acknowledged. */
+  class TusUpload {
+    constructor(file, options, context) {
+      this.file = file;
+      this.size = file.size;
+      this.filename = options.filename || file.name || "file";
+      this.contentType = options.contentType || file.type || "application/octet-stream";
+      this.chunkSize = Math.max(1, options.chunkSize || DEFAULT_CHUNK_SIZE);
+      this.signal = options.signal || null;
+      this.resumeUrl = options.resumeUrl || null;
+      this.onProgress = options.onProgress || noop;
+      this.ctx = context;
+      this.url = null;
+    }
+
+    async run() {
+      try {
+        let offset = this.resumeUrl ? await this._resumeOffset(this.resumeUrl) : null;
+        if (offset === null) {
+          this.url = await this._create();
+          offset = 0;
+        }
+        this._progress(offset);
+        while (offset < this.size) {
+          offset = await this._sendChunk(offset);
+          this._progress(offset);
+        }
+      } catch (err) {
+        const e = err instanceof KeelError ? err : new KeelError("internal", String((err && err.message) || err));
+        if (this.url) e.uploadUrl = this.url;
+        throw e;
+      }
+      const segments = new URL(this.url).pathname.split("/").filter(Boolean);
+      return {
+        fileId: decodeURIComponent(segments[segments.length - 1]),
+        uploadUrl: this.url,
+        size: this.size,
+        filename: this.filename,
+        contentType: this.contentType,
+      };
+    }
+
+    /** The server's offset of an earlier upload of this file, or null to start over (it
+     * is gone, expired, someone else's, or of another size). */
+    async _resumeOffset(url) {
+      let offset;
+      try {
+        offset = await this._retrying(() => this._head(url));
+      } catch (err) {
+        if (err.status === 403 || err.status === 404 || err.status === 410) return null;
+        throw err;
+      }
+      if (offset === null) return null;
+      this.url = url;
+      return offset;
+    }
+
+    async _create() {
+      const metadata =
+        "filename " + utf8Base64(this.filename) + ",filetype " + utf8Base64(this.contentType);
+      const response = await this._retrying(() =>
+        this._call("POST", this.ctx.endpoint, { "Upload-Length": String(this.size), "Upload-Metadata": metadata })
+      );
+      if (response.status !== 201) throw await uploadError(response);
+      const location = response.headers.get("Location");
+      if (!location) throw new KeelError("internal", "the file service sent no Location");
+      return new URL(location, this.ctx.endpoint).href;
+    }
+
+    /** Upload-Offset of url; null if it belongs to a file of another size. */
+    async _head(url) {
+      const response = await this._call("HEAD", url, {});
+      if (response.status !== 200 && response.status !== 204) throw await uploadError(response);
+      const length = response.headers.get("Upload-Length");
+      if (length !== null && Number(length) !== this.size) return null;
+      const offset = Number(response.headers.get("Upload-Offset"));
+      if (!Number.isSafeInteger(offset) || offset < 0) {
+        throw new KeelError("internal", "the file service sent no Upload-Offset");
+      }
+      return offset;
+    }
+
+    /** PATCH the chunk at offset; on a retryable failure, ask the server where it stands
+     * (HEAD) and go on from there. Resolves with the new offset. */
+    async _sendChunk(offset) {
+      let known = offset;
+      return this._retrying(async () => {
+        if (known === null) known = await this._head(this.url);
+        if (known === null) throw new KeelError("failed_precondition", "the upload changed size");
+        const start = known;
+        known = null; // if this attempt fails, the next one asks the server first
+        if (start >= this.size) return start;
+        const end = Math.min(start + this.chunkSize, this.size);
+        const response = await this._call(
+          "PATCH",
+          this.url,
+          { "Upload-Offset": String(start), "Content-Type": "application/offset+octet-stream" },
+          this.file.slice(start, end)
+        );
+        if (response.status !== 204 && response.status !== 200) throw await uploadError(response);
+        const next = Number(response.headers.get("Upload-Offset"));
+        if (!Number.isSafeInteger(next) || next <= start || next > this.size) {
+          const err = new KeelError("unavailable", "the file service did not take the chunk");
+          err.status = 0;
+          throw err;
+        }
+        return next;
+      });
+    }
+
+    /** attempt() again after each retry delay while it fails with a retryable error. */
+    async _retrying(attempt) {
+      const delays = this.ctx.retryDelays;
+      for (let tries = 0; ; tries++) {
+        try {
+          return await attempt();
+        } catch (err) {
+          if (!(err instanceof KeelError) || !retryableStatus(err.status) || tries >= delays.length) {
+            throw err;
+          }
+          await sleep(delays[tries], this.signal);
+        }
+      }
+    }
+
+    /** One tus request with the client token; a 401 fetches a fresh token (with getToken)
+     * and tries once more. A network failure is a KeelError "unavailable" with status 0. */
+    async _call(method, url, headers, body) {
+      let response = await this._fetchOnce(method, url, headers, body, this.ctx.token());
+      if (response.status === 401 && this.ctx.refreshToken) {
+        const token = await this.ctx.refreshToken();
+        response = await this._fetchOnce(method, url, headers, body, token);
+      }
+      return response;
+    }
+
+    async _fetchOnce(method, url, headers, body, token) {
+      if (this.signal && this.signal.aborted) throw abortError();
+      const all = Object.assign({ "Tus-Resumable": TUS_VERSION, Authorization: "Bearer " + token }, headers);
+      const init = { method, headers: all, cache: "no-store" };
+      if (body !== undefined) init.body = body;
+      if (this.signal) init.signal = this.signal;
+      try {
+        return await this.ctx.fetch(url, init);
+      } catch (e) {
+        if (this.signal && this.signal.aborted) throw abortError();
+        const err = new KeelError("unavailable", "cannot reach the file service: " + ((e && e.message) || e));
+        err.status = 0;
+        throw err;
+      }
+    }
+
+    _progress(sent) {
+      try {
+        this.onProgress(sent, this.size);
+      } catch (e) {
+        if (typeof console !== "undefined") console.error("keel.js: onProgress threw", e);
+      }
+    }
+  }
+
+  async function uploadError(response) {
+    let text = "";
+    try {
+      text = (await response.text()).slice(0, 500);
+    } catch (e) {
+      /* no body */
+    }
+    const status = response.status;
+    const code = UPLOAD_ERROR_CODES[status] || (status >= 500 ? "unavailable" : "internal");
+    const err = new KeelError(code, text || "the file service answered " + status);
+    err.status = status;
+    return err;
   }
 
   // -- notifications ---------------------------------------------------------------------
@@ -970,5 +1275,5 @@
     }
   }
 
-  return { Client, KeelError, Close, PROTOCOL, version: "1.1.0" };
+  return { Client, KeelError, Close, PROTOCOL, version: "1.2.0" };
 });
