@@ -1,0 +1,200 @@
+"""Two ``keel serve file-service`` processes on one PostgreSQL and one S3 bucket (moto's
+server), as a cluster runs them behind a load balancer with no stickiness: a tus upload
+whose PATCHes alternate between them, a stream stored by one and read by the other, URLs
+signed by one and served by the other, and a process killed with ``kill -9`` mid-upload
+whose upload goes on at the other from the last acknowledged offset.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import boto3
+import grpc
+import pytest
+from keel.files.v1 import files_pb2 as pb
+from keel.files.v1 import files_pb2_grpc
+from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
+
+from service_kit.client_tokens import ClientTokens
+from tests.conftest import ADMIN_TOKEN, unique
+from tests.e2e.conftest import CLUSTER_TOKEN_SECRET, KeelProcess, PgCluster, bearer, client_metadata
+from tests.file_service.conftest import moto_endpoint  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.e2e
+
+MiB = 1 << 20
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": ""}
+
+
+@dataclass
+class FileCluster:
+    cluster: PgCluster
+    a: KeelProcess
+    b: KeelProcess
+    md: tuple[tuple[str, str], ...]
+    tenant_id: str
+
+    @contextmanager
+    def stub(self, process: KeelProcess) -> Iterator[files_pb2_grpc.FileServiceStub]:
+        with grpc.insecure_channel(process.addr) as channel:
+            yield files_pb2_grpc.FileServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def files(pg_cluster, moto_endpoint: str) -> FileCluster:  # type: ignore[no-untyped-def]  # noqa: F811
+    bucket = f"keel-{uuid.uuid4().hex}"
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_endpoint, **_boto(AWS))
+    s3.create_bucket(Bucket=bucket)
+    cluster: PgCluster = pg_cluster(
+        "files", KEEL_S3_ENDPOINT_URL=moto_endpoint, KEEL_S3_BUCKET=bucket, **AWS
+    )
+    a, b = cluster.start("file-service"), cluster.start("file-service")
+    with grpc.insecure_channel(cluster.tenant_service.addr) as channel:
+        created = tenants_pb2_grpc.TenantServiceStub(channel).CreateTenant(
+            tenants_pb2.CreateTenantRequest(
+                tenant=tenants_pb2.Tenant(name=unique("files"), permissions=["upload:*"])
+            ),
+            metadata=bearer(ADMIN_TOKEN),
+            timeout=30,
+        )
+    md = tuple(client_metadata(created.tenant.client_id, created.client_secret))
+    return FileCluster(cluster, a, b, md, created.tenant.id)
+
+
+def _boto(env: dict[str, str]) -> dict[str, str]:
+    return {
+        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+    }
+
+
+def _request(
+    process: KeelProcess, method: str, path: str, body: bytes = b"", **headers: str
+) -> tuple[http.client.HTTPResponse, bytes]:
+    """One request to ``process``'s HTTP endpoints (``Upload_Offset=`` is ``Upload-Offset:``);
+    the answer and its body, the connection closed."""
+    host, port = process.env["KEEL_FILES_HTTP_ADDR"].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.request(
+            method, path, body=body, headers={k.replace("_", "-"): v for k, v in headers.items()}
+        )
+        response = conn.getresponse()
+        return response, response.read()
+    finally:
+        conn.close()
+
+
+def _get_file(files: FileCluster, process: KeelProcess, file_id: str) -> pb.File:
+    with files.stub(process) as stub:
+        found: pb.File = stub.GetFile(pb.GetFileRequest(id=file_id), metadata=files.md).file
+    return found
+
+
+def test_a_tus_upload_goes_on_at_whichever_process_gets_each_patch(files: FileCluster) -> None:
+    data = os.urandom(3 * MiB + 123)
+    token, _ = ClientTokens(CLUSTER_TOKEN_SECRET).issue(files.tenant_id, "dora", 600)
+    auth = {"Authorization": f"Bearer {token}", "Tus_Resumable": "1.0.0"}
+    meta = f"filename {base64.b64encode(b'noise.bin').decode()}"
+    created, _ = _request(
+        files.a,
+        "POST",
+        "/files/tus",
+        Upload_Length=str(len(data)),
+        Upload_Metadata=meta,
+        **auth,
+    )
+    assert created.status == 201, created.reason
+    path = urlsplit(created.headers["Location"]).path
+    offset = 0
+    for process, size in ((files.a, MiB), (files.b, MiB), (files.a, len(data) - 2 * MiB)):
+        answer, _ = _request(
+            process,
+            "PATCH",
+            path,
+            data[offset : offset + size],
+            Content_Type="application/offset+octet-stream",
+            Upload_Offset=str(offset),
+            **auth,
+        )
+        assert answer.status == 204, answer.reason
+        offset = int(answer.headers["Upload-Offset"])
+        head, _ = _request(files.b if process is files.a else files.a, "HEAD", path, **auth)
+        assert int(head.headers["Upload-Offset"]) == offset  # the other process agrees
+    stored = _get_file(files, files.b, path.rsplit("/", 1)[1])
+    assert stored.state == pb.FILE_STATE_READY
+    assert stored.sha256 == hashlib.sha256(data).hexdigest() and stored.user_id == "dora"
+
+
+def test_a_file_stored_by_one_process_is_served_by_the_other(files: FileCluster) -> None:
+    data = os.urandom(12 * MiB)  # more than one S3 part
+    requests = [pb.UploadFileRequest(metadata=pb.UploadFileMetadata(filename="big.bin"))]
+    requests += [pb.UploadFileRequest(chunk=data[i : i + MiB]) for i in range(0, len(data), MiB)]
+    with files.stub(files.a) as stub:
+        stored = stub.UploadFile(iter(requests), metadata=files.md, timeout=60).file
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    with files.stub(files.b) as stub:
+        got = b"".join(
+            m.chunk
+            for m in stub.DownloadFile(pb.DownloadFileRequest(id=stored.id), metadata=files.md)
+            if m.WhichOneof("payload") == "chunk"
+        )
+        url = stub.CreateDownloadUrl(
+            pb.CreateDownloadUrlRequest(id=stored.id), metadata=files.md
+        ).url
+    assert got == data
+    # Signed by B, served by A (the same secret everywhere; any process serves any URL).
+    ranged, body = _request(files.a, "GET", urlsplit(url).path, Range="bytes=100-199")
+    assert ranged.status == 206 and body == data[100:200]
+
+
+def test_an_upload_survives_the_kill_of_the_process_that_received_it(files: FileCluster) -> None:
+    data = os.urandom(2 * MiB)
+    token, _ = ClientTokens(CLUSTER_TOKEN_SECRET).issue(files.tenant_id, "erin", 600)
+    auth = {"Authorization": f"Bearer {token}", "Tus_Resumable": "1.0.0"}
+    victim = files.cluster.start("file-service")
+    created, _ = _request(
+        victim,
+        "POST",
+        "/files/tus",
+        Upload_Length=str(len(data)),
+        Upload_Metadata=f"filename {base64.b64encode(b'survivor.bin').decode()}",
+        **auth,
+    )
+    path = urlsplit(created.headers["Location"]).path
+    first, _ = _request(
+        victim,
+        "PATCH",
+        path,
+        data[:MiB],
+        Content_Type="application/offset+octet-stream",
+        Upload_Offset="0",
+        **auth,
+    )
+    assert first.status == 204
+    victim.process.send_signal(signal.SIGKILL)
+    victim.process.wait(timeout=30)
+    head, _ = _request(files.b, "HEAD", path, **auth)
+    assert int(head.headers["Upload-Offset"]) == MiB
+    rest, _ = _request(
+        files.b,
+        "PATCH",
+        path,
+        data[MiB:],
+        Content_Type="application/offset+octet-stream",
+        Upload_Offset=str(MiB),
+        **auth,
+    )
+    assert rest.status == 204
+    stored = _get_file(files, files.a, path.rsplit("/", 1)[1])
+    assert stored.state == pb.FILE_STATE_READY and stored.sha256 == hashlib.sha256(data).hexdigest()
