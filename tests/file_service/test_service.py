@@ -26,6 +26,8 @@ from file_service.models import FileLimits, FileState, Usage
 from file_service.service import FileInfo, FileService
 from file_service.storage import LocalBlobStore
 from file_service.store import SqlFileStore
+from service_kit.errors import ResourceExhausted
+from service_kit.ratelimit import InMemoryRateLimiter
 
 
 class Clock:
@@ -235,3 +237,23 @@ async def test_bytes_in_and_out_are_counted_for_metrics(service: FileService) ->
     assert len(b"".join([c async for c in chunks])) == 200
     assert sample("keel_file_bytes_sent_total") - sent == 200
     assert sample("keel_file_uploads_in_progress") == 0
+
+
+async def test_a_tenant_starting_uploads_too_fast_is_told_when_to_retry(
+    engine: AsyncEngine, blobs: LocalBlobStore, clock: Clock
+) -> None:
+    limited = FileService(
+        SqlFileStore(engine),
+        blobs,
+        FileLimits(),
+        clock=clock,
+        rate_limiter=InMemoryRateLimiter(clock=lambda: 1000.0),  # time stands still
+        uploads_per_minute=12,  # a burst of 2, then one every 5 s
+    )
+    busy, calm = tenant(), tenant()
+    for _ in range(2):
+        await limited.upload(busy, FileInfo("a.txt"), body(b"x"))
+    with pytest.raises(ResourceExhausted) as caught:
+        await limited.upload(busy, FileInfo("a.txt"), body(b"x"))
+    assert caught.value.retry_after == pytest.approx(5.0)
+    await limited.upload(calm, FileInfo("a.txt"), body(b"x"))  # another tenant's own bucket
