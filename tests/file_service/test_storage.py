@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from file_service.storage import (
@@ -229,3 +230,22 @@ async def test_a_missing_bucket_fails_the_check(s3_store: S3BlobStore) -> None:
     missing = S3BlobStore(s3_store._client, f"keel-missing-{uuid.uuid4().hex[:8]}")
     with pytest.raises(StorageUnavailable, match="cannot reach bucket"):
         await missing.check()
+
+
+async def test_a_presigned_url_serves_the_blob_with_the_headers_asked_for(
+    s3_store: S3BlobStore,
+) -> None:
+    key = BlobKey(f"t/{uuid.uuid4().hex}")
+    await s3_store.write(key, chunks_of(b"0123456789" * 100, 300))
+    url = await s3_store.presigned_get(
+        key,
+        expires_in=60,
+        content_type="text/plain",
+        content_disposition='attachment; filename="digits.txt"',
+    )
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers={"Range": "bytes=10-19"}) as answer:
+            assert answer.status == 206
+            assert await answer.read() == b"0123456789"
+            assert answer.headers["Content-Type"] == "text/plain"
+            assert answer.headers["Content-Disposition"] == 'attachment; filename="digits.txt"'
