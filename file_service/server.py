@@ -33,7 +33,10 @@ from service_kit.client_tokens import ClientTokens
 from service_kit.clock import utcnow
 from service_kit.config import Address, Settings
 from service_kit.interceptor import tenant_scope
+from service_kit.jobs import Job, JobHandler
+from service_kit.purge import TENANT_BLOB_PURGE_JOB
 from service_kit.server import Runtime, ServiceSpec
+from service_kit.validation import is_uuid
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +165,13 @@ class FileProcess:
 
 @dataclass(frozen=True)
 class FileServer:
-    """The built service: its spec for the server, and its process-long parts (the HTTP
-    endpoints' port, once started)."""
+    """The built service: its spec for the server, its process-long parts (the HTTP
+    endpoints' port, once started), and the handlers of the jobs its process runs (the
+    removal of a deleted tenant's blobs)."""
 
     spec: ServiceSpec
     process: FileProcess
+    job_handlers: Mapping[str, JobHandler]
 
 
 def build(runtime: Runtime) -> FileServer:
@@ -188,7 +193,15 @@ def build(runtime: Runtime) -> FileServer:
         on_stop=process.stop,
         dependency_up=process.blobs_up,
     )
-    return FileServer(spec, process)
+
+    async def purge_blobs(job: Job) -> None:
+        tenant_id = job.payload.get("tenant_id")
+        if not isinstance(tenant_id, str) or not is_uuid(tenant_id):
+            raise ValueError(f"a {TENANT_BLOB_PURGE_JOB} job needs a tenant_id in its payload")
+        assert process.service is not None  # jobs run once the process has started
+        await process.service.purge_tenant(tenant_id)
+
+    return FileServer(spec, process, {TENANT_BLOB_PURGE_JOB: purge_blobs})
 
 
 def _host(host: str) -> str:

@@ -279,6 +279,18 @@ class FileService:
         await self._purge(purged)
         return len(expired), len(purged)
 
+    async def purge_tenant(self, tenant_id: str) -> int:
+        """Remove every blob of a deleted tenant (its rows go with the tenant purge); return
+        how many there were. Safe to repeat."""
+        try:
+            removed = await self._blobs.delete_tree(BlobKey(tenant_id))
+        except StorageError as exc:
+            raise _storage_failed(exc) from exc
+        log.info(
+            "a deleted tenant's files are removed", extra={"tenant_id": tenant_id, "blobs": removed}
+        )
+        return removed
+
     # -- the steps ----------------------------------------------------------------------
 
     async def _create(

@@ -191,6 +191,7 @@ async def _serve(
     if process in ("all", "file-service"):
         files = file_server.build(runtime)
         specs.append(files.spec)
+        job_handlers |= files.job_handlers
     await authenticator.follow_changes(runtime.bus)
     server = KeelServer(runtime, specs, authenticator=authenticator)
     bridge: Bridge | None = None

@@ -4,7 +4,10 @@
 calls :func:`start_tenant_purge`, which records the deletion (a ``tenant_deletions``
 row, state ``deleting``) and enqueues one ``tenant.purge`` job (:mod:`service_kit.jobs`).
 The job's handler, :func:`tenant_purge_handler`, then removes the tenant's data. It lives
-in the kit because only the kit knows every table (:mod:`service_kit.schema`).
+in the kit because only the kit knows every table (:mod:`service_kit.schema`). With it
+goes one ``tenant.purge_blobs`` job, for the bytes kept outside the database: the file
+service's process handles it (``file_service/server.py``), removing every blob under the
+tenant's prefix.
 
 Invariants:
 
@@ -40,6 +43,10 @@ log = logging.getLogger(__name__)
 
 #: The job kind of a tenant's purge; its payload is ``{"tenant_id": ...}``.
 TENANT_PURGE_JOB: Final = "tenant.purge"
+#: The job kind that removes what a deleted tenant keeps outside the database (the file
+#: service's blobs); same payload. Enqueued with the purge; the process that keeps such
+#: data handles it.
+TENANT_BLOB_PURGE_JOB: Final = "tenant.purge_blobs"
 #: States of a deletion record.
 DELETING: Final = "deleting"
 PURGED: Final = "purged"
@@ -76,15 +83,16 @@ async def start_tenant_purge(
             update_time=now,
         )
     )
-    # Installation-wide (no tenant_id): the purge removes the tenant's own jobs, not itself.
-    await jobs.enqueue(
-        conn,
-        TENANT_PURGE_JOB,
-        {"tenant_id": tenant_id},
-        now=now,
-        max_attempts=None,
-        unique_key=f"{TENANT_PURGE_JOB}:{tenant_id}",
-    )
+    # Installation-wide (no tenant_id): the purge removes the tenant's own jobs, not these.
+    for kind in (TENANT_PURGE_JOB, TENANT_BLOB_PURGE_JOB):
+        await jobs.enqueue(
+            conn,
+            kind,
+            {"tenant_id": tenant_id},
+            now=now,
+            max_attempts=None,
+            unique_key=f"{kind}:{tenant_id}",
+        )
 
 
 async def purge_tenant(

@@ -89,6 +89,12 @@ class BlobStore(Protocol):
         """Remove the blob; deleting a missing blob is not an error."""
         ...
 
+    async def delete_tree(self, prefix: BlobKey) -> int:
+        """Remove every blob whose key starts with ``prefix`` + ``/`` (a tenant's, say) and
+        return how many there were; unfinished writes under it are abandoned too.
+        Raises :class:`InvalidBlobKey`, :class:`StorageUnavailable`."""
+        ...
+
     async def check(self) -> None:
         """Whether the backend answers (for health): returns, or raises
         :class:`StorageUnavailable` saying why not (directory not writable, bucket missing

@@ -5,6 +5,13 @@ directory (never a valid key: segments start with a letter or digit), is fsynced
 renamed over the target — atomic on one file system — and the directory is fsynced, so a
 reader sees the old blob or the whole new one, and a crash leaves at most a temporary file.
 File I/O runs in worker threads so the event loop never waits on the disk.
+
+Each hand-off to a worker thread costs about as much as writing 64 KiB, so bytes cross in
+batches of about a MiB: a write gathers the incoming chunks and hashes and writes each batch
+in one thread call while the next is gathered, and a read fetches the next MiB while the
+current one is sent. The SHA-256 is computed in the worker thread too (hashlib and file I/O
+release the GIL), so the disk, the hash and the event loop's socket work overlap. Memory
+stays bounded: two batches of a write, two chunks of a read.
 """
 
 from __future__ import annotations
@@ -13,12 +20,12 @@ import asyncio
 import hashlib
 import os
 import secrets
+import shutil
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Final
 
 from file_service.storage.base import (
-    DEFAULT_CHUNK_SIZE,
     BlobKey,
     BlobStat,
     WrittenBlob,
@@ -28,12 +35,18 @@ from file_service.storage.base import (
 from file_service.storage.errors import BlobNotFound, StorageUnavailable
 
 TEMP_PREFIX = ".tmp-"
+#: The largest chunk a read yields, and about how many bytes a write hands a thread at once.
+LOCAL_CHUNK_SIZE: Final = 1 << 20
 
 
 class LocalBlobStore:
-    """A :class:`~file_service.storage.base.BlobStore` in a directory it creates if missing."""
+    """A :class:`~file_service.storage.base.BlobStore` in a directory it creates if missing.
 
-    def __init__(self, root: Path, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+    ``chunk_size`` bounds the chunks :meth:`read` yields and sets the batches :meth:`write`
+    hands a worker thread (see the module docstring).
+    """
+
+    def __init__(self, root: Path, *, chunk_size: int = LOCAL_CHUNK_SIZE) -> None:
         self.root = root.resolve()
         self.chunk_size = chunk_size
 
@@ -52,22 +65,18 @@ class LocalBlobStore:
             file = await asyncio.to_thread(open, temp, "xb")
         except OSError as exc:
             raise StorageUnavailable(f"cannot write blob {key!r}: {exc}") from exc
-        digest = hashlib.sha256()
-        size = 0
+        writer = _BatchWriter(file, self.chunk_size)
         try:
-            with file:
-                async for chunk in chunks:
-                    digest.update(chunk)
-                    size += len(chunk)
-                    await asyncio.to_thread(file.write, chunk)
-                await asyncio.to_thread(_flush_and_sync, file)
+            async for chunk in chunks:
+                await writer.add(chunk)
+            sha256 = await writer.finish()
             await asyncio.to_thread(_rename_durably, temp, path)
         except BaseException as exc:
-            await asyncio.shield(asyncio.to_thread(temp.unlink, missing_ok=True))
+            await asyncio.shield(writer.discard(temp))
             if isinstance(exc, OSError):
                 raise StorageUnavailable(f"cannot write blob {key!r}: {exc}") from exc
             raise
-        return WrittenBlob(key=key, size=size, sha256=digest.hexdigest())
+        return WrittenBlob(key=key, size=writer.size, sha256=sha256)
 
     async def read(
         self, key: BlobKey, *, offset: int = 0, length: int | None = None
@@ -79,16 +88,28 @@ class LocalBlobStore:
             raise BlobNotFound(f"no blob {key!r}") from exc
         except OSError as exc:
             raise StorageUnavailable(f"cannot read blob {key!r}: {exc}") from exc
-        with file:
+        loop = asyncio.get_running_loop()
+        ahead: asyncio.Future[bytes] | None = None
+        try:
             start, end = byte_range(os.fstat(file.fileno()).st_size, offset, length)
-            await asyncio.to_thread(file.seek, start)
-            remaining = end - start
-            while remaining > 0:
-                chunk = await asyncio.to_thread(file.read, min(self.chunk_size, remaining))
+            position = start
+            while position < end:
+                if ahead is None:
+                    ahead = _read_at(loop, file, position, min(self.chunk_size, end - position))
+                chunk = await asyncio.shield(ahead)
+                ahead = None
                 if not chunk:
                     raise StorageUnavailable(f"blob {key!r} was cut short while read")
-                remaining -= len(chunk)
+                position += len(chunk)
+                if position < end:  # read ahead while the caller sends this chunk
+                    ahead = _read_at(loop, file, position, min(self.chunk_size, end - position))
                 yield chunk
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read blob {key!r}: {exc}") from exc
+        finally:
+            if ahead is not None:  # the thread must be done with the file before it closes
+                await _settled(ahead)
+            file.close()
 
     async def stat(self, key: BlobKey) -> BlobStat:
         path = self._path(key)
@@ -111,6 +132,23 @@ class LocalBlobStore:
         except OSError as exc:
             raise StorageUnavailable(f"cannot delete blob {key!r}: {exc}") from exc
 
+    async def delete_tree(self, prefix: BlobKey) -> int:
+        path = self._path(prefix)
+
+        def remove() -> int:
+            if not path.is_dir():
+                return 0
+            count = sum(
+                1 for p in path.rglob("*") if p.is_file() and not p.name.startswith(TEMP_PREFIX)
+            )
+            shutil.rmtree(path)
+            return count
+
+        try:
+            return await asyncio.to_thread(remove)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot delete the blobs under {prefix!r}: {exc}") from exc
+
     async def check(self) -> None:
         try:
             await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
@@ -122,9 +160,87 @@ class LocalBlobStore:
             raise StorageUnavailable(f"the files directory {self.root} is not writable")
 
 
-def _flush_and_sync(file: BinaryIO) -> None:
-    file.flush()
-    os.fsync(file.fileno())
+class _BatchWriter:
+    """Hashes and writes a blob's chunks to ``file`` in batches of about ``batch`` bytes, each
+    in one worker-thread call, one batch in flight while the next is gathered."""
+
+    def __init__(self, file: BinaryIO, batch: int) -> None:
+        self._file = file
+        self._batch = batch
+        self._digest = hashlib.sha256()
+        self._gathered: list[bytes] = []
+        self._gathered_size = 0
+        self._in_flight: asyncio.Future[None] | None = None
+        #: Bytes handed over so far.
+        self.size = 0
+
+    async def add(self, chunk: bytes) -> None:
+        self._gathered.append(chunk)
+        self._gathered_size += len(chunk)
+        if self._gathered_size >= self._batch:
+            await self._hand_over()
+
+    async def finish(self) -> str:
+        """Write what is left, flush, fsync and close; the SHA-256 of every byte (hex)."""
+        await self._hand_over()
+        await self._wait_in_flight()
+        await asyncio.to_thread(_flush_sync_and_close, self._file)
+        return self._digest.hexdigest()
+
+    async def discard(self, temp: Path) -> None:
+        """Close and remove the temporary file, once no thread writes to it any more."""
+        if self._in_flight is not None:
+            await _settled(self._in_flight)
+        await asyncio.to_thread(_close_and_unlink, self._file, temp)
+
+    async def _hand_over(self) -> None:
+        await self._wait_in_flight()
+        if not self._gathered:
+            return
+        pieces, self._gathered, self._gathered_size = self._gathered, [], 0
+        self.size += sum(len(piece) for piece in pieces)
+        loop = asyncio.get_running_loop()
+        self._in_flight = loop.run_in_executor(
+            None, _hash_and_write, self._file, self._digest, pieces
+        )
+
+    async def _wait_in_flight(self) -> None:
+        if self._in_flight is not None:
+            # Shielded: a cancelled caller must not mark as done a write its thread is still
+            # doing (discard waits for it before closing the file).
+            await asyncio.shield(self._in_flight)
+            self._in_flight = None
+
+
+async def _settled(future: asyncio.Future[Any]) -> None:
+    """Wait until a worker thread's call is over, whatever its outcome (an error there is
+    superseded by the one being handled)."""
+    await asyncio.wait([future])
+    if not future.cancelled():
+        future.exception()
+
+
+def _hash_and_write(file: BinaryIO, digest: hashlib._Hash, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        digest.update(piece)
+        file.write(piece)
+
+
+def _read_at(
+    loop: asyncio.AbstractEventLoop, file: BinaryIO, position: int, size: int
+) -> asyncio.Future[bytes]:
+    return loop.run_in_executor(None, os.pread, file.fileno(), size, position)
+
+
+def _flush_sync_and_close(file: BinaryIO) -> None:
+    with file:
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _close_and_unlink(file: BinaryIO, temp: Path) -> None:
+    file.close()
+    temp.unlink(missing_ok=True)
 
 
 def _rename_durably(temp: Path, path: Path) -> None:

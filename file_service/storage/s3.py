@@ -171,6 +171,30 @@ class S3BlobStore:
             raise _storage_error(exc, key, "presign") from exc
         return url
 
+    async def delete_tree(self, prefix: BlobKey) -> int:
+        check_key(prefix)
+        under = f"{prefix}/"
+        count = 0
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=under
+            )
+            async for page in pages:
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if keys:  # a page holds at most 1,000 keys: one DeleteObjects call
+                    await self._client.delete_objects(
+                        Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
+                    )
+                    count += len(keys)
+            uploads = await self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=under)
+            for upload in uploads.get("Uploads", []):
+                await self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+        except (ClientError, BotoCoreError) as exc:
+            raise _storage_error(exc, prefix, "delete the blobs under") from exc
+        return count
+
     async def check(self) -> None:
         try:
             await self._client.head_bucket(Bucket=self.bucket)

@@ -6,10 +6,11 @@ Each test works in a tenant of its own, so quotas and listings do not mix.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from keel.files.v1 import files_pb2 as pb
 from keel.files.v1 import files_pb2_grpc
+from keel.tenants.v1 import tenants_pb2
 from PIL import Image
 
 from file_service import server as file_server
 from file_service.storage import BlobStore
 from service_kit.config import Address, FileSettings
+from service_kit.job_worker import JobWorker
+from service_kit.jobs import JobHandler
+from service_kit.purge import TENANT_PURGE_JOB, tenant_purge_handler
 from service_kit.server import KeelServer
-from tests.gateway_bridge.conftest import Keel, Tenant, rpc_error, running_keel
+from tests.gateway_bridge.conftest import ADMIN, Keel, Tenant, rpc_error, running_keel
 
 MiB = 1 << 20
 MAX_FILE = 4 * MiB
@@ -42,6 +47,7 @@ class Files:
     stub: files_pb2_grpc.FileServiceStub
     blobs: BlobStore
     backend: str
+    job_handlers: Mapping[str, JobHandler]
 
     async def tenant(self, *scopes: str) -> Tenant:
         return await self.keel.tenant(*(scopes or ("upload:*",)))
@@ -74,7 +80,11 @@ async def files(
         try:
             assert built.process.blobs is not None
             yield Files(
-                keel, files_pb2_grpc.FileServiceStub(channel), built.process.blobs, request.param
+                keel,
+                files_pb2_grpc.FileServiceStub(channel),
+                built.process.blobs,
+                request.param,
+                built.job_handlers,
             )
         finally:
             await channel.close()
@@ -359,6 +369,30 @@ async def test_a_range_past_the_end_is_out_of_range(files: Files) -> None:
     stored = await _upload(files, tenant, b"0123456789")
     error = await rpc_error(_download(files, tenant, stored.id, offset=11))
     assert error.code() == grpc.StatusCode.OUT_OF_RANGE
+
+
+async def test_deleting_a_tenant_removes_its_files_bytes(files: Files) -> None:
+    doomed, kept = await files.tenant(), await files.tenant()
+    await _upload(files, doomed, b"doomed")
+    await _upload(files, doomed, _jpeg_with_gps(), filename="x.jpg")  # with a thumbnail
+    await _upload(files, kept, b"kept")
+    assert len(await _blob_keys_of(files, doomed)) == 3
+    await files.keel.tenants.DeleteTenant(
+        tenants_pb2.DeleteTenantRequest(id=doomed.id), metadata=ADMIN
+    )
+    engine = files.keel.runtime.engine
+    handlers = {TENANT_PURGE_JOB: tenant_purge_handler(engine), **files.job_handlers}
+    worker = JobWorker(engine, handlers, poll_interval=0.05)
+    worker.start()
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                if not await _blob_keys_of(files, doomed):
+                    break
+                await asyncio.sleep(0.05)  # polling the condition; the timeout bounds it
+    finally:
+        await worker.stop(grace=10)
+    assert len(await _blob_keys_of(files, kept)) == 1
 
 
 # -- images ---------------------------------------------------------------------------------

@@ -249,3 +249,16 @@ async def test_a_presigned_url_serves_the_blob_with_the_headers_asked_for(
             assert await answer.read() == b"0123456789"
             assert answer.headers["Content-Type"] == "text/plain"
             assert answer.headers["Content-Disposition"] == 'attachment; filename="digits.txt"'
+
+
+async def test_deleting_a_tree_removes_every_blob_under_it_and_nothing_else(
+    backend: Backend,
+) -> None:
+    root, other = f"t{uuid.uuid4().hex[:8]}", f"u{uuid.uuid4().hex[:8]}"
+    keys = [f"{root}/a", f"{root}/b-parts/000-x", f"{root}/c-thumbnail", f"{other}/a"]
+    for key in keys:
+        await backend.store.write(BlobKey(key), chunks_of(b"bytes", 5))
+    assert await backend.store.delete_tree(BlobKey(root)) == 3
+    assert [await backend.store.exists(BlobKey(k)) for k in keys] == [False, False, False, True]
+    assert await backend.store.delete_tree(BlobKey(root)) == 0  # again: nothing, no error
+    assert await backend.leftovers() == []
