@@ -102,8 +102,30 @@ class ReactionCount(_message.Message):
     count: int
     def __init__(self, emoji: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
+class Attachment(_message.Message):
+    __slots__ = ("file_id", "filename", "content_type", "size_bytes", "thumbnail_width", "thumbnail_height", "url", "thumbnail_url", "url_expire_time")
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAIL_URL_FIELD_NUMBER: _ClassVar[int]
+    URL_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    file_id: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    thumbnail_width: int
+    thumbnail_height: int
+    url: str
+    thumbnail_url: str
+    url_expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, file_id: _Optional[str] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., size_bytes: _Optional[int] = ..., thumbnail_width: _Optional[int] = ..., thumbnail_height: _Optional[int] = ..., url: _Optional[str] = ..., thumbnail_url: _Optional[str] = ..., url_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class Message(_message.Message):
-    __slots__ = ("id", "channel_id", "user_id", "content", "message_type", "reply_to", "attachment_ids", "seq", "created_at", "updated_at", "edited", "deleted", "reaction_counts")
+    __slots__ = ("id", "channel_id", "user_id", "content", "message_type", "reply_to", "attachment_ids", "seq", "created_at", "updated_at", "edited", "deleted", "reaction_counts", "attachments")
     ID_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +139,7 @@ class Message(_message.Message):
     EDITED_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
     REACTION_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     channel_id: str
     user_id: str
@@ -130,7 +153,8 @@ class Message(_message.Message):
     edited: bool
     deleted: bool
     reaction_counts: _containers.RepeatedCompositeFieldContainer[ReactionCount]
-    def __init__(self, id: _Optional[str] = ..., channel_id: _Optional[str] = ..., user_id: _Optional[str] = ..., content: _Optional[str] = ..., message_type: _Optional[str] = ..., reply_to: _Optional[str] = ..., attachment_ids: _Optional[_Iterable[str]] = ..., seq: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., edited: _Optional[bool] = ..., deleted: _Optional[bool] = ..., reaction_counts: _Optional[_Iterable[_Union[ReactionCount, _Mapping]]] = ...) -> None: ...
+    attachments: _containers.RepeatedCompositeFieldContainer[Attachment]
+    def __init__(self, id: _Optional[str] = ..., channel_id: _Optional[str] = ..., user_id: _Optional[str] = ..., content: _Optional[str] = ..., message_type: _Optional[str] = ..., reply_to: _Optional[str] = ..., attachment_ids: _Optional[_Iterable[str]] = ..., seq: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., edited: _Optional[bool] = ..., deleted: _Optional[bool] = ..., reaction_counts: _Optional[_Iterable[_Union[ReactionCount, _Mapping]]] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ...) -> None: ...
 
 class CreateChannelRequest(_message.Message):
     __slots__ = ("name", "type", "metadata", "created_by", "member_ids", "request_id")

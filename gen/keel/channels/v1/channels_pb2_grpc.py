@@ -53,6 +53,9 @@ class ChannelServiceStub:
     - `channel:deleted`: `{"channel_id": "..."}`; the channel's last event.
     - `message:created`, `message:updated`: `{"message": Message}`.
     - `message:deleted`: `{"message": Message}` with `deleted` true.
+    A message's `attachments` in these events carry the files' metadata;
+    their signed URLs are added when the gateway delivers the event to a
+    bridge, and are absent from webhooks and SubscribeEvents.
     - `reaction:added`, `reaction:removed`: `{"channel_id", "message_id",
     "user_id", "emoji", "count"}`, where `count` is the emoji's new total.
     - `user:joined`: `{"member": Member}`.
@@ -213,6 +216,9 @@ class ChannelServiceServicer:
     - `channel:deleted`: `{"channel_id": "..."}`; the channel's last event.
     - `message:created`, `message:updated`: `{"message": Message}`.
     - `message:deleted`: `{"message": Message}` with `deleted` true.
+    A message's `attachments` in these events carry the files' metadata;
+    their signed URLs are added when the gateway delivers the event to a
+    bridge, and are absent from webhooks and SubscribeEvents.
     - `reaction:added`, `reaction:removed`: `{"channel_id", "message_id",
     "user_id", "emoji", "count"}`, where `count` is the emoji's new total.
     - `user:joined`: `{"member": Member}`.
@@ -579,6 +585,9 @@ class ChannelService:
     - `channel:deleted`: `{"channel_id": "..."}`; the channel's last event.
     - `message:created`, `message:updated`: `{"message": Message}`.
     - `message:deleted`: `{"message": Message}` with `deleted` true.
+    A message's `attachments` in these events carry the files' metadata;
+    their signed URLs are added when the gateway delivers the event to a
+    bridge, and are absent from webhooks and SubscribeEvents.
     - `reaction:added`, `reaction:removed`: `{"channel_id", "message_id",
     "user_id", "emoji", "count"}`, where `count` is the emoji's new total.
     - `user:joined`: `{"member": Member}`.

@@ -54,6 +54,9 @@ class ChannelServiceStub:
     - `channel:deleted`: `{"channel_id": "..."}`; the channel's last event.
     - `message:created`, `message:updated`: `{"message": Message}`.
     - `message:deleted`: `{"message": Message}` with `deleted` true.
+      A message's `attachments` in these events carry the files' metadata;
+      their signed URLs are added when the gateway delivers the event to a
+      bridge, and are absent from webhooks and SubscribeEvents.
     - `reaction:added`, `reaction:removed`: `{"channel_id", "message_id",
       "user_id", "emoji", "count"}`, where `count` is the emoji's new total.
     - `user:joined`: `{"member": Member}`.
@@ -200,6 +203,9 @@ class ChannelServiceAsyncStub(ChannelServiceStub):
     - `channel:deleted`: `{"channel_id": "..."}`; the channel's last event.
     - `message:created`, `message:updated`: `{"message": Message}`.
     - `message:deleted`: `{"message": Message}` with `deleted` true.
+      A message's `attachments` in these events carry the files' metadata;
+      their signed URLs are added when the gateway delivers the event to a
+      bridge, and are absent from webhooks and SubscribeEvents.
     - `reaction:added`, `reaction:removed`: `{"channel_id", "message_id",
       "user_id", "emoji", "count"}`, where `count` is the emoji's new total.
     - `user:joined`: `{"member": Member}`.
@@ -342,6 +348,9 @@ class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
     - `channel:deleted`: `{"channel_id": "..."}`; the channel's last event.
     - `message:created`, `message:updated`: `{"message": Message}`.
     - `message:deleted`: `{"message": Message}` with `deleted` true.
+      A message's `attachments` in these events carry the files' metadata;
+      their signed URLs are added when the gateway delivers the event to a
+      bridge, and are absent from webhooks and SubscribeEvents.
     - `reaction:added`, `reaction:removed`: `{"channel_id", "message_id",
       "user_id", "emoji", "count"}`, where `count` is the emoji's new total.
     - `user:joined`: `{"member": Member}`.
