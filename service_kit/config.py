@@ -169,6 +169,8 @@ class FileSettings:
     uploads_per_minute: int = 600
     #: Origins allowed to call the HTTP endpoints from a browser (CORS); ``*`` for any.
     cors_origins: tuple[str, ...] = ("*",)
+    #: How long the download URLs of a message's attachments stay valid once signed.
+    attachment_url_ttl_seconds: int = 86_400
 
     @property
     def backend(self) -> str:
@@ -382,6 +384,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 "KEEL_FILES_UPLOADS_PER_MINUTE", 600, _number(int, 1, 1_000_000)
             ),
             cors_origins=get("KEEL_FILES_CORS_ORIGINS", ("*",), _origins),
+            attachment_url_ttl_seconds=get(
+                "KEEL_ATTACHMENT_URL_TTL_SECONDS", 86_400, _number(int, 60, 7 * 86_400)
+            ),
         ),
         bridge=BridgeSettings(
             max_frame_bytes=get("KEEL_WS_MAX_FRAME_BYTES", 65536, _number(int, 256, 16 << 20)),
