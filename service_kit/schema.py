@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -142,6 +143,9 @@ messages = Table(
     Column("message_type", String(50), nullable=False, default="text"),
     Column("reply_to", KeelId, nullable=True),
     Column("attachment_ids", Json, nullable=False),
+    # What each attached file was when attached: [{"file_id", "filename", "content_type",
+    # "size_bytes", "thumbnail_width", "thumbnail_height"}], in attachment_ids order.
+    Column("attachments", Json, nullable=False, server_default=text("'[]'")),
     Column("seq", BigInteger, nullable=False),
     Column("idempotency_key", String(128), nullable=True),
     Column("edited", Boolean, nullable=False, default=False),
@@ -165,6 +169,20 @@ reactions = Table(
     Column("created_at", Timestamp, nullable=False),
     UniqueConstraint("message_id", "user_id", "emoji"),
     Index(None, "tenant_id"),
+)
+
+# gateway_bridge: which file is attached to which message (at ``position`` in its
+# attachment_ids), written and removed with the message; found by file through the index.
+message_attachments = Table(
+    "message_attachments",
+    metadata,
+    Column("tenant_id", KeelId, nullable=False),
+    Column("channel_id", KeelId, nullable=False),
+    Column("message_id", KeelId, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("file_id", KeelId, nullable=False),
+    Column("position", Integer, nullable=False),
+    PrimaryKeyConstraint("message_id", "file_id"),
+    Index(None, "tenant_id", "file_id"),
 )
 
 # gateway_bridge: the event log, written in the same transaction as each change (an outbox).
@@ -470,6 +488,8 @@ notification_digests = Table(
 )
 
 # file_service: every file's metadata, from its pending upload to the purge of its blobs.
+# The gateway reads it too, only inside a send's transaction: an attachment must be a ready
+# file of the sender's tenant, and the message keeps a copy of its metadata.
 # ``size`` is the declared size while pending (0: not declared) and the real size once ready;
 # ``upload_offset`` counts the bytes stored so far in ``file_upload_parts``. ``purge_time``
 # is set once a deleted file's blobs are gone. ``thumbnail``: {"blob_key", "content_type",
