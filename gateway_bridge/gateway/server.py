@@ -9,12 +9,14 @@ authenticator checks again when their tenant changes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import grpc
 from keel.channels.v1 import channels_pb2_grpc
 from keel.events.v1 import events_pb2_grpc
 
+from gateway_bridge.gateway.channels.attachment_links import AttachmentLinks
 from gateway_bridge.gateway.channels.hub import ConnectHub
 from gateway_bridge.gateway.channels.service import ChatLimits, ChatService
 from gateway_bridge.gateway.channels.servicer import ChannelServicer
@@ -25,6 +27,7 @@ from gateway_bridge.gateway.events.service import EventService
 from gateway_bridge.gateway.events.servicer import EventServicer
 from gateway_bridge.gateway.events.store import SqlEventStore
 from gateway_bridge.gateway.relay import EventRelay
+from service_kit import file_links
 from service_kit.auth import Authenticator
 from service_kit.client_tokens import ClientTokens
 from service_kit.interceptor import PEER, tenant_scope
@@ -51,26 +54,38 @@ _CHANNEL_READS = (
 _EVENT_READS = ("GetWebhook", "ListWebhooks", "ListDeliveries", "SubscribeEvents")
 
 
-def build(runtime: Runtime, *, authenticator: Authenticator | None = None) -> list[ServiceSpec]:
+def build(
+    runtime: Runtime,
+    *,
+    authenticator: Authenticator | None = None,
+    files_base_url: Callable[[], str] | None = None,
+) -> list[ServiceSpec]:
     """The gateway's services for the bootstrap to serve.
 
     ``authenticator`` is the one the process's server authenticates tenants with: open
     event streams are checked again through it when their tenant changes (without it,
-    they keep what they had at open).
+    they keep what they had at open). ``files_base_url`` answers the base URL of the file
+    service's HTTP endpoints, under which the download URLs of attachments are signed; by
+    default ``KEEL_FILES_PUBLIC_URL``, or ``http://`` + ``KEEL_FILES_HTTP_ADDR``.
     """
     settings = runtime.settings
     if not settings.token_secret:
         raise RuntimeError("the gateway needs KEEL_TOKEN_SECRET to sign client tokens")
     store = SqlChatStore(runtime.engine)
     relay = EventRelay(store, runtime.bus)
-    hub = ConnectHub(store, runtime.bus)
+    links = AttachmentLinks(
+        settings.token_secret,
+        base_url=files_base_url or (lambda: file_links.files_base_url(settings.files)),
+        ttl=timedelta(seconds=settings.files.attachment_url_ttl_seconds),
+    )
+    hub = ConnectHub(store, runtime.bus, links=links)
     chat = ChatService(
         store,
         relay,
         ClientTokens(settings.token_secret, previous=settings.token_secret_previous),
         limits=ChatLimits(max_message_bytes=settings.max_message_bytes),
     )
-    servicer = ChannelServicer(chat, hub)
+    servicer = ChannelServicer(chat, hub, links)
     event_store = SqlEventStore(runtime.engine)
     dispatcher = Dispatcher(
         event_store,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
@@ -22,10 +23,11 @@ from grpc_status import rpc_status
 from keel.channels.v1 import channels_pb2, channels_pb2_grpc
 from keel.tenants.v1 import tenants_pb2, tenants_pb2_grpc
 
+from file_service import server as file_server
 from gateway_bridge.gateway import server as gateway_server
 from service_kit.auth import Authenticator
 from service_kit.bus import EventBus
-from service_kit.config import Settings
+from service_kit.config import Address, FileSettings, Settings
 from service_kit.server import KeelServer, Runtime, open_runtime
 from tenant_service import server as tenant_server
 from tests.conftest import ADMIN_TOKEN, settings_for, unique
@@ -129,13 +131,21 @@ class Tenant:
 @dataclass
 class Keel:
     """A running server: a client channel, its settings, and what a bridge beside it needs
-    (the process's runtime, its authenticator and the server's address)."""
+    (the process's runtime, its authenticator and the server's address); ``files`` is the
+    file service when it serves too."""
 
     client: grpc.aio.Channel
     settings: Settings
     runtime: Runtime
     authenticator: Authenticator
     address: str
+    files: file_server.FileServer | None = None
+
+    @property
+    def files_url(self) -> str:
+        """The base URL of the file service's HTTP endpoints (it must be serving)."""
+        assert self.files is not None, "this server has no file service"
+        return _base_url(self.files)
 
     @property
     def tenants(self) -> tenants_pb2_grpc.TenantServiceStub:
@@ -173,12 +183,15 @@ async def running_keel(
     tmp_path: Path,
     *,
     wrap_bus: Callable[[EventBus], EventBus] | None = None,
+    serve_files: bool = False,
     **changes: object,
 ) -> AsyncIterator[Keel]:
     """The tenant and gateway services in one server on port 0, wired as ``keel serve
     all`` wires them; stopped on exit.
 
-    ``wrap_bus`` may put a stand-in around the process's event bus (to delay a publish).
+    ``wrap_bus`` may put a stand-in around the process's event bus (to delay a publish);
+    ``serve_files`` adds the file service (its HTTP endpoints on a port of their own),
+    whose base URL the gateway signs attachments' URLs under.
     """
     settings = settings_for(database_url, tmp_path, **changes)
     runtime = await open_runtime(settings)
@@ -190,10 +203,19 @@ async def running_keel(
             tenants.directory, lookup=tenants.directory, ttl=settings.auth_cache_seconds
         )
         await authenticator.follow_changes(runtime.bus)
+        files = file_server.build(runtime) if serve_files else None
         try:
             server = KeelServer(
                 runtime,
-                [tenants.spec, *gateway_server.build(runtime, authenticator=authenticator)],
+                [
+                    tenants.spec,
+                    *gateway_server.build(
+                        runtime,
+                        authenticator=authenticator,
+                        files_base_url=(lambda: _base_url(files)) if files else None,
+                    ),
+                    *([files.spec] if files else []),
+                ],
                 authenticator=authenticator,
             )
             await server.start()
@@ -201,7 +223,7 @@ async def running_keel(
                 address = f"127.0.0.1:{server.port}"
                 client = grpc.aio.insecure_channel(address)
                 try:
-                    yield Keel(client, settings, runtime, authenticator, address)
+                    yield Keel(client, settings, runtime, authenticator, address, files)
                 finally:
                     await client.close()
             finally:
@@ -210,6 +232,34 @@ async def running_keel(
             await authenticator.close()
     finally:
         await runtime.close()
+
+
+@asynccontextmanager
+async def running_keel_with_files(
+    database_url: str, tmp_path: Path, **file_changes: Any
+) -> AsyncIterator[Keel]:
+    """:func:`running_keel` with the file service: blobs on local disk under ``tmp_path``,
+    HTTP endpoints on a free port, ``file_changes`` applied to its settings."""
+    files = FileSettings(
+        local_dir=tmp_path / "blobs",
+        http_addr=Address("127.0.0.1", 0),
+        uploads_per_minute=100_000,
+        **file_changes,
+    )
+    async with running_keel(database_url, tmp_path, serve_files=True, files=files) as running:
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client (downloads, tus uploads)."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def _base_url(files: file_server.FileServer) -> str:
+    assert files.process.links is not None, "the file service has not started"
+    return files.process.links.base_url
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keel.channels.v1 import channels_pb2
 
+from gateway_bridge.gateway.channels.attachment_links import AttachmentLinks, SignedAttachment
 from gateway_bridge.gateway.channels.models import (
     Channel,
     ChannelType,
@@ -60,7 +61,8 @@ def member_to_proto(member: Member) -> channels_pb2.Member:
     )
 
 
-def message_to_proto(message: Message) -> channels_pb2.Message:
+def message_to_proto(message: Message, links: AttachmentLinks) -> channels_pb2.Message:
+    """The message as the API returns it, its attachments with freshly signed URLs."""
     return channels_pb2.Message(
         id=message.id,
         channel_id=message.channel_id,
@@ -77,6 +79,24 @@ def message_to_proto(message: Message) -> channels_pb2.Message:
         reaction_counts=[
             channels_pb2.ReactionCount(emoji=e, count=c) for e, c in message.reaction_counts
         ],
+        attachments=[
+            attachment_to_proto(link) for link in links.sign(message.tenant_id, message.attachments)
+        ],
+    )
+
+
+def attachment_to_proto(link: SignedAttachment) -> channels_pb2.Attachment:
+    attachment = link.attachment
+    return channels_pb2.Attachment(
+        file_id=attachment.file_id,
+        filename=attachment.filename,
+        content_type=attachment.content_type,
+        size_bytes=attachment.size_bytes,
+        thumbnail_width=attachment.thumbnail_width,
+        thumbnail_height=attachment.thumbnail_height,
+        url=link.url,
+        thumbnail_url=link.thumbnail_url,
+        url_expire_time=timestamp(link.expire_time),
     )
 
 

@@ -7,10 +7,11 @@ times in RFC 3339, channel types and roles as the seed's words.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from gateway_bridge.gateway.channels.models import Channel, Member, Message
+from gateway_bridge.gateway.channels.models import Attachment, Channel, Member, Message
 from gateway_bridge.gateway.outbox import EventDraft
 from gateway_bridge.vocabulary import CHANNEL_DELETED, USER_JOINED, USER_LEFT
 from service_kit.clock import rfc3339
@@ -59,7 +60,33 @@ def message_data(message: Message) -> dict[str, Any]:
         "edited": message.edited,
         "deleted": message.deleted,
         "reaction_counts": [{"emoji": e, "count": c} for e, c in message.reaction_counts],
+        "attachments": [attachment_data(a) for a in message.attachments],
     }
+
+
+def attachment_data(attachment: Attachment) -> dict[str, Any]:
+    """An attachment's metadata, as events carry it and ``messages.attachments`` keeps it
+    (the signed URLs are added on the way out, never stored)."""
+    return {
+        "file_id": attachment.file_id,
+        "filename": attachment.filename,
+        "content_type": attachment.content_type,
+        "size_bytes": attachment.size_bytes,
+        "thumbnail_width": attachment.thumbnail_width,
+        "thumbnail_height": attachment.thumbnail_height,
+    }
+
+
+def attachment_of(document: Mapping[str, Any]) -> Attachment:
+    """The attachment :func:`attachment_data` wrote (URL fields, if any, are ignored)."""
+    return Attachment(
+        file_id=str(document["file_id"]),
+        filename=str(document["filename"]),
+        content_type=str(document["content_type"]),
+        size_bytes=int(document["size_bytes"]),
+        thumbnail_width=int(document.get("thumbnail_width") or 0),
+        thumbnail_height=int(document.get("thumbnail_height") or 0),
+    )
 
 
 def channel_event(name: str, channel: Channel) -> EventDraft:

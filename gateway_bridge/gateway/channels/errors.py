@@ -6,6 +6,7 @@ its gRPC status)::
     KeelError
      ├── InvalidArgument
      │    └── InvalidChat              a field of a request is malformed
+     │         └── AttachmentsNotReady an attachment id is no ready file of the tenant
      ├── NotFound
      │    ├── ChannelNotFound          no such channel in this tenant
      │    ├── MessageNotFound          no such message in this channel
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 
 from service_kit.errors import (
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -34,6 +36,21 @@ from service_kit.errors import (
 
 class InvalidChat(InvalidArgument):
     """A field of a chat request is malformed (the violations name which)."""
+
+
+class AttachmentsNotReady(InvalidChat):
+    """Some ``attachment_ids`` (by their positions) name no ready file of the sender's
+    tenant: unknown, still uploading, deleted, or another tenant's, which it does not
+    tell apart."""
+
+    def __init__(self, positions: Sequence[int]) -> None:
+        violations = [
+            FieldViolation(f"attachment_ids[{i}]", "is not a ready file of this tenant")
+            for i in positions
+        ]
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(f"invalid request: {summary}", violations)
+        self.positions = list(positions)
 
 
 class ChannelNotFound(NotFound):

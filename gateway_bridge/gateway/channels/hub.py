@@ -34,6 +34,7 @@ import grpc
 from keel.channels.v1 import channels_pb2
 
 from gateway_bridge.gateway.channels import rules
+from gateway_bridge.gateway.channels.attachment_links import AttachmentLinks
 from gateway_bridge.gateway.channels.models import ChannelId, MessageQuery
 from gateway_bridge.gateway.channels.routes import (
     REPLAY_PAGE,
@@ -66,10 +67,13 @@ class ConnectHub:
         *,
         max_backlog: int = 50_000,
         gap_wait: float = 0.2,
+        links: AttachmentLinks | None = None,
     ) -> None:
+        """``links`` signs the URLs of the attachments of the messages sent to bridges."""
         self._store = store
         self._max_backlog = max_backlog
-        self._routes = LiveRoutes(store, bus, gap_wait=gap_wait)
+        self._links = links
+        self._routes = LiveRoutes(store, bus, gap_wait=gap_wait, links=links)
         self._subscribing = asyncio.Semaphore(_SUBSCRIBING)
 
     async def start(self) -> None:
@@ -273,7 +277,7 @@ class ConnectHub:
                 await stream.room_to_replay()
                 stream.send(
                     channels_pb2.ConnectResponse(
-                        event=event_proto(replayed_event(command.tenant_id, message)),
+                        event=event_proto(replayed_event(command.tenant_id, message), self._links),
                         subscription_keys=[command.subscription_key],
                     )
                 )

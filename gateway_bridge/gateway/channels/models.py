@@ -81,6 +81,19 @@ class Member:
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file attached to a message, as the file was when attached (a ready file of the
+    message's tenant); a thumbnail size of 0 means the file has no thumbnail."""
+
+    file_id: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    thumbnail_width: int = 0
+    thumbnail_height: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     tenant_id: TenantId
     id: MessageId
@@ -96,6 +109,8 @@ class Message:
     edited: bool = False
     deleted: bool = False
     reaction_counts: tuple[tuple[str, int], ...] = ()
+    #: The attached files, in ``attachment_ids`` order.
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

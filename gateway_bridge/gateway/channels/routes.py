@@ -5,7 +5,9 @@ Each routed channel is a :class:`~gateway_bridge.gateway.channels.streams.LiveCh
 gateways publish after commit and two commits' publishes can cross, so an early event
 waits for the ones before it, and those that do not come within ``gap_wait`` are read
 from the database. An event goes to each stream once, not once per key: the bridge fans
-out to its own sockets, and the response message is built once for all streams. After an
+out to its own sockets, and the response message is built once for all streams (a
+message's attachments get their signed URLs then, once per event:
+:mod:`~gateway_bridge.gateway.channels.attachment_links`). After an
 event that ends subscriptions (``user:left``, ``channel:deleted``) the keys it ends stop
 reading the channel. When the bus reconnects (events may be missing), every stream ends
 with UNAVAILABLE and its bridge resubscribes from the seqs it delivered.
@@ -20,6 +22,7 @@ from typing import Final
 
 from keel.channels.v1 import channels_pb2
 
+from gateway_bridge.gateway.channels.attachment_links import AttachmentLinks
 from gateway_bridge.gateway.channels.drafts import message_data
 from gateway_bridge.gateway.channels.models import ChannelId, Message, MessageQuery
 from gateway_bridge.gateway.channels.store import ChatStore
@@ -44,10 +47,20 @@ REPLAY_PAGE: Final = 500
 class LiveRoutes:
     """Which streams read which channel, and each channel's live events in seq order."""
 
-    def __init__(self, store: ChatStore, bus: EventBus, *, gap_wait: float = 0.2) -> None:
+    def __init__(
+        self,
+        store: ChatStore,
+        bus: EventBus,
+        *,
+        gap_wait: float = 0.2,
+        links: AttachmentLinks | None = None,
+    ) -> None:
+        """``links`` signs the URLs of the attachments of the messages going out (none
+        without it)."""
         self._store = store
         self._bus = bus
         self._gap_wait = gap_wait
+        self._links = links
         self._routes: dict[ChannelKey, set[BridgeStream]] = defaultdict(set)
         self._live: dict[ChannelKey, LiveChannel] = {}
         self._subscription: Subscription | None = None
@@ -123,7 +136,7 @@ class LiveRoutes:
         streams = self._routes.get(key)
         if not streams:
             return
-        response = channels_pb2.ConnectResponse(event=event_proto(event))
+        response = channels_pb2.ConnectResponse(event=event_proto(event, self._links))
         for stream in tuple(streams):
             stream.send(response)
         ended = subscriptions_ended_by(event.name, event.data_text)
@@ -193,14 +206,18 @@ def replayed_event(tenant_id: str, message: Message) -> ChatEvent:
     )
 
 
-def event_proto(event: ChatEvent) -> channels_pb2.ChannelEvent:
-    """The ``ChannelEvent`` carrying ``event`` on a Connect stream."""
+def event_proto(event: ChatEvent, links: AttachmentLinks | None) -> channels_pb2.ChannelEvent:
+    """The ``ChannelEvent`` carrying ``event`` on a Connect stream, its message's
+    attachments (if any) with URLs ``links`` signs."""
+    data_json = event.data_json()
+    if links is not None:
+        data_json = links.sign_event_data(event.tenant_id, data_json)
     return channels_pb2.ChannelEvent(
         tenant_id=event.tenant_id,
         channel_id=event.channel_id,
         seq=event.seq,
         event=event.name,
-        data_json=event.data_json(),
+        data_json=data_json,
         event_id=event.event_id,
         create_time=timestamp(event.created_at),
     )

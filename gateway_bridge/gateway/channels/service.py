@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -44,7 +44,7 @@ from gateway_bridge.gateway.channels.store import ChatStore
 from gateway_bridge.gateway.relay import EventRelay
 from service_kit.auth import TenantId
 from service_kit.client_tokens import ClientTokens
-from service_kit.validation import Violations
+from service_kit.validation import Violations, is_uuid
 
 #: How many users one BatchGetUsers may ask for.
 MAX_BATCH_USERS = 1000
@@ -86,6 +86,26 @@ def check_message_type(v: Violations, message_type: str) -> None:
         f"{message_type[:60]!r} is not a message type: use one of"
         f" {', '.join(sorted(MESSAGE_TYPES))}, or x-<name> for your own",
     )
+
+
+def check_attachment_ids(v: Violations, file_ids: Sequence[str]) -> tuple[str, ...]:
+    """At most :data:`MAX_ATTACHMENTS` file ids, each a UUID, none repeated; the ids in
+    lower case (as the file service writes them). Whether each is a ready file of the
+    tenant is the store's check, in the sending transaction."""
+    if not v.check(
+        len(file_ids) <= MAX_ATTACHMENTS, "attachment_ids", f"at most {MAX_ATTACHMENTS} files"
+    ):
+        return tuple(file_ids)
+    first: dict[str, int] = {}
+    for index, file_id in enumerate(file_ids):
+        field = f"attachment_ids[{index}]"
+        if not is_uuid(file_id):
+            v.add(field, f"{file_id[:40]!r} is not a file id (a UUID)")
+        elif file_id.lower() in first:
+            v.add(field, f"repeats attachment_ids[{first[file_id.lower()]}]")
+        else:
+            first[file_id.lower()] = index
+    return tuple(file_id.lower() for file_id in file_ids)
 
 
 class ChatService:
@@ -275,11 +295,7 @@ class ChatService:
         check_user_id(v, "user_id", new.user_id, required=False)
         self._check_content(v, new.content, required=not new.attachment_ids)
         check_message_type(v, new.message_type)
-        v.check(
-            len(new.attachment_ids) <= MAX_ATTACHMENTS,
-            "attachment_ids",
-            f"at most {MAX_ATTACHMENTS} attachments",
-        )
+        new = replace(new, attachment_ids=check_attachment_ids(v, new.attachment_ids))
         v.text(
             "idempotency_key", new.idempotency_key, max_length=MAX_IDEMPOTENCY_KEY, required=False
         )

@@ -14,6 +14,7 @@ import grpc
 from keel.channels.v1 import channels_pb2, channels_pb2_grpc
 
 from gateway_bridge.gateway.channels import convert
+from gateway_bridge.gateway.channels.attachment_links import AttachmentLinks
 from gateway_bridge.gateway.channels.errors import InvalidChat
 from gateway_bridge.gateway.channels.hub import ConnectHub
 from gateway_bridge.gateway.channels.models import (
@@ -54,9 +55,11 @@ def _ids(**fields: str) -> None:
 class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
     """The gRPC face of :class:`ChatService` and of the bridge's :class:`ConnectHub`."""
 
-    def __init__(self, chat: ChatService, hub: ConnectHub) -> None:
+    def __init__(self, chat: ChatService, hub: ConnectHub, links: AttachmentLinks) -> None:
+        """``links`` signs the download URLs of the attachments of every message returned."""
         self._chat = chat
         self._hub = hub
+        self._links = links
 
     # -- channels -----------------------------------------------------------------------
 
@@ -218,7 +221,9 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
                 idempotency_key=request.idempotency_key,
             ),
         )
-        return channels_pb2.SendMessageResponse(message=convert.message_to_proto(message))
+        return channels_pb2.SendMessageResponse(
+            message=convert.message_to_proto(message, self._links)
+        )
 
     async def EditMessage(
         self, request: channels_pb2.EditMessageRequest, context: Context
@@ -227,7 +232,9 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
         message = await self._chat.edit_message(
             _tenant(), request.channel_id, request.message_id, request.user_id, request.content
         )
-        return channels_pb2.EditMessageResponse(message=convert.message_to_proto(message))
+        return channels_pb2.EditMessageResponse(
+            message=convert.message_to_proto(message, self._links)
+        )
 
     async def DeleteMessage(
         self, request: channels_pb2.DeleteMessageRequest, context: Context
@@ -236,14 +243,18 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
         message = await self._chat.delete_message(
             _tenant(), request.channel_id, request.message_id, request.user_id
         )
-        return channels_pb2.DeleteMessageResponse(message=convert.message_to_proto(message))
+        return channels_pb2.DeleteMessageResponse(
+            message=convert.message_to_proto(message, self._links)
+        )
 
     async def GetMessage(
         self, request: channels_pb2.GetMessageRequest, context: Context
     ) -> channels_pb2.GetMessageResponse:
         _ids(channel_id=request.channel_id, message_id=request.message_id)
         message = await self._chat.get_message(_tenant(), request.channel_id, request.message_id)
-        return channels_pb2.GetMessageResponse(message=convert.message_to_proto(message))
+        return channels_pb2.GetMessageResponse(
+            message=convert.message_to_proto(message, self._links)
+        )
 
     async def ListMessages(
         self, request: channels_pb2.ListMessagesRequest, context: Context
@@ -285,7 +296,7 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
         page = found[:limit]
         token = encode_page_token([page[-1].seq], query=fingerprint) if len(found) > limit else ""
         return channels_pb2.ListMessagesResponse(
-            messages=[convert.message_to_proto(m) for m in page], next_page_token=token
+            messages=[convert.message_to_proto(m, self._links) for m in page], next_page_token=token
         )
 
     # -- reactions, read state, tokens --------------------------------------------------
@@ -297,7 +308,9 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
         message = await self._chat.add_reaction(
             _tenant(), request.channel_id, request.message_id, request.user_id, request.emoji
         )
-        return channels_pb2.AddReactionResponse(message=convert.message_to_proto(message))
+        return channels_pb2.AddReactionResponse(
+            message=convert.message_to_proto(message, self._links)
+        )
 
     async def RemoveReaction(
         self, request: channels_pb2.RemoveReactionRequest, context: Context
@@ -306,7 +319,9 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
         message = await self._chat.remove_reaction(
             _tenant(), request.channel_id, request.message_id, request.user_id, request.emoji
         )
-        return channels_pb2.RemoveReactionResponse(message=convert.message_to_proto(message))
+        return channels_pb2.RemoveReactionResponse(
+            message=convert.message_to_proto(message, self._links)
+        )
 
     async def MarkRead(
         self, request: channels_pb2.MarkReadRequest, context: Context

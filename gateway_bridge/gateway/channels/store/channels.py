@@ -36,7 +36,13 @@ from gateway_bridge.gateway.channels.store.rows import (
 )
 from service_kit.auth import TenantId
 from service_kit.db import keyset_page, write_transaction
-from service_kit.schema import channel_members, channels, messages, reactions
+from service_kit.schema import (
+    channel_members,
+    channels,
+    message_attachments,
+    messages,
+    reactions,
+)
 from service_kit.validation import new_id
 
 
@@ -204,11 +210,14 @@ class SqlChannels(SqlStoreBase):
         return channel, recorded
 
     async def delete_channel(self, tenant_id: str, channel_id: str) -> list[ev.ChatEvent]:
-        """Delete the channel with its messages, reactions and members."""
+        """Delete the channel with its messages, reactions, attachments and members."""
         async with write_transaction(self._engine) as conn:
             channel = await load_channel(conn, tenant_id, channel_id)
             message_ids = select(messages.c.id).where(messages.c.channel_id == channel_id)
             await conn.execute(delete(reactions).where(reactions.c.message_id.in_(message_ids)))
+            await conn.execute(
+                delete(message_attachments).where(message_attachments.c.message_id.in_(message_ids))
+            )
             await conn.execute(delete(messages).where(messages.c.channel_id == channel_id))
             await conn.execute(
                 delete(channel_members).where(channel_members.c.channel_id == channel_id)

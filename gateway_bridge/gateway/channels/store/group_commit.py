@@ -6,7 +6,9 @@ The state is read under the locks of the batch's channel rows, so the plan may
 number freely: each channel's placed sends take ``last_seq + 1``, ``+ 2``, …
 in batch order, without gaps. An idempotency key the channel already stored
 answers with the stored message and takes no seq; a key repeated within the
-batch is stored once and answers every repeat with that message. A first write
+batch is stored once and answers every repeat with that message. A send whose
+attachment ids are not all ready files of its tenant is refused
+(``AttachmentsNotReady``) and takes no seq either. A first write
 to a public channel by a non-member joins it, which a batch does not do: that
 send runs alone after the batch.
 """
@@ -17,8 +19,13 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from gateway_bridge.gateway.channels.errors import ChannelNotFound, NotAllowed
+from gateway_bridge.gateway.channels.errors import (
+    AttachmentsNotReady,
+    ChannelNotFound,
+    NotAllowed,
+)
 from gateway_bridge.gateway.channels.models import (
+    Attachment,
     ChannelId,
     ChannelType,
     Message,
@@ -26,6 +33,9 @@ from gateway_bridge.gateway.channels.models import (
     NewMessage,
 )
 from service_kit.auth import TenantId
+
+#: A file of a tenant: ``(tenant_id, file_id)``.
+FileKey = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +80,10 @@ class Alone:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """Answered with ``error``: ``ChannelNotFound`` or ``NotAllowed``."""
+    """Answered with ``error``: ``ChannelNotFound``, ``NotAllowed`` or
+    ``AttachmentsNotReady``."""
 
-    error: ChannelNotFound | NotAllowed
+    error: ChannelNotFound | NotAllowed | AttachmentsNotReady
 
 
 Outcome = Placed | Earlier | RepeatOf | Alone | Refused
@@ -108,6 +119,7 @@ def plan_batch(
     channels: Collection[LockedChannel],
     members: Collection[tuple[str, str]],
     stored: Mapping[tuple[str, str], Message],
+    ready: Mapping[FileKey, Attachment],
     now: datetime,
     make_id: Callable[[], str],
 ) -> Plan:
@@ -115,7 +127,8 @@ def plan_batch(
 
     ``channels`` are the locked rows of the batch's channels (a missing one does not
     exist), ``members`` the ``(channel_id, user_id)`` memberships of its senders,
-    ``stored`` the stored messages by ``(channel_id, idempotency_key)``; ``now`` is
+    ``stored`` the stored messages by ``(channel_id, idempotency_key)``, ``ready`` the
+    ready files among the sends' attachments by ``(tenant_id, file_id)``; ``now`` is
     the time of the new messages and ``make_id`` names each of them. An empty user
     id is the tenant's backend itself, which may write anywhere in the tenant.
     """
@@ -137,8 +150,14 @@ def plan_batch(
             joins = channel.type is ChannelType.PUBLIC
             outcome = Alone() if joins else Refused(not_a_member(new, channel.type))
         else:
+            try:
+                attachments = attachments_for(tenant_id, new.attachment_ids, ready)
+            except AttachmentsNotReady as refusal:
+                outcomes.append(Refused(refusal))
+                continue
             last_seq[channel.id] += 1
-            message = new_message(tenant_id, new, last_seq[channel.id], now, make_id())
+            seq = last_seq[channel.id]
+            message = new_message(tenant_id, new, seq, now, make_id(), attachments)
             outcome = Placed(message, new.idempotency_key)
             if new.idempotency_key:
                 first_with_key[key] = RepeatOf(index, message)
@@ -148,9 +167,15 @@ def plan_batch(
 
 
 def new_message(
-    tenant_id: TenantId, new: NewMessage, seq: int, now: datetime, message_id: str
+    tenant_id: TenantId,
+    new: NewMessage,
+    seq: int,
+    now: datetime,
+    message_id: str,
+    attachments: tuple[Attachment, ...] = (),
 ) -> Message:
-    """The message ``new`` becomes when stored as ``message_id`` with ``seq`` at ``now``."""
+    """The message ``new`` becomes when stored as ``message_id`` with ``seq`` at ``now``,
+    carrying ``attachments`` (the files of its ``attachment_ids``)."""
     return Message(
         tenant_id=tenant_id,
         id=MessageId(message_id),
@@ -163,7 +188,20 @@ def new_message(
         seq=seq,
         created_at=now,
         updated_at=now,
+        attachments=attachments,
     )
+
+
+def attachments_for(
+    tenant_id: str, file_ids: Sequence[str], ready: Mapping[FileKey, Attachment]
+) -> tuple[Attachment, ...]:
+    """The attachments ``file_ids`` name, in order, from the ``ready`` files (by
+    ``(tenant_id, file_id)``). Raises :class:`AttachmentsNotReady` naming the positions of
+    the ids that are no ready file of the tenant."""
+    missing = [i for i, file_id in enumerate(file_ids) if (tenant_id, file_id) not in ready]
+    if missing:
+        raise AttachmentsNotReady(missing)
+    return tuple(ready[(tenant_id, file_id)] for file_id in file_ids)
 
 
 def not_a_member(new: NewMessage, channel_type: ChannelType) -> NotAllowed:

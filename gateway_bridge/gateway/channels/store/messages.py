@@ -14,7 +14,9 @@ batch writes, keep a batch clear of ``UNIQUE(channel_id, seq)`` and
 then retried one send at a time) is counted in ``keel_send_conflicts_total``, so a
 slow path taken often shows. Every change records its events in the same
 transaction (the outbox) and returns them; a sender is answered only after its
-transaction committed. What a batch decides is :mod:`.group_commit`'s pure
+transaction committed. A send's attachments are checked in its transaction
+(:mod:`.attachments`), and deleting a message detaches its files in the deleting
+one. What a batch decides is :mod:`.group_commit`'s pure
 :func:`~.group_commit.plan_batch`; this module reads and writes around it.
 """
 
@@ -40,6 +42,11 @@ from gateway_bridge.gateway.channels.models import (
     NewMessage,
     Role,
 )
+from gateway_bridge.gateway.channels.store.attachments import (
+    detach,
+    ready_files,
+    record_attachments,
+)
 from gateway_bridge.gateway.channels.store.base import SqlStoreBase
 from gateway_bridge.gateway.channels.store.group_commit import (
     Alone,
@@ -49,6 +56,7 @@ from gateway_bridge.gateway.channels.store.group_commit import (
     Plan,
     Refused,
     RepeatOf,
+    attachments_for,
     new_message,
     not_a_member,
     plan_batch,
@@ -159,8 +167,11 @@ class SqlMessages(SqlStoreBase):
             )
             if parent.first() is None:
                 raise WrongState(f"reply_to: message {new.reply_to!r} is not in this channel")
-        message = new_message(tenant_id, new, seq, self._clock(), new_id())
+        ready = await ready_files(conn, {(tenant_id, f) for f in new.attachment_ids})
+        attachments = attachments_for(tenant_id, new.attachment_ids, ready)
+        message = new_message(tenant_id, new, seq, self._clock(), new_id(), attachments)
         await conn.execute(insert(messages).values(message_row(message, new.idempotency_key)))
+        await record_attachments(conn, [message])
         created = drafts.message_event(vocab.MESSAGE_CREATED, message)
         return message, recorded + await self._record(conn, tenant_id, [created])
 
@@ -198,6 +209,9 @@ class SqlMessages(SqlStoreBase):
             channels=await _lock_channels(conn, channel_ids),
             members=await _memberships(conn, channel_ids, sends),
             stored=await _by_idempotency_keys(conn, channel_ids, sends),
+            ready=await ready_files(
+                conn, {(tenant_id, f) for tenant_id, new in batch for f in new.attachment_ids}
+            ),
             now=self._clock(),
             make_id=new_id,
         )
@@ -233,6 +247,7 @@ class SqlMessages(SqlStoreBase):
         await conn.execute(
             insert(messages), [message_row(p.message, p.idempotency_key) for p in placed]
         )
+        await record_attachments(conn, [p.message for p in placed])
         return await self._record_many(
             conn,
             [
@@ -286,13 +301,15 @@ class SqlMessages(SqlStoreBase):
             await conn.execute(
                 update(messages)
                 .where(messages.c.id == message_id)
-                .values(content="", attachment_ids=[], deleted=True, updated_at=now)
+                .values(content="", attachment_ids=[], attachments=[], deleted=True, updated_at=now)
             )
             await conn.execute(delete(reactions).where(reactions.c.message_id == message_id))
+            await detach(conn, message_id)
             message = replace(
                 message,
                 content="",
                 attachment_ids=(),
+                attachments=(),
                 deleted=True,
                 updated_at=now,
                 reaction_counts=(),

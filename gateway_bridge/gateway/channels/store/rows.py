@@ -18,6 +18,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Exists
 
+from gateway_bridge.gateway.channels.drafts import attachment_data, attachment_of
 from gateway_bridge.gateway.channels.errors import ChannelNotFound, MessageNotFound
 from gateway_bridge.gateway.channels.models import (
     Channel,
@@ -174,6 +175,7 @@ def to_message(row: Row) -> Message:
         updated_at=as_utc(row["updated_at"]),
         edited=bool(row["edited"]),
         deleted=bool(row["deleted"]),
+        attachments=tuple(attachment_of(a) for a in row["attachments"] or ()),
     )
 
 
@@ -188,6 +190,7 @@ def message_row(message: Message, idempotency_key: str) -> dict[str, Any]:
         "message_type": message.message_type,
         "reply_to": message.reply_to or None,
         "attachment_ids": list(message.attachment_ids),
+        "attachments": [attachment_data(a) for a in message.attachments],
         "seq": message.seq,
         "idempotency_key": idempotency_key or None,
         "edited": False,

@@ -5,8 +5,14 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 
-from gateway_bridge.gateway.channels.errors import ChannelNotFound, NotAllowed
-from gateway_bridge.gateway.channels.models import ChannelId, ChannelType, Message, NewMessage
+from gateway_bridge.gateway.channels.errors import AttachmentsNotReady, ChannelNotFound, NotAllowed
+from gateway_bridge.gateway.channels.models import (
+    Attachment,
+    ChannelId,
+    ChannelType,
+    Message,
+    NewMessage,
+)
 from gateway_bridge.gateway.channels.store.group_commit import (
     Alone,
     Earlier,
@@ -45,6 +51,7 @@ def plan(
     channels: Collection[LockedChannel] = (GROUP, PUBLIC, OTHER),
     members: Collection[tuple[str, str]] = MEMBERS,
     stored: Mapping[tuple[str, str], Message] | None = None,
+    ready: Mapping[tuple[str, str], Attachment] | None = None,
 ) -> Plan:
     batch = [s if isinstance(s, tuple) else (ACME, s) for s in sends]
     return plan_batch(
@@ -52,6 +59,7 @@ def plan(
         channels=channels,
         members=members,
         stored=stored or {},
+        ready=ready or {},
         now=NOW,
         make_id=ids().__next__,
     )
@@ -152,3 +160,31 @@ def test_a_batch_that_places_nothing_moves_no_channel() -> None:
 
     assert found.placed == []
     assert found.last_seq == {}
+
+
+PHOTO = Attachment("f-photo", "cat.png", "image/png", 1234, 256, 192)
+NOTES = Attachment("f-notes", "notes.txt", "text/plain", 42)
+
+
+def test_a_send_carries_its_ready_files_in_the_order_it_named_them() -> None:
+    new = NewMessage(ChannelId(GROUP.id), "alice", "", attachment_ids=("f-notes", "f-photo"))
+    ready = {(ACME, "f-photo"): PHOTO, (ACME, "f-notes"): NOTES}
+
+    found = plan([new], ready=ready)
+
+    assert [p.message.attachments for p in found.placed] == [(NOTES, PHOTO)]
+
+
+def test_a_send_naming_a_file_that_is_not_ready_in_its_tenant_is_refused_and_takes_no_seq() -> None:
+    # f-photo is ready, but in another tenant; f-gone is no ready file at all.
+    new = NewMessage(
+        ChannelId(GROUP.id), "alice", "", attachment_ids=("f-notes", "f-photo", "f-gone")
+    )
+    ready = {(ACME, "f-notes"): NOTES, (GLOBEX, "f-photo"): PHOTO}
+
+    found = plan([new, send(GROUP)], ready=ready)
+
+    refused = found.outcomes[0]
+    assert isinstance(refused, Refused) and isinstance(refused.error, AttachmentsNotReady)
+    assert [v.field for v in refused.error.violations] == ["attachment_ids[1]", "attachment_ids[2]"]
+    assert seqs(found) == [(GROUP.id, 11)]
