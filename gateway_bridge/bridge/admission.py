@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Final
 from urllib.parse import parse_qs, urlsplit
@@ -40,8 +41,11 @@ class Admission:
         tenants: Authenticator,
         connections: Connections,
         limits: p.SessionLimits,
+        files_url: Callable[[], str],
     ) -> None:
+        """``files_url`` answers the base URL of the file endpoints, for ``welcome``."""
         self._settings = settings
+        self._files_url = files_url
         self._tokens = tokens
         self._tenants = tenants
         self._connections = connections
@@ -98,7 +102,13 @@ class Admission:
         self._connections.add(conn)
         try:
             await ws.send(
-                p.welcome_frame(conn.id, conn.user_id, tenant.tenant_id, rfc3339(conn.expires_at))
+                p.welcome_frame(
+                    conn.id,
+                    conn.user_id,
+                    tenant.tenant_id,
+                    rfc3339(conn.expires_at),
+                    self._files_url(),
+                )
             )
         except BaseException:
             # The browser left during the handshake (or the bridge is stopping): the caller

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -63,8 +63,11 @@ class Bridge:
         presence: Presence,
         presence_ttl: float = 30.0,
         notifications: grpc.aio.Channel | None = None,
+        files_url: Callable[[], str],
     ) -> None:
-        """``notifications`` is a channel to a notification service, if there is one."""
+        """``notifications`` is a channel to a notification service, if there is one;
+        ``files_url`` answers the base URL of the file service's HTTP endpoints, which
+        ``welcome`` tells every client."""
         self._settings = settings
         self._gateway = gateway
         self._connections = Connections()
@@ -80,6 +83,7 @@ class Bridge:
             tenants=tenants,
             connections=self._connections,
             limits=limits,
+            files_url=files_url,
         )
         self._ephemeral = Ephemeral(bus=bus, presence=presence, ttl=presence_ttl)
         self.link = GatewayLink(

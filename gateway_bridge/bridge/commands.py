@@ -172,6 +172,7 @@ class Commands:
                 content=fields["content"],
                 message_type=fields.get("message_type", ""),
                 reply_to=fields.get("reply_to", ""),
+                attachment_ids=fields.get("attachment_ids", []),
                 idempotency_key=key,
             ),
         )

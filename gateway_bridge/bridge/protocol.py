@@ -96,10 +96,17 @@ class Command:
 
 _STR, _INT, _OPT_STR, _OPT_INT = "str", "int", "str?", "int?"
 _OPT_BOOL, _OPT_INT32, _OPT_STRS, _PUSH = "bool?", "int32?", "[str]?", "push_subscription"
+_OPT_FILE_IDS = "[file_id]?"
+
+#: The most files one ``send`` may attach, and the longest id it may name.
+MAX_ATTACHMENTS: Final = 20
+MAX_FILE_ID: Final = 128
 
 #: Each client frame type and its fields (``?`` = optional): ``str``, ``int`` (0 to
 #: :data:`MAX_INT`), ``int32`` (0 to :data:`MAX_INT32`), ``bool``, ``[str]`` (a list of
-#: strings), ``push_subscription`` (a browser's ``PushSubscription.toJSON()``).
+#: strings), ``[file_id]`` (at most :data:`MAX_ATTACHMENTS` strings of at most
+#: :data:`MAX_FILE_ID` characters), ``push_subscription`` (a browser's
+#: ``PushSubscription.toJSON()``).
 FRAME_FIELDS: Final[dict[str, dict[str, str]]] = {
     "auth": {"token": _STR},
     "subscribe": {"channel_id": _STR, "since_seq": _OPT_INT},
@@ -110,6 +117,7 @@ FRAME_FIELDS: Final[dict[str, dict[str, str]]] = {
         "message_type": _OPT_STR,
         "reply_to": _OPT_STR,
         "client_msg_id": _OPT_STR,
+        "attachment_ids": _OPT_FILE_IDS,
     },
     "edit": {"channel_id": _STR, "message_id": _STR, "content": _STR},
     "delete": {"channel_id": _STR, "message_id": _STR},
@@ -191,9 +199,16 @@ def _field_problem(kind_of: str, value: object) -> str | None:
         if not isinstance(value, str):
             return "must be a string"
         return None if _is_text(value) else _LONE_SURROGATE
-    if kind_of == "[str]":
+    if kind_of in ("[str]", "[file_id]"):
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             return "must be a list of strings"
+        if kind_of == "[file_id]" and (
+            len(value) > MAX_ATTACHMENTS or any(len(item) > MAX_FILE_ID for item in value)
+        ):
+            return (
+                f"must be a list of at most {MAX_ATTACHMENTS} ids"
+                f" of at most {MAX_FILE_ID} characters"
+            )
         return None if all(_is_text(item) for item in value) else _LONE_SURROGATE
     assert kind_of == _PUSH, kind_of
     parts = _push_parts(value)
@@ -285,9 +300,13 @@ def refusal_frame(error: FrameError) -> str:
     return error_frame(error.code, error.message, error.frame_id, fields=error.fields)
 
 
-def welcome_frame(connection_id: str, user_id: str, tenant_id: str, expire_time: str = "") -> str:
+def welcome_frame(
+    connection_id: str, user_id: str, tenant_id: str, expire_time: str = "", files_url: str = ""
+) -> str:
     """The ``welcome`` frame; ``expire_time`` (RFC 3339) is when the client token expires
-    (renew it before then with an ``auth`` frame, or the connection closes with 4002)."""
+    (renew it before then with an ``auth`` frame, or the connection closes with 4002);
+    ``files_url`` is the base URL of the file service's HTTP endpoints (tus uploads go to
+    ``<files_url>/files/tus``)."""
     frame = {
         "type": "welcome",
         "protocol": PROTOCOL,
@@ -297,6 +316,8 @@ def welcome_frame(connection_id: str, user_id: str, tenant_id: str, expire_time:
     }
     if expire_time:
         frame["expire_time"] = expire_time
+    if files_url:
+        frame["files_url"] = files_url
     return _dump(frame)
 
 

@@ -6,6 +6,7 @@ serve all`` starts one beside the gateway in its own process); :func:`serve` is
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import grpc
 from redis.asyncio import Redis
@@ -16,6 +17,7 @@ from service_kit.auth import Authenticator
 from service_kit.bus import EventBus
 from service_kit.client_tokens import ClientTokens
 from service_kit.config import Settings
+from service_kit.file_links import files_base_url
 from service_kit.metrics import serve_metrics
 from service_kit.server import open_bus, wait_for_stop_signal
 from service_kit.tenant_client import remote_authenticator
@@ -29,12 +31,15 @@ async def start_bridge(
     gateway_addr: str,
     *,
     notification_addr: str | None = None,
+    files_url: Callable[[], str] | None = None,
 ) -> Bridge:
     """A bridge listening on ``KEEL_WS_ADDR``, linked to the gateway at ``gateway_addr``
     and to the notification service at ``notification_addr`` (by default
     ``KEEL_NOTIFICATION_SERVICE_ADDR``; without either, the notification frames answer
-    ``not_configured``); presence in Redis when there is one. Raises ``RuntimeError`` if
-    it cannot listen."""
+    ``not_configured``); presence in Redis when there is one. ``files_url`` answers the
+    base URL of the file endpoints that ``welcome`` gives clients (by default
+    ``KEEL_FILES_PUBLIC_URL``, or ``http://`` + ``KEEL_FILES_HTTP_ADDR``). Raises
+    ``RuntimeError`` if it cannot listen."""
     peer_token = settings.peer_token or settings.admin_token
     assert settings.token_secret is not None and peer_token is not None
     notification_addr = notification_addr or settings.notifications.service_addr
@@ -47,6 +52,7 @@ async def start_bridge(
         bus=bus,
         presence=RedisPresence(redis) if redis is not None else InMemoryPresence(),
         notifications=(grpc.aio.insecure_channel(notification_addr) if notification_addr else None),
+        files_url=files_url or (lambda: files_base_url(settings.files)),
     )
     try:
         await bridge.start(settings.ws_addr.host, settings.ws_addr.port)

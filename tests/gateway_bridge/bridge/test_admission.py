@@ -61,6 +61,7 @@ async def test_a_browser_gone_during_the_welcome_is_not_left_counted_or_indexed(
         tenants=Tenants(),  # type: ignore[arg-type]
         connections=connections,
         limits=p.SessionLimits(),
+        files_url=lambda: "http://files.example",
     )
     for _ in range(3):  # more than the user's limit of 2
         with pytest.raises(ConnectionClosed):

@@ -57,6 +57,7 @@ async def test_welcome_names_the_connection_user_and_tenant(
         "user_id": "alice",
         "tenant_id": tenant.id,
         "expire_time": welcome["expire_time"],
+        "files_url": welcome["files_url"],
     }
     assert len(welcome["connection_id"]) == 32
     expires = datetime.fromisoformat(welcome["expire_time"])  # the token's expiry, RFC 3339

@@ -35,6 +35,7 @@ VALID: dict[str, dict[str, Any]] = {
         "message_type": "text",
         "reply_to": MESSAGE,
         "client_msg_id": "c-1",
+        "attachment_ids": [MESSAGE],
     },
     "edit": {"channel_id": CHANNEL, "message_id": MESSAGE, "content": "hello again"},
     "delete": {"channel_id": CHANNEL, "message_id": MESSAGE},
@@ -173,6 +174,9 @@ def test_null_counts_as_missing() -> None:
         ("send", "message_type", 1),
         ("send", "reply_to", {}),
         ("send", "client_msg_id", 3),
+        ("send", "attachment_ids", MESSAGE),
+        ("send", "attachment_ids", [MESSAGE] * 21),
+        ("send", "attachment_ids", ["f" * 129]),
         ("edit", "message_id", 1),
         ("delete", "message_id", False),
         ("react", "emoji", 1),
@@ -295,6 +299,7 @@ _TYPED: dict[str, st.SearchStrategy[Any]] = {
     "int32": _numbers | st.sampled_from([2**31 - 1, 2**31]),
     "bool": st.booleans(),
     "[str]": st.lists(_text, max_size=3),
+    "[file_id]": st.lists(_text, max_size=22),
     "push_subscription": st.fixed_dictionaries(
         {"endpoint": _text, "keys": st.fixed_dictionaries({"p256dh": _text, "auth": _text})},
         optional={"expirationTime": _json},
@@ -454,6 +459,16 @@ def test_reply_frames() -> None:
         "connection_id": "c1",
         "user_id": "alice",
         "tenant_id": "t1",
+    }
+    welcome = p.welcome_frame("c1", "alice", "t1", "2026-11-30T10:00:00Z", "http://f.example")
+    assert json.loads(welcome) == {
+        "type": "welcome",
+        "protocol": "keel.v1",
+        "connection_id": "c1",
+        "user_id": "alice",
+        "tenant_id": "t1",
+        "expire_time": "2026-11-30T10:00:00Z",
+        "files_url": "http://f.example",
     }
     assert json.loads(p.presence_frame(CHANNEL, ["a", "b"], "p1")) == {
         "type": "presence",
