@@ -32,6 +32,7 @@ from file_service.web.backend import Variant
 from service_kit.client_tokens import ClientTokens
 from service_kit.clock import utcnow
 from service_kit.config import Address, Settings
+from service_kit.file_links import files_base_url
 from service_kit.interceptor import tenant_scope
 from service_kit.jobs import Job, JobHandler
 from service_kit.purge import TENANT_BLOB_PURGE_JOB
@@ -127,7 +128,7 @@ class FileProcess:
                 f"cannot listen on {files.http_addr} (KEEL_FILES_HTTP_ADDR): {exc}"
             ) from exc
         self.http_port = _bound_port(site, files.http_addr)
-        base = files.public_url or f"http://{_host(files.http_addr.host)}:{self.http_port}"
+        base = files_base_url(files, port=self.http_port)
         self.links = SignedLinks(secrets, base)
         self._sweeper = asyncio.create_task(self._sweep(files.sweep_seconds), name="file-sweep")
         log.info("file endpoints listening", extra={"url": base, "backend": files.backend})
@@ -202,12 +203,6 @@ def build(runtime: Runtime) -> FileServer:
         await process.service.purge_tenant(tenant_id)
 
     return FileServer(spec, process, {TENANT_BLOB_PURGE_JOB: purge_blobs})
-
-
-def _host(host: str) -> str:
-    if host in ("0.0.0.0", "::", ""):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
 
 
 def _bound_port(site: web.TCPSite, address: Address) -> int:

@@ -165,8 +165,19 @@ async def _serve(
         authenticator = remote_authenticator(settings, channel)
     else:
         authenticator = Authenticator(validator, lookup=directory, ttl=settings.auth_cache_seconds)
+    files: file_server.FileServer | None = None
+
+    def files_url() -> str:
+        """In ``serve all``: the file endpoints' base URL, once they listen (port 0 too)."""
+        assert files is not None and files.process.links is not None
+        return files.process.links.base_url
+
     if process in ("all", "gateway"):
-        specs += gateway_server.build(runtime, authenticator=authenticator)
+        specs += gateway_server.build(
+            runtime,
+            authenticator=authenticator,
+            files_base_url=files_url if process == "all" else None,
+        )
     # In `keel serve all` the notification service checks recipients with this process's
     # own gateway, on the port it learns once the server listens.
     own_port: list[int] = []
@@ -187,7 +198,6 @@ async def _serve(
         )
         specs.append(notifications.spec)
         notification_handlers = dict(notifications.job_handlers)
-    files: file_server.FileServer | None = None
     if process in ("all", "file-service"):
         files = file_server.build(runtime)
         specs.append(files.spec)
@@ -209,7 +219,13 @@ async def _serve(
             local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
             own = f"{local}:{server.port}"  # the gateway and the notification service
             bridge = await bridge_server.start_bridge(
-                settings, runtime.bus, runtime.redis, authenticator, own, notification_addr=own
+                settings,
+                runtime.bus,
+                runtime.redis,
+                authenticator,
+                own,
+                notification_addr=own,
+                files_url=files_url,
             )
             assert files is not None
             await _welcome(runtime, server, directory, bridge, files.process.http_port)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from file_service.models import StoredFile
+from service_kit.file_links import Variant
 
-#: What a download reads: the file itself, or its thumbnail.
-Variant = Literal["file", "thumbnail"]
+__all__ = ["FileBackend", "Variant"]
 
 
 class FileBackend(Protocol):
