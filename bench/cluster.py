@@ -365,7 +365,9 @@ class KeelCluster:
             created = tenants_pb2_grpc.TenantServiceStub(channel).CreateTenant(
                 tenants_pb2.CreateTenantRequest(
                     tenant=tenants_pb2.Tenant(
-                        name=f"bench-{uuid.uuid4().hex[:6]}", permissions=["chat:*"]
+                        name=f"bench-{uuid.uuid4().hex[:6]}",
+                        # upload:* for the file scenario (keel serve file-service)
+                        permissions=["chat:*", "upload:*"],
                     )
                 ),
                 metadata=(("authorization", f"Bearer {self.admin_token}"),),

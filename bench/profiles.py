@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SCENARIOS = ("idle", "fanout", "chat", "api", "webhooks", "resume", "notifications")
+SCENARIOS = ("idle", "fanout", "chat", "api", "webhooks", "resume", "notifications", "files")
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
@@ -22,6 +22,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "small_concurrency": 4,
             "small_seconds": 0.5,
         },
+        "files": {"mib": 4, "rounds": 1, "tus_patch_mib": 1},
     },
     "quick": {
         # idle_seconds covers one keepalive ping cycle (KEEL_WS_PING_INTERVAL, 20 s)
@@ -44,6 +45,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "small_concurrency": 32,
             "small_seconds": 5.0,
         },
+        # one file of this size up and down every path, each round (medians reported)
+        "files": {"mib": 256, "rounds": 3, "tus_patch_mib": 8},
     },
     "full": {
         "idle": {"bridges": 4, "conns_per_bridge": 15000, "idle_seconds": 60.0},
@@ -65,6 +68,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "small_concurrency": 64,
             "small_seconds": 10.0,
         },
+        "files": {"mib": 1024, "rounds": 2, "tus_patch_mib": 8},
     },
 }
 

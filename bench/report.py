@@ -98,8 +98,8 @@ def markdown(report: dict[str, Any], json_name: str) -> str:
         "- **Keel** runs as its real processes (`keel serve tenant-service`, `gateway`, "
         "`bridge`; `keel serve all` for SQLite), on a fresh PostgreSQL database and Redis, "
         f"with the benchmark limits `{report['bridge_env']}` and log level "
-        f"{report['log_level']}. The tenant has `chat:*` (no presence scope, so "
-        "presence events are not part of the figures).",
+        f"{report['log_level']}. The tenant has `chat:*` and `upload:*` (no presence "
+        "scope, so presence events are not part of the figures).",
         "- **Load** comes from separate processes on uvloop (`bench/loadgen.py`), each "
         "holding up to 8,000 WebSocket connections from a loopback source address of its own "
         "(127.0.0.2, 127.0.0.3, …), speaking `keel.v1` (auth frame with a client token from "
@@ -448,6 +448,12 @@ def _notifications(r: dict[str, Any]) -> list[str]:
     return report_section(r)
 
 
+def _files(r: dict[str, Any]) -> list[str]:
+    from bench.files import report_section  # the scenario writes its own section
+
+    return report_section(r)
+
+
 def main(argv: list[str]) -> int:
     """``python -m bench.report JSON MD``: render a saved report again."""
     if len(argv) != 2:
@@ -466,6 +472,7 @@ _SECTIONS = {
     "webhooks": _webhooks,
     "resume": _resume,
     "notifications": _notifications,
+    "files": _files,
 }
 
 

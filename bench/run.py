@@ -21,6 +21,7 @@ from typing import Any
 
 from bench import report as report_writer
 from bench.cluster import BENCH_WS_ENV, KeelCluster
+from bench.files import files
 from bench.notifications import notifications
 from bench.osstats import load_average, machine_description
 from bench.profiles import PROFILES, SCENARIOS, params
@@ -28,7 +29,7 @@ from bench.scenarios import SCENARIO_FUNCTIONS as _CHAT_SCENARIOS
 from bench.scenarios import Context
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIO_FUNCTIONS = _CHAT_SCENARIOS | {"notifications": notifications}
+SCENARIO_FUNCTIONS = _CHAT_SCENARIOS | {"notifications": notifications, "files": files}
 
 #: The longest one scenario may take (Keel and baseline together), per profile.
 SCENARIO_BUDGET = {"smoke": 90.0, "quick": 240.0, "full": 2400.0}

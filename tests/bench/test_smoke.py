@@ -73,6 +73,23 @@ EXPECTED: dict[str, list[tuple[str, ...]]] = {
         ("baseline", "email", "per_second"),
         ("baseline", "push", "per_second"),
     ],
+    "files": [
+        *(
+            ("keel", path, figure)
+            for path in (
+                "grpc_upload",
+                "grpc_download",
+                "tus_upload",
+                "tus_upload_chunked",
+                "url_put",
+                "url_download",
+            )
+            for figure in ("mb_per_second", "rss_growth_mib")
+        ),
+        ("baseline", "put", "mb_per_second"),
+        ("baseline", "get", "mb_per_second"),
+        ("baseline", "get_chunked", "mb_per_second"),
+    ],
 }
 
 
@@ -131,3 +148,11 @@ def test_every_scenario_runs_at_tiny_size(tmp_path: Path) -> None:
     assert notified["fanout"]["complete_rounds"] == notified["fanout"]["rounds"]
     for channel in ("email", "push"):
         assert notified[channel]["delivered"] == notified[channel]["sent"], channel
+    # every transfer moved the whole file, on every path of Keel and of the baseline
+    files = report["scenarios"]["files"]
+    size = files["params"]["mib"] << 20
+    for side in ("keel", "baseline"):
+        for path, figures in files[side].items():
+            assert figures["bytes"] == size, (side, path)
+    assert files["keel"]["tus_upload"]["patches"] == 1
+    assert files["keel"]["tus_upload_chunked"]["patches"] == files["params"]["mib"]
