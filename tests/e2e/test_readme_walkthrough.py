@@ -323,7 +323,7 @@ def check_what_the_tour_printed(
         assert found, f"no block printed {text!r}\n{transcript()}"
         return found[0]
 
-    # Reflection and health, including the registered but unimplemented file service.
+    # Reflection and health: every service, the file service included, is serving.
     listing = block_printing("keel.tenants.v1.TenantService\n")
     for service in (
         "grpc.health.v1.Health",
@@ -334,7 +334,16 @@ def check_what_the_tour_printed(
         assert service in listing
     assert "is a method" in listing
     health = block_printing('"status": "SERVING"')
-    assert '"status": "NOT_SERVING"' in health
+    assert health.count('"status": "SERVING"') == 2 and "NOT_SERVING" not in health
+
+    # Files: stored over gRPC, fetched whole and by range from a signed URL; a PUT to an
+    # upload URL.
+    stored = block_printing('"filename":"agenda.txt"')
+    assert '"content_type":"text/plain","size_bytes":"30","state":"FILE_STATE_READY"' in stored
+    assert stored.endswith("\nAgenda: coffee, then standup.\nAgenda")
+    assert '{"filename":"minutes.txt","size":15,"state":"ready"}' in everything
+    attached = '"content":"Today\'s agenda","files":[{"filename":"agenda.txt","size_bytes":"30"'
+    assert attached + ',"url":true}]}' in everything
 
     # Tenants: the demo tenant checks out; forum is refused writes, sees an empty list.
     assert '"name": "demo"' in everything
