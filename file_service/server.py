@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,13 +25,21 @@ from file_service import urls
 from file_service.models import FileLimits, StoredFile
 from file_service.service import FileService
 from file_service.servicer import FileServicer
-from file_service.storage import BlobStore, StorageError, build_blob_store
+from file_service.storage import (
+    BlobKey,
+    BlobStore,
+    S3BlobStore,
+    StorageError,
+    build_blob_store,
+)
 from file_service.store import SqlFileStore
 from file_service.web.app import build_app
 from file_service.web.backend import Variant
+from file_service.web.http_download import content_disposition, is_inline
 from service_kit.client_tokens import ClientTokens
-from service_kit.clock import utcnow
+from service_kit.clock import Clock, utcnow
 from service_kit.config import Address, Settings
+from service_kit.errors import Unavailable
 from service_kit.file_links import files_base_url
 from service_kit.interceptor import tenant_scope
 from service_kit.jobs import Job, JobHandler
@@ -57,11 +65,24 @@ def limits_of(settings: Settings) -> FileLimits:
 
 
 class SignedLinks:
-    """Signed upload and download URLs under the public base URL of the HTTP endpoints."""
+    """Signed upload and download URLs under the public base URL of the HTTP endpoints; with
+    ``presigner`` (``KEEL_S3_PRESIGNED_DOWNLOADS``), download URLs presigned by S3 instead,
+    answered with the same ``Content-Type`` and ``Content-Disposition``."""
 
-    def __init__(self, secrets: list[str], base_url: str) -> None:
+    def __init__(
+        self,
+        secrets: list[str],
+        base_url: str,
+        *,
+        presigner: S3BlobStore | None = None,
+        inline_types: Sequence[str] = FileLimits().inline_types,
+        clock: Clock = utcnow,
+    ) -> None:
         self._secrets = secrets
         self.base_url = base_url.rstrip("/")
+        self._presigner = presigner
+        self._inline_types = inline_types
+        self._clock = clock
 
     def upload(self, file: StoredFile) -> tuple[str, Mapping[str, str]]:
         token = urls.upload_token(self._secrets[0], file)
@@ -70,11 +91,26 @@ class SignedLinks:
             "Tus-Resumable": "1.0.0",
         }
 
-    def download(self, file: StoredFile, *, variant: Variant, expires_at: datetime) -> str:
-        token = urls.download_token(
-            self._secrets[0], file.tenant_id, file.id, variant=variant, expires_at=expires_at
-        )
-        return urls.download_url(self.base_url, token, file.filename)
+    async def download(self, file: StoredFile, *, variant: Variant, expires_at: datetime) -> str:
+        if self._presigner is None:
+            token = urls.download_token(
+                self._secrets[0], file.tenant_id, file.id, variant=variant, expires_at=expires_at
+            )
+            return urls.download_url(self.base_url, token, file.filename)
+        key, content_type = file.blob_key, file.content_type
+        if variant == "thumbnail" and file.thumbnail is not None:
+            key, content_type = file.thumbnail.blob_key, file.thumbnail.content_type
+        inline = is_inline(content_type, self._inline_types)
+        seconds = max(1, int((expires_at - self._clock()).total_seconds()))
+        try:
+            return await self._presigner.presigned_get(
+                BlobKey(key),
+                expires_in=seconds,
+                content_type=content_type,
+                content_disposition=content_disposition(file.filename, inline=inline),
+            )
+        except StorageError as exc:
+            raise Unavailable(f"the file storage failed: {exc}", retry_after=1.0) from exc
 
 
 class FileProcess:
@@ -129,7 +165,10 @@ class FileProcess:
             ) from exc
         self.http_port = _bound_port(site, files.http_addr)
         base = files_base_url(files, port=self.http_port)
-        self.links = SignedLinks(secrets, base)
+        presigner = self.blobs if files.s3_presigned_downloads else None
+        if presigner is not None and not isinstance(presigner, S3BlobStore):
+            raise RuntimeError("KEEL_S3_PRESIGNED_DOWNLOADS needs the S3 backend")
+        self.links = SignedLinks(secrets, base, presigner=presigner)
         self._sweeper = asyncio.create_task(self._sweep(files.sweep_seconds), name="file-sweep")
         log.info("file endpoints listening", extra={"url": base, "backend": files.backend})
 

@@ -49,7 +49,7 @@ class Links(Protocol):
         """The URL to which a pending file's bytes go, and the headers a request needs."""
         ...
 
-    def download(self, file: StoredFile, *, variant: Variant, expires_at: datetime) -> str:
+    async def download(self, file: StoredFile, *, variant: Variant, expires_at: datetime) -> str:
         """A URL from which the file (or its thumbnail) can be fetched until ``expires_at``."""
         ...
 
@@ -197,5 +197,5 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
         if variant == "thumbnail" and file.thumbnail is None:
             raise FileNotFound(file.id, f"file {file.id} has no thumbnail")
         expires_at = self._clock().replace(microsecond=0) + ttl
-        url = self._links.download(file, variant=variant, expires_at=expires_at)
+        url = await self._links.download(file, variant=variant, expires_at=expires_at)
         return pb.CreateDownloadUrlResponse(url=url, expire_time=timestamp(expires_at))

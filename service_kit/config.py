@@ -169,6 +169,9 @@ class FileSettings:
     uploads_per_minute: int = 600
     #: Origins allowed to call the HTTP endpoints from a browser (CORS); ``*`` for any.
     cors_origins: tuple[str, ...] = ("*",)
+    #: Download URLs from ``CreateDownloadUrl`` presigned by S3 (bytes served by S3, not
+    #: by Keel); needs an S3 endpoint that clients can reach.
+    s3_presigned_downloads: bool = False
     #: How long the download URLs of a message's attachments stay valid once signed.
     attachment_url_ttl_seconds: int = 86_400
 
@@ -384,6 +387,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 "KEEL_FILES_UPLOADS_PER_MINUTE", 600, _number(int, 1, 1_000_000)
             ),
             cors_origins=get("KEEL_FILES_CORS_ORIGINS", ("*",), _origins),
+            s3_presigned_downloads=get("KEEL_S3_PRESIGNED_DOWNLOADS", False, _parse_bool),
             attachment_url_ttl_seconds=get(
                 "KEEL_ATTACHMENT_URL_TTL_SECONDS", 86_400, _number(int, 60, 7 * 86_400)
             ),
@@ -423,6 +427,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     ):
         if secret is not None and len(secret) < 32:
             problems.append(f"{name}: must be at least 32 characters long")
+    if settings.files.s3_presigned_downloads and not settings.files.s3_bucket:
+        problems.append(
+            "KEEL_S3_PRESIGNED_DOWNLOADS is set but KEEL_S3_BUCKET is not: only S3 presigns"
+            " URLs (files on local disk are served by the file service's own signed URLs)"
+        )
     if settings.files.s3_endpoint_url and not settings.files.s3_bucket:
         problems.append(
             "KEEL_S3_ENDPOINT_URL is set but KEEL_S3_BUCKET is not: set the bucket to store"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -468,3 +469,42 @@ async def test_the_service_is_serving_only_while_its_blob_store_answers(
         finally:
             await channel.close()
             await server.stop(1)
+
+
+async def test_download_urls_can_be_presigned_by_s3(
+    sqlite_url: str, tmp_path: Path, moto_endpoint: str, aws_env: None
+) -> None:
+    bucket = f"keel-{uuid.uuid4().hex}"
+    await _create_bucket(moto_endpoint, bucket)
+    storage = FileSettings(
+        http_addr=Address("127.0.0.1", 0),
+        s3_endpoint_url=moto_endpoint,
+        s3_bucket=bucket,
+        s3_presigned_downloads=True,
+    )
+    async with running_keel(sqlite_url, tmp_path, files=storage) as keel:
+        built = file_server.build(keel.runtime)
+        server = KeelServer(keel.runtime, [built.spec], authenticator=keel.authenticator)
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        stub = files_pb2_grpc.FileServiceStub(channel)
+        tenant = await keel.tenant("upload:*")
+        try:
+            page = b"<!doctype html><title>hi</title>"
+            stored = (
+                await stub.UploadFile(
+                    _requests(page, filename="page.html", content_type="text/html"),
+                    metadata=tenant.md,
+                )
+            ).file
+            answer = await stub.CreateDownloadUrl(
+                pb.CreateDownloadUrlRequest(id=stored.id), metadata=tenant.md
+            )
+        finally:
+            await channel.close()
+            await server.stop(1)
+    assert answer.url.startswith(f"{moto_endpoint}/{bucket}/{tenant.id}/")
+    async with aiohttp.ClientSession() as http, http.get(answer.url) as fetched:
+        assert fetched.status == 200 and await fetched.read() == page
+        assert fetched.headers["Content-Type"] == "text/html"
+        assert fetched.headers["Content-Disposition"].startswith("attachment;")  # never inline

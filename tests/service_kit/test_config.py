@@ -152,3 +152,52 @@ def test_bad_s3_settings_are_named_at_once() -> None:
 def test_an_s3_endpoint_without_a_bucket_is_refused() -> None:
     with pytest.raises(ConfigError, match="KEEL_S3_BUCKET is not"):
         load_settings({"KEEL_S3_ENDPOINT_URL": "http://minio.internal:9000"})
+
+
+def test_file_service_settings_are_read() -> None:
+    files = load_settings(
+        {
+            "KEEL_FILES_HTTP_ADDR": "0.0.0.0:9000",
+            "KEEL_FILES_PUBLIC_URL": "https://files.example.com",
+            "KEEL_FILES_MAX_FILE_BYTES": "1048576",
+            "KEEL_FILES_TENANT_MAX_BYTES": "2097152",
+            "KEEL_FILES_TENANT_MAX_FILES": "7",
+            "KEEL_FILES_ALLOWED_TYPES": "image/*, Application/PDF",
+            "KEEL_FILES_CORS_ORIGINS": "https://app.example.com,http://localhost:3000",
+            "KEEL_ATTACHMENT_URL_TTL_SECONDS": "600",
+            "KEEL_S3_BUCKET": "keel-files",
+            "KEEL_S3_PRESIGNED_DOWNLOADS": "1",
+        }
+    ).files
+    assert files.http_addr == Address("0.0.0.0", 9000)
+    assert files.public_url == "https://files.example.com"
+    assert (files.max_file_bytes, files.tenant_max_bytes, files.tenant_max_files) == (
+        1 << 20,
+        2 << 20,
+        7,
+    )
+    assert files.allowed_types == ("image/*", "application/pdf")
+    assert files.cors_origins == ("https://app.example.com", "http://localhost:3000")
+    assert files.attachment_url_ttl_seconds == 600
+    assert files.s3_presigned_downloads
+
+
+def test_bad_file_service_settings_are_named_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            {
+                "KEEL_FILES_ALLOWED_TYPES": "images",
+                "KEEL_FILES_CORS_ORIGINS": "app.example.com",
+                "KEEL_FILES_MAX_FILE_BYTES": "0",
+                "KEEL_ATTACHMENT_URL_TTL_SECONDS": "5",
+                "KEEL_S3_PRESIGNED_DOWNLOADS": "1",
+            }
+        )
+    for name in (
+        "KEEL_FILES_ALLOWED_TYPES",
+        "KEEL_FILES_CORS_ORIGINS",
+        "KEEL_FILES_MAX_FILE_BYTES",
+        "KEEL_ATTACHMENT_URL_TTL_SECONDS",
+        "KEEL_S3_PRESIGNED_DOWNLOADS",
+    ):
+        assert name in str(caught.value)

@@ -17,7 +17,7 @@ its gRPC status)::
      └── FailedPrecondition
           └── WrongState               e.g. editing a deleted message, leaving a direct channel
 
-A client token that does not verify is :class:`gateway_bridge.tokens.InvalidClientToken`
+A client token that does not verify is :class:`service_kit.client_tokens.InvalidClientToken`
 (the bridge checks tokens too).
 """
 
