@@ -24,10 +24,10 @@
 // The last line of stdout is one JSON object ({ok, step, error, ...}); exit code 1 on
 // failure.
 
-import { mkdtempSync, rmSync, mkdirSync, readFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
-import { chromium } from "playwright-core";
+import { Browsers } from "./launch.mjs";
 
 const env = process.env;
 const SCENARIO = env.KEEL_SCENARIO || "demo";
@@ -106,38 +106,10 @@ async function until(page, who, what, fn, timeout = WAIT) {
   }
 }
 
-const ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
-const profiles = [];
-const contexts = [];
+const browsers = new Browsers(result.console, { executablePath: CHROMIUM, wait: WAIT });
 
 async function openDemo(who) {
-  const dir = mkdtempSync(join(tmpdir(), `keel-chromium-${who}-`));
-  profiles.push(dir);
-  const context = await chromium.launchPersistentContext(dir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ARGS,
-    viewport: { width: 1100, height: 900 },
-    timeout: 60000,
-  });
-  contexts.push(context);
-  const page = context.pages()[0] || (await context.newPage());
-  page.setDefaultTimeout(WAIT);
-  page.on("console", (msg) => {
-    if (msg.type() === "error" || msg.type() === "warning") {
-      result.console[who].push(`${msg.type()}: ${msg.text()}`);
-    }
-  });
-  page.on("pageerror", (err) => result.console[who].push(`pageerror: ${err.message}`));
+  const { page } = await browsers.open(who);
   const query = `token=${encodeURIComponent(TOKENS[who])}&channel=${encodeURIComponent(CHANNEL)}`;
   await page.goto(`${BASE}/demo?${query}`);
   await until(page, who, "connected", (v) => v.state === "open");
@@ -260,14 +232,7 @@ try {
   result.step = step;
   result.error = String((err && err.stack) || err);
 } finally {
-  for (const context of contexts) {
-    try {
-      await context.close();
-    } catch (e) {
-      /* already gone */
-    }
-  }
-  for (const dir of profiles) rmSync(dir, { recursive: true, force: true });
+  await browsers.closeAll();
   result.ms = Date.now() - started;
   process.stdout.write(JSON.stringify(result) + "\n");
   process.exit(result.ok ? 0 : 1);

@@ -14,10 +14,10 @@
 // one JSON object: {ok, steps, alice, bob, screenshots, ...} (ok=false with error and step
 // on failure; the exit code is then 1).
 
-import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
+import { mkdtempSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { Browsers } from "./launch.mjs";
 
 const env = process.env;
 const BASE = (env.KEEL_DEMO_BASE || "").replace(/\/$/, "");
@@ -97,39 +97,10 @@ async function sendFromPage(page, text) {
   await page.locator("#text").press("Enter");
 }
 
-const ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
-
-const profiles = [];
-const contexts = [];
+const browsers = new Browsers(result.console, { executablePath: CHROMIUM, wait: WAIT });
 
 async function openBrowser(who) {
-  const dir = mkdtempSync(join(tmpdir(), `keel-chromium-${who}-`));
-  profiles.push(dir);
-  const context = await chromium.launchPersistentContext(dir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ARGS,
-    viewport: { width: 1100, height: 900 },
-    timeout: 60000,
-  });
-  contexts.push(context);
-  const page = context.pages()[0] || (await context.newPage());
-  page.setDefaultTimeout(WAIT);
-  page.on("console", (msg) => {
-    if (msg.type() === "error" || msg.type() === "warning") {
-      result.console[who].push(`${msg.type()}: ${msg.text()}`);
-    }
-  });
-  page.on("pageerror", (err) => result.console[who].push(`pageerror: ${err.message}`));
+  const { context, page } = await browsers.open(who);
   return { context, page };
 }
 
@@ -239,14 +210,7 @@ try {
   result.step = step;
   result.error = String((err && err.stack) || err);
 } finally {
-  for (const context of contexts) {
-    try {
-      await context.close();
-    } catch (e) {
-      /* already gone */
-    }
-  }
-  for (const dir of profiles) rmSync(dir, { recursive: true, force: true });
+  await browsers.closeAll();
   result.ms = Date.now() - started;
   process.stdout.write(JSON.stringify(result) + "\n");
   process.exit(result.ok ? 0 : 1);
