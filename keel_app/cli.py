@@ -1,7 +1,12 @@
 """The ``keel`` command: serve a process, migrate the database, administer tenants.
 
-    keel serve all | tenant-service | gateway | notification-service | file-service
+    keel serve all | tenant-service | gateway | bridge | notification-service | file-service
+    keel serve gateway | bridge --workers N   (N processes sharing the port; see
+                                            keel_app/workers.py)
     keel migrate                (creates a missing PostgreSQL database; prints what it applied)
+    keel doctor [PROCESS]       (checks configuration, database, migrations, clock, Redis,
+                                 file storage, SMTP and the Keel processes it would call;
+                                 exits 1 when a check fails)
     keel tenants create NAME [--permission SCOPE]... [--client-id ID] [--rate-limit RPS]
                              [--burst N] [--origin URL]... [--require-origin] [--metadata JSON]
     keel tenants update TENANT_ID [--name NAME] [--permission SCOPE]... | [--no-permissions]
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,7 +44,9 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
+from keel_app import doctor
 from keel_app.processes import PROCESSES, serve
+from keel_app.workers import check_workers, label_logs, supervise, worker_index, worker_settings
 from service_kit.auth import TenantId
 from service_kit.config import ConfigError, Settings, load_settings
 from service_kit.db import check, create_database, create_engine
@@ -56,8 +64,23 @@ def _parser() -> argparse.ArgumentParser:
 
     serve_cmd = commands.add_parser("serve", help="run a Keel process until SIGTERM")
     serve_cmd.add_argument("process", choices=PROCESSES)
+    serve_cmd.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="gateway and bridge only: run N worker processes sharing the gRPC or WebSocket"
+        " port (SO_REUSEPORT), to use N cores; worker i serves /metrics on the port of"
+        " KEEL_METRICS_ADDR + i; SIGTERM drains every worker; a worker that dies is"
+        " restarted (default 1: this process serves alone)",
+    )
 
     commands.add_parser("migrate", help="apply database migrations and exit")
+
+    doctor_cmd = commands.add_parser(
+        "doctor", help="check that this configuration can run Keel; exit 1 on a failure"
+    )
+    doctor_cmd.add_argument("process", nargs="?", choices=PROCESSES)
 
     tenants = commands.add_parser("tenants", help="administer tenants (on the database directly)")
     tenant_cmds = tenants.add_subparsers(dest="tenant_command", required=True)
@@ -319,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.command == "doctor":  # reads the environment itself, bad values included
+        configure_logging("ERROR")
+        return doctor.run(dict(os.environ), args.process)
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -327,8 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level if args.command == "serve" else "WARNING")
     try:
         if args.command == "serve":
-            asyncio.run(serve(args.process, settings))
-            return 0
+            return _serve(args.process, args.workers, settings)
         if args.command == "migrate":
             print("\n".join(asyncio.run(_migrate(settings))))
             return 0
@@ -343,6 +368,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"keel: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _serve(process: str, workers: int, settings: Settings) -> int:
+    """``keel serve process [--workers N]``: this process serves, or supervises N workers
+    (:mod:`keel_app.workers`); a worker serves with its own settings and log label."""
+    index = worker_index()
+    if index is None:
+        check_workers(process, workers, settings)
+        if workers > 1:
+            return asyncio.run(supervise(process, workers, settings))
+    else:
+        settings = worker_settings(settings, index)
+        label_logs(index)
+    asyncio.run(serve(process, settings, reuse_port=index is not None))
     return 0
 
 

@@ -72,12 +72,20 @@ def embedded_secrets(settings: Settings) -> Settings:
     return replace(settings, **changes)  # type: ignore[arg-type]
 
 
-async def serve(process: str, settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    process: str,
+    settings: Settings,
+    *,
+    ready: asyncio.Event | None = None,
+    reuse_port: bool = False,
+) -> None:
     """Run ``process`` until SIGTERM/SIGINT, then stop gracefully.
 
     It owns the event loop (``keel serve``): tasks started while it runs that are
     still running when it stops are cancelled. A signal while the process is still
-    starting (waiting for its database, say) stops it at once, quietly, with exit 0."""
+    starting (waiting for its database, say) stops it at once, quietly, with exit 0.
+    ``reuse_port``: this process is one worker of ``keel serve gateway|bridge --workers
+    N`` (:mod:`keel_app.workers`) and shares its gRPC or WebSocket port with the others."""
     earlier = asyncio.all_tasks()
     started = ready or asyncio.Event()
     stop = asyncio.Event()
@@ -93,7 +101,7 @@ async def serve(process: str, settings: Settings, *, ready: asyncio.Event | None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     try:
-        await _serve(process, settings, started, stop)
+        await _serve(process, settings, started, stop, reuse_port=reuse_port)
     except asyncio.CancelledError:
         if started.is_set() or not stop.is_set():
             raise
@@ -130,12 +138,17 @@ async def _finish_leftover_tasks(tasks: set[asyncio.Task[Any]], grace: float = 3
 
 
 async def _serve(
-    process: str, settings: Settings, ready: asyncio.Event, stop: asyncio.Event
+    process: str,
+    settings: Settings,
+    ready: asyncio.Event,
+    stop: asyncio.Event,
+    *,
+    reuse_port: bool = False,
 ) -> None:
     if process == "all":
         settings = embedded_secrets(settings)
     else:
-        _check_cluster_settings(process, settings)
+        check_cluster_settings(process, settings)
     redact_values(
         (
             settings.admin_token,
@@ -145,7 +158,7 @@ async def _serve(
         )
     )
     if process == "bridge":
-        await bridge_server.serve(settings, ready, stop=stop)
+        await bridge_server.serve(settings, ready, stop=stop, reuse_port=reuse_port)
         return
     runtime = await open_runtime(settings)
     specs: list[ServiceSpec] = []
@@ -203,7 +216,7 @@ async def _serve(
         specs.append(files.spec)
         job_handlers |= files.job_handlers
     await authenticator.follow_changes(runtime.bus)
-    server = KeelServer(runtime, specs, authenticator=authenticator)
+    server = KeelServer(runtime, specs, authenticator=authenticator, reuse_port=reuse_port)
     bridge: Bridge | None = None
     workers = [JobWorker(runtime.engine, job_handlers)] if job_handlers else []
     if notification_handlers:
@@ -264,7 +277,8 @@ def notification_worker(runtime: Runtime, handlers: dict[str, JobHandler]) -> Jo
     )
 
 
-def _check_cluster_settings(process: str, settings: Settings) -> None:
+def check_cluster_settings(process: str, settings: Settings) -> None:
+    """Raise ConfigError naming every setting `keel serve process` requires and lacks."""
     problems = []
     if process != "tenant-service" and not settings.tenant_service_addr:
         problems.append(

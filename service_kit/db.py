@@ -382,6 +382,24 @@ async def migrate(engine: AsyncEngine, *, revision: str = "head") -> list[str]:
     return applied
 
 
+def _revisions(connection: Connection) -> tuple[str | None, list[str]]:
+    config = _alembic_config(connection)
+    current = MigrationContext.configure(connection).get_current_revision()
+    scripts = ScriptDirectory.from_config(config)
+    head = scripts.get_current_head()
+    pending = [
+        f"{s.revision} {s.doc}" for s in reversed(list(scripts.iterate_revisions(head, current)))
+    ]
+    return current, pending
+
+
+async def migration_state(engine: AsyncEngine) -> tuple[str | None, list[str]]:
+    """The schema's revision (None: no migration applied) and the migrations not applied
+    yet, oldest first, as ``"<revision> <title>"``."""
+    async with engine.connect() as conn:
+        return await conn.run_sync(_revisions)
+
+
 def as_utc(value: datetime) -> datetime:
     """``value`` as an aware UTC datetime (SQLite returns naive ones, which are UTC)."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -153,6 +153,13 @@ class SmtpMailer:
             except _Dropped:
                 await self._transaction(sender, email.to, message, reconnected=True)
 
+    async def check(self) -> None:
+        """Connect, greet, upgrade to TLS and log in as a send would, then ``QUIT``: raises
+        ``DeliveryFailed`` saying why the server cannot be used (for ``keel doctor``)."""
+        async with self._lock:
+            await self._connect()
+        await self.close()
+
     async def close(self) -> None:
         """Say ``QUIT`` and close the connection, if there is one."""
         async with self._lock:
