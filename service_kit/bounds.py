@@ -70,16 +70,29 @@ def bounds_of(field: FieldDescriptor) -> field_bounds_pb2.FieldBounds:
 class RequestBounds:
     """The compiled checks of one request message type (see the module docstring)."""
 
-    __slots__ = ("_checks", "full_name")
+    __slots__ = ("_checks", "_checks_but_bytes", "_light_below", "full_name")
 
     def __init__(self, descriptor: Descriptor) -> None:
         self.full_name = descriptor.full_name
-        self._checks = _compile(descriptor, {})
+        self._checks = _compile(descriptor, _Compiled(bytes_sizes=True))
+        # Reading a bytes field copies it (a 1 MiB upload chunk, say). A bytes value of n
+        # bytes takes at least n + 1 (its tag) + the varint of n bytes of the encoding, so
+        # when the encoded request is shorter than that for n = the smallest bound + 1, no
+        # bytes field in it can be over its bound, and these checks go without them.
+        self._checks_but_bytes = _compile(descriptor, _Compiled(bytes_sizes=False))
+        floor = _smallest_bytes_bound(descriptor, set())
+        self._light_below = (
+            math.inf if floor == math.inf else floor + 2 + _varint_size(int(floor) + 1)
+        )
 
-    def violations(self, message: Message) -> list[FieldViolation]:
-        """Every violation of ``message``, in field order; empty when it is within bounds."""
+    def violations(
+        self, message: Message, *, encoded_size: int | None = None
+    ) -> list[FieldViolation]:
+        """Every violation of ``message``, in field order; empty when it is within bounds.
+        ``encoded_size``: the length of the bytes ``message`` was parsed from, if known."""
         found: list[FieldViolation] = []
-        for check in self._checks:
+        light = encoded_size is not None and encoded_size < self._light_below
+        for check in self._checks_but_bytes if light else self._checks:
             check(message, "", found)
         return found
 
@@ -177,7 +190,35 @@ def _can_grow(descriptor: Descriptor, seen: set[str]) -> bool:
 # -- compiling the checks -------------------------------------------------------------------
 
 
-def _compile(descriptor: Descriptor, compiled: dict[str, list[Check]]) -> list[Check]:
+class _Compiled(dict[str, list[Check]]):
+    """The checks compiled so far, by message type; without ``bytes_sizes`` the size checks
+    of bytes fields are left out."""
+
+    def __init__(self, *, bytes_sizes: bool) -> None:
+        super().__init__()
+        self.bytes_sizes = bytes_sizes
+
+
+def _smallest_bytes_bound(descriptor: Descriptor, seen: set[str]) -> float:
+    """The smallest ``max_bytes`` of a bytes field in ``descriptor`` or the Keel messages it
+    holds (infinity when there is none)."""
+    if descriptor.full_name in seen:
+        return math.inf
+    seen.add(descriptor.full_name)
+    smallest = math.inf
+    for field in descriptor.fields:
+        if field.type == FieldDescriptor.TYPE_BYTES and bounds_of(field).max_bytes:
+            smallest = min(smallest, bounds_of(field).max_bytes)
+        elif field.message_type is not None and _is_keel(field.message_type):
+            smallest = min(smallest, _smallest_bytes_bound(field.message_type, seen))
+    return smallest
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _compile(descriptor: Descriptor, compiled: _Compiled) -> list[Check]:
     """The checks of ``descriptor``'s fields; ``compiled`` shares them between types (and
     holds a type's list before it is filled, so a recursive type refers to itself)."""
     if descriptor.full_name in compiled:
@@ -191,7 +232,7 @@ def _compile(descriptor: Descriptor, compiled: dict[str, list[Check]]) -> list[C
     return checks
 
 
-def _field_check(field: FieldDescriptor, compiled: dict[str, list[Check]]) -> Check | None:
+def _field_check(field: FieldDescriptor, compiled: _Compiled) -> Check | None:
     bounds = bounds_of(field)
     name = field.name
     entry = _map_entry(field)
@@ -214,13 +255,15 @@ def _field_check(field: FieldDescriptor, compiled: dict[str, list[Check]]) -> Ch
 def _value_check(
     field: FieldDescriptor,
     bounds: field_bounds_pb2.FieldBounds,
-    compiled: dict[str, list[Check]],
+    compiled: _Compiled,
 ) -> ValueCheck | None:
     """The check of one value of ``field`` (an element, for a repeated field), or None."""
     if field.type == FieldDescriptor.TYPE_STRING:
         return _text_check(bounds.max_length, bounds.max_bytes)
     if field.type == FieldDescriptor.TYPE_BYTES:
-        return _size_check(bounds.max_bytes, len, "bytes") if bounds.max_bytes else None
+        if not (bounds.max_bytes and compiled.bytes_sizes):
+            return None
+        return _size_check(bounds.max_bytes, len, "bytes")
     message = field.message_type
     if message is None:
         return None

@@ -106,7 +106,7 @@ def _guarded(parse: Callable[[bytes], Any], bounds: RequestBounds | None) -> Cal
         except Exception:  # DecodeError, or anything a parser raises on hostile input
             return _Refused(InvalidArgument(MALFORMED_REQUEST))
         if bounds is not None:
-            violations = bounds.violations(request)
+            violations = bounds.violations(request, encoded_size=len(raw))
             if violations:
                 return _Refused(refusal(violations))
         return request

@@ -16,6 +16,7 @@ from google.protobuf import (
 from keel.api.v1 import field_bounds_pb2
 from keel.channels.v1 import channels_pb2
 from keel.events.v1 import events_pb2
+from keel.files.v1 import files_pb2
 from keel.tenants.v1 import tenants_pb2
 
 from service_kit.bounds import (
@@ -241,3 +242,17 @@ def test_missing_bounds_names_every_field_that_declares_none() -> None:
         "keel.boundstest.v1.Loose.data: needs max_bytes",
         "keel.boundstest.v1.Loose.numbers: needs max_items",
     ]
+
+
+@pytest.mark.parametrize("with_size", [False, True])
+def test_a_bytes_field_over_its_bound_is_refused_whether_or_not_the_size_is_known(
+    with_size: bool,
+) -> None:
+    """An upload chunk's bound (1 MiB) holds when the encoded size is given too: only a
+    request no larger than the bound may skip reading (copying) the chunk to measure it."""
+    bounds = RequestBounds(files_pb2.UploadFileRequest.DESCRIPTOR)
+    for size, refused in ((1 << 20, False), ((1 << 20) + 1, True), ((1 << 20) + 300, True)):
+        message = files_pb2.UploadFileRequest(chunk=b"x" * size)
+        encoded = len(message.SerializeToString()) if with_size else None
+        found = bounds.violations(message, encoded_size=encoded)
+        assert [v.field for v in found] == (["chunk"] if refused else []), size
