@@ -101,6 +101,14 @@ class FileInfo:
     sha256: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class _StoredPart:
+    """A part just stored: what the blob store wrote, and its first bytes (to sniff)."""
+
+    written: WrittenBlob
+    head: bytes
+
+
 class _Counted:
     """Passes chunks through, counting them, keeping the first bytes (to sniff the type)
     and refusing more than ``limit`` bytes."""
@@ -251,7 +259,11 @@ class FileService:
         if offset != file.upload_offset:
             raise OffsetMismatch(file.upload_offset, offset)
         if file.upload_offset < file.size:
-            file = await self._add_part(file, offset, chunks, sha256)
+            file, stored = await self._add_part(file, offset, chunks, sha256)
+            if stored is not None and stored.written.size == file.size:
+                # One request brought the whole file (a PUT, a tus client's one PATCH): its
+                # part becomes the file as it is, without a second copy.
+                return await self._complete_whole(file, stored)
         if file.upload_offset == file.size:
             # The last part is in (here, or by a request whose completion failed): finish.
             return await self._complete(file)
@@ -386,7 +398,9 @@ class FileService:
         offset: int,
         chunks: AsyncIterable[bytes],
         sha256: bytes | None,
-    ) -> StoredFile:
+    ) -> tuple[StoredFile, _StoredPart | None]:
+        """Store and record one part; the file after, and the part (None when no byte
+        arrived)."""
         key = BlobKey(f"{file.blob_key}-parts/{offset:016d}-{secrets.token_hex(4)}")
         counted = _Counted(chunks, file.size - offset, f"file {file.id} is {file.size} bytes")
         try:
@@ -399,14 +413,26 @@ class FileService:
             raise ChecksumMismatch("the body's SHA-256 is not the one in Upload-Checksum")
         if written.size == 0:
             await self._blobs.delete(key)
-            return file
+            return file, None
         part = UploadPart(file.id, offset, written.size, key)
         try:
             new_offset = await self._store.add_part(part, file.tenant_id, now=self._clock())
         except BaseException:
             await self._blobs.delete(key)
             raise
-        return replace(file, upload_offset=new_offset)
+        return replace(file, upload_offset=new_offset), _StoredPart(written, counted.head)
+
+    async def _complete_whole(self, file: StoredFile, part: _StoredPart) -> StoredFile:
+        """Finish an upload whose one part holds every byte: that blob becomes the file's."""
+        declared = await self._store.declared_sha256(file.tenant_id, file.id)
+        try:
+            return await self._finish(file, part.written, part.head, declared)
+        except Unavailable:
+            raise  # the part stays recorded; a retry finishes through _complete
+        except BaseException as exc:
+            _count_refusal(exc)
+            await self._discard(file)
+            raise
 
     async def _complete(self, file: StoredFile) -> StoredFile:
         parts = await self._store.parts(file.tenant_id, file.id)
@@ -453,7 +479,7 @@ class FileService:
                 f"the file's bytes are {content_type!r}, which is not an allowed type"
                 f" ({_allowed(self.limits)})"
             )
-        thumbnail = await self._thumbnail(file, content_type, written.size)
+        thumbnail = await self._thumbnail(file, written.key, content_type, written.size)
         try:
             return await self._store.mark_ready(
                 file.tenant_id,
@@ -464,20 +490,23 @@ class FileService:
                 thumbnail=thumbnail,
                 limits=self.limits,
                 now=self._clock(),
+                blob_key=None if written.key == file.blob_key else written.key,
             )
         except BaseException:
             if thumbnail is not None:
                 await self._delete_blob(thumbnail.blob_key)
             raise
 
-    async def _thumbnail(self, file: StoredFile, content_type: str, size: int) -> Thumbnail | None:
+    async def _thumbnail(
+        self, file: StoredFile, key: BlobKey, content_type: str, size: int
+    ) -> Thumbnail | None:
         if content_type not in images.IMAGE_TYPES:
             return None
         if size > images.MAX_IMAGE_BYTES:
             raise InvalidFile(
                 f"images may be at most {images.MAX_IMAGE_BYTES} bytes (this one is {size})"
             )
-        data = b"".join([chunk async for chunk in self._blobs.read(BlobKey(file.blob_key))])
+        data = b"".join([chunk async for chunk in self._blobs.read(key)])
         try:
             made = await images.thumbnail(data)
         except images.ImageRefused as exc:
@@ -509,7 +538,8 @@ class FileService:
     async def _purge(self, files: list[tuple[StoredFile, list[UploadPart]]]) -> None:
         by_tenant: dict[str, list[str]] = {}
         for file, parts in files:
-            keys = [file.blob_key, f"{file.blob_key}-thumbnail"]
+            thumbnail = file.thumbnail.blob_key if file.thumbnail else f"{file.blob_key}-thumbnail"
+            keys = [file.blob_key, thumbnail]
             keys += [part.blob_key for part in parts]
             try:
                 for key in keys:

@@ -70,11 +70,14 @@ class FileStore(Protocol):
         thumbnail: Thumbnail | None,
         limits: FileLimits,
         now: datetime,
+        blob_key: str | None = None,
     ) -> StoredFile:
         """PENDING → READY with the checked size, hash and (sniffed) type; the parts' rows go
-        (their blobs are the caller's to remove). Usage moves from the declared size to
-        ``size``; raises ``QuotaExceeded`` (file still pending) if that passes the limit.
-        Raises ``FileNotFound``, ``FileNotReady`` (not pending: e.g. deleted meanwhile)."""
+        (their blobs are the caller's to remove; ``blob_key``, when given, becomes the
+        file's blob: a part that holds the whole file is kept as it is). Usage moves from
+        the declared size to ``size``; raises ``QuotaExceeded`` (file still pending) if that
+        passes the limit. Raises ``FileNotFound``, ``FileNotReady`` (not pending: e.g.
+        deleted meanwhile)."""
         ...
 
     async def delete(self, tenant_id: str, file_id: str, *, now: datetime) -> StoredFile:

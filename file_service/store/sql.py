@@ -154,10 +154,12 @@ class SqlFileStore:
         thumbnail: Thumbnail | None,
         limits: FileLimits,
         now: datetime,
+        blob_key: str | None = None,
     ) -> StoredFile:
         async with write_transaction(self._engine) as conn:
             row = await _pending_row(conn, tenant_id, file_id)
             await _move_usage(conn, tenant_id, size - row["size_bytes"], limits)
+            moved = {} if blob_key is None else {"blob_key": blob_key}
             await conn.execute(
                 update(files)
                 .where(*_key(tenant_id, file_id), files.c.state == FileState.PENDING.value)
@@ -169,6 +171,7 @@ class SqlFileStore:
                     thumbnail=None if thumbnail is None else _thumbnail_json(thumbnail),
                     ready_time=now,
                     expire_time=None,
+                    **moved,
                 )
             )
             await conn.execute(

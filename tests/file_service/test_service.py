@@ -257,3 +257,32 @@ async def test_a_tenant_starting_uploads_too_fast_is_told_when_to_retry(
         await limited.upload(busy, FileInfo("a.txt"), body(b"x"))
     assert caught.value.retry_after == pytest.approx(5.0)
     await limited.upload(calm, FileInfo("a.txt"), body(b"x"))  # another tenant's own bucket
+
+
+async def test_a_whole_file_in_one_request_is_kept_as_sent_without_a_copy(
+    service: FileService, blobs: LocalBlobStore
+) -> None:
+    t = tenant()
+    data = b"all at once\n" * 1000
+    file_id = await new_upload(service, t, len(data))
+    done = await service.append(t, file_id, 0, body(data))
+    assert done.state is FileState.READY and done.sha256 == hashlib.sha256(data).hexdigest()
+    assert "-parts/" in done.blob_key  # the part itself became the file's blob
+    assert stored_blobs(blobs, t) == [done.blob_key.rsplit("/", 1)[1]]
+    chunks = await service.read(done, variant="file", offset=0, length=None)
+    assert b"".join([c async for c in chunks]) == data
+    await service.delete_file(t, file_id)
+    assert stored_blobs(blobs, t) == []
+
+
+async def test_parts_whose_whole_breaks_a_rule_leave_nothing(
+    service: FileService, blobs: LocalBlobStore
+) -> None:
+    t = tenant()
+    file_id = await new_upload(service, t, 5, sha256=hashlib.sha256(b"other").hexdigest())
+    await service.append(t, file_id, 0, body(b"abc"))
+    with pytest.raises(ChecksumMismatch):
+        await service.append(t, file_id, 3, body(b"de"))
+    assert (await service.get_file(t, file_id)).state is FileState.DELETED
+    assert stored_blobs(blobs, t) == []
+    assert await usage_of(service, t) == Usage(0, 0)
