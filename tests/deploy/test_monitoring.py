@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,14 @@ MONITORING = ROOT / "deploy" / "monitoring"
 DASHBOARD = MONITORING / "keel-dashboard.json"
 ALERTS = MONITORING / "alerts.yaml"
 OBSERVABILITY = ROOT / "docs" / "observability.md"
-PACKAGES = (
-    "keel_app",
-    "service_kit",
-    "tenant_service",
-    "gateway_bridge",
-    "notification_service",
-    "file_service",
-)
+#: Keel's packages, as pyproject.toml lists them (``keel`` is the generated code).
+PACKAGES = [
+    pattern.rstrip("*")
+    for pattern in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
+    if pattern != "keel*"
+]
 
 #: Labels Prometheus adds to every series of a target (``job``, ``instance``) or that
 #: deploy/monitoring/prometheus.yaml adds; ``le`` is every histogram bucket's.
