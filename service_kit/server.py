@@ -208,7 +208,10 @@ class ServiceSpec:
 
 
 class KeelServer:
-    """Serves ``specs`` on the process's gRPC port; see the module docstring."""
+    """Serves ``specs`` on the process's gRPC port; see the module docstring.
+
+    With ``reuse_port`` the port is bound with ``SO_REUSEPORT``, so that several worker
+    processes share it and the kernel spreads new connections between them."""
 
     def __init__(
         self,
@@ -217,6 +220,7 @@ class KeelServer:
         *,
         authenticator: Authenticator | None,
         health_interval: float = 2.0,
+        reuse_port: bool = False,
     ) -> None:
         self._runtime = runtime
         self._specs = list(specs)
@@ -238,7 +242,9 @@ class KeelServer:
                 )
             ],
             options=[
-                ("grpc.so_reuseport", 0),
+                # Off unless asked (``keel serve gateway --workers N``): a second process on
+                # the same port then fails to start rather than silently sharing its calls.
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
                 # Room for the largest message content allowed, plus the request around it.
                 (
                     "grpc.max_receive_message_length",

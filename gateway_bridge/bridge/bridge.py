@@ -126,8 +126,10 @@ class Bridge:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def start(self, host: str, port: int) -> None:
-        """Listen on ``host:port`` and open the gateway link."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        """Listen on ``host:port`` and open the gateway link. With ``reuse_port`` the port
+        is bound with ``SO_REUSEPORT`` and shared with the other workers of
+        ``keel serve bridge --workers N``; the kernel spreads new connections between them."""
         self.link.start()
         await self._ephemeral.start(self._fanout)
         await self._revocation.start(self._bus)
@@ -147,6 +149,7 @@ class Bridge:
             ping_timeout=self._settings.ping_timeout,
             close_timeout=_CLOSE_TIMEOUT,
             write_limit=self._settings.send_buffer_bytes,
+            reuse_port=reuse_port,
         )
         self.port = self._server.sockets[0].getsockname()[1] if port == 0 else port
         log.info("bridge listening", extra={"ws_addr": f"{host}:{self.port}"})

@@ -32,14 +32,16 @@ async def start_bridge(
     *,
     notification_addr: str | None = None,
     files_url: Callable[[], str] | None = None,
+    reuse_port: bool = False,
 ) -> Bridge:
     """A bridge listening on ``KEEL_WS_ADDR``, linked to the gateway at ``gateway_addr``
     and to the notification service at ``notification_addr`` (by default
     ``KEEL_NOTIFICATION_SERVICE_ADDR``; without either, the notification frames answer
     ``not_configured``); presence in Redis when there is one. ``files_url`` answers the
     base URL of the file endpoints that ``welcome`` gives clients (by default
-    ``KEEL_FILES_PUBLIC_URL``, or ``http://`` + ``KEEL_FILES_HTTP_ADDR``). Raises
-    ``RuntimeError`` if it cannot listen."""
+    ``KEEL_FILES_PUBLIC_URL``, or ``http://`` + ``KEEL_FILES_HTTP_ADDR``). With
+    ``reuse_port`` it shares ``KEEL_WS_ADDR`` with other workers (``SO_REUSEPORT``).
+    Raises ``RuntimeError`` if it cannot listen."""
     peer_token = settings.peer_token or settings.admin_token
     assert settings.token_secret is not None and peer_token is not None
     notification_addr = notification_addr or settings.notifications.service_addr
@@ -55,17 +57,22 @@ async def start_bridge(
         files_url=files_url or (lambda: files_base_url(settings.files)),
     )
     try:
-        await bridge.start(settings.ws_addr.host, settings.ws_addr.port)
+        await bridge.start(settings.ws_addr.host, settings.ws_addr.port, reuse_port=reuse_port)
     except OSError as exc:
         raise RuntimeError(f"cannot listen on {settings.ws_addr} (KEEL_WS_ADDR): {exc}") from exc
     return bridge
 
 
 async def serve(
-    settings: Settings, ready: asyncio.Event | None = None, *, stop: asyncio.Event | None = None
+    settings: Settings,
+    ready: asyncio.Event | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """``keel serve bridge`` until ``stop`` is set (by default: until SIGTERM/SIGINT); then
-    close every connection with 1012."""
+    close every connection with 1012. ``reuse_port``: one worker of several sharing
+    ``KEEL_WS_ADDR`` (``keel serve bridge --workers N``)."""
     assert settings.tenant_service_addr is not None and settings.gateway_addr is not None
     bus, redis = await open_bus(settings)
     channel = grpc.aio.insecure_channel(settings.tenant_service_addr)
@@ -76,7 +83,9 @@ async def serve(
         if settings.metrics_addr is not None
         else None
     )
-    bridge = await start_bridge(settings, bus, redis, authenticator, settings.gateway_addr)
+    bridge = await start_bridge(
+        settings, bus, redis, authenticator, settings.gateway_addr, reuse_port=reuse_port
+    )
     try:
         print(f"Keel bridge on ws://{settings.ws_addr.host}:{bridge.port}/ws", flush=True)
         if ready is not None:
