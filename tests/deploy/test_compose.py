@@ -220,7 +220,7 @@ def test_websockets_and_bridge_pages_go_to_the_bridges() -> None:
     assert servers("bridges") == f"bridge:{port}"
 
 
-def test_the_bridges_are_checked_on_healthz_over_http_1_1() -> None:
+def test_the_bridges_are_checked_on_healthz() -> None:
     checks = haproxy_sections()["backend bridges"]
     assert "option httpchk" in checks
     assert "http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host bridge" in checks

@@ -4,12 +4,16 @@ Every Keel service of the compose file is started as ``keel serve <process>`` (g
 bridge twice, as their ``replicas``) with the environment compose gives it, the image's
 ``ENV`` included, rewritten for one machine: each listening address on a free port of
 127.0.0.1, each service name on the address of that process, PostgreSQL and Redis of this
-machine, moto instead of MinIO, no SMTP server, and no load balancer (each bridge streams
-from its own gateway, as Docker's DNS would pick one). A variable the rewriting does not
-know fails the test, so the compose file cannot drift from what is run here. Then: every
-process is healthy by the image's own health check, a message sent through gateway 1
-reaches a browser on the bridge of gateway 2, and a file stored by the file service
-downloads from the attachment URL a gateway signed.
+machine, moto instead of MinIO, no SMTP server; each bridge streams from its own gateway,
+as Docker's DNS would pick one. A variable the rewriting does not know fails the test, so
+the compose file cannot drift from what is run here. Then: every process is healthy by the
+image's own health check, a message sent through gateway 1 reaches a browser on the bridge
+of gateway 2, and a file stored by the file service downloads from the attachment URL a
+gateway signed.
+
+Where HAProxy is installed, deploy/haproxy.cfg itself runs in front of them (its replicas
+listed instead of found through Docker's DNS, its ports free local ones): a browser
+connected through it gets messages, and it serves files and routes gRPC by service.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +31,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
@@ -39,6 +45,7 @@ from websockets.asyncio.client import connect
 from bench.ports import free_port
 from tests.conftest import ADMIN_TOKEN, REDIS_URL, unique
 from tests.deploy.compose_file import (
+    HAPROXY_CONFIG,
     ROOT,
     image_environment,
     keel_services,
@@ -231,6 +238,7 @@ def test_every_process_is_healthy_by_the_image_health_check(topology: Topology) 
 
 @dataclass
 class Tenant:
+    id: str
     md: tuple[tuple[str, str], ...]
     channel_id: str
     token: str
@@ -262,7 +270,7 @@ def tenant(topology: Topology) -> Tenant:
             metadata=md,
             timeout=30,
         ).token
-    return Tenant(md, room.id, token)
+    return Tenant(created.tenant.id, md, room.id, token)
 
 
 def send_through(
@@ -302,11 +310,12 @@ def get_through(
     return found
 
 
-async def test_a_message_sent_through_gateway_1_reaches_a_browser_on_the_bridge_of_gateway_2(
-    topology: Topology, tenant: Tenant
-) -> None:
-    bridge = topology.process("bridge", 1)
-    url = f"ws://{bridge.env['KEEL_WS_ADDR']}/ws?token={tenant.token}"
+async def seen_on(
+    ws_url: str, topology: Topology, tenant: Tenant, content: str
+) -> tuple[dict[str, Any], channels_pb2.Message]:
+    """Subscribe a WebSocket client at ``ws_url`` to the room, send ``content`` through
+    gateway 1; the ``message:created`` frame the client got, and the message sent."""
+    url = f"{ws_url}?token={tenant.token}"
     async with connect(url, subprotocols=["keel.v1"], open_timeout=REPLY_WAIT) as ws:  # type: ignore[list-item]
         async with asyncio.timeout(REPLY_WAIT):
             assert json.loads(await ws.recv())["type"] == "welcome"
@@ -315,35 +324,167 @@ async def test_a_message_sent_through_gateway_1_reaches_a_browser_on_the_bridge_
             )
             while json.loads(await ws.recv()).get("id") != "s1":
                 pass
-        sent = await asyncio.to_thread(send_through, topology, 0, tenant, "hello from G1")
+        sent = await asyncio.to_thread(send_through, topology, 0, tenant, content)
         async with asyncio.timeout(REPLY_WAIT):
             while True:
-                frame = json.loads(await ws.recv())
+                frame: dict[str, Any] = json.loads(await ws.recv())
                 if frame["type"] == "event" and frame["event"] == "message:created":
-                    break
+                    return frame, sent
+
+
+async def test_a_message_sent_through_gateway_1_reaches_a_browser_on_the_bridge_of_gateway_2(
+    topology: Topology, tenant: Tenant
+) -> None:
+    ws_url = f"ws://{topology.process('bridge', 1).env['KEEL_WS_ADDR']}/ws"
+    frame, sent = await seen_on(ws_url, topology, tenant, "hello from G1")
     assert frame["data"]["message"]["id"] == sent.id
     assert frame["data"]["message"]["content"] == "hello from G1"
     assert get_through(topology, 1, tenant, sent.id).content == "hello from G1"
+
+
+def store_file(topology: Topology, tenant: Tenant, data: bytes) -> files_pb2.File:
+    requests = [
+        files_pb2.UploadFileRequest(metadata=files_pb2.UploadFileMetadata(filename="blob.bin")),
+        files_pb2.UploadFileRequest(chunk=data),
+    ]
+    with grpc.insecure_channel(topology.process("file-service").addr) as channel:
+        stored: files_pb2.File = (
+            files_pb2_grpc.FileServiceStub(channel)
+            .UploadFile(iter(requests), metadata=tenant.md, timeout=30)
+            .file
+        )
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    return stored
+
+
+def download(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        body: bytes = response.read()
+    return body
 
 
 def test_a_stored_file_downloads_from_the_attachment_url_a_gateway_signed(
     topology: Topology, tenant: Tenant
 ) -> None:
     data = os.urandom(300_000)
-    requests = [
-        files_pb2.UploadFileRequest(metadata=files_pb2.UploadFileMetadata(filename="blob.bin")),
-        files_pb2.UploadFileRequest(chunk=data),
-    ]
-    with grpc.insecure_channel(topology.process("file-service").addr) as channel:
-        stored = (
-            files_pb2_grpc.FileServiceStub(channel)
-            .UploadFile(iter(requests), metadata=tenant.md, timeout=30)
-            .file
-        )
-    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    stored = store_file(topology, tenant, data)
     sent = send_through(topology, 0, tenant, "a file", stored.id)
     (attachment,) = get_through(topology, 1, tenant, sent.id).attachments
     files_url = topology.replicas["file-service"][0].url("KEEL_FILES_HTTP_ADDR")
     assert attachment.url.startswith(files_url + "/files/")  # KEEL_FILES_PUBLIC_URL
-    with urllib.request.urlopen(attachment.url, timeout=30) as response:
-        assert response.read() == data
+    assert download(attachment.url) == data
+
+
+# --- the load balancer, where HAProxy is installed -----------------------------------------
+
+#: Where deploy/haproxy.cfg's backends listen, by port: the image's listening variables.
+BACKEND_PORTS = {"8080": "KEEL_WS_ADDR", "8090": "KEEL_FILES_HTTP_ADDR", "50051": "KEEL_GRPC_ADDR"}
+
+
+@dataclass
+class LoadBalancer:
+    http: str
+    grpc: str
+
+
+def local_haproxy_config(topology: Topology, binds: Mapping[str, str]) -> str:
+    """deploy/haproxy.cfg for this machine: Docker's DNS gone, each ``server-template`` one
+    ``server`` per running replica, each ``bind`` on a free port, and a global ``maxconn``
+    that fits this sandbox's file descriptor limit; the rest as it is."""
+    lines: list[str] = []
+    in_resolvers = False
+    for line in HAPROXY_CONFIG.read_text().splitlines():
+        words = line.split()
+        if line.startswith("resolvers "):
+            in_resolvers = True
+            continue
+        if in_resolvers and line and not line[0].isspace():
+            in_resolvers = False
+        if in_resolvers:
+            continue
+        if words[:1] == ["maxconn"]:
+            line = "    maxconn 1000"
+        elif words[:1] == ["default-server"]:
+            line = line.replace(" init-addr none", "").replace(" resolvers docker", "")
+        elif words[:1] == ["bind"]:
+            line = line.replace(words[1], binds[words[1]])
+        elif words[:1] == ["server-template"]:
+            service, port = words[3].split(":")
+            for replica in topology.replicas[service]:
+                address = replica.addresses[BACKEND_PORTS[port]]
+                lines.append(
+                    f"    server {words[1]}{replica.index} {address} {' '.join(words[4:])}"
+                )
+            continue
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def load_balancer(
+    topology: Topology, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LoadBalancer]:
+    """HAProxy with deploy/haproxy.cfg in front of the topology, once it routes to a bridge."""
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.skip("HAProxy is not installed here")
+    binds = {":8080": f"127.0.0.1:{free_port()}", ":50051": f"127.0.0.1:{free_port()}"}
+    binds[":8404"] = f"127.0.0.1:{free_port()}"
+    root = tmp_path_factory.mktemp("haproxy")
+    config = root / "haproxy.cfg"
+    config.write_text(local_haproxy_config(topology, binds))
+    with (root / "haproxy.log").open("wb") as log:
+        process = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=log, stderr=log)
+    try:
+        lb = LoadBalancer(binds[":8080"], binds[":50051"])
+        deadline = time.monotonic() + START_WAIT
+        while not lb_routes_to_a_bridge(lb):  # until a /healthz check has passed
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"HAProxy never routed /healthz: {(root / 'haproxy.log').read_text()}")
+            time.sleep(0.1)
+        yield lb
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def lb_routes_to_a_bridge(lb: LoadBalancer) -> bool:
+    try:
+        download(f"http://{lb.http}/healthz")
+    except OSError:  # 503 while no bridge has passed its check yet
+        return False
+    return True
+
+
+async def test_a_browser_behind_the_load_balancer_gets_messages(
+    topology: Topology, tenant: Tenant, load_balancer: LoadBalancer
+) -> None:
+    frame, sent = await seen_on(f"ws://{load_balancer.http}/ws", topology, tenant, "via the LB")
+    assert frame["data"]["message"]["id"] == sent.id
+
+
+def test_the_load_balancer_serves_files_and_routes_grpc_by_service(
+    topology: Topology, tenant: Tenant, load_balancer: LoadBalancer
+) -> None:
+    data = os.urandom(100_000)
+    stored = store_file(topology, tenant, data)
+    sent = send_through(topology, 0, tenant, "a file via the LB", stored.id)
+    with grpc.insecure_channel(load_balancer.grpc) as channel:
+        (attachment,) = (
+            channels_pb2_grpc.ChannelServiceStub(channel)
+            .GetMessage(
+                channels_pb2.GetMessageRequest(channel_id=tenant.channel_id, message_id=sent.id),
+                metadata=tenant.md,
+                timeout=30,
+            )
+            .message.attachments
+        )
+        found = files_pb2_grpc.FileServiceStub(channel).GetFile(
+            files_pb2.GetFileRequest(id=stored.id), metadata=tenant.md, timeout=30
+        )
+        tenant_found = tenants_pb2_grpc.TenantServiceStub(channel).GetTenant(
+            tenants_pb2.GetTenantRequest(id=tenant.id), metadata=bearer(ADMIN_TOKEN), timeout=30
+        )
+    assert found.file.sha256 == stored.sha256 and tenant_found.tenant.id == tenant.id
+    url = urlsplit(attachment.url)
+    assert download(f"http://{load_balancer.http}{url.path}?{url.query}") == data
