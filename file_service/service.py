@@ -24,10 +24,11 @@ by conditional updates).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import posixpath
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Final
@@ -83,6 +84,10 @@ FILES_REFUSED = Counter(
 DEFAULT_UPLOAD_TTL: Final = timedelta(hours=24)
 MAX_UPLOAD_TTL: Final = timedelta(days=7)
 MAX_FILENAME_LENGTH: Final = 255
+MAX_TYPE_LENGTH: Final = 255
+#: Images decoded for thumbnails at once in a process: each may take a few hundred MiB
+#: while it decodes (up to images.MAX_PIXELS), so they queue rather than add up.
+THUMBNAILS_AT_ONCE: Final = 2
 #: How many expired uploads and deleted files one sweep handles at most.
 SWEEP_BATCH: Final = 200
 
@@ -154,6 +159,7 @@ class FileService:
         self._default_ttl = default_upload_ttl
         self._limiter = rate_limiter
         self._uploads_per_minute = uploads_per_minute
+        self._decoding = asyncio.Semaphore(THUMBNAILS_AT_ONCE)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -255,6 +261,9 @@ class FileService:
         """Store the bytes of ``chunks`` as the part at ``offset`` of a pending upload; the
         file after, READY when it was the last part (see
         :class:`~file_service.web.backend.FileBackend`)."""
+        current = await self.get_file(tenant_id, file_id)
+        if current.state is FileState.READY and offset == current.size:
+            return current  # a retry of the end (its answer was lost; a HEAD): it is done
         file = await self._pending(tenant_id, file_id)
         if offset != file.upload_offset:
             raise OffsetMismatch(file.upload_offset, offset)
@@ -330,6 +339,7 @@ class FileService:
             "size_bytes",
             f"is {info.size}; the largest file allowed is {self.limits.max_file_bytes} bytes",
         )
+        v.text("content_type", info.content_type, max_length=MAX_TYPE_LENGTH, required=False)
         declared = info.content_type.strip().lower() or OCTET_STREAM
         v.check(
             sniff.allowed(declared, self.limits.allowed_types) or declared == OCTET_STREAM,
@@ -425,17 +435,15 @@ class FileService:
     async def _complete_whole(self, file: StoredFile, part: _StoredPart) -> StoredFile:
         """Finish an upload whose one part holds every byte: that blob becomes the file's."""
         declared = await self._store.declared_sha256(file.tenant_id, file.id)
-        try:
-            return await self._finish(file, part.written, part.head, declared)
-        except Unavailable:
-            raise  # the part stays recorded; a retry finishes through _complete
-        except BaseException as exc:
-            _count_refusal(exc)
-            await self._discard(file)
-            raise
+        return await self._settle(
+            file, part.written.key, self._finish(file, part.written, part.head, declared)
+        )
 
     async def _complete(self, file: StoredFile) -> StoredFile:
+        """Assemble the parts into a blob of this attempt's own (several requests may
+        complete the same upload at once: none may overwrite another's) and finish."""
         parts = await self._store.parts(file.tenant_id, file.id)
+        key = BlobKey(f"{file.blob_key}-{secrets.token_hex(4)}")
         head = b""
 
         async def assembled() -> AsyncIterator[bytes]:
@@ -446,22 +454,49 @@ class FileService:
                         head += chunk[: sniff.HEAD_BYTES - len(head)]
                     yield chunk
 
-        try:
+        async def finish() -> StoredFile:
             try:
-                written = await self._blobs.write(BlobKey(file.blob_key), assembled())
+                written = await self._blobs.write(key, assembled())
             except StorageError as exc:
                 raise _storage_failed(exc) from exc
             declared = await self._store.declared_sha256(file.tenant_id, file.id)
-            ready = await self._finish(file, written, head, declared)
-        except Unavailable:
-            raise  # the parts stay; the next request (or HEAD + PATCH of 0 bytes) retries
-        except BaseException as exc:
-            _count_refusal(exc)
-            await self._discard(file)
-            raise
-        for part in parts:
-            await self._delete_blob(part.blob_key)
+            return await self._finish(file, written, head, declared)
+
+        ready = await self._settle(file, key, finish())
+        if ready.blob_key == key:  # this attempt made it READY: its parts are done with
+            for part in parts:
+                await self._delete_blob(part.blob_key)
         return ready
+
+    async def _settle(
+        self, file: StoredFile, written: BlobKey, finishing: Awaitable[StoredFile]
+    ) -> StoredFile:
+        """The end of one attempt to complete ``file`` (its bytes at ``written``):
+
+        - READY by this attempt: the file;
+        - any failure while another request made it READY (a race: it took the parts, or
+          won ``mark_ready``): that file, this attempt's blob removed;
+        - storage unavailable, or cancelled: the error, the parts kept for a retry;
+        - refused (checksum, size, type, image, quota): the upload discarded, the error;
+        - deleted meanwhile (expired, terminated): this attempt's blob removed, the error.
+        """
+        try:
+            return await finishing
+        except BaseException as exc:
+            now = await self._store.get(file.tenant_id, file.id)
+            if now is not None and now.state is FileState.READY:
+                if written != now.blob_key:
+                    await self._delete_blob(written)
+                return now
+            if isinstance(exc, Unavailable | asyncio.CancelledError):
+                if "-parts/" not in written:  # a part stays, for the retry
+                    await self._delete_blob(written)
+                raise
+            if now is not None and now.state is FileState.PENDING:
+                _count_refusal(exc)
+                await self._discard(file)
+            await self._delete_blob(written)
+            raise
 
     async def _finish(
         self, file: StoredFile, written: WrittenBlob, head: bytes, declared_sha256: str
@@ -506,14 +541,18 @@ class FileService:
             raise InvalidFile(
                 f"images may be at most {images.MAX_IMAGE_BYTES} bytes (this one is {size})"
             )
-        data = b"".join([chunk async for chunk in self._blobs.read(key)])
-        try:
-            made = await images.thumbnail(data)
-        except images.ImageRefused as exc:
-            raise InvalidFile(str(exc)) from exc
+        async with self._decoding:
+            data = b"".join([chunk async for chunk in self._blobs.read(key)])
+            try:
+                made = await images.thumbnail(data)
+            except images.ImageRefused as exc:
+                raise InvalidFile(str(exc)) from exc
+            del data
         if made is None:
             return None
-        key = BlobKey(f"{file.blob_key}-thumbnail")
+        # A key of this attempt's own: two requests completing the same upload at once must
+        # not remove each other's thumbnail when one of them loses.
+        key = BlobKey(f"{file.blob_key}-thumbnail-{secrets.token_hex(4)}")
 
         async def one() -> AsyncIterator[bytes]:
             yield made.data
@@ -525,9 +564,12 @@ class FileService:
         return Thumbnail(key, made.content_type, made.width, made.height, stored.size)
 
     async def _discard(self, file: StoredFile) -> None:
-        """Make a refused or abandoned file invisible and remove its blobs, now."""
+        """Make a refused or abandoned upload invisible and remove its blobs, now — if it is
+        still pending: a file a concurrent completion made READY is left alone."""
         try:
-            deleted = await self._store.delete(file.tenant_id, file.id, now=self._clock())
+            deleted = await self._store.abandon(file.tenant_id, file.id, now=self._clock())
+            if deleted is None:
+                return
             parts = await self._store.parts(file.tenant_id, file.id)
             await self._purge([(deleted, parts)])
         except Exception:

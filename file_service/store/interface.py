@@ -85,6 +85,11 @@ class FileStore(Protocol):
         deleted file returns it unchanged. Raises ``FileNotFound``."""
         ...
 
+    async def abandon(self, tenant_id: str, file_id: str, *, now: datetime) -> StoredFile | None:
+        """PENDING → DELETED (releasing its usage) and the file; None, changing nothing, when
+        the file is not pending (gone, or READY: a concurrent completion won)."""
+        ...
+
     async def expire_uploads(self, now: datetime, *, limit: int) -> builtins.list[StoredFile]:
         """Mark up to ``limit`` PENDING files whose ``expire_time`` <= ``now`` DELETED
         (releasing usage) and return them, across tenants."""

@@ -196,6 +196,16 @@ class SqlFileStore:
         assert deleted is not None
         return to_stored_file(deleted)
 
+    async def abandon(self, tenant_id: str, file_id: str, *, now: datetime) -> StoredFile | None:
+        async with write_transaction(self._engine) as conn:
+            row = await _file_row(conn, tenant_id, file_id, lock=True)
+            if row is None or row["state"] != FileState.PENDING.value:
+                return None
+            await _mark_deleted(conn, [row], now)
+            abandoned = await _file_row(conn, tenant_id, file_id)
+        assert abandoned is not None
+        return to_stored_file(abandoned)
+
     async def expire_uploads(self, now: datetime, *, limit: int) -> builtins.list[StoredFile]:
         due = (
             select(files)

@@ -41,6 +41,7 @@ from file_service.web.errors import (
     UnsupportedTusVersion,
 )
 from service_kit.clock import Clock, rfc3339
+from service_kit.errors import KeelError
 
 #: The largest piece of a request body handed to the service at once.
 BODY_CHUNK: Final = 64 * 1024
@@ -141,7 +142,13 @@ class TusHandlers:
         )
         location = upload_url(self._public_base or "", file.id)
         if with_body:
-            file = await self._append(request, file, 0, checksum)
+            try:
+                file = await self._append(request, file, 0, checksum)
+            except KeelError:
+                # The client gets no Location with an error, so it could neither resume nor
+                # terminate this upload: terminate it here, freeing what it reserved.
+                await self._backend.terminate(file.tenant_id, file.id)
+                raise
         return web.Response(status=201, headers={"Location": location, **_offset_headers(file)})
 
     async def head(self, request: web.Request) -> web.Response:
@@ -149,6 +156,11 @@ class TusHandlers:
         _require_tus(request)
         file = await self._upload(request)
         self._check_open(file)
+        if file.state is FileState.PENDING and file.upload_offset == file.size:
+            # Every byte is in but the upload is not READY (its completion failed or was cut
+            # short): complete it now, so a client that resumes from here finds its file
+            # READY — or gets the error (a 503 to retry) rather than a false success.
+            file = await self._backend.append(file.tenant_id, file.id, file.size, _nothing())
         return web.Response(status=200, headers=_offset_headers(file))
 
     async def patch(self, request: web.Request) -> web.Response:
@@ -192,6 +204,10 @@ class TusHandlers:
         checksum = tus.parse_checksum(request.headers.get("Upload-Checksum"))
         file = await self._upload(request)
         self._check_open(file)
+        if file.state is FileState.READY and length == file.size:
+            # A retry of a PUT whose answer was lost: the file is there.
+            if checksum is None or bytes.fromhex(file.sha256) == checksum:
+                return web.json_response(_file_json(file))
         if file.state is FileState.PENDING and file.upload_offset != 0:
             raise OffsetMismatch(file.upload_offset, 0)
         if length != file.size:
@@ -224,6 +240,12 @@ class TusHandlers:
         return await self._backend.append(
             file.tenant_id, file.id, offset, body_chunks(request), sha256=checksum
         )
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    """An empty body."""
+    return
+    yield b""  # makes this an async generator
 
 
 def _require_tus(request: web.Request) -> None:

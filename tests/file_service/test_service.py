@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,11 +22,11 @@ from file_service.errors import (
     OffsetMismatch,
     UploadExpired,
 )
-from file_service.models import FileLimits, FileState, Usage
+from file_service.models import FileLimits, FileState, StoredFile, Usage
 from file_service.service import FileInfo, FileService
-from file_service.storage import LocalBlobStore
+from file_service.storage import BlobKey, LocalBlobStore, StorageUnavailable, WrittenBlob
 from file_service.store import SqlFileStore
-from service_kit.errors import ResourceExhausted
+from service_kit.errors import ResourceExhausted, Unavailable
 from service_kit.ratelimit import InMemoryRateLimiter
 
 
@@ -98,7 +98,7 @@ async def test_parts_arriving_in_order_make_a_ready_file_and_leave_no_parts(
     done = await service.append(t, file_id, 1000, body(data[1000:]))
     assert done.state is FileState.READY
     assert done.sha256 == hashlib.sha256(data).hexdigest() and done.size == len(data)
-    assert stored_blobs(blobs, t) == [file_id]  # the parts are gone
+    assert stored_blobs(blobs, t) == [done.blob_key.rsplit("/", 1)[1]]  # the parts are gone
     chunks = await service.read(done, variant="file", offset=0, length=None)
     assert b"".join([c async for c in chunks]) == data
 
@@ -286,3 +286,59 @@ async def test_parts_whose_whole_breaks_a_rule_leave_nothing(
     assert (await service.get_file(t, file_id)).state is FileState.DELETED
     assert stored_blobs(blobs, t) == []
     assert await usage_of(service, t) == Usage(0, 0)
+
+
+class FailingFinalWrites(LocalBlobStore):
+    """A local store whose next ``failures`` writes of a file's final blob (not a part)
+    fail as an unreachable backend would."""
+
+    def __init__(self, root: Path, failures: int) -> None:
+        super().__init__(root)
+        self.failures = failures
+
+    async def write(self, key: BlobKey, chunks: AsyncIterable[bytes]) -> WrittenBlob:
+        if "-parts/" not in key and "-thumbnail" not in key and self.failures > 0:
+            self.failures -= 1
+            raise StorageUnavailable("the disk is away")
+        return await super().write(key, chunks)
+
+
+async def test_retries_of_a_failed_completion_at_once_all_end_with_the_one_ready_file(
+    engine: AsyncEngine, tmp_path: Path, clock: Clock
+) -> None:
+    blobs = FailingFinalWrites(tmp_path / "flaky", failures=1)
+    service = FileService(SqlFileStore(engine), blobs, FileLimits(), clock=clock)
+    t, data = tenant(), b"0123456789" * 1000
+    file_id = await new_upload(service, t, len(data))
+    await service.append(t, file_id, 0, body(data[:4000]))
+    with pytest.raises(Unavailable):  # the last part is in; assembling it failed
+        await service.append(t, file_id, 4000, body(data[4000:]))
+    assert (await service.get_file(t, file_id)).state is FileState.PENDING
+    retries = await asyncio.gather(
+        *(service.append(t, file_id, len(data), body()) for _ in range(3)),
+        return_exceptions=True,
+    )
+    failed = [repr(r) for r in retries if isinstance(r, BaseException)]
+    assert not failed, failed
+    assert {r.state for r in retries if isinstance(r, StoredFile)} == {FileState.READY}
+    ready = await service.get_file(t, file_id)
+    assert ready.state is FileState.READY and ready.sha256 == hashlib.sha256(data).hexdigest()
+    chunks = await service.read(ready, variant="file", offset=0, length=None)
+    assert b"".join([c async for c in chunks]) == data
+    assert await usage_of(service, t) == Usage(len(data), 1)
+
+
+async def test_an_upload_deleted_while_it_completes_leaves_no_blob(
+    service: FileService, blobs: LocalBlobStore
+) -> None:
+    t, data = tenant(), b"x" * 2000
+    file_id = await new_upload(service, t, len(data))
+    await service.append(t, file_id, 0, body(data[:1000]))
+
+    async def deleted_midway() -> AsyncIterator[bytes]:
+        yield data[1000:]
+        await service.terminate(t, file_id)  # e.g. the sweep expiring it, meanwhile
+
+    with pytest.raises(FileNotReady):
+        await service.append(t, file_id, 1000, deleted_midway())
+    assert stored_blobs(blobs, t) == []

@@ -33,6 +33,7 @@ from service_kit.config import load_settings
 from service_kit.db import create_engine, migrate
 from tests.conftest import ROOT
 from tests.file_service.conftest import Backend
+from tests.file_service.test_service import FailingFinalWrites
 from tests.file_service.web_fixtures import (
     OFFSET_STREAM,
     TUS,
@@ -727,3 +728,51 @@ def test_upload_metadata_pairs_are_base64_values_and_bare_keys() -> None:
     for bad in ("name !!!", "name eQ==,name eQ==", "bad,key eQ==,"):
         with pytest.raises(TusHeaderError):
             parse_metadata(bad)
+
+
+async def test_a_head_completes_an_upload_whose_completion_failed(
+    files_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Every byte is in but assembling them failed (503): tus clients then see a full
+    offset and report success, so the HEAD they send completes the upload."""
+    blobs = FailingFinalWrites(tmp_path / "flaky", failures=1)
+    async with file_server(files_engine, blobs, limits=LIMITS, clock=MovableClock()) as server:
+        tenant, body = new_tenant(), os.urandom(50_000)
+        url, file_id = await server.create(tenant, "alice", len(body))
+        assert await patch_as(server, url, tenant, "alice", 0, body[:20_000]) == 204
+        assert await patch_as(server, url, tenant, "alice", 20_000, body[20_000:]) == 503
+        assert (await server.service.get_file(tenant, file_id)).state is FileState.PENDING
+        assert await head_offset(server, url, server.bearer(tenant, "alice")) == len(body)
+        ready = await server.service.get_file(tenant, file_id)
+        assert ready.state is FileState.READY
+        assert ready.sha256 == hashlib.sha256(body).hexdigest()
+
+
+async def test_a_retried_put_of_a_ready_file_answers_the_file(server: FileServer) -> None:
+    tenant, body = new_tenant(), b"put once, answer lost"
+    _, file_id = await server.create(tenant, "alice", len(body))
+    pending = await server.service.get_file(tenant, file_id)
+    url = upload_url(server.base_url, file_id)
+    headers = {"Authorization": f"Bearer {upload_token(URL_SECRET, pending)}"}
+    for _ in range(2):  # the second PUT is the client's retry
+        async with server.http.put(url, headers=headers, data=body) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["state"] == "ready"
+
+
+async def test_a_refused_creation_with_upload_leaves_no_upload_behind(
+    server: FileServer,
+) -> None:
+    tenant, body = new_tenant(), b"checksummed body"
+    headers = {
+        **TUS,
+        **server.bearer(tenant, "alice"),
+        "Upload-Length": str(len(body)),
+        "Upload-Metadata": metadata(filename="a.txt"),
+        "Content-Type": OFFSET_STREAM,
+        "Upload-Checksum": sha256_header(b"something else"),
+    }
+    async with server.http.post(f"{server.base_url}/files/tus", headers=headers, data=body) as r:
+        assert r.status == 460
+    listed = await server.service.list_files(tenant, user_id=None, after=None, limit=10)
+    assert listed == []  # the upload it created is gone, its reservation freed
