@@ -26,13 +26,6 @@ COPY gateway_bridge/ gateway_bridge/
 COPY notification_service/ notification_service/
 COPY file_service/ file_service/
 RUN /opt/keel/bin/pip install ./
-# The bridge serves /keel.js and /demo from gateway_bridge/bridge/static/, which the wheel
-# does not carry yet (pyproject's package-data lists no static files): copy it beside the
-# installed package. A no-op once the wheel carries it.
-RUN site="$(/opt/keel/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
-    && if [ ! -d "$site/gateway_bridge/bridge/static" ]; then \
-         cp -r gateway_bridge/bridge/static "$site/gateway_bridge/bridge/static"; \
-       fi
 COPY deploy/healthcheck.py /opt/keel/healthcheck.py
 
 # --- the image: Python, the virtualenv, a user; no compiler, no pip cache ----------------
