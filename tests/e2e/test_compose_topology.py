@@ -344,7 +344,9 @@ async def test_a_message_sent_through_gateway_1_reaches_a_browser_on_the_bridge_
 
 def store_file(topology: Topology, tenant: Tenant, data: bytes) -> files_pb2.File:
     requests = [
-        files_pb2.UploadFileRequest(metadata=files_pb2.UploadFileMetadata(filename="blob.bin")),
+        files_pb2.UploadFileRequest(
+            metadata=files_pb2.UploadFileMetadata(filename="blob.bin", user_id="ada")
+        ),
         files_pb2.UploadFileRequest(chunk=data),
     ]
     with grpc.insecure_channel(topology.process("file-service").addr) as channel:

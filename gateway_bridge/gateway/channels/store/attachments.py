@@ -1,7 +1,8 @@
 """Attachments in the chat store: the files a send may attach, read inside its
 transaction, and the rows that record where each file is attached.
 
-A send may attach only ready files of its own tenant. They are read from the file
+A send may attach only ready files of its own tenant — and, sent for a user, only files
+that user uploaded. They are read from the file
 service's ``files`` table in the sending transaction, share-locked on PostgreSQL until it
 ends, so no file is deleted between the check and the commit (a deletion waits for the
 send; a file deleted later stays listed with the message, and its URLs stop serving).
@@ -20,7 +21,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway_bridge.gateway.channels.models import Attachment, Message
-from gateway_bridge.gateway.channels.store.group_commit import FileKey
+from gateway_bridge.gateway.channels.store.group_commit import FileKey, ReadyFile
 from service_kit.schema import files, message_attachments
 
 _READY = "ready"
@@ -28,8 +29,8 @@ _READY = "ready"
 
 async def ready_files(
     conn: AsyncConnection, wanted: Collection[FileKey]
-) -> dict[FileKey, Attachment]:
-    """The ready files among ``wanted``, as attachments, by ``(tenant_id, file_id)``;
+) -> dict[FileKey, ReadyFile]:
+    """The ready files among ``wanted`` with who uploaded each, by ``(tenant_id, file_id)``;
     share-locked until the transaction ends (PostgreSQL), in id order."""
     if not wanted:
         return {}
@@ -41,12 +42,15 @@ async def ready_files(
             files.c.content_type,
             files.c.size_bytes,
             files.c.thumbnail,
+            files.c.user_id,
         )
         .where(files.c.id.in_(sorted({file_id for _, file_id in wanted})), files.c.state == _READY)
         .order_by(files.c.id)
         .with_for_update(read=True)
     )
-    found = {(row.tenant_id, row.id): _attachment(row._mapping) for row in rows}
+    found = {
+        (row.tenant_id, row.id): ReadyFile(row.user_id, _attachment(row._mapping)) for row in rows
+    }
     return {key: attachment for key, attachment in found.items() if key in wanted}
 
 

@@ -39,6 +39,15 @@ FileKey = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
+class ReadyFile:
+    """A ready file a send may attach: who uploaded it (its ``user_id``; "" for the
+    tenant's backend), and the attachment it makes."""
+
+    uploaded_by: str
+    attachment: Attachment
+
+
+@dataclass(frozen=True, slots=True)
 class LockedChannel:
     """A channel row of the batch, as its lock holds it."""
 
@@ -119,7 +128,7 @@ def plan_batch(
     channels: Collection[LockedChannel],
     members: Collection[tuple[str, str]],
     stored: Mapping[tuple[str, str], Message],
-    ready: Mapping[FileKey, Attachment],
+    ready: Mapping[FileKey, ReadyFile],
     now: datetime,
     make_id: Callable[[], str],
 ) -> Plan:
@@ -151,7 +160,7 @@ def plan_batch(
             outcome = Alone() if joins else Refused(not_a_member(new, channel.type))
         else:
             try:
-                attachments = attachments_for(tenant_id, new.attachment_ids, ready)
+                attachments = attachments_for(tenant_id, new.user_id, new.attachment_ids, ready)
             except AttachmentsNotReady as refusal:
                 outcomes.append(Refused(refusal))
                 continue
@@ -193,15 +202,20 @@ def new_message(
 
 
 def attachments_for(
-    tenant_id: str, file_ids: Sequence[str], ready: Mapping[FileKey, Attachment]
+    tenant_id: str, sender: str, file_ids: Sequence[str], ready: Mapping[FileKey, ReadyFile]
 ) -> tuple[Attachment, ...]:
     """The attachments ``file_ids`` name, in order, from the ``ready`` files (by
-    ``(tenant_id, file_id)``). Raises :class:`AttachmentsNotReady` naming the positions of
-    the ids that are no ready file of the tenant."""
-    missing = [i for i, file_id in enumerate(file_ids) if (tenant_id, file_id) not in ready]
+    ``(tenant_id, file_id)``). A user (``sender`` not empty) attaches only files they
+    uploaded; the tenant's backend (``sender`` empty) any of the tenant's. Raises
+    :class:`AttachmentsNotReady` naming the positions of the ids that are neither (the same
+    answer whatever the reason, so it tells nothing about files one may not attach)."""
+    found = [ready.get((tenant_id, file_id)) for file_id in file_ids]
+    missing = [
+        i for i, file in enumerate(found) if file is None or (sender and file.uploaded_by != sender)
+    ]
     if missing:
         raise AttachmentsNotReady(missing)
-    return tuple(ready[(tenant_id, file_id)] for file_id in file_ids)
+    return tuple(file.attachment for file in found if file is not None)
 
 
 def not_a_member(new: NewMessage, channel_type: ChannelType) -> NotAllowed:

@@ -168,7 +168,7 @@ class SqlMessages(SqlStoreBase):
             if parent.first() is None:
                 raise WrongState(f"reply_to: message {new.reply_to!r} is not in this channel")
         ready = await ready_files(conn, {(tenant_id, f) for f in new.attachment_ids})
-        attachments = attachments_for(tenant_id, new.attachment_ids, ready)
+        attachments = attachments_for(tenant_id, new.user_id, new.attachment_ids, ready)
         message = new_message(tenant_id, new, seq, self._clock(), new_id(), attachments)
         await conn.execute(insert(messages).values(message_row(message, new.idempotency_key)))
         await record_attachments(conn, [message])

@@ -58,11 +58,16 @@ def png(width: int = 640, height: int = 480) -> bytes:
     return out.getvalue()
 
 
-async def upload(keel: Keel, tenant: Tenant, data: bytes, filename: str) -> files_pb2.File:
-    """A ready file of ``tenant``, uploaded as its backend would over gRPC."""
+async def upload(
+    keel: Keel, tenant: Tenant, data: bytes, filename: str, *, user_id: str = "alice"
+) -> files_pb2.File:
+    """A ready file of ``tenant``, uploaded for ``user_id`` as its backend would over gRPC
+    (a user attaches only the files uploaded for them)."""
 
     def requests() -> Iterator[files_pb2.UploadFileRequest]:
-        meta = files_pb2.UploadFileMetadata(filename=filename, size_bytes=len(data))
+        meta = files_pb2.UploadFileMetadata(
+            filename=filename, size_bytes=len(data), user_id=user_id
+        )
         yield files_pb2.UploadFileRequest(metadata=meta)
         yield files_pb2.UploadFileRequest(chunk=data)
 
@@ -380,3 +385,21 @@ async def test_a_bridge_receives_the_attachments_with_urls_and_the_event_log_kee
         "thumbnail_width",
         "thumbnail_height",
     }
+
+
+async def test_a_user_attaches_only_their_own_files_and_the_backend_any(
+    keel: Keel, tenant: Tenant
+) -> None:
+    channel_id = await tenant.group("alice", "bob")
+    bobs = await upload(keel, tenant, b"bob's draft", "draft.txt", user_id="bob")
+    backends = await upload(keel, tenant, b"the backend's", "terms.txt", user_id="")
+    for file in (bobs, backends):
+        error = await rpc_error(tenant.send(channel_id, "mine now", attachment_ids=[file.id]))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field_violations(error) == ["attachment_ids[0]"]
+    by_bob = await tenant.send(channel_id, "my draft", user_id="bob", attachment_ids=[bobs.id])
+    by_backend = await tenant.send(
+        channel_id, "terms", user_id="", attachment_ids=[bobs.id, backends.id]
+    )
+    assert [a.filename for a in by_bob.attachments] == ["draft.txt"]
+    assert [a.filename for a in by_backend.attachments] == ["draft.txt", "terms.txt"]

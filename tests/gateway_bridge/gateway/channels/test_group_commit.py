@@ -19,6 +19,7 @@ from gateway_bridge.gateway.channels.store.group_commit import (
     LockedChannel,
     Placed,
     Plan,
+    ReadyFile,
     Refused,
     RepeatOf,
     new_message,
@@ -168,7 +169,10 @@ NOTES = Attachment("f-notes", "notes.txt", "text/plain", 42)
 
 def test_a_send_carries_its_ready_files_in_the_order_it_named_them() -> None:
     new = NewMessage(ChannelId(GROUP.id), "alice", "", attachment_ids=("f-notes", "f-photo"))
-    ready = {(ACME, "f-photo"): PHOTO, (ACME, "f-notes"): NOTES}
+    ready = {
+        (ACME, "f-photo"): ReadyFile("alice", PHOTO),
+        (ACME, "f-notes"): ReadyFile("alice", NOTES),
+    }
 
     found = plan([new], ready=ready)
 
@@ -180,7 +184,10 @@ def test_a_send_naming_a_file_that_is_not_ready_in_its_tenant_is_refused_and_tak
     new = NewMessage(
         ChannelId(GROUP.id), "alice", "", attachment_ids=("f-notes", "f-photo", "f-gone")
     )
-    ready = {(ACME, "f-notes"): NOTES, (GLOBEX, "f-photo"): PHOTO}
+    ready = {
+        (ACME, "f-notes"): ReadyFile("alice", NOTES),
+        (GLOBEX, "f-photo"): ReadyFile("alice", PHOTO),
+    }
 
     found = plan([new, send(GROUP)], ready=ready)
 
@@ -188,3 +195,16 @@ def test_a_send_naming_a_file_that_is_not_ready_in_its_tenant_is_refused_and_tak
     assert isinstance(refused, Refused) and isinstance(refused.error, AttachmentsNotReady)
     assert [v.field for v in refused.error.violations] == ["attachment_ids[1]", "attachment_ids[2]"]
     assert seqs(found) == [(GROUP.id, 11)]
+
+
+def test_a_user_attaches_only_files_they_uploaded_and_the_backend_any() -> None:
+    ready = {(ACME, "f-photo"): ReadyFile("bob", PHOTO), (ACME, "f-notes"): ReadyFile("", NOTES)}
+    by_alice = NewMessage(ChannelId(GROUP.id), "alice", "", attachment_ids=("f-photo", "f-notes"))
+    by_backend = NewMessage(ChannelId(GROUP.id), "", "", attachment_ids=("f-photo", "f-notes"))
+
+    found = plan([by_alice, by_backend], ready=ready)
+
+    refused = found.outcomes[0]
+    assert isinstance(refused, Refused) and isinstance(refused.error, AttachmentsNotReady)
+    assert [v.field for v in refused.error.violations] == ["attachment_ids[0]", "attachment_ids[1]"]
+    assert [p.message.attachments for p in found.placed] == [(PHOTO, NOTES)]
