@@ -28,7 +28,7 @@ import asyncio
 import logging
 import posixpath
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Final
@@ -42,6 +42,7 @@ from file_service.errors import (
     FileNotReady,
     InvalidFile,
     OffsetMismatch,
+    QuotaExceeded,
     UploadExpired,
 )
 from file_service.models import (
@@ -118,10 +119,17 @@ class _Counted:
     """Passes chunks through, counting them, keeping the first bytes (to sniff the type)
     and refusing more than ``limit`` bytes."""
 
-    def __init__(self, chunks: AsyncIterable[bytes], limit: int, what: str) -> None:
+    def __init__(
+        self,
+        chunks: AsyncIterable[bytes],
+        limit: int,
+        what: str,
+        refusal: Callable[[str], KeelError] = InvalidFile,
+    ) -> None:
         self._chunks = chunks
         self._limit = limit
         self._what = what
+        self._refusal = refusal
         self.size = 0
         self.head = b""
 
@@ -131,7 +139,7 @@ class _Counted:
                 continue
             self.size += len(chunk)
             if self.size > self._limit:
-                raise InvalidFile(f"{self._what}: more than {self._limit} bytes")
+                raise self._refusal(f"{self._what}: more than {self._limit} bytes")
             if len(self.head) < sniff.HEAD_BYTES:
                 self.head += chunk[: sniff.HEAD_BYTES - len(self.head)]
             BYTES_RECEIVED.inc(len(chunk))
@@ -219,8 +227,15 @@ class FileService:
         if info.size:
             counted = _Counted(chunks, info.size, f"file {file.id} declared {info.size} bytes")
         else:
-            limit = self.limits.max_file_bytes
-            counted = _Counted(chunks, limit, f"the largest file allowed is {limit} bytes")
+            # Undeclared: nothing is reserved, so stop at what the quota has left (checked
+            # again, race-free, when the file becomes READY), not only at the file maximum.
+            room = self.limits.max_tenant_bytes - (await self._store.usage(tenant_id)).bytes
+            if room < self.limits.max_file_bytes:
+                what = f"the tenant's files may take {max(0, room)} bytes more"
+                counted = _Counted(chunks, max(0, room), what, QuotaExceeded)
+            else:
+                limit = self.limits.max_file_bytes
+                counted = _Counted(chunks, limit, f"the largest file allowed is {limit} bytes")
         try:
             try:
                 with UPLOADS_IN_PROGRESS.track_inprogress():

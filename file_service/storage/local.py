@@ -128,7 +128,7 @@ class LocalBlobStore:
     async def delete(self, key: BlobKey) -> None:
         path = self._path(key)
         try:
-            await asyncio.to_thread(path.unlink, missing_ok=True)
+            await asyncio.to_thread(_unlink, path, self.root)
         except OSError as exc:
             raise StorageUnavailable(f"cannot delete blob {key!r}: {exc}") from exc
 
@@ -236,6 +236,18 @@ def _flush_sync_and_close(file: BinaryIO) -> None:
     with file:
         file.flush()
         os.fsync(file.fileno())
+
+
+def _unlink(path: Path, root: Path) -> None:
+    """Remove the blob's file, and its directory if that is an upload's parts directory
+    (``…-parts``) left empty: no upload leaves an empty directory behind."""
+    path.unlink(missing_ok=True)
+    parent = path.parent
+    if parent != root and parent.name.endswith("-parts"):
+        try:
+            parent.rmdir()
+        except OSError:
+            pass  # not empty (more parts), or already gone
 
 
 def _close_and_unlink(file: BinaryIO, temp: Path) -> None:

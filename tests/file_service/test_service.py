@@ -20,6 +20,7 @@ from file_service.errors import (
     FileNotReady,
     InvalidFile,
     OffsetMismatch,
+    QuotaExceeded,
     UploadExpired,
 )
 from file_service.models import FileLimits, FileState, StoredFile, Usage
@@ -342,3 +343,28 @@ async def test_an_upload_deleted_while_it_completes_leaves_no_blob(
     with pytest.raises(FileNotReady):
         await service.append(t, file_id, 1000, deleted_midway())
     assert stored_blobs(blobs, t) == []
+
+
+async def test_a_stream_of_undeclared_size_stops_where_the_quota_ends(
+    engine: AsyncEngine, blobs: LocalBlobStore, clock: Clock
+) -> None:
+    limits = FileLimits(max_file_bytes=1 << 20, max_tenant_bytes=300_000)
+    service = FileService(SqlFileStore(engine), blobs, limits, clock=clock)
+    t = tenant()
+    await service.upload(t, FileInfo("first.bin"), body(b"a" * 200_000))
+    chunk = b"b" * 50_000
+    with pytest.raises(QuotaExceeded, match="may take 100000 bytes more"):
+        await service.upload(t, FileInfo("second.bin"), body(*[chunk] * 20))  # 1 MB offered
+    assert await usage_of(service, t) == Usage(200_000, 1)
+    assert len(stored_blobs(blobs, t)) == 1
+
+
+async def test_an_upload_in_parts_leaves_no_directory_behind(
+    service: FileService, blobs: LocalBlobStore
+) -> None:
+    t = tenant()
+    file_id = await new_upload(service, t, 10)
+    await service.append(t, file_id, 0, body(b"12345"))
+    done = await service.append(t, file_id, 5, body(b"67890"))
+    root = blobs.root / t
+    assert sorted(p.name for p in root.iterdir()) == [done.blob_key.rsplit("/", 1)[1]]
