@@ -21,6 +21,9 @@ from typing import Any, Final
 
 #: The media type of a file whose type is neither given nor recognised.
 OCTET_STREAM: Final = "application/octet-stream"
+#: The most parts one upload may be sent in (the last part always fits): each is a row and
+#: a blob to assemble and remove, so tiny requests must not add up without end.
+MAX_PARTS_PER_UPLOAD: Final = 10_000
 
 
 class FileState(StrEnum):

@@ -19,7 +19,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from file_service.models import FileLimits, NewFile, StoredFile, Thumbnail, UploadPart, Usage
+from file_service.models import (
+    MAX_PARTS_PER_UPLOAD,
+    FileLimits,
+    NewFile,
+    StoredFile,
+    Thumbnail,
+    UploadPart,
+    Usage,
+)
 
 #: A page position: (create_time, id) of the last file of the previous page.
 After = tuple[datetime, str] | None
@@ -47,12 +55,20 @@ class FileStore(Protocol):
         strictly after ``after``; only ``user_id``'s when given."""
         ...
 
-    async def add_part(self, part: UploadPart, tenant_id: str, *, now: datetime) -> int:
+    async def add_part(
+        self,
+        part: UploadPart,
+        tenant_id: str,
+        *,
+        now: datetime,
+        max_parts: int = MAX_PARTS_PER_UPLOAD,
+    ) -> int:
         """Record ``part`` (its blob already written) and advance the upload's offset by its
         size; return the new offset. Raises ``FileNotFound``, ``FileNotReady`` (not pending),
         ``UploadExpired`` (``expire_time`` <= ``now``), ``OffsetMismatch`` (the upload's
         offset is not ``part.offset``), ``InvalidFile`` (the part would pass the declared
-        size). On any error nothing is recorded (the caller removes the part's blob)."""
+        size, or it would be the ``max_parts``-th part without ending the upload). On any
+        error nothing is recorded (the caller removes the part's blob)."""
         ...
 
     async def parts(self, tenant_id: str, file_id: str) -> builtins.list[UploadPart]:

@@ -22,7 +22,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from file_service.errors import (
@@ -34,6 +34,7 @@ from file_service.errors import (
     UploadExpired,
 )
 from file_service.models import (
+    MAX_PARTS_PER_UPLOAD,
     FileLimits,
     FileState,
     NewFile,
@@ -109,7 +110,14 @@ class SqlFileStore:
         async with self._engine.connect() as conn:
             return [to_stored_file(r._mapping) for r in await conn.execute(query)]
 
-    async def add_part(self, part: UploadPart, tenant_id: str, *, now: datetime) -> int:
+    async def add_part(
+        self,
+        part: UploadPart,
+        tenant_id: str,
+        *,
+        now: datetime,
+        max_parts: int = MAX_PARTS_PER_UPLOAD,
+    ) -> int:
         if part.size <= 0:
             raise InvalidFile("an upload part holds at least one byte")
         end = part.offset + part.size
@@ -126,6 +134,19 @@ class SqlFileStore:
         )
         async with write_transaction(self._engine) as conn:
             if (await conn.execute(advance)).rowcount == 1:
+                # The row is locked by the update: the count is exact under concurrency.
+                held = await conn.scalar(
+                    select(func.count())
+                    .select_from(file_upload_parts)
+                    .where(
+                        file_upload_parts.c.tenant_id == tenant_id,
+                        file_upload_parts.c.file_id == part.file_id,
+                    )
+                )
+                if (held or 0) + 1 >= max_parts and end != await _declared_size(conn, part):
+                    raise InvalidFile(
+                        f"an upload may have at most {max_parts} parts: send larger requests"
+                    )
                 await conn.execute(
                     file_upload_parts.insert().values(
                         tenant_id=tenant_id,
@@ -328,6 +349,11 @@ async def _usage_row(conn: AsyncConnection, tenant_id: str) -> Usage:
     )
     row = (await conn.execute(query)).first()
     return Usage() if row is None else Usage(bytes=row.bytes, files=row.files)
+
+
+async def _declared_size(conn: AsyncConnection, part: UploadPart) -> int:
+    size = await conn.scalar(select(files.c.size_bytes).where(files.c.id == part.file_id))
+    return int(size or 0)
 
 
 async def _mark_deleted(conn: AsyncConnection, rows: Sequence[Row], now: datetime) -> None:

@@ -530,3 +530,18 @@ async def test_purging_twice_is_harmless(store: FileStore) -> None:
 
     stored = await store.get(tenant, file.id)
     assert stored is not None and stored.purge_time == T0 + HOUR
+
+
+async def test_an_upload_takes_at_most_max_parts_parts_the_last_always_fits(
+    store: FileStore,
+) -> None:
+    tenant = new_id()
+    file = await store.create_pending(new_file(tenant, size=10), LIMITS)
+    for offset in range(2):
+        await store.add_part(part(file, offset, 1), tenant, now=T0, max_parts=3)
+
+    with pytest.raises(InvalidFile, match="at most 3 parts"):
+        await store.add_part(part(file, 2, 1), tenant, now=T0, max_parts=3)
+
+    assert len(await store.parts(tenant, file.id)) == 2
+    assert await store.add_part(part(file, 2, 8), tenant, now=T0, max_parts=3) == 10
