@@ -1,17 +1,39 @@
-"""Writing a run's results: ``docs/benchmarks.json`` (every figure) and ``docs/benchmarks.md``."""
+"""Writing a run's results: ``docs/benchmarks.json`` (every figure), ``docs/benchmarks.md``
+and its charts (``docs/benchmarks/*.svg``, drawn by :mod:`bench.plots`)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import plots
+
 
 def write(report: dict[str, Any], md_path: Path, json_path: Path) -> None:
+    """Write the JSON, the charts into :func:`chart_dir` of ``md_path``, and the Markdown
+    that shows each chart beside its scenario's tables."""
     md_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
-    md_path.write_text(markdown(report, json_path.name))
+    _write_markdown(report, md_path, json_path.name)
+
+
+def chart_dir(md_path: Path) -> Path:
+    """Where the charts of the report ``md_path`` go: beside it, named after it
+    (``docs/benchmarks.md`` → ``docs/benchmarks/``, ``var/bench/files.md`` →
+    ``var/bench/files/``). The directory is the report's own (see
+    :func:`bench.plots.write_figures`)."""
+    if md_path.suffix:
+        return md_path.with_suffix("")
+    return md_path.with_name(md_path.name + "-charts")
+
+
+def _write_markdown(report: dict[str, Any], md_path: Path, json_name: str) -> None:
+    directory = chart_dir(md_path)
+    drawn = plots.write_figures(report, directory)
+    md_path.write_text(markdown(report, json_name, figures=drawn, figure_dir=directory.name))
 
 
 def _n(value: Any, digits: int = 1) -> str:
@@ -48,7 +70,15 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return [*out, ""]
 
 
-def markdown(report: dict[str, Any], json_name: str) -> str:
+def markdown(
+    report: dict[str, Any],
+    json_name: str,
+    *,
+    figures: Sequence[plots.Figure] = (),
+    figure_dir: str = "",
+) -> str:
+    """The Markdown of ``report``; ``figures`` (files in ``figure_dir``, relative to the
+    Markdown) are shown after their scenario's tables."""
     m = report["machine"]
     lines = [
         "# Benchmarks",
@@ -160,6 +190,9 @@ def markdown(report: dict[str, Any], json_name: str) -> str:
         writer = _SECTIONS.get(name)
         if writer is not None:
             lines += writer(result)
+        charts = [f for f in figures if f.scenario == name]
+        if charts:
+            lines += [" ".join(f"![{f.title}]({figure_dir}/{f.file_name})" for f in charts), ""]
         if result.get("ratios"):
             lines += [
                 "Ratios to the baseline: "
@@ -455,12 +488,12 @@ def _files(r: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m bench.report JSON MD``: render a saved report again."""
+    """``python -m bench.report JSON MD``: render a saved report and its charts again."""
     if len(argv) != 2:
         print("usage: python -m bench.report benchmarks.json benchmarks.md")
         return 2
     source, target = Path(argv[0]), Path(argv[1])
-    target.write_text(markdown(json.loads(source.read_text()), source.name))
+    _write_markdown(json.loads(source.read_text()), target, source.name)
     return 0
 
 
