@@ -2,7 +2,12 @@
 
 :class:`KeelCluster` is the cluster of the README: ``keel serve tenant-service``,
 ``keel serve gateway`` and any number of ``keel serve bridge`` processes, on a
-fresh PostgreSQL database (created and dropped with asyncpg) and Redis.
+fresh PostgreSQL database (created and dropped with asyncpg) and Redis. With
+``bridge_workers``/``gateway_workers`` > 1 (by default ``KEEL_BENCH_BRIDGE_WORKERS`` and
+``KEEL_BENCH_GATEWAY_WORKERS``, else 1) each bridge or the gateway is ``keel serve …
+--workers N``: a supervisor and N workers on one port. Its :class:`Process` is the
+supervisor, so ``pid`` meters the supervisor's CPU only (the workers are its children);
+``metrics_port`` is worker 0's (worker ``i`` serves ``metrics_port + i``).
 :func:`start_embedded` runs ``keel serve all`` on a fresh SQLite file. Every
 process is the ``keel`` command the users run, with its output in files under
 the run's log directory; every wait is bounded.
@@ -20,6 +25,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +35,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -81,6 +88,15 @@ class Process:
     def pid(self) -> int:
         return self.popen.pid
 
+    def listening_workers(self) -> int:
+        """How many workers of ``keel serve bridge --workers N`` logged ``bridge
+        listening`` (1 for a bridge without workers once it listens)."""
+        try:
+            text = self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return 0
+        return text.count('"message": "bridge listening"')
+
     def alive(self) -> bool:
         return self.popen.poll() is None
 
@@ -131,6 +147,40 @@ def launch(name: str, args: Sequence[str], env: Mapping[str, str], log_dir: Path
         log_dir / f"{stamp}.stderr",
         _files=[out, err],
     )
+
+
+def bench_workers(variable: str) -> int:
+    """The ``--workers`` count the environment asks for (``KEEL_BENCH_*_WORKERS``; 1)."""
+    value = int(os.environ.get(variable, "1"))
+    if value < 1:
+        raise ValueError(f"{variable} must be at least 1 (got {value})")
+    return value
+
+
+def workers_args(count: int) -> list[str]:
+    return ["--workers", str(count)] if count > 1 else []
+
+
+def free_ports_in_a_row(count: int) -> int:
+    """The first of ``count`` consecutive free ports (the metrics ports of N workers)."""
+    for _ in range(100):
+        first = free_port()
+        if all(_port_free(first + k) for k in range(1, count)):
+            return first
+    raise RuntimeError(f"no {count} free ports in a row")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _all_listening(bridge: Process, workers: int) -> bool:
+    return bridge.listening_workers() >= workers
 
 
 def clean_env(**changes: str) -> dict[str, str]:
@@ -291,9 +341,18 @@ class Tenant:
 class KeelCluster:
     """tenant-service + gateway on a fresh PostgreSQL database and Redis; bridges on demand."""
 
-    def __init__(self, log_dir: Path, *, log_level: str = "INFO") -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        log_level: str = "INFO",
+        bridge_workers: int | None = None,
+        gateway_workers: int | None = None,
+    ) -> None:
         self.log_dir = log_dir
         self.log_level = log_level
+        self.bridge_workers = bridge_workers or bench_workers("KEEL_BENCH_BRIDGE_WORKERS")
+        self.gateway_workers = gateway_workers or bench_workers("KEEL_BENCH_GATEWAY_WORKERS")
         self.db_name = f"keel_bench_{uuid.uuid4().hex[:8]}"
         self.admin_token = secrets.token_urlsafe(24)
         self.peer_token = secrets.token_urlsafe(24)
@@ -348,7 +407,7 @@ class KeelCluster:
         gateway_addr = f"127.0.0.1:{free_port()}"
         self.gateway = launch(
             "gateway",
-            [*KEEL, "serve", "gateway"],
+            [*KEEL, "serve", "gateway", *workers_args(self.gateway_workers)],
             self.base_env
             | {"KEEL_GRPC_ADDR": gateway_addr, "KEEL_TENANT_SERVICE_ADDR": tenant_addr},
             self.log_dir,
@@ -393,10 +452,10 @@ class KeelCluster:
         assert self.tenant_service is not None and self.gateway is not None
         started = []
         for _ in range(count):
-            ws_port, metrics_port = free_port(), free_port()
+            ws_port, metrics_port = free_port(), free_ports_in_a_row(self.bridge_workers)
             bridge = launch(
                 "bridge",
-                [*KEEL, "serve", "bridge"],
+                [*KEEL, "serve", "bridge", *workers_args(self.bridge_workers)],
                 self.base_env
                 | BENCH_WS_ENV
                 | {
@@ -416,6 +475,13 @@ class KeelCluster:
                 lambda b=bridge: http_status(f"http://127.0.0.1:{b.ws_port}/healthz") == 200,
                 bridge,
                 "bridge",
+                START_TIMEOUT,
+            )
+            # The kernel gives new connections only to workers already listening.
+            wait_until(
+                partial(_all_listening, bridge, self.bridge_workers),
+                bridge,
+                "every bridge worker",
                 START_TIMEOUT,
             )
         return started
