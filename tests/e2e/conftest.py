@@ -31,7 +31,8 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from tests.conftest import ADMIN_TOKEN, REDIS_URL, free_port
+from bench.ports import free_port
+from tests.conftest import ADMIN_TOKEN, REDIS_URL
 
 BIN = Path(sys.executable).parent
 GRPCURL = str(BIN / "grpcurl")
