@@ -3,7 +3,13 @@ kinds it has handlers for, runs them with bounded concurrency, keeps their lease
 they run, records each attempt's outcome (a handler may choose its retry time by raising
 :class:`~service_kit.jobs.RetryAt`), and stops gracefully (handlers reach a
 :meth:`~service_kit.jobs.Job.checkpoint`; what does not in time is cancelled and due
-again when its lease expires)."""
+again when its lease expires).
+
+Its metrics: ``keel_jobs_finished_total{kind,outcome}`` counts the attempts it settles
+(``succeeded``; ``failed``, due again; ``given_up``, the last allowed attempt failed), and
+``keel_job_queue_depth{kind}`` is the number of jobs due and not running, sampled every
+``depth_interval`` seconds for its own kinds only (so two processes running workers for
+different kinds never report each other's)."""
 
 from __future__ import annotations
 
@@ -16,12 +22,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from prometheus_client import Counter, Gauge
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service_kit.clock import Clock, utcnow
 from service_kit.jobs import (
     DEFAULT_RETRY,
+    QUEUED,
     Job,
     JobHandler,
     JobInterrupted,
@@ -36,9 +45,26 @@ from service_kit.jobs import (
     retry_delay,
     succeed,
 )
+from service_kit.schema import jobs
 from service_kit.validation import new_id
 
 log = logging.getLogger(__name__)
+
+JOBS_FINISHED = Counter(
+    "keel_jobs_finished_total",
+    "Job attempts settled by this process's worker, by kind and outcome"
+    " (succeeded; failed: due again; given_up: its last allowed attempt failed).",
+    ["kind", "outcome"],
+)
+#: Depth counts stop here: the query stays cheap however long the backlog grows.
+DEPTH_COUNT_LIMIT = 10_000
+JOB_QUEUE_DEPTH = Gauge(
+    "keel_job_queue_depth",
+    "Jobs due and not running, per kind this process's worker handles"
+    f" (sampled every few seconds; counted up to {DEPTH_COUNT_LIMIT} over all its kinds)."
+    " Every process running a kind reports the same number: aggregate with max.",
+    ["kind"],
+)
 
 
 class JobWorker:
@@ -58,6 +84,7 @@ class JobWorker:
         poll_interval: float = 1.0,
         retry: RetryPolicy = DEFAULT_RETRY,
         keep_finished: timedelta = timedelta(days=7),
+        depth_interval: float = 5.0,
         name: str | None = None,
         clock: Clock = utcnow,
         rand: Callable[[], float] = random.random,
@@ -81,6 +108,8 @@ class JobWorker:
         self._unreachable = False  # logged once per database outage
         self._loop_task: asyncio.Task[None] | None = None
         self._pruned_at: datetime | None = None
+        self._depth_interval = depth_interval
+        self._depth_sampled_at: float | None = None
 
     def start(self) -> None:
         """Start claiming and running jobs in the background."""
@@ -146,6 +175,7 @@ class JobWorker:
                 if len(self._running) < self._concurrency:
                     busy = len(await self._claim()) > 0
                 await self._prune_now_and_then()
+                await self._sample_depth_now_and_then()
             except (SQLAlchemyError, OSError) as exc:
                 if not self._unreachable:  # once per outage, not once a poll
                     self._unreachable = True
@@ -172,6 +202,32 @@ class JobWorker:
             self._pruned_at = now
             await delete_finished(self._engine, before=now - self._keep_finished)
 
+    async def _sample_depth_now_and_then(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._depth_sampled_at is None or now - self._depth_sampled_at >= self._depth_interval:
+            self._depth_sampled_at = now
+            await self.sample_queue_depth()
+
+    async def sample_queue_depth(self) -> None:
+        """Set ``keel_job_queue_depth`` for each kind this worker handles: queued jobs whose
+        ``run_after`` has come (one GROUP BY on the ``(state, run_after)`` index, at most
+        :data:`DEPTH_COUNT_LIMIT` rows read over all its kinds, bounded by a 2 s timeout)."""
+        due = (
+            select(jobs.c.kind)
+            .where(
+                jobs.c.state == QUEUED,
+                jobs.c.run_after <= self._clock(),
+                jobs.c.kind.in_(self._handlers),
+            )
+            .limit(DEPTH_COUNT_LIMIT)
+            .subquery()
+        )
+        query = select(due.c.kind, func.count()).group_by(due.c.kind)
+        async with asyncio.timeout(2.0), self._engine.connect() as conn:
+            counts = {kind: count for kind, count in (await conn.execute(query)).all()}
+        for kind in self._handlers:
+            JOB_QUEUE_DEPTH.labels(kind).set(counts.get(kind, 0))
+
     def _interrupt_check(self, job_id: str) -> Callable[[], Awaitable[None]]:
         async def check() -> None:
             if self._stopping:
@@ -197,34 +253,39 @@ class JobWorker:
                 extra=extra | {"retry_at": retry.when.isoformat(), "why": retry.reason},
             )
             failing = fail(self._engine, job, retry.reason, now=self._clock(), retry_at=retry.when)
-            await self._record(failing, job)
+            if await self._record(failing, job):
+                JOBS_FINISHED.labels(job.kind, _failure_outcome(job)).inc()
         except Exception as exc:
             log.warning("a job failed", exc_info=True, extra=extra)
             now = self._clock()
             retry_at = now + timedelta(seconds=retry_delay(job.attempt, self._retry, self._rand))
-            await self._record(
-                fail(self._engine, job, error_text(exc), now=now, retry_at=retry_at), job
-            )
+            failing = fail(self._engine, job, error_text(exc), now=now, retry_at=retry_at)
+            if await self._record(failing, job):
+                JOBS_FINISHED.labels(job.kind, _failure_outcome(job)).inc()
         else:
-            await self._record(succeed(self._engine, job, now=self._clock()), job)
+            if await self._record(succeed(self._engine, job, now=self._clock()), job):
+                JOBS_FINISHED.labels(job.kind, "succeeded").inc()
         finally:
             keeper.cancel()
 
-    async def _record(self, settling: Awaitable[bool], job: Job) -> None:
-        """Await a settlement of ``job``; say so when the claim was no longer this worker's
-        or the database could not be reached (the lease then brings the job back)."""
+    async def _record(self, settling: Awaitable[bool], job: Job) -> bool:
+        """Await a settlement of ``job``; True when it was recorded. Say so when the claim
+        was no longer this worker's or the database could not be reached (the lease then
+        brings the job back)."""
         try:
-            if not await settling:
-                log.warning(
-                    "a job's claim was lost before its outcome was recorded",
-                    extra={"job_id": job.id, "kind": job.kind, "attempt": job.attempt},
-                )
+            if await settling:
+                return True
+            log.warning(
+                "a job's claim was lost before its outcome was recorded",
+                extra={"job_id": job.id, "kind": job.kind, "attempt": job.attempt},
+            )
         except (SQLAlchemyError, OSError):
             log.warning(
                 "could not record a job's outcome; it runs again when its lease expires",
                 exc_info=True,
                 extra={"job_id": job.id, "kind": job.kind},
             )
+        return False
 
     async def _keep_lease(self, job: Job) -> None:
         """Extend ``job``'s lease every third of it; mark the job lost once it is not ours."""
@@ -239,3 +300,9 @@ class JobWorker:
                     return
             except (SQLAlchemyError, OSError):
                 log.warning("could not extend a job's lease", exc_info=True)
+
+
+def _failure_outcome(job: Job) -> str:
+    """``given_up`` when ``job``'s failed attempt was its last allowed one, else ``failed``."""
+    last = job.max_attempts is not None and job.attempt >= job.max_attempts
+    return "given_up" if last else "failed"

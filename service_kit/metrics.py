@@ -31,6 +31,12 @@ RPC_IN_FLIGHT = Gauge(
 SERVICE_SERVING = Gauge(
     "keel_service_serving", "1 while a service reports SERVING to health checks.", ["service"]
 )
+DEPENDENCY_UP = Gauge(
+    "keel_dependency_up",
+    "1 while the process's last health check reached a dependency"
+    " (database, redis when configured, blob_store in the file service), else 0.",
+    ["dependency"],
+)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
@@ -41,7 +41,7 @@ from service_kit.auth import Authenticator
 from service_kit.bus import EventBus, InProcessEventBus, RedisEventBus
 from service_kit.config import Settings
 from service_kit.interceptor import KeelInterceptor, MethodPolicy
-from service_kit.metrics import SERVICE_SERVING, MetricsEndpoint, serve_metrics
+from service_kit.metrics import DEPENDENCY_UP, SERVICE_SERVING, MetricsEndpoint, serve_metrics
 from service_kit.ratelimit import InMemoryRateLimiter, RateLimiter, RedisRateLimiter
 from service_kit.reflection import enable_reflection
 
@@ -51,6 +51,9 @@ T = TypeVar("T")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+#: How long a health check waits for one dependency before counting it down (seconds).
+DEPENDENCY_TIMEOUT = 2.0
 
 
 @dataclass
@@ -194,6 +197,9 @@ class ServiceSpec:
     #: A dependency besides the database that must answer for the service to be SERVING
     #: (the file service's blob store): True when it does.
     dependency_up: Callable[[], Awaitable[bool]] | None = None
+    #: The ``dependency`` label of ``keel_dependency_up`` for ``dependency_up``'s answer
+    #: (the file service's blob store is the only such dependency today).
+    dependency_name: str = "blob_store"
 
     def method_policies(self) -> dict[str, MethodPolicy]:
         """Policies keyed by full method path (``/pkg.Service/Method``)."""
@@ -295,12 +301,21 @@ class KeelServer:
         )
 
     async def _check_health(self) -> None:
-        database_up = await db.ping(self._runtime.engine)
+        """Check the database, Redis (when configured) and each service's own dependency,
+        every check bounded by :data:`DEPENDENCY_TIMEOUT`; set health and the
+        ``keel_service_serving`` and ``keel_dependency_up`` gauges."""
+        database_up = await db.ping(self._runtime.engine, within=DEPENDENCY_TIMEOUT)
+        DEPENDENCY_UP.labels("database").set(1 if database_up else 0)
+        if self._runtime.redis is not None:
+            redis_up = await _answers(self._runtime.redis.ping)
+            DEPENDENCY_UP.labels("redis").set(1 if redis_up else 0)
         everything_up = True
         for spec in self._specs:
             up = spec.implemented and (database_up or not spec.uses_database)
-            if up and spec.dependency_up is not None:
-                up = await spec.dependency_up()
+            if spec.implemented and spec.dependency_up is not None:
+                dependency_up = await _answers(spec.dependency_up)
+                DEPENDENCY_UP.labels(spec.dependency_name).set(1 if dependency_up else 0)
+                up = up and dependency_up
             everything_up &= up or not spec.implemented
             await self._health.set(spec.name, SERVING if up else NOT_SERVING)
             SERVICE_SERVING.labels(spec.name).set(1 if up else 0)
@@ -328,6 +343,16 @@ class KeelServer:
                 await spec.on_stop()
         if self._metrics is not None:
             self._metrics.close()
+
+
+async def _answers(check: Callable[[], Awaitable[Any]]) -> bool:
+    """True when ``check`` returns something truthy (Redis's PING answers True) within
+    :data:`DEPENDENCY_TIMEOUT`; False when it says no, raises or takes longer."""
+    try:
+        async with asyncio.timeout(DEPENDENCY_TIMEOUT):
+            return bool(await check())
+    except (TimeoutError, RedisError, OSError):
+        return False
 
 
 def unimplemented_spec(
