@@ -28,6 +28,9 @@ Invariants:
   attempts (email ``Message-ID <notification-id.email@keel>`` or ``<digest-id.digest@keel>``,
   webhook ``webhook-id`` = the notification or digest id, the push payload's notification
   ids) so a receiver can drop the duplicate.
+- **Counted**: ``keel_notification_deliveries_total{channel,outcome}`` counts each
+  delivery an attempt served (``sent`` or ``failed``, retried or not), each one skipped,
+  and each in-app notification a release puts in an inbox (``sent``).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ from notification_service.senders.base import (
     VapidKeys,
     WebhookSender,
 )
-from notification_service.service import NotificationService
+from notification_service.service import NOTIFICATION_DELIVERIES, NotificationService
 from notification_service.store import NotificationStore
 from service_kit.clock import Clock, utcnow
 from service_kit.jobs import Job, JobHandler, error_text
@@ -315,6 +318,7 @@ class DeliveryJobs:
         landed = await self._store.release(
             tenant_id, send_id, timings, now=now, max_attempts=self._options.max_attempts
         )
+        NOTIFICATION_DELIVERIES.labels(Channel.IN_APP.value, "sent").inc(len(landed))
         await self._service.announce(
             tenant_id, await self._store.get_notifications(tenant_id, landed)
         )
@@ -355,6 +359,7 @@ class DeliveryJobs:
             error=error,
             now=self._clock(),
         )
+        NOTIFICATION_DELIVERIES.labels(channel.value, outcome.state.value).inc(len(batch))
         if not outcome.final:
             raise RetryLater(outcome.error)
         return gone
@@ -387,6 +392,8 @@ class DeliveryJobs:
             error=why,
             now=self._clock(),
         )
+        for delivery, _ in batch:
+            NOTIFICATION_DELIVERIES.labels(delivery.channel.value, "skipped").inc()
 
     async def _preferences(self, notification: Notification) -> Preferences:
         found = await self._store.preferences_of(notification.tenant_id, [notification.user_id])

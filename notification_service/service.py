@@ -18,6 +18,11 @@ Retries: a send with a ``request_id`` the tenant used before returns that send's
 notifications as they are now, and stores and enqueues nothing — when it asks the same
 (:func:`request_fingerprint`; a retry is answered even once its ``send_at`` has passed).
 The same ``request_id`` with other content is INVALID_ARGUMENT on ``request_id``.
+
+``keel_notification_deliveries_total{channel,outcome}`` is defined here; this module
+counts in-app deliveries as a send decides them (``sent``: in the inbox now; ``held``:
+waiting for ``send_at``; ``skipped``: turned off), :mod:`notification_service.deliveries`
+the rest.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from datetime import datetime
 from functools import partial
 
 from keel.webhooks import new_secret
+from prometheus_client import Counter
 
 from notification_service import checks
 from notification_service.errors import (
@@ -66,6 +72,13 @@ from service_kit.clock import Clock, utcnow
 from service_kit.validation import Violations, new_id
 
 log = logging.getLogger(__name__)
+
+NOTIFICATION_DELIVERIES = Counter(
+    "keel_notification_deliveries_total",
+    "Notification deliveries decided or attempted, by channel (in_app, email, push, webhook)"
+    " and outcome (sent; failed: an attempt failed; skipped: not sendable; held: waits).",
+    ["channel", "outcome"],
+)
 
 #: The channels a tenant with only ``send:basic`` may use, and gets by default.
 BASIC_CHANNELS = (Channel.IN_APP, Channel.EMAIL)
@@ -156,6 +169,7 @@ class NotificationService:
             self._on_jobs_enqueued()
         if not (stored.settings.vapid_public_key and stored.settings.webhook_secret):
             await self.tenant_settings(tenant.tenant_id)  # the tenant's first send makes them
+        _count_in_app(stored.notifications)
         landed = [n for n in stored.notifications if n.inbox_time]
         if landed:
             # The counts were read in the send's transaction: no second round trip.
@@ -407,6 +421,15 @@ class NotificationService:
         _check_user(user_id)
         found = await self._store.push_subscriptions_of(tenant_id, [user_id])
         return found.get(user_id, [])
+
+
+def _count_in_app(notifications: Sequence[Notification]) -> None:
+    """Count the in-app deliveries a send just stored by their state: sent (in the inbox),
+    held (waiting for ``send_at``) or skipped (the user turned in-app off)."""
+    for notification in notifications:
+        for delivery in notification.deliveries:
+            if delivery.channel is Channel.IN_APP:
+                NOTIFICATION_DELIVERIES.labels(delivery.channel.value, delivery.state.value).inc()
 
 
 def _check_user(user_id: str, field: str = "user_id") -> None:

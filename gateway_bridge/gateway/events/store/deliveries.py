@@ -13,7 +13,9 @@ needs, or parks the delivery while its webhook is paused or disabled.
 Each attempt is stored with the delivery's new state and the webhook's failure count in
 one transaction, and only if the delivery is still as the attempt found it (pending,
 same attempt count), so no attempt is recorded twice. A webhook is disabled when told to
-or after too many failures in a row.
+or after too many failures in a row. ``keel_webhook_attempts_total{outcome}`` counts the
+attempts stored: ``delivered``, ``failed`` (retried later) or ``given_up`` (the delivery
+failed for good).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from prometheus_client import Counter
 from sqlalchemy import Select, insert, select, update
 
 from gateway_bridge.gateway.events.store.base import SqlEventStoreBase
@@ -46,6 +49,19 @@ from service_kit.db import as_utc, claim_rows, keyset_page, write_transaction
 from service_kit.schema import deliveries, delivery_attempts, events, webhooks
 
 _PENDING = DeliveryStatus.PENDING.value
+
+WEBHOOK_ATTEMPTS = Counter(
+    "keel_webhook_attempts_total",
+    "Webhook delivery attempts recorded, by outcome (delivered; failed: retried later;"
+    " given_up: the delivery failed for good).",
+    ["outcome"],
+)
+#: The outcome label of an attempt that left its delivery in this status.
+_ATTEMPT_OUTCOMES = {
+    DeliveryStatus.SUCCEEDED: "delivered",
+    DeliveryStatus.PENDING: "failed",
+    DeliveryStatus.FAILED: "given_up",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +268,7 @@ class SqlDeliveries(SqlEventStoreBase):
                             updated_at=self._clock(),
                         )
                     )
+        WEBHOOK_ATTEMPTS.labels(_ATTEMPT_OUTCOMES[status]).inc()
         return True
 
     async def list_deliveries(

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from keel.webhooks import WebhookVerificationError, new_secret, sign, verify
+from prometheus_client import REGISTRY
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -696,6 +697,19 @@ async def settled_delivery(
         await dispatcher.close()
 
 
+def attempts_counted() -> dict[str, float]:
+    """``keel_webhook_attempts_total`` by outcome, as ``/metrics`` shows it now."""
+    return {
+        outcome: REGISTRY.get_sample_value("keel_webhook_attempts_total", {"outcome": outcome})
+        or 0.0
+        for outcome in ("delivered", "failed", "given_up")
+    }
+
+
+def counted_since(before: dict[str, float]) -> dict[str, float]:
+    return {outcome: n - before[outcome] for outcome, n in attempts_counted().items()}
+
+
 async def test_every_attempt_of_a_delivery_sends_the_same_body_signed_afresh(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -706,10 +720,12 @@ async def test_every_attempt_of_a_delivery_sends_the_same_body_signed_afresh(
     ):
         tenant_id, queued = await queue_ping(store, end.url, secret, {"t": "👋"})
         settings = DispatchSettings(retry_schedule=(0.05, 0.05), allow_private=True, interval=0.05)
+        before = attempts_counted()
         delivery = await settled_delivery(store, engine, settings, tenant_id, queued)
 
     assert delivery.status is DeliveryStatus.SUCCEEDED
     assert [a.status_code for a in delivery.attempts] == [500, 503, 200]
+    assert counted_since(before) == {"delivered": 1, "failed": 2, "given_up": 0}
     bodies = {body for _, body in end.requests}
     assert len(end.requests) == 3 and len(bodies) == 1
     for request_headers, body in end.requests:
@@ -728,10 +744,12 @@ async def test_a_refused_destination_fails_the_attempt_with_why_and_is_retried(
     ):
         tenant_id, queued = await queue_ping(store, end.url, SECRET, {})
         settings = DispatchSettings(retry_schedule=(0.05,), allow_private=False, interval=0.05)
+        before = attempts_counted()
         delivery = await settled_delivery(store, engine, settings, tenant_id, queued)
 
     assert end.requests == []
     assert delivery.status is DeliveryStatus.FAILED
+    assert counted_since(before) == {"delivered": 0, "failed": 1, "given_up": 1}
     assert [(a.status_code, a.error) for a in delivery.attempts] == [
         (0, f"'127.0.0.1' resolves to 127.0.0.1, a loopback address; {HINT}")
     ] * 2
