@@ -43,8 +43,9 @@ from file_service.web.errors import (
 from service_kit.clock import Clock, rfc3339
 from service_kit.errors import KeelError
 
-#: The largest piece of a request body handed to the service at once.
-BODY_CHUNK: Final = 64 * 1024
+#: The largest piece of a request body handed to the service at once: 1 MiB (64 KiB
+#: pieces cost a quarter of an upload's CPU in per-piece overhead).
+BODY_CHUNK: Final = 1024 * 1024
 TUS_PATH: Final = "/files/tus"
 
 
