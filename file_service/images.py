@@ -36,7 +36,8 @@ from typing import Final
 
 from PIL import Image, ImageOps
 
-from file_service.sniff import HEAD_BYTES, OCTET_STREAM, sniff
+from file_service.models import OCTET_STREAM
+from file_service.sniff import HEAD_BYTES, sniff
 from service_kit.errors import InvalidArgument
 
 #: The most bytes of image :func:`make_thumbnail` accepts.

@@ -276,10 +276,10 @@ class FileService:
         """Store the bytes of ``chunks`` as the part at ``offset`` of a pending upload; the
         file after, READY when it was the last part (see
         :class:`~file_service.web.backend.FileBackend`)."""
-        current = await self.get_file(tenant_id, file_id)
-        if current.state is FileState.READY and offset == current.size:
-            return current  # a retry of the end (its answer was lost; a HEAD): it is done
-        file = await self._pending(tenant_id, file_id)
+        file = await self.get_file(tenant_id, file_id)
+        if file.state is FileState.READY and offset == file.size:
+            return file  # a retry of the end (its answer was lost; a HEAD): it is done
+        self._check_pending(file)
         if offset != file.upload_offset:
             raise OffsetMismatch(file.upload_offset, offset)
         if file.upload_offset < file.size:
@@ -295,7 +295,8 @@ class FileService:
 
     async def terminate(self, tenant_id: str, file_id: str) -> None:
         """Abandon a pending upload; its parts are removed."""
-        file = await self._pending(tenant_id, file_id, allow_expired=True)
+        file = await self.get_file(tenant_id, file_id)
+        self._check_pending(file, allow_expired=True)
         await self._discard(file)
 
     # -- deleting -----------------------------------------------------------------------
@@ -406,16 +407,14 @@ class FileService:
                 retry_after=wait,
             )
 
-    async def _pending(
-        self, tenant_id: str, file_id: str, *, allow_expired: bool = False
-    ) -> StoredFile:
-        file = await self.get_file(tenant_id, file_id)
+    def _check_pending(self, file: StoredFile, *, allow_expired: bool = False) -> None:
+        """Raise unless ``file`` is an upload in progress (``FileNotReady``) that has not
+        expired (``UploadExpired``, unless ``allow_expired``)."""
         if file.state is not FileState.PENDING:
-            raise FileNotReady(f"file {file_id} is {file.state.value}, not an upload in progress")
+            raise FileNotReady(f"file {file.id} is {file.state.value}, not an upload in progress")
         expired = file.expire_time is not None and file.expire_time <= self._clock()
         if expired and not allow_expired:
-            raise UploadExpired(f"the upload of file {file_id} expired")
-        return file
+            raise UploadExpired(f"the upload of file {file.id} expired")
 
     async def _add_part(
         self,

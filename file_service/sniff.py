@@ -37,9 +37,10 @@ from typing import Final
 
 import filetype
 
+from file_service.models import OCTET_STREAM
+
 #: How many leading bytes :func:`sniff` looks at; callers pass at most this many.
 HEAD_BYTES: Final = 8 * 1024
-OCTET_STREAM: Final = "application/octet-stream"
 HTML: Final = "text/html"
 SVG: Final = "image/svg+xml"
 XML: Final = "application/xml"

@@ -10,7 +10,8 @@ import zipfile
 import pytest
 from PIL import Image
 
-from file_service.sniff import HEAD_BYTES, OCTET_STREAM, allowed, sniff
+from file_service.models import OCTET_STREAM
+from file_service.sniff import HEAD_BYTES, allowed, sniff
 
 
 def _image(format_name: str) -> bytes:
