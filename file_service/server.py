@@ -40,7 +40,7 @@ from service_kit.client_tokens import ClientTokens
 from service_kit.clock import Clock, utcnow
 from service_kit.config import Address, Settings
 from service_kit.errors import Unavailable
-from service_kit.file_links import files_base_url
+from service_kit.file_links import files_base_url, signed_download_url
 from service_kit.interceptor import tenant_scope
 from service_kit.jobs import Job, JobHandler
 from service_kit.purge import TENANT_BLOB_PURGE_JOB
@@ -93,10 +93,15 @@ class SignedLinks:
 
     async def download(self, file: StoredFile, *, variant: Variant, expires_at: datetime) -> str:
         if self._presigner is None:
-            token = urls.download_token(
-                self._secrets[0], file.tenant_id, file.id, variant=variant, expires_at=expires_at
+            return signed_download_url(
+                self._secrets[0],
+                self.base_url,
+                file.tenant_id,
+                file.id,
+                file.filename,
+                variant=variant,
+                expires_at=expires_at,
             )
-            return urls.download_url(self.base_url, token, file.filename)
         key, content_type = file.blob_key, file.content_type
         if variant == "thumbnail" and file.thumbnail is not None:
             key, content_type = file.thumbnail.blob_key, file.thumbnail.content_type

@@ -101,6 +101,22 @@ def download_url(public_base: str, token: str, filename: str) -> str:
     return f"{base}/files/download/{quote(token, safe='')}/{quote(filename or 'file', safe='')}"
 
 
+def signed_download_url(
+    secret: str,
+    public_base: str,
+    tenant_id: str,
+    file_id: str,
+    filename: str,
+    *,
+    variant: Variant,
+    expires_at: datetime,
+) -> str:
+    """A download URL for ``variant`` of the tenant's file, signed with ``secret`` until
+    ``expires_at``: :func:`download_token` in :func:`download_url`."""
+    token = download_token(secret, tenant_id, file_id, variant=variant, expires_at=expires_at)
+    return download_url(public_base, token, filename)
+
+
 def files_base_url(files: FileSettings, *, port: int | None = None) -> str:
     """The base URL at which clients reach the file service's HTTP endpoints:
     ``KEEL_FILES_PUBLIC_URL``, or ``http://`` + ``KEEL_FILES_HTTP_ADDR`` (``port``, when

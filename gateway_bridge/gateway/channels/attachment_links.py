@@ -22,13 +22,14 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Final
 
 from gateway_bridge.gateway.channels.drafts import attachment_of
 from gateway_bridge.gateway.channels.models import Attachment
 from gateway_bridge.gateway.outbox import encode_data
 from service_kit.clock import Clock, rfc3339, utcnow
-from service_kit.file_links import download_token, download_url
+from service_kit.file_links import signed_download_url
 
 #: Only event data holding this text can carry attachments (JSON escapes every quote
 #: inside a string, so message content cannot fake it); other events pass untouched.
@@ -74,20 +75,17 @@ class AttachmentLinks:
         expires_at = (self._clock() + self._ttl).replace(microsecond=0)
         signed = []
         for attachment in attachments:
-            token = download_token(
-                self._secret, tenant_id, attachment.file_id, variant="file", expires_at=expires_at
+            url_of = partial(
+                signed_download_url,
+                self._secret,
+                base,
+                tenant_id,
+                attachment.file_id,
+                attachment.filename,
+                expires_at=expires_at,
             )
-            thumbnail_url = ""
-            if attachment.thumbnail_width:
-                thumbnail_token = download_token(
-                    self._secret,
-                    tenant_id,
-                    attachment.file_id,
-                    variant="thumbnail",
-                    expires_at=expires_at,
-                )
-                thumbnail_url = download_url(base, thumbnail_token, attachment.filename)
-            url = download_url(base, token, attachment.filename)
+            url = url_of(variant="file")
+            thumbnail_url = url_of(variant="thumbnail") if attachment.thumbnail_width else ""
             signed.append(SignedAttachment(attachment, url, thumbnail_url, expires_at))
         return signed
 
