@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parseaddr
@@ -182,6 +183,42 @@ class FileSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """Keel's own TLS (``KEEL_TLS_*``; docs/deploy.md#tls); all unset: plaintext.
+
+    With ``cert`` and ``key`` every port a process listens on serves TLS with them (gRPC,
+    the bridge's ``wss://``, the file service's ``https://``; not ``/metrics``) and the
+    process calls other Keel processes over TLS, trusting the system's roots. With ``ca``
+    as well, Keel's own clients trust only servers ``ca`` signed and present
+    ``cert``/``key``, and gRPC servers accept only clients whose certificate ``ca`` signed
+    (mutual TLS) unless ``client_auth`` is off. Browsers never need a certificate.
+    """
+
+    #: PEM certificate chain this process serves (and presents as a client under mTLS).
+    cert: Path | None = None
+    #: PEM private key of ``cert``.
+    key: Path | None = None
+    #: PEM CA bundle: the only issuer of peers' certificates Keel trusts (and, unless
+    #: ``client_auth`` is off, requires of gRPC clients: mutual TLS).
+    ca: Path | None = None
+    #: With ``ca``: whether gRPC servers require a client certificate ``ca`` signed.
+    client_auth: bool = True
+    #: The name Keel's gRPC clients expect in servers' certificates instead of the host
+    #: they dial (``grpc.ssl_target_name_override``); None: the dialled host.
+    server_name: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this process serves and calls over TLS."""
+        return self.cert is not None
+
+    @property
+    def mutual(self) -> bool:
+        """Whether gRPC servers require client certificates ``ca`` signed."""
+        return self.cert is not None and self.ca is not None and self.client_auth
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a Keel process is configured with (docs/configuration.md lists it)."""
 
@@ -213,6 +250,7 @@ class Settings:
     max_event_streams_per_tenant: int
     notifications: NotificationSettings = NotificationSettings()
     files: FileSettings = FileSettings()
+    tls: TlsSettings = TlsSettings()
 
     @property
     def is_sqlite(self) -> bool:
@@ -414,6 +452,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             compression=get("KEEL_WS_COMPRESSION", False, _parse_bool),
             conformance_echo=get("KEEL_WS_CONFORMANCE_ECHO", False, _parse_bool),
         ),
+        tls=TlsSettings(
+            cert=get("KEEL_TLS_CERT", None, _readable_file),
+            key=get("KEEL_TLS_KEY", None, _readable_file),
+            ca=get("KEEL_TLS_CA", None, _readable_file),
+            client_auth=get("KEEL_TLS_CLIENT_AUTH", True, _parse_bool),
+            server_name=get("KEEL_TLS_SERVER_NAME", None, _host_name),
+        ),
     )
     for name, token in (
         ("KEEL_ADMIN_TOKEN", settings.admin_token),
@@ -437,9 +482,70 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "KEEL_S3_ENDPOINT_URL is set but KEEL_S3_BUCKET is not: set the bucket to store"
             " files in S3, or unset the endpoint to keep them in KEEL_FILES_DIR"
         )
+    problems += _tls_problems(settings.tls, env)
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def _tls_problems(tls: TlsSettings, env: Mapping[str, str]) -> list[str]:
+    """What keeps ``tls`` from working: half a certificate pair, a CA or server name without
+    a certificate, a key that is not the certificate's, files that are not PEM. (Files that
+    cannot be read were named already.)"""
+    cert_given, key_given = bool(env.get("KEEL_TLS_CERT")), bool(env.get("KEEL_TLS_KEY"))
+    problems = []
+    if cert_given != key_given:
+        present, missing = ("CERT", "KEY") if cert_given else ("KEY", "CERT")
+        problems.append(
+            f"KEEL_TLS_{present} is set but KEEL_TLS_{missing} is not: set both to serve TLS"
+        )
+    if env.get("KEEL_TLS_CLIENT_AUTH", "").lower() in _TRUE and not env.get("KEEL_TLS_CA"):
+        problems.append(
+            "KEEL_TLS_CLIENT_AUTH is on but KEEL_TLS_CA is not set: client certificates are"
+            " checked against KEEL_TLS_CA"
+        )
+    if not cert_given and not key_given:
+        for name, need in (
+            ("KEEL_TLS_CA", "Keel speaks TLS only with its own certificate and key"),
+            ("KEEL_TLS_SERVER_NAME", "it names the certificate peers present over TLS"),
+        ):
+            if env.get(name):
+                problems.append(f"{name} is set but KEEL_TLS_CERT and KEEL_TLS_KEY are not: {need}")
+    if tls.cert is not None and tls.key is not None:
+        try:
+            # An encrypted key would make OpenSSL prompt for its passphrase: say no instead.
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                tls.cert, tls.key, password=lambda: b""
+            )
+        except ssl.SSLError as exc:
+            problems.append(
+                f"KEEL_TLS_CERT={str(tls.cert)!r} and KEEL_TLS_KEY={str(tls.key)!r}: not a PEM"
+                f" certificate chain and its unencrypted private key ({exc.reason or exc})"
+            )
+    if tls.ca is not None:
+        try:
+            ssl.create_default_context(cafile=tls.ca)
+        except ssl.SSLError as exc:
+            problems.append(
+                f"KEEL_TLS_CA={str(tls.ca)!r}: holds no PEM CA certificate ({exc.reason or exc})"
+            )
+    return problems
+
+
+def _readable_file(text: str) -> Path:
+    path = Path(text)
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ValueError(f"cannot read it: {exc.strerror or exc}") from None
+    return path
+
+
+def _host_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9*]([A-Za-z0-9.*-]{0,251}[A-Za-z0-9])?", text):
+        raise ValueError("expected a host name such as keel.internal")
+    return text
 
 
 _MEDIA_PATTERN = re.compile(r"(\*/\*|[a-z0-9][a-z0-9.+-]*/(\*|[a-z0-9][a-z0-9.+-]*))")
