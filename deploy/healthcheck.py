@@ -12,14 +12,22 @@ quickly (it imports grpc and the standard library only, not Keel):
 
 A wildcard listening host (``0.0.0.0``, ``::``) is checked on the loopback address. The
 reason for a failure goes to standard error, where ``docker inspect`` shows it.
+
+With Keel's own TLS on (``KEEL_TLS_CERT``, docs/deploy.md#tls) both probes speak TLS as the
+process's own clients do (service_kit/tls.py, not imported here): they trust ``KEEL_TLS_CA``
+(else the system's roots), present ``KEEL_TLS_CERT``/``KEEL_TLS_KEY`` when ``KEEL_TLS_CA``
+is set (mutual TLS), and expect the certificate to name the host probed (the loopback
+address for a wildcard) or ``KEEL_TLS_SERVER_NAME``.
 """
 
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -37,9 +45,33 @@ def local_address(listening: str) -> str:
     return f"{_WILDCARDS.get(host, host)}:{port}"
 
 
-def grpc_serving(addr: str) -> bool | None:
+def _read(env: Mapping[str, str], name: str) -> bytes | None:
+    path = env.get(name)
+    if not path:
+        return None
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def grpc_channel(addr: str, env: Mapping[str, str]) -> grpc.Channel:
+    """A channel to ``addr``: TLS as described in the module docstring when
+    ``KEEL_TLS_CERT`` is set, plaintext otherwise."""
+    if not env.get("KEEL_TLS_CERT"):
+        return grpc.insecure_channel(addr)
+    ca = _read(env, "KEEL_TLS_CA")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca,
+        private_key=_read(env, "KEEL_TLS_KEY") if ca else None,
+        certificate_chain=_read(env, "KEEL_TLS_CERT") if ca else None,
+    )
+    name = env.get("KEEL_TLS_SERVER_NAME")
+    options = [("grpc.ssl_target_name_override", name)] if name else None
+    return grpc.secure_channel(addr, credentials, options=options)
+
+
+def grpc_serving(addr: str, env: Mapping[str, str] | None = None) -> bool | None:
     """Whether the gRPC server at ``addr`` answers SERVING; None when nothing answers there."""
-    with grpc.insecure_channel(addr) as channel:
+    with grpc_channel(addr, os.environ if env is None else env) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT
@@ -56,11 +88,18 @@ def grpc_serving(addr: str) -> bool | None:
     return serving
 
 
-def bridge_healthy(addr: str) -> bool:
-    """Whether the bridge at ``addr`` answers 200 to ``GET /healthz``."""
-    url = f"http://{addr}/healthz"
+def bridge_healthy(addr: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether the bridge at ``addr`` answers 200 to ``GET /healthz`` (over HTTPS when
+    ``KEEL_TLS_CERT`` is set)."""
+    env = os.environ if env is None else env
+    context: ssl.SSLContext | None = None
+    if env.get("KEEL_TLS_CERT"):
+        context = ssl.create_default_context(cafile=env.get("KEEL_TLS_CA") or None)
+        # urllib cannot expect another name than the host it dials; the chain is still checked.
+        context.check_hostname = not env.get("KEEL_TLS_SERVER_NAME")
+    url = f"{'https' if context else 'http'}://{addr}/healthz"
     try:
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT) as response:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT, context=context) as response:
             return int(response.status) == 200
     except urllib.error.HTTPError as error:
         print(f"keel-healthcheck: {url}: {error.code}", file=sys.stderr)

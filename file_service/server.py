@@ -45,6 +45,7 @@ from service_kit.interceptor import tenant_scope
 from service_kit.jobs import Job, JobHandler
 from service_kit.purge import TENANT_BLOB_PURGE_JOB
 from service_kit.server import Runtime, ServiceSpec
+from service_kit.tls import server_ssl_context
 from service_kit.validation import is_uuid
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,12 @@ class FileProcess:
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, files.http_addr.host, files.http_addr.port)
+        site = web.TCPSite(
+            self._runner,
+            files.http_addr.host,
+            files.http_addr.port,
+            ssl_context=server_ssl_context(settings.tls),
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -169,7 +175,7 @@ class FileProcess:
                 f"cannot listen on {files.http_addr} (KEEL_FILES_HTTP_ADDR): {exc}"
             ) from exc
         self.http_port = _bound_port(site, files.http_addr)
-        base = files_base_url(files, port=self.http_port)
+        base = files_base_url(files, port=self.http_port, https=settings.tls.enabled)
         presigner = self.blobs if files.s3_presigned_downloads else None
         if presigner is not None and not isinstance(presigner, S3BlobStore):
             raise RuntimeError("KEEL_S3_PRESIGNED_DOWNLOADS needs the S3 backend")

@@ -34,8 +34,9 @@ from keel_app.processes import PROCESSES, check_cluster_settings
 from notification_service.senders.base import DeliveryFailed
 from notification_service.senders.email import SmtpMailer
 from service_kit import db
-from service_kit.config import ConfigError, Settings, load_settings
+from service_kit.config import ConfigError, Settings, TlsSettings, load_settings
 from service_kit.logs import redact
+from service_kit.tls import open_channel
 
 Verdict = Literal["ok", "warn", "fail", "skip"]
 
@@ -84,7 +85,7 @@ async def diagnose(environ: dict[str, str], process: str | None = None) -> list[
             "keel.notifications.v1.NotificationService",
         ),
     ):
-        checks.append(await _bounded(name, partial(_health, name, addr, service)))
+        checks.append(await _bounded(name, partial(_health, name, addr, service, settings.tls)))
     return checks
 
 
@@ -233,10 +234,10 @@ async def _smtp(settings: Settings) -> Check:
     return Check("smtp", "ok", f"{where} greets, and takes the login when one is set")
 
 
-async def _health(name: str, addr: str | None, service: str) -> Check:
+async def _health(name: str, addr: str | None, service: str, tls: TlsSettings) -> Check:
     if not addr:
         return Check(name, "skip", "no address set")
-    async with grpc.aio.insecure_channel(addr) as channel:
+    async with open_channel(addr, tls) as channel:
         try:
             answer = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT

@@ -21,8 +21,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from file_service import server as file_server
 from gateway_bridge.bridge import server as bridge_server
 from gateway_bridge.bridge.bridge import Bridge
@@ -40,6 +38,7 @@ from service_kit.server import (
     open_runtime,
 )
 from service_kit.tenant_client import remote_authenticator
+from service_kit.tls import http_scheme, open_channel, ws_scheme
 from tenant_service import server as tenant_server
 from tenant_service.tenants import ALL_SCOPES, Tenant, TenantDirectory
 
@@ -174,7 +173,7 @@ async def _serve(
     channel = None
     if validator is None:
         assert settings.tenant_service_addr is not None
-        channel = grpc.aio.insecure_channel(settings.tenant_service_addr)
+        channel = open_channel(settings.tenant_service_addr, settings.tls)
         authenticator = remote_authenticator(settings, channel)
     else:
         authenticator = Authenticator(validator, lookup=directory, ttl=settings.auth_cache_seconds)
@@ -352,9 +351,10 @@ async def _welcome(
         metrics_host = settings.metrics_addr.host
         lines.append(f"  metrics   http://{metrics_host}:{server.metrics_port}/metrics")
     ws = f"{settings.ws_addr.host}:{bridge.port}"
+    http, wss = http_scheme(settings.tls), ws_scheme(settings.tls)
     lines += [
-        f"  browsers  ws://{ws}/ws   (demo: http://{ws}/demo, client: http://{ws}/keel.js)",
-        f"  files     http://{settings.files.http_addr.host}:{files_port}/files/"
+        f"  browsers  {wss}://{ws}/ws   (demo: {http}://{ws}/demo, client: {http}://{ws}/keel.js)",
+        f"  files     {http}://{settings.files.http_addr.host}:{files_port}/files/"
         "   (tus uploads, signed downloads)",
         f"  operator  token in {settings.data_dir / 'admin-token'} (if KEEL_ADMIN_TOKEN is unset)",
     ]

@@ -30,8 +30,10 @@ from notification_service.errors import (
     UsersNotFound,
 )
 from notification_service.models import MAX_CHANNEL_MEMBERS
+from service_kit.config import TlsSettings
 from service_kit.errors import FieldViolation, PermissionDenied
 from service_kit.interceptor import ACTING_FOR_TENANT
+from service_kit.tls import open_channel
 
 #: Members read per ListMembers call.
 MEMBERS_PAGE = 1000
@@ -67,9 +69,11 @@ class GatewayRecipients:
         peer_token: str | None,
         *,
         timeout: float = 10.0,
+        tls: TlsSettings | None = None,
     ) -> None:
         self._address = address
         self._peer_token = peer_token
+        self._tls = tls or TlsSettings()
         self._timeout = timeout
         self._channel: grpc.aio.Channel | None = None
         self._stub: channels_pb2_grpc.ChannelServiceAsyncStub | None = None
@@ -81,7 +85,7 @@ class GatewayRecipients:
                 raise GatewayUnavailable("no gateway address is configured (KEEL_GATEWAY_ADDR)")
             if not self._peer_token:
                 raise GatewayUnavailable("no peer token is configured (KEEL_PEER_TOKEN)")
-            self._channel = grpc.aio.insecure_channel(address)
+            self._channel = open_channel(address, self._tls)
             # The generated stub is the same class for both; its aio typing is the AsyncStub's.
             self._stub = cast(
                 "channels_pb2_grpc.ChannelServiceAsyncStub",

@@ -34,6 +34,7 @@ from service_kit.interceptor import PEER, tenant_scope
 from service_kit.jobs import JobHandler
 from service_kit.outbound import OutboundHttp
 from service_kit.server import Runtime, ServiceSpec
+from service_kit.tls import http_scheme
 
 SERVICE_NAME = "keel.notifications.v1.NotificationService"
 USER_AGENT = "Keel-Notifications/1"
@@ -76,6 +77,7 @@ def build(
     recipients = GatewayRecipients(
         address if callable(address) else lambda: address,
         settings.peer_token or settings.admin_token,
+        tls=settings.tls,
     )
     http: OutboundHttp | None = None
     if push is None or webhook is None:
@@ -146,7 +148,7 @@ def _vapid_keys(subject: str) -> tuple[str, str]:
 
 def _public_url(settings: Settings) -> str:
     """Where browsers reach the bridge's HTTP port (the unsubscribe links point there)."""
-    return settings.notifications.public_url or f"http://{settings.ws_addr}"
+    return settings.notifications.public_url or f"{http_scheme(settings.tls)}://{settings.ws_addr}"
 
 
 def _unsubscribe_links(settings: Settings) -> Callable[[str, str, str], str] | None:

@@ -117,10 +117,11 @@ def signed_download_url(
     return download_url(public_base, token, filename)
 
 
-def files_base_url(files: FileSettings, *, port: int | None = None) -> str:
+def files_base_url(files: FileSettings, *, port: int | None = None, https: bool = False) -> str:
     """The base URL at which clients reach the file service's HTTP endpoints:
-    ``KEEL_FILES_PUBLIC_URL``, or ``http://`` + ``KEEL_FILES_HTTP_ADDR`` (``port``, when
-    given, is the one it was bound to; an unspecified host is reached at 127.0.0.1)."""
+    ``KEEL_FILES_PUBLIC_URL``, or ``http://`` (``https://`` when ``https``: Keel's own TLS
+    is on) + ``KEEL_FILES_HTTP_ADDR`` (``port``, when given, is the one it was bound to; an
+    unspecified host is reached at 127.0.0.1)."""
     if files.public_url:
         return files.public_url.rstrip("/")
     host = files.http_addr.host
@@ -128,7 +129,8 @@ def files_base_url(files: FileSettings, *, port: int | None = None) -> str:
         host = "127.0.0.1"
     elif ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{files.http_addr.port if port is None else port}"
+    scheme = "https" if https else "http"
+    return f"{scheme}://{host}:{files.http_addr.port if port is None else port}"
 
 
 def verified_claims(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Final
 from urllib.parse import urlsplit
@@ -126,10 +127,13 @@ class Bridge:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+    async def start(
+        self, host: str, port: int, *, reuse_port: bool = False, tls: ssl.SSLContext | None = None
+    ) -> None:
         """Listen on ``host:port`` and open the gateway link. With ``reuse_port`` the port
         is bound with ``SO_REUSEPORT`` and shared with the other workers of
-        ``keel serve bridge --workers N``; the kernel spreads new connections between them."""
+        ``keel serve bridge --workers N``; the kernel spreads new connections between them.
+        With ``tls`` the port speaks TLS (``wss://``, and ``https://`` for its HTTP)."""
         self.link.start()
         await self._ephemeral.start(self._fanout)
         await self._revocation.start(self._bus)
@@ -150,6 +154,7 @@ class Bridge:
             close_timeout=_CLOSE_TIMEOUT,
             write_limit=self._settings.send_buffer_bytes,
             reuse_port=reuse_port,
+            ssl=tls,
         )
         self.port = self._server.sockets[0].getsockname()[1] if port == 0 else port
         log.info("bridge listening", extra={"ws_addr": f"{host}:{self.port}"})

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import grpc
 from redis.asyncio import Redis
 
 from gateway_bridge.bridge.bridge import Bridge
@@ -21,6 +20,7 @@ from service_kit.file_links import files_base_url
 from service_kit.metrics import serve_metrics
 from service_kit.server import open_bus, wait_for_stop_signal
 from service_kit.tenant_client import remote_authenticator
+from service_kit.tls import open_channel, server_ssl_context, ws_scheme
 
 
 async def start_bridge(
@@ -39,9 +39,10 @@ async def start_bridge(
     ``KEEL_NOTIFICATION_SERVICE_ADDR``; without either, the notification frames answer
     ``not_configured``); presence in Redis when there is one. ``files_url`` answers the
     base URL of the file endpoints that ``welcome`` gives clients (by default
-    ``KEEL_FILES_PUBLIC_URL``, or ``http://`` + ``KEEL_FILES_HTTP_ADDR``). With
-    ``reuse_port`` it shares ``KEEL_WS_ADDR`` with other workers (``SO_REUSEPORT``).
-    Raises ``RuntimeError`` if it cannot listen."""
+    ``KEEL_FILES_PUBLIC_URL``, or ``http(s)://`` + ``KEEL_FILES_HTTP_ADDR``). With
+    ``reuse_port`` it shares ``KEEL_WS_ADDR`` with other workers (``SO_REUSEPORT``). With
+    ``KEEL_TLS_CERT`` it serves ``wss://`` and reaches the gateway and the notification
+    service over TLS (:mod:`service_kit.tls`). Raises ``RuntimeError`` if it cannot listen."""
     peer_token = settings.peer_token or settings.admin_token
     assert settings.token_secret is not None and peer_token is not None
     notification_addr = notification_addr or settings.notifications.service_addr
@@ -49,15 +50,20 @@ async def start_bridge(
         settings=settings.bridge,
         tokens=ClientTokens(settings.token_secret, previous=settings.token_secret_previous),
         tenants=authenticator,
-        gateway=grpc.aio.insecure_channel(gateway_addr),
+        gateway=open_channel(gateway_addr, settings.tls),
         peer_token=peer_token,
         bus=bus,
         presence=RedisPresence(redis) if redis is not None else InMemoryPresence(),
-        notifications=(grpc.aio.insecure_channel(notification_addr) if notification_addr else None),
-        files_url=files_url or (lambda: files_base_url(settings.files)),
+        notifications=open_channel(notification_addr, settings.tls) if notification_addr else None,
+        files_url=files_url or (lambda: files_base_url(settings.files, https=settings.tls.enabled)),
     )
     try:
-        await bridge.start(settings.ws_addr.host, settings.ws_addr.port, reuse_port=reuse_port)
+        await bridge.start(
+            settings.ws_addr.host,
+            settings.ws_addr.port,
+            reuse_port=reuse_port,
+            tls=server_ssl_context(settings.tls),
+        )
     except OSError as exc:
         raise RuntimeError(f"cannot listen on {settings.ws_addr} (KEEL_WS_ADDR): {exc}") from exc
     return bridge
@@ -75,7 +81,7 @@ async def serve(
     ``KEEL_WS_ADDR`` (``keel serve bridge --workers N``)."""
     assert settings.tenant_service_addr is not None and settings.gateway_addr is not None
     bus, redis = await open_bus(settings)
-    channel = grpc.aio.insecure_channel(settings.tenant_service_addr)
+    channel = open_channel(settings.tenant_service_addr, settings.tls)
     authenticator = remote_authenticator(settings, channel)
     await authenticator.follow_changes(bus)
     metrics = (
@@ -87,7 +93,8 @@ async def serve(
         settings, bus, redis, authenticator, settings.gateway_addr, reuse_port=reuse_port
     )
     try:
-        print(f"Keel bridge on ws://{settings.ws_addr.host}:{bridge.port}/ws", flush=True)
+        scheme = ws_scheme(settings.tls)
+        print(f"Keel bridge on {scheme}://{settings.ws_addr.host}:{bridge.port}/ws", flush=True)
         if ready is not None:
             ready.set()
         if stop is None:

@@ -66,7 +66,7 @@ def build(
     event streams are checked again through it when their tenant changes (without it,
     they keep what they had at open). ``files_base_url`` answers the base URL of the file
     service's HTTP endpoints, under which the download URLs of attachments are signed; by
-    default ``KEEL_FILES_PUBLIC_URL``, or ``http://`` + ``KEEL_FILES_HTTP_ADDR``.
+    default ``KEEL_FILES_PUBLIC_URL``, or ``http(s)://`` + ``KEEL_FILES_HTTP_ADDR``.
     """
     settings = runtime.settings
     if not settings.token_secret:
@@ -75,7 +75,8 @@ def build(
     relay = EventRelay(store, runtime.bus)
     links = AttachmentLinks(
         settings.token_secret,
-        base_url=files_base_url or (lambda: file_links.files_base_url(settings.files)),
+        base_url=files_base_url
+        or (lambda: file_links.files_base_url(settings.files, https=settings.tls.enabled)),
         ttl=timedelta(seconds=settings.files.attachment_url_ttl_seconds),
     )
     hub = ConnectHub(store, runtime.bus, links=links)

@@ -134,9 +134,17 @@ class KeelProcess:
         )
 
 
-def health_status(addr: str, service: str = "", *, timeout: float = 2.0) -> int:
-    """One Health/Check on a fresh channel; raises ``grpc.RpcError`` when it fails."""
-    with grpc.insecure_channel(addr) as channel:
+def health_status(
+    addr: str,
+    service: str = "",
+    *,
+    timeout: float = 2.0,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> int:
+    """One Health/Check on a fresh channel (TLS with ``credentials``); raises
+    ``grpc.RpcError`` when it fails."""
+    channel = grpc.secure_channel(addr, credentials) if credentials else grpc.insecure_channel(addr)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
     return int(response.status)
@@ -162,9 +170,15 @@ def launch_keel(process_name: str, env: Mapping[str, str], log_dir: Path) -> Kee
 
 
 def start_keel(
-    process_name: str, env: Mapping[str, str], log_dir: Path, *, wait_for_stdout: str | None = None
+    process_name: str,
+    env: Mapping[str, str],
+    log_dir: Path,
+    *,
+    wait_for_stdout: str | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> KeelProcess:
-    """Run ``keel serve process_name`` and wait until it answers SERVING (bounded)."""
+    """Run ``keel serve process_name`` and wait until it answers SERVING (bounded); over
+    TLS with ``credentials`` (a process with ``KEEL_TLS_CERT``)."""
     keel = launch_keel(process_name, env, log_dir)
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -172,7 +186,8 @@ def start_keel(
             if keel.process.poll() is not None:
                 pytest.fail(f"the process exited while starting: {keel.describe()}")
             try:
-                if health_status(keel.addr, timeout=1.0) == health_pb2.HealthCheckResponse.SERVING:
+                status = health_status(keel.addr, timeout=1.0, credentials=credentials)
+                if status == health_pb2.HealthCheckResponse.SERVING:
                     break
             except grpc.RpcError:
                 pass
