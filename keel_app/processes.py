@@ -378,7 +378,8 @@ async def _welcome(
             f"  client_secret  {secret}",
             "",
             "Try:",
-            f'  grpcurl -plaintext -d \'{{"client_id": "{tenant.client_id}",'
+            f"  {' '.join(['grpcurl', *_grpcurl_tls(settings)])}"
+            f' -d \'{{"client_id": "{tenant.client_id}",'
             f' "client_secret": "{secret}"}}\' {addr}'
             " keel.tenants.v1.TenantService/ValidateCredentials",
         ]
@@ -386,6 +387,17 @@ async def _welcome(
         lines.append(f"  demo      tenant credentials in {demo_file}")
     lines.append("")
     print("\n".join(lines), flush=True)
+
+
+def _grpcurl_tls(settings: Settings) -> list[str]:
+    """grpcurl's flags for reaching this process: ``-plaintext``, or its TLS files."""
+    tls = settings.tls
+    if not tls.enabled:
+        return ["-plaintext"]
+    flags = [f"-cacert {tls.ca}"] if tls.ca else []
+    if tls.mutual:
+        flags += [f"-cert {tls.cert}", f"-key {tls.key}"]
+    return flags
 
 
 def _write_private(path: Path, text: str) -> None:
