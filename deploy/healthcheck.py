@@ -70,14 +70,18 @@ def grpc_channel(addr: str, env: Mapping[str, str]) -> grpc.Channel:
 
 
 def grpc_serving(addr: str, env: Mapping[str, str] | None = None) -> bool | None:
-    """Whether the gRPC server at ``addr`` answers SERVING; None when nothing answers there."""
-    with grpc_channel(addr, os.environ if env is None else env) as channel:
+    """Whether the gRPC server at ``addr`` answers SERVING; None when nothing answers there
+    (or no TLS connection could be made: why goes to standard error)."""
+    env = os.environ if env is None else env
+    with grpc_channel(addr, env) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT
             )
         except grpc.RpcError as error:
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                if env.get("KEEL_TLS_CERT"):  # a refused handshake looks like no server
+                    print(f"keel-healthcheck: {addr}: {error.details()}", file=sys.stderr)
                 return None
             print(f"keel-healthcheck: {addr}: {error.code().name}", file=sys.stderr)
             return False

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import signal
 from dataclasses import replace
 from datetime import timedelta
@@ -394,10 +395,10 @@ def _grpcurl_tls(settings: Settings) -> list[str]:
     tls = settings.tls
     if not tls.enabled:
         return ["-plaintext"]
-    flags = [f"-cacert {tls.ca}"] if tls.ca else []
+    flags = ["-cacert", str(tls.ca)] if tls.ca else []
     if tls.mutual:
-        flags += [f"-cert {tls.cert}", f"-key {tls.key}"]
-    return flags
+        flags += ["-cert", str(tls.cert), "-key", str(tls.key)]
+    return [shlex.quote(flag) for flag in flags]
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -1,5 +1,6 @@
 """deploy/healthcheck.py, the image's HEALTHCHECK, run as Docker runs it (a subprocess with
-the container's environment) against a real gRPC health server and a real HTTP server.
+the container's environment) against a real gRPC health server (plaintext, and mutual TLS
+with certificates made at test time) and a real HTTP server.
 tests/e2e/test_compose_topology.py runs it against every Keel process too."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bench.ports import free_port
 from tests.deploy.compose_file import ROOT
+from tests.tls_certs import write_tls_files
 
 SCRIPT = ROOT / "deploy" / "healthcheck.py"
 
@@ -102,3 +105,31 @@ def test_nothing_listening_is_unhealthy() -> None:
         KEEL_GRPC_ADDR=f"127.0.0.1:{free_port()}", KEEL_WS_ADDR=f"127.0.0.1:{free_port()}"
     )
     assert result.returncode == 1 and "no gRPC server answers" in result.stderr
+
+
+def test_with_tls_on_the_check_speaks_mutual_tls_with_the_process_files(tmp_path: Path) -> None:
+    files = write_tls_files(tmp_path / "keel")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_secure_port(
+        "127.0.0.1:0",
+        grpc.ssl_server_credentials(
+            [(files.key.read_bytes(), files.cert.read_bytes())],
+            root_certificates=files.ca.read_bytes(),
+            require_client_auth=True,
+        ),
+    )
+    server.start()
+    try:
+        addr = f"0.0.0.0:{port}"
+        nothing = f"127.0.0.1:{free_port()}"
+        result = healthcheck(KEEL_GRPC_ADDR=addr, KEEL_WS_ADDR=nothing, **files.env())
+        assert result.returncode == 0, result.stderr
+        stranger = write_tls_files(tmp_path / "stranger")  # another CA: refused, and told why
+        refused = healthcheck(KEEL_GRPC_ADDR=addr, KEEL_WS_ADDR=nothing, **stranger.env())
+        assert refused.returncode == 1
+        assert f"keel-healthcheck: 127.0.0.1:{port}: " in refused.stderr
+        plaintext = healthcheck(KEEL_GRPC_ADDR=addr, KEEL_WS_ADDR=nothing)
+        assert plaintext.returncode == 1
+    finally:
+        server.stop(grace=None)
