@@ -47,6 +47,7 @@ from google.protobuf.message import Message
 from keel_app import doctor
 from keel_app.processes import PROCESSES, serve
 from keel_app.workers import check_workers, label_logs, supervise, worker_index, worker_settings
+from service_kit import tracing
 from service_kit.auth import TenantId
 from service_kit.config import ConfigError, Settings, load_settings
 from service_kit.db import check, create_database, create_engine
@@ -382,6 +383,7 @@ def _serve(process: str, workers: int, settings: Settings) -> int:
     else:
         settings = worker_settings(settings, index)
         label_logs(index)
+    tracing.configure(process)  # only when OTEL_EXPORTER_OTLP_ENDPOINT is set
     asyncio.run(serve(process, settings, reuse_port=index is not None))
     return 0
 

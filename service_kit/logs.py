@@ -13,6 +13,8 @@ Invariants, whatever ``KEEL_LOG_LEVEL`` is:
   ``token`` …) is redacted whole.
 - **No frame is written.** The websockets library logs request lines, headers and
   every frame's contents at DEBUG; its loggers stay at INFO or above.
+- **Spans are named.** A line written while a trace span is current carries its
+  ``trace_id`` and ``span_id`` (hex, as trace viewers show them; :mod:`service_kit.tracing`).
 - **Connections are named.** The ``websocket`` field websockets attaches to its lines
   (a connection object, which would print as ``<ServerConnection object at 0x…>``) is
   written as ``peer`` (the client's address) and ``path`` (without the query string).
@@ -32,6 +34,8 @@ from collections.abc import Iterable
 from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 from urllib.parse import urlsplit
+
+from service_kit import tracing
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "keel_request_id", default=None
@@ -126,6 +130,13 @@ def _describe_connection(connection: Any) -> dict[str, str]:
     return described
 
 
+def _add_trace_fields(fields: dict[str, Any]) -> None:
+    """``trace_id`` and ``span_id`` of the current span into ``fields``, when there is one."""
+    ids = tracing.log_fields()
+    if ids is not None:
+        fields["trace_id"], fields["span_id"] = ids
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON object: time, level, logger, message, request id, extras."""
 
@@ -140,6 +151,8 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
+        if "trace_id" not in record.__dict__:  # else the handoff noted it, on its thread
+            _add_trace_fields(entry)
         for key, value in record.__dict__.items():
             if key == "websocket":
                 entry.update(_describe_connection(value))
@@ -160,6 +173,8 @@ class _Handoff(QueueHandler):
         request_id = request_id_var.get()
         if request_id and "request_id" not in record.__dict__:
             record.request_id = request_id
+        if "trace_id" not in record.__dict__:
+            _add_trace_fields(record.__dict__)
         if record.exc_info:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
