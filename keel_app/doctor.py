@@ -1,12 +1,14 @@
 """``keel doctor``: check that this machine's configuration can run Keel, and say why not.
 
 It reads the environment as ``keel serve`` would and checks, each with a verdict and a
-reason: the configuration (and, with a process name, what that process requires), the
-database and its migrations, the clock against the database's, Redis, the file storage
-(the directory or the S3 bucket), the SMTP server, and the Keel processes this one would
-call (the tenant service, the gateway, the notification service). It prints a table and
-exits 1 when a check failed (``FAIL``), 0 otherwise; ``WARN`` marks what works but
-deserves a look, ``SKIP`` what is not configured (and not needed).
+reason: the configuration (and, with a process name, what that process requires), Keel's
+own TLS certificate (its names, its validity, whether it can serve as a client certificate
+under mutual TLS), the database and its migrations, the clock against the database's,
+Redis, the file storage (the directory or the S3 bucket), the SMTP server, and the Keel
+processes this one would call (the tenant service, the gateway, the notification service,
+over TLS when it is on). It prints a table and exits 1 when a check failed (``FAIL``), 0
+otherwise; ``WARN`` marks what works but deserves a look, ``SKIP`` what is not configured
+(and not needed).
 
 Every check is bounded in time, so an unreachable host costs seconds, not minutes.
 """
@@ -18,7 +20,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Final, Literal
@@ -36,7 +38,7 @@ from notification_service.senders.email import SmtpMailer
 from service_kit import db
 from service_kit.config import ConfigError, Settings, TlsSettings, load_settings
 from service_kit.logs import redact
-from service_kit.tls import open_channel
+from service_kit.tls import open_channel, read_certificate
 
 Verdict = Literal["ok", "warn", "fail", "skip"]
 
@@ -44,6 +46,8 @@ Verdict = Literal["ok", "warn", "fail", "skip"]
 TIMEOUT: Final = 5.0
 #: Clock skew against the database beyond which a check warns, and fails.
 SKEW_WARN, SKEW_FAIL = 1.0, 10.0
+#: How close to its expiry Keel's TLS certificate makes the check warn.
+CERTIFICATE_WARN: Final = timedelta(days=14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +67,10 @@ async def diagnose(environ: dict[str, str], process: str | None = None) -> list[
             check_cluster_settings(process, settings)
     except ConfigError as exc:
         return [Check("configuration", "fail", problem) for problem in exc.problems]
-    checks = [Check("configuration", "ok", _configuration(settings, process))]
+    checks = [
+        Check("configuration", "ok", _configuration(settings, process)),
+        _certificate(settings.tls, datetime.now(UTC)),
+    ]
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite" and not _sqlite_exists(url):
         checks += _not_created(url)  # without an engine, which would create its directory
@@ -116,6 +123,32 @@ def run(environ: dict[str, str], process: str | None) -> int:
 def _configuration(settings: Settings, process: str | None) -> str:
     what = f"what `keel serve {process}` needs is set" if process else "every variable is valid"
     return f"{what}; data in {settings.data_dir}"
+
+
+def _certificate(tls: TlsSettings, now: datetime) -> Check:
+    name = "tls certificate"
+    if tls.cert is None:
+        return Check(name, "skip", "KEEL_TLS_CERT unset: every port is plaintext")
+    try:
+        cert = read_certificate(tls.cert)
+    except ValueError as exc:
+        return Check(name, "fail", f"{tls.cert}: {exc}")
+    names = ", ".join(cert.names) or "no subject alternative name"
+    if not cert.not_before <= now < cert.not_after:
+        return Check(
+            name, "fail", f"{tls.cert} is valid from {cert.not_before} to {cert.not_after} only"
+        )
+    if tls.mutual and not cert.client_auth:
+        return Check(
+            name,
+            "fail",
+            f"{tls.cert} is not for clients (no clientAuth among its extended key usages),"
+            " yet with KEEL_TLS_CA this process presents it to the others",
+        )
+    detail = f"{names}; valid until {cert.not_after:%Y-%m-%d %H:%M} UTC"
+    if cert.not_after - now < CERTIFICATE_WARN:
+        return Check(name, "warn", f"{detail}: renew it and restart the processes")
+    return Check(name, "ok", detail)
 
 
 async def _bounded(name: str, check: Callable[[], Awaitable[Check]]) -> Check:

@@ -11,6 +11,7 @@ processes uses when ``KEEL_TLS_CERT``/``KEEL_TLS_KEY`` are set (:class:`TlsSetti
 - :func:`server_ssl_context`: the bridge's ``wss://`` and the file service's ``https://``,
   which browsers reach: TLS with the process's certificate, never a client certificate.
 - :func:`http_scheme`: ``https`` or ``http``, for the URLs Keel hands out.
+- :func:`read_certificate`: what ``keel doctor`` says of the process's certificate.
 
 With TLS unset everything is plaintext, as before. The files are read when a port is
 bound or a channel opened: replacing a certificate takes a restart.
@@ -20,9 +21,14 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import grpc
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from service_kit.config import TlsSettings
 
@@ -102,3 +108,33 @@ def http_scheme(tls: TlsSettings) -> Literal["https", "http"]:
 def ws_scheme(tls: TlsSettings) -> Literal["wss", "ws"]:
     """The scheme of the bridge's WebSocket URL."""
     return "wss" if tls.enabled else "ws"
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    """The facts of a certificate an operator checks before they bite."""
+
+    #: Its subject alternative names (DNS names and IP addresses), as text.
+    names: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+    #: Whether it may serve as a client certificate (mutual TLS): ``clientAuth`` among
+    #: its extended key usages, or no such extension at all.
+    client_auth: bool
+
+
+def read_certificate(path: Path) -> Certificate:
+    """The first certificate of the PEM chain at ``path``. Raises ``ValueError`` when it
+    holds none (and ``OSError`` when it cannot be read)."""
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    try:
+        alternative = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = tuple(str(name.value) for name in alternative)
+    except x509.ExtensionNotFound:
+        names = ()
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        client_auth = ExtendedKeyUsageOID.CLIENT_AUTH in usages
+    except x509.ExtensionNotFound:
+        client_auth = True
+    return Certificate(names, cert.not_valid_before_utc, cert.not_valid_after_utc, client_auth)

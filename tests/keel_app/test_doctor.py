@@ -9,10 +9,16 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
 import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from keel_app.doctor import Check, diagnose
 from service_kit import db
@@ -20,6 +26,7 @@ from tests.conftest import REDIS_URL, free_port
 from tests.file_service.conftest import aws_env, moto_endpoint  # noqa: F401  (fixtures)
 from tests.gateway_bridge.conftest import Keel, running_keel
 from tests.notification_service.senders.conftest import Mailbox, smtp_server
+from tests.tls_certs import write_tls_files
 
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
@@ -89,6 +96,7 @@ async def test_a_cluster_process_with_everything_in_place_passes(
     checks = await diagnose(env, "notification-service")
     assert _verdicts(checks) == {
         "configuration": "ok",
+        "tls certificate": "skip",
         "database": "ok",
         "migrations": "ok",
         "clock": "ok",
@@ -172,3 +180,67 @@ def test_the_command_prints_a_table_and_exits_1_on_a_failure(tmp_path: Path) -> 
     again = subprocess.run(keel, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.splitlines()[-1] == "Keel can run with this configuration."
+
+
+async def test_the_tls_certificate_is_named_and_checked_for_expiry(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    now = datetime.now(UTC)
+    base = _env(KEEL_DATA_DIR=str(tmp_path), DATABASE_URL=f"sqlite:///{tmp_path / 'k.db'}")
+
+    async def line(**files: str) -> Check:
+        checks = await diagnose(base | files)
+        return next(check for check in checks if check.name == "tls certificate")
+
+    assert (await line()).verdict == "skip"
+    good = write_tls_files(tmp_path / "good", ca=ca, names=("gateway", "127.0.0.1"))
+    ok = await line(**good.env())
+    assert ok.verdict == "ok" and ok.detail.startswith("gateway, 127.0.0.1; valid until "), ok
+    soon = ca.issue_cert("gateway", not_after=now + timedelta(days=3))
+    soon.private_key_pem.write_to_path(str(good.key))
+    soon.cert_chain_pems[0].write_to_path(str(good.cert))
+    assert (await line(**good.env())).verdict == "warn"
+    gone = ca.issue_cert(
+        "gateway", not_before=now - timedelta(days=9), not_after=now - timedelta(1)
+    )
+    gone.private_key_pem.write_to_path(str(good.key))
+    gone.cert_chain_pems[0].write_to_path(str(good.cert))
+    expired = await line(**good.env())
+    assert expired.verdict == "fail" and "valid from" in expired.detail
+    server_only = _server_only_certificate(tmp_path / "server-only", ca)
+    refused = await line(**server_only)
+    assert refused.verdict == "fail" and "clientAuth" in refused.detail
+    alone = await line(**(server_only | {"KEEL_TLS_CLIENT_AUTH": "0"}))  # nobody asks for it
+    assert alone.verdict == "ok"
+
+
+def _server_only_certificate(directory: Path, ca: trustme.CA) -> dict[str, str]:
+    """``KEEL_TLS_*`` of a certificate ``ca`` signed for serverAuth only (trustme always
+    adds clientAuth)."""
+    directory.mkdir()
+    key = ec.generate_private_key(ec.SECP256R1())
+    issuer = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    issuer_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), None)
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway")]))
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("gateway")]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    paths = {name: directory / f"{name}.pem" for name in ("cert", "key", "ca")}
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    return {f"KEEL_TLS_{name.upper()}": str(path) for name, path in paths.items()}
