@@ -429,7 +429,10 @@ class FileService:
         counted = _Counted(chunks, file.size - offset, f"file {file.id} is {file.size} bytes")
         try:
             with UPLOADS_IN_PROGRESS.track_inprogress():
-                written = await self._blobs.write(key, counted)
+                # Hashed only when the hash is needed now: to check the client's checksum,
+                # or because a part from the start may turn out to be the whole file.
+                hashed = sha256 is not None or offset == 0
+                written = await self._blobs.write(key, counted, hashed=hashed)
         except StorageError as exc:
             raise _storage_failed(exc) from exc
         if sha256 is not None and bytes.fromhex(written.sha256) != sha256:
@@ -458,19 +461,12 @@ class FileService:
         complete the same upload at once: none may overwrite another's) and finish."""
         parts = await self._store.parts(file.tenant_id, file.id)
         key = BlobKey(f"{file.blob_key}-{secrets.token_hex(4)}")
-        head = b""
-
-        async def assembled() -> AsyncIterator[bytes]:
-            nonlocal head
-            for part in parts:
-                async for chunk in self._blobs.read(BlobKey(part.blob_key)):
-                    if len(head) < sniff.HEAD_BYTES:
-                        head += chunk[: sniff.HEAD_BYTES - len(head)]
-                    yield chunk
+        part_keys = [BlobKey(part.blob_key) for part in parts]
 
         async def finish() -> StoredFile:
             try:
-                written = await self._blobs.write(key, assembled())
+                head = await self._head(part_keys)
+                written = await self._blobs.compose(key, part_keys)
             except StorageError as exc:
                 raise _storage_failed(exc) from exc
             declared = await self._store.declared_sha256(file.tenant_id, file.id)
@@ -481,6 +477,16 @@ class FileService:
             for part in parts:
                 await self._delete_blob(part.blob_key)
         return ready
+
+    async def _head(self, keys: list[BlobKey]) -> bytes:
+        """The first bytes (to sniff the type) of the blobs ``keys`` one after the other."""
+        head = b""
+        for key in keys:
+            async for chunk in self._blobs.read(key, length=sniff.HEAD_BYTES - len(head)):
+                head += chunk
+            if len(head) >= sniff.HEAD_BYTES:
+                break
+        return head
 
     async def _settle(
         self, file: StoredFile, written: BlobKey, finishing: Awaitable[StoredFile]

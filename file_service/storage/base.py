@@ -10,14 +10,15 @@ Memory is bounded on both paths: :meth:`BlobStore.write` consumes its chunks as 
 store's ``chunk_size``. A write either completes whole or leaves nothing behind: no blob,
 no temporary file, no pending multipart upload.
 
-Resumable (tus) uploads will need begin/append/complete/abort sessions; they are not part
-of this interface yet.
+A resumable upload stores each part as a blob of its own and, once every byte is in,
+composes them into the file's blob (:meth:`BlobStore.compose`): on local disk the kernel
+copies the bytes (``copy_file_range``) while another thread hashes them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Final, NewType, Protocol
 
@@ -56,12 +57,24 @@ class BlobStore(Protocol):
     #: The largest chunk :meth:`read` yields.
     chunk_size: int
 
-    async def write(self, key: BlobKey, chunks: AsyncIterable[bytes]) -> WrittenBlob:
+    async def write(
+        self, key: BlobKey, chunks: AsyncIterable[bytes], *, hashed: bool = True
+    ) -> WrittenBlob:
         """Store the bytes of ``chunks`` under ``key``, replacing any blob there.
 
         The blob becomes visible only once every chunk is stored. If ``chunks`` raises, or
         the write fails or is cancelled, nothing is left behind and the error propagates.
+        ``hashed=False`` skips the SHA-256 (``WrittenBlob.sha256`` is then empty): a part
+        of an upload is hashed again when the parts are composed.
         Raises :class:`InvalidBlobKey`, :class:`StorageUnavailable`.
+        """
+        ...
+
+    async def compose(self, key: BlobKey, parts: Sequence[BlobKey]) -> WrittenBlob:
+        """Store under ``key`` the bytes of ``parts``, one after the other (the parts stay),
+        and answer their size and SHA-256; whole or nothing, as :meth:`write`.
+        Raises :class:`BlobNotFound` (a part is missing), :class:`InvalidBlobKey`,
+        :class:`StorageUnavailable`.
         """
         ...
 

@@ -7,21 +7,23 @@ reader sees the old blob or the whole new one, and a crash leaves at most a temp
 File I/O runs in worker threads so the event loop never waits on the disk.
 
 Each hand-off to a worker thread costs about as much as writing 64 KiB, so bytes cross in
-batches of about a MiB: a write gathers the incoming chunks and hashes and writes each batch
-in one thread call while the next is gathered, and a read fetches the next MiB while the
-current one is sent. The SHA-256 is computed in the worker thread too (hashlib and file I/O
-release the GIL), so the disk, the hash and the event loop's socket work overlap. Memory
-stays bounded: two batches of a write, two chunks of a read.
+batches of about a MiB: a write gathers the incoming chunks and hands each batch to two
+worker threads at once — one hashes it (SHA-256), the other writes it; each takes about as
+long — while the next batch is gathered, and a read fetches the next MiB while the current
+one is sent. hashlib and file I/O release the GIL, so the disk, the hash and the event
+loop's socket work overlap. Memory stays bounded: two batches of a write, two chunks of a read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import mmap
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -37,6 +39,8 @@ from file_service.storage.errors import BlobNotFound, StorageUnavailable
 TEMP_PREFIX = ".tmp-"
 #: The largest chunk a read yields, and about how many bytes a write hands a thread at once.
 LOCAL_CHUNK_SIZE: Final = 1 << 20
+#: How many bytes a compose copies or hashes in one call.
+COPY_STEP: Final = 8 << 20
 
 
 class LocalBlobStore:
@@ -57,7 +61,9 @@ class LocalBlobStore:
             raise StorageUnavailable(f"blob key {key!r} resolves outside the store's root")
         return path
 
-    async def write(self, key: BlobKey, chunks: AsyncIterable[bytes]) -> WrittenBlob:
+    async def write(
+        self, key: BlobKey, chunks: AsyncIterable[bytes], *, hashed: bool = True
+    ) -> WrittenBlob:
         path = self._path(key)
         try:
             await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
@@ -65,7 +71,7 @@ class LocalBlobStore:
             file = await asyncio.to_thread(open, temp, "xb")
         except OSError as exc:
             raise StorageUnavailable(f"cannot write blob {key!r}: {exc}") from exc
-        writer = _BatchWriter(file, self.chunk_size)
+        writer = _BatchWriter(file, self.chunk_size, hashed=hashed)
         try:
             async for chunk in chunks:
                 await writer.add(chunk)
@@ -77,6 +83,31 @@ class LocalBlobStore:
                 raise StorageUnavailable(f"cannot write blob {key!r}: {exc}") from exc
             raise
         return WrittenBlob(key=key, size=writer.size, sha256=sha256)
+
+    async def compose(self, key: BlobKey, parts: Sequence[BlobKey]) -> WrittenBlob:
+        path = self._path(key)
+        sources = [self._path(part) for part in parts]
+        temp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        # The kernel copies (no byte enters Python) while a second thread hashes the parts
+        # from their pages (mmap: no copy either); hashing is the longer of the two.
+        copying = asyncio.ensure_future(asyncio.to_thread(_concatenate, sources, temp))
+        hashing = asyncio.ensure_future(asyncio.to_thread(_hash_files, sources))
+        try:
+            await asyncio.wait([copying, hashing])  # never cancels them: see below
+            size, sha256 = copying.result(), hashing.result()
+            await asyncio.to_thread(_rename_durably, temp, path)
+        except BaseException as exc:
+            # The threads must be done with the temporary file before it goes (and the
+            # error of the other one is superseded by this one).
+            for future in (copying, hashing):
+                await asyncio.shield(_settled(future))
+            await asyncio.shield(asyncio.to_thread(temp.unlink, missing_ok=True))
+            if isinstance(exc, FileNotFoundError) and exc.filename != str(temp):
+                raise BlobNotFound(f"a part of blob {key!r} is missing: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise StorageUnavailable(f"cannot compose blob {key!r}: {exc}") from exc
+            raise
+        return WrittenBlob(key=key, size=size, sha256=sha256)
 
     async def read(
         self, key: BlobKey, *, offset: int = 0, length: int | None = None
@@ -164,13 +195,14 @@ class _BatchWriter:
     """Hashes and writes a blob's chunks to ``file`` in batches of about ``batch`` bytes, each
     in one worker-thread call, one batch in flight while the next is gathered."""
 
-    def __init__(self, file: BinaryIO, batch: int) -> None:
+    def __init__(self, file: BinaryIO, batch: int, *, hashed: bool = True) -> None:
         self._file = file
         self._batch = batch
-        self._digest = hashlib.sha256()
+        self._digest = hashlib.sha256() if hashed else None
         self._gathered: list[bytes] = []
         self._gathered_size = 0
-        self._in_flight: asyncio.Future[None] | None = None
+        #: The batch being hashed and written (two calls, one thread each).
+        self._in_flight: list[asyncio.Future[None]] = []
         #: Bytes handed over so far.
         self.size = 0
 
@@ -185,12 +217,12 @@ class _BatchWriter:
         await self._hand_over()
         await self._wait_in_flight()
         await asyncio.to_thread(_flush_sync_and_close, self._file)
-        return self._digest.hexdigest()
+        return self._digest.hexdigest() if self._digest is not None else ""
 
     async def discard(self, temp: Path) -> None:
         """Close and remove the temporary file, once no thread writes to it any more."""
-        if self._in_flight is not None:
-            await _settled(self._in_flight)
+        for future in self._in_flight:
+            await _settled(future)
         await asyncio.to_thread(_close_and_unlink, self._file, temp)
 
     async def _hand_over(self) -> None:
@@ -200,16 +232,19 @@ class _BatchWriter:
         pieces, self._gathered, self._gathered_size = self._gathered, [], 0
         self.size += sum(len(piece) for piece in pieces)
         loop = asyncio.get_running_loop()
-        self._in_flight = loop.run_in_executor(
-            None, _hash_and_write, self._file, self._digest, pieces
-        )
+        # Hashing and writing a MiB take about as long each: two threads do them at once.
+        self._in_flight = [loop.run_in_executor(None, _write_all, self._file, pieces)]
+        if self._digest is not None:
+            self._in_flight.append(loop.run_in_executor(None, _hash_all, self._digest, pieces))
 
     async def _wait_in_flight(self) -> None:
-        if self._in_flight is not None:
-            # Shielded: a cancelled caller must not mark as done a write its thread is still
-            # doing (discard waits for it before closing the file).
-            await asyncio.shield(self._in_flight)
-            self._in_flight = None
+        if self._in_flight:
+            # asyncio.wait does not cancel them: a cancelled caller must not mark as done a
+            # write its thread is still doing (discard waits for it before closing the file).
+            await asyncio.wait(self._in_flight)
+            done, self._in_flight = self._in_flight, []
+            for future in done:
+                future.result()
 
 
 async def _settled(future: asyncio.Future[Any]) -> None:
@@ -220,10 +255,60 @@ async def _settled(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _hash_and_write(file: BinaryIO, digest: hashlib._Hash, pieces: list[bytes]) -> None:
+def _write_all(file: BinaryIO, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        file.write(piece)
+
+
+def _hash_all(digest: hashlib._Hash, pieces: list[bytes]) -> None:
     for piece in pieces:
         digest.update(piece)
-        file.write(piece)
+
+
+def _concatenate(sources: list[Path], temp: Path) -> int:
+    """Copy the files ``sources`` one after the other into the new file ``temp``, fsynced;
+    the bytes copied."""
+    size = 0
+    temp.parent.mkdir(parents=True, exist_ok=True)
+    with open(temp, "xb") as out:
+        for source in sources:
+            with open(source, "rb") as part:
+                size += _copy(part, out)
+        out.flush()
+        os.fsync(out.fileno())
+    return size
+
+
+def _copy(source: BinaryIO, out: BinaryIO) -> int:
+    """Append all of ``source`` to ``out``: in the kernel (``copy_file_range``) where the
+    file system allows it, else through a buffer."""
+    copied = 0
+    try:
+        while count := os.copy_file_range(source.fileno(), out.fileno(), COPY_STEP):
+            copied += count
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        shutil.copyfileobj(source, out, LOCAL_CHUNK_SIZE)  # continues from both positions
+        copied = source.tell()
+    return copied
+
+
+def _hash_files(sources: list[Path]) -> str:
+    """The SHA-256 (hex) of the files ``sources`` one after the other."""
+    digest = hashlib.sha256()
+    for source in sources:
+        with open(source, "rb") as part:
+            if os.fstat(part.fileno()).st_size == 0:
+                continue  # an empty file cannot be mapped
+            with mmap.mmap(part.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    for start in range(0, len(view), COPY_STEP):
+                        digest.update(view[start : start + COPY_STEP])  # releases the GIL
+                finally:
+                    view.release()
+    return digest.hexdigest()
 
 
 def _read_at(

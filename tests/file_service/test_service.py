@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -297,11 +297,20 @@ class FailingFinalWrites(LocalBlobStore):
         super().__init__(root)
         self.failures = failures
 
-    async def write(self, key: BlobKey, chunks: AsyncIterable[bytes]) -> WrittenBlob:
+    async def write(
+        self, key: BlobKey, chunks: AsyncIterable[bytes], *, hashed: bool = True
+    ) -> WrittenBlob:
+        self._maybe_fail(key)
+        return await super().write(key, chunks, hashed=hashed)
+
+    async def compose(self, key: BlobKey, parts: Sequence[BlobKey]) -> WrittenBlob:
+        self._maybe_fail(key)
+        return await super().compose(key, parts)
+
+    def _maybe_fail(self, key: BlobKey) -> None:
         if "-parts/" not in key and "-thumbnail" not in key and self.failures > 0:
             self.failures -= 1
             raise StorageUnavailable("the disk is away")
-        return await super().write(key, chunks)
 
 
 async def test_retries_of_a_failed_completion_at_once_all_end_with_the_one_ready_file(

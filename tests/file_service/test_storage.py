@@ -185,6 +185,49 @@ async def test_a_failed_write_keeps_the_blob_it_would_have_replaced(backend: Bac
     assert await collect(backend.store.read(key)) == b"the original"
 
 
+async def test_composed_parts_are_one_blob_with_the_size_and_sha256_of_all(
+    backend: Backend,
+) -> None:
+    # Parts of odd sizes, one empty, one larger than a copy step: the bytes must follow
+    # each other exactly, whatever each backend copies at a time.
+    pieces = [pattern(1, 1000), b"", pattern(2, 9 * MiB + 3), pattern(3, 1)]
+    parts = [new_key() for _ in pieces]
+    for part, data in zip(parts, pieces, strict=True):
+        await backend.store.write(part, chunks_of(data, MiB), hashed=False)
+    key = new_key()
+
+    written = await backend.store.compose(key, parts)
+
+    whole = b"".join(pieces)
+    assert (written.key, written.size, written.sha256) == (
+        key,
+        len(whole),
+        hashlib.sha256(whole).hexdigest(),
+    )
+    assert await collect(backend.store.read(key)) == whole
+    assert [await backend.store.exists(part) for part in parts] == [True] * len(parts)
+    assert await backend.leftovers() == []
+
+
+async def test_composing_with_a_missing_part_fails_and_leaves_nothing(backend: Backend) -> None:
+    present, missing, key = new_key(), new_key(), new_key()
+    await backend.store.write(present, chunks_of(b"here", 2))
+
+    with pytest.raises(BlobNotFound):
+        await backend.store.compose(key, [present, missing])
+
+    assert not await backend.store.exists(key)
+    assert await backend.store.exists(present)
+    assert await backend.leftovers() == []
+
+
+async def test_an_unhashed_write_stores_the_same_bytes_without_a_sha256(backend: Backend) -> None:
+    key, data = new_key(), pattern(4, 3 * MiB)
+    written = await backend.store.write(key, chunks_of(data, MiB), hashed=False)
+    assert (written.size, written.sha256) == (len(data), "")
+    assert await collect(backend.store.read(key)) == data
+
+
 @pytest.mark.parametrize(
     "key",
     ["../escape", "a/../../escape", "/etc/passwd", "a//b", "a/./b", ".hidden", "a\\..\\b", ""],
