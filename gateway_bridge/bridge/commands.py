@@ -30,6 +30,7 @@ from gateway_bridge.bridge.fanout import Fanout
 from gateway_bridge.bridge.inbox import Inbox
 from gateway_bridge.bridge.link import GatewayLink
 from gateway_bridge.bridge.rpc_errors import frame_error
+from service_kit import tracing
 from service_kit.auth import Authenticator, require_scope
 from service_kit.clock import rfc3339
 from service_kit.errors import KeelError, NotFound, PermissionDenied
@@ -99,7 +100,22 @@ class Commands:
         assert self.handlers.keys() == p.FRAME_FIELDS.keys(), "a frame type without a handler"
 
     async def run(self, conn: Conn, command: p.Command) -> None:
-        """Run ``command`` for ``conn``; a refusal is answered with an ``error`` frame."""
+        """Run ``command`` for ``conn``; a refusal is answered with an ``error`` frame.
+
+        When tracing is on, every frame but ``ping`` runs in a ``keel.bridge.<type>`` span,
+        the parent of the gateway call it makes (:mod:`service_kit.tracing`)."""
+        tracer = tracing.tracer()
+        if tracer is None or command.type == "ping":
+            await self._run(conn, command)
+            return
+        with tracer.start_as_current_span(
+            f"keel.bridge.{command.type}",
+            kind=tracing.SpanKind.SERVER,
+            attributes={"keel.tenant_id": conn.tenant_id, "keel.channel_id": command.channel_id},
+        ):
+            await self._run(conn, command)
+
+    async def _run(self, conn: Conn, command: p.Command) -> None:
         try:
             if command.channel_id and not is_uuid(command.channel_id):
                 raise p.FrameError(

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Final
 
 from keel.channels.v1 import channels_pb2
+from opentelemetry.trace import Span
 
 from gateway_bridge.bridge import protocol as p
 from gateway_bridge.bridge.connection import DELIVERIES, Conn, Connections
@@ -28,6 +29,7 @@ from gateway_bridge.bridge.link import GatewayLink, subscribe_request
 from gateway_bridge.bridge.presence import Presence3
 from gateway_bridge.bridge.room import Deliver, Effect, End, Fill, Ready, Room
 from gateway_bridge.bridge.rpc_errors import error_code
+from service_kit import tracing
 
 #: Events arriving this close together are written to each subscriber in one write.
 COALESCE_SECONDS: Final = 0.001
@@ -47,15 +49,34 @@ def event_bytes(event: Event) -> bytes:
 class LocalRoom(Room[Conn, Event]):
     """A room core plus what writing needs: frames not yet written, and its watchers."""
 
-    __slots__ = ("dirty", "pending", "watchers")
+    __slots__ = ("dirty", "pending", "spans", "watchers")
 
     def __init__(self, tenant_id: str, channel_id: str) -> None:
         super().__init__(tenant_id, channel_id)
         self.pending: list[bytes] = []  # frames not yet written to the live subscribers
+        #: The delivery spans of pending frames (tracing on, traced events only): each ends
+        #: once its frame was written.
+        self.spans: list[Span] = []
         self.dirty = False
         #: The live connections whose tenant may read presence (fixed per connection), so a
         #: presence event costs nothing in a room where nobody may see it.
         self.watchers: set[Conn] = set()
+
+
+def _delivery_span(tracer: tracing.Tracer, room: LocalRoom, event: Event) -> Span:
+    """The ``keel.bridge.deliver`` span of a live event, a child of the span that published
+    it (its ``traceparent``), from its arrival until its frame is written to the sockets."""
+    return tracer.start_span(
+        "keel.bridge.deliver",
+        context=tracing.context_from(event.traceparent),
+        kind=tracing.SpanKind.CONSUMER,
+        attributes={
+            "keel.tenant_id": room.tenant_id,
+            "keel.channel_id": room.channel_id,
+            "keel.event": event.event,
+            "keel.seq": event.seq,
+        },
+    )
 
 
 class Fanout:
@@ -217,6 +238,8 @@ class Fanout:
         for effect in effects:
             if isinstance(effect, Deliver):
                 room.pending.append(event_bytes(effect.event))
+                if (tracer := tracing.tracer()) is not None and effect.event.traceparent:
+                    room.spans.append(_delivery_span(tracer, room, effect.event))
                 if not room.dirty:
                     room.dirty = True
                     self._dirty.append(room)
@@ -304,6 +327,11 @@ class Fanout:
             elif written is False:
                 self._on_slow(conn)
         DELIVERIES.inc(delivered * len(frames))
+        if room.spans:
+            spans, room.spans = room.spans, []
+            for span in spans:
+                span.set_attribute("keel.deliveries", delivered)
+                span.end()
 
     # -- for tests and tools -------------------------------------------------------------
 

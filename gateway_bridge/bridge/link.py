@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 import grpc
 from keel.channels.v1 import channels_pb2, channels_pb2_grpc
 
+from service_kit import tracing
 from service_kit.interceptor import ACTING_FOR_TENANT
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,11 @@ class GatewayLink:
     async def _call(
         self, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, tenant_id: str
     ) -> Resp:
-        """Call ``method`` for ``tenant_id``: the operator token, ``x-keel-tenant-id``."""
-        metadata = (self._auth, (ACTING_FOR_TENANT, tenant_id))
+        """Call ``method`` for ``tenant_id``: the operator token, ``x-keel-tenant-id``, and
+        the current span's ``traceparent`` when tracing is on."""
+        metadata: tuple[tuple[str, str], ...] = (self._auth, (ACTING_FOR_TENANT, tenant_id))
+        if tracing.tracer() is not None:
+            metadata += tuple(tracing.outgoing_metadata())
         response: Resp = await method(request, metadata=metadata, timeout=self._call_timeout)
         return response
 

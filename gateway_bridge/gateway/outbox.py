@@ -38,7 +38,9 @@ class ChatEvent:
 
     The data is kept as JSON text (``data_text``), encoded once when the event is
     recorded: publishing, routing and streaming pass that text along untouched, and
-    :attr:`data` parses it only for the few who look inside.
+    :attr:`data` parses it only for the few who look inside. ``traceparent`` is the trace
+    context of the span that published it (bus payloads only, never stored; "" when
+    tracing is off).
     """
 
     cursor: int
@@ -49,6 +51,7 @@ class ChatEvent:
     name: str
     data_text: str
     created_at: datetime
+    traceparent: str = ""
 
     @classmethod
     def of(
@@ -74,18 +77,18 @@ class ChatEvent:
 
     def encode(self) -> bytes:
         """The bus payload: a JSON header line, a newline, then the data's JSON text."""
-        header = json.dumps(
-            {
-                "cursor": self.cursor,
-                "event_id": self.event_id,
-                "tenant_id": self.tenant_id,
-                "channel_id": self.channel_id,
-                "seq": self.seq,
-                "event": self.name,
-                "created_at": rfc3339(self.created_at),
-            },
-            separators=(",", ":"),
-        )
+        fields = {
+            "cursor": self.cursor,
+            "event_id": self.event_id,
+            "tenant_id": self.tenant_id,
+            "channel_id": self.channel_id,
+            "seq": self.seq,
+            "event": self.name,
+            "created_at": rfc3339(self.created_at),
+        }
+        if self.traceparent:
+            fields["traceparent"] = self.traceparent
+        header = json.dumps(fields, separators=(",", ":"))
         return f"{header}\n{self.data_text}".encode()
 
     @classmethod
@@ -102,6 +105,7 @@ class ChatEvent:
             name=raw["event"],
             data_text=data.decode(),
             created_at=datetime.fromisoformat(raw["created_at"]),
+            traceparent=raw.get("traceparent", ""),
         )
 
     def data_json(self) -> str:

@@ -17,11 +17,13 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from gateway_bridge.gateway.outbox import ChatEvent
 from gateway_bridge.vocabulary import CHAT_EVENTS_TOPIC
+from service_kit import tracing
 from service_kit.bus import EventBus
 
 log = logging.getLogger(__name__)
@@ -58,10 +60,30 @@ class EventRelay:
         self._task: asyncio.Task[None] | None = None
 
     async def publish(self, events: Sequence[ChatEvent]) -> None:
-        """Put ``events`` (just committed) on the bus; a failure leaves them to the drain."""
+        """Put ``events`` (just committed) on the bus; a failure leaves them to the drain.
+
+        When tracing is on, in a ``keel.bus.publish`` span whose ``traceparent`` each
+        payload carries (so the delivering bridge's span joins the trace)."""
+        tracer = tracing.tracer()
+        if tracer is None or not events:
+            await self._publish(events, "")
+            return
+        with tracer.start_as_current_span(
+            "keel.bus.publish",
+            kind=tracing.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "keel",
+                "messaging.destination.name": CHAT_EVENTS_TOPIC,
+                "messaging.batch.message_count": len(events),
+            },
+        ):
+            await self._publish(events, tracing.traceparent())
+
+    async def _publish(self, events: Sequence[ChatEvent], traceparent: str) -> None:
         for event in events:
             try:
-                await self._bus.publish(CHAT_EVENTS_TOPIC, event.encode())
+                traced = replace(event, traceparent=traceparent) if traceparent else event
+                await self._bus.publish(CHAT_EVENTS_TOPIC, traced.encode())
             except Exception:
                 log.warning("bus publish failed; the event log will resend", exc_info=True)
                 return

@@ -220,4 +220,5 @@ def event_proto(event: ChatEvent, links: AttachmentLinks | None) -> channels_pb2
         data_json=data_json,
         event_id=event.event_id,
         create_time=timestamp(event.created_at),
+        traceparent=event.traceparent,
     )

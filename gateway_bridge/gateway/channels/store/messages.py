@@ -71,6 +71,7 @@ from gateway_bridge.gateway.channels.store.rows import (
     to_message,
     with_reactions,
 )
+from service_kit import tracing
 from service_kit.auth import TenantId
 from service_kit.batching import Batcher
 from service_kit.clock import Clock, utcnow
@@ -96,6 +97,7 @@ class SqlMessages(SqlStoreBase):
 
     def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
         super().__init__(engine, clock=clock)
+        self._dialect = engine.dialect.name
         # SQLite has one writer at a time, so one batch at a time; PostgreSQL overlaps a few.
         self._sends: Batcher[tuple[TenantId, NewMessage], Sent] = Batcher(
             self._send_batch,
@@ -108,7 +110,22 @@ class SqlMessages(SqlStoreBase):
         with the same idempotency key stored (and no events).
 
         Concurrent sends share transactions (group commit, :meth:`_send_batch`); a reply
-        runs in a transaction of its own."""
+        runs in a transaction of its own. When tracing is on, in a ``keel.db.send_message``
+        span from the submission to the answer (the wait for the batch, its transaction
+        and commit)."""
+        tracer = tracing.tracer()
+        if tracer is None:
+            return await self._send(tenant_id, new)
+        with tracer.start_as_current_span(
+            "keel.db.send_message",
+            kind=tracing.SpanKind.CLIENT,
+            attributes={"db.system.name": self._dialect, "keel.channel_id": new.channel_id},
+        ) as span:
+            sent = await self._send(tenant_id, new)
+            span.set_attribute("keel.seq", sent[0].seq)
+            return sent
+
+    async def _send(self, tenant_id: TenantId, new: NewMessage) -> Sent:
         if new.reply_to:
             return await self._send_alone(tenant_id, new)
         return await self._sends.submit((tenant_id, new))

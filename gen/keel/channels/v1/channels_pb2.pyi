@@ -563,7 +563,7 @@ class ConnectRequest(_message.Message):
     def __init__(self, subscribe: _Optional[_Union[ConnectSubscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[ConnectUnsubscribe, _Mapping]] = ...) -> None: ...
 
 class ChannelEvent(_message.Message):
-    __slots__ = ("tenant_id", "channel_id", "seq", "event", "data_json", "event_id", "create_time")
+    __slots__ = ("tenant_id", "channel_id", "seq", "event", "data_json", "event_id", "create_time", "traceparent")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -571,6 +571,7 @@ class ChannelEvent(_message.Message):
     DATA_JSON_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     channel_id: str
     seq: int
@@ -578,7 +579,8 @@ class ChannelEvent(_message.Message):
     data_json: str
     event_id: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, tenant_id: _Optional[str] = ..., channel_id: _Optional[str] = ..., seq: _Optional[int] = ..., event: _Optional[str] = ..., data_json: _Optional[str] = ..., event_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, tenant_id: _Optional[str] = ..., channel_id: _Optional[str] = ..., seq: _Optional[int] = ..., event: _Optional[str] = ..., data_json: _Optional[str] = ..., event_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class SubscribeResult(_message.Message):
     __slots__ = ("subscription_key", "channel_id", "code", "message", "last_seq")
