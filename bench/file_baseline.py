@@ -26,7 +26,11 @@ byte of its answer).
   it arrives, fsynced at the end, as Keel's local store does), ``GET /blob/{name}`` answers
   with ``web.FileResponse`` (sendfile) and ``GET /chunked/{name}`` with reads of 1 MiB
   written one after the other (what a server that cannot hand the socket a file does);
-  ``DELETE /blob/{name}`` removes the file. Answers ``port``.
+  ``DELETE /blob/{name}`` removes the file. Beside it, a minimal grpc.aio server of the
+  same ``FileService``: ``UploadFile`` writes each chunk's bytes to a file as they come
+  (fsynced at the end; no hash, no check) and ``DownloadFile`` streams a file in 1 MiB
+  reads — the least a Python gRPC server does to move a file, the ceiling of Keel's gRPC
+  paths. Answers ``port`` and ``grpc_port``.
 """
 
 from __future__ import annotations
@@ -241,9 +245,38 @@ def baseline_app(directory: Path) -> web.Application:
     return app
 
 
+class GrpcBaseline(files_pb2_grpc.FileServiceServicer):
+    """The least a grpc.aio server can do to store and serve a file (one name: ``grpc``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._path = directory / "grpc"
+
+    async def UploadFile(
+        self, request_iterator: AsyncIterator[pb.UploadFileRequest], context: Any
+    ) -> pb.UploadFileResponse:
+        size = 0
+        with self._path.open("wb") as file:
+            async for message in request_iterator:
+                if message.WhichOneof("payload") == "chunk":
+                    chunk = message.chunk
+                    file.write(chunk)
+                    size += len(chunk)
+            file.flush()
+            os.fsync(file.fileno())
+        return pb.UploadFileResponse(file=pb.File(id="grpc", size_bytes=size))
+
+    async def DownloadFile(
+        self, request: pb.DownloadFileRequest, context: Any
+    ) -> AsyncIterator[pb.DownloadFileResponse]:
+        with self._path.open("rb") as file:
+            while piece := file.read(BASELINE_CHUNK):
+                yield pb.DownloadFileResponse(chunk=piece)
+
+
 class BaselineServer:
     def __init__(self) -> None:
         self._runner: web.AppRunner | None = None
+        self._grpc: grpc.aio.Server | None = None
 
     async def listen(self, cmd: dict[str, Any]) -> dict[str, Any]:
         directory = Path(cmd["dir"])
@@ -254,9 +287,19 @@ class BaselineServer:
         await site.start()
         server = site._server  # aiohttp keeps the asyncio server here
         sockets = getattr(server, "sockets", None) or []
-        return {"port": int(sockets[0].getsockname()[1]), "pid": os.getpid()}
+        self._grpc = grpc.aio.server()
+        files_pb2_grpc.add_FileServiceServicer_to_server(GrpcBaseline(directory), self._grpc)
+        grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
+        await self._grpc.start()
+        return {
+            "port": int(sockets[0].getsockname()[1]),
+            "grpc_port": grpc_port,
+            "pid": os.getpid(),
+        }
 
     async def close(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(None)
         if self._runner is not None:
             await self._runner.cleanup()
 

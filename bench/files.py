@@ -75,7 +75,12 @@ LABELS: Final = {
     "put": "baseline PUT (aiohttp, fsync at the end)",
     "get": "baseline GET (web.FileResponse, sendfile)",
     "get_chunked": "baseline GET (1 MiB reads)",
+    "grpc_put": "baseline gRPC UploadFile (grpc.aio: write, fsync at the end)",
+    "grpc_get": "baseline gRPC DownloadFile (grpc.aio: 1 MiB reads)",
 }
+#: Each gRPC path of Keel, and the do-nothing gRPC server's figure it is also compared with
+#: (the ceiling of the transport: the issue's goal is against the HTTP baseline).
+GRPC_CEILINGS: Final = {"grpc_upload": "grpc_put", "grpc_download": "grpc_get"}
 
 
 # -- set-up ---------------------------------------------------------------------------------
@@ -201,11 +206,18 @@ async def _keel_round(
 
 
 async def _baseline_round(
-    client: Helper, server: Helper, port: int, p: dict[str, Any]
+    client: Helper, server: Helper, port: int, grpc_port: int, p: dict[str, Any]
 ) -> dict[str, dict[str, Any]]:
     size, pid = p["mib"] * MIB, server.pid
     url = f"http://127.0.0.1:{port}"
+    grpc_addr = {"addr": f"127.0.0.1:{grpc_port}", "metadata": []}
     out = {
+        "grpc_put": await _measured(
+            pid, client.call("grpc_upload", wait=900, size=size, **grpc_addr)
+        ),
+        "grpc_get": await _measured(
+            pid, client.call("grpc_download", wait=900, file_id="grpc", **grpc_addr)
+        ),
         "put": await _measured(
             pid, client.call("http_put", wait=900, url=f"{url}/blob/bench", size=size)
         ),
@@ -247,7 +259,8 @@ async def files(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
     )
     client, server = await ctx.helper(HELPER), await ctx.helper(HELPER)
     baseline_dir = ctx.log_dir / "baseline-files"
-    port = (await server.call("baseline_listen", dir=str(baseline_dir)))["port"]
+    listening = await server.call("baseline_listen", dir=str(baseline_dir))
+    port, grpc_port = listening["port"], listening["grpc_port"]
     service, base = await asyncio.to_thread(_start_service, cluster, size)
     files_api = Files(service.addr, tenant.metadata)
     keel_rounds: list[dict[str, dict[str, Any]]] = []
@@ -257,11 +270,11 @@ async def files(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
         # pools and buffers that stay, which is not what a transfer's size costs.
         if p["mib"] > WARM_UP_MIB:
             warm = p | {"mib": WARM_UP_MIB}
-            await _baseline_round(client, server, port, warm)
+            await _baseline_round(client, server, port, grpc_port, warm)
             await _keel_round(client, files_api, service, base, token, warm)
         async with py_spy_record(ctx, service.pid, seconds=3600):
             for _ in range(p["rounds"]):
-                base_rounds.append(await _baseline_round(client, server, port, p))
+                base_rounds.append(await _baseline_round(client, server, port, grpc_port, p))
                 keel_rounds.append(await _keel_round(client, files_api, service, base, token, p))
     finally:
         await asyncio.to_thread(service.stop)
@@ -270,7 +283,8 @@ async def files(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
             leftover.unlink(missing_ok=True)
     keel = {name: _summary([r[name] for r in keel_rounds]) for name in (*UPLOADS, *DOWNLOADS)}
     baseline = {
-        name: _summary([r[name] for r in base_rounds]) for name in ("put", "get", "get_chunked")
+        name: _summary([r[name] for r in base_rounds])
+        for name in ("put", "get", "get_chunked", *GRPC_CEILINGS.values())
     }
     return _result(p, size, keel, baseline)
 
@@ -296,6 +310,18 @@ def _result(
             keel[name]["mb_per_second"], baseline["get_chunked"]["mb_per_second"]
         )
         for name in DOWNLOADS
+    }
+    ratios |= {
+        f"{name}_vs_grpc_baseline": ratio(
+            keel[name]["mb_per_second"], baseline[ceiling]["mb_per_second"]
+        )
+        for name, ceiling in GRPC_CEILINGS.items()
+    }
+    ratios |= {
+        f"{ceiling}_vs_http": ratio(
+            baseline[ceiling]["mb_per_second"], baseline[reference[name]]["mb_per_second"]
+        )
+        for name, ceiling in GRPC_CEILINGS.items()
     }
     measured = size >= MEASURED_SIZE
     note = "" if measured else f"{p['mib']} MiB transfers are too small to tell"
@@ -358,18 +384,24 @@ def report_section(r: dict[str, Any]) -> list[str]:
             _n(x["server_cpu_seconds_per_gb"], 2),
         ]
 
-    rows = [row(name, k[name], _ratio(ratios[name])) for name in UPLOADS]
-    rows += [row("put", b["put"], "—")]
-    rows += [
-        row(
-            name,
-            k[name],
-            f"{_ratio(ratios[name])} "
-            f"({_ratio(ratios[name + '_vs_chunked_get'])} of the chunked GET)",
-        )
-        for name in DOWNLOADS
-    ]
+    def against(name: str) -> str:
+        also = []
+        if name + "_vs_chunked_get" in ratios:
+            also.append(f"{_ratio(ratios[name + '_vs_chunked_get'])} of the chunked GET")
+        if name + "_vs_grpc_baseline" in ratios:  # runs before the gRPC baseline lack it
+            also.append(f"{_ratio(ratios[name + '_vs_grpc_baseline'])} of the gRPC baseline")
+        return _ratio(ratios[name]) + (f" ({'; '.join(also)})" if also else "")
+
+    def ceiling(name: str) -> list[list[str]]:
+        if name not in b:
+            return []
+        return [row(name, b[name], f"{_ratio(ratios.get(name + '_vs_http'))} of the HTTP one")]
+
+    rows = [row(name, k[name], against(name)) for name in UPLOADS]
+    rows += [row("put", b["put"], "—"), *ceiling("grpc_put")]
+    rows += [row(name, k[name], against(name)) for name in DOWNLOADS]
     rows += [row("get", b["get"], "—"), row("get_chunked", b["get_chunked"], "—")]
+    rows += ceiling("grpc_get")
     out = _table(
         [
             "path",
@@ -383,7 +415,9 @@ def report_section(r: dict[str, Any]) -> list[str]:
     out += [
         f"One file of {_n(r['params']['mib'])} MiB per transfer, {r['params']['rounds']} "
         "rounds; uploads are compared with the baseline's PUT, downloads with its "
-        "sendfile GET. MB/s of each round: "
+        "sendfile GET (the issue's goal), and Keel's gRPC paths also with the baseline's "
+        "grpc.aio server, which moves the same bytes and does nothing else: no Python gRPC "
+        "server goes faster, so that ratio says what Keel's own work costs. MB/s of each round: "
         + "; ".join(
             f"{name} {', '.join(_n(v) for v in x['mb_per_second_each'])}"
             for name, x in (*k.items(), *b.items())

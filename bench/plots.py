@@ -626,10 +626,12 @@ FILE_PATHS: Final = {
     "tus_upload_chunked": "tus, {patch} MiB PATCHes",
     "url_put": "upload URL PUT",
     "put": "PUT (upload)",
+    "grpc_put": "gRPC upload, grpc.aio",
     "grpc_download": "gRPC DownloadFile",
     "url_download": "signed URL GET",
     "get": "GET, sendfile",
     "get_chunked": "GET, 1 MiB reads",
+    "grpc_get": "gRPC download, grpc.aio",
 }
 
 
