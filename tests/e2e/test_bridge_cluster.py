@@ -40,6 +40,8 @@ USERS = ("u1", "u2", "u3", "u4")
 BRIDGE_START = 20.0
 DELIVERY_WAIT = 20.0
 REPLY_WAIT = 10.0
+#: The longest a gateway may take to stop and start again (a bound, never asserted on).
+RESTART_WAIT = 60.0
 
 
 # --- the cluster ---------------------------------------------------------------------------
@@ -133,9 +135,10 @@ def healthz(port: int) -> int | None:
         return None
 
 
-def launch_bridge(cluster: Cluster, gateway: KeelProcess) -> BridgeProcess:
-    """Run ``keel serve bridge`` linked to ``gateway`` (not waiting for it)."""
-    port = free_port()
+def launch_bridge(cluster: Cluster, gateway: KeelProcess, port: int | None = None) -> BridgeProcess:
+    """Run ``keel serve bridge`` linked to ``gateway`` (not waiting for it), on ``port``
+    (by default a free one)."""
+    port = port or free_port()
     keel = cluster.processes.launch(
         "bridge",
         KEEL_GATEWAY_ADDR=gateway.addr,
@@ -391,6 +394,15 @@ async def joined(name: str, room: Room, *bridges: BridgeProcess) -> Client:
     return client
 
 
+async def close_all(clients: list[Client], followers: list[asyncio.Task[None]]) -> None:
+    """Close the clients and stop their reconnecting tasks (``stay_subscribed``)."""
+    for client in clients:
+        await client.close()
+    for task in followers:
+        task.cancel()
+    await asyncio.gather(*followers, return_exceptions=True)
+
+
 def assert_exactly(client: Client, expected: dict[int, str]) -> None:
     """The client saw each message once, in seq order 1..N, with the ids the senders got."""
     client.check()
@@ -489,11 +501,7 @@ async def test_clients_of_a_killed_bridge_resume_on_the_other_without_loss_or_re
             assert_exactly(client, expected)
         assert bridges.b1.keel.process.wait(timeout=5) == -signal.SIGKILL
     finally:
-        for client in everyone:
-            await client.close()
-        for task in followers:
-            task.cancel()
-        await asyncio.gather(*followers, return_exceptions=True)
+        await close_all(everyone, followers)
 
 
 async def test_presence_crosses_bridges(room: Room, bridges: Bridges) -> None:
@@ -565,3 +573,105 @@ async def test_a_bridges_log_stays_json_lines_when_connections_close(
     assert not_json == [], "\n".join(not_json[:40])
     closed = [r for r in bridges.b1.keel.log_records() if r["message"] == "connection closed"]
     assert len(closed) >= len(clients)
+
+
+async def test_a_rolling_restart_of_every_bridge_and_gateway_loses_no_message(
+    cluster: Cluster, room: Room
+) -> None:
+    """What an operator's rolling update does — each bridge, then each gateway, stopped
+    with SIGTERM and started again on its address while browsers keep sending — costs no
+    message: every client sees every seq once, in order. Clients of a stopping bridge
+    (closed with 1012) move to the other and resume from their last seq; a bridge whose
+    gateway restarts reopens its link and resumes its rooms; a send refused or cut off
+    meanwhile is retried with the same client_msg_id, and stored once."""
+    # Gateways and bridges of this test's own: the module's G1 and G2 stay as they are.
+    # A stopping gateway refuses new calls at once and keeps its Connect streams for the
+    # grace period; each bridge here knows only its own gateway's address (no load
+    # balancer to try the other), so a short grace keeps the test short.
+    grace = {"KEEL_SHUTDOWN_GRACE_SECONDS": "2"}
+    g3, g4 = (
+        cluster.processes.start("gateway", **grace),
+        cluster.processes.start("gateway", **grace),
+    )
+    b3, b4 = launch_bridge(cluster, g3), launch_bridge(cluster, g4)
+    wait_until_healthy([b3, b4])
+    clients = [
+        await joined("u1", room, b3, b4),
+        await joined("u2", room, b4, b3),
+        await joined("u3", room, b3, b4),
+        await joined("u4", room, b4, b3),
+    ]
+    senders = clients[2:]
+    followers = [asyncio.create_task(c.stay_subscribed()) for c in clients]
+    restarted = asyncio.Event()
+    acks: list[dict[str, Any]] = []
+    retried: list[str] = []
+    try:
+
+        async def send_until_restarted(client: Client) -> None:
+            for n in itertools.count():
+                if restarted.is_set() and n >= 40:
+                    return
+                msg_id = f"{client.name}-{n}"
+                deadline = time.monotonic() + RESTART_WAIT
+                while True:
+                    try:
+                        acks.append(await client.send(f"{client.name} #{n}", msg_id))
+                        break
+                    except (AssertionError, ConnectionError, ConnectionClosed, TimeoutError):
+                        # Refused while its gateway restarts, or cut off by its bridge's
+                        # stop: the same client_msg_id again, once it is connected.
+                        retried.append(msg_id)
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.1)  # retry pacing, bounded by the deadline
+                await asyncio.sleep(0.06)  # a steady pace, under the per-connection limit
+
+        async def restart_each() -> None:
+            nonlocal b3, b4, g3, g4
+            await clients[0].wait_for_seq(20)
+            for which in ("b3", "b4"):
+                bridge = b3 if which == "b3" else b4
+                gateway = g3 if which == "b3" else g4
+                assert await asyncio.to_thread(bridge.keel.stop) == 0, bridge.keel.describe()
+                fresh = launch_bridge(cluster, gateway, bridge.port)
+                await asyncio.to_thread(wait_until_healthy, [fresh])
+                if which == "b3":
+                    b3 = fresh
+                else:
+                    b4 = fresh
+                await clients[0].wait_for_seq(clients[0].last_seq + 10)
+            for which in ("g3", "g4"):
+                gateway = g3 if which == "g3" else g4
+                assert await asyncio.to_thread(gateway.stop) == 0, gateway.describe()
+                fresh_gateway = await asyncio.to_thread(
+                    cluster.processes.start, "gateway", KEEL_GRPC_ADDR=gateway.addr, **grace
+                )
+                if which == "g3":
+                    g3 = fresh_gateway
+                else:
+                    g4 = fresh_gateway
+                await asyncio.to_thread(wait_until_healthy, [b3, b4])
+                await clients[0].wait_for_seq(clients[0].last_seq + 10)
+            restarted.set()
+
+        await asyncio.gather(restart_each(), *(send_until_restarted(c) for c in senders))
+
+        expected = {ack["seq"]: ack["message_id"] for ack in acks}
+        total = len(expected)
+        # Every send was stored once, retries included: the seqs are 1..N without a hole.
+        assert sorted(expected) == list(range(1, total + 1))
+        assert len(acks) == total
+        for client in clients:
+            await client.wait_for_seq(total)
+        for client in clients:
+            assert (await client.request({"type": "ping"}))["type"] == "pong"
+        for client in clients:
+            assert_exactly(client, expected)
+        # Each client was moved by its bridge's stop (1012), and resumed where it was.
+        for client in clients:
+            assert 1012 in client.close_codes, (client.name, client.close_codes)
+    finally:
+        await close_all(clients, followers)
+        for bridge in (b3, b4):
+            kill(bridge)
