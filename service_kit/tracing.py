@@ -29,22 +29,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import grpc
 from google.protobuf import descriptor_pool
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
-from opentelemetry.sdk.environment_variables import (
-    OTEL_EXPORTER_OTLP_ENDPOINT,
-    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
-)
-from opentelemetry.sdk.resources import OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:  # the SDK is imported only where tracing is turned on (import time)
+    from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = [
     "SpanKind",
@@ -84,11 +79,18 @@ def provider_from_env(process: str) -> TracerProvider | None:
     """The provider :func:`configure` installs: spans of ``service.name`` ``process`` (unless
     ``OTEL_SERVICE_NAME`` names another) exported in batches over OTLP/gRPC; None when no
     OTLP endpoint is configured."""
+    from opentelemetry.sdk.environment_variables import (
+        OTEL_EXPORTER_OTLP_ENDPOINT,
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    )
+
     endpoints = (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT)
     if not any(os.environ.get(name) for name in endpoints):
         return None
-    # Imported here: the exporter pulls in its own gRPC client code, unused when off.
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     # The detector reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME; merged last, what
     # they say wins over the process name.
@@ -126,6 +128,8 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
     it would join one endless trace."""
     if _provider is None:
         return []
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
     instrumentation = aio_server_interceptor(  # type: ignore[no-untyped-call]
         tracer_provider=_provider, filter_=_traced_call
     )
