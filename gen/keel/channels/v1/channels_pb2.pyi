@@ -535,16 +535,18 @@ class ChannelPosition(_message.Message):
     def __init__(self, channel_id: _Optional[str] = ..., since_seq: _Optional[int] = ...) -> None: ...
 
 class ConnectSubscribe(_message.Message):
-    __slots__ = ("subscription_key", "tenant_id", "user_id", "channels")
+    __slots__ = ("subscription_key", "tenant_id", "user_id", "channels", "batch_replays")
     SUBSCRIPTION_KEY_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_REPLAYS_FIELD_NUMBER: _ClassVar[int]
     subscription_key: str
     tenant_id: str
     user_id: str
     channels: _containers.RepeatedCompositeFieldContainer[ChannelPosition]
-    def __init__(self, subscription_key: _Optional[str] = ..., tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., channels: _Optional[_Iterable[_Union[ChannelPosition, _Mapping]]] = ...) -> None: ...
+    batch_replays: bool
+    def __init__(self, subscription_key: _Optional[str] = ..., tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., channels: _Optional[_Iterable[_Union[ChannelPosition, _Mapping]]] = ..., batch_replays: _Optional[bool] = ...) -> None: ...
 
 class ConnectUnsubscribe(_message.Message):
     __slots__ = ("subscription_key", "channel_ids")
@@ -596,12 +598,20 @@ class SubscribeResult(_message.Message):
     last_seq: int
     def __init__(self, subscription_key: _Optional[str] = ..., channel_id: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., last_seq: _Optional[int] = ...) -> None: ...
 
+class ChannelEventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[ChannelEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[ChannelEvent, _Mapping]]] = ...) -> None: ...
+
 class ConnectResponse(_message.Message):
-    __slots__ = ("event", "subscribe_result", "subscription_keys")
+    __slots__ = ("event", "subscribe_result", "event_batch", "subscription_keys")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBE_RESULT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_BATCH_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_KEYS_FIELD_NUMBER: _ClassVar[int]
     event: ChannelEvent
     subscribe_result: SubscribeResult
+    event_batch: ChannelEventBatch
     subscription_keys: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, event: _Optional[_Union[ChannelEvent, _Mapping]] = ..., subscribe_result: _Optional[_Union[SubscribeResult, _Mapping]] = ..., subscription_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, event: _Optional[_Union[ChannelEvent, _Mapping]] = ..., subscribe_result: _Optional[_Union[SubscribeResult, _Mapping]] = ..., event_batch: _Optional[_Union[ChannelEventBatch, _Mapping]] = ..., subscription_keys: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -413,8 +413,11 @@ class ChannelServiceServicer:
 
         Each subscription is checked (the channel exists in the tenant; the user
         may read it), then the gateway replays, from the database, the channel's
-        messages after `since_seq` (as `message:created` events, to that key
-        only), then answers with a SubscribeResult. Live events of the channel
+        messages after `since_seq` (as `message:created` events, to that key:
+        keys of one stream replaying a channel at the same time share one read,
+        so a response may name several keys and start before a key's
+        `since_seq`, and with `batch_replays` one response carries many
+        messages), then answers with a SubscribeResult. Live events of the channel
         are sent once per stream, with no subscription keys, in seq order for
         messages (an event that arrives early waits for the ones before it, read
         from the database if need be); around the end of a replay a message may
