@@ -7,8 +7,10 @@ to channels. The hub keeps, per stream, which channels any key wants
 to each stream that wants its channel, once per stream, in seq order.
 
 Subscribing with ``since_seq`` first replays the channel's messages after it
-from the database to that key alone (``subscription_keys`` names it), then
-sends a ``SubscribeResult`` carrying the seq the replay reached. Live events
+from the database to that key (``subscription_keys`` names it; keys of the stream
+replaying the channel at the same time share one read:
+:mod:`~gateway_bridge.gateway.channels.replays`), then sends a ``SubscribeResult``
+carrying the seq the replay reached. Live events
 of the channel flow from the moment of the subscription, so around the seam
 the bridge may see a message both replayed and live; it keeps the seq order
 and drops repeats by seq. The seam has one rule the bridge relies on: a
@@ -35,13 +37,8 @@ from keel.channels.v1 import channels_pb2
 
 from gateway_bridge.gateway.channels import rules
 from gateway_bridge.gateway.channels.attachment_links import AttachmentLinks
-from gateway_bridge.gateway.channels.models import ChannelId, MessageQuery
-from gateway_bridge.gateway.channels.routes import (
-    REPLAY_PAGE,
-    LiveRoutes,
-    event_proto,
-    replayed_event,
-)
+from gateway_bridge.gateway.channels.replays import SharedReplays
+from gateway_bridge.gateway.channels.routes import LiveRoutes
 from gateway_bridge.gateway.channels.store import ChatStore
 from gateway_bridge.gateway.channels.streams import END, BridgeStream
 from service_kit.bus import EventBus
@@ -52,8 +49,8 @@ log = logging.getLogger(__name__)
 
 
 MAX_REPLAY: Final = 10_000
-#: Subscribe and unsubscribe commands a hub handles at once (each reads the database).
-_SUBSCRIBING: Final = 16
+#: Database reads a hub's subscribes and replays make at once.
+_READS: Final = 16
 
 
 class ConnectHub:
@@ -74,7 +71,8 @@ class ConnectHub:
         self._max_backlog = max_backlog
         self._links = links
         self._routes = LiveRoutes(store, bus, gap_wait=gap_wait, links=links)
-        self._subscribing = asyncio.Semaphore(_SUBSCRIBING)
+        self._reads = asyncio.Semaphore(_READS)
+        self._replays = SharedReplays(store, self._reads, links)
 
     async def start(self) -> None:
         await self._routes.start()
@@ -96,8 +94,7 @@ class ConnectHub:
         reader = asyncio.create_task(self._read(stream, requests), name="connect-reader")
         try:
             while True:
-                item = await stream.outbox.get()
-                stream.taken()
+                item = stream.taken(await stream.outbox.get())
                 if item is END:
                     if stream.restarting:
                         raise Unavailable(
@@ -116,6 +113,7 @@ class ConnectHub:
             reader.cancel()
             for task in list(stream.commands.values()):
                 task.cancel()
+            self._replays.close(stream)
             for key in list(stream.readers):
                 self._routes.unroute(stream, key)
             stream.keys.clear()
@@ -154,21 +152,20 @@ class ConnectHub:
         command: Any,
     ) -> None:
         """Run ``handle(stream, command)`` after the key's earlier commands (so a key's
-        subscribes and unsubscribes apply in order) and alongside other keys' commands,
-        at most ``_SUBSCRIBING`` at once per hub (each reads the database)."""
+        subscribes and unsubscribes apply in order) and alongside other keys' commands
+        (their database reads at most ``_READS`` at once per hub)."""
         earlier = stream.commands.get(sub_key)
 
         async def run() -> None:
             if earlier is not None:
                 await asyncio.wait([earlier])
-            async with self._subscribing:
-                try:
-                    await handle(stream, command)
-                except Exception:
-                    # As when reading commands fails: end the stream; the bridge reconnects
-                    # and resubscribes, rather than waiting for a result that never comes.
-                    log.exception("connect command failed; ending the stream")
-                    stream.send(END)
+            try:
+                await handle(stream, command)
+            except Exception:
+                # As when reading commands fails: end the stream; the bridge reconnects
+                # and resubscribes, rather than waiting for a result that never comes.
+                log.exception("connect command failed; ending the stream")
+                stream.send(END)
 
         task = asyncio.get_running_loop().create_task(run(), name="connect-command")
         stream.commands[sub_key] = task
@@ -221,9 +218,10 @@ class ConnectHub:
     ) -> None:
         tenant_id, channel_id = command.tenant_id, position.channel_id
         try:
-            channel_type, last_seq, is_member = await self._store.read_access(
-                tenant_id, channel_id, command.user_id
-            )
+            async with self._reads:
+                channel_type, last_seq, is_member = await self._store.read_access(
+                    tenant_id, channel_id, command.user_id
+                )
             if command.user_id and not rules.may_read(channel_type, is_member):
                 stream.send(
                     _result(
@@ -239,7 +237,15 @@ class ConnectHub:
             stream.users[command.subscription_key] = command.user_id
             live_seq = self._routes.follow(key, last_seq)
             if position.HasField("since_seq"):
-                last_seq = await self._replay(stream, command, channel_id, position.since_seq)
+                since = position.since_seq
+                if last_seq - since > MAX_REPLAY:
+                    raise OutOfRange(
+                        f"{last_seq - since} messages were missed, more than {MAX_REPLAY} can"
+                        " be replayed; reload the history with ListMessages and subscribe again"
+                    )
+                last_seq = await self._replays.replay(
+                    stream, key, command.subscription_key, since, batches=command.batch_replays
+                )
             else:  # from now on: where the channel's live events already went, if further
                 last_seq = max(last_seq, live_seq)
             await self._routes.caught_up(key, last_seq)
@@ -248,42 +254,6 @@ class ConnectHub:
             stream.send(_result(command, channel_id, exc.code, exc.message))
             return
         stream.send(_result(command, channel_id, grpc.StatusCode.OK, "", last_seq))
-
-    async def _replay(
-        self,
-        stream: BridgeStream,
-        command: channels_pb2.ConnectSubscribe,
-        channel_id: str,
-        since: int,
-    ) -> int:
-        """Send the messages after ``since`` to the key; return the last seq sent (or reached)."""
-        _, last_seq, _ = await self._store.read_access(command.tenant_id, channel_id, "")
-        if last_seq - since > MAX_REPLAY:
-            raise OutOfRange(
-                f"{last_seq - since} messages were missed, more than {MAX_REPLAY} can be"
-                " replayed; reload the history with ListMessages and subscribe again"
-            )
-        if since >= last_seq:
-            return last_seq  # nothing to replay (a since_seq past the end included)
-        reached = max(since, 0)
-        while True:
-            page = await self._store.list_messages(
-                command.tenant_id,
-                MessageQuery(
-                    ChannelId(channel_id), limit=REPLAY_PAGE, newest_first=False, after_seq=reached
-                ),
-            )
-            for message in page:
-                await stream.room_to_replay()
-                stream.send(
-                    channels_pb2.ConnectResponse(
-                        event=event_proto(replayed_event(command.tenant_id, message), self._links),
-                        subscription_keys=[command.subscription_key],
-                    )
-                )
-                reached = message.seq
-            if len(page) < REPLAY_PAGE:
-                return max(reached, last_seq)
 
 
 def _result(

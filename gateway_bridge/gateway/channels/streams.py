@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Final
 
 from gateway_bridge.gateway.outbox import ChatEvent
@@ -16,14 +17,28 @@ ChannelKey = tuple[str, str]  # (tenant id, channel id)
 END: Final = object()
 
 
+@dataclass(frozen=True, slots=True)
+class Weighted:
+    """A response in a stream's outbox that counts as ``weight`` events (a batch)."""
+
+    response: object
+    weight: int
+
+
 class BridgeStream:
-    """One bridge's Connect stream: its keys, its channels and its outgoing backlog."""
+    """One bridge's Connect stream: its keys, its channels and its outgoing backlog.
+
+    The backlog is counted in responses (a stream more than ``max_backlog`` behind is
+    ended) and, for pacing replays, in events: a batch of replayed events counts as
+    that many."""
 
     def __init__(self, max_backlog: int) -> None:
         self.outbox: asyncio.Queue[object] = asyncio.Queue()
         self.max_backlog = max_backlog
         # Replays pause at a quarter of the backlog and go on below an eighth.
         self.replay_pause, self.replay_resume = max(1, max_backlog // 4), max(1, max_backlog // 8)
+        #: The events in the outbox beyond one per response (the batches' extra events).
+        self.batched = 0
         self.keys: dict[str, set[ChannelKey]] = defaultdict(set)
         self.users: dict[str, str] = {}  # subscription key -> the user it reads for
         self.readers: Counter[ChannelKey] = Counter()  # how many keys read each channel
@@ -57,28 +72,41 @@ class BridgeStream:
         del self.readers[key]
         return True
 
-    def send(self, item: object) -> None:
+    def send(self, item: object, weight: int = 1) -> None:
+        """Queue ``item`` (a response, or ``END``), counting as ``weight`` events."""
         if self.overflowed:
             return
         if self.outbox.qsize() >= self.max_backlog:
             self.overflowed = True
             while not self.outbox.empty():
                 self.outbox.get_nowait()
+            self.batched = 0
             self.outbox.put_nowait(END)
             return
+        if weight != 1:
+            self.batched += weight - 1
+            item = Weighted(item, weight)
         self.outbox.put_nowait(item)
 
+    def _events(self) -> int:
+        return self.outbox.qsize() + self.batched
+
     async def room_to_replay(self) -> None:
-        """Before each replayed item: wait while the backlog is at a quarter of its limit,
-        so concurrent replays cannot fill the backlog that live events need."""
-        while self.outbox.qsize() >= self.replay_pause:
+        """Before each replayed item: wait while the backlog is at a quarter of its limit
+        (in events), so concurrent replays cannot fill the backlog that live events need."""
+        while self._events() >= self.replay_pause:
             self.has_room.clear()
             await self.has_room.wait()
 
-    def taken(self) -> None:
-        """The stream sent an item: wake the replays once the backlog is low again."""
-        if not self.has_room.is_set() and self.outbox.qsize() < self.replay_resume:
+    def taken(self, item: object) -> object:
+        """The stream took ``item`` from the outbox: what to send (``item`` unwrapped).
+        Wakes the replays once the backlog is low again."""
+        if type(item) is Weighted:
+            self.batched -= item.weight - 1
+            item = item.response
+        if not self.has_room.is_set() and self._events() < self.replay_resume:
             self.has_room.set()
+        return item
 
     def restart(self) -> None:
         self.restarting = True

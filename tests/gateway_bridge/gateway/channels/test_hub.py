@@ -45,8 +45,16 @@ async def new_channel(chat: ChatService, tenant_id: TenantId, name: str, type: C
     )
 
 
+def replayed_seqs(item: channels_pb2.ConnectResponse) -> list[int]:
+    """The seqs a replayed event or batch carries."""
+    if item.HasField("event_batch"):
+        return [event.seq for event in item.event_batch.events]
+    return [item.event.seq]
+
+
+@pytest.mark.parametrize("batches", [False, True], ids=["one-per-response", "batches"])
 async def test_concurrent_replays_wait_for_room_instead_of_overflowing_the_backlog(
-    engine: AsyncEngine,
+    engine: AsyncEngine, batches: bool
 ) -> None:
     """Eight keys resume at once, 150 messages each, through a backlog of 200 responses:
     the replays wait for the reader, and every key gets its messages in order."""
@@ -68,6 +76,7 @@ async def test_concurrent_replays_wait_for_room_instead_of_overflowing_the_backl
                     tenant_id=tenant_id,
                     user_id="alice",
                     channels=[channels_pb2.ChannelPosition(channel_id=channel.id, since_seq=0)],
+                    batch_replays=batches,
                 )
             )
         await done.wait()
@@ -83,7 +92,9 @@ async def test_concurrent_replays_wait_for_room_instead_of_overflowing_the_backl
                 if len(results) == 8:
                     break
             else:
-                replayed[item.subscription_keys[0]].append(item.event.seq)
+                assert item.HasField("event_batch") is batches
+                for key in item.subscription_keys:
+                    replayed[key] += replayed_seqs(item)
     done.set()
     await responses.aclose()
     await hub.close()
