@@ -17,7 +17,8 @@ released them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from itertools import accumulate
 from typing import Final
 
 from keel.channels.v1 import channels_pb2
@@ -183,8 +184,12 @@ class Fanout:
 
     def on_gateway(self, response: channels_pb2.ConnectResponse) -> None:
         """One message of the gateway's ``Connect`` stream."""
-        if response.HasField("subscribe_result"):
+        payload = response.WhichOneof("payload")
+        if payload == "subscribe_result":
             self._on_result(response.subscribe_result)
+            return
+        if payload == "event_batch":
+            self._on_batch(response.event_batch.events, response.subscription_keys)
             return
         event = response.event
         if not response.subscription_keys:
@@ -200,6 +205,34 @@ class Fanout:
             if conn is not None and room is not None and room.replayed(conn, event.seq):
                 frame = frame or event_bytes(event)  # encoded once for all its keys
                 self.write(conn, frame)
+
+    def _on_batch(self, events: Sequence[Event], keys: Sequence[str]) -> None:
+        """Replayed messages of one channel, in seq order, for the replays of ``keys``.
+
+        Their frames are encoded once and joined; each subscriber gets, in one write, the
+        part from the first message it does not have yet."""
+        if not events:
+            return
+        first = events[0]
+        room = self._rooms.get((first.tenant_id, first.channel_id))
+        if room is None:
+            return
+        seqs = [event.seq for event in events]
+        data = b""
+        offsets: list[int] = []
+        for key in keys:
+            if key.startswith("ch:"):
+                for event in events:  # a gap being filled: for the whole room
+                    self._on_live(event)
+                continue
+            conn = self._connections.get(key)
+            if conn is None or (start := room.replayed_run(conn, seqs)) is None:
+                continue
+            if not data:
+                frames = [event_bytes(event) for event in events]
+                offsets = list(accumulate((len(frame) for frame in frames), initial=0))
+                data = b"".join(frames)
+            self.write(conn, data[offsets[start] :] if start else data, len(events) - start)
 
     def _on_live(self, event: Event) -> None:
         room = self._rooms.get((event.tenant_id, event.channel_id))
@@ -286,11 +319,12 @@ class Fanout:
 
     # -- writing -------------------------------------------------------------------------
 
-    def write(self, conn: Conn, data: bytes) -> None:
-        """Write frames to one connection (cut as a slow consumer if it is behind)."""
+    def write(self, conn: Conn, data: bytes, frames: int = 1) -> None:
+        """Write ``data`` (``frames`` frames) to one connection (cut as a slow consumer if it
+        is behind)."""
         written = conn.write(data, self._limit)
         if written:
-            DELIVERIES.inc()
+            DELIVERIES.inc(frames)
         elif written is False:
             self._on_slow(conn)
 

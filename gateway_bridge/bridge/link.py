@@ -189,12 +189,17 @@ def subscribe_request(
 ) -> channels_pb2.ConnectRequest:
     """Subscribe ``key`` to the channel (as ``user_id``, whose access the gateway checks;
     empty for the bridge's own room keys): the messages after ``since`` are replayed to
-    ``key`` alone (none when ``since`` is None), then a ``SubscribeResult`` answers."""
+    ``key`` (none when ``since`` is None; in batches, maybe shared with other keys and
+    starting before ``since``), then a ``SubscribeResult`` answers."""
     position = channels_pb2.ChannelPosition(channel_id=channel_id)
     if since is not None:
         position.since_seq = since
     return channels_pb2.ConnectRequest(
         subscribe=channels_pb2.ConnectSubscribe(
-            subscription_key=key, tenant_id=tenant_id, user_id=user_id, channels=[position]
+            subscription_key=key,
+            tenant_id=tenant_id,
+            user_id=user_id,
+            channels=[position],
+            batch_replays=True,
         )
     )

@@ -20,7 +20,8 @@ output a return value, so the seam is tested by feeding inputs in every order
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from bisect import bisect_right
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -150,6 +151,19 @@ class Room(Generic[S, E]):
             return False
         joiner.last_seq = seq
         return True
+
+    def replayed_run(self, subscriber: S, seqs: Sequence[int]) -> int | None:
+        """Of a run of replayed messages with these ``seqs`` (ascending), the index of the
+        first that is new to ``subscriber`` (that one and those after it are written to
+        it, and noted); None when none is."""
+        joiner = self._joining.get(subscriber)
+        if joiner is None or not joiner.replaying or not seqs:
+            return None
+        start = bisect_right(seqs, joiner.last_seq)
+        if start == len(seqs):
+            return None
+        joiner.last_seq = seqs[-1]
+        return start
 
     def replay_done(self, subscriber: S, last_seq: int) -> list[Effect[E, S]]:
         """The replay is over and reached ``last_seq`` (the last message replayed, or the

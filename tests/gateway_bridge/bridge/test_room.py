@@ -73,6 +73,22 @@ def test_replayed_notes_each_new_seq_once() -> None:
     assert not room.replayed("not-subscribed", 9)
 
 
+def test_a_replayed_run_is_written_from_the_first_message_new_to_the_subscriber() -> None:
+    """A batch shared with others may start before where a subscriber is: it gets the
+    rest, and a batch it has all of gives it nothing."""
+    room = new_room()
+    room.join("a", "alice", 4)
+    assert room.replayed_run("a", [2, 3, 4]) is None  # the client has them
+    assert room.replayed_run("a", [3, 4, 5, 6, 7]) == 2  # from 5
+    assert room.seq_of("a") == 7
+    assert room.replayed_run("a", [5, 6, 7]) is None  # written already
+    assert room.replayed_run("a", [8, 9]) == 0
+    assert room.replayed_run("a", []) is None
+    assert room.replayed_run("not-subscribed", [1, 2]) is None
+    room.replay_done("a", 9)
+    assert room.replayed_run("a", [10]) is None  # its replay is over
+
+
 def test_go_live_releases_held_events_after_the_replay_in_order() -> None:
     room = new_room()
     room.join("a", "alice", 2)
@@ -258,8 +274,10 @@ def test_no_gap_and_no_duplicate_at_the_seam_in_any_interleaving(
     case: SeamCase, data: st.DataObject
 ) -> None:
     """A live subscriber "a" (when the room is known) and joiners with their since_seq;
-    live events (some given up on the way), replays and gap fills in any order one
-    stream can carry them. Everyone gets exactly the messages after where they started.
+    live events (some given up on the way), replays (one message at a time, or in
+    batches of a round that may start before the joiner's since_seq) and gap fills in
+    any order one stream can carry them. Everyone gets exactly the messages after where
+    they started.
 
     What the stream promises (the gateway's Connect hub, ``hub.py``): live events in
     seq order, each once, but for those it gave up; a replay's events in order; a
@@ -311,6 +329,11 @@ def test_no_gap_and_no_duplicate_at_the_seam_in_any_interleaving(
             sub, seq = value  # type: ignore[misc]
             if room.replayed(sub, seq):
                 received[sub].append(seq)
+        elif kind == "replayed_run":
+            sub, run = value  # type: ignore[misc]
+            start = room.replayed_run(sub, run)
+            if start is not None:
+                received[sub] += run[start:]
         else:
             sub, reached = value  # type: ignore[misc]
             apply(room.replay_done(sub, reached))
@@ -337,7 +360,15 @@ def test_no_gap_and_no_duplicate_at_the_seam_in_any_interleaving(
         # Its replay reads the channel after the join: at least where the live events were.
         reached = data.draw(st.integers(hub, last), label=f"{sub} reads")
         replay: list[tuple[str, object]] = []
-        if since is not None:
+        if since is not None and data.draw(st.booleans(), label=f"{sub} gets batches"):
+            # A round shared with other keys may start before its since_seq.
+            start = data.draw(st.integers(0, since), label=f"{sub}'s round starts after")
+            run = list(range(start + 1, reached + 1))
+            while run:
+                size = data.draw(st.integers(1, len(run)), label="batch size")
+                replay.append(("replayed_run", (sub, run[:size])))
+                run = run[size:]
+        elif since is not None:
             replay = [("replay", (sub, s)) for s in range(since + 1, reached + 1)]
         replay.append(("replay_done", (sub, reached)))
         sources.append(Source(replay))
