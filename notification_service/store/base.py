@@ -7,7 +7,8 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, String, any_, bindparam, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from notification_service.models import Delivery, Notification
@@ -23,6 +24,18 @@ CHUNK = 1000
 def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def one_of(column: ColumnElement[str], name: str, dialect: str) -> ColumnElement[bool]:
+    """``column`` equals one of the strings of the list parameter ``name``.
+
+    On PostgreSQL it is ``= ANY(:name)`` with one array parameter, so the statement's text
+    is the same for any number of values and the driver prepares it once; an expanding
+    ``IN (…)`` would be a new statement, prepared again, for every length. SQLite gets the
+    ``IN (…)``."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(name, type_=postgresql.ARRAY(String)))
+    return column.in_(bindparam(name, expanding=True))
 
 
 class SqlStoreBase:

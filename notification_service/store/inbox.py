@@ -7,10 +7,12 @@ in-app (at once, or at its ``send_at``). The inbox is ordered newest first by th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notification_service.models import Notification
@@ -18,6 +20,7 @@ from notification_service.store.base import (
     SqlStoreBase,
     chunks,
     load_notifications,
+    one_of,
     with_deliveries,
 )
 from service_kit.db import keyset_page, write_transaction
@@ -118,19 +121,21 @@ async def read_unread_counts(
     counts: dict[str, int] = {}
     for part in chunks(sorted(set(user_ids))):
         params = {"tenant_id": tenant_id, "user_ids": list(part)}
-        rows = (await conn.execute(_UNREAD_COUNTS, params)).all()
+        rows = (await conn.execute(_unread_counts_query(conn.dialect.name), params)).all()
         counts |= {row[0]: int(row[1]) for row in rows}
     return counts
 
 
-# Built once: a send reads it every time (only the parameters change).
-_UNREAD_COUNTS = (
-    select(notifications.c.user_id, func.count())
-    .where(
-        notifications.c.tenant_id == bindparam("tenant_id"),
-        notifications.c.user_id.in_(bindparam("user_ids", expanding=True)),
-        notifications.c.inbox_time.is_not(None),
-        notifications.c.read_time.is_(None),
+# Built once per dialect: a send reads it every time (only the parameters change).
+@functools.cache
+def _unread_counts_query(dialect: str) -> Select[Any]:
+    return (
+        select(notifications.c.user_id, func.count())
+        .where(
+            notifications.c.tenant_id == bindparam("tenant_id"),
+            one_of(notifications.c.user_id, "user_ids", dialect),
+            notifications.c.inbox_time.is_not(None),
+            notifications.c.read_time.is_(None),
+        )
+        .group_by(notifications.c.user_id)
     )
-    .group_by(notifications.c.user_id)
-)

@@ -8,12 +8,14 @@ user) replaces the row's user and keys, keeping its id.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import Select, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notification_service.models import (
@@ -23,7 +25,7 @@ from notification_service.models import (
     TenantSettings,
     UserId,
 )
-from notification_service.store.base import SqlStoreBase, chunks
+from notification_service.store.base import SqlStoreBase, chunks, one_of
 from notification_service.store.rows import (
     preferences_row,
     tenant_settings_values,
@@ -246,14 +248,18 @@ class SqlSettings(SqlStoreBase):
         return to_subscription(row._mapping) if row else None
 
 
-# Built once: every send reads both (only the parameters change).
+# Built once (per dialect): every send reads both (only the parameters change).
 _TENANT_SETTINGS = select(notification_tenant_settings).where(
     notification_tenant_settings.c.tenant_id == bindparam("tenant_id")
 )
-_PREFERENCES = select(notification_preferences).where(
-    notification_preferences.c.tenant_id == bindparam("tenant_id"),
-    notification_preferences.c.user_id.in_(bindparam("user_ids", expanding=True)),
-)
+
+
+@functools.cache
+def _preferences_query(dialect: str) -> Select[Any]:
+    return select(notification_preferences).where(
+        notification_preferences.c.tenant_id == bindparam("tenant_id"),
+        one_of(notification_preferences.c.user_id, "user_ids", dialect),
+    )
 
 
 async def read_tenant_settings(conn: AsyncConnection, tenant_id: str) -> TenantSettings:
@@ -269,7 +275,8 @@ async def read_preferences(
     found: dict[str, Preferences] = {}
     for part in chunks(sorted(set(user_ids))):
         params = {"tenant_id": tenant_id, "user_ids": list(part)}
-        for row in (await conn.execute(_PREFERENCES, params)).all():
+        query = _preferences_query(conn.dialect.name)
+        for row in (await conn.execute(query, params)).all():
             found[row.user_id] = to_preferences(row._mapping)
     return found
 
