@@ -1,220 +1,111 @@
 """Storing a send: its notifications, their deliveries and the jobs that deliver them, in
-one transaction; and releasing a send scheduled for later.
+one transaction; concurrent small sends share transactions (group commit); and releasing
+a send scheduled for later.
 
 Invariants:
 
-- **One transaction.** A send's request id, notifications, deliveries, digest windows and
-  jobs commit together or not at all: a job exists if and only if its delivery does. The
-  same transaction (one connection checkout) reads what planning needs (preferences,
-  tenant settings, push subscriptions) and, after its writes, the unread counts of the
-  inboxes the send landed in, which are those counts as of its commit.
-- **Once per request id.** The request row is written first; a second send with the same
-  (tenant, request id) finds it (on PostgreSQL it waits for the first to commit) and
-  stores nothing (:class:`SendExists`).
-- **One open digest window** per (tenant, user, category, channel), by the unique
-  ``open_key``. A send that joins a window locks its row (PostgreSQL), so the digest job,
-  which closes the window before reading what it holds, waits for the send to commit and
-  then sees its deliveries; a send that comes after the close opens a new window.
+- **One transaction per send's writes.** A send's request id, notifications, deliveries,
+  digest windows and jobs commit together or not at all: a job exists if and only if its
+  delivery does. The same transaction reads what planning needs (preferences, tenant
+  settings, push subscriptions) and, after its writes, the unread counts of the inboxes
+  the send landed in (:mod:`.send_writes` says how).
+- **Group commit.** Sends to at most :data:`BATCHED_RECIPIENTS` users are submitted to a
+  :class:`~service_kit.batching.Batcher`: those that arrive while a batch is being stored
+  go together in the next one, in one transaction, each answered on its own (its
+  notifications, its counts, or its own error). A batch that fails as a whole — a unique
+  key hit, a deadlock, a serialization failure, any error but an unreachable database —
+  is rolled back and its sends are stored one at a time, each in its own transaction, so
+  one bad send fails alone and a deadlock fails none. A send that repeats the request id
+  of an earlier send of its batch runs alone once the batch has ended (it then finds the
+  first and returns its notifications). ``keel_notification_sends_alone_total{reason}``
+  counts the sends stored one at a time for it.
+- **Once per request id.** The request row is written before the send's other rows; a
+  second send with the same (tenant, request id) finds it (on PostgreSQL it waits for the
+  first to commit) and stores nothing (:class:`SendExists`).
 - **Release once.** Only deliveries still HELD for their ``send_at`` are released, so a
   release job that runs twice changes nothing the second time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+import logging
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from prometheus_client import Counter
+from sqlalchemy import Select, bindparam, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notification_service.models import (
-    DELIVERY_JOBS,
-    DIGEST_JOB,
-    RELEASE_JOB,
     Channel,
     Delivery,
     DeliveryState,
     Hold,
     Notification,
     NotificationId,
-    PlannedChannel,
-    PlannedRecipient,
-    Preferences,
-    PushSubscription,
-    SendRequest,
-    TenantSettings,
     Timing,
     UserId,
 )
-from notification_service.planning import digest_due
 from notification_service.store.base import SqlStoreBase, chunks, with_deliveries
-from notification_service.store.inbox import read_unread_counts
-from notification_service.store.rows import to_delivery, to_notification
-from notification_service.store.settings import (
-    read_preferences,
-    read_push_subscriptions,
-    read_tenant_settings,
+from notification_service.store.queued import QueuedDeliveries
+from notification_service.store.rows import to_delivery
+from notification_service.store.send_models import (
+    NewSend,
+    SendExists,
+    SendInputs,
+    SendPlanner,
+    StoredSend,
 )
-from service_kit import jobs
-from service_kit.clock import rfc3339
-from service_kit.db import as_utc, insert_ignoring_conflicts, write_transaction
+from notification_service.store.send_writes import Outcome, request_query, write_sends
+from service_kit.batching import Batcher
+from service_kit.db import database_unavailable, write_transaction
 from service_kit.schema import (
     notification_deliveries,
-    notification_digests,
-    notification_requests,
     notifications,
 )
-from service_kit.validation import new_id
 
+__all__ = ["NewSend", "SendExists", "SendInputs", "SendPlanner", "SqlSends", "StoredSend"]
 
-class SendExists(Exception):
-    """The tenant already made a send with this request id: ``send_id``, of a request
-    with ``fingerprint``."""
+log = logging.getLogger(__name__)
 
-    def __init__(self, send_id: str, fingerprint: str) -> None:
-        super().__init__(f"request already sent as {send_id}")
-        self.send_id = send_id
-        self.fingerprint = fingerprint
+#: Most sends stored in one transaction (group commit).
+SEND_BATCH = 64
+#: Sends to at most this many users are stored with others; larger ones alone.
+BATCHED_RECIPIENTS = 32
+#: Batches stored at once on PostgreSQL (SQLite: one).
+SEND_BATCHES_IN_FLIGHT = 2
+#: Attempts of a send stored alone that meets a deadlock or a serialization failure.
+ALONE_ATTEMPTS = 3
+#: SQLSTATEs of a transaction that lost to another and may simply run again.
+_RETRYABLE_SQLSTATES = ("40P01", "40001")
 
-
-@dataclass(frozen=True, slots=True)
-class SendInputs:
-    """What planning a send needs from storage, read in the send's transaction."""
-
-    preferences: Mapping[str, Preferences]
-    settings: TenantSettings
-    #: Each recipient's push subscriptions, oldest first; empty unless the send may push.
-    subscriptions: Mapping[str, list[PushSubscription]]
-
-
-#: Plans every recipient of a send from what was read (pure: no I/O).
-SendPlanner = Callable[[SendInputs], Sequence[PlannedRecipient]]
-
-
-@dataclass(frozen=True, slots=True)
-class NewSend:
-    """A checked SendNotification to ``user_ids``, ready to plan and store."""
-
-    tenant_id: str
-    send_id: str
-    request: SendRequest
-    user_ids: Sequence[UserId]
-    plan: SendPlanner
-    now: datetime
-    max_attempts: int
-    fingerprint: str = ""  # of the request, kept with its request_id
-
-
-@dataclass(frozen=True, slots=True)
-class StoredSend:
-    """A committed send: its notifications in order, the unread count of every inbox it
-    landed in (as of its commit), the tenant settings it was planned with, and whether
-    it enqueued a job due at once."""
-
-    notifications: list[Notification]
-    unread: dict[str, int]
-    settings: TenantSettings
-    jobs_due: bool
-
-
-@dataclass(slots=True)
-class _Scheduler:
-    """Schedules the queued deliveries of one transaction (digest windows it opened or
-    joined are remembered, so a send joins each at most once)."""
-
-    conn: AsyncConnection
-    tenant_id: str
-    now: datetime
-    max_attempts: int
-    windows: dict[str, tuple[str, datetime]] = field(default_factory=dict)
-
-    async def schedule(
-        self, delivery_id: str, user_id: str, category: str, channel: Channel, timing: Timing
-    ) -> dict[str, Any]:
-        """Enqueue what delivers ``delivery_id``; its new state, hold, error, digest."""
-        if timing.digest_seconds > 0:
-            digest_id, due = await self._window(user_id, category, channel, timing)
-            return {
-                "state": DeliveryState.HELD,
-                "hold": Hold.DIGEST,
-                "error": f"digest until {rfc3339(due)}",
-                "digest_id": digest_id,
-            }
-        run_after = timing.hold_until
-        await jobs.enqueue(
-            self.conn,
-            DELIVERY_JOBS[channel],
-            {"delivery_id": delivery_id},
-            now=self.now,
-            tenant_id=self.tenant_id,
-            run_after=run_after or self.now,
-            max_attempts=self.max_attempts,
-        )
-        if run_after is not None:
-            return {
-                "state": DeliveryState.HELD,
-                "hold": Hold.QUIET_HOURS,
-                "error": f"quiet hours until {rfc3339(run_after)}",
-                "digest_id": None,
-            }
-        return {"state": DeliveryState.PENDING, "hold": Hold.NONE, "error": "", "digest_id": None}
-
-    async def _window(
-        self, user_id: str, category: str, channel: Channel, timing: Timing
-    ) -> tuple[str, datetime]:
-        """The open digest window of (user, category, channel): its id and when its digest
-        goes; one is opened (with its job) when none is."""
-        key = f"{self.tenant_id}:{channel}:{category}:{user_id}"
-        if key in self.windows:
-            return self.windows[key]
-        query = (
-            select(notification_digests.c.id, notification_digests.c.end_time)
-            .where(notification_digests.c.open_key == key)
-            .with_for_update()
-        )
-        row = (await self.conn.execute(query)).first()
-        if row is None:
-            due = digest_due(self.now + timedelta(seconds=timing.digest_seconds), timing.quiet)
-            digest_id = new_id()
-            opened = await self.conn.execute(
-                insert_ignoring_conflicts(self.conn, notification_digests).values(
-                    id=digest_id,
-                    tenant_id=self.tenant_id,
-                    user_id=user_id,
-                    category=category,
-                    channel=str(channel),
-                    open_key=key,
-                    start_time=self.now,
-                    end_time=due,
-                )
-            )
-            if opened.rowcount == 1:
-                await jobs.enqueue(
-                    self.conn,
-                    DIGEST_JOB,
-                    {"digest_id": digest_id},
-                    now=self.now,
-                    tenant_id=self.tenant_id,
-                    run_after=due,
-                    max_attempts=self.max_attempts,
-                )
-                self.windows[key] = (digest_id, due)
-                return self.windows[key]
-            row = (await self.conn.execute(query)).one()  # another send opened it just now
-        self.windows[key] = (row.id, as_utc(row.end_time))  # SQLite reads naive UTC
-        return self.windows[key]
+SENDS_ALONE = Counter(
+    "keel_notification_sends_alone_total",
+    "Sends of a group commit stored one at a time after their batch failed, by reason"
+    " (conflict: a unique key or a deadlock; error: any other error of the batch).",
+    ["reason"],
+)
 
 
 class SqlSends(SqlStoreBase):
     """Sends in SQL (see the module docstring)."""
 
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        # SQLite has one writer at a time, so one batch at a time; PostgreSQL overlaps a few.
+        self._batches: Batcher[NewSend, StoredSend] = Batcher(
+            self._create_batch,
+            max_batch=SEND_BATCH,
+            max_in_flight=1 if engine.dialect.name == "sqlite" else SEND_BATCHES_IN_FLIGHT,
+        )
+
     async def find_send(self, tenant_id: str, request_id: str) -> tuple[str, str] | None:
         """The send the tenant made with ``request_id`` and its request's fingerprint, if
         any."""
         async with self._engine.connect() as conn:
-            row = (await conn.execute(_request(tenant_id, request_id))).first()
+            row = (await conn.execute(request_query(tenant_id, request_id))).first()
         return (row.send_id, row.fingerprint) if row else None
 
     async def send_notifications(self, tenant_id: str, send_id: str) -> list[Notification]:
@@ -232,50 +123,64 @@ class SqlSends(SqlStoreBase):
         """Plan ``send`` with ``send.plan`` on what its transaction reads, and store it
         (see the module docstring). Raises :class:`SendExists` when its request id was
         used, storing nothing."""
-        async with write_transaction(self._engine) as conn:
-            if send.request.request_id:
-                await _claim_request_id(conn, send)
-            inputs = SendInputs(
-                await read_preferences(conn, send.tenant_id, send.user_ids),
-                await read_tenant_settings(conn, send.tenant_id),
-                await read_push_subscriptions(conn, send.tenant_id, send.user_ids)
-                if Channel.PUSH in send.request.channels
-                else {},
+        if len(send.user_ids) > BATCHED_RECIPIENTS:
+            return await self._create_alone(send)
+        return await self._batches.submit(send)
+
+    async def _create_alone(self, send: NewSend) -> StoredSend:
+        """Store ``send`` in a transaction of its own; run again when it lost a deadlock
+        or a serialization failure (up to ``ALONE_ATTEMPTS`` times)."""
+        for attempt in range(1, ALONE_ATTEMPTS + 1):
+            try:
+                async with write_transaction(self._engine) as conn:
+                    (outcome,) = await write_sends(conn, [send])
+                    if isinstance(outcome, Exception):
+                        raise outcome  # rolls back: nothing of this send is kept
+                return outcome
+            except DBAPIError as exc:
+                if attempt == ALONE_ATTEMPTS or not _lost_to_another(exc):
+                    raise
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    async def _create_batch(self, batch: list[NewSend]) -> list[StoredSend | BaseException]:
+        """Group commit: store ``batch`` in one transaction, each send answered on its own;
+        one at a time when that fails (see the module docstring)."""
+        first: list[NewSend] = []
+        repeats: list[int] = []
+        seen: set[tuple[str, str]] = set()
+        for index, send in enumerate(batch):
+            key = (send.tenant_id, send.request.request_id)
+            if send.request.request_id and key in seen:
+                repeats.append(index)
+            else:
+                seen.add(key)
+                first.append(send)
+        outcomes: list[Outcome]
+        try:
+            async with write_transaction(self._engine) as conn:
+                outcomes = await write_sends(conn, first)
+        except Exception as exc:
+            if database_unavailable(exc) is not None:
+                raise  # every send of the batch hears of it; alone they would fail too
+            reason = "conflict" if _conflict(exc) else "error"
+            log.info(
+                "a batch of %d sends failed (%s: %s); storing them one at a time",
+                len(first),
+                reason,
+                type(exc).__name__,
             )
-            recipients = send.plan(inputs)
-            rows = [_notification_row(send, r, position) for position, r in enumerate(recipients)]
-            for part in chunks(rows):
-                await conn.execute(insert(notifications), list(part))
-            scheduler = _Scheduler(conn, send.tenant_id, send.now, send.max_attempts)
-            deliveries: list[dict[str, Any]] = []
-            # Digest windows are locked in one order, (user, channel), in every transaction
-            # (see _held_for_release too), so concurrent sends never deadlock on them.
-            for recipient in sorted(recipients, key=lambda r: r.user_id):
-                for planned in sorted(recipient.channels, key=lambda c: str(c.channel)):
-                    deliveries += await _deliveries_of(scheduler, send, recipient, planned)
-            for part in chunks(deliveries):
-                await conn.execute(insert(notification_deliveries), list(part))
-            landed = [row["user_id"] for row in rows if row["inbox_time"] is not None]
-            unread = await read_unread_counts(conn, send.tenant_id, landed) if landed else {}
-            if send.request.send_at is not None:
-                await jobs.enqueue(
-                    conn,
-                    RELEASE_JOB,
-                    {"send_id": send.send_id},
-                    now=send.now,
-                    tenant_id=send.tenant_id,
-                    run_after=send.request.send_at,
-                    max_attempts=send.max_attempts,
-                )
-        grouped: dict[str, list[Delivery]] = {row["id"]: [] for row in rows}
-        for delivery in deliveries:
-            grouped[delivery["notification_id"]].append(to_delivery(delivery))
-        return StoredSend(
-            [to_notification(row, grouped[row["id"]]) for row in rows],
-            unread,
-            inputs.settings,
-            jobs_due=any(d["state"] == DeliveryState.PENDING for d in deliveries),
-        )
+            SENDS_ALONE.labels(reason).inc(len(first))
+            outcomes = [await self._outcome_alone(send) for send in first]
+        answers: list[StoredSend | BaseException] = list(outcomes)
+        for index in repeats:  # after the first of their request id has committed
+            answers.insert(index, await self._outcome_alone(batch[index]))
+        return answers
+
+    async def _outcome_alone(self, send: NewSend) -> Outcome:
+        try:
+            return await self._create_alone(send)
+        except Exception as exc:
+            return exc
 
     async def scheduled_deliveries(
         self, tenant_id: str, send_id: str
@@ -306,29 +211,28 @@ class SqlSends(SqlStoreBase):
                 (to_delivery(r._mapping), r.user_id, r.category)
                 for r in (await conn.execute(query)).all()
             ]
-            scheduler = _Scheduler(conn, tenant_id, now, max_attempts)
+            queued = QueuedDeliveries()
             landed: list[NotificationId] = []
+            changes: list[dict[str, Any]] = []
             for delivery, user_id, category in held:
+                row: dict[str, Any] = {"id": delivery.id, "channel": str(delivery.channel)}
                 if delivery.channel is Channel.IN_APP:
-                    values: dict[str, Any] = {
-                        "state": DeliveryState.SENT,
-                        "hold": Hold.NONE,
-                        "error": "",
-                    }
+                    row.update(state=DeliveryState.SENT, hold=Hold.NONE, error="", digest_id=None)
                     landed.append(delivery.notification_id)
                 else:
-                    values = await scheduler.schedule(
-                        delivery.id,
-                        user_id,
-                        category,
-                        delivery.channel,
-                        timings.get(delivery.id, Timing()),
+                    queued.add(
+                        row,
+                        tenant_id=tenant_id,
+                        user_id=user_id,
+                        category=category,
+                        timing=timings.get(delivery.id, Timing()),
+                        now=now,
+                        max_attempts=max_attempts,
                     )
-                await conn.execute(
-                    update(notification_deliveries)
-                    .where(notification_deliveries.c.id == delivery.id)
-                    .values(**values, update_time=now)
-                )
+                changes.append(row)
+            await queued.write(conn)
+            if changes:
+                await conn.execute(_RELEASE_DELIVERY, [_release_params(r, now) for r in changes])
             for part in chunks(landed):
                 await conn.execute(
                     update(notifications).where(notifications.c.id.in_(part)).values(inbox_time=now)
@@ -350,97 +254,39 @@ def _held_for_release(tenant_id: str, send_id: str) -> Select[Any]:
     )
 
 
-async def _claim_request_id(conn: AsyncConnection, send: NewSend) -> None:
-    """Write the request row first; raise :class:`SendExists` when the id was used."""
-    claimed = await conn.execute(
-        insert_ignoring_conflicts(conn, notification_requests).values(
-            tenant_id=send.tenant_id,
-            request_id=send.request.request_id,
-            send_id=send.send_id,
-            fingerprint=send.fingerprint,
-            create_time=send.now,
-        )
-    )
-    if claimed.rowcount != 1:
-        row = (await conn.execute(_request(send.tenant_id, send.request.request_id))).one()
-        raise SendExists(row.send_id, row.fingerprint)
+def _lost_to_another(exc: DBAPIError) -> bool:
+    """Whether ``exc`` is a deadlock or serialization failure (the transaction may run
+    again as it was)."""
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return sqlstate in _RETRYABLE_SQLSTATES
 
 
-def _request(tenant_id: str, request_id: str) -> Select[Any]:
-    return select(notification_requests.c.send_id, notification_requests.c.fingerprint).where(
-        notification_requests.c.tenant_id == tenant_id,
-        notification_requests.c.request_id == request_id,
+def _conflict(exc: Exception) -> bool:
+    return isinstance(exc, IntegrityError) or (
+        isinstance(exc, DBAPIError) and _lost_to_another(exc)
     )
 
 
-def _notification_row(send: NewSend, recipient: PlannedRecipient, position: int) -> dict[str, Any]:
-    request = send.request
-    in_app = any(p.channel is Channel.IN_APP and p.skipped is None for p in recipient.channels)
+# One statement for all of a release's deliveries (executemany).
+_RELEASE_DELIVERY = (
+    update(notification_deliveries)
+    .where(notification_deliveries.c.id == bindparam("delivery_id"))
+    .values(
+        state=bindparam("new_state"),
+        hold=bindparam("new_hold"),
+        error=bindparam("new_error"),
+        digest_id=bindparam("new_digest_id"),
+        update_time=bindparam("new_update_time"),
+    )
+)
+
+
+def _release_params(row: dict[str, Any], now: datetime) -> dict[str, Any]:
     return {
-        "id": recipient.notification_id,
-        "tenant_id": send.tenant_id,
-        "user_id": recipient.user_id,
-        "send_id": send.send_id,
-        "position": position,
-        "category": request.category,
-        "title": request.title,
-        "body": request.body,
-        "data": dict(request.data),
-        "channels": [str(c) for c in request.channels],
-        "channel_id": request.channel_id or None,
-        "create_time": send.now,
-        "send_time": request.send_at,
-        "inbox_time": send.now if in_app and request.send_at is None else None,
-        "read_time": None,
+        "delivery_id": row["id"],
+        "new_state": row["state"],
+        "new_hold": row["hold"],
+        "new_error": row["error"],
+        "new_digest_id": row["digest_id"],
+        "new_update_time": now,
     }
-
-
-async def _deliveries_of(
-    scheduler: _Scheduler, send: NewSend, recipient: PlannedRecipient, planned: PlannedChannel
-) -> list[dict[str, Any]]:
-    """The delivery rows of one recipient's channel (one per push subscription), with
-    their jobs enqueued."""
-    base = {
-        "tenant_id": send.tenant_id,
-        "notification_id": recipient.notification_id,
-        "channel": str(planned.channel),
-        "subscription_id": None,
-        "digest_id": None,
-        "update_time": send.now,
-    }
-    if planned.skipped is not None:
-        return [
-            base
-            | {
-                "id": new_id(),
-                "state": DeliveryState.SKIPPED,
-                "hold": Hold.NONE,
-                "error": planned.skipped,
-            }
-        ]
-    send_at = send.request.send_at
-    targets: Sequence[str | None] = (
-        planned.subscription_ids if planned.channel is Channel.PUSH else [None]
-    )
-    rows = []
-    for subscription_id in targets:
-        delivery_id = new_id()
-        row = base | {"id": delivery_id, "subscription_id": subscription_id}
-        if send_at is not None:
-            row |= {
-                "state": DeliveryState.HELD,
-                "hold": Hold.SCHEDULED,
-                "error": f"scheduled for {rfc3339(send_at)}",
-            }
-        elif planned.channel is Channel.IN_APP:
-            row |= {"state": DeliveryState.SENT, "hold": Hold.NONE, "error": ""}
-        else:
-            row |= await scheduler.schedule(
-                delivery_id,
-                recipient.user_id,
-                send.request.category,
-                planned.channel,
-                planned.timing,
-            )
-        rows.append(row)
-    return rows

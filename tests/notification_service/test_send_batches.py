@@ -1,0 +1,296 @@
+"""Group commit of sends (notification_service/store/sends.py and send_writes.py): the
+store on the real SQLite and PostgreSQL, sends submitted together as concurrent calls
+submit them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from notification_service.models import (
+    Channel,
+    NotificationId,
+    PlannedChannel,
+    PlannedRecipient,
+    SendRequest,
+    Timing,
+    UserId,
+)
+from notification_service.store import NewSend, SendExists, SqlNotificationStore, StoredSend
+from notification_service.store import sends as sends_module
+from notification_service.store.send_models import SendInputs
+from notification_service.store.send_writes import write_sends
+from service_kit.config import load_settings
+from service_kit.db import create_engine
+from service_kit.schema import notification_deliveries, notification_digests, notifications
+from service_kit.validation import new_id
+
+EMAIL_DIGEST = PlannedChannel(Channel.EMAIL, timing=Timing(digest_seconds=600))
+
+
+def _send(
+    tenant_id: str,
+    *user_ids: str,
+    request_id: str = "",
+    channels: Sequence[PlannedChannel] = (PlannedChannel(Channel.IN_APP),),
+    fail: Exception | None = None,
+    notification_id: str | None = None,
+) -> NewSend:
+    """A send to ``user_ids`` planned as ``channels`` for each; planning raises ``fail``;
+    ``notification_id`` names its (first) notification."""
+
+    def plan(_: SendInputs) -> list[PlannedRecipient]:
+        if fail is not None:
+            raise fail
+        return [
+            PlannedRecipient(
+                NotificationId(notification_id if notification_id and i == 0 else new_id()),
+                UserId(user_id),
+                tuple(channels),
+            )
+            for i, user_id in enumerate(user_ids)
+        ]
+
+    wanted = tuple(dict.fromkeys(c.channel for c in channels))
+    request = SendRequest(
+        title="Hi", user_ids=list(user_ids), request_id=request_id, channels=wanted
+    )
+    return NewSend(
+        tenant_id, new_id(), request, [UserId(u) for u in user_ids], plan, datetime.now(UTC), 3
+    )
+
+
+@pytest.fixture
+async def store(engine: AsyncEngine) -> SqlNotificationStore:
+    return SqlNotificationStore(engine)
+
+
+@pytest.fixture
+def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every call of write_sends (each one transaction's sends)."""
+    sizes: list[int] = []
+
+    async def counted(conn: Any, sends: Sequence[NewSend]) -> Any:
+        sizes.append(len(sends))
+        return await write_sends(conn, sends)
+
+    monkeypatch.setattr(sends_module, "write_sends", counted)
+    return sizes
+
+
+async def _outcomes(store: SqlNotificationStore, sends: Sequence[NewSend]) -> list[Any]:
+    """Submit ``sends`` at once (as concurrent calls do); each one's result or error."""
+    return list(
+        await asyncio.gather(*(store.create_send(s) for s in sends), return_exceptions=True)
+    )
+
+
+def _alone(reason: str) -> float:
+    return REGISTRY.get_sample_value("keel_notification_sends_alone_total", {"reason": reason}) or 0
+
+
+async def test_concurrent_sends_share_one_transaction_each_with_its_own_notifications_and_counts(
+    store: SqlNotificationStore, batches: list[int]
+) -> None:
+    tenant = new_id()
+    sends = [_send(tenant, "ann") for _ in range(6)] + [_send(tenant, f"u{i}") for i in range(4)]
+    stored = await _outcomes(store, sends)
+    assert batches == [10]
+    assert all(isinstance(s, StoredSend) for s in stored)
+    ids = [s.notifications[0].id for s in stored]
+    assert len(set(ids)) == 10
+    assert [s.notifications[0].user_id for s in stored] == [s.user_ids[0] for s in sends]
+    # Each send's count is the inbox's as of its place in the batch.
+    assert [s.unread["ann"] for s in stored[:6]] == [1, 2, 3, 4, 5, 6]
+    assert [s.unread[f"u{i}"] for i, s in enumerate(stored[6:])] == [1, 1, 1, 1]
+    page, unread = await store.list_inbox(tenant, "ann", unread_only=False, limit=10, after=None)
+    assert unread == 6 and {n.id for n in page} == set(ids[:6])
+
+
+async def test_a_send_whose_planning_fails_fails_alone(
+    store: SqlNotificationStore, batches: list[int]
+) -> None:
+    tenant = new_id()
+    bad = _send(tenant, "bob", request_id="r-bad", fail=RuntimeError("bad plan"))
+    good = [_send(tenant, "ann"), bad, _send(tenant, "cat")]
+    outcomes = await _outcomes(store, good)
+    assert batches == [3]
+    assert isinstance(outcomes[1], RuntimeError)
+    assert [o.notifications[0].user_id for o in (outcomes[0], outcomes[2])] == ["ann", "cat"]
+    assert await store.find_send(tenant, "r-bad") is None  # its request id was not kept
+
+
+async def test_a_send_that_breaks_its_batch_fails_alone_and_the_others_are_stored(
+    store: SqlNotificationStore, batches: list[int]
+) -> None:
+    tenant = new_id()
+    taken = (await store.create_send(_send(tenant, "ann"))).notifications[0].id
+    batches.clear()
+    before = _alone("conflict")
+    # The second send's notification id is taken: its insert fails the whole batch.
+    sends = [
+        _send(tenant, "bob"),
+        _send(tenant, "cat", request_id="r-dup-id", notification_id=taken),
+        _send(tenant, "dan", request_id="r-fine"),
+    ]
+    outcomes = await _outcomes(store, sends)
+    assert batches == [3, 1, 1, 1]  # the batch, then each send alone
+    assert _alone("conflict") - before == 3
+    assert isinstance(outcomes[1], IntegrityError)
+    assert [o.notifications[0].user_id for o in (outcomes[0], outcomes[2])] == ["bob", "dan"]
+    assert await store.find_send(tenant, "r-dup-id") is None
+    assert await store.find_send(tenant, "r-fine") == (sends[2].send_id, "")
+    _, unread = await store.list_inbox(tenant, "cat", unread_only=False, limit=1, after=None)
+    assert unread == 0
+
+
+async def test_a_request_id_repeated_in_one_batch_is_stored_once(
+    store: SqlNotificationStore, batches: list[int]
+) -> None:
+    tenant = new_id()
+    first, repeat = _send(tenant, "ann", request_id="r-1"), _send(tenant, "ann", request_id="r-1")
+    other = _send(tenant, "ann", request_id="r-2")
+    outcomes = await _outcomes(store, [first, repeat, other])
+    assert batches == [2, 1]  # the repeat runs alone after its batch
+    assert isinstance(outcomes[0], StoredSend) and isinstance(outcomes[2], StoredSend)
+    assert isinstance(outcomes[1], SendExists) and outcomes[1].send_id == first.send_id
+    assert len(await store.send_notifications(tenant, first.send_id)) == 1
+    assert await store.send_notifications(tenant, repeat.send_id) == []
+
+
+@pytest.fixture
+async def other_process(database_url: str) -> AsyncIterator[SqlNotificationStore]:
+    """The store of another notification-service process (its own engine and pool)."""
+    engine = create_engine(load_settings({"DATABASE_URL": database_url}).database_url)
+    try:
+        yield SqlNotificationStore(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_request_id_sent_by_two_processes_at_once_is_stored_once(
+    store: SqlNotificationStore, other_process: SqlNotificationStore
+) -> None:
+    tenant = new_id()
+    for round_ in range(5):
+        request_id = f"r-{round_}"
+        mine = [_send(tenant, f"u{i}", request_id=f"{request_id}-{i}") for i in range(3)]
+        same = [_send(tenant, "ann", request_id=request_id) for _ in range(2)]
+        outcomes = await asyncio.gather(
+            *(store.create_send(s) for s in [*mine, same[0]]),
+            other_process.create_send(same[1]),
+            return_exceptions=True,
+        )
+        stored = [o for o in outcomes[3:] if isinstance(o, StoredSend)]
+        found = [o for o in outcomes[3:] if isinstance(o, SendExists)]
+        assert len(stored) == 1 and len(found) == 1, outcomes
+        winner = same[0] if isinstance(outcomes[3], StoredSend) else same[1]
+        assert found[0].send_id == winner.send_id
+        assert all(isinstance(o, StoredSend) for o in outcomes[:3])
+        async with store._engine.connect() as conn:
+            count = await conn.scalar(
+                select(func.count()).where(
+                    notifications.c.tenant_id == tenant, notifications.c.user_id == "ann"
+                )
+            )
+        assert count == round_ + 1
+
+
+async def test_sends_of_one_batch_join_one_digest_window_per_user(
+    store: SqlNotificationStore, batches: list[int]
+) -> None:
+    tenant = new_id()
+    sends = [_send(tenant, user, channels=[EMAIL_DIGEST]) for user in ("bob", "ann", "bob")]
+    stored = await _outcomes(store, sends)
+    assert batches == [3]
+    digest = await _digest_ids(store, stored)
+    assert digest[0] == digest[2] != digest[1]
+    async with store._engine.connect() as conn:
+        windows = await conn.scalar(
+            select(func.count()).where(notification_digests.c.tenant_id == tenant)
+        )
+    assert windows == 2
+
+
+async def _digest_ids(
+    store: SqlNotificationStore, stored: Sequence[Any], which: Sequence[int] = ()
+) -> list[str | None]:
+    """The digest window of each send's notification (its ``which``-th; the first)."""
+    found = []
+    async with store._engine.connect() as conn:
+        for i, send in enumerate(stored):
+            notification = send.notifications[which[i] if which else 0]
+            found.append(
+                await conn.scalar(
+                    select(notification_deliveries.c.digest_id).where(
+                        notification_deliveries.c.notification_id == notification.id
+                    )
+                )
+            )
+    return found
+
+
+async def _waiting_for_a_lock(engine: AsyncEngine) -> None:
+    """Return once some backend of this database waits for a lock (bounded)."""
+    async with engine.connect() as conn:
+        for _ in range(500):
+            waiting = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+            if waiting:
+                return
+            await asyncio.sleep(0.02)  # polling the condition, bounded to 10 s
+    raise AssertionError("no transaction waited for a lock")
+
+
+async def test_a_batch_that_deadlocks_is_stored_one_send_at_a_time(
+    database_url: str,
+    store: SqlNotificationStore,
+    other_process: SqlNotificationStore,
+    batches: list[int],
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: no deadlocks")
+    tenant = new_id()
+    opened = await store.create_send(_send(tenant, "ann", "bob", channels=[EMAIL_DIGEST]))
+    windows = dict(
+        zip(("ann", "bob"), await _digest_ids(store, [opened, opened], [0, 1]), strict=True)
+    )
+    batches.clear()
+    before = _alone("conflict")
+    engine = other_process._engine
+    async with engine.connect() as conn, conn.begin():
+        # This transaction loses no deadlock: the batch, waiting first, is the one PostgreSQL
+        # aborts (its deadlock_timeout, 1 s by default, ends first).
+        await conn.execute(text("SET LOCAL deadlock_timeout = '60s'"))
+        await conn.execute(
+            select(notification_digests.c.id)
+            .where(notification_digests.c.id == windows["bob"])
+            .with_for_update()
+        )
+        # The batch locks ann's window (first in the global order), then waits for bob's.
+        sending = asyncio.gather(
+            *(store.create_send(_send(tenant, u, channels=[EMAIL_DIGEST])) for u in ("ann", "bob")),
+            return_exceptions=True,
+        )
+        await _waiting_for_a_lock(engine)
+        await conn.execute(
+            select(notification_digests.c.id)
+            .where(notification_digests.c.id == windows["ann"])
+            .with_for_update()
+        )
+    outcomes = await sending
+    assert batches == [2, 1, 1]
+    assert _alone("conflict") - before == 2
+    assert await _digest_ids(store, outcomes) == [windows["ann"], windows["bob"]]
