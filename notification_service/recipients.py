@@ -6,6 +6,10 @@ token (metadata ``x-keel-tenant-id`` + ``authorization: Bearer <peer token>``), 
 gateway scopes every lookup by that tenant: another tenant's users and channels are not
 found. The gateway checks the tenant's scopes as for any call (``chat:read``).
 
+Checks of a few users that arrive together (concurrent small sends) are answered by one
+``BatchGetUsers`` call per tenant (:class:`~service_kit.batching.Batcher`): each check
+hears of the users it named that are missing, and of nothing the others named.
+
 gRPC errors are translated here and never leave this module: NOT_FOUND of users becomes
 :class:`UsersNotFound` naming them, of a channel :class:`ChannelNotFound`; a refusal for
 lack of scope :class:`~service_kit.errors.PermissionDenied` saying so; anything else
@@ -14,6 +18,8 @@ lack of scope :class:`~service_kit.errors.PermissionDenied` saying so; anything 
 
 from __future__ import annotations
 
+import asyncio
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
@@ -30,6 +36,7 @@ from notification_service.errors import (
     UsersNotFound,
 )
 from notification_service.models import MAX_CHANNEL_MEMBERS
+from service_kit.batching import Batcher
 from service_kit.config import TlsSettings
 from service_kit.errors import FieldViolation, PermissionDenied
 from service_kit.interceptor import ACTING_FOR_TENANT
@@ -37,6 +44,12 @@ from service_kit.tls import open_channel
 
 #: Members read per ListMembers call.
 MEMBERS_PAGE = 1000
+#: Checks of at most this many users wait for others of the same moment and go with them
+#: in one BatchGetUsers call per tenant; larger ones go on their own.
+BATCHED_CHECK = 32
+#: Most checks answered by one batch, and batches asked at once.
+CHECK_BATCH = 128
+CHECKS_IN_FLIGHT = 2
 
 
 class Recipients(Protocol):
@@ -77,6 +90,9 @@ class GatewayRecipients:
         self._timeout = timeout
         self._channel: grpc.aio.Channel | None = None
         self._stub: channels_pb2_grpc.ChannelServiceAsyncStub | None = None
+        self._checks: Batcher[tuple[str, tuple[str, ...]], None] = Batcher(
+            self._check_batch, max_batch=CHECK_BATCH, max_in_flight=CHECKS_IN_FLIGHT
+        )
 
     def _connect(self) -> channels_pb2_grpc.ChannelServiceAsyncStub:
         if self._stub is None:
@@ -97,8 +113,44 @@ class GatewayRecipients:
         return (("authorization", f"Bearer {self._peer_token}"), (ACTING_FOR_TENANT, tenant_id))
 
     async def check_users(self, tenant_id: str, user_ids: Sequence[str]) -> None:
+        unique = tuple(dict.fromkeys(user_ids))
+        if not unique:
+            return
+        if len(unique) > BATCHED_CHECK:
+            missing = await self._missing(tenant_id, unique)
+            if missing:
+                raise UsersNotFound(missing)
+            return
+        await self._checks.submit((tenant_id, unique))
+
+    async def _check_batch(
+        self, batch: list[tuple[str, tuple[str, ...]]]
+    ) -> list[BaseException | None]:
+        """Check the users of many small checks with one BatchGetUsers per tenant (per
+        1000 users); each check is answered with the users it named that are missing."""
+        asked: dict[str, dict[str, None]] = defaultdict(dict)  # ordered sets, by tenant
+        for tenant_id, user_ids in batch:
+            asked[tenant_id].update(dict.fromkeys(user_ids))
+        tenants = list(asked)
+        found = await asyncio.gather(
+            *(self._missing(t, tuple(asked[t])) for t in tenants), return_exceptions=True
+        )
+        missing_by_tenant = dict(zip(tenants, found, strict=True))
+        answers: list[BaseException | None] = []
+        for tenant_id, user_ids in batch:
+            missing = missing_by_tenant[tenant_id]
+            if isinstance(missing, BaseException):
+                answers.append(missing)
+                continue
+            unnamed = [u for u in missing if u not in asked[tenant_id]]
+            mine = unnamed or [u for u in user_ids if u in missing]
+            answers.append(UsersNotFound(mine) if mine else None)
+        return answers
+
+    async def _missing(self, tenant_id: str, unique: Sequence[str]) -> list[str]:
+        """Those of the distinct ids ``unique`` the tenant has no user for."""
         stub = self._connect()
-        unique = list(dict.fromkeys(user_ids))
+        missing: list[str] = []
         for start in range(0, len(unique), 1000):
             try:
                 await stub.BatchGetUsers(
@@ -107,9 +159,10 @@ class GatewayRecipients:
                     timeout=self._timeout,
                 )
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    raise UsersNotFound(_missing_users(exc)) from exc
-                raise _translate(exc) from exc
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise _translate(exc) from exc
+                missing += _missing_users(exc)
+        return missing
 
     async def channel_members(self, tenant_id: str, channel_id: str) -> list[str]:
         stub = self._connect()
