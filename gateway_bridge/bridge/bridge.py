@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import grpc
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
@@ -34,6 +35,7 @@ from gateway_bridge.bridge.connection import CLOSED, Conn, Connections
 from gateway_bridge.bridge.ephemeral import Ephemeral
 from gateway_bridge.bridge.fanout import Fanout
 from gateway_bridge.bridge.inbox import Inbox
+from gateway_bridge.bridge.keepalive import Keepalive
 from gateway_bridge.bridge.link import GatewayLink
 from gateway_bridge.bridge.notification_link import NotificationLink
 from gateway_bridge.bridge.presence import Presence
@@ -46,6 +48,8 @@ from service_kit.config import BridgeSettings
 log = logging.getLogger(__name__)
 
 _CLOSE_TIMEOUT: Final = 2.0
+#: What an admitted connection keeps as its handshake request (see ``_handle``).
+_HANDSHAKE_DONE: Final = Request("/", Headers())
 
 
 class Bridge:
@@ -121,6 +125,14 @@ class Bridge:
         self._revocation = Revocation(
             connections=self._connections, tenants=tenants, fanout=self._fanout, close=self._cut
         )
+        self._keepalive = Keepalive(
+            self._connections,
+            interval=settings.ping_interval,
+            timeout=settings.ping_timeout,
+            on_timeout=lambda conn: self._cut(
+                conn, p.CloseCode.INTERNAL_ERROR, "keepalive ping timeout"
+            ),
+        )
         self._bus = bus
         self._server: Server | None = None
         self.port = 0
@@ -149,14 +161,16 @@ class Bridge:
             compression="deflate" if self._settings.compression else None,
             max_size=self._settings.max_frame_bytes,
             open_timeout=self._settings.handshake_timeout,
-            ping_interval=self._settings.ping_interval,
-            ping_timeout=self._settings.ping_timeout,
+            # One task pings every connection (keepalive.py), not one task per connection.
+            ping_interval=None,
+            ping_timeout=None,
             close_timeout=_CLOSE_TIMEOUT,
             write_limit=self._settings.send_buffer_bytes,
             reuse_port=reuse_port,
             ssl=tls,
         )
         self.port = self._server.sockets[0].getsockname()[1] if port == 0 else port
+        self._keepalive.start()
         log.info("bridge listening", extra={"ws_addr": f"{host}:{self.port}"})
 
     async def stop(self) -> None:
@@ -174,6 +188,7 @@ class Bridge:
             ]
             await asyncio.gather(*closing, return_exceptions=True)
             await self._server.wait_closed()
+        await self._keepalive.stop()
         self._fanout.close()
         await self._revocation.stop()
         await self._inbox.stop()
@@ -236,6 +251,10 @@ class Bridge:
                 self._admitting.discard(ws)
             if conn is None:
                 return
+            # Admission read all it needs of the handshake; its headers (~3 KiB) would
+            # otherwise stay for the connection's life. (websockets reads a None request
+            # as "handshake not received yet": one shared stand-in instead.)
+            ws.request, ws.response = _HANDSHAKE_DONE, None
             self._revocation.watch(conn)
             async for message in ws:
                 if conn.closed:

@@ -12,9 +12,11 @@ unsent — then it is a slow consumer, and the caller cuts it.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from prometheus_client import Counter as MetricCounter
@@ -44,6 +46,10 @@ class Conn:
     issued_at: datetime
     expires_at: datetime
     closed: bool = False
+    #: When the bridge's keepalive last pinged it (``time.monotonic``; admission at first)
+    #: and the pong it waits for (:mod:`~gateway_bridge.bridge.keepalive`).
+    pinged_at: float = field(default_factory=time.monotonic)
+    pong: asyncio.Future[float] | None = None
 
     @property
     def key(self) -> str:

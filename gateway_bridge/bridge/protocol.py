@@ -28,6 +28,7 @@ class CloseCode(enum.IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011  # also: no pong to the keepalive ping in time
     SERVER_RESTART = 1012
     BAD_TOKEN = 4001
     TOKEN_EXPIRED = 4002

@@ -386,6 +386,7 @@ def test_close_codes_are_the_documented_numbers() -> None:
         "NORMAL": 1000,
         "GOING_AWAY": 1001,
         "MESSAGE_TOO_BIG": 1009,
+        "INTERNAL_ERROR": 1011,
         "SERVER_RESTART": 1012,
         "BAD_TOKEN": 4001,
         "TOKEN_EXPIRED": 4002,
