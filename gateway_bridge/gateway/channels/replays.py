@@ -3,29 +3,30 @@ that resumes it at the same time.
 
 When a bridge's clients reconnect at once (a bridge restart, a network blip), each asks
 for the messages of its channels after the seq it had; in a busy channel those are
-mostly the same messages. So the keys of one stream that want a channel's replay while
-one runs wait for the next *round*, which reads the channel once, from the lowest
-``since_seq`` among them, turns each message into its ``ChannelEvent`` once, and sends
-each page to the keys still missing part of it: as one ``ConnectResponse`` with many
-events (``event_batch``, at most ``BATCH_BYTES`` of events each) to keys that asked for
-batches, and one response per message naming the keys to those that did not. A key whose
-``since_seq`` is at or past where a running round has got rides along with it instead of
-waiting. The bridge drops, per key, what the key already has.
+mostly the same messages. So a replay runs as a *round* that keys can join: it reads the
+channel page by page, turns each message into its ``ChannelEvent`` once, and sends each
+page to the keys still missing part of it — as one ``ConnectResponse`` with many events
+(``event_batch``, at most ``BATCH_BYTES`` of events each) to keys that asked for batches,
+and one response per message naming the keys to those that did not. A key joins a
+running round of its channel on its stream when its ``since_seq`` falls in the round's
+next page (at or past what the round sent, by less than a page); otherwise it starts a
+round of its own, which the keys after it can join. So a storm of keys resuming from
+about the same seq is served by a few reads, and a key never waits for a round to read
+pages it does not need. The bridge drops, per key, what the key already has.
 
 Every key of a round gets the same answer, where the round ended: the seq of the last
 message it read, or the channel's last seq when the round began if that is further (a
 ``since_seq`` past the channel's end replays nothing and is answered with the channel's
 end). Everything up to there was sent to the key (or it had it); what is stored later
 comes live, as the stream followed the channel before the round began (or before the key
-rode along). Rounds are per stream, so one slow bridge never holds up another's replays.
+joined). Rounds are per stream, so one slow bridge never holds up another's replays.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from keel.channels.v1 import channels_pb2
@@ -35,8 +36,6 @@ from gateway_bridge.gateway.channels.models import ChannelId, MessageQuery
 from gateway_bridge.gateway.channels.routes import REPLAY_PAGE, event_proto, replayed_event
 from gateway_bridge.gateway.channels.store import ChatStore
 from gateway_bridge.gateway.channels.streams import BridgeStream, ChannelKey
-
-log = logging.getLogger(__name__)
 
 #: The most event bytes one ``event_batch`` response carries (one larger message goes
 #: alone); well under gRPC's default 4 MiB limit on a message a client receives.
@@ -60,15 +59,6 @@ class _Round:
     keys: dict[str, _Wait]
 
 
-@dataclass(eq=False, slots=True)
-class _ChannelReplays:
-    """A channel's replays on one stream: the round running, the keys for the next."""
-
-    running: _Round | None = None
-    pending: dict[str, _Wait] = field(default_factory=dict)
-    task: asyncio.Task[None] | None = None
-
-
 class SharedReplays:
     """The replay rounds of a hub's streams (see the module docstring)."""
 
@@ -80,50 +70,38 @@ class SharedReplays:
         self._store = store
         self._reads = reads
         self._links = links
-        self._channels: dict[tuple[BridgeStream, ChannelKey], _ChannelReplays] = {}
+        self._rounds: dict[tuple[BridgeStream, ChannelKey], dict[_Round, asyncio.Task[None]]] = {}
 
     async def replay(
         self, stream: BridgeStream, key: ChannelKey, sub_key: str, since: int, *, batches: bool
     ) -> int:
         """Send ``sub_key`` the channel's messages after ``since``; return the seq its
         replay reached (see the module docstring). Raises what reading the channel raised."""
-        replays = self._channels.get((stream, key))
-        if replays is None:
-            replays = self._channels[(stream, key)] = _ChannelReplays()
         wait = _Wait(max(since, 0), batches, asyncio.get_running_loop().create_future())
-        running = replays.running
-        if running is not None and wait.since >= running.reached:
-            running.keys[sub_key] = wait  # what it misses is all still to come
+        rounds = self._rounds.setdefault((stream, key), {})
+        for round_ in rounds:
+            if round_.reached <= wait.since < round_.reached + REPLAY_PAGE:
+                round_.keys[sub_key] = wait  # what it misses is all still to come
+                break
         else:
-            replays.pending[sub_key] = wait
-            if replays.task is None:
-                replays.task = asyncio.create_task(
-                    self._run(stream, key, replays), name="connect-replay"
-                )
+            round_ = _Round(wait.since, {sub_key: wait})
+            rounds[round_] = asyncio.create_task(
+                self._run(stream, key, round_), name="connect-replay"
+            )
         return await wait.answer
 
     def close(self, stream: BridgeStream) -> None:
-        """The stream ended: stop its rounds."""
-        for (owner, _), replays in list(self._channels.items()):
-            if owner is stream and replays.task is not None:
-                replays.task.cancel()
+        """The stream ended: stop its rounds (their keys' commands are cancelled too)."""
+        for owner, key in [k for k in self._rounds if k[0] is stream]:
+            for task in self._rounds.pop((owner, key)).values():
+                task.cancel()
 
-    async def _run(self, stream: BridgeStream, key: ChannelKey, replays: _ChannelReplays) -> None:
-        """Run rounds while keys wait for one; a failed round fails every waiting key."""
-        round_: _Round | None = None
+    async def _run(self, stream: BridgeStream, key: ChannelKey, round_: _Round) -> None:
+        """Run ``round_``; answer its keys, or fail them as it failed."""
         try:
-            while replays.pending:
-                keys, replays.pending = replays.pending, {}
-                round_ = replays.running = _Round(min(w.since for w in keys.values()), keys)
-                last_seq = await self._read(stream, key, round_)
-                replays.running = None
-                for wait in round_.keys.values():
-                    if not wait.answer.done():
-                        wait.answer.set_result(last_seq)
-                round_ = None
+            last_seq = await self._read(stream, key, round_)
         except BaseException as exc:
-            waits = [*(round_.keys.values() if round_ else ()), *replays.pending.values()]
-            for wait in waits:
+            for wait in round_.keys.values():
                 if wait.answer.done():
                     continue
                 if isinstance(exc, Exception):
@@ -132,11 +110,16 @@ class SharedReplays:
                     wait.answer.cancel()
             if not isinstance(exc, Exception):
                 raise
+        else:
+            for wait in round_.keys.values():
+                if not wait.answer.done():
+                    wait.answer.set_result(last_seq)
         finally:
-            replays.task = replays.running = None
-            replays.pending = {}
-            if self._channels.get((stream, key)) is replays:
-                del self._channels[(stream, key)]
+            rounds = self._rounds.get((stream, key))
+            if rounds is not None:
+                rounds.pop(round_, None)
+                if not rounds:
+                    del self._rounds[(stream, key)]
 
     async def _read(self, stream: BridgeStream, key: ChannelKey, round_: _Round) -> int:
         """Read the channel after ``round_.reached`` and send it, page by page, to the
@@ -166,9 +149,9 @@ class SharedReplays:
         """Send ``events`` (in seq order) to the round's keys that miss some of them.
 
         ``round_.reached`` moves past a chunk as soon as its batch went out (before its
-        events go out one by one to keys that take no batches): a key that rides along
-        from then on needs nothing of it. Keys are chosen after each wait, so one that
-        joined during it is served."""
+        events go out one by one to keys that take no batches): a key that joins from
+        then on needs nothing of it. Keys are chosen after each wait, so one that joined
+        during it is served."""
         for chunk in _chunks(events):
             await stream.room_to_replay()
             if keys := _missing(round_, chunk[-1].seq, batches=True):

@@ -90,10 +90,10 @@ def seqs_by_key(items: list[channels_pb2.ConnectResponse]) -> dict[str, list[int
 async def test_keys_resuming_a_channel_at_once_share_its_reads(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Three keys ask while the first read of a round is on its way: they ride along.
-    Then, with the round past seq 50, a key from 10 waits for the next round and a key
-    from 60 rides along. Six page reads instead of fourteen, and every key gets every
-    message after its since_seq once, in order (a shared page may start before it)."""
+    """Three keys ask while the first read of a round is on its way: they join it. Then,
+    with the round past seq 50, a key from 60 joins it and a key from 10 starts a round
+    of its own. Six page reads instead of fourteen, and every key gets every message
+    after its since_seq once, in order (a shared page may start before it)."""
     monkeypatch.setattr(replays_module, "REPLAY_PAGE", 50)
     store, channel = await channel_with(engine, 140)
     replays = SharedReplays(store, asyncio.Semaphore(16), None)
@@ -109,13 +109,13 @@ async def test_keys_resuming_a_channel_at_once_share_its_reads(
     store.gate.put_nowait(None)
     assert await store.entered.get() == 50  # the first page went out
     later, rider = replay("from-10", 10), replay("from-60", 60)
-    await asyncio.sleep(0)
+    assert await store.entered.get() == 10  # its own round, at once
     store.open()
     async with asyncio.timeout(10):
         answers = await asyncio.gather(first, *riders, later, rider)
 
     assert answers == [140] * 5
-    assert store.reads == [0, 50, 100, 10, 60, 110]
+    assert sorted(store.reads) == [0, 10, 50, 60, 100, 110]
     items = sent(stream)
     got = seqs_by_key(items)
     for key, since in [("k1", 0), ("k2", 0), ("plain", 0), ("from-10", 10), ("from-60", 60)]:
@@ -124,7 +124,27 @@ async def test_keys_resuming_a_channel_at_once_share_its_reads(
     assert got["from-60"][0] == 51  # the rest of the round it joined
     for item in items:  # batches for keys that take them, one by one for the other
         assert item.HasField("event_batch") is ("plain" not in item.subscription_keys)
-    assert not replays._channels  # nothing left behind
+    assert not replays._rounds  # nothing left behind
+
+
+async def test_a_key_far_ahead_of_a_running_round_does_not_wait_for_it(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key more than a page past where a round is would wait for pages it does not
+    need: it reads the channel from its own since_seq while the other round still waits."""
+    monkeypatch.setattr(replays_module, "REPLAY_PAGE", 50)
+    store, channel = await channel_with(engine, 140)
+    replays = SharedReplays(store, asyncio.Semaphore(16), None)
+    stream = BridgeStream(max_backlog=50_000)
+    behind = asyncio.create_task(replays.replay(stream, channel, "behind", 0, batches=True))
+    assert await store.entered.get() == 0
+    ahead = asyncio.create_task(replays.replay(stream, channel, "ahead", 120, batches=True))
+    assert await store.entered.get() == 120  # the first round has not read a page yet
+    store.open()
+    async with asyncio.timeout(10):
+        assert await asyncio.gather(behind, ahead) == [140, 140]
+    got = seqs_by_key(sent(stream))
+    assert got == {"behind": list(range(1, 141)), "ahead": list(range(121, 141))}
 
 
 async def test_a_round_that_cannot_read_fails_every_key_it_serves(engine: AsyncEngine) -> None:
@@ -147,6 +167,21 @@ async def test_a_round_that_cannot_read_fails_every_key_it_serves(engine: AsyncE
     async with asyncio.timeout(10):
         assert await replays.replay(stream, channel, "k3", 1, batches=True) == 3
     assert seqs_by_key(sent(stream)) == {"k3": [2, 3]}
+
+
+async def test_a_stream_that_ends_stops_its_rounds_and_leaves_nothing_behind(
+    engine: AsyncEngine,
+) -> None:
+    store, channel = await channel_with(engine, 3)
+    replays = SharedReplays(store, asyncio.Semaphore(16), None)
+    stream = BridgeStream(max_backlog=100)
+    waiting = asyncio.create_task(replays.replay(stream, channel, "k1", 0, batches=True))
+    await store.entered.get()
+    replays.close(stream)
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert not replays._rounds
+    assert sent(stream) == []
 
 
 async def test_a_batch_counts_as_its_events_in_the_backlog_replays_wait_for() -> None:
