@@ -2,12 +2,15 @@
 for every WebSocket bridge once in-app notifications are stored.
 
 Topic :data:`~service_kit.bus.NOTIFICATIONS_LIVE_TOPIC`, payload a serialized
-``keel.notifications.v1.LiveNotifications``: one message per send (or release of a
-scheduled send) with every recipient whose in-app delivery happened and that recipient's
-unread count. A very large send is split into several messages of at most
-:data:`MAX_LIVE_BYTES` each, so no bus message grows without bound. Publishing is
-best-effort, as the bus is: the inbox in the database is the truth, and a client that
-missed a live message sees the notification with ``ListNotifications``.
+``keel.notifications.v1.LiveNotifications``: every recipient whose in-app delivery
+happened and that recipient's unread count. Announcements of one tenant that arrive
+while another is being published (concurrent small sends) go together in the next
+message, in the order they arrived, so a bridge decodes one message for many sends; a
+call returns once its items were handed to the bus. A very large send is split into
+several messages of at most :data:`MAX_LIVE_BYTES` each, so no bus message grows
+without bound. Publishing is best-effort, as the bus is: the inbox in the database is
+the truth, and a client that missed a live message sees the notification with
+``ListNotifications``.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from keel.notifications.v1 import live_pb2
 
 from notification_service.convert import live_item_to_proto
 from notification_service.models import Notification
+from service_kit.batching import Batcher
 from service_kit.bus import NOTIFICATIONS_LIVE_TOPIC, EventBus
 
 log = logging.getLogger(__name__)
 
 #: The largest payload of one live message (items beyond it go in the next message).
 MAX_LIVE_BYTES: Final = 1 << 20
+#: Most announcements published together.
+LIVE_BATCH: Final = 256
 
 
 class LivePublisher(Protocol):
@@ -40,8 +46,25 @@ class BusLivePublisher:
     def __init__(self, bus: EventBus, *, max_bytes: int = MAX_LIVE_BYTES) -> None:
         self._bus = bus
         self._max_bytes = max_bytes
+        # One batch at a time, so announcements leave in the order they arrived.
+        self._announcements: Batcher[tuple[str, Sequence[tuple[Notification, int]]], None] = (
+            Batcher(self._publish_together, max_batch=LIVE_BATCH, max_in_flight=1)
+        )
 
     async def publish(self, tenant_id: str, items: Sequence[tuple[Notification, int]]) -> None:
+        await self._announcements.submit((tenant_id, items))
+
+    async def _publish_together(
+        self, batch: list[tuple[str, Sequence[tuple[Notification, int]]]]
+    ) -> list[None]:
+        merged: dict[str, list[tuple[Notification, int]]] = {}
+        for tenant_id, items in batch:
+            merged.setdefault(tenant_id, []).extend(items)
+        for tenant_id, items in merged.items():
+            await self._publish_now(tenant_id, items)
+        return [None] * len(batch)
+
+    async def _publish_now(self, tenant_id: str, items: Sequence[tuple[Notification, int]]) -> None:
         # Each item is converted once; its size is what a message of it alone would take.
         envelope = live_pb2.LiveNotifications(tenant_id=tenant_id).ByteSize()
         batch: list[live_pb2.LiveNotification] = []

@@ -75,7 +75,7 @@ SEND_BATCH = 64
 #: Sends to at most this many users are stored with others; larger ones alone.
 BATCHED_RECIPIENTS = 32
 #: Batches stored at once on PostgreSQL (SQLite: one).
-SEND_BATCHES_IN_FLIGHT = 2
+SEND_BATCHES_IN_FLIGHT = 1
 #: Attempts of a send stored alone that meets a deadlock or a serialization failure.
 ALONE_ATTEMPTS = 3
 #: SQLSTATEs of a transaction that lost to another and may simply run again.
