@@ -53,10 +53,16 @@ class _Wait:
 
 @dataclass(eq=False, slots=True)
 class _Round:
-    """One read of a channel for the keys in ``keys``; ``reached``: the last seq sent."""
+    """One read of a channel for the keys in ``keys``; ``reached``: the last seq sent;
+    ``single``: how many of the keys take one message per response (no batches)."""
 
     reached: int
     keys: dict[str, _Wait]
+    single: int = 0
+
+    def add(self, sub_key: str, wait: _Wait) -> None:
+        self.keys[sub_key] = wait
+        self.single += not wait.batches
 
 
 class SharedReplays:
@@ -81,10 +87,11 @@ class SharedReplays:
         rounds = self._rounds.setdefault((stream, key), {})
         for round_ in rounds:
             if round_.reached <= wait.since < round_.reached + REPLAY_PAGE:
-                round_.keys[sub_key] = wait  # what it misses is all still to come
+                round_.add(sub_key, wait)  # what it misses is all still to come
                 break
         else:
-            round_ = _Round(wait.since, {sub_key: wait})
+            round_ = _Round(wait.since, {})
+            round_.add(sub_key, wait)
             rounds[round_] = asyncio.create_task(
                 self._run(stream, key, round_), name="connect-replay"
             )
@@ -163,7 +170,7 @@ class SharedReplays:
                     weight=len(chunk),
                 )
             round_.reached = chunk[-1].seq
-            for event in chunk:
+            for event in chunk if round_.single else ():
                 if _missing(round_, event.seq, batches=False):
                     await stream.room_to_replay()
                     keys = _missing(round_, event.seq, batches=False)
