@@ -49,7 +49,7 @@ MEMBERS_PAGE = 1000
 BATCHED_CHECK = 32
 #: Most checks answered by one batch, and batches asked at once.
 CHECK_BATCH = 128
-CHECKS_IN_FLIGHT = 2
+CHECKS_IN_FLIGHT = 1
 
 
 class Recipients(Protocol):

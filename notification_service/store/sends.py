@@ -74,7 +74,7 @@ log = logging.getLogger(__name__)
 SEND_BATCH = 64
 #: Sends to at most this many users are stored with others; larger ones alone.
 BATCHED_RECIPIENTS = 32
-#: Batches stored at once on PostgreSQL (SQLite: one).
+#: Batches stored at once on PostgreSQL (SQLite: always one).
 SEND_BATCHES_IN_FLIGHT = 1
 #: Attempts of a send stored alone that meets a deadlock or a serialization failure.
 ALONE_ATTEMPTS = 3
@@ -94,7 +94,9 @@ class SqlSends(SqlStoreBase):
 
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
-        # SQLite has one writer at a time, so one batch at a time; PostgreSQL overlaps a few.
+        # One batch at a time: SQLite has one writer at a time, and on PostgreSQL the sends
+        # that wait meanwhile make the next batch larger, which costs less per send than
+        # overlapping smaller ones (SEND_BATCHES_IN_FLIGHT).
         self._batches: Batcher[NewSend, StoredSend] = Batcher(
             self._create_batch,
             max_batch=SEND_BATCH,
