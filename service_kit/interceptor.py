@@ -5,7 +5,8 @@ For each RPC of a Keel API it: takes or makes a request id (metadata
 line), authenticates the caller according to the method's :class:`MethodPolicy`,
 applies the tenant's rate limit, refuses bad requests (below), maps errors to
 statuses (one place: :func:`service_kit.errors.to_rpc_status`), and records
-metrics and an access log line. Health and reflection pass through untouched.
+metrics and an access log line. Health and reflection pass through untouched. When
+tracing is on, the gRPC instrumentation's server span wraps all of it.
 
 No handler sees a request that is not well-formed protobuf or that breaks a
 bound its proto declares (:mod:`service_kit.bounds`): the method's request
@@ -34,6 +35,7 @@ import grpc
 from google.protobuf import descriptor_pool
 from grpc_status import rpc_status
 
+from service_kit import tracing
 from service_kit.auth import (
     Authenticator,
     TenantContext,
@@ -163,8 +165,23 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._admin_token = admin_token
         self._peer_token = peer_token
         self._bounds = _request_bounds(policies)
+        #: The gRPC instrumentation when tracing is on (:mod:`service_kit.tracing`): its
+        #: server span wraps all this interceptor does, so the access log line is in it.
+        self._instrumentation = tracing.server_instrumentation()
 
     async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if self._instrumentation is None:
+            return await self._intercept(continuation, details)
+        traced: grpc.RpcMethodHandler = await self._instrumentation.intercept_service(
+            lambda inner: self._intercept(continuation, inner), details
+        )
+        return traced
+
+    async def _intercept(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,

@@ -17,7 +17,7 @@ with :func:`install` (an in-memory exporter) and remove it with :func:`uninstall
 A browser's ``send`` frame makes one trace (docs/observability.md lists the spans): the
 bridge's frame span, whose context travels as W3C ``traceparent`` metadata on the call
 to the gateway (:func:`outgoing_metadata`); the gateway's server span (the gRPC
-instrumentation, :func:`server_interceptors`); the store's span around the transaction;
+instrumentation, :func:`server_instrumentation`); the store's span around the transaction;
 the bus publish span, whose ``traceparent`` rides in the event's bus payload and then in
 ``ChannelEvent.traceparent`` on the bridge's ``Connect`` stream; and the delivering
 bridge's span around the write to its sockets, a child of the publish span
@@ -50,7 +50,7 @@ __all__ = [
     "log_fields",
     "outgoing_metadata",
     "provider_from_env",
-    "server_interceptors",
+    "server_instrumentation",
     "traceparent",
     "tracer",
     "uninstall",
@@ -101,14 +101,14 @@ def provider_from_env(process: str) -> TracerProvider | None:
 
 
 def install(provider: TracerProvider) -> None:
-    """Trace with ``provider`` from now on (servers built after this get the interceptor)."""
+    """Trace with ``provider`` from now on (servers built after this get the instrumentation)."""
     global _provider, _tracer
     _provider = provider
     _tracer = provider.get_tracer(SCOPE)
 
 
 def uninstall() -> None:
-    """Tracing off again (servers built before keep their interceptor)."""
+    """Tracing off again (servers built before keep their instrumentation)."""
     global _provider, _tracer
     _provider = None
     _tracer = None
@@ -119,21 +119,23 @@ def tracer() -> Tracer | None:
     return _tracer
 
 
-def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
-    """The gRPC server instrumentation (a server span per unary call of a Keel API, its
-    parent taken from the caller's ``traceparent`` metadata); none when tracing is off.
+def server_instrumentation() -> grpc.aio.ServerInterceptor | None:
+    """The gRPC server instrumentation (a server span per call of a Keel API that answers
+    once, its parent taken from the caller's ``traceparent`` metadata), which
+    :class:`~service_kit.interceptor.KeelInterceptor` runs around itself; None when tracing
+    is off.
 
     Long-lived streams (``Connect``, ``SubscribeEvents``), health and reflection get no
     span: a span as long as a bridge's connection would tell nothing, and every call under
     it would join one endless trace."""
     if _provider is None:
-        return []
+        return None
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    instrumentation = aio_server_interceptor(  # type: ignore[no-untyped-call]
+    instrumentation: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
         tracer_provider=_provider, filter_=_traced_call
     )
-    return [instrumentation]
+    return instrumentation
 
 
 _traced: dict[str, bool] = {}

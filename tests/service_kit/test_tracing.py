@@ -75,7 +75,8 @@ def test_the_traceparent_sent_names_the_current_span(tracer: Tracer) -> None:
 
 def test_only_calls_that_answer_once_get_a_server_span(tracer: Tracer) -> None:
     assert channels_pb2 and events_pb2 and tenants_pb2  # their services are in the pool
-    (instrumentation,) = tracing.server_interceptors()
+    instrumentation = tracing.server_instrumentation()
+    assert instrumentation is not None
     traced = instrumentation._filter
     assert traced(Details("/keel.channels.v1.ChannelService/SendMessage"))
     assert traced(Details("/keel.tenants.v1.TenantService/GetTenant"))
