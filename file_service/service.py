@@ -25,9 +25,11 @@ by conditional updates).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import posixpath
 import secrets
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -58,6 +60,7 @@ from file_service.storage import (
     BlobKey,
     BlobNotFound,
     BlobStore,
+    Hash,
     InvalidRange,
     StorageError,
     WrittenBlob,
@@ -89,6 +92,8 @@ MAX_TYPE_LENGTH: Final = 255
 #: Images decoded for thumbnails at once in a process: each may take a few hundred MiB
 #: while it decodes (up to images.MAX_PIXELS), so they queue rather than add up.
 THUMBNAILS_AT_ONCE: Final = 2
+#: How many uploads' running hashes a process remembers (:class:`RunningHashes`).
+RUNNING_HASHES: Final = 1000
 #: How many expired uploads and deleted files one sweep handles at most.
 SWEEP_BATCH: Final = 200
 
@@ -168,6 +173,7 @@ class FileService:
         self._limiter = rate_limiter
         self._uploads_per_minute = uploads_per_minute
         self._decoding = asyncio.Semaphore(THUMBNAILS_AT_ONCE)
+        self._running = RunningHashes()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -427,12 +433,15 @@ class FileService:
         arrived)."""
         key = BlobKey(f"{file.blob_key}-parts/{offset:016d}-{secrets.token_hex(4)}")
         counted = _Counted(chunks, file.size - offset, f"file {file.id} is {file.size} bytes")
+        # The running hash of the parts before this one, if this process hashed them: it
+        # goes on through this part, and the composition need not read them all again.
+        # With a checksum to check, the part is hashed on its own instead.
+        running = self._running.take(file.tenant_id, file.id, offset) if sha256 is None else None
         try:
             with UPLOADS_IN_PROGRESS.track_inprogress():
-                # Hashed only when the hash is needed now: to check the client's checksum,
-                # or because a part from the start may turn out to be the whole file.
-                hashed = sha256 is not None or offset == 0
-                written = await self._blobs.write(key, counted, hashed=hashed)
+                written = await self._blobs.write(
+                    key, counted, hashed=sha256 is not None, digest=running
+                )
         except StorageError as exc:
             raise _storage_failed(exc) from exc
         if sha256 is not None and bytes.fromhex(written.sha256) != sha256:
@@ -447,6 +456,8 @@ class FileService:
         except BaseException:
             await self._blobs.delete(key)
             raise
+        if running is not None:
+            self._running.keep(file.tenant_id, file.id, offset + written.size, running)
         return replace(file, upload_offset=new_offset), _StoredPart(written, counted.head)
 
     async def _complete_whole(self, file: StoredFile, part: _StoredPart) -> StoredFile:
@@ -463,10 +474,14 @@ class FileService:
         key = BlobKey(f"{file.blob_key}-{secrets.token_hex(4)}")
         part_keys = [BlobKey(part.blob_key) for part in parts]
 
+        known = self._running.take(file.tenant_id, file.id, file.size)
+
         async def finish() -> StoredFile:
             try:
                 head = await self._head(part_keys)
-                written = await self._blobs.compose(key, part_keys)
+                written = await self._blobs.compose(
+                    key, part_keys, sha256=known.hexdigest() if known is not None else None
+                )
             except StorageError as exc:
                 raise _storage_failed(exc) from exc
             declared = await self._store.declared_sha256(file.tenant_id, file.id)
@@ -618,6 +633,39 @@ class FileService:
             await self._blobs.delete(BlobKey(key))
         except StorageError:
             log.warning("could not remove a blob; the sweep will not see it", extra={"key": key})
+
+
+class RunningHashes:
+    """The SHA-256 of the bytes of each upload so far, for the uploads whose parts this
+    process stored in order from the start — what lets a resumable upload in many
+    requests skip hashing every byte again when they are composed.
+
+    An entry is taken (removed) by the request that continues it and kept again only once
+    its part is recorded, so a failed or racing request never leaves a hash of bytes that
+    were not stored; a part that arrives elsewhere (another process) just means the
+    composition hashes. At most ``limit`` uploads are remembered, the least recently
+    continued forgotten first (a hash is a few hundred bytes).
+    """
+
+    def __init__(self, limit: int = RUNNING_HASHES) -> None:
+        self._limit = limit
+        self._hashes: OrderedDict[tuple[str, str], tuple[int, Hash]] = OrderedDict()
+
+    def take(self, tenant_id: str, file_id: str, offset: int) -> Hash | None:
+        """The running hash of the upload through ``offset`` (a new one at 0), or None."""
+        entry = self._hashes.pop((tenant_id, file_id), None)
+        if offset == 0:
+            return hashlib.sha256()
+        if entry is None or entry[0] != offset:
+            return None
+        return entry[1]
+
+    def keep(self, tenant_id: str, file_id: str, offset: int, digest: Hash) -> None:
+        """``digest`` hashes the upload's bytes through ``offset``, all of them stored."""
+        self._hashes[(tenant_id, file_id)] = (offset, digest)
+        self._hashes.move_to_end((tenant_id, file_id))
+        while len(self._hashes) > self._limit:
+            self._hashes.popitem(last=False)
 
 
 def _count_refusal(exc: BaseException) -> None:

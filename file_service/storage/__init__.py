@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from file_service.storage.base import BlobKey, BlobStat, BlobStore, WrittenBlob, check_key
+from file_service.storage.base import BlobKey, BlobStat, BlobStore, Hash, WrittenBlob, check_key
 from file_service.storage.errors import (
     BlobNotFound,
     InvalidBlobKey,
@@ -31,6 +31,7 @@ __all__ = [
     "BlobNotFound",
     "BlobStat",
     "BlobStore",
+    "Hash",
     "InvalidBlobKey",
     "InvalidRange",
     "LocalBlobStore",

@@ -17,14 +17,20 @@ copies the bytes (``copy_file_range``) while another thread hashes them.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Final, NewType, Protocol
+from typing import TYPE_CHECKING, Final, NewType, Protocol, TypeAlias
 
 from file_service.storage.errors import InvalidBlobKey, InvalidRange
 
 BlobKey = NewType("BlobKey", str)
+if TYPE_CHECKING:
+    #: A running SHA-256 (``hashlib.sha256()``; the type exists for type checkers only).
+    Hash: TypeAlias = hashlib._Hash
+else:
+    Hash = type(hashlib.sha256())
 
 #: The largest chunk :meth:`BlobStore.read` yields unless a store is built with another.
 DEFAULT_CHUNK_SIZE: Final = 64 * 1024
@@ -58,23 +64,33 @@ class BlobStore(Protocol):
     chunk_size: int
 
     async def write(
-        self, key: BlobKey, chunks: AsyncIterable[bytes], *, hashed: bool = True
+        self,
+        key: BlobKey,
+        chunks: AsyncIterable[bytes],
+        *,
+        hashed: bool = True,
+        digest: Hash | None = None,
     ) -> WrittenBlob:
         """Store the bytes of ``chunks`` under ``key``, replacing any blob there.
 
         The blob becomes visible only once every chunk is stored. If ``chunks`` raises, or
         the write fails or is cancelled, nothing is left behind and the error propagates.
-        ``hashed=False`` skips the SHA-256 (``WrittenBlob.sha256`` is then empty): a part
-        of an upload is hashed again when the parts are composed.
+        The bytes are hashed into ``digest`` when given (a SHA-256 the caller keeps: the
+        running hash of an upload's parts), else into a new one; ``WrittenBlob.sha256`` is
+        that digest's. ``hashed=False`` (and no ``digest``) skips hashing (``sha256`` is
+        then empty): a part of an upload is hashed when the parts are composed.
         Raises :class:`InvalidBlobKey`, :class:`StorageUnavailable`.
         """
         ...
 
-    async def compose(self, key: BlobKey, parts: Sequence[BlobKey]) -> WrittenBlob:
+    async def compose(
+        self, key: BlobKey, parts: Sequence[BlobKey], *, sha256: str | None = None
+    ) -> WrittenBlob:
         """Store under ``key`` the bytes of ``parts``, one after the other (the parts stay),
-        and answer their size and SHA-256; whole or nothing, as :meth:`write`.
-        Raises :class:`BlobNotFound` (a part is missing), :class:`InvalidBlobKey`,
-        :class:`StorageUnavailable`.
+        and answer their size and SHA-256 — ``sha256`` when the caller knows it (it hashed
+        the parts as they were written): then they are not read to hash them again.
+        Whole or nothing, as :meth:`write`. Raises :class:`BlobNotFound` (a part is
+        missing), :class:`InvalidBlobKey`, :class:`StorageUnavailable`.
         """
         ...
 

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, Final
 from file_service.storage.base import (
     BlobKey,
     BlobStat,
+    Hash,
     WrittenBlob,
     byte_range,
     check_key,
@@ -62,7 +63,12 @@ class LocalBlobStore:
         return path
 
     async def write(
-        self, key: BlobKey, chunks: AsyncIterable[bytes], *, hashed: bool = True
+        self,
+        key: BlobKey,
+        chunks: AsyncIterable[bytes],
+        *,
+        hashed: bool = True,
+        digest: Hash | None = None,
     ) -> WrittenBlob:
         path = self._path(key)
         try:
@@ -71,7 +77,9 @@ class LocalBlobStore:
             file = await asyncio.to_thread(open, temp, "xb")
         except OSError as exc:
             raise StorageUnavailable(f"cannot write blob {key!r}: {exc}") from exc
-        writer = _BatchWriter(file, self.chunk_size, hashed=hashed)
+        if digest is None and hashed:
+            digest = hashlib.sha256()
+        writer = _BatchWriter(file, self.chunk_size, digest)
         try:
             async for chunk in chunks:
                 await writer.add(chunk)
@@ -84,14 +92,18 @@ class LocalBlobStore:
             raise
         return WrittenBlob(key=key, size=writer.size, sha256=sha256)
 
-    async def compose(self, key: BlobKey, parts: Sequence[BlobKey]) -> WrittenBlob:
+    async def compose(
+        self, key: BlobKey, parts: Sequence[BlobKey], *, sha256: str | None = None
+    ) -> WrittenBlob:
         path = self._path(key)
         sources = [self._path(part) for part in parts]
         temp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
         # The kernel copies (no byte enters Python) while a second thread hashes the parts
-        # from their pages (mmap: no copy either); hashing is the longer of the two.
+        # from their pages (mmap: no copy either), unless their hash is known already.
         copying = asyncio.ensure_future(asyncio.to_thread(_concatenate, sources, temp))
-        hashing = asyncio.ensure_future(asyncio.to_thread(_hash_files, sources))
+        hashing = asyncio.ensure_future(
+            asyncio.to_thread(_hash_files, sources) if sha256 is None else _known(sha256)
+        )
         try:
             await asyncio.wait([copying, hashing])  # never cancels them: see below
             size, sha256 = copying.result(), hashing.result()
@@ -195,10 +207,10 @@ class _BatchWriter:
     """Hashes and writes a blob's chunks to ``file`` in batches of about ``batch`` bytes, each
     in one worker-thread call, one batch in flight while the next is gathered."""
 
-    def __init__(self, file: BinaryIO, batch: int, *, hashed: bool = True) -> None:
+    def __init__(self, file: BinaryIO, batch: int, digest: Hash | None) -> None:
         self._file = file
         self._batch = batch
-        self._digest = hashlib.sha256() if hashed else None
+        self._digest = digest
         self._gathered: list[bytes] = []
         self._gathered_size = 0
         #: The batch being hashed and written (two calls, one thread each).
@@ -260,9 +272,13 @@ def _write_all(file: BinaryIO, pieces: list[bytes]) -> None:
         file.write(piece)
 
 
-def _hash_all(digest: hashlib._Hash, pieces: list[bytes]) -> None:
+def _hash_all(digest: Hash, pieces: list[bytes]) -> None:
     for piece in pieces:
         digest.update(piece)
+
+
+async def _known(sha256: str) -> str:
+    return sha256
 
 
 def _concatenate(sources: list[Path], temp: Path) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -21,6 +22,7 @@ from file_service.storage.base import (
     DEFAULT_CHUNK_SIZE,
     BlobKey,
     BlobStat,
+    Hash,
     WrittenBlob,
     byte_range,
     check_key,
@@ -51,10 +53,16 @@ class S3BlobStore:
         self.chunk_size = chunk_size
 
     async def write(
-        self, key: BlobKey, chunks: AsyncIterable[bytes], *, hashed: bool = True
+        self,
+        key: BlobKey,
+        chunks: AsyncIterable[bytes],
+        *,
+        hashed: bool = True,
+        digest: Hash | None = None,
     ) -> WrittenBlob:
         check_key(key)
-        digest = hashlib.sha256() if hashed else None
+        if digest is None and hashed:
+            digest = hashlib.sha256()
         buffer = bytearray()
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
@@ -97,15 +105,18 @@ class S3BlobStore:
             key=key, size=size, sha256=digest.hexdigest() if digest is not None else ""
         )
 
-    async def compose(self, key: BlobKey, parts: Sequence[BlobKey]) -> WrittenBlob:
-        # Streamed through this process: the bytes must be hashed anyway, and S3's
-        # UploadPartCopy would need parts of 5 MiB or more.
+    async def compose(
+        self, key: BlobKey, parts: Sequence[BlobKey], *, sha256: str | None = None
+    ) -> WrittenBlob:
+        # Streamed through this process (S3's UploadPartCopy would need parts of 5 MiB or
+        # more), hashed on the way unless the hash is known.
         async def concatenated() -> AsyncIterator[bytes]:
             for part in parts:
                 async for chunk in self.read(part):
                     yield chunk
 
-        return await self.write(key, concatenated())
+        written = await self.write(key, concatenated(), hashed=sha256 is None)
+        return written if sha256 is None else replace(written, sha256=sha256)
 
     async def _upload_part(
         self, key: BlobKey, upload_id: str, number: int, body: bytes

@@ -24,8 +24,8 @@ from file_service.errors import (
     UploadExpired,
 )
 from file_service.models import FileLimits, FileState, StoredFile, Usage
-from file_service.service import FileInfo, FileService
-from file_service.storage import BlobKey, LocalBlobStore, StorageUnavailable, WrittenBlob
+from file_service.service import FileInfo, FileService, RunningHashes
+from file_service.storage import BlobKey, Hash, LocalBlobStore, StorageUnavailable, WrittenBlob
 from file_service.store import SqlFileStore
 from service_kit.errors import ResourceExhausted, Unavailable
 from service_kit.ratelimit import InMemoryRateLimiter
@@ -298,14 +298,21 @@ class FailingFinalWrites(LocalBlobStore):
         self.failures = failures
 
     async def write(
-        self, key: BlobKey, chunks: AsyncIterable[bytes], *, hashed: bool = True
+        self,
+        key: BlobKey,
+        chunks: AsyncIterable[bytes],
+        *,
+        hashed: bool = True,
+        digest: Hash | None = None,
     ) -> WrittenBlob:
         self._maybe_fail(key)
-        return await super().write(key, chunks, hashed=hashed)
+        return await super().write(key, chunks, hashed=hashed, digest=digest)
 
-    async def compose(self, key: BlobKey, parts: Sequence[BlobKey]) -> WrittenBlob:
+    async def compose(
+        self, key: BlobKey, parts: Sequence[BlobKey], *, sha256: str | None = None
+    ) -> WrittenBlob:
         self._maybe_fail(key)
-        return await super().compose(key, parts)
+        return await super().compose(key, parts, sha256=sha256)
 
     def _maybe_fail(self, key: BlobKey) -> None:
         if "-parts/" not in key and "-thumbnail" not in key and self.failures > 0:
@@ -377,3 +384,87 @@ async def test_an_upload_in_parts_leaves_no_directory_behind(
     done = await service.append(t, file_id, 5, body(b"67890"))
     root = blobs.root / t
     assert sorted(p.name for p in root.iterdir()) == [done.blob_key.rsplit("/", 1)[1]]
+
+
+class RecordedCompositions(LocalBlobStore):
+    """A local store noting the hash each composition was handed (None: it hashed)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.known: list[str | None] = []
+
+    async def compose(
+        self, key: BlobKey, parts: Sequence[BlobKey], *, sha256: str | None = None
+    ) -> WrittenBlob:
+        self.known.append(sha256)
+        return await super().compose(key, parts, sha256=sha256)
+
+
+async def test_parts_stored_in_order_by_one_process_are_not_hashed_again_when_composed(
+    engine: AsyncEngine, tmp_path: Path, clock: Clock
+) -> None:
+    blobs = RecordedCompositions(tmp_path / "blobs")
+    service = FileService(SqlFileStore(engine), blobs, FileLimits(), clock=clock)
+    t, data = tenant(), bytes(range(256)) * 40
+    file_id = await new_upload(service, t, len(data))
+    for start in range(0, len(data), 3000):
+        await service.append(t, file_id, start, body(data[start : start + 3000]))
+
+    ready = await service.get_file(t, file_id)
+    assert ready.state is FileState.READY
+    assert ready.sha256 == hashlib.sha256(data).hexdigest()
+    assert blobs.known == [ready.sha256]  # the running hash, handed over: nothing re-read
+    chunks = await service.read(ready, variant="file", offset=0, length=None)
+    assert b"".join([c async for c in chunks]) == data
+
+
+async def test_parts_stored_by_two_processes_are_hashed_when_composed(
+    engine: AsyncEngine, tmp_path: Path, clock: Clock
+) -> None:
+    blobs = RecordedCompositions(tmp_path / "blobs")
+    one, other = (FileService(SqlFileStore(engine), blobs, FileLimits(), clock=clock) for _ in "ab")
+    t, data = tenant(), bytes(range(256)) * 40
+    file_id = await new_upload(one, t, len(data))
+    await one.append(t, file_id, 0, body(data[:4000]))
+    await other.append(t, file_id, 4000, body(data[4000:7000]))  # it never saw the start
+    await one.append(t, file_id, 7000, body(data[7000:]))  # its hash stops at 4000
+
+    ready = await one.get_file(t, file_id)
+    assert ready.sha256 == hashlib.sha256(data).hexdigest()
+    assert blobs.known == [None]
+
+
+async def test_racing_parts_leave_the_hash_of_the_bytes_that_were_stored(
+    service: FileService,
+) -> None:
+    t = tenant()
+    file_id = await new_upload(service, t, 1200)
+    await service.append(t, file_id, 0, body(b"a" * 400))
+    # Two requests for the same offset: one takes the running hash, one is stored.
+    raced = await asyncio.gather(
+        service.append(t, file_id, 400, body(b"b" * 400)),
+        service.append(t, file_id, 400, body(b"c" * 400)),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in raced) == ["OffsetMismatch", "StoredFile"]
+    await service.append(t, file_id, 800, body(b"d" * 400))
+
+    ready = await service.get_file(t, file_id)
+    chunks = await service.read(ready, variant="file", offset=0, length=None)
+    stored = b"".join([c async for c in chunks])
+    assert stored in (b"a" * 400 + b"b" * 400 + b"d" * 400, b"a" * 400 + b"c" * 400 + b"d" * 400)
+    assert ready.sha256 == hashlib.sha256(stored).hexdigest()
+
+
+def test_running_hashes_forget_the_least_recently_continued_upload() -> None:
+    hashes = RunningHashes(limit=2)
+    for name in ("f0", "f1", "f2"):
+        hashes.keep("t", name, 10, hashlib.sha256(b"0123456789"))
+    assert hashes.take("t", "f0", 10) is None  # forgotten: the limit is 2
+    assert hashes.take("t", "f1", 9) is None  # another offset: not the bytes it hashed
+    assert hashes.take("t", "f1", 10) is None  # and the mismatch took it away
+    kept = hashes.take("t", "f2", 10)
+    assert kept is not None and kept.hexdigest() == hashlib.sha256(b"0123456789").hexdigest()
+    assert hashes.take("t", "f2", 10) is None  # taken once
+    fresh = hashes.take("t", "f3", 0)  # the start of an upload: a new hash
+    assert fresh is not None and fresh.hexdigest() == hashlib.sha256().hexdigest()
