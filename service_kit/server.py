@@ -5,8 +5,8 @@ migrations applied, bus, rate limiter), waiting a bounded time for the database 
 Redis and saying why in every ``waiting for …`` line; each service package turns it
 into a :class:`ServiceSpec`; :class:`KeelServer` serves the specs on one grpc.aio port
 with health, reflection (:mod:`service_kit.reflection`), the interceptor, ``/metrics``,
-and a graceful stop: health turns NOT_SERVING, new RPCs are refused, in-flight ones get
-``grace`` seconds to finish.
+TLS when configured (:mod:`service_kit.tls`), and a graceful stop: health turns
+NOT_SERVING, new RPCs are refused, in-flight ones get ``grace`` seconds to finish.
 
 Health invariants: a service is SERVING only while it can answer its calls — never a
 service whose methods all answer UNIMPLEMENTED (:func:`unimplemented_spec`: always
@@ -44,6 +44,7 @@ from service_kit.interceptor import KeelInterceptor, MethodPolicy
 from service_kit.metrics import DEPENDENCY_UP, SERVICE_SERVING, MetricsEndpoint, serve_metrics
 from service_kit.ratelimit import InMemoryRateLimiter, RateLimiter, RedisRateLimiter
 from service_kit.reflection import enable_reflection
+from service_kit.tls import bind_grpc_port
 
 log = logging.getLogger("keel.server")
 
@@ -276,7 +277,7 @@ class KeelServer:
         names = [spec.name for spec in self._specs]
         enable_reflection([*names, health.SERVICE_NAME], self._server)
         try:
-            self.port = self._server.add_insecure_port(str(settings.grpc_addr))
+            self.port = bind_grpc_port(self._server, str(settings.grpc_addr), settings.tls)
         except RuntimeError as exc:
             raise RuntimeError(f"cannot listen on {settings.grpc_addr} (KEEL_GRPC_ADDR)") from exc
         if settings.metrics_addr is not None:
