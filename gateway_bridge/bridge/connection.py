@@ -32,7 +32,7 @@ DELIVERIES = MetricCounter("keel_bridge_deliveries_total", "Event frames written
 CLOSED = MetricCounter("keel_bridge_closed_total", "Connections closed by the bridge.", ["code"])
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Conn:
     """One browser connection."""
 

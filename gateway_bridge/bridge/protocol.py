@@ -406,6 +406,9 @@ class Session:
     de-duplication), is the room's business: :mod:`gateway_bridge.bridge.room`.
     """
 
+    # One per connection: no __dict__ of its own.
+    __slots__ = ("_clock", "_refilled", "_refused_in_a_row", "_tokens", "limits", "subscriptions")
+
     def __init__(
         self, limits: SessionLimits, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
