@@ -273,7 +273,9 @@ def notification_worker(runtime: Runtime, handlers: dict[str, JobHandler]) -> Jo
         runtime.engine,
         handlers,
         concurrency=notifications.concurrency,
-        lease=timedelta(seconds=notifications.timeout_seconds + 30),
+        lease=timedelta(
+            seconds=notifications.timeout_seconds + runtime.settings.job_lease_margin_seconds
+        ),
     )
 
 

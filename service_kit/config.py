@@ -248,6 +248,9 @@ class Settings:
     webhook_disable_after_failures: int
     event_retention_days: float
     max_event_streams_per_tenant: int
+    #: How much longer than one attempt may take a delivery job (webhook, email, push) is
+    #: leased: how long the job of a process that died mid-attempt waits for another.
+    job_lease_margin_seconds: float = 30.0
     notifications: NotificationSettings = NotificationSettings()
     files: FileSettings = FileSettings()
     tls: TlsSettings = TlsSettings()
@@ -391,6 +394,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         event_retention_days=get("KEEL_EVENT_RETENTION_DAYS", 7.0, _number(float, 0.0001, 3650)),
         max_event_streams_per_tenant=get(
             "KEEL_MAX_EVENT_STREAMS_PER_TENANT", 10, _number(int, 1, 100_000)
+        ),
+        job_lease_margin_seconds=get(
+            "KEEL_JOB_LEASE_MARGIN_SECONDS", 30.0, _number(float, 1, 3600)
         ),
         notifications=NotificationSettings(
             smtp_url=get("KEEL_SMTP_URL", None, _smtp_url),

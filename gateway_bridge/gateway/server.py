@@ -97,6 +97,7 @@ def build(
             allow_private=settings.webhook_allow_private,
             disable_after_failures=settings.webhook_disable_after_failures,
             retention=timedelta(days=settings.event_retention_days),
+            lease_margin_seconds=settings.job_lease_margin_seconds,
         ),
     )
     event_service = EventService(

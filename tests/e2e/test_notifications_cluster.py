@@ -49,9 +49,10 @@ EMAIL = pb.NOTIFICATION_CHANNEL_EMAIL
 USERS = 200
 #: Deliveries each notification service runs at once.
 CONCURRENCY = 8
-#: The attempt timeout of the process that is killed: its deliveries are leased for this
-#: + 30 s, which is how long the restarted process waits for the ones in flight.
-KILLED_TIMEOUT = "3"
+#: The attempt timeout and lease margin of the process that is killed: its deliveries are
+#: leased for their sum (5 s), which is how long the restarted process waits for the ones
+#: in flight.
+KILLED_TIMEOUT, KILLED_LEASE_MARGIN = "3", "2"
 #: Bounds of the waits (none is asserted on): for the held requests to arrive, and for
 #: every delivery to be recorded (past a killed process's leases).
 ARRIVAL_WAIT = 10.0
@@ -360,7 +361,9 @@ async def test_a_killed_notification_service_loses_no_delivery_and_resends_only_
     first_batch = 40  # answered at once; the next requests wait until the kill
     with ExitStack() as stack:
         first = await cluster.notification_service(
-            stack, KEEL_NOTIFICATION_TIMEOUT_SECONDS=KILLED_TIMEOUT
+            stack,
+            KEEL_NOTIFICATION_TIMEOUT_SECONDS=KILLED_TIMEOUT,
+            KEEL_JOB_LEASE_MARGIN_SECONDS=KILLED_LEASE_MARGIN,
         )
         async with receiving(tenant.secret) as receiver, notifications(first) as stub:
             receiver.hold_from = first_batch

@@ -198,9 +198,11 @@ async def test_a_killed_gateway_s_pending_deliveries_are_delivered_after_a_resta
     tenant = await new_tenant(cluster)
     texts = [f"pending #{n}" for n in range(20)]
     with ExitStack() as stack:
-        # A short attempt timeout: a delivery the killed gateway was attempting is leased
-        # for timeout + 30 s, then another gateway takes it.
-        first = await cluster.gateway(stack, KEEL_WEBHOOK_TIMEOUT_SECONDS="1")
+        # A short attempt timeout and lease margin: a delivery the killed gateway was
+        # attempting is leased for their sum (3 s), then another gateway takes it.
+        first = await cluster.gateway(
+            stack, KEEL_WEBHOOK_TIMEOUT_SECONDS="1", KEEL_JOB_LEASE_MARGIN_SECONDS="2"
+        )
         async with receiving() as receiver:
             receiver.default = (503, {})
             async with stubs(first) as (chat, events):

@@ -48,6 +48,15 @@ def test_every_bad_value_is_named_at_once() -> None:
     assert len(caught.value.problems) == 5
 
 
+def test_the_job_lease_margin_is_read_and_bounded() -> None:
+    assert load_settings({}).job_lease_margin_seconds == 30
+    assert load_settings({"KEEL_JOB_LEASE_MARGIN_SECONDS": "2.5"}).job_lease_margin_seconds == 2.5
+    for bad in ("0", "-1", "3601", "soon"):
+        with pytest.raises(ConfigError) as caught:
+            load_settings({"KEEL_JOB_LEASE_MARGIN_SECONDS": bad})
+        assert "KEEL_JOB_LEASE_MARGIN_SECONDS" in str(caught.value)
+
+
 def test_metrics_can_be_turned_off() -> None:
     assert load_settings({"KEEL_METRICS_ADDR": "off"}).metrics_addr is None
 

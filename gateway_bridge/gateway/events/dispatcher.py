@@ -50,7 +50,8 @@ class DispatchSettings:
     """How a gateway delivers webhooks: the retry schedule (seconds after each failed
     attempt), the attempt timeout, whether private addresses may be reached, failures in
     a row before a webhook is disabled, how long the event log keeps events, attempts
-    at once, and how often the fan-out and the job worker look for work."""
+    at once, how often the fan-out and the job worker look for work, and how long past
+    the attempt timeout a job stays leased to a gateway that stopped answering."""
 
     retry_schedule: Sequence[float]
     timeout_seconds: float = 15.0
@@ -59,6 +60,8 @@ class DispatchSettings:
     retention: timedelta = timedelta(days=7)
     concurrency: int = 20
     interval: float = 0.5
+    #: A job is leased for the attempt timeout plus this (KEEL_JOB_LEASE_MARGIN_SECONDS).
+    lease_margin_seconds: float = 30.0
 
 
 def body_of(payload: Mapping[str, Any], created_at: datetime) -> bytes:
@@ -93,7 +96,7 @@ class Dispatcher:
             concurrency=settings.concurrency,
             # An attempt ends within the timeout, so a lease never runs out under a live
             # attempt even if it cannot be extended; a dead gateway's jobs wait this long.
-            lease=timedelta(seconds=settings.timeout_seconds + 30),
+            lease=timedelta(seconds=settings.timeout_seconds + settings.lease_margin_seconds),
             poll_interval=settings.interval,
         )
 
