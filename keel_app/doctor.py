@@ -32,7 +32,8 @@ from sqlalchemy import URL, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from file_service.storage import StorageError, build_blob_store
-from keel_app.processes import PROCESSES, check_cluster_settings
+from keel_app.processes import check_cluster_settings
+from keel_app.workers import PROCESSES
 from notification_service.senders.base import DeliveryFailed
 from notification_service.senders.email import SmtpMailer
 from service_kit import db

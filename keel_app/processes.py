@@ -45,15 +45,6 @@ from tenant_service.tenants import ALL_SCOPES, Tenant, TenantDirectory
 
 log = logging.getLogger("keel.process")
 
-PROCESSES = (
-    "all",
-    "tenant-service",
-    "gateway",
-    "bridge",
-    "notification-service",
-    "file-service",
-)
-
 
 def embedded_secrets(settings: Settings) -> Settings:
     """For ``serve all``: the operator token and client-token secret the environment does

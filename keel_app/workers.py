@@ -46,6 +46,15 @@ from service_kit.config import ConfigError, Settings
 
 log = logging.getLogger("keel.workers")
 
+#: What ``keel serve`` runs (kept here, light to import, for the CLI's argument parser).
+PROCESSES = (
+    "all",
+    "tenant-service",
+    "gateway",
+    "bridge",
+    "notification-service",
+    "file-service",
+)
 #: The processes ``--workers`` applies to.
 WORKER_PROCESSES = ("gateway", "bridge")
 #: Set by the supervisor in each worker's environment: the worker's index.
