@@ -57,6 +57,9 @@ KILLED_TIMEOUT, KILLED_LEASE_MARGIN = "3", "2"
 #: every delivery to be recorded (past a killed process's leases).
 ARRIVAL_WAIT = 10.0
 DELIVERY_WAIT = 60.0
+#: The bound for deliveries retaken from the killed process (its leases: 5 s): well under
+#: the 33 s a lease with the default margin would take.
+SHORT_LEASE_WAIT = 25.0
 
 
 # --- the cluster ---------------------------------------------------------------------------
@@ -386,6 +389,12 @@ async def test_a_killed_notification_service_loses_no_delivery_and_resends_only_
             async with notifications(second) as stub:
                 await receiver.wait_until(
                     lambda: set(receiver.kept) == set(ids), "request for every id", DELIVERY_WAIT
+                )
+                # The deliveries in flight at the kill come again once their 5 s leases end.
+                await receiver.wait_until(
+                    lambda: all(receiver.arrivals.count(i) > 1 for i in in_flight),
+                    "a second request for each delivery in flight at the kill",
+                    SHORT_LEASE_WAIT,
                 )
                 found = await all_sent(stub, tenant, ids, [WEBHOOK])
                 attempts = await all_attempts(stub, tenant, ids)
