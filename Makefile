@@ -57,8 +57,9 @@ lint: $(VENV)/.installed node_modules/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy keel_app service_kit tenant_service gateway_bridge notification_service file_service
 
+# The 25 slowest tests are listed at the end of every run: CI has a 15-minute budget.
 pytest: $(VENV)/.installed
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --durations=25 $(PYTEST_ARGS)
 
 ## conformance: all 517 Autobahn WebSocket cases against the bridge, compression too (~6 min;
 ## `make test` runs all but the larger compression cases); tables in var/conformance/.
