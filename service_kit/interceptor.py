@@ -303,22 +303,8 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             rpc.code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            elapsed = time.perf_counter() - started
             RPC_IN_FLIGHT.labels(service).dec()
-            RPC_HANDLED.labels(service, name, rpc.code.name).inc()
-            (STREAM_DURATION if streaming else RPC_LATENCY).labels(service, name).observe(elapsed)
-            # Every RPC is counted in the metrics; the access log line costs CPU on the
-            # hot path, so successes are logged at DEBUG and failures at INFO.
-            log.log(
-                logging.DEBUG if rpc.code is grpc.StatusCode.OK else logging.INFO,
-                "rpc",
-                extra={
-                    "method": f"{service}/{name}",
-                    "code": rpc.code.name,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "tenant_id": rpc.tenant.tenant_id if rpc.tenant else None,
-                },
-            )
+            record_rpc(service, name, rpc.code, started, rpc.tenant, streaming=streaming)
             # Each RPC runs in a task of its own; a stream closed by its client is finalized
             # in another context, where these tokens cannot be reset (and need not be).
             with contextlib.suppress(ValueError):
@@ -350,19 +336,7 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         else:
             tenant = await self._authenticator.authenticate(credentials_from_metadata(metadata))
         rpc.tenant = tenant
-        if policy.scope is not None:
-            require_scope(tenant, policy.scope)
-        if tenant.rate_limit_rps > 0:
-            burst = max(tenant.rate_limit_burst, 1)
-            wait = await self._rate_limiter.acquire(
-                f"tenant:{tenant.tenant_id}", tenant.rate_limit_rps, burst
-            )
-            if wait > 0:
-                raise ResourceExhausted(
-                    f"tenant {tenant.name!r} is over its rate limit of"
-                    f" {tenant.rate_limit_rps} requests/s (burst {burst}); retry in {wait:.3f}s",
-                    retry_after=wait,
-                )
+        await admit_tenant(tenant, policy.scope, self._rate_limiter)
 
     def _check_peer(self, metadata: Mapping[str, str]) -> None:
         """Accept the peer token (the bridge's) or the operator token."""
@@ -386,6 +360,51 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         if not hmac.compare_digest(token.encode(), self._admin_token.encode()):
             raise Unauthenticated("wrong operator token")
+
+
+def record_rpc(
+    service: str,
+    name: str,
+    code: grpc.StatusCode,
+    started: float,
+    tenant: TenantContext | None,
+    *,
+    streaming: bool = False,
+) -> None:
+    """Count a call that began at ``started`` (``time.perf_counter()``) and ended with
+    ``code`` in the metrics, and write its access log line. Every RPC is counted; the log
+    line costs CPU on the hot path, so successes are logged at DEBUG and failures at INFO."""
+    elapsed = time.perf_counter() - started
+    RPC_HANDLED.labels(service, name, code.name).inc()
+    (STREAM_DURATION if streaming else RPC_LATENCY).labels(service, name).observe(elapsed)
+    log.log(
+        logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO,
+        "rpc",
+        extra={
+            "method": f"{service}/{name}",
+            "code": code.name,
+            "duration_ms": round(elapsed * 1000, 3),
+            "tenant_id": tenant.tenant_id if tenant else None,
+        },
+    )
+
+
+async def admit_tenant(tenant: TenantContext, scope: str | None, rate_limiter: RateLimiter) -> None:
+    """Refuse a call of ``tenant`` unless it holds ``scope`` and is within its rate limit
+    (a tenant's calls and the sends a bridge makes for it on its stream share one bucket)."""
+    if scope is not None:
+        require_scope(tenant, scope)
+    if tenant.rate_limit_rps > 0:
+        burst = max(tenant.rate_limit_burst, 1)
+        wait = await rate_limiter.acquire(
+            f"tenant:{tenant.tenant_id}", tenant.rate_limit_rps, burst
+        )
+        if wait > 0:
+            raise ResourceExhausted(
+                f"tenant {tenant.name!r} is over its rate limit of"
+                f" {tenant.rate_limit_rps} requests/s (burst {burst}); retry in {wait:.3f}s",
+                retry_after=wait,
+            )
 
 
 def _status_code(code: Any) -> grpc.StatusCode:
