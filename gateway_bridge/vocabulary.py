@@ -65,3 +65,8 @@ def subscriptions_ended_by(name: str, data_json: str) -> SubscriptionsEnd | None
     if name == USER_LEFT:
         return SubscriptionsEnd(str(json.loads(data_json).get("user_id", "")))
     return None
+
+
+#: The initial metadata with which a gateway's ``Connect`` stream says it takes the
+#: bridge's sends (``ConnectSend``); a bridge makes unary SendMessage calls to one without.
+CONNECT_SENDS: Final = ("x-keel-connect-sends", "1")
