@@ -19,9 +19,8 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from aiohttp import web
-from keel.files.v1 import files_pb2_grpc
 
-from file_service import urls
+from file_service import urls, wire
 from file_service.models import FileLimits, StoredFile
 from file_service.service import FileService
 from file_service.servicer import FileServicer
@@ -231,9 +230,7 @@ def build(runtime: Runtime) -> FileServer:
 
     def register(server: object) -> None:
         assert process.service is not None and process.links is not None
-        files_pb2_grpc.add_FileServiceServicer_to_server(
-            FileServicer(process.service, process.links), server
-        )
+        wire.add_to_server(FileServicer(process.service, process.links), server)
 
     spec = ServiceSpec(
         name=SERVICE_NAME,

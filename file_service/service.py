@@ -60,6 +60,7 @@ from file_service.storage import (
     BlobKey,
     BlobNotFound,
     BlobStore,
+    Chunk,
     Hash,
     InvalidRange,
     StorageError,
@@ -126,7 +127,7 @@ class _Counted:
 
     def __init__(
         self,
-        chunks: AsyncIterable[bytes],
+        chunks: AsyncIterable[Chunk],
         limit: int,
         what: str,
         refusal: Callable[[str], KeelError] = InvalidFile,
@@ -138,7 +139,7 @@ class _Counted:
         self.size = 0
         self.head = b""
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def __aiter__(self) -> AsyncIterator[Chunk]:
         async for chunk in self._chunks:
             if not chunk:
                 continue
@@ -225,7 +226,7 @@ class FileService:
     # -- uploading ----------------------------------------------------------------------
 
     async def upload(
-        self, tenant_id: str, info: FileInfo, chunks: AsyncIterable[bytes]
+        self, tenant_id: str, info: FileInfo, chunks: AsyncIterable[Chunk]
     ) -> StoredFile:
         """Store a streamed file and return it READY (see the module docstring). Raises
         ``InvalidFile`` (nothing kept), ``QuotaExceeded``."""
@@ -275,7 +276,7 @@ class FileService:
         tenant_id: str,
         file_id: str,
         offset: int,
-        chunks: AsyncIterable[bytes],
+        chunks: AsyncIterable[Chunk],
         *,
         sha256: bytes | None = None,
     ) -> StoredFile:
@@ -426,7 +427,7 @@ class FileService:
         self,
         file: StoredFile,
         offset: int,
-        chunks: AsyncIterable[bytes],
+        chunks: AsyncIterable[Chunk],
         sha256: bytes | None,
     ) -> tuple[StoredFile, _StoredPart | None]:
         """Store and record one part; the file after, and the part (None when no byte

@@ -13,7 +13,6 @@ from typing import Protocol, TypeAlias
 
 import grpc
 from keel.files.v1 import files_pb2 as pb
-from keel.files.v1 import files_pb2_grpc
 
 from file_service.errors import FileNotFound, InvalidFile
 from file_service.models import FileState, StoredFile
@@ -88,15 +87,20 @@ def _ttl(v: Violations, value: int) -> timedelta:
     return timedelta(seconds=value or DEFAULT_URL_TTL)
 
 
-async def _chunks(first_after: AsyncIterator[pb.UploadFileRequest]) -> AsyncIterator[bytes]:
+async def _chunks(
+    first_after: AsyncIterator[pb.UploadFileRequest],
+) -> AsyncIterator[bytes | memoryview]:
+    """The chunks after the metadata: ``memoryview`` s of the received messages when
+    :mod:`file_service.wire` parsed them, ``bytes`` when protobuf did."""
     async for message in first_after:
         if message.WhichOneof("payload") != "chunk":
             raise InvalidFile.for_field("metadata", "only the first message may carry metadata")
         yield message.chunk
 
 
-class FileServicer(files_pb2_grpc.FileServiceServicer):
-    """The gRPC face of :class:`FileService`."""
+class FileServicer:
+    """The gRPC face of :class:`FileService`, registered by
+    :func:`file_service.wire.add_to_server`."""
 
     def __init__(self, service: FileService, links: Links, *, clock: Clock = utcnow) -> None:
         self._service = service
@@ -126,7 +130,10 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
 
     async def DownloadFile(
         self, request: pb.DownloadFileRequest, context: Context
-    ) -> AsyncIterator[pb.DownloadFileResponse]:
+    ) -> AsyncIterator[pb.DownloadFileResponse | bytes]:
+        """The file's metadata, then its chunks as plain ``bytes``, which
+        :func:`file_service.wire.serialize_download_response` sends as chunk messages
+        without copying them into protobuf."""
         v = Violations()
         v.uuid("id", request.id)
         v.check(request.offset >= 0, "offset", "must not be negative")
@@ -141,7 +148,7 @@ class FileServicer(files_pb2_grpc.FileServiceServicer):
         )
         yield pb.DownloadFileResponse(file=file_to_proto(file))
         async for chunk in chunks:
-            yield pb.DownloadFileResponse(chunk=chunk)
+            yield chunk
 
     async def GetFile(self, request: pb.GetFileRequest, context: Context) -> pb.GetFileResponse:
         file = await self._service.get_file(_tenant_id(), valid_id("id", request.id))

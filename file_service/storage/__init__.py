@@ -14,7 +14,15 @@ from contextlib import asynccontextmanager
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from file_service.storage.base import BlobKey, BlobStat, BlobStore, Hash, WrittenBlob, check_key
+from file_service.storage.base import (
+    BlobKey,
+    BlobStat,
+    BlobStore,
+    Chunk,
+    Hash,
+    WrittenBlob,
+    check_key,
+)
 from file_service.storage.errors import (
     BlobNotFound,
     InvalidBlobKey,
@@ -31,6 +39,7 @@ __all__ = [
     "BlobNotFound",
     "BlobStat",
     "BlobStore",
+    "Chunk",
     "Hash",
     "InvalidBlobKey",
     "InvalidRange",

@@ -26,6 +26,10 @@ from typing import TYPE_CHECKING, Final, NewType, Protocol, TypeAlias
 from file_service.storage.errors import InvalidBlobKey, InvalidRange
 
 BlobKey = NewType("BlobKey", str)
+#: A piece of a blob's bytes on their way in: ``bytes``, or a ``memoryview`` of bytes received
+#: (a gRPC upload's chunk, :mod:`file_service.wire`), which a store may keep only until
+#: :meth:`BlobStore.write` returns.
+Chunk: TypeAlias = bytes | memoryview
 if TYPE_CHECKING:
     #: A running SHA-256 (``hashlib.sha256()``; the type exists for type checkers only).
     Hash: TypeAlias = hashlib._Hash
@@ -66,7 +70,7 @@ class BlobStore(Protocol):
     async def write(
         self,
         key: BlobKey,
-        chunks: AsyncIterable[bytes],
+        chunks: AsyncIterable[Chunk],
         *,
         hashed: bool = True,
         digest: Hash | None = None,

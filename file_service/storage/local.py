@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, Final
 from file_service.storage.base import (
     BlobKey,
     BlobStat,
+    Chunk,
     Hash,
     WrittenBlob,
     byte_range,
@@ -65,7 +66,7 @@ class LocalBlobStore:
     async def write(
         self,
         key: BlobKey,
-        chunks: AsyncIterable[bytes],
+        chunks: AsyncIterable[Chunk],
         *,
         hashed: bool = True,
         digest: Hash | None = None,
@@ -211,14 +212,14 @@ class _BatchWriter:
         self._file = file
         self._batch = batch
         self._digest = digest
-        self._gathered: list[bytes] = []
+        self._gathered: list[Chunk] = []
         self._gathered_size = 0
         #: The batch being hashed and written (two calls, one thread each).
         self._in_flight: list[asyncio.Future[None]] = []
         #: Bytes handed over so far.
         self.size = 0
 
-    async def add(self, chunk: bytes) -> None:
+    async def add(self, chunk: Chunk) -> None:
         self._gathered.append(chunk)
         self._gathered_size += len(chunk)
         if self._gathered_size >= self._batch:
@@ -267,12 +268,12 @@ async def _settled(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _write_all(file: BinaryIO, pieces: list[bytes]) -> None:
+def _write_all(file: BinaryIO, pieces: list[Chunk]) -> None:
     for piece in pieces:
         file.write(piece)
 
 
-def _hash_all(digest: Hash, pieces: list[bytes]) -> None:
+def _hash_all(digest: Hash, pieces: list[Chunk]) -> None:
     for piece in pieces:
         digest.update(piece)
 

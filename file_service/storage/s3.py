@@ -22,6 +22,7 @@ from file_service.storage.base import (
     DEFAULT_CHUNK_SIZE,
     BlobKey,
     BlobStat,
+    Chunk,
     Hash,
     WrittenBlob,
     byte_range,
@@ -55,7 +56,7 @@ class S3BlobStore:
     async def write(
         self,
         key: BlobKey,
-        chunks: AsyncIterable[bytes],
+        chunks: AsyncIterable[Chunk],
         *,
         hashed: bool = True,
         digest: Hash | None = None,

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from file_service.models import StoredFile
+from file_service.storage.base import Chunk
 from service_kit.file_links import Variant
 
 __all__ = ["FileBackend", "Variant"]
@@ -44,7 +45,7 @@ class FileBackend(Protocol):
         tenant_id: str,
         file_id: str,
         offset: int,
-        chunks: AsyncIterable[bytes],
+        chunks: AsyncIterable[Chunk],
         *,
         sha256: bytes | None = None,
     ) -> StoredFile:

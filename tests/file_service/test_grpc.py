@@ -49,6 +49,7 @@ class Files:
     blobs: BlobStore
     backend: str
     job_handlers: Mapping[str, JobHandler]
+    channel: grpc.aio.Channel
 
     async def tenant(self, *scopes: str) -> Tenant:
         return await self.keel.tenant(*(scopes or ("upload:*",)))
@@ -86,6 +87,7 @@ async def files(
                 built.process.blobs,
                 request.param,
                 built.job_handlers,
+                channel,
             )
         finally:
             await channel.close()
@@ -267,6 +269,41 @@ async def test_an_upload_stream_must_start_with_metadata_and_carry_it_once(files
         assert "metadata" in _violations(error)
     assert await _listed(files, tenant) == []
     assert await _blob_keys_of(files, tenant) == []
+
+
+async def test_upload_messages_mean_what_protobuf_says_on_every_path(files: Files) -> None:
+    """The server reads plain chunk messages itself (:mod:`file_service.wire`), without
+    protobuf: any other encoding of a chunk is still read as protobuf reads it, and a chunk
+    past its bound is still refused."""
+    tenant = await files.tenant()
+    upload = files.channel.stream_unary(
+        "/keel.files.v1.FileService/UploadFile",
+        request_serializer=bytes,
+        response_deserializer=pb.UploadFileResponse.FromString,
+    )
+    meta = pb.UploadFileRequest(
+        metadata=pb.UploadFileMetadata(filename="n.txt", content_type="text/plain")
+    ).SerializeToString()
+    raw = [
+        meta,
+        pb.UploadFileRequest(chunk=b"plain text: ").SerializeToString(),
+        b"\x12\x83\x80\x00abc",  # a longer varint than needed
+        b"\x12\x01-\x12\x03def",  # the field twice: "def"
+        b"\x12\x03ghi\x18\x01",  # an unknown field after it
+        b"\x12\x00",  # an empty chunk
+        pb.UploadFileRequest(chunk=b"x" * MiB).SerializeToString(),
+    ]
+    answer = await upload(iter(raw), metadata=tenant.md)
+    data = b"plain text: abcdefghi" + b"x" * MiB
+    assert answer.file.size_bytes == len(data)
+    assert answer.file.sha256 == hashlib.sha256(data).hexdigest()
+    assert (await _download(files, tenant, answer.file.id))[1] == data
+
+    too_big = pb.UploadFileRequest(chunk=b"x" * (MiB + 1)).SerializeToString()
+    error = await rpc_error(upload(iter([meta, too_big]), metadata=tenant.md))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "chunk" in _violations(error)
+    assert [f.id for f in await _listed(files, tenant)] == [answer.file.id]
 
 
 # -- quotas ---------------------------------------------------------------------------------
