@@ -12,8 +12,14 @@ Invariants:
 - A transaction cancelled mid-statement (a client deadline, a dropped call) rolls
   back and releases its connection at once; on SQLite its write lock never outlives
   it (see ``_abandon_sqlite_transaction``).
-- Pooled PostgreSQL connections are pinged when taken, so connections a server restart
-  killed are replaced instead of failing a call.
+- A pooled PostgreSQL connection that a server restart (or ``pg_terminate_backend``)
+  ended is replaced when taken instead of failing a call, without a round trip per
+  checkout: a connection is pinged only when it sat idle in the pool for
+  :data:`PING_AFTER_IDLE_SECONDS` or more, or when the server sent it something while it
+  was idle (a backend ends by sending an error and closing the socket); one the driver
+  already knows is closed is replaced at once (see ``_check_on_checkout``). A connection
+  that fails mid-statement anyway invalidates the pool (SQLAlchemy's disconnect handling),
+  so the next checkouts connect afresh.
 - :func:`database_unavailable` is the one place that tells an outage (answered
   UNAVAILABLE with a retry delay) from a bug; :func:`check` and :func:`describe_problem`
   say in an operator's words why the database cannot be used.
@@ -24,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import select
 import socket
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,7 +50,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Executable, Insert, Row, Select, Table, and_, event, or_, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, RowMapping, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -59,6 +73,10 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Any constant works; it only has to be the same in every Keel process.
 _MIGRATION_LOCK_KEY = 0x6B65656C
 _WRITE_OPTION = "keel_write"
+#: A pooled PostgreSQL connection idle this long or longer is pinged when taken (a
+#: half-open TCP connection — a server gone without a word — shows no other sign).
+PING_AFTER_IDLE_SECONDS = 1.0
+_IDLE_SINCE = "keel_idle_since"
 # OperationalError texts that mean "try again" (lost connection, lock, timeout), not a bug.
 _TRANSIENT = ("locked", "connect", "closed", "terminat", "timeout", "timed out", "shutdown")
 # SQLSTATE prefixes of a server that cannot serve a connection right now: connection
@@ -120,13 +138,59 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
                 await_(asyncio.shield(_abandon_sqlite_transaction(dbapi_connection)))
 
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         hide_parameters=True,  # never log message contents or secret hashes
     )
+    _check_on_checkout(engine)
+    return engine
+
+
+def _check_on_checkout(engine: AsyncEngine) -> None:
+    """Replace dead pooled connections when they are taken, without pinging every one.
+
+    ``pool_pre_ping`` costs three round trips per checkout on asyncpg (``BEGIN``, a
+    query, ``ROLLBACK``), more than a whole batch of sends. A backend that ends (a
+    restart, ``pg_terminate_backend``, an idle timeout) sends an error and closes its
+    socket, so a connection that died in the pool either is closed already (the loop
+    read the end) or has input waiting (it did not yet): only then, and after an idle
+    second (when nothing else would tell), is it pinged. A failed ping raises
+    ``DisconnectionError``, on which the pool connects afresh (up to three times).
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connected(_dbapi_connection, record):  # type: ignore[no-untyped-def]
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _returned(_dbapi_connection, record):  # type: ignore[no-untyped-def]
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _taken(dbapi_connection, record, _proxy):  # type: ignore[no-untyped-def]
+        driver: asyncpg.Connection = dbapi_connection.driver_connection
+        if driver.is_closed():
+            raise DisconnectionError("the server closed this pooled connection")
+        idle = time.monotonic() - record.info.get(_IDLE_SINCE, 0.0)
+        if idle < PING_AFTER_IDLE_SECONDS and not _has_input(driver):
+            return
+        try:
+            dbapi_connection.ping()  # runs in the checkout's greenlet, like pre-ping
+        except Exception as exc:
+            raise DisconnectionError("a pooled connection did not answer a ping") from exc
+
+
+def _has_input(driver: asyncpg.Connection) -> bool:
+    """Whether the server sent ``driver`` (an idle connection) something not read yet."""
+    transport = driver._transport  # private: asyncpg exposes no socket otherwise
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return True  # cannot tell: ping
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
 
 
 async def _abandon_sqlite_transaction(dbapi_connection: Any) -> None:

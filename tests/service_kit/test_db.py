@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import errno
 import sqlite3
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,9 +15,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service_kit import db
+from service_kit.config import load_settings
 from service_kit.db import (
     check,
     create_database,
@@ -182,3 +186,109 @@ async def test_create_database_creates_a_missing_one_once() -> None:
 
 async def test_create_database_leaves_sqlite_alone(tmp_path: Path) -> None:
     assert await create_database(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}") is False
+
+
+# -- the PostgreSQL pool: dead connections replaced, live ones taken without a ping ------
+
+POOLED = 4
+
+
+@pytest.fixture
+async def pg_engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(load_settings({"DATABASE_URL": pg_url}).database_url, pool_size=POOLED)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def pings(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The pings of pooled connections taken from now on (the adapter's ``ping`` calls)."""
+    seen: list[object] = []
+    real = AsyncAdapt_asyncpg_connection.ping
+
+    def counted(self: AsyncAdapt_asyncpg_connection) -> None:
+        seen.append(self)
+        real(self)
+
+    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "ping", counted)
+    return seen
+
+
+async def backend_pids(engine: AsyncEngine) -> list[int]:
+    """Fill the pool with ``POOLED`` connections at once; their server processes' ids."""
+    entered = asyncio.Barrier(POOLED)
+
+    async def one() -> int:
+        async with engine.connect() as conn:
+            await entered.wait()  # every connection checked out together: POOLED of them
+            return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+    return await asyncio.gather(*(one() for _ in range(POOLED)))
+
+
+async def terminate(pids: list[int]) -> None:
+    """End those backends (as a server restart would) and wait until they are gone."""
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", pids)
+        while True:
+            if not await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
+            ):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await admin.close()
+
+
+async def select_one_on_each(engine: AsyncEngine) -> list[int]:
+    """``SELECT 1`` on ``POOLED`` connections at once."""
+    gate = asyncio.Barrier(POOLED)
+
+    async def one() -> int:
+        async with engine.connect() as conn:
+            await gate.wait()
+            return int((await conn.execute(text("SELECT 1"))).scalar_one())
+
+    return await asyncio.gather(*(one() for _ in range(POOLED)))
+
+
+async def test_a_connection_taken_again_within_a_second_is_not_pinged(
+    pg_engine: AsyncEngine, pings: list[object]
+) -> None:
+    await backend_pids(pg_engine)
+    for _ in range(20):
+        assert await select_one_on_each(pg_engine) == [1] * POOLED
+    assert pings == []  # no BEGIN/SELECT/ROLLBACK round trips per checkout
+
+
+async def test_a_connection_idle_for_a_while_is_pinged_when_taken(
+    pg_engine: AsyncEngine, pings: list[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await backend_pids(pg_engine)
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)
+    await select_one_on_each(pg_engine)
+    assert len(pings) == POOLED
+
+
+async def test_connections_whose_backends_ended_are_replaced_without_an_error(
+    pg_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600.0)  # no ping for idleness
+    pids = await backend_pids(pg_engine)
+    await terminate(pids)
+    assert await select_one_on_each(pg_engine) == [1] * POOLED
+    assert set(await backend_pids(pg_engine)).isdisjoint(pids)
+
+
+async def test_connections_ended_before_the_loop_noticed_are_replaced_without_an_error(
+    pg_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server ends the backends while this process's loop is blocked (as a restart
+    # under a busy loop): the connections do not know yet, but their sockets have input.
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600.0)
+    pids = await backend_pids(pg_engine)
+    blocked = threading.Thread(target=asyncio.run, args=(terminate(pids),))
+    blocked.start()
+    blocked.join()  # blocks this loop on purpose
+    assert await select_one_on_each(pg_engine) == [1] * POOLED
