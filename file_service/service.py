@@ -440,8 +440,10 @@ class FileService:
         running = self._running.take(file.tenant_id, file.id, offset) if sha256 is None else None
         try:
             with UPLOADS_IN_PROGRESS.track_inprogress():
+                # Not synced (see verify_upload): a part is made durable only if it becomes
+                # the file's blob; parts composed into one are copied into a synced blob.
                 written = await self._blobs.write(
-                    key, counted, hashed=sha256 is not None, digest=running
+                    key, counted, hashed=sha256 is not None, digest=running, durable=False
                 )
         except StorageError as exc:
             raise _storage_failed(exc) from exc
@@ -463,15 +465,27 @@ class FileService:
 
     async def _complete_whole(self, file: StoredFile, part: _StoredPart) -> StoredFile:
         """Finish an upload whose one part holds every byte: that blob becomes the file's."""
-        declared = await self._store.declared_sha256(file.tenant_id, file.id)
-        return await self._settle(
-            file, part.written.key, self._finish(file, part.written, part.head, declared)
-        )
+
+        async def finish() -> StoredFile:
+            try:
+                await self._blobs.sync(part.written.key)  # it was written unsynced
+            except StorageError as exc:
+                raise _storage_failed(exc) from exc
+            declared = await self._store.declared_sha256(file.tenant_id, file.id)
+            return await self._finish(file, part.written, part.head, declared)
+
+        return await self._settle(file, part.written.key, finish())
 
     async def _complete(self, file: StoredFile) -> StoredFile:
         """Assemble the parts into a blob of this attempt's own (several requests may
         complete the same upload at once: none may overwrite another's) and finish."""
         parts = await self._store.parts(file.tenant_id, file.id)
+        intact = await self._intact(file, parts)
+        if intact.state is FileState.READY:
+            return intact  # another request completed it meanwhile
+        if intact.upload_offset != file.size:
+            # A part was lost (a crash of the machine): the client resumes from there.
+            raise OffsetMismatch(intact.upload_offset, file.size)
         key = BlobKey(f"{file.blob_key}-{secrets.token_hex(4)}")
         part_keys = [BlobKey(part.blob_key) for part in parts]
 
@@ -493,6 +507,46 @@ class FileService:
             for part in parts:
                 await self._delete_blob(part.blob_key)
         return ready
+
+    async def verify_upload(self, file: StoredFile) -> StoredFile:
+        """The upload as its stored parts really are: ``file`` itself, unless a part it
+        records is missing or short — possible only after a crash of the machine, since
+        parts are not synced as they arrive (a crash of the process loses none of their
+        bytes) — in which case the upload goes back to where its intact parts end, the
+        damaged part and those after it removed. What a resuming client (tus HEAD) is told."""
+        if file.state is not FileState.PENDING or not self._blobs.unsynced_writes:
+            return file
+        return await self._intact(file, await self._store.parts(file.tenant_id, file.id))
+
+    async def _intact(self, file: StoredFile, parts: list[UploadPart]) -> StoredFile:
+        """:meth:`verify_upload` with the upload's ``parts`` in hand."""
+        if not self._blobs.unsynced_writes:
+            return file
+        for part in parts:
+            try:
+                whole = (await self._blobs.stat(BlobKey(part.blob_key))).size == part.size
+            except BlobNotFound:
+                whole = False
+            except StorageError as exc:
+                raise _storage_failed(exc) from exc
+            if not whole:
+                break
+        else:
+            return file
+        self._running.forget(file.tenant_id, file.id)
+        removed = await self._store.truncate_upload(
+            file.tenant_id, file.id, offset=part.offset, was=file.upload_offset
+        )
+        if removed is None:  # another request moved it meanwhile: as it is now
+            return await self.get_file(file.tenant_id, file.id)
+        log.warning(
+            "an upload lost bytes it had acknowledged (a crash of the machine?): it resumes"
+            " from where its intact parts end",
+            extra={"file_id": file.id, "was": file.upload_offset, "offset": part.offset},
+        )
+        for lost in removed:
+            await self._delete_blob(lost.blob_key)
+        return replace(file, upload_offset=part.offset)
 
     async def _head(self, keys: list[BlobKey]) -> bytes:
         """The first bytes (to sniff the type) of the blobs ``keys`` one after the other."""
@@ -660,6 +714,10 @@ class RunningHashes:
         if entry is None or entry[0] != offset:
             return None
         return entry[1]
+
+    def forget(self, tenant_id: str, file_id: str) -> None:
+        """Drop the upload's running hash (its bytes from some offset on are gone)."""
+        self._hashes.pop((tenant_id, file_id), None)
 
     def keep(self, tenant_id: str, file_id: str, offset: int, digest: Hash) -> None:
         """``digest`` hashes the upload's bytes through ``offset``, all of them stored."""

@@ -66,6 +66,10 @@ class BlobStore(Protocol):
 
     #: The largest chunk :meth:`read` yields.
     chunk_size: int
+    #: Whether a blob written with ``durable=False`` can be lost or cut short by a crash of
+    #: the machine (not of the process) until :meth:`sync` (local disk: yes; S3: no, an
+    #: object it stored is as durable as it gets).
+    unsynced_writes: bool
 
     async def write(
         self,
@@ -74,6 +78,7 @@ class BlobStore(Protocol):
         *,
         hashed: bool = True,
         digest: Hash | None = None,
+        durable: bool = True,
     ) -> WrittenBlob:
         """Store the bytes of ``chunks`` under ``key``, replacing any blob there.
 
@@ -83,8 +88,17 @@ class BlobStore(Protocol):
         running hash of an upload's parts), else into a new one; ``WrittenBlob.sha256`` is
         that digest's. ``hashed=False`` (and no ``digest``) skips hashing (``sha256`` is
         then empty): a part of an upload is hashed when the parts are composed.
+        Once this returns every process reads the whole blob; with ``durable`` (the
+        default) it is also on disk, so it survives a crash of the machine — without, that
+        takes a :meth:`sync` (see :attr:`unsynced_writes`).
         Raises :class:`InvalidBlobKey`, :class:`StorageUnavailable`.
         """
+        ...
+
+    async def sync(self, key: BlobKey) -> None:
+        """Make the blob written under ``key`` with ``durable=False`` durable (as if it had
+        been written with ``durable=True``). Raises :class:`BlobNotFound`,
+        :class:`InvalidBlobKey`, :class:`StorageUnavailable`."""
         ...
 
     async def compose(

@@ -4,6 +4,10 @@ A key ``a/b`` is the file ``<root>/a/b``. A write goes to ``.tmp-<random>`` in t
 directory (never a valid key: segments start with a letter or digit), is fsynced, then
 renamed over the target — atomic on one file system — and the directory is fsynced, so a
 reader sees the old blob or the whole new one, and a crash leaves at most a temporary file.
+A write with ``durable=False`` (the parts of a resumable upload) skips both fsyncs: the
+rename still makes the whole blob visible at once, to every process, and a crash of the
+process (``kill -9``) loses none of it — the kernel has its bytes; only a crash of the
+machine can lose a blob or cut it short, until :meth:`LocalBlobStore.sync`.
 File I/O runs in worker threads so the event loop never waits on the disk.
 
 Each hand-off to a worker thread costs about as much as writing 64 KiB, so bytes cross in
@@ -56,6 +60,9 @@ class LocalBlobStore:
         self.root = root.resolve()
         self.chunk_size = chunk_size
 
+    #: What ``write(durable=False)`` stored is in the page cache, not yet on the disk.
+    unsynced_writes = True
+
     def _path(self, key: BlobKey) -> Path:
         path = self.root / check_key(key)
         # check_key already refuses '..' and absolute keys; this guards the invariant.
@@ -70,6 +77,7 @@ class LocalBlobStore:
         *,
         hashed: bool = True,
         digest: Hash | None = None,
+        durable: bool = True,
     ) -> WrittenBlob:
         path = self._path(key)
         try:
@@ -84,8 +92,8 @@ class LocalBlobStore:
         try:
             async for chunk in chunks:
                 await writer.add(chunk)
-            sha256 = await writer.finish()
-            await asyncio.to_thread(_rename_durably, temp, path)
+            sha256 = await writer.finish(sync=durable)
+            await asyncio.to_thread(_rename, temp, path, durable)
         except BaseException as exc:
             await asyncio.shield(writer.discard(temp))
             if isinstance(exc, OSError):
@@ -108,7 +116,7 @@ class LocalBlobStore:
         try:
             await asyncio.wait([copying, hashing])  # never cancels them: see below
             size, sha256 = copying.result(), hashing.result()
-            await asyncio.to_thread(_rename_durably, temp, path)
+            await asyncio.to_thread(_rename, temp, path, True)
         except BaseException as exc:
             # The threads must be done with the temporary file before it goes (and the
             # error of the other one is superseded by this one).
@@ -154,6 +162,15 @@ class LocalBlobStore:
             if ahead is not None:  # the thread must be done with the file before it closes
                 await _settled(ahead)
             file.close()
+
+    async def sync(self, key: BlobKey) -> None:
+        path = self._path(key)
+        try:
+            await asyncio.to_thread(_sync_file, path)
+        except FileNotFoundError as exc:
+            raise BlobNotFound(f"no blob {key!r}") from exc
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot sync blob {key!r}: {exc}") from exc
 
     async def stat(self, key: BlobKey) -> BlobStat:
         path = self._path(key)
@@ -225,11 +242,12 @@ class _BatchWriter:
         if self._gathered_size >= self._batch:
             await self._hand_over()
 
-    async def finish(self) -> str:
-        """Write what is left, flush, fsync and close; the SHA-256 of every byte (hex)."""
+    async def finish(self, *, sync: bool) -> str:
+        """Write what is left, flush, fsync (when ``sync``) and close; the SHA-256 of every
+        byte (hex)."""
         await self._hand_over()
         await self._wait_in_flight()
-        await asyncio.to_thread(_flush_sync_and_close, self._file)
+        await asyncio.to_thread(_flush_and_close, self._file, sync)
         return self._digest.hexdigest() if self._digest is not None else ""
 
     async def discard(self, temp: Path) -> None:
@@ -334,10 +352,17 @@ def _read_at(
     return loop.run_in_executor(None, os.pread, file.fileno(), size, position)
 
 
-def _flush_sync_and_close(file: BinaryIO) -> None:
+def _flush_and_close(file: BinaryIO, sync: bool) -> None:
     with file:
         file.flush()
-        os.fsync(file.fileno())
+        if sync:
+            os.fsync(file.fileno())
+
+
+def _sync_file(path: Path) -> None:
+    """fsync the file at ``path`` and its directory (its name)."""
+    _sync_path(path)
+    _sync_path(path.parent)
 
 
 def _unlink(path: Path, root: Path) -> None:
@@ -357,10 +382,16 @@ def _close_and_unlink(file: BinaryIO, temp: Path) -> None:
     temp.unlink(missing_ok=True)
 
 
-def _rename_durably(temp: Path, path: Path) -> None:
+def _rename(temp: Path, path: Path, durable: bool) -> None:
     os.replace(temp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
+    if durable:
+        _sync_path(path.parent)
+
+
+def _sync_path(path: Path) -> None:
+    """fsync the file or directory at ``path``."""
+    descriptor = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(directory)
+        os.fsync(descriptor)
     finally:
-        os.close(directory)
+        os.close(descriptor)

@@ -38,6 +38,9 @@ _NOT_FOUND_CODES: Final = frozenset({"404", "NoSuchKey", "NotFound"})
 class S3BlobStore:
     """A :class:`~file_service.storage.base.BlobStore` in one bucket of an S3 client."""
 
+    #: An object S3 stored is durable: ``write``'s ``durable`` changes nothing here.
+    unsynced_writes = False
+
     def __init__(
         self,
         client: Any,
@@ -60,6 +63,7 @@ class S3BlobStore:
         *,
         hashed: bool = True,
         digest: Hash | None = None,
+        durable: bool = True,
     ) -> WrittenBlob:
         check_key(key)
         if digest is None and hashed:
@@ -161,6 +165,9 @@ class S3BlobStore:
         except (ClientError, BotoCoreError) as exc:
             raise _storage_error(exc, key, "stat") from exc
         return BlobStat(key=key, size=int(answer["ContentLength"]))
+
+    async def sync(self, key: BlobKey) -> None:
+        await self.stat(key)  # nothing to sync; a missing blob is still an error
 
     async def exists(self, key: BlobKey) -> bool:
         try:

@@ -75,6 +75,15 @@ class FileStore(Protocol):
         """The upload's parts in offset order."""
         ...
 
+    async def truncate_upload(
+        self, tenant_id: str, file_id: str, *, offset: int, was: int
+    ) -> builtins.list[UploadPart] | None:
+        """Take a PENDING upload whose offset is ``was`` back to ``offset`` (the start of one
+        of its parts): the rows of that part and those after it go; return them (their
+        blobs are the caller's to remove). None, changing nothing, when the file is not
+        pending or its offset is not ``was`` any more (another request moved it)."""
+        ...
+
     async def mark_ready(
         self,
         tenant_id: str,

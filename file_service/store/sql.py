@@ -164,6 +164,32 @@ class SqlFileStore:
         async with self._engine.connect() as conn:
             return await _parts_of(conn, tenant_id, [file_id])
 
+    async def truncate_upload(
+        self, tenant_id: str, file_id: str, *, offset: int, was: int
+    ) -> builtins.list[UploadPart] | None:
+        back = (
+            update(files)
+            .where(
+                *_key(tenant_id, file_id),
+                files.c.state == FileState.PENDING.value,
+                files.c.upload_offset == was,
+            )
+            .values(upload_offset=offset)
+        )
+        async with write_transaction(self._engine) as conn:
+            if (await conn.execute(back)).rowcount != 1:
+                return None
+            # The row is locked by the update: no part can be added meanwhile.
+            removed = [p for p in await _parts_of(conn, tenant_id, [file_id]) if p.offset >= offset]
+            await conn.execute(
+                delete(file_upload_parts).where(
+                    file_upload_parts.c.tenant_id == tenant_id,
+                    file_upload_parts.c.file_id == file_id,
+                    file_upload_parts.c.offset >= offset,
+                )
+            )
+            return removed
+
     async def mark_ready(
         self,
         tenant_id: str,

@@ -60,6 +60,12 @@ class FileBackend(Protocol):
         ``QuotaExceeded``."""
         ...
 
+    async def verify_upload(self, file: StoredFile) -> StoredFile:
+        """The upload as its stored bytes really are: ``file``, or, when a crash of the
+        machine lost bytes it had acknowledged, the file with the offset where its intact
+        bytes end (what a HEAD reports). Raises ``Unavailable`` (storage)."""
+        ...
+
     async def terminate(self, tenant_id: str, file_id: str) -> None:
         """Abandon a pending upload (its parts are removed). Raises ``FileNotFound``,
         ``FileNotReady`` (the file is not pending)."""

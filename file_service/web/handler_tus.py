@@ -157,6 +157,7 @@ class TusHandlers:
         _require_tus(request)
         file = await self._upload(request)
         self._check_open(file)
+        file = await self._backend.verify_upload(file)
         if file.state is FileState.PENDING and file.upload_offset == file.size:
             # Every byte is in but the upload is not READY (its completion failed or was cut
             # short): complete it now, so a client that resumes from here finds its file

@@ -2,7 +2,10 @@
 server), as a cluster runs them behind a load balancer with no stickiness: a tus upload
 whose PATCHes alternate between them, a stream stored by one and read by the other, URLs
 signed by one and served by the other, and a process killed with ``kill -9`` mid-upload
-whose upload goes on at the other from the last acknowledged offset.
+whose upload goes on at the other from the last acknowledged offset. On the local backend,
+whose upload parts are not fsynced as they arrive: a process killed with ``kill -9``
+between PATCHes, restarted, resumes its upload from the offset it acknowledged, and the
+file is whole.
 """
 
 from __future__ import annotations
@@ -59,6 +62,12 @@ def files(pg_cluster, moto_endpoint: str) -> FileCluster:  # type: ignore[no-unt
         "files", KEEL_S3_ENDPOINT_URL=moto_endpoint, KEEL_S3_BUCKET=bucket, **AWS
     )
     a, b = cluster.start("file-service"), cluster.start("file-service")
+    md, tenant_id = _new_tenant(cluster)
+    return FileCluster(cluster, a, b, md, tenant_id)
+
+
+def _new_tenant(cluster: PgCluster) -> tuple[tuple[tuple[str, str], ...], str]:
+    """A tenant with ``upload:*``: its gRPC metadata and its id."""
     with grpc.insecure_channel(cluster.tenant_service.addr) as channel:
         created = tenants_pb2_grpc.TenantServiceStub(channel).CreateTenant(
             tenants_pb2.CreateTenantRequest(
@@ -68,7 +77,7 @@ def files(pg_cluster, moto_endpoint: str) -> FileCluster:  # type: ignore[no-unt
             timeout=30,
         )
     md = tuple(client_metadata(created.tenant.client_id, created.client_secret))
-    return FileCluster(cluster, a, b, md, created.tenant.id)
+    return md, created.tenant.id
 
 
 def _boto(env: dict[str, str]) -> dict[str, str]:
@@ -198,3 +207,66 @@ def test_an_upload_survives_the_kill_of_the_process_that_received_it(files: File
     assert rest.status == 204
     stored = _get_file(files, files.a, path.rsplit("/", 1)[1])
     assert stored.state == pb.FILE_STATE_READY and stored.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_local_upload_resumes_after_kill_9_between_patches_with_every_acknowledged_byte(
+    pg_cluster,  # type: ignore[no-untyped-def]
+) -> None:
+    """The local backend does not fsync an upload's parts (only the file's blob, before it
+    is READY): what the kernel got from a killed process is all there after it, so the
+    restarted process reports the acknowledged offset and the resumed upload is whole."""
+    cluster: PgCluster = pg_cluster("files-local")  # no S3: the local backend, one data dir
+    victim = cluster.start("file-service")
+    md, tenant_id = _new_tenant(cluster)
+    data = os.urandom(5 * MiB + 7)
+    token, _ = ClientTokens(CLUSTER_TOKEN_SECRET).issue(tenant_id, "fay", 600)
+    auth = {"Authorization": f"Bearer {token}", "Tus_Resumable": "1.0.0"}
+    created, _ = _request(
+        victim,
+        "POST",
+        "/files/tus",
+        Upload_Length=str(len(data)),
+        Upload_Metadata=f"filename {base64.b64encode(b'kept.bin').decode()}",
+        **auth,
+    )
+    assert created.status == 201, created.reason
+    path = urlsplit(created.headers["Location"]).path
+    for offset in (0, 2 * MiB):
+        answer, _ = _request(
+            victim,
+            "PATCH",
+            path,
+            data[offset : offset + 2 * MiB],
+            Content_Type="application/offset+octet-stream",
+            Upload_Offset=str(offset),
+            **auth,
+        )
+        assert answer.status == 204, answer.reason
+    victim.process.send_signal(signal.SIGKILL)  # right after the 204: nothing was fsynced
+    victim.process.wait(timeout=30)
+
+    restarted = cluster.start("file-service")  # the same data dir
+    head, _ = _request(restarted, "HEAD", path, **auth)
+    assert head.status == 200 and int(head.headers["Upload-Offset"]) == 4 * MiB
+    rest, _ = _request(
+        restarted,
+        "PATCH",
+        path,
+        data[4 * MiB :],
+        Content_Type="application/offset+octet-stream",
+        Upload_Offset=str(4 * MiB),
+        **auth,
+    )
+    assert rest.status == 204, rest.reason
+    file_id = path.rsplit("/", 1)[1]
+    with grpc.insecure_channel(restarted.addr) as channel:
+        stub = files_pb2_grpc.FileServiceStub(channel)
+        stored = stub.GetFile(pb.GetFileRequest(id=file_id), metadata=md, timeout=30).file
+        got = b"".join(
+            m.chunk
+            for m in stub.DownloadFile(pb.DownloadFileRequest(id=file_id), metadata=md, timeout=60)
+            if m.WhichOneof("payload") == "chunk"
+        )
+    assert stored.state == pb.FILE_STATE_READY
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert hashlib.sha256(got).hexdigest() == stored.sha256

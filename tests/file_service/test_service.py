@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -25,7 +26,13 @@ from file_service.errors import (
 )
 from file_service.models import FileLimits, FileState, StoredFile, Usage
 from file_service.service import FileInfo, FileService, RunningHashes
-from file_service.storage import BlobKey, Hash, LocalBlobStore, StorageUnavailable, WrittenBlob
+from file_service.storage import (
+    BlobKey,
+    Chunk,
+    LocalBlobStore,
+    StorageUnavailable,
+    WrittenBlob,
+)
 from file_service.store import SqlFileStore
 from service_kit.errors import ResourceExhausted, Unavailable
 from service_kit.ratelimit import InMemoryRateLimiter
@@ -298,15 +305,10 @@ class FailingFinalWrites(LocalBlobStore):
         self.failures = failures
 
     async def write(
-        self,
-        key: BlobKey,
-        chunks: AsyncIterable[bytes],
-        *,
-        hashed: bool = True,
-        digest: Hash | None = None,
+        self, key: BlobKey, chunks: AsyncIterable[Chunk], **options: Any
     ) -> WrittenBlob:
         self._maybe_fail(key)
-        return await super().write(key, chunks, hashed=hashed, digest=digest)
+        return await super().write(key, chunks, **options)
 
     async def compose(
         self, key: BlobKey, parts: Sequence[BlobKey], *, sha256: str | None = None
@@ -468,3 +470,48 @@ def test_running_hashes_forget_the_least_recently_continued_upload() -> None:
     assert hashes.take("t", "f2", 10) is None  # taken once
     fresh = hashes.take("t", "f3", 0)  # the start of an upload: a new hash
     assert fresh is not None and fresh.hexdigest() == hashlib.sha256().hexdigest()
+
+
+class RecordedSyncs(LocalBlobStore):
+    """A local store noting, in order, each write (its key and whether it was durable) and
+    each sync, and what the store said of a file when its blob was synced."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.events: list[tuple[str, str, bool]] = []
+
+    async def write(
+        self, key: BlobKey, chunks: AsyncIterable[Chunk], **options: Any
+    ) -> WrittenBlob:
+        self.events.append(("write", key, options.get("durable", True)))
+        return await super().write(key, chunks, **options)
+
+    async def sync(self, key: BlobKey) -> None:
+        self.events.append(("sync", key, True))
+        await super().sync(key)
+
+
+async def test_parts_are_written_unsynced_and_a_ready_files_blob_is_synced(
+    engine: AsyncEngine, tmp_path: Path, clock: Clock
+) -> None:
+    """A part is not fsynced as it arrives (a crash of the process loses none of its bytes;
+    HEAD checks the parts after a crash of the machine); a file is READY only once its blob
+    is on disk: the one part that holds it all is synced, parts composed are copied into a
+    blob the composition syncs."""
+    blobs = RecordedSyncs(tmp_path / "blobs")
+    service = FileService(SqlFileStore(engine), blobs, FileLimits(), clock=clock)
+    t = tenant()
+    whole = await new_upload(service, t, 5)
+    ready = await service.append(t, whole, 0, body(b"hello"))
+    assert ready.state is FileState.READY
+    assert blobs.events == [("write", ready.blob_key, False), ("sync", ready.blob_key, True)]
+
+    blobs.events.clear()
+    split = await new_upload(service, t, 6)
+    await service.append(t, split, 0, body(b"abc"))
+    ready = await service.append(t, split, 3, body(b"def"))
+    assert ready.state is FileState.READY and ready.sha256 == hashlib.sha256(b"abcdef").hexdigest()
+    assert [(kind, durable) for kind, _, durable in blobs.events] == [
+        ("write", False),
+        ("write", False),
+    ]

@@ -776,3 +776,55 @@ async def test_a_refused_creation_with_upload_leaves_no_upload_behind(
         assert r.status == 460
     listed = await server.service.list_files(tenant, user_id=None, after=None, limit=10)
     assert listed == []  # the upload it created is gone, its reservation freed
+
+
+# -- durability: parts are not synced as they arrive -----------------------------------------
+
+
+async def test_a_head_reports_only_the_bytes_stored_parts_really_hold(server: FileServer) -> None:
+    """Parts are not fsynced as they arrive (a crash of the process loses none of their
+    bytes; the file's blob is synced before it is READY). A crash of the machine can lose a
+    part or cut it short: HEAD then reports where the intact parts end, the lost bytes are
+    sent again, and the file is READY with the right SHA-256."""
+    tenant, body = new_tenant(), os.urandom(90_000)
+    url, file_id = await server.create(tenant, "alice", len(body))
+    for start in (0, 30_000):
+        assert (
+            await patch_as(server, url, tenant, "alice", start, body[start : start + 30_000]) == 204
+        )
+    parts = await server.service._store.parts(tenant, file_id)
+    assert [p.offset for p in parts] == [0, 30_000]
+    # What a machine crash before the second part reached the disk may leave: a short file.
+    assert isinstance(server.service._blobs, LocalBlobStore)
+    lost = server.service._blobs.root / parts[1].blob_key
+    lost.write_bytes(lost.read_bytes()[:1000])
+
+    bearer = server.bearer(tenant, "alice")
+    assert await head_offset(server, url, bearer) == 30_000
+    assert not lost.exists()  # the damaged part is gone with its row
+    assert [p.offset for p in await server.service._store.parts(tenant, file_id)] == [0]
+    assert await patch_as(server, url, tenant, "alice", 60_000, body[60_000:]) == 409
+    assert await patch_as(server, url, tenant, "alice", 30_000, body[30_000:]) == 204
+    ready = await server.service.get_file(tenant, file_id)
+    assert ready.state is FileState.READY
+    assert ready.sha256 == hashlib.sha256(body).hexdigest()
+
+
+async def test_a_lost_part_found_at_completion_sends_the_client_back_to_the_intact_offset(
+    server: FileServer,
+) -> None:
+    """A client that resumes without a HEAD (its PATCH matches the recorded offset) finds
+    out at completion: 409, and a HEAD then reports where the intact parts end."""
+    tenant, body = new_tenant(), os.urandom(60_000)
+    url, file_id = await server.create(tenant, "alice", len(body))
+    assert await patch_as(server, url, tenant, "alice", 0, body[:30_000]) == 204
+    (part,) = await server.service._store.parts(tenant, file_id)
+    assert isinstance(server.service._blobs, LocalBlobStore)
+    (server.service._blobs.root / part.blob_key).unlink()
+
+    assert await patch_as(server, url, tenant, "alice", 30_000, body[30_000:]) == 409
+    assert await head_offset(server, url, server.bearer(tenant, "alice")) == 0
+    assert await patch_as(server, url, tenant, "alice", 0, body) == 204
+    ready = await server.service.get_file(tenant, file_id)
+    assert ready.state is FileState.READY
+    assert ready.sha256 == hashlib.sha256(body).hexdigest()
