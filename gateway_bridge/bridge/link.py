@@ -5,6 +5,15 @@ bridge's current subscriptions are sent first (``resubscriptions``), so after
 a gateway restart every channel resumes from the seq the bridge last
 delivered. Unary calls act for a tenant with the operator token and
 ``x-keel-tenant-id`` metadata; the gateway checks the tenant's scopes.
+
+Sends go up the stream instead when the gateway says it takes them
+(:data:`~gateway_bridge.vocabulary.CONNECT_SENDS` in its initial metadata): each
+``ConnectSend`` carries a correlation id, its ``SendResult`` resolves the waiting
+call, and a failed send raises the same ``AioRpcError`` the unary call would have
+(:func:`~gateway_bridge.bridge.rpc_errors.status_error`). When the stream ends before
+a send is answered, the send fails UNAVAILABLE: it may or may not have been stored,
+and a retry with the same idempotency key answers the stored message. A gateway
+that does not take sends, or no stream up at the moment, gets a unary call.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ from typing import Any, TypeVar, cast
 import grpc
 from keel.channels.v1 import channels_pb2, channels_pb2_grpc
 
+from gateway_bridge.bridge.rpc_errors import rpc_error, status_error
+from gateway_bridge.vocabulary import CONNECT_SENDS
 from service_kit import tracing
 from service_kit.interceptor import ACTING_FOR_TENANT
 
@@ -52,6 +63,10 @@ class GatewayLink:
         self._closing = False
         self._was_connected = False  # until the first stream opens, failures are waits
         self.connected = asyncio.Event()
+        #: Whether the open stream takes sends (its gateway said so).
+        self.stream_sends = False
+        self._sends: dict[int, asyncio.Future[channels_pb2.SendResult]] = {}
+        self._last_send = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="gateway-link")
@@ -92,7 +107,53 @@ class GatewayLink:
     async def send_message(
         self, tenant_id: str, request: channels_pb2.SendMessageRequest
     ) -> channels_pb2.SendMessageResponse:
-        return await self._call(self.stub.SendMessage, request, tenant_id)
+        """Send on the stream when it is up and takes sends, else by a unary call."""
+        if not (self.stream_sends and self.connected.is_set()):
+            return await self._call(self.stub.SendMessage, request, tenant_id)
+        self._last_send += 1
+        correlation_id = self._last_send
+        answer: asyncio.Future[channels_pb2.SendResult] = asyncio.get_running_loop().create_future()
+        self._sends[correlation_id] = answer
+        self.send(
+            channels_pb2.ConnectRequest(
+                send=channels_pb2.ConnectSend(
+                    correlation_id=correlation_id,
+                    tenant_id=tenant_id,
+                    request=request.SerializeToString(),
+                    traceparent=tracing.traceparent() if tracing.tracer() is not None else "",
+                )
+            )
+        )
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                result = await answer
+        except TimeoutError:
+            raise rpc_error(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "the gateway did not answer the send in time"
+            ) from None
+        finally:
+            self._sends.pop(correlation_id, None)
+        if result.status:
+            raise status_error(result.status)
+        return channels_pb2.SendMessageResponse(message=result.message)
+
+    def _answered(self, result: channels_pb2.SendResult) -> None:
+        answer = self._sends.pop(result.correlation_id, None)
+        if answer is not None and not answer.done():
+            answer.set_result(result)
+
+    def _sends_lost(self) -> None:
+        """The stream ended: every send not answered yet fails UNAVAILABLE."""
+        sends, self._sends = self._sends, {}
+        for answer in sends.values():
+            if not answer.done():
+                answer.set_exception(
+                    rpc_error(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "the link to the gateway broke before the send was answered; it may"
+                        " have been stored: retry with the same client_msg_id",
+                    )
+                )
 
     async def edit_message(
         self, tenant_id: str, request: channels_pb2.EditMessageRequest
@@ -128,8 +189,9 @@ class GatewayLink:
                 # The gateway sends its initial metadata as soon as it accepted the stream:
                 # until then (a gateway still starting, refusing, or not there) the link is
                 # not up, and /healthz must not say it is.
-                await call.initial_metadata()
+                metadata = await call.initial_metadata()
                 if not call.done():  # else the read below raises the gateway's refusal
+                    self.stream_sends = CONNECT_SENDS in tuple(metadata or ())
                     # What was queued meanwhile is covered by the resubscriptions.
                     while not self._outbox.empty():
                         self._outbox.get_nowait()
@@ -143,7 +205,10 @@ class GatewayLink:
                     if response is grpc.aio.EOF:
                         break
                     backoff = 0.1
-                    self._on_response(response)
+                    if response.HasField("send_result"):
+                        self._answered(response.send_result)
+                    else:
+                        self._on_response(response)
                 log.warning("gateway closed the Connect stream; reconnecting")
             except grpc.aio.AioRpcError as exc:
                 if self._closing:
@@ -162,6 +227,8 @@ class GatewayLink:
                 log.exception("gateway link failed; reconnecting")
             finally:
                 self.connected.clear()
+                self.stream_sends = False
+                self._sends_lost()
                 if writer is not None:
                     writer.cancel()
                 call.cancel()

@@ -31,8 +31,27 @@ _DETAILS_KEY = "grpc-status-details-bin"
 def error_code(code: int | grpc.StatusCode) -> p.ErrorCode:
     """The ``error`` frame code for a gRPC status (code or number)."""
     if isinstance(code, int):
-        code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+        code = _status_code(code)
     return _GRPC_TO_ERROR.get(code, p.ErrorCode.INTERNAL)
+
+
+def _status_code(number: int) -> grpc.StatusCode:
+    return next((c for c in grpc.StatusCode if c.value[0] == number), grpc.StatusCode.UNKNOWN)
+
+
+def rpc_error(code: grpc.StatusCode, details: str, status: bytes = b"") -> grpc.aio.AioRpcError:
+    """The error a unary call would have raised with ``code`` and ``details`` (and the
+    encoded ``google.rpc.Status``, ``status``, in its trailing metadata), for an answer
+    that came another way (a send on the Connect stream): :func:`frame_error` reads it as
+    it reads a call's."""
+    trailing = grpc.aio.Metadata((_DETAILS_KEY, status)) if status else grpc.aio.Metadata()
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details)
+
+
+def status_error(status: bytes) -> grpc.aio.AioRpcError:
+    """:func:`rpc_error` for an encoded ``google.rpc.Status`` (a failed stream send's)."""
+    decoded = status_pb2.Status.FromString(status)
+    return rpc_error(_status_code(decoded.code), decoded.message, status)
 
 
 def frame_error(

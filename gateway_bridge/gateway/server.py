@@ -86,7 +86,10 @@ def build(
         ClientTokens(settings.token_secret, previous=settings.token_secret_previous),
         limits=ChatLimits(max_message_bytes=settings.max_message_bytes),
     )
-    servicer = ChannelServicer(chat, hub, links)
+    # The bridges' sends on their streams are admitted as the server admits a call.
+    servicer = ChannelServicer(
+        chat, hub, links, tenants=authenticator, rate_limiter=runtime.rate_limiter
+    )
     event_store = SqlEventStore(runtime.engine)
     dispatcher = Dispatcher(
         event_store,

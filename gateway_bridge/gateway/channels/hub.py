@@ -20,6 +20,12 @@ the database if their publishes are late), so when a bridge puts a new
 subscriber live, its room already holds everything up to where that
 subscriber's replay ended.
 
+A bridge's sends (``ConnectSend``) are handed to ``sends`` (the servicer's
+:meth:`~gateway_bridge.gateway.channels.servicer.ChannelServicer.stream_send`, the same
+code as SendMessage) each in a task of its own, so they meet other sends in the store's
+group commit; each answer goes down the stream as it comes (a ``SendResult``). A stream
+whose bridge half-closes gets the answers of the sends in flight before it ends.
+
 A stream whose bridge reads too slowly (more than ``max_backlog`` responses
 waiting) is ended with RESOURCE_EXHAUSTED; the bridge reconnects and
 resubscribes from the seqs it delivered, so nothing is lost.
@@ -41,6 +47,7 @@ from gateway_bridge.gateway.channels.replays import SharedReplays
 from gateway_bridge.gateway.channels.routes import LiveRoutes
 from gateway_bridge.gateway.channels.store import ChatStore
 from gateway_bridge.gateway.channels.streams import END, BridgeStream
+from gateway_bridge.vocabulary import CONNECT_SENDS
 from service_kit.bus import EventBus
 from service_kit.errors import KeelError, OutOfRange, ResourceExhausted, Unavailable
 from service_kit.validation import Violations, is_uuid
@@ -51,6 +58,9 @@ log = logging.getLogger(__name__)
 MAX_REPLAY: Final = 10_000
 #: Database reads a hub's subscribes and replays make at once.
 _READS: Final = 16
+
+#: What handles a bridge's send (ChannelServicer.stream_send).
+Sends = Callable[[channels_pb2.ConnectSend], Awaitable[channels_pb2.SendResult]]
 
 
 class ConnectHub:
@@ -84,14 +94,17 @@ class ConnectHub:
         self,
         requests: AsyncIterator[channels_pb2.ConnectRequest],
         context: grpc.aio.ServicerContext,
+        *,
+        sends: Sends | None = None,
     ) -> AsyncIterator[channels_pb2.ConnectResponse]:
         """The Connect stream: read commands in the background, yield responses.
 
         Its initial metadata goes out at once: that is how a bridge knows the stream was
-        accepted (and only then says it is up), before any response."""
-        await context.send_initial_metadata(())
+        accepted (and only then says it is up), before any response; with ``sends`` it
+        says the stream takes sends (:data:`~gateway_bridge.vocabulary.CONNECT_SENDS`)."""
+        await context.send_initial_metadata((CONNECT_SENDS,) if sends is not None else ())
         stream = BridgeStream(self._max_backlog)
-        reader = asyncio.create_task(self._read(stream, requests), name="connect-reader")
+        reader = asyncio.create_task(self._read(stream, requests, sends), name="connect-reader")
         try:
             while True:
                 item = stream.taken(await stream.outbox.get())
@@ -120,11 +133,20 @@ class ConnectHub:
             stream.readers.clear()
 
     async def _read(
-        self, stream: BridgeStream, requests: AsyncIterator[channels_pb2.ConnectRequest]
+        self,
+        stream: BridgeStream,
+        requests: AsyncIterator[channels_pb2.ConnectRequest],
+        sends: Sends | None,
     ) -> None:
+        loop = asyncio.get_running_loop()
         try:
             async for request in requests:
-                if request.HasField("subscribe"):
+                if request.HasField("send"):
+                    if sends is not None:
+                        task = loop.create_task(_send(stream, sends, request.send))
+                        stream.sends.add(task)
+                        task.add_done_callback(stream.sends.discard)
+                elif request.HasField("subscribe"):
                     command = request.subscribe
                     self._in_turn(stream, command.subscription_key, self._subscribe, command)
                 elif request.HasField("unsubscribe"):
@@ -134,8 +156,8 @@ class ConnectHub:
                         self._unsubscribe,
                         request.unsubscribe,
                     )
-            if stream.commands:
-                await asyncio.wait(list(stream.commands.values()))
+            if stream.commands or stream.sends:
+                await asyncio.wait([*stream.commands.values(), *stream.sends])
         except asyncio.CancelledError:
             raise
         except KeelError:
@@ -254,6 +276,13 @@ class ConnectHub:
             stream.send(_result(command, channel_id, exc.code, exc.message))
             return
         stream.send(_result(command, channel_id, grpc.StatusCode.OK, "", last_seq))
+
+
+async def _send(stream: BridgeStream, sends: Sends, send: channels_pb2.ConnectSend) -> None:
+    """Handle one send and queue its answer. A stream that ended meanwhile lets the send
+    finish (a send is not undone halfway) and drops its answer: the bridge answered its
+    browser UNAVAILABLE, and a retry with the same key finds the message."""
+    stream.send(channels_pb2.ConnectResponse(send_result=await sends(send)))
 
 
 def _result(

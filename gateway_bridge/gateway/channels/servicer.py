@@ -2,15 +2,24 @@
 
 Checks that only concern the wire (id formats, page sizes and tokens, enum
 values) happen here; everything else is the chat service's.
+
+A bridge's sends on its ``Connect`` stream (``ConnectSend``) are SendMessage calls
+by another road: :meth:`ChannelServicer.stream_send` admits each as the interceptor
+admits a call (the tenant's scope and rate limit, the request's bounds), runs the same
+code as ``SendMessage``, and answers with the status the call would have ended with.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TypeAlias
+from typing import Final, TypeAlias, cast
 
 import grpc
+from google.protobuf.descriptor import Descriptor
 from keel.channels.v1 import channels_pb2, channels_pb2_grpc
 
 from gateway_bridge.gateway.channels import convert
@@ -27,8 +36,14 @@ from gateway_bridge.gateway.channels.models import (
     UserId,
 )
 from gateway_bridge.gateway.channels.service import ChatService
-from service_kit.auth import TenantId, current_tenant
+from service_kit import tracing
+from service_kit.auth import Authenticator, TenantId, current_tenant, current_tenant_var
+from service_kit.bounds import RequestBounds, refusal
+from service_kit.db import database_unavailable
+from service_kit.errors import InvalidArgument, KeelError, internal_status, to_rpc_status
+from service_kit.interceptor import MALFORMED_REQUEST, admit_tenant, record_rpc
 from service_kit.protobuf import dict_of, timestamp
+from service_kit.ratelimit import RateLimiter
 from service_kit.validation import (
     Violations,
     decode_seq_position,
@@ -40,6 +55,13 @@ from service_kit.validation import (
 )
 
 Context: TypeAlias = grpc.aio.ServicerContext
+
+log = logging.getLogger(__name__)
+
+_SERVICE: Final = "keel.channels.v1.ChannelService"
+#: The scope SendMessage needs (the gateway's method policies), and so a stream send.
+SEND_SCOPE: Final = "chat:write"
+_SEND_BOUNDS: Final = RequestBounds(cast("Descriptor", channels_pb2.SendMessageRequest.DESCRIPTOR))
 
 
 def _tenant() -> TenantId:
@@ -55,11 +77,23 @@ def _ids(**fields: str) -> None:
 class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
     """The gRPC face of :class:`ChatService` and of the bridge's :class:`ConnectHub`."""
 
-    def __init__(self, chat: ChatService, hub: ConnectHub, links: AttachmentLinks) -> None:
-        """``links`` signs the download URLs of the attachments of every message returned."""
+    def __init__(
+        self,
+        chat: ChatService,
+        hub: ConnectHub,
+        links: AttachmentLinks,
+        *,
+        tenants: Authenticator | None = None,
+        rate_limiter: RateLimiter | None = None,
+    ) -> None:
+        """``links`` signs the download URLs of the attachments of every message returned.
+        With ``tenants`` and ``rate_limiter`` (the server's own) the Connect stream takes the
+        bridge's sends (:meth:`stream_send`); without, bridges make unary calls."""
         self._chat = chat
         self._hub = hub
         self._links = links
+        self._tenants = tenants
+        self._rate_limiter = rate_limiter
 
     # -- channels -----------------------------------------------------------------------
 
@@ -206,11 +240,17 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
     async def SendMessage(
         self, request: channels_pb2.SendMessageRequest, context: Context
     ) -> channels_pb2.SendMessageResponse:
+        return channels_pb2.SendMessageResponse(message=await self._send(_tenant(), request))
+
+    async def _send(
+        self, tenant_id: TenantId, request: channels_pb2.SendMessageRequest
+    ) -> channels_pb2.Message:
+        """What SendMessage and a stream send do, for an admitted tenant."""
         _ids(channel_id=request.channel_id)
         if request.reply_to:
             _ids(reply_to=request.reply_to)
         message = await self._chat.send_message(
-            _tenant(),
+            tenant_id,
             NewMessage(
                 channel_id=ChannelId(request.channel_id),
                 user_id=request.user_id,
@@ -221,9 +261,7 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
                 idempotency_key=request.idempotency_key,
             ),
         )
-        return channels_pb2.SendMessageResponse(
-            message=convert.message_to_proto(message, self._links)
-        )
+        return convert.message_to_proto(message, self._links)
 
     async def EditMessage(
         self, request: channels_pb2.EditMessageRequest, context: Context
@@ -353,4 +391,63 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
     def Connect(
         self, request_iterator: AsyncIterator[channels_pb2.ConnectRequest], context: Context
     ) -> AsyncIterator[channels_pb2.ConnectResponse]:
-        return self._hub.serve(request_iterator, context)
+        takes_sends = self._tenants is not None and self._rate_limiter is not None
+        return self._hub.serve(
+            request_iterator, context, sends=self.stream_send if takes_sends else None
+        )
+
+    async def stream_send(self, send: channels_pb2.ConnectSend) -> channels_pb2.SendResult:
+        """A bridge's send on its stream, handled as a SendMessage call for ``tenant_id``
+        (see the module docstring); when tracing is on, in a server span named as the
+        call's, whose parent is the bridge's span (``traceparent``)."""
+        tracer = tracing.tracer()
+        if tracer is None:
+            return await self._stream_send(send)
+        with tracer.start_as_current_span(
+            f"/{_SERVICE}/SendMessage",
+            context=tracing.context_from(send.traceparent),
+            kind=tracing.SpanKind.SERVER,
+        ):
+            return await self._stream_send(send)
+
+    async def _stream_send(self, send: channels_pb2.ConnectSend) -> channels_pb2.SendResult:
+        assert self._tenants is not None and self._rate_limiter is not None
+        started = time.perf_counter()
+        tenant = None
+        code = grpc.StatusCode.OK
+        try:
+            tenant = await self._tenants.tenant_by_id(send.tenant_id)
+            await admit_tenant(tenant, SEND_SCOPE, self._rate_limiter)
+            request = _send_request(send.request)
+            current_tenant_var.set(tenant)  # this send's task only
+            message = await self._send(tenant.tenant_id, request)
+            return channels_pb2.SendResult(correlation_id=send.correlation_id, message=message)
+        except KeelError as exc:
+            code = exc.code
+            status = to_rpc_status(exc)
+        except Exception as exc:
+            unavailable = database_unavailable(exc)
+            if unavailable is not None:
+                log.warning("database unavailable", extra={"error": str(exc)[:300]})
+                code, status = unavailable.code, to_rpc_status(unavailable)
+            else:
+                log.exception("unexpected error", extra={"method": f"{_SERVICE}/SendMessage"})
+                code, status = grpc.StatusCode.INTERNAL, internal_status(uuid.uuid4().hex)
+        finally:
+            record_rpc(_SERVICE, "SendMessage", code, started, tenant)
+        return channels_pb2.SendResult(
+            correlation_id=send.correlation_id, status=status.SerializeToString()
+        )
+
+
+def _send_request(raw: bytes) -> channels_pb2.SendMessageRequest:
+    """The SendMessageRequest of a stream send, refused as the interceptor refuses a
+    call's: malformed, or out of its bounds (naming each field)."""
+    try:
+        request = channels_pb2.SendMessageRequest.FromString(raw)
+    except Exception as exc:
+        raise InvalidArgument(MALFORMED_REQUEST) from exc
+    violations = _SEND_BOUNDS.violations(request, encoded_size=len(raw))
+    if violations:
+        raise refusal(violations)
+    return request

@@ -43,6 +43,7 @@ class BridgeStream:
         self.users: dict[str, str] = {}  # subscription key -> the user it reads for
         self.readers: Counter[ChannelKey] = Counter()  # how many keys read each channel
         self.commands: dict[str, asyncio.Task[None]] = {}  # the last command of each key
+        self.sends: set[asyncio.Task[None]] = set()  # the sends being handled
         self.has_room = asyncio.Event()  # set while the backlog is low enough to replay into
         self.has_room.set()
         self.overflowed = False

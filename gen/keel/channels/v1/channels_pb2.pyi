@@ -556,13 +556,27 @@ class ConnectUnsubscribe(_message.Message):
     channel_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, subscription_key: _Optional[str] = ..., channel_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class ConnectSend(_message.Message):
+    __slots__ = ("correlation_id", "tenant_id", "request", "traceparent")
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: int
+    tenant_id: str
+    request: bytes
+    traceparent: str
+    def __init__(self, correlation_id: _Optional[int] = ..., tenant_id: _Optional[str] = ..., request: _Optional[bytes] = ..., traceparent: _Optional[str] = ...) -> None: ...
+
 class ConnectRequest(_message.Message):
-    __slots__ = ("subscribe", "unsubscribe")
+    __slots__ = ("subscribe", "unsubscribe", "send")
     SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    SEND_FIELD_NUMBER: _ClassVar[int]
     subscribe: ConnectSubscribe
     unsubscribe: ConnectUnsubscribe
-    def __init__(self, subscribe: _Optional[_Union[ConnectSubscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[ConnectUnsubscribe, _Mapping]] = ...) -> None: ...
+    send: ConnectSend
+    def __init__(self, subscribe: _Optional[_Union[ConnectSubscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[ConnectUnsubscribe, _Mapping]] = ..., send: _Optional[_Union[ConnectSend, _Mapping]] = ...) -> None: ...
 
 class ChannelEvent(_message.Message):
     __slots__ = ("tenant_id", "channel_id", "seq", "event", "data_json", "event_id", "create_time", "traceparent")
@@ -604,14 +618,26 @@ class ChannelEventBatch(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[ChannelEvent]
     def __init__(self, events: _Optional[_Iterable[_Union[ChannelEvent, _Mapping]]] = ...) -> None: ...
 
+class SendResult(_message.Message):
+    __slots__ = ("correlation_id", "message", "status")
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: int
+    message: Message
+    status: bytes
+    def __init__(self, correlation_id: _Optional[int] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., status: _Optional[bytes] = ...) -> None: ...
+
 class ConnectResponse(_message.Message):
-    __slots__ = ("event", "subscribe_result", "event_batch", "subscription_keys")
+    __slots__ = ("event", "subscribe_result", "event_batch", "send_result", "subscription_keys")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBE_RESULT_FIELD_NUMBER: _ClassVar[int]
     EVENT_BATCH_FIELD_NUMBER: _ClassVar[int]
+    SEND_RESULT_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_KEYS_FIELD_NUMBER: _ClassVar[int]
     event: ChannelEvent
     subscribe_result: SubscribeResult
     event_batch: ChannelEventBatch
+    send_result: SendResult
     subscription_keys: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, event: _Optional[_Union[ChannelEvent, _Mapping]] = ..., subscribe_result: _Optional[_Union[SubscribeResult, _Mapping]] = ..., event_batch: _Optional[_Union[ChannelEventBatch, _Mapping]] = ..., subscription_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, event: _Optional[_Union[ChannelEvent, _Mapping]] = ..., subscribe_result: _Optional[_Union[SubscribeResult, _Mapping]] = ..., event_batch: _Optional[_Union[ChannelEventBatch, _Mapping]] = ..., send_result: _Optional[_Union[SendResult, _Mapping]] = ..., subscription_keys: _Optional[_Iterable[str]] = ...) -> None: ...

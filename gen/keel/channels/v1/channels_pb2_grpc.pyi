@@ -175,6 +175,17 @@ class ChannelServiceStub:
     RESOURCE_EXHAUSTED, and one whose gateway lost its event bus for a while
     with UNAVAILABLE; the bridge then reconnects and resubscribes each channel
     from the last seq it delivered.
+
+    A bridge also sends its browsers' messages up the stream (ConnectSend):
+    each is handled exactly as a SendMessage call for the send's tenant (the
+    tenant's `chat:write` scope and rate limit, the request's bounds, the
+    user's membership, attachments, idempotency, answered only after commit)
+    and answered by a SendResult with the same `correlation_id`, in no
+    particular order relative to other responses. A gateway that takes sends
+    says so in its initial metadata (`x-keel-connect-sends: 1`); a bridge
+    makes unary SendMessage calls to one that does not. A send whose stream
+    ends before its SendResult may or may not have been stored: a retry with
+    the same idempotency key answers the stored message, never a second one.
     """
 
 @_typing.type_check_only
@@ -324,6 +335,17 @@ class ChannelServiceAsyncStub(ChannelServiceStub):
     RESOURCE_EXHAUSTED, and one whose gateway lost its event bus for a while
     with UNAVAILABLE; the bridge then reconnects and resubscribes each channel
     from the last seq it delivered.
+
+    A bridge also sends its browsers' messages up the stream (ConnectSend):
+    each is handled exactly as a SendMessage call for the send's tenant (the
+    tenant's `chat:write` scope and rate limit, the request's bounds, the
+    user's membership, attachments, idempotency, answered only after commit)
+    and answered by a SendResult with the same `correlation_id`, in no
+    particular order relative to other responses. A gateway that takes sends
+    says so in its initial metadata (`x-keel-connect-sends: 1`); a bridge
+    makes unary SendMessage calls to one that does not. A send whose stream
+    ends before its SendResult may or may not have been stored: a retry with
+    the same idempotency key answers the stored message, never a second one.
     """
 
 class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -608,6 +630,17 @@ class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
         RESOURCE_EXHAUSTED, and one whose gateway lost its event bus for a while
         with UNAVAILABLE; the bridge then reconnects and resubscribes each channel
         from the last seq it delivered.
+
+        A bridge also sends its browsers' messages up the stream (ConnectSend):
+        each is handled exactly as a SendMessage call for the send's tenant (the
+        tenant's `chat:write` scope and rate limit, the request's bounds, the
+        user's membership, attachments, idempotency, answered only after commit)
+        and answered by a SendResult with the same `correlation_id`, in no
+        particular order relative to other responses. A gateway that takes sends
+        says so in its initial metadata (`x-keel-connect-sends: 1`); a bridge
+        makes unary SendMessage calls to one that does not. A send whose stream
+        ends before its SendResult may or may not have been stored: a retry with
+        the same idempotency key answers the stored message, never a second one.
         """
 
 def add_ChannelServiceServicer_to_server(servicer: ChannelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
