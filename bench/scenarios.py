@@ -745,11 +745,13 @@ async def chat(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
             "max_msgs_per_second": ratio(keel["max_msgs_per_second"], base["max_msgs_per_second"]),
         },
         "targets": [
+            # Issue 13: >= 1,500 in the quick profile (200 channels x 10); the full profile's
+            # figure is reported against the original 3,000.
             target(
                 "sustained messages/s with p99 send→deliver ≤ 50 ms",
-                "≥ 3,000 (2,000 channels x 10)",
+                "≥ 3,000 (2,000 channels x 10)" if full_size else "≥ 1,500 (200 channels x 10)",
                 keel["sustained_msgs_per_second"],
-                keel["sustained_msgs_per_second"] >= 3000,
+                keel["sustained_msgs_per_second"] >= (3000 if full_size else 1500),
                 "" if full_size else f"{ctx.profile} profile: {n_channels} channels x {members}",
             )
         ],
