@@ -16,6 +16,11 @@ INVALID_ARGUMENT (with a BadRequest naming each field out of bounds). In a
 request stream, the first such message ends the call the same way, even if
 the handler swallowed the error. Page tokens made during a call are bound to
 its method and tenant (:data:`service_kit.validation.page_token_scope_var`).
+
+Every call pays for this, so the per-call work is kept small: a method's wrapped
+handler is built once and reused while the server hands out the same handler for
+it, the metric series of a method are looked up once (not through ``labels()`` on
+every call), and the access log line of a success is only built when DEBUG is on.
 """
 
 from __future__ import annotations
@@ -165,6 +170,8 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._admin_token = admin_token
         self._peer_token = peer_token
         self._bounds = _request_bounds(policies)
+        #: Per method: the handler the server gave and the wrapped one made of it.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         #: The gRPC instrumentation when tracing is on (:mod:`service_kit.tracing`): its
         #: server span wraps all this interceptor does, so the access log line is in it.
         self._instrumentation = tracing.server_instrumentation()
@@ -187,10 +194,17 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        policy = self._policies.get(details.method)
+        method = details.method
+        policy = self._policies.get(method)
         if handler is None or policy is None:
             return handler
-        return self._wrap(handler, details.method, policy)
+        # The wrapped handler keeps no state of a call: one per method serves them all.
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, method, policy)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _wrap(
         self, handler: grpc.RpcMethodHandler, method: str, policy: MethodPolicy
@@ -268,7 +282,8 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         tenant_token = scope_token = None
         rpc = _Rpc()
         started = time.perf_counter()
-        RPC_IN_FLIGHT.labels(service).inc()
+        in_flight = _in_flight(service)
+        in_flight.inc()
         try:
             await self._authorize(policy, metadata, rpc)
             tenant_token = current_tenant_var.set(rpc.tenant)
@@ -303,7 +318,7 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             rpc.code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            RPC_IN_FLIGHT.labels(service).dec()
+            in_flight.dec()
             record_rpc(service, name, rpc.code, started, rpc.tenant, streaming=streaming)
             # Each RPC runs in a task of its own; a stream closed by its client is finalized
             # in another context, where these tokens cannot be reset (and need not be).
@@ -375,18 +390,48 @@ def record_rpc(
     ``code`` in the metrics, and write its access log line. Every RPC is counted; the log
     line costs CPU on the hot path, so successes are logged at DEBUG and failures at INFO."""
     elapsed = time.perf_counter() - started
-    RPC_HANDLED.labels(service, name, code.name).inc()
-    (STREAM_DURATION if streaming else RPC_LATENCY).labels(service, name).observe(elapsed)
-    log.log(
-        logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO,
-        "rpc",
-        extra={
-            "method": f"{service}/{name}",
-            "code": code.name,
-            "duration_ms": round(elapsed * 1000, 3),
-            "tenant_id": tenant.tenant_id if tenant else None,
-        },
-    )
+    handled, duration = _series(service, name, code, streaming)
+    handled.inc()
+    duration.observe(elapsed)
+    level = logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(
+            level,
+            "rpc",
+            extra={
+                "method": f"{service}/{name}",
+                "code": code.name,
+                "duration_ms": round(elapsed * 1000, 3),
+                "tenant_id": tenant.tenant_id if tenant else None,
+            },
+        )
+
+
+#: The metric series of each (service, method, code, streaming) and each service's
+#: in-flight gauge, as ``labels()`` returns them (the same objects every time: it is
+#: only the lookup, a lock and a tuple per call, that these spare).
+_SERIES: dict[tuple[str, str, grpc.StatusCode, bool], tuple[Any, Any]] = {}
+_IN_FLIGHT: dict[str, Any] = {}
+
+
+def _series(service: str, name: str, code: grpc.StatusCode, streaming: bool) -> tuple[Any, Any]:
+    """The handled-calls counter and the duration histogram of one method and outcome."""
+    key = (service, name, code, streaming)
+    found = _SERIES.get(key)
+    if found is None:
+        duration = STREAM_DURATION if streaming else RPC_LATENCY
+        found = _SERIES[key] = (
+            RPC_HANDLED.labels(service, name, code.name),
+            duration.labels(service, name),
+        )
+    return found
+
+
+def _in_flight(service: str) -> Any:
+    found = _IN_FLIGHT.get(service)
+    if found is None:
+        found = _IN_FLIGHT[service] = RPC_IN_FLIGHT.labels(service)
+    return found
 
 
 async def admit_tenant(tenant: TenantContext, scope: str | None, rate_limiter: RateLimiter) -> None:
