@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from keel.notifications.v1 import live_pb2
 from keel.notifications.v1 import notifications_pb2 as pb
 
 from notification_service.models import (
@@ -22,7 +21,8 @@ from notification_service.models import (
     TenantSettings,
     UserId,
 )
-from service_kit.protobuf import struct, timestamp
+from service_kit.protobuf import set_timestamp as _set_time
+from service_kit.protobuf import timestamp
 
 CHANNELS: Final = {
     Channel.IN_APP: pb.NOTIFICATION_CHANNEL_IN_APP,
@@ -50,27 +50,35 @@ def delivery_to_proto(delivery: ChannelDelivery) -> pb.ChannelDelivery:
 
 
 def notification_to_proto(notification: Notification) -> pb.Notification:
-    return pb.Notification(
+    """The wire form of ``notification``. It runs once per notification a send stores
+    (the live message and the answer share it), so it sets only the fields that differ
+    from their defaults, and each nested message in place rather than by copying one in."""
+    message = pb.Notification(
         id=notification.id,
         user_id=notification.user_id,
         title=notification.title,
         body=notification.body,
-        data=struct(notification.data),
         channels=[CHANNELS[c] for c in notification.channels],
         read=notification.read,
-        read_time=timestamp(notification.read_time),
-        create_time=timestamp(notification.create_time),
-        deliveries=[delivery_to_proto(d) for d in notification.deliveries],
         category=notification.category,
         channel_id=notification.channel_id,
-        send_time=timestamp(notification.send_time),
     )
-
-
-def live_item_to_proto(notification: Notification, unread: int) -> live_pb2.LiveNotification:
-    return live_pb2.LiveNotification(
-        notification=notification_to_proto(notification), unread_count=unread
-    )
+    if notification.data:
+        message.data.update(dict(notification.data))
+    else:
+        message.data.SetInParent()  # present though empty, as always (JSON: "data": {})
+    _set_time(message.create_time, notification.create_time)
+    if notification.read_time is not None:
+        _set_time(message.read_time, notification.read_time)
+    if notification.send_time is not None:
+        _set_time(message.send_time, notification.send_time)
+    deliveries = message.deliveries
+    for delivery in notification.deliveries:
+        item = deliveries.add(
+            channel=CHANNELS[delivery.channel], state=STATES[delivery.state], error=delivery.error
+        )
+        _set_time(item.update_time, delivery.update_time)
+    return message
 
 
 def preferences_to_proto(preferences: Preferences) -> pb.Preferences:

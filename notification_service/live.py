@@ -11,6 +11,10 @@ several messages of at most :data:`MAX_LIVE_BYTES` each, so no bus message grows
 without bound. Publishing is best-effort, as the bus is: the inbox in the database is
 the truth, and a client that missed a live message sees the notification with
 ``ListNotifications``.
+
+Each notification is converted to its wire form once: :meth:`LivePublisher.publish`
+returns the ``keel.notifications.v1.Notification`` messages it put in the bus message,
+and the servicer answers ``SendNotification`` with those same messages.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from collections.abc import Sequence
 from typing import Final, Protocol
 
 from keel.notifications.v1 import live_pb2
+from keel.notifications.v1 import notifications_pb2 as pb
 
-from notification_service.convert import live_item_to_proto
+from notification_service.convert import notification_to_proto
 from notification_service.models import Notification
 from service_kit.batching import Batcher
 from service_kit.bus import NOTIFICATIONS_LIVE_TOPIC, EventBus
@@ -34,10 +39,21 @@ MAX_LIVE_BYTES: Final = 1 << 20
 LIVE_BATCH: Final = 256
 
 
+#: A notification as ``SendNotification`` answers it and the live message carries it.
+WireNotification = pb.Notification
+#: One ``publish`` call: the tenant, and its notifications with their users' unread counts.
+_Announcement = tuple[str, Sequence[tuple[Notification, int]]]
+
+
 class LivePublisher(Protocol):
     """Announces in-app notifications (each with its recipient's unread count)."""
 
-    async def publish(self, tenant_id: str, items: Sequence[tuple[Notification, int]]) -> None: ...
+    async def publish(
+        self, tenant_id: str, items: Sequence[tuple[Notification, int]]
+    ) -> list[pb.Notification]:
+        """Announce ``items``; returns each item's notification in its wire form, in the
+        order given (made once: for the bus and for whoever answers with them)."""
+        ...
 
 
 class BusLivePublisher:
@@ -47,30 +63,37 @@ class BusLivePublisher:
         self._bus = bus
         self._max_bytes = max_bytes
         # One batch at a time, so announcements leave in the order they arrived.
-        self._announcements: Batcher[tuple[str, Sequence[tuple[Notification, int]]], None] = (
-            Batcher(self._publish_together, max_batch=LIVE_BATCH, max_in_flight=1)
+        self._announcements: Batcher[_Announcement, list[pb.Notification]] = Batcher(
+            self._publish_together, max_batch=LIVE_BATCH, max_in_flight=1
         )
 
-    async def publish(self, tenant_id: str, items: Sequence[tuple[Notification, int]]) -> None:
-        await self._announcements.submit((tenant_id, items))
+    async def publish(
+        self, tenant_id: str, items: Sequence[tuple[Notification, int]]
+    ) -> list[pb.Notification]:
+        return await self._announcements.submit((tenant_id, items))
 
-    async def _publish_together(
-        self, batch: list[tuple[str, Sequence[tuple[Notification, int]]]]
-    ) -> list[None]:
-        merged: dict[str, list[tuple[Notification, int]]] = {}
-        for tenant_id, items in batch:
-            merged.setdefault(tenant_id, []).extend(items)
-        for tenant_id, items in merged.items():
-            await self._publish_now(tenant_id, items)
-        return [None] * len(batch)
+    async def _publish_together(self, batch: list[_Announcement]) -> list[list[pb.Notification]]:
+        # Converted before anything is published, so that every caller gets its messages
+        # even when the bus fails.
+        converted = [[notification_to_proto(n) for n, _ in items] for _, items in batch]
+        merged: dict[str, list[tuple[pb.Notification, int]]] = {}
+        for (tenant_id, items), messages in zip(batch, converted, strict=True):
+            merged.setdefault(tenant_id, []).extend(
+                zip(messages, (unread for _, unread in items), strict=True)
+            )
+        for tenant_id, wire_items in merged.items():
+            await self._publish_now(tenant_id, wire_items)
+        return converted
 
-    async def _publish_now(self, tenant_id: str, items: Sequence[tuple[Notification, int]]) -> None:
-        # Each item is converted once; its size is what a message of it alone would take.
+    async def _publish_now(
+        self, tenant_id: str, items: Sequence[tuple[pb.Notification, int]]
+    ) -> None:
+        # An item's size is what a message of it alone would take.
         envelope = live_pb2.LiveNotifications(tenant_id=tenant_id).ByteSize()
         batch: list[live_pb2.LiveNotification] = []
         size = 0
         for notification, unread in items:
-            item = live_item_to_proto(notification, unread)
+            item = live_pb2.LiveNotification(notification=notification, unread_count=unread)
             item_size = envelope + _repeated_field_size(item.ByteSize())
             if batch and size + item_size > self._max_bytes:
                 await self._send(tenant_id, batch)

@@ -30,8 +30,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 
@@ -46,7 +46,7 @@ from notification_service.errors import (
     NotificationNotFound,
     UsersNotFound,
 )
-from notification_service.live import LivePublisher
+from notification_service.live import LivePublisher, WireNotification
 from notification_service.models import (
     ALL_CHANNELS,
     MAX_BASIC_USERS,
@@ -101,6 +101,16 @@ class SendingOptions:
     allow_private: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """The notifications a send stored (or a retry found), and the wire form the live
+    side made of those it announced, by notification id: whoever answers with them
+    reuses it rather than converting them a second time."""
+
+    notifications: list[Notification]
+    wire: Mapping[str, WireNotification] = field(default_factory=dict)
+
+
 #: Makes a VAPID key pair: (private key PEM, public key as base64url of the point).
 VapidMaker = Callable[[], tuple[str, str]]
 
@@ -132,7 +142,7 @@ class NotificationService:
 
     # -- sending ------------------------------------------------------------------------
 
-    async def send(self, tenant: TenantContext, request: SendRequest) -> list[Notification]:
+    async def send(self, tenant: TenantContext, request: SendRequest) -> Sent:
         """Store one notification per recipient and start its deliveries; see the
         module docstring for scopes and retries."""
         now = self._clock()
@@ -141,7 +151,7 @@ class NotificationService:
         if request.request_id:  # a retry is answered before its send_at is checked again
             existing = await self._store.find_send(tenant.tenant_id, request.request_id)
             if existing is not None:
-                return await self._retried(tenant.tenant_id, fingerprint, *existing)
+                return Sent(await self._retried(tenant.tenant_id, fingerprint, *existing))
         v = Violations()
         checks.check_send(v, request, now=now)
         v.raise_if_any(InvalidNotification)
@@ -164,19 +174,23 @@ class NotificationService:
         try:
             stored = await self._store.create_send(send)
         except SendExists as exc:  # a concurrent retry stored it first
-            return await self._retried(tenant.tenant_id, fingerprint, exc.send_id, exc.fingerprint)
+            return Sent(
+                await self._retried(tenant.tenant_id, fingerprint, exc.send_id, exc.fingerprint)
+            )
         if stored.jobs_due:
             self._on_jobs_enqueued()
         if not (stored.settings.vapid_public_key and stored.settings.webhook_secret):
             await self.tenant_settings(tenant.tenant_id)  # the tenant's first send makes them
         _count_in_app(stored.notifications)
         landed = [n for n in stored.notifications if n.inbox_time]
+        wire: dict[str, WireNotification] = {}
         if landed:
             # The counts were read in the send's transaction: no second round trip.
-            await self._live.publish(
+            published = await self._live.publish(
                 tenant.tenant_id, [(n, stored.unread.get(n.user_id, 0)) for n in landed]
             )
-        return stored.notifications
+            wire = {n.id: message for n, message in zip(landed, published, strict=True)}
+        return Sent(stored.notifications, wire)
 
     async def _retried(
         self, tenant_id: str, fingerprint: str, send_id: str, first: str

@@ -73,7 +73,7 @@ class NotificationServicer(notifications_pb2_grpc.NotificationServiceServicer):
         _channels(v, "channels", list(request.channels))
         send_at = _time(v, "send_at", request)
         v.raise_if_any(InvalidNotification)
-        created = await self._service.send(
+        sent = await self._service.send(
             current_tenant(),
             SendRequest(
                 title=request.title,
@@ -88,8 +88,13 @@ class NotificationServicer(notifications_pb2_grpc.NotificationServiceServicer):
                 send_at=send_at,
             ),
         )
+        # Those announced live are already in their wire form: one conversion each.
+        wire = sent.wire
         return pb.SendNotificationResponse(
-            notifications=[convert.notification_to_proto(n) for n in created]
+            notifications=[
+                found if (found := wire.get(n.id)) is not None else convert.notification_to_proto(n)
+                for n in sent.notifications
+            ]
         )
 
     async def GetNotification(
