@@ -12,8 +12,9 @@
   since the last reset (bounded); ``inbox_stats {reset}``: what the connections saw.
 - ``send {addr, metadata, users, channels}``: one ``SendNotification`` to ``users``
   (1,000 a call at the most), its title stamped with the send time;
-  ``send_small {addr, metadata, users, concurrency, duration}``: closed-loop sends of
-  one in-app notification to one user each.
+  ``send_small {addr, metadata, users, concurrency, duration, group}``: closed-loop
+  sends of one in-app notification to ``group`` users each (1 by default), the users of
+  one call consecutive in ``users``.
 - ``noop_listen``: the baseline of ``send_small``, a ``NotificationService`` on grpc.aio
   whose ``SendNotification`` answers at once without any work.
 - ``smtp_listen``: an aiosmtpd server on ``127.0.0.1`` accepting every message;
@@ -227,6 +228,7 @@ class Senders:
         users = list(cmd["users"])
         concurrency, duration = int(cmd["concurrency"]), float(cmd["duration"])
         offset = int(cmd.get("offset", 0))
+        group = int(cmd.get("group", 1))
         hist = Histogram()
         errors: Counter[str] = Counter()
         ok = 0
@@ -236,13 +238,14 @@ class Senders:
             nonlocal ok
             k = offset + i
             while time.monotonic() < deadline:
-                user = users[k % len(users)]
+                first = (k * group) % len(users)
+                recipients = [users[(first + j) % len(users)] for j in range(group)]
                 k += concurrency
                 t0 = time.monotonic_ns()
                 try:
                     await stub.SendNotification(
                         n.SendNotificationRequest(
-                            user_ids=[user],
+                            user_ids=recipients,
                             title=stamp("s"),
                             category="bench",
                             channels=[n.NOTIFICATION_CHANNEL_IN_APP],
@@ -261,6 +264,7 @@ class Senders:
         await asyncio.gather(*(caller(i) for i in range(concurrency)))
         return {
             "ok": ok,
+            "notifications": ok * group,
             "errors": dict(errors),
             "elapsed": round(time.monotonic() - started, 4),
             "latency_us": hist.to_dict(),

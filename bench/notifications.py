@@ -15,12 +15,22 @@ The load and the receivers are :mod:`bench.notification_load` processes.
   to one user each, for a while; notifications/s of the one notification-service
   process, and whether the frames arrived. Baseline: the same client and concurrency
   against a ``NotificationService`` that answers without work.
+- **10-user sends**: the same callers, each call to ``group_users`` (10) users at once;
+  in-app notifications stored and delivered live per second (calls/s times 10), and their
+  frames. Its ratio is to the do-nothing service's *calls*/s of the small sends: how
+  many notifications Keel stores and delivers per call the bare gRPC server can answer
+  (above 1: sending to several users per call beats the per-call ceiling of gRPC).
+  The goal (≥ 2,000 in-app notifications/s per process) is reported for one-user
+  sends, 10-user sends and the fan-out, so the three can be compared.
 - **email**: one send to U users by email, delivered by the notification-service's
   job worker to a local aiosmtpd; emails/s accepted by the server. Baseline: as many
   raw messages of the same size over one aiosmtplib connection.
 - **push**: one send to U users with a push subscription each, to a local endpoint
   answering 201; pushes/s. Baseline: as many raw POSTs of the same size, with as many
   in flight as the notification job worker runs (``KEEL_NOTIFICATION_CONCURRENCY``).
+
+``--set notifications.deliveries=false`` leaves out email and push (and the addresses
+they need): the in-app figures alone, in less time.
 """
 
 from __future__ import annotations
@@ -326,9 +336,11 @@ async def _small_sends(
     p: dict[str, Any],
     pids: dict[str, int],
     inboxes: Inboxes | None = None,
+    *,
+    group: int = 1,
 ) -> dict[str, Any]:
-    """Closed-loop sends of one notification to one user (``inboxes``: the users'
-    connections, whose frames are counted)."""
+    """Closed-loop sends of one notification to ``group`` users each (``inboxes``: the
+    users' connections, whose frames are counted)."""
 
     async def load(duration: float, concurrency: int) -> list[dict[str, Any]]:
         return list(
@@ -343,6 +355,7 @@ async def _small_sends(
                         concurrency=concurrency,
                         duration=duration,
                         offset=k * concurrency,
+                        group=group,
                     )
                     for k, s in enumerate(senders)
                 )
@@ -353,35 +366,44 @@ async def _small_sends(
         await inboxes.stats(reset=True)
     warm = await load(0.5, 2)
     if inboxes is not None:
-        await inboxes.wait_total(sum(x["ok"] for x in warm), 10)
+        await inboxes.wait_total(sum(x["notifications"] for x in warm), 10)
         await inboxes.stats(reset=True)
     m = meter(pids)
     parts = await load(p["small_seconds"], p["small_concurrency"])
     usage = m.stop()
     frames: dict[str, Any] = {}
     if inboxes is not None:
-        await inboxes.wait_total(sum(x["ok"] for x in parts), 10)
+        await inboxes.wait_total(sum(x["notifications"] for x in parts), 10)
         stats = await inboxes.stats()
         frames = {
             "frames": sum(s["notifications"] for s in stats),
             "frame_latency_ms": ms(Histogram.merged(s["latency_us"] for s in stats)),
         }
     ok = sum(x["ok"] for x in parts)
+    notified = sum(x["notifications"] for x in parts)
     elapsed = max(x["elapsed"] for x in parts)
     errors: dict[str, int] = {}
     for x in parts:
         for key, value in x["errors"].items():
             errors[key] = errors.get(key, 0) + value
     return {
+        "users_per_send": group,
         "sent": ok,
-        "per_second": round(ok / elapsed, 1),
+        "calls_per_second": round(ok / elapsed, 1),
+        "notifications": notified,
+        # in-app notifications stored (and, with inboxes, delivered live) per second
+        "per_second": round(notified / elapsed, 1),
         "errors": errors,
         "rpc_latency_ms": ms(Histogram.merged(x["latency_us"] for x in parts)),
         "cpu": usage,
-        # CPU-normalised: what one send costs each server process (a loaded machine slows
-        # the rate, much less the CPU each send takes)
+        # CPU-normalised: what one send (one notification) costs each server process (a
+        # loaded machine slows the rate, much less the CPU each send takes)
         "cpu_ms_per_send": {
             name: round(usage[name]["cpu_seconds"] * 1000 / ok, 3) if ok else None for name in pids
+        },
+        "cpu_ms_per_notification": {
+            name: round(usage[name]["cpu_seconds"] * 1000 / notified, 3) if notified else None
+            for name in pids
         },
         **frames,
     }
@@ -465,8 +487,10 @@ async def notifications(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
     push_url = f"http://127.0.0.1:{(await push.call('push_listen'))['port']}/push"
     service = await asyncio.to_thread(_start_service, cluster, smtp_port)
     keel: dict[str, Any] = {}
+    deliveries = bool(p.get("deliveries", True))
     try:
-        await asyncio.to_thread(_addresses, service.addr, tenant.metadata, users, push_url)
+        if deliveries:
+            await asyncio.to_thread(_addresses, service.addr, tenant.metadata, users, push_url)
         pids = {"notification_service": service.pid} | core_pids(ctx)
         async with bridges(ctx, 1) as (bridge,):
             inboxes = Inboxes([], [])
@@ -478,46 +502,76 @@ async def notifications(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
                 keel["small"] = await _small_sends(
                     senders, service.addr, md, users, p, pids | {"bridge": bridge.pid}, inboxes
                 )
+                keel["group"] = await _small_sends(
+                    senders,
+                    service.addr,
+                    md,
+                    users,
+                    p,
+                    pids | {"bridge": bridge.pid},
+                    inboxes,
+                    group=_group_users(p),
+                )
             finally:
                 await ctx.stop_helpers(inboxes.helpers)
-        keel["email"] = await _keel_channel(
-            senders[0], mail, service.addr, md, users, "NOTIFICATION_CHANNEL_EMAIL", pids, 120
-        )
-        keel["push"] = await _keel_channel(
-            senders[0], push, service.addr, md, users, "NOTIFICATION_CHANNEL_PUSH", pids, 120
-        )
+        if deliveries:
+            keel["email"] = await _keel_channel(
+                senders[0], mail, service.addr, md, users, "NOTIFICATION_CHANNEL_EMAIL", pids, 120
+            )
+            keel["push"] = await _keel_channel(
+                senders[0], push, service.addr, md, users, "NOTIFICATION_CHANNEL_PUSH", pids, 120
+            )
     finally:
         await asyncio.to_thread(service.stop)
     noop_addr = (await noop.call("noop_listen"))["addr"]
     base = {
         "fanout": await _baseline_fanout(ctx, len(users), p["rounds"]),
         "small": await _small_sends(senders, noop_addr, md, users, p, {"noop_service": noop.pid}),
-        **await _baseline_channels(senders[0], mail, push, smtp_port, push_url, keel, len(users)),
     }
+    if deliveries:
+        base |= await _baseline_channels(
+            senders[0], mail, push, smtp_port, push_url, keel, len(users)
+        )
     await ctx.stop_helpers([mail, push, noop, *senders])
     return _result(ctx, p, keel, base)
+
+
+def _group_users(p: dict[str, Any]) -> int:
+    """Users per call of the 10-user sends (``group_users``, at most the users there are)."""
+    return max(1, min(int(p.get("group_users", 10)), int(p["users"])))
 
 
 def _result(
     ctx: Context, p: dict[str, Any], keel: dict[str, Any], base: dict[str, Any]
 ) -> dict[str, Any]:
-    fan, small = keel["fanout"], keel["small"]
+    fan, small, group = keel["fanout"], keel["small"], keel["group"]
     full_size = p["users"] >= 1000
+    ratios = {
+        "fanout_p99": ratio(fan["latency_ms"]["p99"], base["fanout"]["latency_ms"]["p99"]),
+        "fanout_until_last": ratio(
+            fan["until_last_ms"]["median"], base["fanout"]["until_last_ms"]["median"]
+        ),
+        "fanout_per_second": ratio(fan["per_second"], base["fanout"]["per_second"]),
+        "small_sends_per_second": ratio(small["per_second"], base["small"]["per_second"]),
+        # notifications/s of the 10-user sends per call/s of the do-nothing service
+        "group_notifications_per_noop_call": ratio(
+            group["per_second"], base["small"]["calls_per_second"]
+        ),
+    }
+    if "email" in keel:
+        ratios["emails_per_second"] = ratio(
+            keel["email"]["per_second"], base["email"]["per_second"]
+        )
+        ratios["pushes_per_second"] = ratio(keel["push"]["per_second"], base["push"]["per_second"])
+    goal = "in-app notifications/s per notification-service process on PostgreSQL"
+    callers = f"{p['senders']} x {p['small_concurrency']} callers"
     return {
         "title": "Notifications",
-        "params": p | {"delivery_concurrency": DELIVERY_CONCURRENCY},
+        "params": p
+        | {"delivery_concurrency": DELIVERY_CONCURRENCY, "group_users": group["users_per_send"]},
         "keel": keel,
         "baseline": base,
-        "ratios": {
-            "fanout_p99": ratio(fan["latency_ms"]["p99"], base["fanout"]["latency_ms"]["p99"]),
-            "fanout_until_last": ratio(
-                fan["until_last_ms"]["median"], base["fanout"]["until_last_ms"]["median"]
-            ),
-            "fanout_per_second": ratio(fan["per_second"], base["fanout"]["per_second"]),
-            "small_sends_per_second": ratio(small["per_second"], base["small"]["per_second"]),
-            "emails_per_second": ratio(keel["email"]["per_second"], base["email"]["per_second"]),
-            "pushes_per_second": ratio(keel["push"]["per_second"], base["push"]["per_second"]),
-        },
+        "ratios": ratios,
         "targets": [
             target(
                 "in-app notification visible in every client (p99)",
@@ -527,11 +581,25 @@ def _result(
                 "" if full_size else f"{ctx.profile} profile: {p['users']} users",
             ),
             target(
-                "in-app notifications/s per notification-service process on PostgreSQL",
+                goal,
                 "≥ 2,000",
                 small["per_second"],
                 small["per_second"] >= 2000,
-                f"{p['senders']} x {p['small_concurrency']} callers, one user each",
+                f"{callers}, one user each",
+            ),
+            target(
+                goal,
+                "≥ 2,000",
+                group["per_second"],
+                group["per_second"] >= 2000,
+                f"{callers}, {group['users_per_send']} users each",
+            ),
+            target(
+                goal,
+                "≥ 2,000",
+                fan["per_second"],
+                fan["per_second"] >= 2000 if fan["per_second"] is not None else None,
+                f"one send to {fan['connections']} connected users",
             ),
         ],
         "notes": [
@@ -558,6 +626,9 @@ def report_section(r: dict[str, Any]) -> list[str]:
     def per_send(x: dict[str, Any], process: str) -> str:
         cost = x["cpu_ms_per_send"].get(process)
         return f"{_n(cost, 3)} ({_n(round(1000 / cost) if cost else None)}/s)"
+
+    group = k["group"]
+    each = group["users_per_send"]
 
     def rate(x: dict[str, Any]) -> str:
         return f"{_n(x['per_second'])} ({_n(x['delivered'])} / {_n(x['sent'])})"
@@ -603,19 +674,43 @@ def report_section(r: dict[str, Any]) -> list[str]:
             "—",
         ],
         [
-            "emails/s accepted by the SMTP server (delivered / sent)",
-            rate(k["email"]),
-            rate(b["email"]),
+            f"{each}-user sends: in-app notifications stored + delivered live/s (calls/s); "
+            "baseline: the do-nothing service's calls/s above",
+            f"{_n(group['per_second'])} ({_n(group['calls_per_second'])})",
+            _n(b["small"]["calls_per_second"]),
         ],
-        ["pushes/s answered 201 (delivered / sent)", rate(k["push"]), rate(b["push"])],
         [
-            "send → last email / last push (s)",
-            f"{_n(k['email']['all_delivered_seconds'], 2)} / "
-            f"{_n(k['push']['all_delivered_seconds'], 2)}",
-            f"{_n(b['email']['all_delivered_seconds'], 2)} / "
-            f"{_n(b['push']['all_delivered_seconds'], 2)}",
+            f"{each}-user sends: call latency p50 / p99 / p99.9 (ms)",
+            _lat(group["rpc_latency_ms"]),
+            "—",
+        ],
+        [
+            f"{each}-user sends: CPU-ms per notification of the service process",
+            _n(group["cpu_ms_per_notification"].get("notification_service"), 3),
+            "—",
+        ],
+        [
+            f"{each}-user sends: frames received / send → frame p50 / p99 / p99.9 (ms)",
+            f"{_n(group['frames'])} / {_lat(group['frame_latency_ms'])}",
+            "—",
         ],
     ]
+    if "email" in k:
+        rows += [
+            [
+                "emails/s accepted by the SMTP server (delivered / sent)",
+                rate(k["email"]),
+                rate(b["email"]),
+            ],
+            ["pushes/s answered 201 (delivered / sent)", rate(k["push"]), rate(b["push"])],
+            [
+                "send → last email / last push (s)",
+                f"{_n(k['email']['all_delivered_seconds'], 2)} / "
+                f"{_n(k['push']['all_delivered_seconds'], 2)}",
+                f"{_n(b['email']['all_delivered_seconds'], 2)} / "
+                f"{_n(b['push']['all_delivered_seconds'], 2)}",
+            ],
+        ]
     out = _table(["", "Keel", "baseline"], rows)
     cpu = k["small"]["cpu"]
     out += [
@@ -628,7 +723,13 @@ def report_section(r: dict[str, Any]) -> list[str]:
         + ", ".join(f"{name} {_n(v['cpu_percent'])} %" for name, v in cpu.items())
         + "; CPU-ms per send: "
         + ", ".join(f"{name} {_n(v, 3)}" for name, v in k["small"]["cpu_ms_per_send"].items())
-        + ".",
+        + ". "
+        f"The {each}-user sends' ratio (`group_notifications_per_noop_call`) divides Keel's "
+        "in-app notifications/s by the do-nothing service's calls/s: notifications stored and "
+        "delivered per call the bare gRPC server answers; above 1, sending to several users "
+        "per call beats the per-call ceiling of gRPC in Python on this machine. The goal of "
+        "≥ 2,000 in-app notifications/s per process is reported for one-user sends, "
+        f"{each}-user sends and the fan-out (targets above).",
         "",
     ]
     return out
