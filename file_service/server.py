@@ -51,6 +51,12 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME: Final = "keel.files.v1.FileService"
 _READS: Final = ("GetFile", "ListFiles", "DownloadFile", "CreateDownloadUrl")
+#: How much of a request body aiohttp buffers per connection before it stops reading the
+#: socket (it starts again below half). Its default, 64 KiB, stops and starts it at nearly
+#: every read of an upload (a read brings up to 256 KiB) while the body's previous MiB is
+#: being hashed and written; with 1 MiB the socket keeps flowing meanwhile. At most 2 MiB
+#: per upload.
+READ_BUFFER: Final = 1 << 20
 
 
 def limits_of(settings: Settings) -> FileLimits:
@@ -158,7 +164,7 @@ class FileProcess:
             cors_origins=files.cors_origins,
             public_base=files.public_url,
         )
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, read_bufsize=READ_BUFFER)
         await self._runner.setup()
         site = web.TCPSite(
             self._runner,

@@ -10,8 +10,8 @@ Routes (see :mod:`file_service.web.app`)::
     POST    /files/tus/{id}       PATCH or DELETE named by X-HTTP-Method-Override
     PUT     /files/tus/{id}       every byte at once, for plain clients of CreateUploadUrl
 
-Bodies are streamed to :meth:`FileBackend.append` in chunks of at most
-:data:`BODY_CHUNK` bytes, never read whole. When the client goes away mid-body the chunks
+Bodies are streamed to :meth:`FileBackend.append` in the pieces aiohttp read from the
+socket (up to 256 KiB each), never read whole. When the client goes away mid-body the chunks
 simply end, so the service keeps what arrived (tus: "the Server SHOULD accept as many
 bytes as possible") and the client resumes from there after a HEAD.
 
@@ -43,9 +43,6 @@ from file_service.web.errors import (
 from service_kit.clock import Clock, rfc3339
 from service_kit.errors import KeelError
 
-#: The largest piece of a request body handed to the service at once: 1 MiB (64 KiB
-#: pieces cost a quarter of an upload's CPU in per-piece overhead).
-BODY_CHUNK: Final = 1024 * 1024
 TUS_PATH: Final = "/files/tus"
 
 
@@ -54,8 +51,12 @@ async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
     (the connection drops or the body is cut short of its length)."""
     content = request.content
     try:
-        async for chunk in content.iter_chunked(BODY_CHUNK):
-            yield chunk
+        # Each piece as aiohttp read it: ``iter_chunked(n)`` and ``iter_any()`` join the
+        # pieces waiting in its buffer into a new bytes (a copy of the body); the blob
+        # store gathers pieces into batches itself.
+        async for chunk, _ in content.iter_chunks():
+            if chunk:
+                yield chunk
     except (ClientPayloadError, ConnectionResetError, PayloadEncodingError):
         # aiohttp raises as soon as the connection is lost, even while bytes of the body
         # that arrived before (in order: they are the client's) wait in its buffer. Hand
