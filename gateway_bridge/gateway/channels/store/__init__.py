@@ -6,7 +6,7 @@ returns them, so the caller can publish them after commit. A channel's
 message ``seq`` is taken from ``channels.last_seq`` inside the sending
 transaction, under the channel row's lock (``UPDATE ... SET last_seq = last_seq
 + 1``, or, for a batch of concurrent sends stored together, ``SELECT ... FOR
-UPDATE`` in channel id order and one update per channel): the lock serializes
+UPDATE`` in channel id order and one write for the whole batch): the lock serializes
 senders of one channel (PostgreSQL; SQLite serializes all writers), a rollback
 gives the numbers back, and so seqs are gap-free.
 
@@ -17,7 +17,8 @@ delete) are checked inside the transaction, with the predicates of
 Modules: :mod:`.interface` (the ``ChatStore`` role), :mod:`.sql` (``SqlChatStore``,
 composed of :mod:`.users`, :mod:`.channels`, :mod:`.members`, :mod:`.messages`,
 :mod:`.reactions` and :mod:`.outbox` over :mod:`.base`), :mod:`.rows` (rows to
-domain values and back), :mod:`.group_commit` (a batch's decisions, no I/O).
+domain values and back), :mod:`.group_commit` (a batch's decisions, no I/O),
+:mod:`.send_batch` (a batch's statements, per database).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway_bridge.gateway import outbox as ev
@@ -23,8 +23,25 @@ from gateway_bridge.gateway.channels.models import Channel, ChannelId, Member, R
 from gateway_bridge.gateway.channels.store.rows import member_row
 from service_kit.clock import Clock, utcnow
 from service_kit.db import insert_ignoring_conflicts
-from service_kit.schema import channel_members, events, users
+from service_kit.schema import channel_members, events, users, webhooks
 from service_kit.validation import new_id
+
+#: ``webhooks.state`` of a webhook that receives deliveries (``WebhookState.ACTIVE``; the
+#: chat store does not import the event store).
+ACTIVE_WEBHOOK = "active"
+
+
+async def without_webhooks(conn: AsyncConnection, tenant_ids: Collection[str]) -> set[str]:
+    """The tenants among ``tenant_ids`` that have no active webhook. Their events are
+    recorded with ``webhooks_done`` set, so the dispatcher never touches them (it would
+    find no webhook to deliver them to). Read in the recording transaction, so a webhook
+    whose creation committed before it gets the events."""
+    with_hooks = await conn.execute(
+        select(webhooks.c.tenant_id)
+        .where(webhooks.c.tenant_id.in_(sorted(tenant_ids)), webhooks.c.state == ACTIVE_WEBHOOK)
+        .distinct()
+    )
+    return set(tenant_ids) - set(with_hooks.scalars())
 
 
 class SqlStoreBase:
@@ -44,17 +61,23 @@ class SqlStoreBase:
         self, conn: AsyncConnection, event_drafts: Sequence[tuple[str, ev.EventDraft]]
     ) -> list[ev.ChatEvent]:
         """Append ``(tenant_id, draft)`` events to the log, in order, in one statement; the
-        events as recorded (with their cursors), in the same order."""
+        events as recorded (with their cursors), in the same order.
+
+        The rows are one multi-row ``INSERT``, which numbers them in order; their cursors
+        are matched back by ``event_id`` (asking SQLAlchemy to sort ``RETURNING`` instead
+        makes it insert one row per statement on SQLite)."""
         if not event_drafts:
             return []
         now = self._clock()
         ids = [new_id() for _ in event_drafts]
+        quiet = await without_webhooks(conn, {tenant_id for tenant_id, _ in event_drafts})
         result = await conn.execute(
-            insert(events).returning(events.c.id, sort_by_parameter_order=True),
+            insert(events).returning(events.c.id, events.c.event_id),
             [
                 {
                     "event_id": event_id,
                     "tenant_id": tenant_id,
+                    "webhooks_done": tenant_id in quiet,
                     "channel_id": d.channel_id,
                     "seq": d.seq,
                     "name": d.name,
@@ -64,9 +87,10 @@ class SqlStoreBase:
                 for event_id, (tenant_id, d) in zip(ids, event_drafts, strict=True)
             ],
         )
+        cursors = {row.event_id: int(row.id) for row in result.all()}
         return [
             ev.ChatEvent.of(
-                cursor=cursor,
+                cursor=cursors[event_id],
                 event_id=event_id,
                 tenant_id=tenant_id,
                 channel_id=d.channel_id,
@@ -75,9 +99,7 @@ class SqlStoreBase:
                 data=d.data,
                 created_at=now,
             )
-            for cursor, event_id, (tenant_id, d) in zip(
-                result.scalars().all(), ids, event_drafts, strict=True
-            )
+            for event_id, (tenant_id, d) in zip(ids, event_drafts, strict=True)
         ]
 
     async def _ensure_users(

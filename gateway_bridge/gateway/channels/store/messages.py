@@ -3,7 +3,8 @@
 A channel's message ``seq`` is taken from ``channels.last_seq`` inside the
 sending transaction, under the channel row's lock (``UPDATE ... SET last_seq =
 last_seq + 1``, or, for a batch of concurrent sends stored together, ``SELECT
-... FOR UPDATE`` in channel id order and one update per channel): the lock
+... FOR UPDATE`` in channel id order, then one write of every channel, message and
+event of the batch, :mod:`.send_batch`): the lock
 serializes senders of one channel (PostgreSQL; SQLite serializes all writers),
 a rollback gives the numbers back, and so seqs are gap-free.
 
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from prometheus_client import Counter
-from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -51,9 +52,7 @@ from gateway_bridge.gateway.channels.store.base import SqlStoreBase
 from gateway_bridge.gateway.channels.store.group_commit import (
     Alone,
     Earlier,
-    LockedChannel,
     Placed,
-    Plan,
     Refused,
     RepeatOf,
     attachments_for,
@@ -71,12 +70,13 @@ from gateway_bridge.gateway.channels.store.rows import (
     to_message,
     with_reactions,
 )
+from gateway_bridge.gateway.channels.store.send_batch import lock_channels, store_placed
 from service_kit import tracing
 from service_kit.auth import TenantId
 from service_kit.batching import Batcher
 from service_kit.clock import Clock, utcnow
 from service_kit.db import write_transaction
-from service_kit.schema import channel_members, channels, messages, reactions
+from service_kit.schema import channels, messages, reactions
 from service_kit.validation import new_id
 
 #: Most sends stored in one transaction (group commit).
@@ -218,21 +218,30 @@ class SqlMessages(SqlStoreBase):
         self, conn: AsyncConnection, batch: list[tuple[TenantId, NewMessage]]
     ) -> list[Answer]:
         """Lock the batch's channels, read what the plan needs, and store the sends that
-        need nothing but a seq and a row; every send answered (None: it runs alone)."""
+        need nothing but a seq and a row; every send answered (None: it runs alone).
+
+        The statements are :mod:`.send_batch`'s: on PostgreSQL a batch without
+        idempotency keys or attachments is four round trips (``BEGIN``, lock, write,
+        ``COMMIT``) whatever its size."""
         sends = [new for _, new in batch]
         channel_ids = sorted({new.channel_id for new in sends})
+        senders = sorted({new.user_id for new in sends if new.user_id})
+        locked, members = await lock_channels(conn, channel_ids, senders)
+        now = self._clock()
         plan = plan_batch(
             batch,
-            channels=await _lock_channels(conn, channel_ids),
-            members=await _memberships(conn, channel_ids, sends),
+            channels=locked,
+            members=members,
             stored=await _by_idempotency_keys(conn, channel_ids, sends),
             ready=await ready_files(
                 conn, {(tenant_id, f) for tenant_id, new in batch for f in new.attachment_ids}
             ),
-            now=self._clock(),
+            now=now,
             make_id=new_id,
         )
-        created = iter(await self._store_plan(conn, plan))
+        placed = plan.placed
+        created = iter(await store_placed(conn, placed, dict(plan.last_seq), now))
+        await record_attachments(conn, [p.message for p in placed])
         answers: list[Answer] = []
         for outcome in plan.outcomes:
             match outcome:
@@ -245,33 +254,6 @@ class SqlMessages(SqlStoreBase):
                 case Alone():
                     answers.append(None)
         return answers
-
-    async def _store_plan(self, conn: AsyncConnection, plan: Plan) -> list[ev.ChatEvent]:
-        """Write the plan's new ``last_seq``s and messages; their ``message:created``
-        events, in batch order."""
-        placed = plan.placed
-        if not placed:
-            return []
-        await conn.execute(
-            update(channels)
-            .where(channels.c.id == bindparam("taken_id"))
-            .values(last_seq=bindparam("taken_seq")),
-            [
-                {"taken_id": channel_id, "taken_seq": seq}
-                for channel_id, seq in plan.last_seq.items()
-            ],
-        )
-        await conn.execute(
-            insert(messages), [message_row(p.message, p.idempotency_key) for p in placed]
-        )
-        await record_attachments(conn, [p.message for p in placed])
-        return await self._record_many(
-            conn,
-            [
-                (p.message.tenant_id, drafts.message_event(vocab.MESSAGE_CREATED, p.message))
-                for p in placed
-            ],
-        )
 
     async def _by_idempotency_key(self, tenant_id: str, new: NewMessage) -> Message | None:
         async with self._engine.connect() as conn:
@@ -362,34 +344,6 @@ class SqlMessages(SqlStoreBase):
             await load_channel(conn, tenant_id, query.channel_id)
             rows = (await conn.execute(statement)).all()
             return await with_reactions(conn, [to_message(r._mapping) for r in rows])
-
-
-async def _lock_channels(conn: AsyncConnection, channel_ids: Sequence[str]) -> list[LockedChannel]:
-    """The rows of ``channel_ids`` that exist, locked until the transaction ends. They are
-    locked in id order, so batches never deadlock each other."""
-    rows = await conn.execute(
-        select(channels.c.id, channels.c.tenant_id, channels.c.type, channels.c.last_seq)
-        .where(channels.c.id.in_(channel_ids))
-        .order_by(channels.c.id)
-        .with_for_update()
-    )
-    return [LockedChannel(r.id, r.tenant_id, ChannelType(r.type), int(r.last_seq)) for r in rows]
-
-
-async def _memberships(
-    conn: AsyncConnection, channel_ids: Sequence[str], sends: Sequence[NewMessage]
-) -> set[tuple[str, str]]:
-    """The ``(channel_id, user_id)`` memberships of the senders of ``sends`` in ``channel_ids``."""
-    senders = sorted({new.user_id for new in sends if new.user_id})
-    if not senders:
-        return set()
-    found = await conn.execute(
-        select(channel_members.c.channel_id, channel_members.c.user_id).where(
-            channel_members.c.channel_id.in_(channel_ids),
-            channel_members.c.user_id.in_(senders),
-        )
-    )
-    return {(row.channel_id, row.user_id) for row in found}
 
 
 async def _by_idempotency_keys(

@@ -4,7 +4,10 @@ A logged event becomes one pending delivery per active webhook of its tenant tha
 selects it (:meth:`gateway_bridge.gateway.events.webhooks.Webhook.wants`), exactly
 once: the events are claimed with row locks that concurrent dispatchers skip
 (PostgreSQL) and marked ``webhooks_done`` in the same transaction that inserts
-their deliveries.
+their deliveries. The events of a tenant with no active webhook are recorded with
+``webhooks_done`` already set (see
+:func:`gateway_bridge.gateway.channels.store.base.without_webhooks`), so the fan-out
+never reads, locks or rewrites them.
 
 Each delivery is carried by a job of the kit's queue, enqueued in the transaction that
 creates it (:mod:`.delivery_jobs`); :meth:`SqlDeliveries.take` gives an attempt what it

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway_bridge import vocabulary as vocab
@@ -28,6 +28,8 @@ from gateway_bridge.gateway.channels.models import (
 )
 from gateway_bridge.gateway.channels.service import ChatService
 from gateway_bridge.gateway.channels.store import SqlChatStore
+from gateway_bridge.gateway.events.store import SqlEventStore
+from gateway_bridge.gateway.events.webhooks import WebhookState
 from gateway_bridge.gateway.relay import EventRelay
 from service_kit.auth import TenantId
 from service_kit.bus import InProcessEventBus
@@ -589,3 +591,103 @@ async def test_custom_message_types_and_long_emoji(chat: ChatService) -> None:
         await chat.add_reaction(t, channel_id, sent.id, "u", "🙂" * 65)
     assert caught.value.violations[0].field == "emoji"
     assert (await chat.get_message(t, channel_id, sent.id)).reaction_counts == ()
+
+
+class StatementCounter:
+    """The statements an engine runs and the transactions it commits, from now on."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.statements: list[str] = []
+        self.commits = 0
+        self._engine = engine
+        event.listen(engine.sync_engine, "before_cursor_execute", self._statement)
+        event.listen(engine.sync_engine, "commit", self._commit)
+
+    def _statement(self, _conn: object, _cursor: object, statement: str, *_: object) -> None:
+        self.statements.append(statement)
+
+    def _commit(self, _conn: object) -> None:
+        self.commits += 1
+
+    def close(self) -> None:
+        event.remove(self._engine.sync_engine, "before_cursor_execute", self._statement)
+        event.remove(self._engine.sync_engine, "commit", self._commit)
+
+
+async def test_a_batch_of_sends_costs_the_same_statements_whatever_its_size(
+    engine: AsyncEngine, store: SqlChatStore
+) -> None:
+    """Group commit: a batch is a fixed number of statements (lock and write on
+    PostgreSQL, each prepared once: four round trips with BEGIN and COMMIT; on SQLite,
+    BEGIN IMMEDIATE, the lock, the webhook check and three multi-row writes), never one
+    per send; each send gets its own message and event, with the cursor its event row has."""
+    t = tenant()
+    channels = [(await stored_channel(store, t, ChannelType.GROUP, "alice"))[0] for _ in range(40)]
+    counter = StatementCounter(engine)
+    try:
+        sent = await asyncio.gather(
+            *(store.send_message(t, NewMessage(c.id, "alice", f"to {c.id}")) for c in channels * 2)
+        )
+    finally:
+        counter.close()
+    per_batch = 2 if engine.dialect.name == "postgresql" else 6
+    assert len(counter.statements) == per_batch * counter.commits
+    assert counter.commits < len(sent) // 4  # batched, not one transaction per send
+    async with engine.connect() as conn:
+        rows = {
+            row.id: row
+            for row in await conn.execute(
+                select(events).where(events.c.id.in_([e.cursor for _, es in sent for e in es]))
+            )
+        }
+    for message, recorded in sent:
+        (created,) = recorded
+        row = rows[created.cursor]
+        assert (row.event_id, row.channel_id, row.seq) == (
+            created.event_id,
+            message.channel_id,
+            message.seq,
+        )
+        assert created.data["message"]["id"] == message.id
+    for channel in channels:
+        assert sorted(m.seq for m, _ in sent if m.channel_id == channel.id) == [1, 2]
+
+
+async def webhooks_done(engine: AsyncEngine, recorded: list[ev.ChatEvent]) -> set[bool]:
+    async with engine.connect() as conn:
+        return {
+            bool(done)
+            for (done,) in await conn.execute(
+                select(events.c.webhooks_done).where(events.c.id.in_([e.cursor for e in recorded]))
+            )
+        }
+
+
+async def test_events_of_a_tenant_without_an_active_webhook_need_no_fan_out(
+    engine: AsyncEngine, store: SqlChatStore
+) -> None:
+    """Events are recorded as already fanned out (``webhooks_done``) while their tenant
+    has no active webhook, so the dispatcher never touches them; once it has one, they
+    wait for the fan-out, which delivers them."""
+    t = tenant()
+    channel, created = await stored_channel(store, t, ChannelType.GROUP, "alice", "bob")
+    sends = [NewMessage(channel.id, "alice", f"#{n}") for n in range(5)]
+    sent = await asyncio.gather(*(store.send_message(t, new) for new in sends))
+    assert await webhooks_done(engine, created + [e for _, es in sent for e in es]) == {True}
+
+    hooks = SqlEventStore(engine)
+    hook = await hooks.create_webhook(
+        t,
+        url="https://example.com/hook",
+        events_filter=[],
+        channel_ids=[],
+        description="",
+        secret="s" * 32,
+    )
+    sent = await asyncio.gather(*(store.send_message(t, new) for new in sends))
+    _, joined = await store.add_member(t, channel.id, "carol", Role.MEMBER)
+    assert await webhooks_done(engine, joined + [e for _, es in sent for e in es]) == {False}
+
+    await hooks.update_webhook(t, hook.id, {"state": WebhookState.PAUSED.value})
+    sent = await asyncio.gather(*(store.send_message(t, new) for new in sends))
+    assert await webhooks_done(engine, [e for _, es in sent for e in es]) == {True}
