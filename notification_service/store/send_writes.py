@@ -17,15 +17,17 @@ them:
    (locked in one global order) and jobs (:class:`QueuedDeliveries`), every delivery in
    one statement, and a release job per scheduled send.
 4. **Count** the unread notifications of every inbox a send landed in, once per tenant,
-   after the writes. Each send is answered with the counts as of its own place in the
-   call: a later send of the same call to the same user is not counted in an earlier
-   send's count, so the counts read as if the sends had committed one by one in order.
+   after the writes (and after ``before_counting``, which lets the caller have its
+   transactions count and commit in turn). Each send is answered with the counts as of
+   its own place in the call: a later send of the same call to the same user is not
+   counted in an earlier send's count, so the counts read as if the sends had committed
+   one by one in order.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Select, insert, select
@@ -61,9 +63,15 @@ from service_kit.validation import new_id
 Outcome = StoredSend | Exception
 
 
-async def write_sends(conn: AsyncConnection, sends: Sequence[NewSend]) -> list[Outcome]:
+async def write_sends(
+    conn: AsyncConnection,
+    sends: Sequence[NewSend],
+    *,
+    before_counting: Callable[[], Awaitable[None]] | None = None,
+) -> list[Outcome]:
     """Plan and store ``sends`` in ``conn``'s transaction (see the module docstring); one
-    outcome per send, in order. Errors of the database are raised (the transaction is
+    outcome per send, in order. ``before_counting`` is awaited after the writes, before
+    the unread counts are read. Errors of the database are raised (the transaction is
     then unusable: the caller rolls back and may store the sends one at a time)."""
     outcomes: list[Outcome | None] = [None] * len(sends)
     planned: dict[int, list[PlannedRecipient]] = {}
@@ -88,6 +96,8 @@ async def write_sends(conn: AsyncConnection, sends: Sequence[NewSend]) -> list[O
         await conn.execute(insert(notification_deliveries), list(part))
     for index in planned:
         await _enqueue_release(conn, sends[index])
+    if before_counting is not None:
+        await before_counting()
     unread = await _unread_as_of_each(conn, sends, rows)
     for index in planned:
         outcomes[index] = _stored(rows[index], deliveries[index], unread[index], inputs[index])

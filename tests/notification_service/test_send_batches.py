@@ -78,9 +78,9 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The size of every call of write_sends (each one transaction's sends)."""
     sizes: list[int] = []
 
-    async def counted(conn: Any, sends: Sequence[NewSend]) -> Any:
+    async def counted(conn: Any, sends: Sequence[NewSend], **options: Any) -> Any:
         sizes.append(len(sends))
-        return await write_sends(conn, sends)
+        return await write_sends(conn, sends, **options)
 
     monkeypatch.setattr(sends_module, "write_sends", counted)
     return sizes
@@ -113,6 +113,40 @@ async def test_concurrent_sends_share_one_transaction_each_with_its_own_notifica
     assert [s.unread[f"u{i}"] for i, s in enumerate(stored[6:])] == [1, 1, 1, 1]
     page, unread = await store.list_inbox(tenant, "ann", unread_only=False, limit=10, after=None)
     assert unread == 6 and {n.id for n in page} == set(ids[:6])
+
+
+async def test_batches_stored_at_once_count_in_the_order_they_commit(
+    store: SqlNotificationStore, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL two batches are written at once; here both have written before
+    either counts, and their counts are still taken in turn: the sends to one inbox are
+    answered 1, 2, ..., N, each count once."""
+    both_wrote = asyncio.Event()
+    wrote: list[int] = []
+
+    async def meeting(conn: Any, sends: Sequence[NewSend], **options: Any) -> Any:
+        take_turn = options.pop("before_counting")
+
+        async def after_both_wrote() -> None:
+            wrote.append(len(sends))
+            if len(wrote) == 2:
+                both_wrote.set()
+            await asyncio.wait_for(both_wrote.wait(), 10)
+            await take_turn()
+
+        return await write_sends(conn, sends, before_counting=after_both_wrote, **options)
+
+    postgres = engine.dialect.name == "postgresql"
+    if postgres:  # on SQLite one batch at a time: nothing to meet
+        monkeypatch.setattr(sends_module, "write_sends", meeting)
+    tenant = new_id()
+    many = sends_module.SEND_BATCH + 36
+    stored = await _outcomes(store, [_send(tenant, "ann") for _ in range(many)])
+    assert all(isinstance(s, StoredSend) for s in stored)
+    assert sorted(wrote) == ([36, sends_module.SEND_BATCH] if postgres else [])
+    assert sorted(s.unread["ann"] for s in stored) == list(range(1, many + 1))
+    _, unread = await store.list_inbox(tenant, "ann", unread_only=False, limit=1, after=None)
+    assert unread == many
 
 
 async def test_a_send_whose_planning_fails_fails_alone(
