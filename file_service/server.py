@@ -57,6 +57,12 @@ _READS: Final = ("GetFile", "ListFiles", "DownloadFile", "CreateDownloadUrl")
 #: being hashed and written; with 1 MiB the socket keeps flowing meanwhile. At most 2 MiB
 #: per upload.
 READ_BUFFER: Final = 1 << 20
+#: The gRPC receive window of each upload stream: a fixed 4 MiB (four 1 MiB chunks) instead
+#: of the one grpc sizes from its bandwidth-delay probes (at least 4 MiB, and twice the
+#: estimated BDP above that), which lets the client run as far ahead of a busy event loop as
+#: the estimate grows — what grpc buffers for an upload is bounded by this window.
+GRPC_WINDOW: Final = 4 << 20
+GRPC_OPTIONS: Final = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", GRPC_WINDOW))
 
 
 def limits_of(settings: Settings) -> FileLimits:
@@ -246,6 +252,7 @@ def build(runtime: Runtime) -> FileServer:
         on_start=process.start,
         on_stop=process.stop,
         dependency_up=process.blobs_up,
+        grpc_options=GRPC_OPTIONS,
     )
 
     async def purge_blobs(job: Job) -> None:

@@ -201,6 +201,9 @@ class ServiceSpec:
     #: The ``dependency`` label of ``keel_dependency_up`` for ``dependency_up``'s answer
     #: (the file service's blob store is the only such dependency today).
     dependency_name: str = "blob_store"
+    #: gRPC server options the service needs (the file service bounds its flow-control
+    #: window); in a server of several services they apply to all of them.
+    grpc_options: Sequence[tuple[str, int]] = ()
 
     def method_policies(self) -> dict[str, MethodPolicy]:
         """Policies keyed by full method path (``/pkg.Service/Method``)."""
@@ -257,6 +260,7 @@ class KeelServer:
                     "grpc.max_receive_message_length",
                     max(4 << 20, runtime.settings.max_message_bytes + (256 << 10)),
                 ),
+                *(option for spec in self._specs for option in spec.grpc_options),
             ],
         )
         self.port = 0

@@ -75,3 +75,14 @@ def test_a_download_chunk_is_the_message_protobuf_would_send(size: int) -> None:
     assert wire.serialize_download_response(chunk) == expected
     first = pb.DownloadFileResponse(file=pb.File(id="f", size_bytes=size))
     assert wire.serialize_download_response(first) == first.SerializeToString()
+
+
+def test_the_file_service_bounds_what_grpc_buffers_of_an_upload() -> None:
+    """A fixed receive window of a few chunks, not one grown from bandwidth probes."""
+    from typing import cast
+
+    from file_service import server as file_server
+    from service_kit.server import Runtime
+
+    options = dict(file_server.build(cast(Runtime, object())).spec.grpc_options)
+    assert options == {"grpc.http2.bdp_probe": 0, "grpc.http2.lookahead_bytes": 4 * MiB}
