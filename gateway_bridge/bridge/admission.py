@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 
 from gateway_bridge.bridge import protocol as p
-from gateway_bridge.bridge.connection import CLOSED, Conn, Connections
+from gateway_bridge.bridge.connection import CLOSED, BrowserSocket, Conn, Connections
 from service_kit.auth import Authenticator, TenantContext
 from service_kit.client_tokens import ClientTokens, InvalidClientToken
 from service_kit.clock import rfc3339
@@ -51,7 +51,7 @@ class Admission:
         self._connections = connections
         self._limits = limits
 
-    async def admit(self, ws: ServerConnection) -> Conn | None:
+    async def admit(self, ws: BrowserSocket) -> Conn | None:
         """Authenticate and register ``ws``, or close it with the right code (None)."""
         assert ws.request is not None
         token = _query_token(ws.request.path)

@@ -2,12 +2,19 @@
 
 :class:`Bridge` is the I/O shell that puts the parts together and owns the sockets:
 it listens (websockets), admits each connection
-(:mod:`~gateway_bridge.bridge.admission`), reads its frames — parsed by
+(:mod:`~gateway_bridge.bridge.admission`), runs its frames — parsed by
 :mod:`~gateway_bridge.bridge.protocol`, charged to its rate budget, run by
 :mod:`~gateway_bridge.bridge.commands` — and closes it. Events from the gateway
 reach sockets through :mod:`~gateway_bridge.bridge.fanout` and its socket-free room
 cores (:mod:`~gateway_bridge.bridge.room`); typing and presence through
 :mod:`~gateway_bridge.bridge.ephemeral`. ``docs/protocol.md`` is the protocol.
+
+An admitted connection's messages are handed over as they arrive
+(:meth:`~gateway_bridge.bridge.connection.BrowserSocket.deliver_to`); they run in a
+task that lives while the connection has frames to run, one frame at a time in the
+order they came, so an idle connection holds no reader task. While one runs, those that
+come wait; past ``MAX_WAITING`` of them the socket is not read until they are down to
+``RESUME_AT`` (as websockets' own frame queue, ``max_queue``, does).
 """
 
 from __future__ import annotations
@@ -23,15 +30,23 @@ import grpc
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
-from websockets.typing import Subprotocol
+from websockets.typing import Data, Subprotocol
 
 from gateway_bridge.bridge import http, unsubscribe
 from gateway_bridge.bridge import protocol as p
 from gateway_bridge.bridge.admission import Admission
 from gateway_bridge.bridge.commands import Commands
-from gateway_bridge.bridge.connection import CLOSED, Conn, Connections
+from gateway_bridge.bridge.connection import (
+    CLOSED,
+    MAX_WAITING,
+    RESUME_AT,
+    BrowserSocket,
+    Conn,
+    Connections,
+)
 from gateway_bridge.bridge.ephemeral import Ephemeral
 from gateway_bridge.bridge.fanout import Fanout
 from gateway_bridge.bridge.inbox import Inbox
@@ -135,6 +150,10 @@ class Bridge:
         )
         self._bus = bus
         self._server: Server | None = None
+        #: One bound method for every connection's messages (not one made per connection).
+        self._receiver = self._receive
+        #: The tasks running connections' frames (asyncio keeps only weak references).
+        self._running: set[asyncio.Task[None]] = set()
         self.port = 0
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -157,7 +176,7 @@ class Bridge:
             subprotocols=[p.PROTOCOL],  # type: ignore[list-item]
             select_subprotocol=self._subprotocol,
             process_request=self._http,
-            create_connection=http.BridgeConnection,
+            create_connection=BrowserSocket,
             compression="deflate" if self._settings.compression else None,
             max_size=self._settings.max_frame_bytes,
             open_timeout=self._settings.handshake_timeout,
@@ -188,6 +207,8 @@ class Bridge:
             ]
             await asyncio.gather(*closing, return_exceptions=True)
             await self._server.wait_closed()
+            # Frames still running finish before the link they may be calling closes.
+            await asyncio.gather(*self._running, return_exceptions=True)
         await self._keepalive.stop()
         self._fanout.close()
         await self._revocation.stop()
@@ -238,6 +259,7 @@ class Bridge:
     # -- one connection -----------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, BrowserSocket)
         if self._settings.conformance_echo and ws.request is not None:
             if urlsplit(ws.request.path).path == http.ECHO_PATH:
                 await _echo(ws)
@@ -256,15 +278,54 @@ class Bridge:
             # as "handshake not received yet": one shared stand-in instead.)
             ws.request, ws.response = _HANDSHAKE_DONE, None
             self._revocation.watch(conn)
-            async for message in ws:
-                if conn.closed:
-                    break
-                await self._on_frame(conn, message)
+            ws.deliver_to(conn, self._receiver)
+            # websockets closes the connection when this returns: wait for its end here.
+            await ws.wait_closed()
         except ConnectionClosed:
             pass
         finally:
             if conn is not None:
                 self._drop(conn)
+
+    def _receive(self, conn: Conn, message: Data) -> None:
+        """A message of ``conn``: run it now, or after the ones before it (see the module
+        docstring)."""
+        if conn.closed:
+            return
+        waiting = conn.waiting
+        if waiting is not None:
+            waiting.append(message)
+            if len(waiting) > MAX_WAITING and not conn.reading_paused:
+                conn.reading_paused = True
+                conn.ws.transport.pause_reading()
+            return
+        conn.waiting = []
+        task = asyncio.get_running_loop().create_task(self._run(conn, message))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, conn: Conn, message: Data) -> None:
+        """Run ``message`` and then those that came meanwhile, in order, until none waits
+        or the connection closes. A frame that fails closes the connection with 1011, as
+        websockets closes one whose handler fails."""
+        try:
+            while True:
+                await self._on_frame(conn, message)
+                waiting = conn.waiting
+                if not waiting or conn.closed:
+                    return
+                message = waiting.pop(0)
+                if conn.reading_paused and len(waiting) <= RESUME_AT:
+                    conn.reading_paused = False
+                    conn.ws.transport.resume_reading()
+        except ConnectionClosed:
+            pass
+        except Exception:
+            conn.ws.logger.error("connection handler failed", exc_info=True)
+            self._drop(conn)
+            await conn.ws.close(CloseCode.INTERNAL_ERROR)
+        finally:
+            conn.waiting = None
 
     async def _on_frame(self, conn: Conn, text: str | bytes) -> None:
         refused: p.FrameError | None = None

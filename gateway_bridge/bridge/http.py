@@ -167,6 +167,9 @@ def _handshake(protocol: ServerProtocol) -> Generator[None]:
         while request.body_too_long:  # unread: its bytes must not be taken for frames
             protocol.reader.discard()  # (the 413 answer replaces this parser)
             yield
+        # This generator lives as long as the connection: it must not keep the request
+        # (its headers, ~3.5 KiB) once the connection has let it go.
+        del request
     yield from Protocol.parse(protocol)
 
 

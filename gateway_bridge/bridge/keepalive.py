@@ -38,7 +38,9 @@ TICK_SECONDS: Final = 1.0
 class Pinged(Protocol):
     """What the keepalive needs of a connection (a :class:`~.connection.Conn` has it)."""
 
-    ws: ServerConnection
+    @property
+    def ws(self) -> ServerConnection: ...
+
     closed: bool
     pinged_at: float
     pong: asyncio.Future[float] | None
@@ -87,11 +89,17 @@ class Keepalive(Generic[C]):
         for conn in self._connections:
             if conn.closed:
                 continue
-            if conn.pong is not None and not conn.pong.done():
-                if now - conn.pinged_at >= self._timeout:
-                    conn.pong = None
-                    self._on_timeout(conn)
-                continue
+            if conn.pong is not None:
+                if not conn.pong.done():
+                    if now - conn.pinged_at >= self._timeout:
+                        conn.pong = None
+                        self._on_timeout(conn)
+                    continue
+                # Answered: nothing to keep until the next ping (and the emptied table of
+                # websockets' pings by payload, ~160 bytes, goes back too).
+                conn.pong = None
+                if not conn.ws.pending_pings:
+                    conn.ws.pending_pings.clear()
             if now - conn.pinged_at < self._interval or conn.ws.state is not State.OPEN:
                 continue  # (a closing connection's ping would wait for the close)
             try:
