@@ -8,6 +8,7 @@ which events end subscriptions. The events' data is described in docs/protocol.m
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -70,3 +71,16 @@ def subscriptions_ended_by(name: str, data_json: str) -> SubscriptionsEnd | None
 #: The initial metadata with which a gateway's ``Connect`` stream says it takes the
 #: bridge's sends (``ConnectSend``); a bridge makes unary SendMessage calls to one without.
 CONNECT_SENDS: Final = ("x-keel-connect-sends", "1")
+
+
+def batch_length(sizes: Iterable[int], max_bytes: int, max_items: int) -> int:
+    """How many of the items (of these ``sizes``, in order) go in one stream message: up
+    to the one that reaches ``max_bytes``, at most ``max_items``, at least one. The
+    Connect stream batches sends (bridge) and their answers (gateway) this way."""
+    taken = total = 0
+    for size in sizes:
+        taken += 1
+        total += size
+        if total >= max_bytes or taken >= max_items:
+            break
+    return taken

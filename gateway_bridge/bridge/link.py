@@ -9,7 +9,9 @@ delivered. Unary calls act for a tenant with the operator token and
 Sends go up the stream instead when the gateway says it takes them
 (:data:`~gateway_bridge.vocabulary.CONNECT_SENDS` in its initial metadata): each
 ``ConnectSend`` carries a correlation id, its ``SendResult`` resolves the waiting
-call, and a failed send raises the same ``AioRpcError`` the unary call would have
+call (the sends waiting while the stream writes go up together in one request,
+``ConnectSends``, so a busy bridge makes fewer, larger writes), and a failed send
+raises the same ``AioRpcError`` the unary call would have
 (:func:`~gateway_bridge.bridge.rpc_errors.status_error`). When the stream ends before
 a send is answered, the send fails UNAVAILABLE: it may or may not have been stored,
 and a retry with the same idempotency key answers the stored message. A gateway
@@ -21,17 +23,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import grpc
 from keel.channels.v1 import channels_pb2, channels_pb2_grpc
 
 from gateway_bridge.bridge.rpc_errors import rpc_error, status_error
-from gateway_bridge.vocabulary import CONNECT_SENDS
+from gateway_bridge.vocabulary import CONNECT_SENDS, batch_length
 from service_kit import tracing
 from service_kit.interceptor import ACTING_FOR_TENANT
 
 log = logging.getLogger(__name__)
+
+#: Put in the outbox when sends wait to go up (:meth:`GatewayLink.send_message`).
+_SENDS: Final = channels_pb2.ConnectRequest()
+#: At most this many sends, and about this many bytes of them, go in one request (the
+#: gateway takes requests of 4 MiB and more).
+_SENDS_PER_REQUEST: Final = 500
+_SENDS_BYTES: Final = 1 << 20
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -66,6 +75,7 @@ class GatewayLink:
         #: Whether the open stream takes sends (its gateway said so).
         self.stream_sends = False
         self._sends: dict[int, asyncio.Future[channels_pb2.SendResult]] = {}
+        self._ready_sends: list[channels_pb2.ConnectSend] = []  # not written yet
         self._last_send = 0
 
     def start(self) -> None:
@@ -114,16 +124,16 @@ class GatewayLink:
         correlation_id = self._last_send
         answer: asyncio.Future[channels_pb2.SendResult] = asyncio.get_running_loop().create_future()
         self._sends[correlation_id] = answer
-        self.send(
-            channels_pb2.ConnectRequest(
-                send=channels_pb2.ConnectSend(
-                    correlation_id=correlation_id,
-                    tenant_id=tenant_id,
-                    request=request.SerializeToString(),
-                    traceparent=tracing.traceparent() if tracing.tracer() is not None else "",
-                )
+        self._ready_sends.append(
+            channels_pb2.ConnectSend(
+                correlation_id=correlation_id,
+                tenant_id=tenant_id,
+                request=request.SerializeToString(),
+                traceparent=tracing.traceparent() if tracing.tracer() is not None else "",
             )
         )
+        if len(self._ready_sends) == 1:  # one marker stands for every send waiting
+            self.send(_SENDS)
         try:
             async with asyncio.timeout(self._call_timeout):
                 result = await answer
@@ -137,10 +147,25 @@ class GatewayLink:
             raise status_error(result.status)
         return channels_pb2.SendMessageResponse(message=result.message)
 
-    def _answered(self, result: channels_pb2.SendResult) -> None:
-        answer = self._sends.pop(result.correlation_id, None)
-        if answer is not None and not answer.done():
-            answer.set_result(result)
+    def _answered(self, results: channels_pb2.SendResults) -> None:
+        for result in results.results:
+            answer = self._sends.pop(result.correlation_id, None)
+            if answer is not None and not answer.done():
+                answer.set_result(result)
+
+    def _take_sends(self) -> channels_pb2.ConnectRequest:
+        """The request carrying the sends waiting (as many as fit; the marker goes back in
+        the outbox for the rest)."""
+        taken = batch_length(
+            (len(send.request) + 100 for send in self._ready_sends),
+            _SENDS_BYTES,
+            _SENDS_PER_REQUEST,
+        )
+        batch = self._ready_sends[:taken]
+        del self._ready_sends[:taken]
+        if self._ready_sends:
+            self.send(_SENDS)
+        return channels_pb2.ConnectRequest(sends=channels_pb2.ConnectSends(sends=batch))
 
     def _sends_lost(self) -> None:
         """The stream ended: every send not answered yet fails UNAVAILABLE."""
@@ -195,6 +220,7 @@ class GatewayLink:
                     # What was queued meanwhile is covered by the resubscriptions.
                     while not self._outbox.empty():
                         self._outbox.get_nowait()
+                    self._ready_sends.clear()  # failed with the stream they were for
                     for request in self._resubscriptions():
                         await call.write(request)
                     writer = asyncio.create_task(self._write(call), name="gateway-link-writer")
@@ -205,8 +231,8 @@ class GatewayLink:
                     if response is grpc.aio.EOF:
                         break
                     backoff = 0.1
-                    if response.HasField("send_result"):
-                        self._answered(response.send_result)
+                    if response.HasField("send_results"):
+                        self._answered(response.send_results)
                     else:
                         self._on_response(response)
                 log.warning("gateway closed the Connect stream; reconnecting")
@@ -239,7 +265,7 @@ class GatewayLink:
         try:
             while True:
                 request = await self._outbox.get()
-                await call.write(request)
+                await call.write(self._take_sends() if request is _SENDS else request)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
             pass  # the stream ended; the reader reconnects and resubscribes
 

@@ -23,7 +23,8 @@ subscriber's replay ended.
 A bridge's sends (``ConnectSend``) are handed to ``sends`` (the servicer's
 :meth:`~gateway_bridge.gateway.channels.servicer.ChannelServicer.stream_send`, the same
 code as SendMessage) each in a task of its own, so they meet other sends in the store's
-group commit; each answer goes down the stream as it comes (a ``SendResult``). A stream
+group commit; the answers go down the stream as they come, those ready at once in one
+response (``SendResults``). A stream
 whose bridge half-closes gets the answers of the sends in flight before it ends.
 
 A stream whose bridge reads too slowly (more than ``max_backlog`` responses
@@ -46,7 +47,7 @@ from gateway_bridge.gateway.channels.attachment_links import AttachmentLinks
 from gateway_bridge.gateway.channels.replays import SharedReplays
 from gateway_bridge.gateway.channels.routes import LiveRoutes
 from gateway_bridge.gateway.channels.store import ChatStore
-from gateway_bridge.gateway.channels.streams import END, BridgeStream
+from gateway_bridge.gateway.channels.streams import END, RESULTS, BridgeStream
 from gateway_bridge.vocabulary import CONNECT_SENDS
 from service_kit.bus import EventBus
 from service_kit.errors import KeelError, OutOfRange, ResourceExhausted, Unavailable
@@ -120,6 +121,9 @@ class ConnectHub:
                             retry_after=0.0,
                         )
                     return
+                if item is RESULTS:
+                    yield stream.take_results()
+                    continue
                 assert isinstance(item, channels_pb2.ConnectResponse)
                 yield item
         finally:
@@ -141,9 +145,11 @@ class ConnectHub:
         loop = asyncio.get_running_loop()
         try:
             async for request in requests:
-                if request.HasField("send"):
-                    if sends is not None:
-                        task = loop.create_task(_send(stream, sends, request.send))
+                if request.HasField("sends"):
+                    if sends is None:
+                        continue  # never asked for: this stream did not say it takes sends
+                    for send in request.sends.sends:
+                        task = loop.create_task(_send(stream, sends, send))
                         stream.sends.add(task)
                         task.add_done_callback(stream.sends.discard)
                 elif request.HasField("subscribe"):
@@ -282,7 +288,7 @@ async def _send(stream: BridgeStream, sends: Sends, send: channels_pb2.ConnectSe
     """Handle one send and queue its answer. A stream that ended meanwhile lets the send
     finish (a send is not undone halfway) and drops its answer: the bridge answered its
     browser UNAVAILABLE, and a retry with the same key finds the message."""
-    stream.send(channels_pb2.ConnectResponse(send_result=await sends(send)))
+    stream.answer(await sends(send))
 
 
 def _result(

@@ -8,13 +8,21 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Final
 
+from keel.channels.v1 import channels_pb2
+
 from gateway_bridge.gateway.outbox import ChatEvent
 from gateway_bridge.seq_order import SeqOrder
+from gateway_bridge.vocabulary import batch_length
 
 ChannelKey = tuple[str, str]  # (tenant id, channel id)
 
 #: Put in a stream's outbox: the stream ends (why: ``overflowed``, ``restarting``).
 END: Final = object()
+#: Put in a stream's outbox when send results wait (:meth:`BridgeStream.answer`).
+RESULTS: Final = object()
+#: At most this many bytes of send results go in one response (the bridge's gRPC channel
+#: takes messages up to 4 MiB).
+RESULTS_BYTES: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +52,7 @@ class BridgeStream:
         self.readers: Counter[ChannelKey] = Counter()  # how many keys read each channel
         self.commands: dict[str, asyncio.Task[None]] = {}  # the last command of each key
         self.sends: set[asyncio.Task[None]] = set()  # the sends being handled
+        self.results: list[channels_pb2.SendResult] = []  # answered, not yet in a response
         self.has_room = asyncio.Event()  # set while the backlog is low enough to replay into
         self.has_room.set()
         self.overflowed = False
@@ -88,6 +97,25 @@ class BridgeStream:
             self.batched += weight - 1
             item = Weighted(item, weight)
         self.outbox.put_nowait(item)
+
+    def answer(self, result: channels_pb2.SendResult) -> None:
+        """Queue a send's answer. The answers that wait together go in one response
+        (:meth:`take_results`): one marker in the outbox stands for all of them."""
+        self.results.append(result)
+        if len(self.results) == 1:
+            self.send(RESULTS)
+
+    def take_results(self) -> channels_pb2.ConnectResponse:
+        """The response for the waiting answers (up to :data:`RESULTS_BYTES`; the marker
+        goes back in the outbox for the rest)."""
+        taken = batch_length(
+            (result.ByteSize() for result in self.results), RESULTS_BYTES, len(self.results)
+        )
+        batch = self.results[:taken]
+        del self.results[:taken]
+        if self.results:
+            self.send(RESULTS)
+        return channels_pb2.ConnectResponse(send_results=channels_pb2.SendResults(results=batch))
 
     def _events(self) -> int:
         return self.outbox.qsize() + self.batched

@@ -17,6 +17,7 @@ from gateway_bridge.bridge.bridge import Bridge
 from gateway_bridge.gateway.channels import hub as hub_module
 from gateway_bridge.gateway.channels.hub import ConnectHub
 from gateway_bridge.gateway.channels.streams import BridgeStream
+from gateway_bridge.vocabulary import batch_length
 from tests.gateway_bridge.bridge.conftest import WAIT, Dial, Stack, join, running_bridge
 from tests.gateway_bridge.conftest import Tenant
 
@@ -265,3 +266,53 @@ async def test_concurrent_stream_sends_keep_each_senders_order_and_a_gap_free_se
         mine = [m.content for m in stored if m.user_id == user]
         assert mine == [f"{user}:{n}" for n in range(per_sender)]
     assert unary.count == 0
+
+
+async def test_sends_ready_together_go_up_in_one_request_and_come_back_batched(
+    bridge: Bridge, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty sends made at once by the bridge go up as one ConnectSends and their answers
+    come back in fewer responses than sends (those ready at once together), each to its
+    own caller, with gap-free seqs."""
+    channel = await tenant.group("alice")
+    link = bridge.link
+    requests: list[int] = []
+    take_sends = link._take_sends
+
+    def counted_requests() -> channels_pb2.ConnectRequest:
+        request = take_sends()
+        requests.append(len(request.sends.sends))
+        return request
+
+    responses: list[int] = []
+    take_results = BridgeStream.take_results
+
+    def counted_responses(stream: BridgeStream) -> channels_pb2.ConnectResponse:
+        response = take_results(stream)
+        responses.append(len(response.send_results.results))
+        return response
+
+    monkeypatch.setattr(link, "_take_sends", counted_requests)
+    monkeypatch.setattr(BridgeStream, "take_results", counted_responses)
+    sent = await asyncio.gather(
+        *(
+            link.send_message(
+                tenant.id,
+                channels_pb2.SendMessageRequest(
+                    channel_id=channel, user_id="alice", content=f"m{n}"
+                ),
+            )
+            for n in range(20)
+        )
+    )
+    assert requests == [20]
+    assert sum(responses) == 20 and len(responses) < 20, responses
+    assert [r.message.content for r in sent] == [f"m{n}" for n in range(20)]
+    assert sorted(r.message.seq for r in sent) == list(range(1, 21))
+
+
+def test_a_batch_ends_at_the_item_that_reaches_its_bytes_or_its_count() -> None:
+    assert batch_length([10, 10, 10, 10], max_bytes=25, max_items=100) == 3
+    assert batch_length([5_000_000, 1], max_bytes=1 << 20, max_items=100) == 1  # alone
+    assert batch_length([1] * 10, max_bytes=1 << 20, max_items=4) == 4
+    assert batch_length([], max_bytes=1, max_items=1) == 0

@@ -568,15 +568,21 @@ class ConnectSend(_message.Message):
     traceparent: str
     def __init__(self, correlation_id: _Optional[int] = ..., tenant_id: _Optional[str] = ..., request: _Optional[bytes] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
+class ConnectSends(_message.Message):
+    __slots__ = ("sends",)
+    SENDS_FIELD_NUMBER: _ClassVar[int]
+    sends: _containers.RepeatedCompositeFieldContainer[ConnectSend]
+    def __init__(self, sends: _Optional[_Iterable[_Union[ConnectSend, _Mapping]]] = ...) -> None: ...
+
 class ConnectRequest(_message.Message):
-    __slots__ = ("subscribe", "unsubscribe", "send")
+    __slots__ = ("subscribe", "unsubscribe", "sends")
     SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
-    SEND_FIELD_NUMBER: _ClassVar[int]
+    SENDS_FIELD_NUMBER: _ClassVar[int]
     subscribe: ConnectSubscribe
     unsubscribe: ConnectUnsubscribe
-    send: ConnectSend
-    def __init__(self, subscribe: _Optional[_Union[ConnectSubscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[ConnectUnsubscribe, _Mapping]] = ..., send: _Optional[_Union[ConnectSend, _Mapping]] = ...) -> None: ...
+    sends: ConnectSends
+    def __init__(self, subscribe: _Optional[_Union[ConnectSubscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[ConnectUnsubscribe, _Mapping]] = ..., sends: _Optional[_Union[ConnectSends, _Mapping]] = ...) -> None: ...
 
 class ChannelEvent(_message.Message):
     __slots__ = ("tenant_id", "channel_id", "seq", "event", "data_json", "event_id", "create_time", "traceparent")
@@ -628,16 +634,22 @@ class SendResult(_message.Message):
     status: bytes
     def __init__(self, correlation_id: _Optional[int] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., status: _Optional[bytes] = ...) -> None: ...
 
+class SendResults(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SendResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[SendResult, _Mapping]]] = ...) -> None: ...
+
 class ConnectResponse(_message.Message):
-    __slots__ = ("event", "subscribe_result", "event_batch", "send_result", "subscription_keys")
+    __slots__ = ("event", "subscribe_result", "event_batch", "send_results", "subscription_keys")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBE_RESULT_FIELD_NUMBER: _ClassVar[int]
     EVENT_BATCH_FIELD_NUMBER: _ClassVar[int]
-    SEND_RESULT_FIELD_NUMBER: _ClassVar[int]
+    SEND_RESULTS_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_KEYS_FIELD_NUMBER: _ClassVar[int]
     event: ChannelEvent
     subscribe_result: SubscribeResult
     event_batch: ChannelEventBatch
-    send_result: SendResult
+    send_results: SendResults
     subscription_keys: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, event: _Optional[_Union[ChannelEvent, _Mapping]] = ..., subscribe_result: _Optional[_Union[SubscribeResult, _Mapping]] = ..., event_batch: _Optional[_Union[ChannelEventBatch, _Mapping]] = ..., send_result: _Optional[_Union[SendResult, _Mapping]] = ..., subscription_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, event: _Optional[_Union[ChannelEvent, _Mapping]] = ..., subscribe_result: _Optional[_Union[SubscribeResult, _Mapping]] = ..., event_batch: _Optional[_Union[ChannelEventBatch, _Mapping]] = ..., send_results: _Optional[_Union[SendResults, _Mapping]] = ..., subscription_keys: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -176,12 +176,13 @@ class ChannelServiceStub:
     with UNAVAILABLE; the bridge then reconnects and resubscribes each channel
     from the last seq it delivered.
 
-    A bridge also sends its browsers' messages up the stream (ConnectSend):
-    each is handled exactly as a SendMessage call for the send's tenant (the
-    tenant's `chat:write` scope and rate limit, the request's bounds, the
-    user's membership, attachments, idempotency, answered only after commit)
-    and answered by a SendResult with the same `correlation_id`, in no
-    particular order relative to other responses. A gateway that takes sends
+    A bridge also sends its browsers' messages up the stream (ConnectSends,
+    the sends it has ready at once): each is handled exactly as a SendMessage
+    call for the send's tenant (the tenant's `chat:write` scope and rate
+    limit, the request's bounds, the user's membership, attachments,
+    idempotency, answered only after commit) and answered by a SendResult
+    with the same `correlation_id` (in SendResults, the answers ready at
+    once), in no particular order relative to other responses. A gateway that takes sends
     says so in its initial metadata (`x-keel-connect-sends: 1`); a bridge
     makes unary SendMessage calls to one that does not. A send whose stream
     ends before its SendResult may or may not have been stored: a retry with
@@ -336,12 +337,13 @@ class ChannelServiceAsyncStub(ChannelServiceStub):
     with UNAVAILABLE; the bridge then reconnects and resubscribes each channel
     from the last seq it delivered.
 
-    A bridge also sends its browsers' messages up the stream (ConnectSend):
-    each is handled exactly as a SendMessage call for the send's tenant (the
-    tenant's `chat:write` scope and rate limit, the request's bounds, the
-    user's membership, attachments, idempotency, answered only after commit)
-    and answered by a SendResult with the same `correlation_id`, in no
-    particular order relative to other responses. A gateway that takes sends
+    A bridge also sends its browsers' messages up the stream (ConnectSends,
+    the sends it has ready at once): each is handled exactly as a SendMessage
+    call for the send's tenant (the tenant's `chat:write` scope and rate
+    limit, the request's bounds, the user's membership, attachments,
+    idempotency, answered only after commit) and answered by a SendResult
+    with the same `correlation_id` (in SendResults, the answers ready at
+    once), in no particular order relative to other responses. A gateway that takes sends
     says so in its initial metadata (`x-keel-connect-sends: 1`); a bridge
     makes unary SendMessage calls to one that does not. A send whose stream
     ends before its SendResult may or may not have been stored: a retry with
@@ -631,12 +633,13 @@ class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
         with UNAVAILABLE; the bridge then reconnects and resubscribes each channel
         from the last seq it delivered.
 
-        A bridge also sends its browsers' messages up the stream (ConnectSend):
-        each is handled exactly as a SendMessage call for the send's tenant (the
-        tenant's `chat:write` scope and rate limit, the request's bounds, the
-        user's membership, attachments, idempotency, answered only after commit)
-        and answered by a SendResult with the same `correlation_id`, in no
-        particular order relative to other responses. A gateway that takes sends
+        A bridge also sends its browsers' messages up the stream (ConnectSends,
+        the sends it has ready at once): each is handled exactly as a SendMessage
+        call for the send's tenant (the tenant's `chat:write` scope and rate
+        limit, the request's bounds, the user's membership, attachments,
+        idempotency, answered only after commit) and answered by a SendResult
+        with the same `correlation_id` (in SendResults, the answers ready at
+        once), in no particular order relative to other responses. A gateway that takes sends
         says so in its initial metadata (`x-keel-connect-sends: 1`); a bridge
         makes unary SendMessage calls to one that does not. A send whose stream
         ends before its SendResult may or may not have been stored: a retry with
