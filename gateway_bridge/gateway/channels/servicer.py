@@ -407,6 +407,7 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
             f"/{_SERVICE}/SendMessage",
             context=tracing.context_from(send.traceparent),
             kind=tracing.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": _SERVICE, "rpc.method": "SendMessage"},
         ):
             return await self._stream_send(send)
 
