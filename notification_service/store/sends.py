@@ -15,19 +15,18 @@ Invariants:
   notifications, its counts, or its own error). A batch that fails as a whole — a unique
   key hit, a deadlock, a serialization failure, any error but an unreachable database —
   is rolled back and its sends are stored one at a time, each in its own transaction, so
-  one bad send fails alone and a deadlock fails none. On PostgreSQL
-  :data:`SEND_BATCHES_IN_FLIGHT` batches are stored at once, so that one batch's round
-  trips and commit overlap the next one's writes. A send that repeats the request id
+  one bad send fails alone and a deadlock fails none. A send that repeats the request id
   of an earlier send of its batch runs alone once the batch has ended (it then finds the
   first and returns its notifications). ``keel_notification_sends_alone_total{reason}``
   counts the sends stored one at a time for it.
-- **Counts in commit order.** Within a process, the transactions that store sends (in a
-  batch or alone) read their unread counts and commit one at a time, in turn (an
-  ``asyncio.Lock`` taken after the writes and held through the commit): a transaction
-  counts everything committed before its turn and nothing committed after it, so the
-  counts a user's live frames carry still rise one by one, as if the transactions had run
-  one after another, while their writes overlap. The holder of the turn only reads and
-  commits, so it never waits on another's row locks (no deadlock with them).
+- **Counts in commit order.** Within a process, the transactions that store sends (a
+  batch, and the large sends stored alone meanwhile) read their unread counts and commit
+  one at a time, in turn (an ``asyncio.Lock`` taken after the writes and held through
+  the commit): a transaction counts everything committed before its turn and nothing
+  committed after it, so the counts a user's live frames carry rise one by one, as if the
+  transactions had run one after another, while their writes overlap. The holder of the
+  turn only reads and commits, so it never waits on another's row locks (no deadlock
+  with them).
 - **Once per request id.** The request row is written before the send's other rows; a
   second send with the same (tenant, request id) finds it (on PostgreSQL it waits for the
   first to commit) and stores nothing (:class:`SendExists`).
@@ -85,11 +84,11 @@ log = logging.getLogger(__name__)
 SEND_BATCH = 64
 #: Sends to at most this many users are stored with others; larger ones alone.
 BATCHED_RECIPIENTS = 32
-#: Batches stored at once on PostgreSQL (SQLite: always one). Two rather than one: when
-#: the database's round trips and commits, not this process's CPU, limit the rate, a
-#: second batch writes while the first waits (small sends on a loaded 2-core machine:
-#: 250-300 -> 650-730 sends/s, 10-user sends 100-130 -> 140-190 calls/s).
-SEND_BATCHES_IN_FLIGHT = 2
+#: Batches stored at once on PostgreSQL (SQLite: always one). Two overlapped their round
+#: trips in-process (small sends 2-3x on a loaded machine), but in the benchmark's
+#: cluster they made smaller batches that cost more CPU and database work per send, and
+#: one-user sends were slower in 3 runs of 4 (10-user sends faster in 3 of 4); one it is.
+SEND_BATCHES_IN_FLIGHT = 1
 #: Attempts of a send stored alone that meets a deadlock or a serialization failure.
 ALONE_ATTEMPTS = 3
 #: SQLSTATEs of a transaction that lost to another and may simply run again.
@@ -109,7 +108,8 @@ class SqlSends(SqlStoreBase):
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
         # One batch at a time on SQLite (one writer at a time); on PostgreSQL
-        # SEND_BATCHES_IN_FLIGHT, their counts and commits taken in turn (_counting).
+        # SEND_BATCHES_IN_FLIGHT. Every transaction storing sends counts and commits in
+        # turn (_counting).
         self._counting = asyncio.Lock()
         self._batches: Batcher[NewSend, StoredSend] = Batcher(
             self._create_batch,

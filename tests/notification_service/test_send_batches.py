@@ -115,12 +115,12 @@ async def test_concurrent_sends_share_one_transaction_each_with_its_own_notifica
     assert unread == 6 and {n.id for n in page} == set(ids[:6])
 
 
-async def test_batches_stored_at_once_count_in_the_order_they_commit(
+async def test_a_batch_and_a_send_stored_alone_meanwhile_count_in_the_order_they_commit(
     store: SqlNotificationStore, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On PostgreSQL two batches are written at once; here both have written before
-    either counts, and their counts are still taken in turn: the sends to one inbox are
-    answered 1, 2, ..., N, each count once."""
+    """On PostgreSQL a large send is stored alone while a batch is stored; here both have
+    written before either counts, and their counts are still taken in turn: the sends to
+    one inbox are answered 1, 2, ..., N, each count once."""
     both_wrote = asyncio.Event()
     wrote: list[int] = []
 
@@ -137,16 +137,17 @@ async def test_batches_stored_at_once_count_in_the_order_they_commit(
         return await write_sends(conn, sends, before_counting=after_both_wrote, **options)
 
     postgres = engine.dialect.name == "postgresql"
-    if postgres:  # on SQLite one batch at a time: nothing to meet
+    if postgres:  # SQLite has one writer at a time: nothing to meet
         monkeypatch.setattr(sends_module, "write_sends", meeting)
     tenant = new_id()
-    many = sends_module.SEND_BATCH + 36
-    stored = await _outcomes(store, [_send(tenant, "ann") for _ in range(many)])
+    large = _send(tenant, "ann", *(f"u{i}" for i in range(sends_module.BATCHED_RECIPIENTS)))
+    small = [_send(tenant, "ann") for _ in range(20)]
+    stored = await _outcomes(store, [large, *small])
     assert all(isinstance(s, StoredSend) for s in stored)
-    assert sorted(wrote) == ([36, sends_module.SEND_BATCH] if postgres else [])
-    assert sorted(s.unread["ann"] for s in stored) == list(range(1, many + 1))
+    assert sorted(wrote) == ([1, 20] if postgres else [])
+    assert sorted(s.unread["ann"] for s in stored) == list(range(1, 22))
     _, unread = await store.list_inbox(tenant, "ann", unread_only=False, limit=1, after=None)
-    assert unread == many
+    assert unread == 21
 
 
 async def test_a_send_whose_planning_fails_fails_alone(
