@@ -651,6 +651,11 @@ async def test_a_batch_of_sends_costs_the_same_statements_whatever_its_size(
         assert created.data["message"]["id"] == message.id
     for channel in channels:
         assert sorted(m.seq for m, _ in sent if m.channel_id == channel.id) == [1, 2]
+        # the log holds a channel's events in seq order (a batch numbers its rows in order)
+        logged = sorted(
+            (e for _, es in sent for e in es if e.channel_id == channel.id), key=lambda e: e.cursor
+        )
+        assert [e.seq for e in logged] == [1, 2]
 
 
 async def webhooks_done(engine: AsyncEngine, recorded: list[ev.ChatEvent]) -> set[bool]:
