@@ -160,7 +160,7 @@ async def test_a_frame_that_fails_closes_its_connection_with_1011(
     assert "connection handler failed" in caplog.text
 
 
-async def test_an_idle_connection_keeps_no_task_and_nothing_of_its_handshake(
+async def test_an_idle_connection_keeps_no_frame_task_and_nothing_of_its_handshake(
     bridge: Bridge, tenant: Tenant, dial: Dial
 ) -> None:
     token = await token_for(tenant, "alice")
