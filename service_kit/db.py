@@ -330,9 +330,7 @@ def describe_problem(exc: BaseException, url: URL) -> DatabaseProblem:
                 missing_database=True,
             )
         if state in _SQLSTATES_AUTHENTICATION:
-            return DatabaseProblem(
-                _first_line(error), "check the user and password in DATABASE_URL"
-            )
+            return DatabaseProblem(first_line(error), "check the user and password in DATABASE_URL")
         if isinstance(error, socket.gaierror):
             return DatabaseProblem(f"cannot resolve the host {url.host!r}", "check DATABASE_URL")
         if isinstance(error, ConnectionRefusedError) or "connect call failed" in str(error).lower():
@@ -340,11 +338,13 @@ def describe_problem(exc: BaseException, url: URL) -> DatabaseProblem:
                 f"connection refused at {where}", "is PostgreSQL running and listening there?"
             )
         if state is not None or isinstance(error, sqlite3.Error | OSError):
-            return DatabaseProblem(_first_line(error))
-    return DatabaseProblem(_first_line(exc))
+            return DatabaseProblem(first_line(error))
+    return DatabaseProblem(first_line(exc))
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an error's text (its driver's, if wrapped), or its type's name when
+    it has none (a bare ``TimeoutError``), at most 300 characters: for log lines."""
     orig = getattr(error, "orig", None)
     text_ = str(orig if orig is not None else error).strip() or type(error).__name__
     return text_.splitlines()[0][:300]
@@ -391,7 +391,7 @@ async def create_database(database_url: str) -> bool:
                 raise RuntimeError(_cannot_create(url)) from exc
             if state != _SQLSTATE_MISSING_DATABASE:
                 raise RuntimeError(
-                    f'cannot create the database "{url.database}": {_first_line(exc)}'
+                    f'cannot create the database "{url.database}": {first_line(exc)}'
                 ) from exc
             problem = exc
         finally:

@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service_kit.clock import Clock, utcnow
+from service_kit.db import first_line
 from service_kit.jobs import (
     DEFAULT_RETRY,
     QUEUED,
@@ -181,7 +182,7 @@ class JobWorker:
                     self._unreachable = True
                     log.warning(
                         "the job worker cannot reach the database; retrying",
-                        extra={"error": str(exc).splitlines()[0][:300]},
+                        extra={"error": first_line(exc)},
                     )
             except Exception:  # a bug must not end the loop for good: say so, keep going
                 log.exception("a pass of the job worker failed; retrying")

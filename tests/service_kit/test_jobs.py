@@ -527,3 +527,30 @@ async def test_wake_runs_a_new_job_without_waiting_for_the_next_poll(engine: Asy
 
 async def _ran(ran: list[int], count: int) -> bool:
     return len(ran) >= count
+
+
+async def test_a_database_error_without_text_is_logged_and_the_worker_keeps_polling(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A TimeoutError raised while claiming (e.g. a pool checkout timing out) has no text:
+    # the warning names its type, and the loop goes on to the next poll.
+    worker = JobWorker(engine, {new_kind(): lambda job: asyncio.sleep(0)}, poll_interval=0.01)
+    passes = 0
+    polled_again = asyncio.Event()
+
+    async def failing_claim() -> list[asyncio.Task[None]]:
+        nonlocal passes
+        passes += 1
+        if passes == 1:
+            raise TimeoutError()
+        polled_again.set()
+        return []
+
+    monkeypatch.setattr(worker, "_claim", failing_claim)
+    with caplog.at_level("WARNING", logger="service_kit.job_worker"):
+        worker.start()
+        async with asyncio.timeout(WAIT):
+            await polled_again.wait()
+        await worker.stop(grace=WAIT)
+    warnings = [r for r in caplog.records if "cannot reach the database" in r.getMessage()]
+    assert [getattr(r, "error", None) for r in warnings] == ["TimeoutError"]
