@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from keel.channels.v1 import channels_pb2
+from keel.tenants.v1 import tenants_pb2
 
 from gateway_bridge.bridge.bridge import Bridge
 from gateway_bridge.gateway.channels import hub as hub_module
@@ -19,7 +20,7 @@ from gateway_bridge.gateway.channels.hub import ConnectHub
 from gateway_bridge.gateway.channels.streams import BridgeStream
 from gateway_bridge.vocabulary import batch_length
 from tests.gateway_bridge.bridge.conftest import WAIT, Dial, Stack, join, running_bridge
-from tests.gateway_bridge.conftest import Tenant
+from tests.gateway_bridge.conftest import ADMIN, Tenant
 
 
 class UnaryCalls:
@@ -316,3 +317,43 @@ def test_a_batch_ends_at_the_item_that_reaches_its_bytes_or_its_count() -> None:
     assert batch_length([5_000_000, 1], max_bytes=1 << 20, max_items=100) == 1  # alone
     assert batch_length([1] * 10, max_bytes=1 << 20, max_items=4) == 4
     assert batch_length([], max_bytes=1, max_items=1) == 0
+
+
+async def test_a_stream_send_over_the_tenant_rate_limit_is_refused_alone(
+    bridge: Bridge, stack: Stack, dial: Dial, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stream sends draw on the tenant's one rate-limit bucket, as its calls do: past it a
+    send is refused ``rate_limited``, takes no seq, and the stream goes
+    on (no unary call, no stream opened again)."""
+    tenant = await stack.tenant()
+    await stack.keel.tenants.UpdateTenant(
+        tenants_pb2.UpdateTenantRequest(
+            tenant=tenants_pb2.Tenant(
+                id=tenant.id,
+                rate_limits=tenants_pb2.RateLimits(requests_per_second=1, burst=6),
+            ),
+            update_mask={"paths": ["rate_limits"]},
+        ),
+        metadata=ADMIN,
+    )
+    channel = await tenant.group("alice")  # these calls draw on the same bucket
+    alice = await join(dial, bridge, tenant, "alice")
+    unary = count_unary_sends(bridge, monkeypatch)
+    serve, opened = ConnectHub.serve, []
+
+    def counted(self: ConnectHub, *args: Any, **kwargs: Any) -> Any:
+        opened.append(self)
+        return serve(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConnectHub, "serve", counted)
+    acked: list[int] = []
+    for n in range(10):
+        reply = await alice.call("send", channel_id=channel, content=f"m{n}")
+        if reply["type"] == "error":
+            break
+        acked.append(reply["result"]["seq"])
+    else:
+        pytest.fail("ten sends at once never met a burst of six")
+    assert reply["code"] == "rate_limited", reply
+    assert acked == list(range(1, len(acked) + 1))  # the refused send took no seq
+    assert unary.count == 0 and bridge.link.stream_sends and opened == []
