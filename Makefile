@@ -57,9 +57,23 @@ lint: $(VENV)/.installed node_modules/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy keel_app service_kit tenant_service gateway_bridge notification_service file_service
 
-# The 25 slowest tests are listed at the end of every run: CI has a 15-minute budget.
+# The whole suite runs as two pytest processes at once: tests/e2e (which mostly waits on
+# the keel processes it starts) beside the rest, each on its own PostgreSQL database; the
+# e2e run's output follows the other's. With PYTEST_ARGS (a subset), one process runs them.
+# The slowest tests are listed at the end of each run: CI has a 15-minute budget.
 pytest: $(VENV)/.installed
+ifeq ($(strip $(PYTEST_ARGS)),)
+	@mkdir -p var
+	@$(VENV)/bin/pytest -p no:cacheprovider --durations=15 tests/e2e > var/pytest-e2e.log 2>&1 & \
+	e2e=$$!; \
+	$(VENV)/bin/pytest --durations=20 --ignore=tests/e2e; rest=$$?; \
+	wait $$e2e; e2e_rc=$$?; \
+	echo "== tests/e2e (run beside the rest; var/pytest-e2e.log) =="; cat var/pytest-e2e.log; \
+	echo "== pytest: tests/e2e exit $$e2e_rc, the rest exit $$rest =="; \
+	test $$rest -eq 0 -a $$e2e_rc -eq 0
+else
 	$(VENV)/bin/pytest --durations=25 $(PYTEST_ARGS)
+endif
 
 ## conformance: all 517 Autobahn WebSocket cases against the bridge, compression too (~6 min;
 ## `make test` runs all but the larger compression cases); tables in var/conformance/.
