@@ -292,9 +292,6 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
             yield
             context.set_trailing_metadata((("x-request-id", request_id),))
-        except KeelError as exc:
-            rpc.code = exc.code
-            await _abort(context, to_rpc_status(exc), request_id)
         except NotImplementedError:
             rpc.code = grpc.StatusCode.UNIMPLEMENTED
             await context.abort(
@@ -306,14 +303,8 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             rpc.code = _status_code(context.code())
             raise
         except Exception as exc:
-            unavailable = database_unavailable(exc)
-            if unavailable is not None:
-                rpc.code = unavailable.code
-                log.warning("database unavailable", extra={"error": str(exc)[:300]})
-                await _abort(context, to_rpc_status(unavailable), request_id)
-            rpc.code = grpc.StatusCode.INTERNAL
-            log.exception("unexpected error", extra={"method": f"{service}/{name}"})
-            await _abort(context, internal_status(request_id), request_id)
+            rpc.code, status = failure_status(exc, service, name, request_id)
+            await _abort(context, status, request_id)
         except BaseException:
             rpc.code = grpc.StatusCode.CANCELLED
             raise
@@ -450,6 +441,23 @@ async def admit_tenant(tenant: TenantContext, scope: str | None, rate_limiter: R
                 f" {tenant.rate_limit_rps} requests/s (burst {burst}); retry in {wait:.3f}s",
                 retry_after=wait,
             )
+
+
+def failure_status(
+    exc: Exception, service: str, name: str, request_id: str
+) -> tuple[grpc.StatusCode, Any]:
+    """The code and ``google.rpc.Status`` a call of ``service/name`` that raised ``exc``
+    ends with, logged as every call's failure is: a KeelError's own status, UNAVAILABLE
+    with a retry delay for a database outage, otherwise INTERNAL naming ``request_id``
+    (the bug is logged with its traceback; call this in the ``except`` block)."""
+    if isinstance(exc, KeelError):
+        return exc.code, to_rpc_status(exc)
+    unavailable = database_unavailable(exc)
+    if unavailable is not None:
+        log.warning("database unavailable", extra={"error": str(exc)[:300]})
+        return unavailable.code, to_rpc_status(unavailable)
+    log.exception("unexpected error", extra={"method": f"{service}/{name}"})
+    return grpc.StatusCode.INTERNAL, internal_status(request_id)
 
 
 def _status_code(code: Any) -> grpc.StatusCode:

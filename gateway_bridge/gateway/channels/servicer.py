@@ -11,7 +11,6 @@ code as ``SendMessage``, and answers with the status the call would have ended w
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -39,9 +38,8 @@ from gateway_bridge.gateway.channels.service import ChatService
 from service_kit import tracing
 from service_kit.auth import Authenticator, TenantId, current_tenant, current_tenant_var
 from service_kit.bounds import RequestBounds, refusal
-from service_kit.db import database_unavailable
-from service_kit.errors import InvalidArgument, KeelError, internal_status, to_rpc_status
-from service_kit.interceptor import MALFORMED_REQUEST, admit_tenant, record_rpc
+from service_kit.errors import InvalidArgument
+from service_kit.interceptor import MALFORMED_REQUEST, admit_tenant, failure_status, record_rpc
 from service_kit.protobuf import dict_of, timestamp
 from service_kit.ratelimit import RateLimiter
 from service_kit.validation import (
@@ -56,7 +54,6 @@ from service_kit.validation import (
 
 Context: TypeAlias = grpc.aio.ServicerContext
 
-log = logging.getLogger(__name__)
 
 _SERVICE: Final = "keel.channels.v1.ChannelService"
 #: The scope SendMessage needs (the gateway's method policies), and so a stream send.
@@ -423,17 +420,8 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
             current_tenant_var.set(tenant)  # this send's task only
             message = await self._send(tenant.tenant_id, request)
             return channels_pb2.SendResult(correlation_id=send.correlation_id, message=message)
-        except KeelError as exc:
-            code = exc.code
-            status = to_rpc_status(exc)
         except Exception as exc:
-            unavailable = database_unavailable(exc)
-            if unavailable is not None:
-                log.warning("database unavailable", extra={"error": str(exc)[:300]})
-                code, status = unavailable.code, to_rpc_status(unavailable)
-            else:
-                log.exception("unexpected error", extra={"method": f"{_SERVICE}/SendMessage"})
-                code, status = grpc.StatusCode.INTERNAL, internal_status(uuid.uuid4().hex)
+            code, status = failure_status(exc, _SERVICE, "SendMessage", uuid.uuid4().hex)
         finally:
             record_rpc(_SERVICE, "SendMessage", code, started, tenant)
         return channels_pb2.SendResult(
