@@ -2,13 +2,22 @@
 
 The members of a direct channel never change. A member's ``last_read_seq``
 only moves forward and never past the channel's ``last_seq``.
+
+Who may read (:meth:`SqlMembers.read_access`, the check of every subscribe) is read for
+concurrent callers together: the checks that arrive while one batch is being read go in
+the next, one statement for all of them (a reconnecting crowd of browsers costs one read
+per batch rather than one transaction each). Each check still reads the database after
+its call began, so a membership change committed before a subscribe is always seen.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, Final
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway_bridge.gateway import outbox as ev
 from gateway_bridge.gateway.channels import drafts
@@ -22,17 +31,43 @@ from gateway_bridge.gateway.channels.models import (
 )
 from gateway_bridge.gateway.channels.store.base import SqlStoreBase
 from gateway_bridge.gateway.channels.store.rows import (
-    is_member,
     load_channel,
     load_member,
     to_member,
 )
-from service_kit.db import keyset_page, load_one, write_transaction
+from service_kit.batching import Batcher
+from service_kit.clock import Clock, utcnow
+from service_kit.db import keyset_page, write_transaction
 from service_kit.schema import channel_members, channels, messages
+
+#: What a subscribe's access check asks: (tenant id, channel id, user id).
+AccessQuery = tuple[str, str, str]
+#: What it answers: the channel's type, its ``last_seq``, whether the user is a member.
+Access = tuple[ChannelType, int, bool]
+
+#: Access checks read in one statement at most.
+ACCESS_BATCH: Final = 256
+
+# The checks travel as arrays (unnested by the server), so the text never changes and
+# asyncpg prepares it once per connection, whatever the batch's size.
+_PG_ACCESS = """
+SELECT q.n, c.type, c.last_seq,
+       EXISTS (SELECT 1 FROM channel_members m
+               WHERE m.channel_id = c.id AND m.user_id = q.user_id) AS is_member
+FROM unnest($1::varchar[], $2::varchar[], $3::varchar[])
+     WITH ORDINALITY AS q(tenant_id, channel_id, user_id, n)
+JOIN channels c ON c.id = q.channel_id AND c.tenant_id = q.tenant_id
+"""
 
 
 class SqlMembers(SqlStoreBase):
     """Members and read state of the chat store, in SQL."""
+
+    def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow) -> None:
+        super().__init__(engine, clock=clock)
+        self._access: Batcher[AccessQuery, Access] = Batcher(
+            self._read_access_batch, max_batch=ACCESS_BATCH
+        )
 
     async def add_member(
         self, tenant_id: str, channel_id: str, user_id: str, role: Role
@@ -71,14 +106,28 @@ class SqlMembers(SqlStoreBase):
     async def read_access(
         self, tenant_id: str, channel_id: str, user_id: str
     ) -> tuple[ChannelType, int, bool]:
-        """What a reader subscribing to a channel needs, in one query: its type, its
-        ``last_seq`` and whether ``user_id`` is a member. Raises ``ChannelNotFound``."""
-        query = select(
-            channels.c.type, channels.c.last_seq, is_member(user_id).label("is_member")
-        ).where(channels.c.tenant_id == tenant_id, channels.c.id == channel_id)
+        """What a reader subscribing to a channel needs: its type, its ``last_seq`` and
+        whether ``user_id`` is a member, read after this call began (with the checks of
+        concurrent callers, in one statement). Raises ``ChannelNotFound`` (also for
+        another tenant's channel)."""
+        return await self._access.submit((tenant_id, channel_id, user_id))
+
+    async def _read_access_batch(self, queries: list[AccessQuery]) -> list[Access | BaseException]:
+        """The access of each query, in order; ``ChannelNotFound`` where it has none."""
+        found: dict[int, Access] = {}
         async with self._engine.connect() as conn:
-            row = await load_one(conn, query, lambda: ChannelNotFound(channel_id))
-        return ChannelType(row["type"]), int(row["last_seq"]), bool(row["is_member"])
+            if conn.dialect.name == "postgresql":
+                rows: Sequence[Any] = (
+                    await conn.exec_driver_sql(
+                        _PG_ACCESS,
+                        tuple([q[i] for q in queries] for i in range(3)),
+                    )
+                ).all()
+                for n, type_, last_seq, member in rows:
+                    found[int(n) - 1] = (ChannelType(type_), int(last_seq), bool(member))
+            else:
+                found = await _read_access_sqlite(conn, queries)
+        return [found.get(i) or ChannelNotFound(q[1]) for i, q in enumerate(queries)]
 
     async def get_member(self, tenant_id: str, channel_id: str, user_id: str) -> Member | None:
         """The membership of ``user_id``, None when not a member; raises ``ChannelNotFound``."""
@@ -146,3 +195,40 @@ class SqlMembers(SqlStoreBase):
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [UnreadCount(ChannelId(r[0]), int(r[3]), int(r[1]), int(r[2])) for r in rows]
+
+
+async def _read_access_sqlite(
+    conn: AsyncConnection, queries: list[AccessQuery]
+) -> dict[int, Access]:
+    """SQLite's side of :meth:`SqlMembers._read_access_batch` (no arrays, no round trips):
+    the channels and the memberships asked about, matched here, by index."""
+    wanted = {(q[0], q[1]) for q in queries}
+    channel_rows = (
+        await conn.execute(
+            select(channels.c.tenant_id, channels.c.id, channels.c.type, channels.c.last_seq).where(
+                channels.c.id.in_({q[1] for q in queries})
+            )
+        )
+    ).all()
+    found_channels = {
+        (r.tenant_id, r.id): (ChannelType(r.type), int(r.last_seq))
+        for r in channel_rows
+        if (r.tenant_id, r.id) in wanted
+    }
+    pairs = {(q[1], q[2]) for q in queries if q[2]}
+    members: set[tuple[str, str]] = set()
+    if pairs:
+        member_rows = (
+            await conn.execute(
+                select(channel_members.c.channel_id, channel_members.c.user_id).where(
+                    tuple_(channel_members.c.channel_id, channel_members.c.user_id).in_(pairs)
+                )
+            )
+        ).all()
+        members = {(r.channel_id, r.user_id) for r in member_rows}
+    found: dict[int, Access] = {}
+    for i, (tenant_id, channel_id, user_id) in enumerate(queries):
+        channel = found_channels.get((tenant_id, channel_id))
+        if channel is not None:
+            found[i] = (channel[0], channel[1], (channel_id, user_id) in members)
+    return found
