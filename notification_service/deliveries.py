@@ -28,6 +28,11 @@ Invariants:
   attempts (email ``Message-ID <notification-id.email@keel>`` or ``<digest-id.digest@keel>``,
   webhook ``webhook-id`` = the notification or digest id, the push payload's notification
   ids) so a receiver can drop the duplicate.
+- **Batched.** The jobs the worker runs at once read their inputs (delivery,
+  notification, preferences, settings, push subscription) together, a few queries for
+  all, and record their attempts together, one transaction for all
+  (:class:`~service_kit.batching.Batcher`); each is still decided and sent on its own,
+  its outcome committed before its job is settled.
 - **Counted**: ``keel_notification_deliveries_total{channel,outcome}`` counts each
   delivery an attempt served (``sent`` or ``failed``, retried or not), each one skipped,
   and each in-app notification a release puts in an inbox (``sent``).
@@ -56,6 +61,7 @@ from notification_service.models import (
     Hold,
     Notification,
     Preferences,
+    PushSubscription,
     TenantSettings,
     Timing,
 )
@@ -72,7 +78,8 @@ from notification_service.senders.base import (
     WebhookSender,
 )
 from notification_service.service import NOTIFICATION_DELIVERIES, NotificationService
-from notification_service.store import NotificationStore
+from notification_service.store import DeliveryInputs, NotificationStore, Settle
+from service_kit.batching import Batcher
 from service_kit.clock import Clock, utcnow
 from service_kit.jobs import Job, JobHandler, error_text
 from service_kit.validation import new_id
@@ -81,6 +88,8 @@ log = logging.getLogger(__name__)
 
 #: How a push message waits at the push service for an offline browser.
 PUSH_TTL_SECONDS: Final = 86_400
+#: Most delivery jobs whose reads (or whose outcomes) share one batch of queries.
+DELIVERY_BATCH: Final = 128
 
 #: Makes the one-click unsubscribe link of an email: (tenant, user, category) -> URL.
 UnsubscribeLinks = Callable[[str, str, str], str]
@@ -125,6 +134,16 @@ def content_of(notification: Notification) -> NotificationContent:
 
 
 @dataclass(frozen=True, slots=True)
+class _Read:
+    """What an attempt's checks read: the user's preferences, the tenant's settings, and
+    (push) the subscription."""
+
+    preferences: Preferences
+    settings: TenantSettings
+    subscription: PushSubscription | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class _Outcome:
     """What one attempt came to."""
 
@@ -157,6 +176,19 @@ class DeliveryJobs:
         self._senders = senders
         self._options = options
         self._clock = clock
+        # Concurrent jobs read their inputs, and record their outcomes, together.
+        self._inputs: Batcher[str, DeliveryInputs | None] = Batcher(
+            self._read_inputs, max_batch=DELIVERY_BATCH
+        )
+        self._settles: Batcher[Settle, None] = Batcher(self._settle_batch, max_batch=DELIVERY_BATCH)
+
+    async def _read_inputs(self, delivery_ids: list[str]) -> list[DeliveryInputs | None]:
+        found = await self._store.delivery_inputs(delivery_ids)
+        return [found.get(delivery_id) for delivery_id in delivery_ids]
+
+    async def _settle_batch(self, settles: list[Settle]) -> list[None]:
+        await self._store.settle_many(settles)
+        return [None] * len(settles)
 
     def handlers(self) -> dict[str, JobHandler]:
         return {
@@ -171,32 +203,45 @@ class DeliveryJobs:
 
     async def deliver(self, job: Job) -> None:
         """Deliver the one email, push or webhook delivery ``job`` names."""
-        loaded = await self._store.delivery(str(job.payload.get("delivery_id", "")))
-        if loaded is None:
+        inputs = await self._inputs.submit(str(job.payload.get("delivery_id", "")))
+        if inputs is None:
             return  # gone with its tenant
-        delivery, notification = loaded
+        delivery, notification = inputs.delivery, inputs.notification
         due = delivery.state is DeliveryState.PENDING or (
             delivery.state is DeliveryState.HELD and delivery.hold is Hold.QUIET_HOURS
         )
         if not due or delivery.channel not in QUEUED_CHANNELS:
             return  # settled by an earlier run
+        settings = inputs.settings
+        if not (settings.vapid_public_key and settings.webhook_secret):
+            settings = await self._service.tenant_settings(notification.tenant_id)  # makes them
+        read = _Read(inputs.preferences, settings, inputs.subscription)
         batch = [(delivery, notification)]
         if delivery.channel is Channel.EMAIL:
-            await self._email(job, batch, f"<{notification.id}.email@keel>")
+            await self._email(job, batch, f"<{notification.id}.email@keel>", read)
         elif delivery.channel is Channel.PUSH:
-            await self._push(job, batch, delivery.subscription_id)
+            await self._push(job, batch, delivery.subscription_id, read)
         else:
-            await self._webhook(job, batch, notification.id)
+            await self._webhook(job, batch, notification.id, read)
 
-    async def _email(self, job: Job, batch: _Batch, message_id: str) -> None:
+    async def _read(self, notification: Notification) -> _Read:
+        """What a digest's attempt reads (one job's, alone)."""
+        return _Read(
+            await self._preferences(notification),
+            await self._service.tenant_settings(notification.tenant_id),
+        )
+
+    async def _email(
+        self, job: Job, batch: _Batch, message_id: str, read: _Read | None = None
+    ) -> None:
         notification = batch[0][1]
-        preferences = await self._preferences(notification)
+        read = read or await self._read(notification)
+        preferences, settings = read.preferences, read.settings
         mailer = self._senders.mailer
         if mailer is None:
             return await self._skip(batch, NO_SMTP)
         if not preferences.email:
             return await self._skip(batch, "the user has no email address in their preferences")
-        settings = await self._service.tenant_settings(notification.tenant_id)
         if off := channel_is_on(Channel.EMAIL, notification.category, preferences, settings):
             return await self._skip(batch, off)  # turned off (unsubscribed) since it was queued
         links = self._options.unsubscribe_links
@@ -218,14 +263,19 @@ class DeliveryJobs:
 
         await self._attempt(job, batch, Channel.EMAIL, email.to, send)
 
-    async def _push(self, job: Job, batch: _Batch, subscription_id: str | None) -> None:
+    async def _push(
+        self, job: Job, batch: _Batch, subscription_id: str | None, read: _Read | None = None
+    ) -> None:
         notification = batch[0][1]
         sender = self._senders.push
-        subscription = (
-            await self._store.push_subscription(notification.tenant_id, subscription_id)
-            if subscription_id
-            else None
-        )
+        if read is not None:
+            subscription = read.subscription
+        elif subscription_id:
+            subscription = await self._store.push_subscription(
+                notification.tenant_id, subscription_id
+            )
+        else:
+            subscription = None
         if sender is None:
             return await self._skip(batch, "Web Push is not available in this process")
         if subscription is None:
@@ -234,8 +284,8 @@ class DeliveryJobs:
             # The browser was registered again by another user (the row and its id moved
             # with it): what was queued for the previous user must not reach it.
             return await self._skip(batch, "the browser's push subscription is another user's now")
-        settings = await self._service.tenant_settings(notification.tenant_id)
-        preferences = await self._preferences(notification)
+        read = read or await self._read(notification)
+        preferences, settings = read.preferences, read.settings
         if off := channel_is_on(Channel.PUSH, notification.category, preferences, settings):
             return await self._skip(batch, off)  # turned off since it was queued
         vapid = VapidKeys(
@@ -253,11 +303,13 @@ class DeliveryJobs:
                 notification.tenant_id, subscription_id=subscription.id
             )
 
-    async def _webhook(self, job: Job, batch: _Batch, message_id: str) -> None:
+    async def _webhook(
+        self, job: Job, batch: _Batch, message_id: str, read: _Read | None = None
+    ) -> None:
         notification = batch[0][1]
         sender = self._senders.webhook
-        preferences = await self._preferences(notification)
-        settings = await self._service.tenant_settings(notification.tenant_id)
+        read = read or await self._read(notification)
+        preferences, settings = read.preferences, read.settings
         if off := channel_is_on(Channel.WEBHOOK, notification.category, preferences, settings):
             return await self._skip(batch, off)  # turned off since it was queued
         url, secret = _webhook_target(preferences, settings)
@@ -351,13 +403,15 @@ class DeliveryJobs:
         error = outcome.error
         if not outcome.final:
             error = f"attempt {job.attempt} failed: {outcome.error}; it will be retried"
-        await self._store.settle(
-            batch[0][0].tenant_id,
-            [delivery.id for delivery, _ in batch],
-            attempts,
-            state=state,
-            error=error,
-            now=self._clock(),
+        await self._settles.submit(
+            Settle(
+                batch[0][0].tenant_id,
+                [delivery.id for delivery, _ in batch],
+                attempts,
+                state,
+                error,
+                self._clock(),
+            )
         )
         NOTIFICATION_DELIVERIES.labels(channel.value, outcome.state.value).inc(len(batch))
         if not outcome.final:
@@ -384,13 +438,15 @@ class DeliveryJobs:
         return _Outcome(DeliveryState.SENT, status), False
 
     async def _skip(self, batch: _Batch, why: str) -> None:
-        await self._store.settle(
-            batch[0][0].tenant_id,
-            [delivery.id for delivery, _ in batch],
-            [],
-            state=DeliveryState.SKIPPED,
-            error=why,
-            now=self._clock(),
+        await self._settles.submit(
+            Settle(
+                batch[0][0].tenant_id,
+                [delivery.id for delivery, _ in batch],
+                [],
+                DeliveryState.SKIPPED,
+                why,
+                self._clock(),
+            )
         )
         for delivery, _ in batch:
             NOTIFICATION_DELIVERIES.labels(delivery.channel.value, "skipped").inc()

@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service_kit.batching import Batcher
 from service_kit.clock import Clock, utcnow
 from service_kit.db import first_line
 from service_kit.jobs import (
@@ -37,19 +38,24 @@ from service_kit.jobs import (
     JobInterrupted,
     RetryAt,
     RetryPolicy,
+    Settlement,
     claim,
     delete_finished,
     error_text,
     extend_lease,
-    fail,
-    hand_back,
+    failed,
+    handed_back,
     retry_delay,
-    succeed,
+    settle_many,
+    succeeded,
 )
 from service_kit.schema import jobs
 from service_kit.validation import new_id
 
 log = logging.getLogger(__name__)
+
+#: Most job outcomes recorded in one transaction.
+SETTLE_BATCH = 128
 
 JOBS_FINISHED = Counter(
     "keel_jobs_finished_total",
@@ -111,6 +117,10 @@ class JobWorker:
         self._pruned_at: datetime | None = None
         self._depth_interval = depth_interval
         self._depth_sampled_at: float | None = None
+        # Outcomes of jobs that end together are recorded together: one transaction.
+        self._settlements: Batcher[Settlement, bool] = Batcher(
+            self._settle_batch, max_batch=SETTLE_BATCH, max_in_flight=1
+        )
 
     def start(self) -> None:
         """Start claiming and running jobs in the background."""
@@ -229,6 +239,9 @@ class JobWorker:
         for kind in self._handlers:
             JOB_QUEUE_DEPTH.labels(kind).set(counts.get(kind, 0))
 
+    async def _settle_batch(self, batch: list[Settlement]) -> list[bool]:
+        return await settle_many(self._engine, batch, now=self._clock())
+
     def _interrupt_check(self, job_id: str) -> Callable[[], Awaitable[None]]:
         async def check() -> None:
             if self._stopping:
@@ -246,35 +259,35 @@ class JobWorker:
             await self._handlers[job.kind](job)
         except JobInterrupted as exc:
             log.info("a job was interrupted; it will run again", extra=extra | {"why": str(exc)})
-            await self._record(hand_back(self._engine, job, now=self._clock()), job)
+            await self._record(handed_back(job, now=self._clock()))
         except RetryAt as retry:
             # The handler's own schedule: an expected outcome, recorded, not a fault.
             log.debug(
                 "a job will run again when its handler said",
                 extra=extra | {"retry_at": retry.when.isoformat(), "why": retry.reason},
             )
-            failing = fail(self._engine, job, retry.reason, now=self._clock(), retry_at=retry.when)
-            if await self._record(failing, job):
+            if await self._record(failed(job, retry.reason, retry_at=retry.when)):
                 JOBS_FINISHED.labels(job.kind, _failure_outcome(job)).inc()
         except Exception as exc:
             log.warning("a job failed", exc_info=True, extra=extra)
             now = self._clock()
             retry_at = now + timedelta(seconds=retry_delay(job.attempt, self._retry, self._rand))
-            failing = fail(self._engine, job, error_text(exc), now=now, retry_at=retry_at)
-            if await self._record(failing, job):
+            if await self._record(failed(job, error_text(exc), retry_at=retry_at)):
                 JOBS_FINISHED.labels(job.kind, _failure_outcome(job)).inc()
         else:
-            if await self._record(succeed(self._engine, job, now=self._clock()), job):
+            if await self._record(succeeded(job)):
                 JOBS_FINISHED.labels(job.kind, "succeeded").inc()
         finally:
             keeper.cancel()
 
-    async def _record(self, settling: Awaitable[bool], job: Job) -> bool:
-        """Await a settlement of ``job``; True when it was recorded. Say so when the claim
-        was no longer this worker's or the database could not be reached (the lease then
-        brings the job back)."""
+    async def _record(self, settlement: Settlement) -> bool:
+        """Record ``settlement`` (with those of other jobs ending meanwhile, in one
+        transaction); True when it was recorded. Say so when the claim was no longer this
+        worker's or the database could not be reached (the lease then brings the job
+        back)."""
+        job = settlement.job
         try:
-            if await settling:
+            if await self._settlements.submit(settlement):
                 return True
             log.warning(
                 "a job's claim was lost before its outcome was recorded",

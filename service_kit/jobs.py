@@ -19,6 +19,9 @@ Invariants:
 - **Fencing.** ``attempts`` numbers the claims of a job. A worker settles, extends or
   hands back only the claim it made (same ``attempts``, still ``running``), so a worker
   whose job was reclaimed after its lease expired changes nothing.
+- **Batches.** :func:`claim` takes any number of jobs in the same few statements, and
+  :func:`settle_many` records any number of outcomes in one transaction (the worker
+  records so the outcomes of jobs that end together), each fenced on its own.
 - **At least once.** A handler may run more than once for one job (its lease expired
   while it still ran; the process died after the work but before the success was
   recorded): handlers must be idempotent.
@@ -52,7 +55,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service_kit.db import claim_rows, insert_ignoring_conflicts, write_transaction
@@ -267,35 +270,39 @@ async def claim(
     claimed: list[Job] = []
     async with write_transaction(engine) as conn:
         rows = await claim_rows(conn, query.order_by(jobs.c.run_after).limit(limit))
-        for row in rows:
-            if row.state == RUNNING and not await _take_back(conn, row, now):
-                continue
-            attempt = row.attempts + 1
+        # A lease taken back is rare: its own statements. The rest: one of each.
+        taking = [r for r in rows if r.state != RUNNING or await _take_back(conn, r, now)]
+        if taking:
             await conn.execute(
                 update(jobs)
-                .where(jobs.c.id == row.id)
+                .where(jobs.c.id.in_([row.id for row in taking]))
                 .values(
                     state=RUNNING,
-                    attempts=attempt,
+                    attempts=jobs.c.attempts + 1,
                     lease_owner=worker,
                     lease_until=now + lease,
                     updated_at=now,
                 )
             )
             await conn.execute(
-                insert(job_attempts).values(
-                    job_id=row.id,
-                    tenant_id=row.tenant_id,
-                    attempt=attempt,
-                    worker=worker,
-                    start_time=now,
-                    outcome=RUNNING,
-                    error="",
-                )
+                insert(job_attempts),
+                [
+                    {
+                        "job_id": row.id,
+                        "tenant_id": row.tenant_id,
+                        "attempt": row.attempts + 1,
+                        "worker": worker,
+                        "start_time": now,
+                        "outcome": RUNNING,
+                        "error": "",
+                    }
+                    for row in taking
+                ],
             )
-            claimed.append(
-                Job(row.id, row.kind, row.payload, row.tenant_id, attempt, row.max_attempts)
-            )
+        claimed = [
+            Job(row.id, row.kind, row.payload, row.tenant_id, row.attempts + 1, row.max_attempts)
+            for row in taking
+        ]
     return claimed
 
 
@@ -331,26 +338,144 @@ async def _close_attempt(
     )
 
 
-async def _settle(
-    engine: AsyncEngine, job: Job, outcome: str, error: str, now: datetime, **values: Any
-) -> bool:
-    """Apply ``values`` to ``job`` and close its attempt with ``outcome``, if the claim is
-    still ``job``'s (fencing); False when it is not (reclaimed, or purged)."""
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The outcome of one claim of a job, to record (:func:`settle_many`): the attempt's
+    ``outcome`` and ``error``, and the job's new ``state`` (``queued`` again at
+    ``run_after``, or ``succeeded``/``failed`` for good)."""
+
+    job: Job
+    outcome: str
+    state: str
+    error: str = ""
+    run_after: datetime | None = None
+
+
+def succeeded(job: Job) -> Settlement:
+    """``job``'s attempt did its work."""
+    return Settlement(job, SUCCEEDED, SUCCEEDED)
+
+
+def failed(job: Job, error: str, *, retry_at: datetime) -> Settlement:
+    """``job``'s attempt failed with ``error``: due again at ``retry_at``, or ``failed`` if
+    it was the last allowed attempt."""
+    final = job.max_attempts is not None and job.attempt >= job.max_attempts
+    if final:
+        return Settlement(job, FAILED, FAILED, error[:_MAX_ERROR])
+    return Settlement(job, FAILED, QUEUED, error[:_MAX_ERROR], retry_at)
+
+
+def handed_back(job: Job, *, now: datetime) -> Settlement:
+    """``job`` was interrupted: queued again, due at once."""
+    return Settlement(job, INTERRUPTED, QUEUED, "", now)
+
+
+async def settle_many(
+    engine: AsyncEngine, settlements: Sequence[Settlement], *, now: datetime
+) -> list[bool]:
+    """Record ``settlements`` in one transaction and a fixed number of statements,
+    whatever their number: each job changes, and its attempt is closed, only if the claim
+    is still the settlement's (same ``attempts``, still ``running``: fencing). One bool
+    per settlement, in order: False when the claim was no longer its (reclaimed, purged).
+    A job may appear once."""
+    if not settlements:
+        return []
+    ids = [s.job.id for s in settlements]
     async with write_transaction(engine) as conn:
-        result = await conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job.id, jobs.c.attempts == job.attempt, jobs.c.state == RUNNING)
-            .values(lease_owner=None, lease_until=None, updated_at=now, **values)
-        )
-        if result.rowcount != 1:
-            return False
-        await _close_attempt(conn, job.id, job.attempt, outcome, error, now)
-    return True
+        current = {
+            row.id: row
+            for row in await conn.execute(
+                _locked(
+                    conn,
+                    select(jobs.c.id, jobs.c.attempts, jobs.c.run_after, jobs.c.last_error).where(
+                        jobs.c.id.in_(ids), jobs.c.state == RUNNING
+                    ),
+                )
+            )
+        }
+        ours = [
+            s
+            for s in settlements
+            if (row := current.get(s.job.id)) is not None and row.attempts == s.job.attempt
+        ]
+        if ours:
+            await conn.execute(
+                _SETTLE_JOB,
+                [_job_change(s, current[s.job.id], now) for s in ours],
+            )
+            await conn.execute(
+                _CLOSE_ATTEMPT,
+                [
+                    {
+                        "b_job_id": s.job.id,
+                        "b_attempt": s.job.attempt,
+                        "b_outcome": s.outcome,
+                        "b_error": s.error[:_MAX_ERROR],
+                        "b_finish_time": now,
+                    }
+                    for s in ours
+                ],
+            )
+    settled = {s.job.id for s in ours}
+    for s in ours:
+        if s.state == FAILED:
+            log.error("a job failed for good", extra={"job_id": s.job.id, "kind": s.job.kind})
+    return [s.job.id in settled for s in settlements]
+
+
+def _locked(conn: AsyncConnection, query: Any) -> Any:
+    """``query`` locking its rows (PostgreSQL; SQLite has one writer at a time)."""
+    return query.with_for_update() if conn.dialect.name == "postgresql" else query
+
+
+def _job_change(s: Settlement, row: Any, now: datetime) -> dict[str, Any]:
+    finished = s.state in (SUCCEEDED, FAILED)
+    return {
+        "b_id": s.job.id,
+        "b_state": s.state,
+        "b_run_after": s.run_after or row.run_after,
+        "b_last_error": s.error if s.outcome == FAILED else row.last_error,
+        "b_finished_at": now if finished else None,
+        "b_updated_at": now,
+    }
+
+
+# executemany: one statement for every job of a settlement batch, and one for attempts.
+_SETTLE_JOB = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_id"))
+    .values(
+        state=bindparam("b_state"),
+        run_after=bindparam("b_run_after"),
+        last_error=bindparam("b_last_error"),
+        finished_at=bindparam("b_finished_at"),
+        updated_at=bindparam("b_updated_at"),
+        lease_owner=None,
+        lease_until=None,
+    )
+)
+_CLOSE_ATTEMPT = (
+    update(job_attempts)
+    .where(
+        job_attempts.c.job_id == bindparam("b_job_id"),
+        job_attempts.c.attempt == bindparam("b_attempt"),
+    )
+    .values(
+        outcome=bindparam("b_outcome"),
+        error=bindparam("b_error"),
+        finish_time=bindparam("b_finish_time"),
+    )
+)
+
+
+async def _settle_one(engine: AsyncEngine, settlement: Settlement, now: datetime) -> bool:
+    (settled,) = await settle_many(engine, [settlement], now=now)
+    return settled
 
 
 async def succeed(engine: AsyncEngine, job: Job, *, now: datetime) -> bool:
     """Record that ``job``'s attempt did its work; False when the claim was no longer its."""
-    return await _settle(engine, job, SUCCEEDED, "", now, state=SUCCEEDED, finished_at=now)
+    return await _settle_one(engine, succeeded(job), now)
 
 
 async def fail(
@@ -358,21 +483,12 @@ async def fail(
 ) -> bool:
     """Record that ``job``'s attempt failed with ``error``: due again at ``retry_at``, or
     ``failed`` if it was the last allowed attempt. False when the claim was no longer its."""
-    final = job.max_attempts is not None and job.attempt >= job.max_attempts
-    values: dict[str, Any] = {"last_error": error[:_MAX_ERROR]}
-    if final:
-        values |= {"state": FAILED, "finished_at": now}
-    else:
-        values |= {"state": QUEUED, "run_after": retry_at}
-    settled = await _settle(engine, job, FAILED, error, now, **values)
-    if settled and final:
-        log.error("a job failed for good", extra={"job_id": job.id, "kind": job.kind})
-    return settled
+    return await _settle_one(engine, failed(job, error, retry_at=retry_at), now)
 
 
 async def hand_back(engine: AsyncEngine, job: Job, *, now: datetime) -> bool:
     """Return an interrupted ``job`` to the queue, due at once."""
-    return await _settle(engine, job, INTERRUPTED, "", now, state=QUEUED, run_after=now)
+    return await _settle_one(engine, handed_back(job, now=now), now)
 
 
 async def extend_lease(engine: AsyncEngine, job: Job, *, until: datetime, now: datetime) -> bool:

@@ -3,7 +3,7 @@ its SQL implementation (SQLite or PostgreSQL), composed of one part per concern.
 
 from __future__ import annotations
 
-from notification_service.store.deliveries import SqlDeliveries
+from notification_service.store.deliveries import DeliveryInputs, Settle, SqlDeliveries
 from notification_service.store.inbox import SqlInbox
 from notification_service.store.interface import NotificationStore
 from notification_service.store.sends import (
@@ -21,10 +21,12 @@ class SqlNotificationStore(SqlSends, SqlInbox, SqlSettings, SqlDeliveries):
 
 
 __all__ = [
+    "DeliveryInputs",
     "NewSend",
     "NotificationStore",
     "SendExists",
     "SendInputs",
+    "Settle",
     "SqlNotificationStore",
     "StoredSend",
 ]

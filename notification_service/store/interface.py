@@ -24,6 +24,7 @@ from notification_service.models import (
     Timing,
     UserId,
 )
+from notification_service.store.deliveries import DeliveryInputs, Settle
 from notification_service.store.sends import NewSend, StoredSend
 
 After = tuple[datetime, str] | None
@@ -129,6 +130,14 @@ class NotificationStore(Protocol):
     # -- deliveries (store/deliveries.py) ----------------------------------------------
 
     async def delivery(self, delivery_id: str) -> tuple[Delivery, Notification] | None: ...
+
+    async def delivery_inputs(self, delivery_ids: Sequence[str]) -> dict[str, DeliveryInputs]:
+        """What the delivery jobs of ``delivery_ids`` read, by delivery id (gone: absent)."""
+        ...
+
+    async def settle_many(self, settles: Sequence[Settle]) -> None:
+        """Record many attempts' outcomes (each as ``settle`` would) in one transaction."""
+        ...
 
     async def settle(
         self,

@@ -161,6 +161,48 @@ async def test_a_permanent_failure_fails_at_once(world: World, tenant: Tenant) -
     assert states(await tenant.get(notification.id))[EMAIL] == (FAILED, "550 no such mailbox")
 
 
+async def test_deliveries_run_together_each_use_their_own_users_inputs(
+    world: World, tenant: Tenant
+) -> None:
+    """The worker's concurrent jobs read their inputs and record their outcomes in shared
+    batches: still, each email goes once to its own user's address, a user who turned the
+    category off is skipped alone, each push goes to its own browser, and each delivery
+    has exactly its one attempt."""
+    users = [f"mix{i}" for i in range(12)]
+    for user_id in users:
+        await emailable(tenant, user_id)
+    await tenant.preferences(
+        "mix3", "rules", rules=[pb.CategoryRule(category="news", channel=EMAIL, enabled=False)]
+    )
+    endpoints = {u: f"https://push.example.com/{u}" for u in users[:6]}
+    for user_id, endpoint in endpoints.items():
+        await subscribe(tenant, user_id, endpoint)
+    sent = await tenant.send(*users, category="news", channels=[EMAIL, PUSH])
+    await world.run_jobs()
+
+    by_user = {n.user_id: await tenant.get(n.id) for n in sent}
+    for user_id, notification in by_user.items():
+        emails = [e for e in world.mailer.sent if e.items[0].id == notification.id]
+        pushes = [p for p in world.push.sent if p[1][0].id == notification.id]
+        if user_id == "mix3":
+            assert emails == []
+            assert states(notification)[EMAIL] == (
+                SKIPPED,
+                "the user turned email off for 'news'",
+            )
+        else:
+            assert [e.to for e in emails] == [f"{user_id}@example.com"]
+            assert states(notification)[EMAIL] == (SENT, "")
+        assert [p[0].endpoint for p in pushes] == (
+            [endpoints[user_id]] if user_id in endpoints else []
+        )
+        attempts = await tenant.attempts(notification.id)
+        assert sorted((a.channel, a.target) for a in attempts) == sorted(
+            ([(EMAIL, f"{user_id}@example.com")] if user_id != "mix3" else [])
+            + ([(PUSH, endpoints[user_id])] if user_id in endpoints else [])
+        )
+
+
 async def test_a_push_subscription_that_is_gone_is_removed(world: World, tenant: Tenant) -> None:
     await tenant.users("gus")
     gone = await subscribe(tenant, "gus", "https://push.example.com/gone")

@@ -218,6 +218,61 @@ async def test_an_expired_lease_makes_the_job_claimable_and_fences_the_old_claim
     assert recorded == [(1, "dead", "lease_expired"), (2, "b", "succeeded")]
 
 
+async def test_outcomes_settled_together_each_keep_their_own_fate_and_fencing(
+    engine: AsyncEngine,
+) -> None:
+    """The worker records the outcomes of jobs that end together in one batch: each job
+    gets its own state, and a claim that was lost meanwhile changes nothing, while the
+    others of its batch are recorded."""
+    kind, clock = new_kind(), epoch()
+    ids = [await add(engine, kind, clock(), max_attempts=2) for _ in range(4)]
+    lease = timedelta(seconds=60)
+    claimed = await jobs.claim(engine, {kind}, limit=10, worker="a", lease=lease, now=clock())
+    assert sorted(job.id for job in claimed) == sorted(ids) and len(claimed) == 4
+    ok, retried, interrupted, lost = claimed
+    clock.advance(61)  # the lease of all four runs out; another worker takes back one
+    async with write_transaction(engine) as conn:  # the others' leases were kept
+        await conn.execute(
+            jobs_table.update()
+            .where(jobs_table.c.id.in_([ok.id, retried.id, interrupted.id]))
+            .values(lease_until=clock() + lease)
+        )
+    (taken,) = await jobs.claim(engine, {kind}, limit=10, worker="b", lease=lease, now=clock())
+    assert (taken.id, taken.attempt) == (lost.id, 2)
+
+    retry_at = clock() + timedelta(seconds=30)
+    settled = await jobs.settle_many(
+        engine,
+        [
+            jobs.succeeded(ok),
+            jobs.failed(retried, "boom", retry_at=retry_at),
+            jobs.handed_back(interrupted, now=clock()),
+            jobs.succeeded(lost),
+        ],
+        now=clock(),
+    )
+    assert settled == [True, True, True, False]
+    states = {i: (await job_row(engine, i)) for i in ids}
+    assert states[ok.id]["state"] == "succeeded" and states[ok.id]["finished_at"] is not None
+    assert (states[retried.id]["state"], states[retried.id]["last_error"]) == ("queued", "boom")
+    assert states[retried.id]["lease_owner"] is None
+    assert states[interrupted.id]["state"] == "queued"
+    assert (states[lost.id]["state"], states[lost.id]["lease_owner"]) == ("running", "b")
+    outcomes = {i: [(n, o) for n, _, o, _ in await attempts_of(engine, i)] for i in ids}
+    assert outcomes[ok.id] == [(1, "succeeded")]
+    assert outcomes[retried.id] == [(1, "failed")]
+    assert outcomes[interrupted.id] == [(1, "interrupted")]
+    assert outcomes[lost.id] == [(1, "lease_expired"), (2, "running")]
+
+    # a second failure is the last allowed attempt (an interrupted claim counts too)
+    clock.advance(30)
+    again = await jobs.claim(engine, {kind}, limit=10, worker="a", lease=lease, now=clock())
+    assert sorted(job.id for job in again) == sorted([retried.id, interrupted.id])
+    failing = [jobs.failed(job, "x", retry_at=clock()) for job in again]
+    assert await jobs.settle_many(engine, failing, now=clock()) == [True, True]
+    assert [(await job_row(engine, job.id))["state"] for job in again] == ["failed", "failed"]
+
+
 async def test_a_job_whose_last_attempt_lost_its_lease_fails(engine: AsyncEngine) -> None:
     kind, clock = new_kind(), epoch()
     job_id = await add(engine, kind, clock(), max_attempts=1)
