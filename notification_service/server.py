@@ -22,7 +22,7 @@ from notification_service.live import BusLivePublisher
 from notification_service.recipients import GatewayRecipients
 from notification_service.senders import unsubscribe
 from notification_service.senders.base import Mailer, PushSender, WebhookSender
-from notification_service.senders.email import SmtpMailer
+from notification_service.senders.email import SmtpMailer, SmtpMailerPool
 from notification_service.senders.push import WebPushSender, generate_vapid_keys
 from notification_service.senders.webhook import HttpWebhookSender
 from notification_service.service import NotificationService, SendingOptions
@@ -37,6 +37,8 @@ from service_kit.server import Runtime, ServiceSpec
 from service_kit.tls import http_scheme
 
 SERVICE_NAME = "keel.notifications.v1.NotificationService"
+#: SMTP connections a process sends over at once (each reused).
+SMTP_CONNECTIONS = 4
 USER_AGENT = "Keel-Notifications/1"
 
 
@@ -90,7 +92,12 @@ def build(
         webhook = webhook or HttpWebhookSender(http)
     own_mailer = mailer is None and notifications.smtp_url is not None
     if own_mailer and notifications.smtp_url:
-        mailer = SmtpMailer(notifications.smtp_url, timeout_seconds=notifications.timeout_seconds)
+        mailer = SmtpMailerPool(
+            [
+                SmtpMailer(notifications.smtp_url, timeout_seconds=notifications.timeout_seconds)
+                for _ in range(SMTP_CONNECTIONS)
+            ]
+        )
     service = NotificationService(
         store,
         recipients,

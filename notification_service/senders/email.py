@@ -18,7 +18,9 @@ List-Unsubscribe=One-Click`` (RFC 8058). The URL is written as it is, never fold
 encoded, because mail providers read it literally.
 
 :class:`SmtpMailer` keeps **one** SMTP connection and sends every email over it, one
-at a time (a lock). It does not probe the connection before a send: when a reused
+at a time (a lock); :class:`SmtpMailerPool` sends over a few of them at once (each reused
+the same way), so that a process's delivery jobs do not all wait for one connection's
+round trips. It does not probe the connection before a send: when a reused
 connection turns out to have been dropped by the server, it connects again and sends
 once more (the server accepted nothing on a connection it had closed).
 
@@ -243,3 +245,28 @@ def _refused(code: int, reply: str, what: str) -> DeliveryFailed:
 
 def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:500]
+
+
+class SmtpMailerPool:
+    """A :class:`~notification_service.senders.base.Mailer` over several
+    :class:`SmtpMailer`\\ s: each email goes over one that is free (each connects on its
+    first send, and is reused after)."""
+
+    def __init__(self, mailers: list[SmtpMailer]) -> None:
+        if not mailers:
+            raise ValueError("a pool needs at least one mailer")
+        self._mailers = mailers
+        self._free: asyncio.Queue[SmtpMailer] = asyncio.Queue()
+        for mailer in mailers:
+            self._free.put_nowait(mailer)
+
+    async def send(self, email: OutgoingEmail) -> None:
+        mailer = await self._free.get()
+        try:
+            await mailer.send(email)
+        finally:
+            self._free.put_nowait(mailer)
+
+    async def close(self) -> None:
+        for mailer in self._mailers:
+            await mailer.close()

@@ -5,6 +5,7 @@ retryable)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from notification_service.senders.base import DeliveryFailed, OutgoingEmail
-from notification_service.senders.email import SmtpMailer, build_message
+from notification_service.senders.email import SmtpMailer, SmtpMailerPool, build_message
 from notification_service.senders.unsubscribe import make_token, read_token, unsubscribe_url
 from service_kit.config import SmtpServer, parse_smtp_url
 from tests.conftest import free_port
@@ -197,6 +198,25 @@ async def test_emails_arrive_over_one_reused_connection(mailer_for: Any) -> None
     assert first.rcpt_tos == ["ada@example.com"]
     text, html = parts_of(first.message)
     assert emails[0].items[0].body in text and emails[0].items[0].title in html
+
+
+async def test_a_pool_sends_concurrent_emails_over_its_few_reused_connections(
+    mailer_for: Any,
+) -> None:
+    """The notification service's mailer: concurrent emails go over at most as many
+    connections as the pool has, each reused, and every email arrives once."""
+    mailbox = Mailbox()
+    with smtp_server(mailbox) as server:
+        pool = SmtpMailerPool([mailer_for(f"smtp://127.0.0.1:{server.port}") for _ in range(2)])
+        emails = [an_email(notification(n)) for n in range(12)]
+        await asyncio.gather(*(pool.send(email) for email in emails))
+        await asyncio.gather(*(pool.send(email) for email in emails[:4]))
+
+    received = [r.message["Message-ID"] for r in mailbox.received]
+    assert sorted(received) == sorted(
+        [e.message_id for e in emails] + [e.message_id for e in emails[:4]]
+    )
+    assert mailbox.sessions() == 2
 
 
 async def test_the_unsubscribe_link_of_a_received_email_carries_a_valid_token(
