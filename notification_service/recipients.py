@@ -10,6 +10,13 @@ Checks of a few users that arrive together (concurrent small sends) are answered
 ``BatchGetUsers`` call per tenant (:class:`~service_kit.batching.Batcher`): each check
 hears of the users it named that are missing, and of nothing the others named.
 
+Sends remember briefly which users they found (:class:`KnownUsers`): a user a send of the
+tenant checked in the last :data:`KNOWN_USER_SECONDS` is not asked about again. That is
+safe because a tenant's users go only with the tenant itself (the gateway has no call that
+deletes one user), and a deleted tenant's calls are refused before they get here. Only
+sends use it; preferences and unsubscribe links ask the gateway every time. Users not found
+are never remembered: a user created a moment later can be sent to at once.
+
 gRPC errors are translated here and never leave this module: NOT_FOUND of users becomes
 :class:`UsersNotFound` naming them, of a channel :class:`ChannelNotFound`; a refusal for
 lack of scope :class:`~service_kit.errors.PermissionDenied` saying so; anything else
@@ -19,6 +26,7 @@ lack of scope :class:`~service_kit.errors.PermissionDenied` saying so; anything 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Protocol, cast
@@ -50,6 +58,40 @@ BATCHED_CHECK = 32
 #: Most checks answered by one batch, and batches asked at once.
 CHECK_BATCH = 128
 CHECKS_IN_FLIGHT = 1
+#: How long a send remembers a user it found (see the module docstring).
+KNOWN_USER_SECONDS = 10.0
+#: Most users remembered at once, over every tenant (then the memory starts again).
+KNOWN_USERS_MAX = 100_000
+
+
+class KnownUsers:
+    """The users sends found lately, per tenant (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        seconds: float = KNOWN_USER_SECONDS,
+        max_users: int = KNOWN_USERS_MAX,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._seconds = seconds
+        self._max_users = max_users
+        self._clock = clock
+        self._found: dict[tuple[str, str], float] = {}  # (tenant, user) -> found at
+
+    def unknown(self, tenant_id: str, user_ids: Sequence[str]) -> list[str]:
+        """Those of ``user_ids`` not found for ``tenant_id`` lately."""
+        since = self._clock() - self._seconds
+        found = self._found
+        return [u for u in user_ids if found.get((tenant_id, u), -1e300) < since]
+
+    def found(self, tenant_id: str, user_ids: Sequence[str]) -> None:
+        """The tenant has every one of ``user_ids`` (just checked)."""
+        if len(self._found) + len(user_ids) > self._max_users:
+            self._found.clear()
+        now = self._clock()
+        for user_id in user_ids:
+            self._found[(tenant_id, user_id)] = now
 
 
 class Recipients(Protocol):

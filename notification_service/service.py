@@ -64,7 +64,7 @@ from notification_service.models import (
     UserId,
 )
 from notification_service.planning import Reachability, plan_recipient
-from notification_service.recipients import Recipients
+from notification_service.recipients import KnownUsers, Recipients
 from notification_service.store import NewSend, NotificationStore, SendExists, SendInputs
 from notification_service.store.rows import VAPID, WEBHOOK_SECRET
 from service_kit.auth import TenantContext
@@ -139,6 +139,7 @@ class NotificationService:
         self._new_vapid_keys = new_vapid_keys
         self._clock = clock
         self._on_jobs_enqueued = on_jobs_enqueued
+        self._known = KnownUsers()
 
     # -- sending ------------------------------------------------------------------------
 
@@ -208,10 +209,14 @@ class NotificationService:
 
     async def _recipients_of(self, tenant_id: str, request: SendRequest) -> list[UserId]:
         if not request.channel_id:
-            try:
-                await self._recipients.check_users(tenant_id, request.user_ids)
-            except UsersNotFound as exc:
-                raise UsersNotFound(exc.user_ids, sending=True) from exc
+            # Users found by a send of the last seconds are not asked about again.
+            unknown = self._known.unknown(tenant_id, request.user_ids)
+            if unknown:
+                try:
+                    await self._recipients.check_users(tenant_id, unknown)
+                except UsersNotFound as exc:
+                    raise UsersNotFound(exc.user_ids, sending=True) from exc
+                self._known.found(tenant_id, unknown)
             return [UserId(u) for u in request.user_ids]
         members = await self._recipients.channel_members(tenant_id, request.channel_id)
         excluded = set(request.exclude_user_ids)
