@@ -38,6 +38,11 @@ class OffsetMismatch(FailedPrecondition):
         self.expected = expected
 
 
+class UploadBusy(FailedPrecondition):
+    """Another request is writing this upload's bytes now (tus: 423, like tusd's locked
+    upload; clients retry, then ask for the offset)."""
+
+
 class UploadExpired(FailedPrecondition):
     """The pending upload's time ran out (tus: 410); its parts are being removed."""
 

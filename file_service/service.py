@@ -7,10 +7,13 @@ How bytes arrive:
 - **A stream** (gRPC ``UploadFile``): the bytes go straight to the file's blob as they come
   — never more than a chunk in memory — counted against the declared size and the maximum
   file size as they pass; the first bytes are kept to sniff the type.
-- **Parts** (tus ``PATCH``, the upload URL's ``PUT``): each request's bytes become one part
-  blob, recorded with its offset by a conditional update (so two processes offering the
-  same offset cannot both win). When the last byte arrives the parts are read in order into
-  the file's blob and removed. A request cut off mid-way keeps what arrived.
+- **Parts** (tus ``PATCH``, the upload URL's ``PUT``): each request's bytes are recorded as
+  a part with its offset by a conditional update (so two processes offering the same offset
+  cannot both win). On local disk every part is written into one blob, at its offset, by
+  one request at a time (a lock on the blob; the offset is read again under it), and that
+  blob becomes the file's. On S3 each part is a blob of its own; when the last byte arrives
+  the parts are composed into the file's blob and removed. A request cut off mid-way keeps
+  what arrived.
 
 Either way the file becomes READY only after its bytes pass every check — size and SHA-256
 as declared, the type sniffed from the bytes on the tenant's allowlist, an image that
@@ -33,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from prometheus_client import Counter, Gauge
 
@@ -45,6 +48,7 @@ from file_service.errors import (
     InvalidFile,
     OffsetMismatch,
     QuotaExceeded,
+    UploadBusy,
     UploadExpired,
 )
 from file_service.models import (
@@ -57,10 +61,14 @@ from file_service.models import (
     UploadPart,
 )
 from file_service.storage import (
+    AppendingBlobStore,
+    BlobAppender,
+    BlobBusy,
     BlobKey,
     BlobNotFound,
     BlobStore,
     Chunk,
+    FileBlobStore,
     Hash,
     InvalidRange,
     StorageError,
@@ -203,15 +211,8 @@ class FileService:
     ) -> AsyncIterator[bytes]:
         """The bytes of a READY file (or its thumbnail) in chunks; the first chunk is fetched
         before this returns, so a missing blob or a bad range raises here."""
-        if file.state is not FileState.READY:
-            raise FileNotReady(f"file {file.id} is {file.state.value}, not ready")
-        if variant == "thumbnail":
-            if file.thumbnail is None:
-                raise FileNotFound(file.id, f"file {file.id} has no thumbnail")
-            key = file.thumbnail.blob_key
-        else:
-            key = file.blob_key
-        chunks = aiter(self._blobs.read(BlobKey(key), offset=offset, length=length))
+        key = self._variant_key(file, variant)
+        chunks = aiter(self._blobs.read(key, offset=offset, length=length))
         try:
             first = await anext(chunks, b"")
         except BlobNotFound as exc:
@@ -222,6 +223,44 @@ class FileService:
         except StorageError as exc:
             raise _storage_failed(exc) from exc
         return _prepend(first, chunks)
+
+    async def send_file(
+        self,
+        file: StoredFile,
+        *,
+        variant: Variant,
+        offset: int,
+        length: int,
+        send: Callable[[BinaryIO, int, int], Awaitable[None]],
+    ) -> bool:
+        """Hand ``send`` the open file of a READY file's blob (or its thumbnail's) with
+        ``offset`` and ``length``, when the store keeps blobs as files here (local disk: the
+        caller can ``sendfile``), and answer True; False, doing nothing, when it does not
+        (S3: use :meth:`read`). Raises ``FileNotReady`` (also when the blob is gone)."""
+        if not isinstance(self._blobs, FileBlobStore):
+            return False
+        key = self._variant_key(file, variant)
+        try:
+            opened = await self._blobs.open_file(key)
+        except BlobNotFound as exc:
+            raise FileNotReady(f"file {file.id} is no longer stored") from exc
+        except StorageError as exc:
+            raise _storage_failed(exc) from exc
+        try:
+            await send(opened, offset, length)
+        finally:
+            await asyncio.to_thread(opened.close)
+        BYTES_SENT.inc(length)
+        return True
+
+    def _variant_key(self, file: StoredFile, variant: Variant) -> BlobKey:
+        if file.state is not FileState.READY:
+            raise FileNotReady(f"file {file.id} is {file.state.value}, not ready")
+        if variant == "thumbnail":
+            if file.thumbnail is None:
+                raise FileNotFound(file.id, f"file {file.id} has no thumbnail")
+            return BlobKey(file.thumbnail.blob_key)
+        return BlobKey(file.blob_key)
 
     # -- uploading ----------------------------------------------------------------------
 
@@ -279,16 +318,26 @@ class FileService:
         chunks: AsyncIterable[Chunk],
         *,
         sha256: bytes | None = None,
+        known: StoredFile | None = None,
     ) -> StoredFile:
         """Store the bytes of ``chunks`` as the part at ``offset`` of a pending upload; the
         file after, READY when it was the last part (see
-        :class:`~file_service.web.backend.FileBackend`)."""
-        file = await self.get_file(tenant_id, file_id)
+        :class:`~file_service.web.backend.FileBackend`). ``known``: the file as the caller
+        just read it (saves reading it again)."""
+        file = known if known is not None else await self.get_file(tenant_id, file_id)
         if file.state is FileState.READY and offset == file.size:
             return file  # a retry of the end (its answer was lost; a HEAD): it is done
         self._check_pending(file)
         if offset != file.upload_offset:
             raise OffsetMismatch(file.upload_offset, offset)
+        appending = _appending(self._blobs)
+        if file.upload_offset < file.size and appending is not None:
+            appended = await self._append_into(appending, file, offset, chunks, sha256)
+            if appended is not None:
+                file = appended
+                if file.state is FileState.READY or file.upload_offset < file.size:
+                    return file
+                return await self._complete(file)
         if file.upload_offset < file.size:
             file, stored = await self._add_part(file, offset, chunks, sha256)
             if stored is not None and stored.written.size == file.size:
@@ -463,6 +512,115 @@ class FileService:
             self._running.keep(file.tenant_id, file.id, offset + written.size, running)
         return replace(file, upload_offset=new_offset), _StoredPart(written, counted.head)
 
+    async def _append_into(
+        self,
+        blobs: AppendingBlobStore,
+        file: StoredFile,
+        offset: int,
+        chunks: AsyncIterable[Chunk],
+        sha256: bytes | None,
+    ) -> StoredFile | None:
+        """Write the bytes of ``chunks`` into the upload's one blob at ``offset`` and record
+        them as a part; the file after (not completed). None when the upload's earlier
+        parts are blobs of their own (stored before this way was used): the caller stores
+        this one so too."""
+        key = _data_key(file)
+        try:
+            async with blobs.appender(key) as appender:
+                # Under the lock: the upload as it is now (the last writer may have moved it).
+                now = await self._store.get(file.tenant_id, file.id)
+                if now is None or now.state is FileState.DELETED:
+                    await self._delete_blob(key)  # the lock made it anew: nothing to keep
+                    raise (
+                        FileNotFound(file.id)
+                        if now is None
+                        else FileNotReady(
+                            f"file {file.id} is {now.state.value}, not an upload in progress"
+                        )
+                    )
+                if now.state is FileState.READY and offset == now.size:
+                    return now
+                self._check_pending(now)
+                if offset != now.upload_offset:
+                    raise OffsetMismatch(now.upload_offset, offset)
+                if appender.size < offset:
+                    # The bytes before ``offset`` are not in the blob: parts stored as blobs
+                    # of their own, or lost by a crash of the machine.
+                    parts = await self._store.parts(now.tenant_id, now.id)
+                    if any(part.blob_key != key for part in parts):
+                        if appender.size == 0:
+                            await self._delete_blob(key)
+                        return None
+                    intact = await self._intact(now, parts)
+                    raise OffsetMismatch(intact.upload_offset, offset)
+                return await self._write_part(appender, now, offset, chunks, sha256)
+        except BlobBusy as exc:
+            raise UploadBusy(f"another request is writing the upload of file {file.id}") from exc
+        except StorageError as exc:
+            raise _storage_failed(exc) from exc
+
+    async def _write_part(
+        self,
+        appender: BlobAppender,
+        file: StoredFile,
+        offset: int,
+        chunks: AsyncIterable[Chunk],
+        sha256: bytes | None,
+    ) -> StoredFile:
+        """Write and record one part into the upload's blob (its writer held)."""
+        counted = _Counted(chunks, file.size - offset, f"file {file.id} is {file.size} bytes")
+        # As in _add_part: the running hash goes on through this part (none with a checksum).
+        running = self._running.take(file.tenant_id, file.id, offset) if sha256 is None else None
+        try:
+            with UPLOADS_IN_PROGRESS.track_inprogress():
+                written = await appender.write_at(
+                    offset, counted, hashed=sha256 is not None, digest=running
+                )
+            if sha256 is not None and bytes.fromhex(written.sha256) != sha256:
+                raise ChecksumMismatch("the body's SHA-256 is not the one in Upload-Checksum")
+            if written.size == 0:
+                return file
+            part = UploadPart(file.id, offset, written.size, written.key)
+            new_offset = await self._store.add_part(part, file.tenant_id, now=self._clock())
+        except BaseException:
+            # Nothing of a refused or failed part is kept: the blob ends where the upload does.
+            await asyncio.shield(self._cut_back(appender, offset))
+            raise
+        if running is not None:
+            self._running.keep(file.tenant_id, file.id, offset + written.size, running)
+        return replace(file, upload_offset=new_offset)
+
+    async def _cut_back(self, appender: BlobAppender, offset: int) -> None:
+        try:
+            if offset == 0:
+                await self._blobs.delete(appender.key)
+            elif appender.size > offset:
+                await appender.truncate(offset)
+        except StorageError:
+            # What stays past the upload's offset is overwritten by the next part, or
+            # removed with the upload.
+            log.warning("could not cut an upload's blob back", extra={"key": appender.key})
+
+    async def _complete_appended(self, file: StoredFile, blobs: AppendingBlobStore) -> StoredFile:
+        """Finish an upload whose parts are all in its one blob (checked intact): that blob,
+        synced, becomes the file's."""
+        key = _data_key(file)
+        known = self._running.take(file.tenant_id, file.id, file.size)
+
+        async def finish() -> StoredFile:
+            try:
+                await blobs.sync(key)  # written unsynced
+                head = await self._head([key])
+                sha256 = known.hexdigest() if known is not None else None
+                if sha256 is None:
+                    sha256 = await blobs.sha256(key, file.size)
+            except StorageError as exc:
+                raise _storage_failed(exc) from exc
+            declared = await self._store.declared_sha256(file.tenant_id, file.id)
+            return await self._finish(file, WrittenBlob(key, file.size, sha256), head, declared)
+
+        return await self._settle(file, key, finish())
+
     async def _complete_whole(self, file: StoredFile, part: _StoredPart) -> StoredFile:
         """Finish an upload whose one part holds every byte: that blob becomes the file's."""
 
@@ -486,6 +644,9 @@ class FileService:
         if intact.upload_offset != file.size:
             # A part was lost (a crash of the machine): the client resumes from there.
             raise OffsetMismatch(intact.upload_offset, file.size)
+        data, appending = _data_key(file), _appending(self._blobs)
+        if appending is not None and all(p.blob_key == data for p in parts):
+            return await self._complete_appended(file, appending)
         key = BlobKey(f"{file.blob_key}-{secrets.token_hex(4)}")
         part_keys = [BlobKey(part.blob_key) for part in parts]
 
@@ -522,9 +683,19 @@ class FileService:
         """:meth:`verify_upload` with the upload's ``parts`` in hand."""
         if not self._blobs.unsynced_writes:
             return file
+        data = _data_key(file)
+        sizes: dict[str, int] = {}  # of each blob (the upload's one blob holds many parts)
         for part in parts:
             try:
-                whole = (await self._blobs.stat(BlobKey(part.blob_key))).size == part.size
+                if part.blob_key not in sizes:
+                    sizes[part.blob_key] = (await self._blobs.stat(BlobKey(part.blob_key))).size
+                stored = sizes[part.blob_key]
+                # A part in the upload's one blob ends within it; a blob of its own is the part.
+                whole = (
+                    stored >= part.offset + part.size
+                    if part.blob_key == data
+                    else (stored == part.size)
+                )
             except BlobNotFound:
                 whole = False
             except StorageError as exc:
@@ -545,7 +716,8 @@ class FileService:
             extra={"file_id": file.id, "was": file.upload_offset, "offset": part.offset},
         )
         for lost in removed:
-            await self._delete_blob(lost.blob_key)
+            if lost.blob_key != data:  # the one blob stays: the next parts overwrite it
+                await self._delete_blob(lost.blob_key)
         return replace(file, upload_offset=part.offset)
 
     async def _head(self, keys: list[BlobKey]) -> bytes:
@@ -725,6 +897,17 @@ class RunningHashes:
         self._hashes.move_to_end((tenant_id, file_id))
         while len(self._hashes) > self._limit:
             self._hashes.popitem(last=False)
+
+
+def _appending(blobs: BlobStore) -> AppendingBlobStore | None:
+    """``blobs`` if uploads write their parts into one blob there."""
+    return blobs if isinstance(blobs, AppendingBlobStore) and blobs.appends else None
+
+
+def _data_key(file: StoredFile) -> BlobKey:
+    """The one blob an upload's parts are written into, on a store that can
+    (:class:`~file_service.storage.AppendingBlobStore`)."""
+    return BlobKey(f"{file.blob_key}-parts/data")
 
 
 def _count_refusal(exc: BaseException) -> None:

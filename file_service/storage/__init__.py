@@ -15,15 +15,19 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from file_service.storage.base import (
+    AppendingBlobStore,
+    BlobAppender,
     BlobKey,
     BlobStat,
     BlobStore,
     Chunk,
+    FileBlobStore,
     Hash,
     WrittenBlob,
     check_key,
 )
 from file_service.storage.errors import (
+    BlobBusy,
     BlobNotFound,
     InvalidBlobKey,
     InvalidRange,
@@ -35,11 +39,15 @@ from file_service.storage.s3 import S3BlobStore
 from service_kit.config import FileSettings
 
 __all__ = [
+    "AppendingBlobStore",
+    "BlobAppender",
+    "BlobBusy",
     "BlobKey",
     "BlobNotFound",
     "BlobStat",
     "BlobStore",
     "Chunk",
+    "FileBlobStore",
     "Hash",
     "InvalidBlobKey",
     "InvalidRange",

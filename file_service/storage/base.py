@@ -10,9 +10,10 @@ Memory is bounded on both paths: :meth:`BlobStore.write` consumes its chunks as 
 store's ``chunk_size``. A write either completes whole or leaves nothing behind: no blob,
 no temporary file, no pending multipart upload.
 
-A resumable upload stores each part as a blob of its own and, once every byte is in,
-composes them into the file's blob (:meth:`BlobStore.compose`): on local disk the kernel
-copies the bytes (``copy_file_range``) while another thread hashes them.
+A resumable upload on S3 stores each part as a blob of its own and, once every byte is in,
+composes them into the file's blob (:meth:`BlobStore.compose`). A store that can write a
+blob at an offset (:class:`AppendingBlobStore`: local disk) takes every part of an upload
+into one blob instead, which becomes the file's as it is: no byte is copied again.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, NewType, Protocol, TypeAlias
+from typing import TYPE_CHECKING, BinaryIO, Final, NewType, Protocol, TypeAlias, runtime_checkable
 
 from file_service.storage.errors import InvalidBlobKey, InvalidRange
 
@@ -146,6 +148,69 @@ class BlobStore(Protocol):
         """Whether the backend answers (for health): returns, or raises
         :class:`StorageUnavailable` saying why not (directory not writable, bucket missing
         or unreachable)."""
+        ...
+
+
+class BlobAppender(Protocol):
+    """One writer of a blob, alone on it until it is closed (see
+    :meth:`AppendingBlobStore.appender`)."""
+
+    #: The blob it writes.
+    key: BlobKey
+    #: The blob's size in bytes as the writer found it, grown by what it wrote since.
+    size: int
+
+    async def write_at(
+        self,
+        offset: int,
+        chunks: AsyncIterable[Chunk],
+        *,
+        hashed: bool = True,
+        digest: Hash | None = None,
+    ) -> WrittenBlob:
+        """Write the bytes of ``chunks`` into the blob from ``offset`` on (the blob grows as
+        needed; bytes past what this writes stay as they were) and answer how many were
+        written and their SHA-256 (hashed as :meth:`BlobStore.write` does). Not synced: a
+        crash of the process loses none of them, a crash of the machine may until
+        :meth:`BlobStore.sync`. If ``chunks`` raises, or the write fails or is cancelled,
+        the bytes written so far stay in the blob and the error propagates. Raises
+        :class:`StorageUnavailable`."""
+        ...
+
+    async def truncate(self, size: int) -> None:
+        """Cut the blob to its first ``size`` bytes. Raises :class:`StorageUnavailable`."""
+        ...
+
+
+@runtime_checkable
+class AppendingBlobStore(BlobStore, Protocol):
+    """A blob store that writes into a blob at an offset: an upload's parts go into one blob
+    (local disk). S3 objects cannot be written so; there each part is a blob."""
+
+    #: Whether uploads use :meth:`appender` (off: each part is a blob, as on S3).
+    appends: bool
+
+    def appender(self, key: BlobKey) -> AbstractAsyncContextManager[BlobAppender]:
+        """The one writer of ``key`` for the ``async with`` block (the blob is created empty
+        if missing). Raises :class:`BlobBusy` when another writer, in any process, holds
+        it (the lock goes with its process if that dies), :class:`InvalidBlobKey`,
+        :class:`StorageUnavailable`."""
+        ...
+
+    async def sha256(self, key: BlobKey, size: int) -> str:
+        """The SHA-256 (hex) of the blob's first ``size`` bytes. Raises
+        :class:`BlobNotFound`, :class:`StorageUnavailable`."""
+        ...
+
+
+@runtime_checkable
+class FileBlobStore(BlobStore, Protocol):
+    """A blob store whose blobs are files of this machine, which a server can hand the
+    kernel to send (``sendfile``) instead of reading them through Python."""
+
+    async def open_file(self, key: BlobKey) -> BinaryIO:
+        """The blob's file, open for reading (the caller closes it). Raises
+        :class:`BlobNotFound`, :class:`InvalidBlobKey`, :class:`StorageUnavailable`."""
         ...
 
 

@@ -6,6 +6,7 @@
     ├── InvalidBlobKey           a key that is empty, too long or could leave the root
     ├── BlobNotFound             no blob under that key
     ├── InvalidRange             a read starting past the end, or a negative offset/length
+    ├── BlobBusy                 another writer holds the blob (an upload's bytes on local disk)
     └── StorageUnavailable       the backend failed (disk, S3 endpoint); the cause is chained
 
 Each backend translates its library's errors into these (``raise … from exc``), so no
@@ -29,6 +30,11 @@ class BlobNotFound(StorageError):
 
 class InvalidRange(StorageError):
     """The requested byte range does not fit the blob."""
+
+
+class BlobBusy(StorageError):
+    """Another writer, in this process or another, is writing the blob now
+    (:meth:`~file_service.storage.base.AppendingBlobStore.appender`)."""
 
 
 class StorageUnavailable(StorageError):

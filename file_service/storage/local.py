@@ -8,7 +8,11 @@ A write with ``durable=False`` (the parts of a resumable upload) skips both fsyn
 rename still makes the whole blob visible at once, to every process, and a crash of the
 process (``kill -9``) loses none of it — the kernel has its bytes; only a crash of the
 machine can lose a blob or cut it short, until :meth:`LocalBlobStore.sync`.
-File I/O runs in worker threads so the event loop never waits on the disk.
+An upload's parts go into one blob (:meth:`LocalBlobStore.appender`): each request writes
+its bytes at its offset while it holds an exclusive ``flock`` on the file — one writer at a
+time, in any process on the machine; the lock goes with a process that dies — and the blob
+becomes the file's as it is once every byte is in: no copy. File I/O runs in worker threads
+so the event loop never waits on the disk.
 
 Each hand-off to a worker thread costs about as much as writing 64 KiB, so bytes cross in
 batches of about a MiB: a write gathers the incoming chunks and hands each batch to two
@@ -22,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import hashlib
 import mmap
 import os
 import secrets
 import shutil
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -40,7 +46,7 @@ from file_service.storage.base import (
     byte_range,
     check_key,
 )
-from file_service.storage.errors import BlobNotFound, StorageUnavailable
+from file_service.storage.errors import BlobBusy, BlobNotFound, StorageUnavailable
 
 TEMP_PREFIX = ".tmp-"
 #: The largest chunk a read yields, and about how many bytes a write hands a thread at once.
@@ -53,12 +59,16 @@ class LocalBlobStore:
     """A :class:`~file_service.storage.base.BlobStore` in a directory it creates if missing.
 
     ``chunk_size`` bounds the chunks :meth:`read` yields and sets the batches :meth:`write`
-    hands a worker thread (see the module docstring).
+    hands a worker thread (see the module docstring). ``appends`` off stores each part of
+    an upload as a blob of its own and composes them, as on S3 (for tests of that way).
     """
 
-    def __init__(self, root: Path, *, chunk_size: int = LOCAL_CHUNK_SIZE) -> None:
+    def __init__(
+        self, root: Path, *, chunk_size: int = LOCAL_CHUNK_SIZE, appends: bool = True
+    ) -> None:
         self.root = root.resolve()
         self.chunk_size = chunk_size
+        self.appends = appends
 
     #: What ``write(durable=False)`` stored is in the page cache, not yet on the disk.
     unsynced_writes = True
@@ -111,7 +121,9 @@ class LocalBlobStore:
         # from their pages (mmap: no copy either), unless their hash is known already.
         copying = asyncio.ensure_future(asyncio.to_thread(_concatenate, sources, temp))
         hashing = asyncio.ensure_future(
-            asyncio.to_thread(_hash_files, sources) if sha256 is None else _known(sha256)
+            asyncio.to_thread(_hash_files, [(source, None) for source in sources])
+            if sha256 is None
+            else _known(sha256)
         )
         try:
             await asyncio.wait([copying, hashing])  # never cancels them: see below
@@ -129,6 +141,39 @@ class LocalBlobStore:
                 raise StorageUnavailable(f"cannot compose blob {key!r}: {exc}") from exc
             raise
         return WrittenBlob(key=key, size=size, sha256=sha256)
+
+    @asynccontextmanager
+    async def appender(self, key: BlobKey) -> AsyncIterator[LocalAppender]:
+        path = self._path(key)
+        try:
+            file = await asyncio.to_thread(_open_locked, path)
+        except BlockingIOError as exc:
+            raise BlobBusy(f"blob {key!r} is being written by another request") from exc
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot write blob {key!r}: {exc}") from exc
+        appender = LocalAppender(key, file, self.chunk_size)
+        try:
+            yield appender
+        finally:
+            await asyncio.shield(asyncio.to_thread(file.close))  # releases the lock
+
+    async def open_file(self, key: BlobKey) -> BinaryIO:
+        path = self._path(key)
+        try:
+            return await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError as exc:
+            raise BlobNotFound(f"no blob {key!r}") from exc
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read blob {key!r}: {exc}") from exc
+
+    async def sha256(self, key: BlobKey, size: int) -> str:
+        path = self._path(key)
+        try:
+            return await asyncio.to_thread(_hash_files, [(path, size)])
+        except FileNotFoundError as exc:
+            raise BlobNotFound(f"no blob {key!r}") from exc
+        except (OSError, ValueError) as exc:  # ValueError: shorter than ``size`` (mmap)
+            raise StorageUnavailable(f"cannot read blob {key!r}: {exc}") from exc
 
     async def read(
         self, key: BlobKey, *, offset: int = 0, length: int | None = None
@@ -221,6 +266,49 @@ class LocalBlobStore:
             raise StorageUnavailable(f"the files directory {self.root} is not writable")
 
 
+class LocalAppender:
+    """The one writer of a blob (a :class:`~file_service.storage.base.BlobAppender`), holding
+    its file open and locked."""
+
+    def __init__(self, key: BlobKey, file: BinaryIO, batch: int) -> None:
+        self.key = key
+        self._file = file
+        self._batch = batch
+        #: The blob's size when the writer got it.
+        self.size = os.fstat(file.fileno()).st_size
+
+    async def write_at(
+        self,
+        offset: int,
+        chunks: AsyncIterable[Chunk],
+        *,
+        hashed: bool = True,
+        digest: Hash | None = None,
+    ) -> WrittenBlob:
+        if digest is None and hashed:
+            digest = hashlib.sha256()
+        self._file.seek(offset)  # nothing buffered: an lseek
+        writer = _BatchWriter(self._file, self._batch, digest)
+        try:
+            async for chunk in chunks:
+                await writer.add(chunk)
+            sha256 = await writer.finish(sync=False, close=False)
+        except BaseException as exc:
+            await asyncio.shield(writer.settle())
+            if isinstance(exc, OSError):
+                raise StorageUnavailable(f"cannot write blob {self.key!r}: {exc}") from exc
+            raise
+        self.size = max(self.size, offset + writer.size)
+        return WrittenBlob(key=self.key, size=writer.size, sha256=sha256)
+
+    async def truncate(self, size: int) -> None:
+        try:
+            await asyncio.to_thread(self._file.truncate, size)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot truncate blob {self.key!r}: {exc}") from exc
+        self.size = size
+
+
 class _BatchWriter:
     """Hashes and writes a blob's chunks to ``file`` in batches of about ``batch`` bytes, each
     in one worker-thread call, one batch in flight while the next is gathered."""
@@ -242,18 +330,22 @@ class _BatchWriter:
         if self._gathered_size >= self._batch:
             await self._hand_over()
 
-    async def finish(self, *, sync: bool) -> str:
-        """Write what is left, flush, fsync (when ``sync``) and close; the SHA-256 of every
-        byte (hex)."""
+    async def finish(self, *, sync: bool, close: bool = True) -> str:
+        """Write what is left, flush, fsync (when ``sync``) and close (when ``close``); the
+        SHA-256 of every byte (hex)."""
         await self._hand_over()
         await self._wait_in_flight()
-        await asyncio.to_thread(_flush_and_close, self._file, sync)
+        await asyncio.to_thread(_flush_and_close if close else _flush, self._file, sync)
         return self._digest.hexdigest() if self._digest is not None else ""
+
+    async def settle(self) -> None:
+        """Wait until no thread writes to the file any more."""
+        for future in self._in_flight:
+            await _settled(future)
 
     async def discard(self, temp: Path) -> None:
         """Close and remove the temporary file, once no thread writes to it any more."""
-        for future in self._in_flight:
-            await _settled(future)
+        await self.settle()
         await asyncio.to_thread(_close_and_unlink, self._file, temp)
 
     async def _hand_over(self) -> None:
@@ -329,14 +421,16 @@ def _copy(source: BinaryIO, out: BinaryIO) -> int:
     return copied
 
 
-def _hash_files(sources: list[Path]) -> str:
-    """The SHA-256 (hex) of the files ``sources`` one after the other."""
+def _hash_files(sources: list[tuple[Path, int | None]]) -> str:
+    """The SHA-256 (hex) of the files ``sources`` one after the other: of each ``(path,
+    size)``, its first ``size`` bytes (None: all of it)."""
     digest = hashlib.sha256()
-    for source in sources:
+    for source, size in sources:
         with open(source, "rb") as part:
-            if os.fstat(part.fileno()).st_size == 0:
+            length = os.fstat(part.fileno()).st_size if size is None else size
+            if length == 0:
                 continue  # an empty file cannot be mapped
-            with mmap.mmap(part.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            with mmap.mmap(part.fileno(), length, access=mmap.ACCESS_READ) as mapped:
                 view = memoryview(mapped)
                 try:
                     for start in range(0, len(view), COPY_STEP):
@@ -350,6 +444,25 @@ def _read_at(
     loop: asyncio.AbstractEventLoop, file: BinaryIO, position: int, size: int
 ) -> asyncio.Future[bytes]:
     return loop.run_in_executor(None, os.pread, file.fileno(), size, position)
+
+
+def _open_locked(path: Path) -> BinaryIO:
+    """The file at ``path`` (created if missing) open for writing, with an exclusive
+    ``flock``; raises ``BlockingIOError`` when another open file holds the lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return os.fdopen(descriptor, "r+b")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def _flush(file: BinaryIO, sync: bool) -> None:
+    file.flush()
+    if sync:
+        os.fsync(file.fileno())
 
 
 def _flush_and_close(file: BinaryIO, sync: bool) -> None:

@@ -121,6 +121,15 @@ class SqlFileStore:
         if part.size <= 0:
             raise InvalidFile("an upload part holds at least one byte")
         end = part.offset + part.size
+        held = (
+            select(func.count())
+            .select_from(file_upload_parts)
+            .where(
+                file_upload_parts.c.tenant_id == tenant_id,
+                file_upload_parts.c.file_id == part.file_id,
+            )
+            .scalar_subquery()
+        )
         advance = (
             update(files)
             .where(
@@ -129,24 +138,14 @@ class SqlFileStore:
                 files.c.upload_offset == part.offset,
                 files.c.expire_time > now,
                 (files.c.size_bytes == 0) | (files.c.size_bytes >= end),
+                # Room for one more part, or this one ends the upload. Parts are added only
+                # by the request that moves the offset, so the count cannot change meanwhile.
+                (held + 1 < max_parts) | (files.c.size_bytes == end),
             )
             .values(upload_offset=end)
         )
         async with write_transaction(self._engine) as conn:
             if (await conn.execute(advance)).rowcount == 1:
-                # The row is locked by the update: the count is exact under concurrency.
-                held = await conn.scalar(
-                    select(func.count())
-                    .select_from(file_upload_parts)
-                    .where(
-                        file_upload_parts.c.tenant_id == tenant_id,
-                        file_upload_parts.c.file_id == part.file_id,
-                    )
-                )
-                if (held or 0) + 1 >= max_parts and end != await _declared_size(conn, part):
-                    raise InvalidFile(
-                        f"an upload may have at most {max_parts} parts: send larger requests"
-                    )
                 await conn.execute(
                     file_upload_parts.insert().values(
                         tenant_id=tenant_id,
@@ -158,7 +157,7 @@ class SqlFileStore:
                 )
                 return end
             row = await _file_row(conn, tenant_id, part.file_id)
-        raise _refusal(row, part, now)
+        raise _refusal(row, part, now, max_parts)
 
     async def parts(self, tenant_id: str, file_id: str) -> builtins.list[UploadPart]:
         async with self._engine.connect() as conn:
@@ -377,11 +376,6 @@ async def _usage_row(conn: AsyncConnection, tenant_id: str) -> Usage:
     return Usage() if row is None else Usage(bytes=row.bytes, files=row.files)
 
 
-async def _declared_size(conn: AsyncConnection, part: UploadPart) -> int:
-    size = await conn.scalar(select(files.c.size_bytes).where(files.c.id == part.file_id))
-    return int(size or 0)
-
-
 async def _mark_deleted(conn: AsyncConnection, rows: Sequence[Row], now: datetime) -> None:
     """Mark these live files (locked by the caller) DELETED and release their usage."""
     released: dict[str, Usage] = defaultdict(Usage)
@@ -445,7 +439,7 @@ async def _parts_of(
     ]
 
 
-def _refusal(row: Row | None, part: UploadPart, now: datetime) -> Exception:
+def _refusal(row: Row | None, part: UploadPart, now: datetime, max_parts: int) -> Exception:
     """Why ``part`` was not recorded, from the file's row as it is now."""
     if row is None:
         return FileNotFound(part.file_id)
@@ -455,6 +449,8 @@ def _refusal(row: Row | None, part: UploadPart, now: datetime) -> Exception:
         return UploadExpired(f"the upload of file {part.file_id} has expired")
     if row["upload_offset"] != part.offset:
         return OffsetMismatch(row["upload_offset"], part.offset)
+    if row["size_bytes"] == 0 or row["size_bytes"] >= part.offset + part.size:
+        return InvalidFile(f"an upload may have at most {max_parts} parts: send larger requests")
     return InvalidFile(
         f"bytes up to {part.offset + part.size} pass the declared size {row['size_bytes']}"
     )

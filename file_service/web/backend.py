@@ -7,9 +7,9 @@ and raises the errors of :mod:`file_service.errors`, which the HTTP layer maps t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from file_service.models import StoredFile
 from file_service.storage.base import Chunk
@@ -48,6 +48,7 @@ class FileBackend(Protocol):
         chunks: AsyncIterable[Chunk],
         *,
         sha256: bytes | None = None,
+        known: StoredFile | None = None,
     ) -> StoredFile:
         """Store the bytes of ``chunks`` at ``offset`` of a pending upload and return the file
         after: its ``upload_offset`` advanced by what arrived, READY once every byte has (the
@@ -57,7 +58,8 @@ class FileBackend(Protocol):
         ``ChecksumMismatch`` is raised. Raises ``FileNotFound``, ``FileNotReady`` (not
         pending), ``UploadExpired``, ``OffsetMismatch``, ``InvalidFile`` (more bytes than
         declared; bytes refused on completion: type not allowed, hash not the declared one),
-        ``QuotaExceeded``."""
+        ``QuotaExceeded``, ``UploadBusy`` (another request is writing the upload's bytes).
+        ``known`` is the file as the caller just read it, if it did (not read again)."""
         ...
 
     async def verify_upload(self, file: StoredFile) -> StoredFile:
@@ -69,6 +71,20 @@ class FileBackend(Protocol):
     async def terminate(self, tenant_id: str, file_id: str) -> None:
         """Abandon a pending upload (its parts are removed). Raises ``FileNotFound``,
         ``FileNotReady`` (the file is not pending)."""
+        ...
+
+    async def send_file(
+        self,
+        file: StoredFile,
+        *,
+        variant: Variant,
+        offset: int,
+        length: int,
+        send: Callable[[BinaryIO, int, int], Awaitable[None]],
+    ) -> bool:
+        """Call ``send(open file, offset, length)`` with the blob's file when the bytes are a
+        file of this machine (so the kernel can send them) and answer True; False when they
+        are not (then :meth:`read`). Raises ``FileNotReady`` as :meth:`read` does."""
         ...
 
     async def read(

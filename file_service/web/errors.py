@@ -18,6 +18,8 @@ error                       status  why
 ==========================  ======  ==========================================
 ``ChecksumMismatch``        460     tus checksum extension; nothing was kept
 ``OffsetMismatch``          409     tus: the client must HEAD and resume
+``UploadBusy``              423     another request is writing the upload's
+                                    bytes (tus-js-client retries 423)
 ``UploadExpired``           410     tus expiration extension
 ``QuotaExceeded``           413     like an upload over ``Tus-Max-Size``: no
                                     retry helps (tus clients retry 5xx, not
@@ -45,6 +47,7 @@ from file_service.errors import (
     InvalidFile,
     OffsetMismatch,
     QuotaExceeded,
+    UploadBusy,
     UploadExpired,
 )
 from service_kit.errors import (
@@ -90,6 +93,7 @@ _STATUSES: tuple[tuple[type[KeelError], int], ...] = (
     (LengthRequired, 411),
     (UnsupportedTusVersion, 412),
     (OffsetMismatch, 409),
+    (UploadBusy, 423),
     (UploadExpired, 410),
     (QuotaExceeded, 413),
     (InvalidArgument, 400),

@@ -241,7 +241,7 @@ class TusHandlers:
         if length is not None and offset + length > file.size:
             raise BodyTooLarge(f"the upload is {file.size} bytes; this body passes its end")
         return await self._backend.append(
-            file.tenant_id, file.id, offset, body_chunks(request), sha256=checksum
+            file.tenant_id, file.id, offset, body_chunks(request), sha256=checksum, known=file
         )
 
 

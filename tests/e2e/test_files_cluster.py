@@ -15,6 +15,8 @@ import hashlib
 import http.client
 import os
 import signal
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,6 +104,21 @@ def _request(
         return response, response.read()
     finally:
         conn.close()
+
+
+def _stored_file(
+    process: KeelProcess, md: tuple[tuple[str, str], ...], file_id: str
+) -> tuple[pb.File, bytes]:
+    """The file as ``process`` has it (``GetFile``) and its bytes (``DownloadFile``)."""
+    with grpc.insecure_channel(process.addr) as channel:
+        stub = files_pb2_grpc.FileServiceStub(channel)
+        stored = stub.GetFile(pb.GetFileRequest(id=file_id), metadata=md, timeout=30).file
+        got = b"".join(
+            m.chunk
+            for m in stub.DownloadFile(pb.DownloadFileRequest(id=file_id), metadata=md, timeout=60)
+            if m.WhichOneof("payload") == "chunk"
+        )
+    return stored, got
 
 
 def _get_file(files: FileCluster, process: KeelProcess, file_id: str) -> pb.File:
@@ -258,15 +275,76 @@ def test_a_local_upload_resumes_after_kill_9_between_patches_with_every_acknowle
         **auth,
     )
     assert rest.status == 204, rest.reason
-    file_id = path.rsplit("/", 1)[1]
-    with grpc.insecure_channel(restarted.addr) as channel:
-        stub = files_pb2_grpc.FileServiceStub(channel)
-        stored = stub.GetFile(pb.GetFileRequest(id=file_id), metadata=md, timeout=30).file
-        got = b"".join(
-            m.chunk
-            for m in stub.DownloadFile(pb.DownloadFileRequest(id=file_id), metadata=md, timeout=60)
-            if m.WhichOneof("payload") == "chunk"
-        )
+    stored, got = _stored_file(restarted, md, path.rsplit("/", 1)[1])
     assert stored.state == pb.FILE_STATE_READY
     assert stored.sha256 == hashlib.sha256(data).hexdigest()
     assert hashlib.sha256(got).hexdigest() == stored.sha256
+
+
+def test_a_local_upload_killed_mid_patch_resumes_at_its_acknowledged_offset_whole(
+    pg_cluster,  # type: ignore[no-untyped-def]
+) -> None:
+    """``kill -9`` while a PATCH's body streams into the upload's one file: the bytes it
+    wrote were never acknowledged, so they are not counted; the dead process's lock on the
+    file went with it, so the restarted process takes the next PATCH; that PATCH writes over
+    them, and the file is whole."""
+    cluster: PgCluster = pg_cluster("files-local-mid-patch")
+    victim = cluster.start("file-service")
+    md, tenant_id = _new_tenant(cluster)
+    data = os.urandom(4 * MiB)
+    token, _ = ClientTokens(CLUSTER_TOKEN_SECRET).issue(tenant_id, "gus", 600)
+    auth = {"Authorization": f"Bearer {token}", "Tus_Resumable": "1.0.0"}
+    created, _ = _request(
+        victim,
+        "POST",
+        "/files/tus",
+        Upload_Length=str(len(data)),
+        Upload_Metadata=f"filename {base64.b64encode(b'midway.bin').decode()}",
+        **auth,
+    )
+    path = urlsplit(created.headers["Location"]).path
+    file_id = path.rsplit("/", 1)[1]
+    first, _ = _request(
+        victim,
+        "PATCH",
+        path,
+        data[:MiB],
+        Content_Type="application/offset+octet-stream",
+        Upload_Offset="0",
+        **auth,
+    )
+    assert first.status == 204, first.reason
+    # A PATCH of 3 MiB of which 2 MiB of other bytes arrive, then the process dies.
+    host, port = victim.env["KEEL_FILES_HTTP_ADDR"].rsplit(":", 1)
+    blob = victim.data_dir / "files" / tenant_id / f"{file_id}-parts" / "data"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        request = (
+            f"PATCH {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {auth['Authorization']}\r\n"
+            "Tus-Resumable: 1.0.0\r\nContent-Type: application/offset+octet-stream\r\n"
+            f"Upload-Offset: {MiB}\r\nContent-Length: {3 * MiB}\r\n\r\n"
+        )
+        sock.sendall(request.encode() + b"\xee" * (2 * MiB))
+        deadline = time.monotonic() + 30
+        while blob.stat().st_size < 2 * MiB:  # some of those bytes are in the file
+            assert time.monotonic() < deadline, "the PATCH's bytes never reached the file"
+            time.sleep(0.01)
+        victim.process.send_signal(signal.SIGKILL)
+        victim.process.wait(timeout=30)
+
+    restarted = cluster.start("file-service")
+    head, _ = _request(restarted, "HEAD", path, **auth)
+    assert head.status == 200 and int(head.headers["Upload-Offset"]) == MiB
+    rest, _ = _request(
+        restarted,
+        "PATCH",
+        path,
+        data[MiB:],
+        Content_Type="application/offset+octet-stream",
+        Upload_Offset=str(MiB),
+        **auth,
+    )
+    assert rest.status == 204, rest.reason
+    stored, got = _stored_file(restarted, md, file_id)
+    assert stored.state == pb.FILE_STATE_READY
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert got == data

@@ -22,6 +22,7 @@ from file_service.errors import (
     InvalidFile,
     OffsetMismatch,
     QuotaExceeded,
+    UploadBusy,
     UploadExpired,
 )
 from file_service.models import FileLimits, FileState, StoredFile, Usage
@@ -133,15 +134,67 @@ async def test_two_requests_at_the_same_offset_store_one_part(
     t = tenant()
     file_id = await new_upload(service, t, 10)
     results = await asyncio.gather(
-        service.append(t, file_id, 0, body(b"abcde")),
-        service.append(t, file_id, 0, body(b"ABCDE")),
+        service.append(t, file_id, 0, body(b"abc", b"de")),
+        service.append(t, file_id, 0, body(b"ABC", b"DE")),
         return_exceptions=True,
     )
     won = [r for r in results if not isinstance(r, BaseException)]
     lost = [r for r in results if isinstance(r, BaseException)]
-    assert len(won) == 1 and len(lost) == 1 and isinstance(lost[0], OffsetMismatch)
+    # The loser found the upload's blob being written (423: retry) or the offset moved (409).
+    assert len(won) == 1 and len(lost) == 1
+    assert isinstance(lost[0], UploadBusy | OffsetMismatch)
     assert won[0].upload_offset == 5
-    assert len(stored_blobs(blobs, t)) == 1  # the loser's part blob was removed
+    assert len(stored_blobs(blobs, t)) == 1  # the upload's one blob
+    done = await service.append(t, file_id, 5, body(b"12345"))
+    chunks = await service.read(done, variant="file", offset=0, length=None)
+    stored = b"".join([c async for c in chunks])
+    assert stored in (b"abcde12345", b"ABCDE12345")  # one request's bytes, never a mix
+    assert done.sha256 == hashlib.sha256(stored).hexdigest()
+
+
+async def test_parts_of_an_upload_on_local_disk_go_into_one_blob_that_becomes_the_file(
+    service: FileService, blobs: LocalBlobStore
+) -> None:
+    t = tenant()
+    data = bytes(range(256)) * 64
+    file_id = await new_upload(service, t, len(data))
+    for offset in range(0, len(data), 4096):
+        after = await service.append(t, file_id, offset, body(data[offset : offset + 4096]))
+        assert stored_blobs(blobs, t) == ["data"]  # no part blobs, no copy at the end
+    assert after.state is FileState.READY and after.blob_key.endswith("-parts/data")
+    assert after.sha256 == hashlib.sha256(data).hexdigest()
+    chunks = await service.read(after, variant="file", offset=0, length=None)
+    assert b"".join([c async for c in chunks]) == data
+
+
+async def test_a_part_refused_by_its_checksum_leaves_no_byte_and_the_upload_goes_on(
+    service: FileService,
+) -> None:
+    t = tenant()
+    file_id = await new_upload(service, t, 10)
+    await service.append(t, file_id, 0, body(b"abcde"))
+    with pytest.raises(ChecksumMismatch):
+        # Written into the blob past the offset, then cut off again.
+        await service.append(
+            t, file_id, 5, body(b"XXXXXXXX"[:5]), sha256=hashlib.sha256(b"other").digest()
+        )
+    assert (await service.get_file(t, file_id)).upload_offset == 5
+    done = await service.append(t, file_id, 5, body(b"fghij"))
+    chunks = await service.read(done, variant="file", offset=0, length=None)
+    assert b"".join([c async for c in chunks]) == b"abcdefghij"
+    assert done.sha256 == hashlib.sha256(b"abcdefghij").hexdigest()
+
+
+async def test_a_request_holding_an_uploads_blob_keeps_others_out_until_it_ends(
+    service: FileService, blobs: LocalBlobStore
+) -> None:
+    t = tenant()
+    file_id = await new_upload(service, t, 10)
+    file = await service.get_file(t, file_id)
+    async with blobs.appender(BlobKey(f"{file.blob_key}-parts/data")):
+        with pytest.raises(UploadBusy):
+            await service.append(t, file_id, 0, body(b"abcde"))
+    assert (await service.append(t, file_id, 0, body(b"abcde"))).upload_offset == 5
 
 
 async def test_a_part_with_a_wrong_checksum_is_not_kept(service: FileService) -> None:
@@ -297,12 +350,16 @@ async def test_parts_whose_whole_breaks_a_rule_leave_nothing(
 
 
 class FailingFinalWrites(LocalBlobStore):
-    """A local store whose next ``failures`` writes of a file's final blob (not a part)
-    fail as an unreachable backend would."""
+    """A local store whose next ``failures`` writes of a file's final blob (not a part), or
+    syncs of a blob, fail as an unreachable backend would."""
 
-    def __init__(self, root: Path, failures: int) -> None:
-        super().__init__(root)
+    def __init__(self, root: Path, failures: int, *, appends: bool = True) -> None:
+        super().__init__(root, appends=appends)
         self.failures = failures
+
+    async def sync(self, key: BlobKey) -> None:
+        self._maybe_fail(key, final=True)
+        await super().sync(key)
 
     async def write(
         self, key: BlobKey, chunks: AsyncIterable[Chunk], **options: Any
@@ -316,16 +373,18 @@ class FailingFinalWrites(LocalBlobStore):
         self._maybe_fail(key)
         return await super().compose(key, parts, sha256=sha256)
 
-    def _maybe_fail(self, key: BlobKey) -> None:
-        if "-parts/" not in key and "-thumbnail" not in key and self.failures > 0:
+    def _maybe_fail(self, key: BlobKey, *, final: bool = False) -> None:
+        final = final or ("-parts/" not in key and "-thumbnail" not in key)
+        if final and self.failures > 0:
             self.failures -= 1
             raise StorageUnavailable("the disk is away")
 
 
+@pytest.mark.parametrize("appends", [True, False], ids=["one-blob", "part-blobs"])
 async def test_retries_of_a_failed_completion_at_once_all_end_with_the_one_ready_file(
-    engine: AsyncEngine, tmp_path: Path, clock: Clock
+    engine: AsyncEngine, tmp_path: Path, clock: Clock, appends: bool
 ) -> None:
-    blobs = FailingFinalWrites(tmp_path / "flaky", failures=1)
+    blobs = FailingFinalWrites(tmp_path / "flaky", failures=1, appends=appends)
     service = FileService(SqlFileStore(engine), blobs, FileLimits(), clock=clock)
     t, data = tenant(), b"0123456789" * 1000
     file_id = await new_upload(service, t, len(data))
@@ -385,15 +444,25 @@ async def test_an_upload_in_parts_leaves_no_directory_behind(
     await service.append(t, file_id, 0, body(b"12345"))
     done = await service.append(t, file_id, 5, body(b"67890"))
     root = blobs.root / t
-    assert sorted(p.name for p in root.iterdir()) == [done.blob_key.rsplit("/", 1)[1]]
+    files = [str(p.relative_to(blobs.root)) for p in root.rglob("*") if p.is_file()]
+    assert files == [done.blob_key]
+    assert all(any(d.iterdir()) for d in root.rglob("*") if d.is_dir())  # none empty
+    await service.delete_file(t, file_id)
+    assert list(root.iterdir()) == []
 
 
 class RecordedCompositions(LocalBlobStore):
-    """A local store noting the hash each composition was handed (None: it hashed)."""
+    """A local store noting the hash each composition was handed (None: it hashed), and
+    each blob it read to hash (uploads in one blob)."""
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
+    def __init__(self, root: Path, *, appends: bool = False) -> None:
+        super().__init__(root, appends=appends)
         self.known: list[str | None] = []
+        self.hashed: list[str] = []
+
+    async def sha256(self, key: BlobKey, size: int) -> str:
+        self.hashed.append(key)
+        return await super().sha256(key, size)
 
     async def compose(
         self, key: BlobKey, parts: Sequence[BlobKey], *, sha256: str | None = None
@@ -436,6 +505,27 @@ async def test_parts_stored_by_two_processes_are_hashed_when_composed(
     assert blobs.known == [None]
 
 
+async def test_an_upload_in_one_blob_is_hashed_as_it_arrives_unless_two_processes_took_it(
+    engine: AsyncEngine, tmp_path: Path, clock: Clock
+) -> None:
+    blobs = RecordedCompositions(tmp_path / "blobs", appends=True)
+    one, other = (FileService(SqlFileStore(engine), blobs, FileLimits(), clock=clock) for _ in "ab")
+    t, data = tenant(), bytes(range(256)) * 40
+    in_order = await new_upload(one, t, len(data))
+    for start in range(0, len(data), 3000):
+        await one.append(t, in_order, start, body(data[start : start + 3000]))
+    ready = await one.get_file(t, in_order)
+    assert ready.sha256 == hashlib.sha256(data).hexdigest()
+    assert blobs.hashed == []  # the running hash: nothing read again
+
+    shared = await new_upload(one, t, len(data))
+    await one.append(t, shared, 0, body(data[:4000]))
+    await other.append(t, shared, 4000, body(data[4000:7000]))  # it never saw the start
+    ready = await one.append(t, shared, 7000, body(data[7000:]))  # its hash stops at 4000
+    assert ready.sha256 == hashlib.sha256(data).hexdigest()
+    assert blobs.hashed == [ready.blob_key]
+
+
 async def test_racing_parts_leave_the_hash_of_the_bytes_that_were_stored(
     service: FileService,
 ) -> None:
@@ -448,7 +538,8 @@ async def test_racing_parts_leave_the_hash_of_the_bytes_that_were_stored(
         service.append(t, file_id, 400, body(b"c" * 400)),
         return_exceptions=True,
     )
-    assert sorted(type(r).__name__ for r in raced) == ["OffsetMismatch", "StoredFile"]
+    names = sorted(type(r).__name__ for r in raced)
+    assert names in (["OffsetMismatch", "StoredFile"], ["StoredFile", "UploadBusy"])
     await service.append(t, file_id, 800, body(b"d" * 400))
 
     ready = await service.get_file(t, file_id)
@@ -476,8 +567,8 @@ class RecordedSyncs(LocalBlobStore):
     """A local store noting, in order, each write (its key and whether it was durable) and
     each sync, and what the store said of a file when its blob was synced."""
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
+    def __init__(self, root: Path, *, appends: bool = True) -> None:
+        super().__init__(root, appends=appends)
         self.events: list[tuple[str, str, bool]] = []
 
     async def write(
@@ -498,7 +589,7 @@ async def test_parts_are_written_unsynced_and_a_ready_files_blob_is_synced(
     HEAD checks the parts after a crash of the machine); a file is READY only once its blob
     is on disk: the one part that holds it all is synced, parts composed are copied into a
     blob the composition syncs."""
-    blobs = RecordedSyncs(tmp_path / "blobs")
+    blobs = RecordedSyncs(tmp_path / "blobs", appends=False)
     service = FileService(SqlFileStore(engine), blobs, FileLimits(), clock=clock)
     t = tenant()
     whole = await new_upload(service, t, 5)
@@ -515,3 +606,19 @@ async def test_parts_are_written_unsynced_and_a_ready_files_blob_is_synced(
         ("write", False),
         ("write", False),
     ]
+
+
+async def test_an_upload_in_one_blob_is_synced_once_when_it_is_complete(
+    engine: AsyncEngine, tmp_path: Path, clock: Clock
+) -> None:
+    """Parts written into the upload's one blob are not fsynced as they arrive; the blob is
+    synced once, before the file is READY."""
+    blobs = RecordedSyncs(tmp_path / "blobs")
+    service = FileService(SqlFileStore(engine), blobs, FileLimits(), clock=clock)
+    t = tenant()
+    split = await new_upload(service, t, 6)
+    await service.append(t, split, 0, body(b"abc"))
+    assert blobs.events == []
+    ready = await service.append(t, split, 3, body(b"def"))
+    assert ready.state is FileState.READY and ready.sha256 == hashlib.sha256(b"abcdef").hexdigest()
+    assert blobs.events == [("sync", ready.blob_key, True)]
