@@ -36,9 +36,12 @@ Failures are :class:`~notification_service.senders.base.DeliveryFailed`:
 from __future__ import annotations
 
 import asyncio
+import re
+import secrets
 import socket
 import ssl
 from datetime import datetime
+from email import quoprimime
 from email.header import Header
 from email.message import EmailMessage
 from email.policy import EmailPolicy
@@ -77,7 +80,94 @@ def build_message(email: OutgoingEmail, *, date: datetime) -> bytes:
     """The bytes of ``email`` as sent with ``DATA`` (see the module's docstring).
 
     Raises ValueError when a header cannot be written (an address with a line break).
+
+    Most emails (plain ASCII addresses, such as ``Team <team@example.com>``) are written
+    directly, a tenth of the CPU of :mod:`email`'s header objects; any other goes
+    through :class:`~email.message.EmailMessage`, which quotes and encodes what needs it.
     """
+    if _plain_mailbox(email.sender) and _plain_mailbox(email.to, name=False):
+        return _written_directly(email, date)
+    return _built_by_email_package(email, date)
+
+
+#: An address (``local@domain``) and an optional display name before it that need no
+#: quoting or encoding; anything else goes through the email package.
+_ADDRESS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+"
+_PLAIN_MAILBOX = re.compile(
+    rf"{_ADDRESS}|[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~ -]*[A-Za-z0-9] <{_ADDRESS}>"
+)
+_PLAIN_ADDRESS = re.compile(_ADDRESS)
+_MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]+>")
+
+
+def _plain_mailbox(value: str, *, name: bool = True) -> bool:
+    return (_PLAIN_MAILBOX if name else _PLAIN_ADDRESS).fullmatch(value) is not None
+
+
+def _written_directly(email: OutgoingEmail, date: datetime) -> bytes:
+    """:func:`build_message`'s bytes for plain addresses: the same headers and parts as
+    :func:`_built_by_email_package`, written as text."""
+    message_id = _angle_bracketed(email.message_id)
+    if not _MESSAGE_ID.fullmatch(message_id):
+        return _built_by_email_package(email, date)
+    subject = render.subject_of(email.items)
+    if subject.isascii():
+        subject_line = f"Subject: {subject}"
+    else:
+        subject_line = (
+            f"Subject: {Header(subject, 'utf-8', header_name='Subject').encode(linesep=_CRLF)}"
+        )
+    lines = [
+        subject_line,
+        f"From: {email.sender}",
+        f"To: {email.to}",
+        f"Date: {format_datetime(date)}",
+        f"Message-ID: {message_id}",
+        "Auto-Submitted: auto-generated",
+    ]
+    if email.unsubscribe_url:
+        _check_unsubscribe_url(email.unsubscribe_url)
+        lines += [
+            f"List-Unsubscribe: <{email.unsubscribe_url}>",
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        ]
+    boundary = f"==============={secrets.randbelow(10**19):019d}=="  # QP never has "=="
+    text = render.email_text(email.items, unsubscribe_url=email.unsubscribe_url)
+    html = render.email_html(email.items, unsubscribe_url=email.unsubscribe_url)
+    lines += [
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/alternative; boundary="{boundary}"',
+        "",
+        *_part(boundary, "plain", text),
+        *_part(boundary, "html", html),
+        f"--{boundary}--",
+        "",
+    ]
+    return _CRLF.join(lines).encode("ascii")
+
+
+_CRLF: Final = "\r\n"
+
+
+def _part(boundary: str, subtype: str, content: str) -> list[str]:
+    """A UTF-8 quoted-printable text part (as :meth:`EmailMessage.set_content` writes it)."""
+    body = b"\n".join(content.encode("utf-8").splitlines()) + b"\n"
+    encoded = quoprimime.body_encode(body.decode("latin-1"), 76)
+    return [
+        f"--{boundary}",
+        f'Content-Type: text/{subtype}; charset="utf-8"',
+        "Content-Transfer-Encoding: quoted-printable",
+        "",
+        *encoded.split("\n"),
+    ]
+
+
+def _check_unsubscribe_url(url: str) -> None:
+    if not url.isascii() or any(c in url for c in "<> \r\n\t"):
+        raise ValueError(f"not a URL for List-Unsubscribe: {url[:100]!r}")
+
+
+def _built_by_email_package(email: OutgoingEmail, date: datetime) -> bytes:
     message = EmailMessage(policy=_POLICY)
     message["Subject"] = render.subject_of(email.items)
     message["From"] = email.sender
@@ -86,8 +176,7 @@ def build_message(email: OutgoingEmail, *, date: datetime) -> bytes:
     message["Message-ID"] = _angle_bracketed(email.message_id)
     message["Auto-Submitted"] = "auto-generated"
     if email.unsubscribe_url:
-        if not email.unsubscribe_url.isascii() or any(c in email.unsubscribe_url for c in "<> "):
-            raise ValueError(f"not a URL for List-Unsubscribe: {email.unsubscribe_url[:100]!r}")
+        _check_unsubscribe_url(email.unsubscribe_url)
         message["List-Unsubscribe"] = f"<{email.unsubscribe_url}>"
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     text = render.email_text(email.items, unsubscribe_url=email.unsubscribe_url)

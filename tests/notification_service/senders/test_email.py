@@ -167,6 +167,37 @@ def test_a_digest_says_how_many_and_lists_every_notification() -> None:
         assert f"<h2>{item.title}</h2>" in html
 
 
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "Team <team@example.com>",
+        "team@example.com",
+        "Équipe Nord <team@example.com>",
+        '"Ops, Inc." <ops@example.com>',
+    ],
+)
+def test_any_sender_reads_back_as_given_with_both_parts(sender: str) -> None:
+    """Plain addresses are written directly, others (a display name to encode or quote)
+    by the email package: either way a reader gets the same headers and parts."""
+    item = notification(title="Réunion à dix heures", body="line one\nline two " + "é" * 200)
+    raw = build_message(an_email(item, sender=sender), date=T0)
+    assert raw.isascii() and all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    parsed = parse(raw)
+    assert parsed["From"] == sender and parsed["To"] == "ada@example.com"
+    assert parsed["Subject"] == "Réunion à dix heures"
+    assert parsed["Date"] == "Mon, 30 Nov 2026 10:07:38 +0000"
+    assert parsed.get_content_type() == "multipart/alternative"
+    text, html = parts_of(parsed)
+    assert "line one\r\nline two " + "é" * 200 + "\r\n" in text
+    assert "Réunion à dix heures" in html
+
+
+@pytest.mark.parametrize("field", ["to", "sender"])
+def test_an_address_with_a_line_break_is_refused(field: str) -> None:
+    with pytest.raises(ValueError):
+        build_message(an_email(**{field: "ada@example.com\r\nBcc: eve@example.com"}), date=T0)
+
+
 def test_an_email_without_unsubscribe_link_has_no_list_unsubscribe() -> None:
     parsed = parse(build_message(an_email(unsubscribe_url=""), date=T0))
     assert parsed["List-Unsubscribe"] is None
