@@ -30,7 +30,8 @@ The load and the receivers are :mod:`bench.notification_load` processes.
   in flight as the notification job worker runs (``KEEL_NOTIFICATION_CONCURRENCY``).
 
 ``--set notifications.deliveries=false`` leaves out email and push (and the addresses
-they need): the in-app figures alone, in less time.
+they need): the in-app figures alone, in less time. ``--py-spy FILE`` records the
+notification-service process through Keel's steps (fan-out, small sends, email, push).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from bench.scenarios import (
     meter,
     ms,
     open_connections,
+    py_spy_record,
     ratio,
     target,
     wait_seq,
@@ -491,7 +493,40 @@ async def notifications(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
     try:
         if deliveries:
             await asyncio.to_thread(_addresses, service.addr, tenant.metadata, users, push_url)
-        pids = {"notification_service": service.pid} | core_pids(ctx)
+        # --py-spy FILE records the notification service through Keel's steps here.
+        await _keel_steps(ctx, p, service, senders, mail, push, md, users, tokens, keel)
+    finally:
+        await asyncio.to_thread(service.stop)
+    noop_addr = (await noop.call("noop_listen"))["addr"]
+    base = {
+        "fanout": await _baseline_fanout(ctx, len(users), p["rounds"]),
+        "small": await _small_sends(senders, noop_addr, md, users, p, {"noop_service": noop.pid}),
+    }
+    if deliveries:
+        base |= await _baseline_channels(
+            senders[0], mail, push, smtp_port, push_url, keel, len(users)
+        )
+    await ctx.stop_helpers([mail, push, noop, *senders])
+    return _result(ctx, p, keel, base)
+
+
+async def _keel_steps(
+    ctx: Context,
+    p: dict[str, Any],
+    service: kc.Process,
+    senders: Sequence[Helper],
+    mail: Helper,
+    push: Helper,
+    md: list[list[str]],
+    users: list[str],
+    tokens: Sequence[str],
+    keel: dict[str, Any],
+) -> None:
+    """Keel's figures (``keel`` filled in), the notification service recorded by py-spy
+    when the run asks for it."""
+    deliveries = bool(p.get("deliveries", True))
+    pids = {"notification_service": service.pid} | core_pids(ctx)
+    async with py_spy_record(ctx, service.pid, seconds=3600):
         async with bridges(ctx, 1) as (bridge,):
             inboxes = Inboxes([], [])
             try:
@@ -521,19 +556,6 @@ async def notifications(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
             keel["push"] = await _keel_channel(
                 senders[0], push, service.addr, md, users, "NOTIFICATION_CHANNEL_PUSH", pids, 120
             )
-    finally:
-        await asyncio.to_thread(service.stop)
-    noop_addr = (await noop.call("noop_listen"))["addr"]
-    base = {
-        "fanout": await _baseline_fanout(ctx, len(users), p["rounds"]),
-        "small": await _small_sends(senders, noop_addr, md, users, p, {"noop_service": noop.pid}),
-    }
-    if deliveries:
-        base |= await _baseline_channels(
-            senders[0], mail, push, smtp_port, push_url, keel, len(users)
-        )
-    await ctx.stop_helpers([mail, push, noop, *senders])
-    return _result(ctx, p, keel, base)
 
 
 def _group_users(p: dict[str, Any]) -> int:
