@@ -3,7 +3,8 @@
 A user is *present* in a channel while one of their connections on some bridge has
 a live subscription to it. Each bridge counts its own (:meth:`Ephemeral.change`),
 reports a user's first and last local subscription to the shared
-:class:`~gateway_bridge.bridge.presence.Presence` store (in order, off the hot path),
+:class:`~gateway_bridge.bridge.presence.Presence` store (in order, off the hot path;
+the changes that queued meanwhile together, in one batch),
 and announces ``presence:online``/``presence:offline`` when that store says the
 user came or went across all bridges. A heartbeat keeps this bridge's entries alive
 and reports users whose bridge died. ``typing`` frames and presence events travel on
@@ -23,12 +24,14 @@ from typing import Final
 from gateway_bridge.bridge import protocol as p
 from gateway_bridge.bridge.connection import Conn
 from gateway_bridge.bridge.fanout import Fanout
-from gateway_bridge.bridge.presence import Presence, Presence3
+from gateway_bridge.bridge.presence import Change, Presence, Presence3
 from service_kit.bus import EventBus, Subscription
 
 log = logging.getLogger(__name__)
 
 EPHEMERAL_TOPIC: Final = "bridge.ephemeral"
+#: Presence changes applied to the store in one batch at most.
+CHANGES_PER_BATCH: Final = 512
 
 
 class Ephemeral:
@@ -39,7 +42,7 @@ class Ephemeral:
         self._presence = presence
         self._ttl = ttl
         self._present: Counter[Presence3] = Counter()
-        self._changes: asyncio.Queue[tuple[str, Presence3]] = asyncio.Queue()
+        self._changes: asyncio.Queue[Change] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscription: Subscription | None = None
         self._fanout: Fanout | None = None
@@ -87,15 +90,24 @@ class Ephemeral:
             self._changes.put_nowait(("leave", who))
 
     async def _announce_changes(self) -> None:
-        """Apply queued joins/leaves to the presence store, in order; announce changes."""
+        """Apply queued joins/leaves to the presence store, in order, those queued together
+        in one batch; announce the users who came or went, in the same order."""
         while True:
-            change, (tenant_id, channel_id, user_id) = await self._changes.get()
+            changes = [await self._changes.get()]
+            while len(changes) < CHANGES_PER_BATCH and not self._changes.empty():
+                changes.append(self._changes.get_nowait())
             try:
-                if change == "join":
-                    if await self._presence.join(tenant_id, channel_id, user_id):
-                        await self._announce("presence:online", tenant_id, channel_id, user_id)
-                elif await self._presence.leave(tenant_id, channel_id, user_id):
-                    await self._announce("presence:offline", tenant_id, channel_id, user_id)
+                changed = await self._presence.apply(changes)
+                # Started in order, the publishes go out in order (in one pipeline).
+                await asyncio.gather(
+                    *(
+                        self._announce(
+                            "presence:online" if kind == "join" else "presence:offline", *who
+                        )
+                        for (kind, who), came_or_went in zip(changes, changed, strict=True)
+                        if came_or_went
+                    )
+                )
             except Exception:
                 log.warning("presence update failed", exc_info=True)
 

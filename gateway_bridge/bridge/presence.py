@@ -10,6 +10,10 @@ In one process (:class:`InMemoryPresence`) that is a counter. With Redis
 (:class:`RedisPresence`) each (user, bridge) entry carries an expiry that the
 bridge's heartbeat renews; entries of a bridge that died expire, and the next
 sweep by any bridge reports those users offline.
+
+Changes are applied in batches (:meth:`Presence.apply`), in the order they were made:
+when a crowd of browsers connects, their joins reach Redis together in one pipeline
+rather than one round trip each.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Literal, Protocol
 
 from redis.asyncio import Redis
 
 #: (tenant id, channel id, user id)
 Presence3 = tuple[str, str, str]
+#: A user's first local live subscription to a channel (join) or their last one ending.
+Change = tuple[Literal["join", "leave"], Presence3]
 
 
 class Presence(Protocol):
@@ -32,6 +39,10 @@ class Presence(Protocol):
 
     async def leave(self, tenant_id: str, channel_id: str, user_id: str) -> bool:
         """Note the user gone from this bridge; True if that took them offline."""
+        ...
+
+    async def apply(self, changes: Sequence[Change]) -> list[bool]:
+        """:meth:`join` or :meth:`leave` for each change, in order; what each answered."""
         ...
 
     async def online(self, tenant_id: str, channel_id: str) -> list[str]:
@@ -65,6 +76,11 @@ class InMemoryPresence:
         if not users:
             del self._counts[(tenant_id, channel_id)]
         return True
+
+    async def apply(self, changes: Sequence[Change]) -> list[bool]:
+        return [
+            await (self.join(*who) if kind == "join" else self.leave(*who)) for kind, who in changes
+        ]
 
     async def online(self, tenant_id: str, channel_id: str) -> list[str]:
         return sorted(self._counts.get((tenant_id, channel_id), {}))
@@ -114,18 +130,29 @@ class RedisPresence:
         return f"{user_id}{_SEPARATOR}{self._bridge}"
 
     async def join(self, tenant_id: str, channel_id: str, user_id: str) -> bool:
-        entries, users = self._keys(tenant_id, channel_id)
-        expiry = time.time() + self._ttl
-        result = await self._join(
-            keys=[entries, users, self._index],
-            args=[self._member(user_id), user_id, expiry, f"{tenant_id}:{channel_id}"],
-        )
-        return int(result) == 1
+        return (await self.apply([("join", (tenant_id, channel_id, user_id))]))[0]
 
     async def leave(self, tenant_id: str, channel_id: str, user_id: str) -> bool:
-        entries, users = self._keys(tenant_id, channel_id)
-        result = await self._leave(keys=[entries, users], args=[self._member(user_id), user_id])
-        return int(result) == 1
+        return (await self.apply([("leave", (tenant_id, channel_id, user_id))]))[0]
+
+    async def apply(self, changes: Sequence[Change]) -> list[bool]:
+        """Every change's script in one pipeline (one write, one read), in order."""
+        expiry = time.time() + self._ttl
+        async with self._client.pipeline(transaction=False) as pipe:
+            for kind, (tenant_id, channel_id, user_id) in changes:
+                entries, users = self._keys(tenant_id, channel_id)
+                if kind == "join":
+                    await self._join(
+                        keys=[entries, users, self._index],
+                        args=[self._member(user_id), user_id, expiry, f"{tenant_id}:{channel_id}"],
+                        client=pipe,
+                    )
+                else:
+                    await self._leave(
+                        keys=[entries, users], args=[self._member(user_id), user_id], client=pipe
+                    )
+            results = await pipe.execute()
+        return [int(result) == 1 for result in results]
 
     async def online(self, tenant_id: str, channel_id: str) -> list[str]:
         _, users = self._keys(tenant_id, channel_id)

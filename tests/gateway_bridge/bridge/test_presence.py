@@ -1,0 +1,109 @@
+"""Presence across bridges (the Redis store) and the bridge's queue of presence changes:
+changes made together are applied together, in order, and announced in that order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from gateway_bridge.bridge.ephemeral import EPHEMERAL_TOPIC, Ephemeral
+from gateway_bridge.bridge.presence import Change, InMemoryPresence, RedisPresence
+from service_kit.bus import InProcessEventBus
+from service_kit.validation import new_id
+
+
+async def test_changes_of_two_bridges_answer_who_came_and_went_in_order(redis: Redis) -> None:
+    """A user is online while an entry of any bridge is there; one batch holding a join and
+    the leave after it answers both, in order."""
+    tenant_id, channel_id = new_id(), new_id()
+    one, two = RedisPresence(redis), RedisPresence(redis)
+    alice, bob = (tenant_id, channel_id, "alice"), (tenant_id, channel_id, "bob")
+    assert await one.apply([("join", alice), ("join", bob), ("leave", bob)]) == [True, True, True]
+    assert await two.apply([("join", alice)]) == [False]
+    assert await one.online(tenant_id, channel_id) == ["alice"]
+    assert await one.apply([("leave", alice)]) == [False]  # still there through the other
+    assert await two.apply([("leave", alice), ("leave", alice)]) == [True, False]
+    assert await one.online(tenant_id, channel_id) == []
+
+
+async def test_a_crowd_of_joins_reaches_redis_in_one_pipeline(redis: Redis) -> None:
+    """200 users joining at once cost one pipeline, not a round trip each."""
+    tenant_id, channel_id = new_id(), new_id()
+    presence = RedisPresence(redis)
+    await presence.apply([("join", (tenant_id, channel_id, "warm-up"))])  # loads the scripts
+    calls: list[str] = []
+    direct, pipeline = redis.execute_command, redis.pipeline
+
+    async def counted_command(*args: Any, **options: Any) -> Any:
+        calls.append(str(args[0]))
+        return await direct(*args, **options)
+
+    def counted_pipeline(*args: Any, **options: Any) -> Any:
+        calls.append("pipeline")
+        return pipeline(*args, **options)
+
+    redis.execute_command = counted_command  # type: ignore[method-assign]
+    redis.pipeline = counted_pipeline  # type: ignore[method-assign]
+    try:
+        users = [f"user-{i}" for i in range(200)]
+        joined = await presence.apply([("join", (tenant_id, channel_id, u)) for u in users])
+    finally:
+        del redis.execute_command, redis.pipeline
+    assert joined == [True] * 200
+    assert calls == ["pipeline"]
+    assert await presence.online(tenant_id, channel_id) == sorted([*users, "warm-up"])
+
+
+class RecordingPresence(InMemoryPresence):
+    """The in-memory store, noting each batch it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[Change]] = []
+
+    async def apply(self, changes: Sequence[Change]) -> list[bool]:
+        self.batches.append(list(changes))
+        return await super().apply(changes)
+
+
+class NoRooms:
+    """A fan-out with no rooms: what the bus brings back is not written anywhere."""
+
+    def room(self, tenant_id: str, channel_id: str) -> None:
+        return None
+
+
+async def test_changes_made_together_are_applied_together_and_announced_in_order() -> None:
+    bus, presence = InProcessEventBus(), RecordingPresence()
+    heard: list[dict[str, str]] = []
+    everyone = asyncio.Event()
+
+    def hear(payload: bytes) -> None:
+        heard.append(json.loads(payload))
+        if len(heard) == 101:
+            everyone.set()
+
+    subscription = await bus.subscribe(EPHEMERAL_TOPIC, hear)
+    ephemeral = Ephemeral(bus=bus, presence=presence)
+    await ephemeral.start(NoRooms())  # type: ignore[arg-type]
+    try:
+        channel = ("t", "c")
+        for i in range(100):
+            ephemeral.change((*channel, f"user-{i}"), +1)
+        ephemeral.change((*channel, "user-0"), +1)  # a second subscription: no change
+        ephemeral.change((*channel, "user-0"), -1)
+        ephemeral.change((*channel, "user-0"), -1)  # the last one: offline
+        async with asyncio.timeout(10):
+            await everyone.wait()
+    finally:
+        await ephemeral.stop()
+        await subscription.close()
+    assert len(presence.batches) == 1
+    assert [(m["event"], m["user_id"]) for m in heard] == [
+        *(("presence:online", f"user-{i}") for i in range(100)),
+        ("presence:offline", "user-0"),
+    ]
