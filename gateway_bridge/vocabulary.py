@@ -72,6 +72,11 @@ def subscriptions_ended_by(name: str, data_json: str) -> SubscriptionsEnd | None
 #: bridge's sends (``ConnectSend``); a bridge makes unary SendMessage calls to one without.
 CONNECT_SENDS: Final = ("x-keel-connect-sends", "1")
 
+#: The initial metadata with which a gateway's ``Connect`` stream says it takes
+#: subscriptions in batches (``ConnectSubscribes``); a bridge sends them one by one to one
+#: without.
+CONNECT_SUBSCRIBES: Final = ("x-keel-connect-subscribes", "1")
+
 
 def batch_length(sizes: Iterable[int], max_bytes: int, max_items: int) -> int:
     """How many of the items (of these ``sizes``, in order) go in one stream message: up

@@ -16,6 +16,12 @@ raises the same ``AioRpcError`` the unary call would have
 a send is answered, the send fails UNAVAILABLE: it may or may not have been stored,
 and a retry with the same idempotency key answers the stored message. A gateway
 that does not take sends, or no stream up at the moment, gets a unary call.
+
+Subscriptions waiting in the outbox one after another go up together too, as one
+``ConnectSubscribes``, when the gateway takes them
+(:data:`~gateway_bridge.vocabulary.CONNECT_SUBSCRIBES`), as do the resubscriptions
+after a reconnect; their results may come down together (``SubscribeResults``), and
+each is handed on as if it had come alone.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import grpc
 from keel.channels.v1 import channels_pb2, channels_pb2_grpc
 
 from gateway_bridge.bridge.rpc_errors import rpc_error, status_error
-from gateway_bridge.vocabulary import CONNECT_SENDS, batch_length
+from gateway_bridge.vocabulary import CONNECT_SENDS, CONNECT_SUBSCRIBES, batch_length
 from service_kit import tracing
 from service_kit.interceptor import ACTING_FOR_TENANT
 
@@ -41,6 +47,8 @@ _SENDS: Final = channels_pb2.ConnectRequest()
 #: gateway takes requests of 4 MiB and more).
 _SENDS_PER_REQUEST: Final = 500
 _SENDS_BYTES: Final = 1 << 20
+#: At most this many subscriptions go in one request (each ~200 bytes: one channel).
+_SUBSCRIBES_PER_REQUEST: Final = 500
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -72,8 +80,10 @@ class GatewayLink:
         self._closing = False
         self._was_connected = False  # until the first stream opens, failures are waits
         self.connected = asyncio.Event()
-        #: Whether the open stream takes sends (its gateway said so).
+        #: Whether the open stream takes sends, and subscriptions in batches (its gateway
+        #: said so).
         self.stream_sends = False
+        self.stream_subscribes = False
         self._sends: dict[int, asyncio.Future[channels_pb2.SendResult]] = {}
         self._ready_sends: list[channels_pb2.ConnectSend] = []  # not written yet
         self._last_send = 0
@@ -216,12 +226,14 @@ class GatewayLink:
                 # not up, and /healthz must not say it is.
                 metadata = await call.initial_metadata()
                 if not call.done():  # else the read below raises the gateway's refusal
-                    self.stream_sends = CONNECT_SENDS in tuple(metadata or ())
+                    said = tuple(metadata or ())
+                    self.stream_sends = CONNECT_SENDS in said
+                    self.stream_subscribes = CONNECT_SUBSCRIBES in said
                     # What was queued meanwhile is covered by the resubscriptions.
                     while not self._outbox.empty():
                         self._outbox.get_nowait()
                     self._ready_sends.clear()  # failed with the stream they were for
-                    for request in self._resubscriptions():
+                    for request in self._batched(self._resubscriptions()):
                         await call.write(request)
                     writer = asyncio.create_task(self._write(call), name="gateway-link-writer")
                     self.connected.set()
@@ -231,8 +243,12 @@ class GatewayLink:
                     if response is grpc.aio.EOF:
                         break
                     backoff = 0.1
-                    if response.HasField("send_results"):
+                    payload = response.WhichOneof("payload")
+                    if payload == "send_results":
                         self._answered(response.send_results)
+                    elif payload == "subscribe_results":
+                        for result in response.subscribe_results.results:
+                            self._on_response(channels_pb2.ConnectResponse(subscribe_result=result))
                     else:
                         self._on_response(response)
                 log.warning("gateway closed the Connect stream; reconnecting")
@@ -253,7 +269,7 @@ class GatewayLink:
                 log.exception("gateway link failed; reconnecting")
             finally:
                 self.connected.clear()
-                self.stream_sends = False
+                self.stream_sends = self.stream_subscribes = False
                 self._sends_lost()
                 if writer is not None:
                     writer.cancel()
@@ -262,12 +278,54 @@ class GatewayLink:
             backoff = min(backoff * 2, 5.0)
 
     async def _write(self, call: Any) -> None:
+        next_up: channels_pb2.ConnectRequest | None = None  # taken, not written yet
         try:
             while True:
-                request = await self._outbox.get()
-                await call.write(self._take_sends() if request is _SENDS else request)
+                request = next_up if next_up is not None else await self._outbox.get()
+                next_up = None
+                if request is _SENDS:
+                    request = self._take_sends()
+                elif self.stream_subscribes and request.WhichOneof("command") == "subscribe":
+                    request, next_up = self._take_subscribes(request)
+                await call.write(request)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
             pass  # the stream ended; the reader reconnects and resubscribes
+
+    def _take_subscribes(
+        self, first: channels_pb2.ConnectRequest
+    ) -> tuple[channels_pb2.ConnectRequest, channels_pb2.ConnectRequest | None]:
+        """``first`` and the subscriptions queued right after it, as one request (alone
+        when none is); and the request taken after them that is not one, if any."""
+        subscribes = [first.subscribe]
+        while len(subscribes) < _SUBSCRIBES_PER_REQUEST and not self._outbox.empty():
+            request = self._outbox.get_nowait()
+            if request is _SENDS or request.WhichOneof("command") != "subscribe":
+                return _subscribes(subscribes), request
+            subscribes.append(request.subscribe)
+        return (first if len(subscribes) == 1 else _subscribes(subscribes)), None
+
+    def _batched(
+        self, requests: Sequence[channels_pb2.ConnectRequest]
+    ) -> list[channels_pb2.ConnectRequest]:
+        """``requests`` with the subscriptions that follow one another in batches, when
+        the stream takes them."""
+        if not self.stream_subscribes:
+            return list(requests)
+        batched: list[channels_pb2.ConnectRequest] = []
+        run: list[channels_pb2.ConnectSubscribe] = []
+        for request in requests:
+            if request.WhichOneof("command") == "subscribe":
+                run.append(request.subscribe)
+                if len(run) < _SUBSCRIBES_PER_REQUEST:
+                    continue
+            if run:
+                batched.append(_subscribes(run))
+                run = []
+            if request.WhichOneof("command") != "subscribe":
+                batched.append(request)
+        if run:
+            batched.append(_subscribes(run))
+        return batched
 
     async def close(self) -> None:
         self._closing = True
@@ -275,6 +333,12 @@ class GatewayLink:
             self._task.cancel()
             # grpc may turn the cancellation into a CANCELLED status; the flag ends the loop.
             await asyncio.wait([self._task], timeout=5)
+
+
+def _subscribes(subscribes: list[channels_pb2.ConnectSubscribe]) -> channels_pb2.ConnectRequest:
+    return channels_pb2.ConnectRequest(
+        subscribes=channels_pb2.ConnectSubscribes(subscribes=subscribes)
+    )
 
 
 def subscribe_request(

@@ -20,6 +20,13 @@ the database if their publishes are late), so when a bridge puts a new
 subscriber live, its room already holds everything up to where that
 subscriber's replay ended.
 
+A bridge may send the subscriptions it has ready at once in one request
+(``ConnectSubscribes``, announced by :data:`~gateway_bridge.vocabulary.CONNECT_SUBSCRIBES`
+in the stream's initial metadata); each is handled as if it came alone. Its results then
+come down together where they come due one after another
+(:meth:`~gateway_bridge.gateway.channels.streams.BridgeStream.subscribed`): a reconnecting
+crowd of browsers costs a few stream messages each way rather than one per browser.
+
 A bridge's sends (``ConnectSend``) are handed to ``sends`` (the servicer's
 :meth:`~gateway_bridge.gateway.channels.servicer.ChannelServicer.stream_send`, the same
 code as SendMessage) each in a task of its own, so they meet other sends in the store's
@@ -48,7 +55,7 @@ from gateway_bridge.gateway.channels.replays import SharedReplays
 from gateway_bridge.gateway.channels.routes import LiveRoutes
 from gateway_bridge.gateway.channels.store import ChatStore
 from gateway_bridge.gateway.channels.streams import END, RESULTS, BridgeStream
-from gateway_bridge.vocabulary import CONNECT_SENDS
+from gateway_bridge.vocabulary import CONNECT_SENDS, CONNECT_SUBSCRIBES
 from service_kit.bus import EventBus
 from service_kit.errors import KeelError, OutOfRange, ResourceExhausted, Unavailable
 from service_kit.validation import Violations, is_uuid
@@ -103,7 +110,9 @@ class ConnectHub:
         Its initial metadata goes out at once: that is how a bridge knows the stream was
         accepted (and only then says it is up), before any response; with ``sends`` it
         says the stream takes sends (:data:`~gateway_bridge.vocabulary.CONNECT_SENDS`)."""
-        await context.send_initial_metadata((CONNECT_SENDS,) if sends is not None else ())
+        await context.send_initial_metadata(
+            (CONNECT_SUBSCRIBES, CONNECT_SENDS) if sends is not None else (CONNECT_SUBSCRIBES,)
+        )
         stream = BridgeStream(self._max_backlog)
         reader = asyncio.create_task(self._read(stream, requests, sends), name="connect-reader")
         try:
@@ -155,6 +164,10 @@ class ConnectHub:
                 elif request.HasField("subscribe"):
                     command = request.subscribe
                     self._in_turn(stream, command.subscription_key, self._subscribe, command)
+                elif request.HasField("subscribes"):
+                    stream.batches_subscribe_results = True
+                    for command in request.subscribes.subscribes:
+                        self._in_turn(stream, command.subscription_key, self._subscribe, command)
                 elif request.HasField("unsubscribe"):
                     self._in_turn(
                         stream,
@@ -226,7 +239,7 @@ class ConnectHub:
                 v.add("channels.channel_id", f"{position.channel_id[:40]!r} is not a valid id")
         if v.items:
             for position in command.channels or [channels_pb2.ChannelPosition()]:
-                stream.send(
+                stream.subscribed(
                     _result(
                         command,
                         position.channel_id,
@@ -251,7 +264,7 @@ class ConnectHub:
                     tenant_id, channel_id, command.user_id
                 )
             if command.user_id and not rules.may_read(channel_type, is_member):
-                stream.send(
+                stream.subscribed(
                     _result(
                         command,
                         channel_id,
@@ -279,9 +292,9 @@ class ConnectHub:
             await self._routes.caught_up(key, last_seq)
         except KeelError as exc:
             self._routes.discard(stream, command.subscription_key, (tenant_id, channel_id))
-            stream.send(_result(command, channel_id, exc.code, exc.message))
+            stream.subscribed(_result(command, channel_id, exc.code, exc.message))
             return
-        stream.send(_result(command, channel_id, grpc.StatusCode.OK, "", last_seq))
+        stream.subscribed(_result(command, channel_id, grpc.StatusCode.OK, "", last_seq))
 
 
 async def _send(stream: BridgeStream, sends: Sends, send: channels_pb2.ConnectSend) -> None:
@@ -297,14 +310,11 @@ def _result(
     code: grpc.StatusCode,
     message: str,
     last_seq: int = 0,
-) -> channels_pb2.ConnectResponse:
-    return channels_pb2.ConnectResponse(
-        subscribe_result=channels_pb2.SubscribeResult(
-            subscription_key=command.subscription_key,
-            channel_id=channel_id,
-            code=code.value[0],
-            message=message,
-            last_seq=last_seq,
-        ),
-        subscription_keys=[command.subscription_key],
+) -> channels_pb2.SubscribeResult:
+    return channels_pb2.SubscribeResult(
+        subscription_key=command.subscription_key,
+        channel_id=channel_id,
+        code=code.value[0],
+        message=message,
+        last_seq=last_seq,
     )

@@ -23,6 +23,17 @@ RESULTS: Final = object()
 #: At most this many bytes of send results go in one response (the bridge's gRPC channel
 #: takes messages up to 4 MiB).
 RESULTS_BYTES: Final = 1 << 20
+#: At most this many subscribe results go in one response (about 100 bytes each).
+SUBSCRIBE_RESULTS_PER_RESPONSE: Final = 1000
+
+
+class _SubscribeResults:
+    """Subscribe results that came due one after another: one response once taken."""
+
+    __slots__ = ("results",)
+
+    def __init__(self, first: channels_pb2.SubscribeResult) -> None:
+        self.results = [first]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +68,10 @@ class BridgeStream:
         self.has_room.set()
         self.overflowed = False
         self.restarting = False
+        #: Whether its bridge takes subscribe results together (it sent ConnectSubscribes).
+        self.batches_subscribe_results = False
+        #: The subscribe results last put in the outbox, while nothing was put after them.
+        self._open_results: _SubscribeResults | None = None
 
     def add(self, sub_key: str, key: ChannelKey) -> bool:
         """``sub_key`` reads ``key``; True when the stream did not read it before."""
@@ -91,12 +106,34 @@ class BridgeStream:
             while not self.outbox.empty():
                 self.outbox.get_nowait()
             self.batched = 0
+            self._open_results = None
             self.outbox.put_nowait(END)
             return
         if weight != 1:
             self.batched += weight - 1
             item = Weighted(item, weight)
+        self._open_results = None  # results due after this item go after it
         self.outbox.put_nowait(item)
+
+    def subscribed(self, result: channels_pb2.SubscribeResult) -> None:
+        """Queue a subscribe result. For a bridge that takes them together, results that
+        come due one after another, with nothing queued between them, go in one response
+        (so each still comes after every item queued before it)."""
+        if not self.batches_subscribe_results:
+            self.send(
+                channels_pb2.ConnectResponse(
+                    subscribe_result=result, subscription_keys=[result.subscription_key]
+                )
+            )
+            return
+        open_results = self._open_results
+        if open_results is not None and len(open_results.results) < SUBSCRIBE_RESULTS_PER_RESPONSE:
+            open_results.results.append(result)
+            return
+        batch = _SubscribeResults(result)
+        self.send(batch)
+        if not self.overflowed:
+            self._open_results = batch
 
     def answer(self, result: channels_pb2.SendResult) -> None:
         """Queue a send's answer. The answers that wait together go in one response
@@ -133,12 +170,19 @@ class BridgeStream:
         if type(item) is Weighted:
             self.batched -= item.weight - 1
             item = item.response
+        elif type(item) is _SubscribeResults:
+            if item is self._open_results:
+                self._open_results = None
+            item = channels_pb2.ConnectResponse(
+                subscribe_results=channels_pb2.SubscribeResults(results=item.results)
+            )
         if not self.has_room.is_set() and self._events() < self.replay_resume:
             self.has_room.set()
         return item
 
     def restart(self) -> None:
         self.restarting = True
+        self._open_results = None
         self.outbox.put_nowait(END)
 
 

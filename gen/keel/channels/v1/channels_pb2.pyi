@@ -548,6 +548,12 @@ class ConnectSubscribe(_message.Message):
     batch_replays: bool
     def __init__(self, subscription_key: _Optional[str] = ..., tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., channels: _Optional[_Iterable[_Union[ChannelPosition, _Mapping]]] = ..., batch_replays: _Optional[bool] = ...) -> None: ...
 
+class ConnectSubscribes(_message.Message):
+    __slots__ = ("subscribes",)
+    SUBSCRIBES_FIELD_NUMBER: _ClassVar[int]
+    subscribes: _containers.RepeatedCompositeFieldContainer[ConnectSubscribe]
+    def __init__(self, subscribes: _Optional[_Iterable[_Union[ConnectSubscribe, _Mapping]]] = ...) -> None: ...
+
 class ConnectUnsubscribe(_message.Message):
     __slots__ = ("subscription_key", "channel_ids")
     SUBSCRIPTION_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -575,14 +581,16 @@ class ConnectSends(_message.Message):
     def __init__(self, sends: _Optional[_Iterable[_Union[ConnectSend, _Mapping]]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("subscribe", "unsubscribe", "sends")
+    __slots__ = ("subscribe", "unsubscribe", "sends", "subscribes")
     SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     SENDS_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBES_FIELD_NUMBER: _ClassVar[int]
     subscribe: ConnectSubscribe
     unsubscribe: ConnectUnsubscribe
     sends: ConnectSends
-    def __init__(self, subscribe: _Optional[_Union[ConnectSubscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[ConnectUnsubscribe, _Mapping]] = ..., sends: _Optional[_Union[ConnectSends, _Mapping]] = ...) -> None: ...
+    subscribes: ConnectSubscribes
+    def __init__(self, subscribe: _Optional[_Union[ConnectSubscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[ConnectUnsubscribe, _Mapping]] = ..., sends: _Optional[_Union[ConnectSends, _Mapping]] = ..., subscribes: _Optional[_Union[ConnectSubscribes, _Mapping]] = ...) -> None: ...
 
 class ChannelEvent(_message.Message):
     __slots__ = ("tenant_id", "channel_id", "seq", "event", "data_json", "event_id", "create_time", "traceparent")
@@ -640,16 +648,24 @@ class SendResults(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[SendResult]
     def __init__(self, results: _Optional[_Iterable[_Union[SendResult, _Mapping]]] = ...) -> None: ...
 
+class SubscribeResults(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SubscribeResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[SubscribeResult, _Mapping]]] = ...) -> None: ...
+
 class ConnectResponse(_message.Message):
-    __slots__ = ("event", "subscribe_result", "event_batch", "send_results", "subscription_keys")
+    __slots__ = ("event", "subscribe_result", "event_batch", "send_results", "subscribe_results", "subscription_keys")
     EVENT_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBE_RESULT_FIELD_NUMBER: _ClassVar[int]
     EVENT_BATCH_FIELD_NUMBER: _ClassVar[int]
     SEND_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBE_RESULTS_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_KEYS_FIELD_NUMBER: _ClassVar[int]
     event: ChannelEvent
     subscribe_result: SubscribeResult
     event_batch: ChannelEventBatch
     send_results: SendResults
+    subscribe_results: SubscribeResults
     subscription_keys: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, event: _Optional[_Union[ChannelEvent, _Mapping]] = ..., subscribe_result: _Optional[_Union[SubscribeResult, _Mapping]] = ..., event_batch: _Optional[_Union[ChannelEventBatch, _Mapping]] = ..., send_results: _Optional[_Union[SendResults, _Mapping]] = ..., subscription_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, event: _Optional[_Union[ChannelEvent, _Mapping]] = ..., subscribe_result: _Optional[_Union[SubscribeResult, _Mapping]] = ..., event_batch: _Optional[_Union[ChannelEventBatch, _Mapping]] = ..., send_results: _Optional[_Union[SendResults, _Mapping]] = ..., subscribe_results: _Optional[_Union[SubscribeResults, _Mapping]] = ..., subscription_keys: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -441,6 +441,14 @@ class ChannelServiceServicer:
         makes unary SendMessage calls to one that does not. A send whose stream
         ends before its SendResult may or may not have been stored: a retry with
         the same idempotency key answers the stored message, never a second one.
+
+        A gateway that takes subscriptions in batches says so in its initial
+        metadata (`x-keel-connect-subscribes: 1`): a bridge may then send the
+        subscriptions it has ready at once as one ConnectSubscribes, each handled
+        as if it had come alone, in their order. Once a bridge has sent one, the
+        SubscribeResults that would follow one another on the stream with
+        nothing between them come down together, as one SubscribeResults (so
+        every result still comes after the events it must follow).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -187,6 +187,14 @@ class ChannelServiceStub:
     makes unary SendMessage calls to one that does not. A send whose stream
     ends before its SendResult may or may not have been stored: a retry with
     the same idempotency key answers the stored message, never a second one.
+
+    A gateway that takes subscriptions in batches says so in its initial
+    metadata (`x-keel-connect-subscribes: 1`): a bridge may then send the
+    subscriptions it has ready at once as one ConnectSubscribes, each handled
+    as if it had come alone, in their order. Once a bridge has sent one, the
+    SubscribeResults that would follow one another on the stream with
+    nothing between them come down together, as one SubscribeResults (so
+    every result still comes after the events it must follow).
     """
 
 @_typing.type_check_only
@@ -348,6 +356,14 @@ class ChannelServiceAsyncStub(ChannelServiceStub):
     makes unary SendMessage calls to one that does not. A send whose stream
     ends before its SendResult may or may not have been stored: a retry with
     the same idempotency key answers the stored message, never a second one.
+
+    A gateway that takes subscriptions in batches says so in its initial
+    metadata (`x-keel-connect-subscribes: 1`): a bridge may then send the
+    subscriptions it has ready at once as one ConnectSubscribes, each handled
+    as if it had come alone, in their order. Once a bridge has sent one, the
+    SubscribeResults that would follow one another on the stream with
+    nothing between them come down together, as one SubscribeResults (so
+    every result still comes after the events it must follow).
     """
 
 class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -644,6 +660,14 @@ class ChannelServiceServicer(metaclass=_abc_1.ABCMeta):
         makes unary SendMessage calls to one that does not. A send whose stream
         ends before its SendResult may or may not have been stored: a retry with
         the same idempotency key answers the stored message, never a second one.
+
+        A gateway that takes subscriptions in batches says so in its initial
+        metadata (`x-keel-connect-subscribes: 1`): a bridge may then send the
+        subscriptions it has ready at once as one ConnectSubscribes, each handled
+        as if it had come alone, in their order. Once a bridge has sent one, the
+        SubscribeResults that would follow one another on the stream with
+        nothing between them come down together, as one SubscribeResults (so
+        every result still comes after the events it must follow).
         """
 
 def add_ChannelServiceServicer_to_server(servicer: ChannelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
