@@ -59,7 +59,7 @@ BATCHED_CHECK = 32
 CHECK_BATCH = 128
 CHECKS_IN_FLIGHT = 1
 #: How long a send remembers a user it found (see the module docstring).
-KNOWN_USER_SECONDS = 10.0
+KNOWN_USER_SECONDS = 60.0
 #: Most users remembered at once, over every tenant (then the memory starts again).
 KNOWN_USERS_MAX = 100_000
 
