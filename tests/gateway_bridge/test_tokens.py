@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import jwt
@@ -67,3 +69,77 @@ def test_rotation_keeps_tokens_of_the_previous_secret_valid() -> None:
     new_token, _ = rotated.issue("t", "bob", 60)
     with pytest.raises(InvalidClientToken):
         ClientTokens(OTHER).verify(new_token)
+
+
+def _signed(claims: dict[str, object], secret: str = SECRET, **headers: object) -> str:
+    return jwt.encode(claims, secret, algorithm="HS256", headers=headers or None)
+
+
+_NOW = int(time.time())
+_GOOD: dict[str, object] = {
+    "iss": "keel",
+    "aud": AUDIENCE,
+    "sub": "alice",
+    "tid": "tenant-1",
+    "iat": _NOW - 5,
+    "exp": _NOW + 600,
+    "jti": "j",
+}
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        _signed(_GOOD),
+        _signed(_GOOD, OTHER),  # the previous secret
+        _signed({k: v for k, v in _GOOD.items() if k != "jti"}),
+        _signed(_GOOD | {"exp": _NOW - 1}),  # expired
+        _signed(_GOOD | {"exp": _NOW}),  # expires this second
+        _signed(_GOOD | {"iat": _NOW + 600}),  # issued in the future
+        _signed(_GOOD | {"exp": float(_NOW + 600)}),
+        _signed(_GOOD | {"exp": True}),
+        _signed(_GOOD | {"iat": "1"}),
+        _signed(_GOOD | {"aud": [AUDIENCE, "other"]}),
+        _signed(_GOOD | {"aud": "other"}),
+        _signed(_GOOD | {"iss": "not-keel"}),
+        _signed(_GOOD | {"sub": 7}),
+        _signed(_GOOD | {"sub": ""}),
+        _signed(_GOOD | {"tid": 7}),
+        _signed(_GOOD | {"jti": 7}),
+        _signed(_GOOD | {"nbf": _NOW + 600}),
+        _signed(_GOOD | {"extra": "x"}),
+        _signed({k: v for k, v in _GOOD.items() if k != "tid"}),
+        _signed(_GOOD, kid="k1"),
+        _signed(_GOOD, typ="at+jwt"),
+        _signed(_GOOD, "x" * 32),  # no secret of ours
+        jwt.encode(_GOOD, SECRET * 2, algorithm="HS512"),
+        jwt.encode(_GOOD, "", algorithm="none"),
+        _signed(_GOOD) + "=",
+        _signed(_GOOD) + ".x",
+        "." + _signed(_GOOD),
+        "a.b.c",
+        "",
+    ],
+)
+def test_the_fast_check_answers_what_pyjwt_answers(token: str) -> None:
+    """Verification skips PyJWT for a well-formed, valid token: for every token, valid or
+    not, the answer (claims, or the refusal's words) is PyJWT's."""
+    tokens = ClientTokens(SECRET, previous=OTHER)
+
+    def outcome(verify: Callable[[str], object]) -> object:
+        try:
+            return verify(token)
+        except InvalidClientToken as exc:
+            return exc.message
+
+    assert outcome(tokens.verify) == outcome(tokens._verified_by_pyjwt)
+
+
+def test_a_valid_token_is_checked_without_pyjwt(monkeypatch: pytest.MonkeyPatch) -> None:
+    token, _ = ClientTokens(SECRET).issue("tenant-1", "alice", 600)
+
+    def no_pyjwt(*args: object, **kwargs: object) -> object:
+        raise AssertionError("PyJWT was asked")
+
+    monkeypatch.setattr(jwt, "decode", no_pyjwt)
+    assert ClientTokens(SECRET).verify(token).user_id == "alice"
