@@ -168,20 +168,39 @@ class RedisPresence:
         return await self._sweep()
 
     async def _sweep(self) -> list[Presence3]:
-        """Remove expired entries (of dead bridges); report users that went offline."""
-        gone: list[Presence3] = []
+        """Remove expired entries (of dead bridges); report users that went offline.
+
+        Four round trips whatever the number of channels: the channels, their expired
+        entries (one pipeline), the leaves (one pipeline), which channels are now empty
+        (one pipeline, and their removal from the index with it)."""
         now = time.time()
+        channels: list[tuple[bytes | str, str, str]] = []  # (index member, tenant, channel)
         for raw in await self._client.smembers(self._index):
             tenant_id, _, channel_id = _text(raw).partition(":")
-            entries, users = self._keys(tenant_id, channel_id)
-            expired = await self._client.zrangebyscore(entries, "-inf", now)
-            for member in map(_text, expired):
-                user_id = member.partition(_SEPARATOR)[0]
-                if int(await self._leave(keys=[entries, users], args=[member, user_id])) == 1:
-                    gone.append((tenant_id, channel_id, user_id))
-            if not await self._client.exists(entries):
-                await self._client.srem(self._index, raw)
-        return gone
+            channels.append((raw, tenant_id, channel_id))
+        if not channels:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for _, tenant_id, channel_id in channels:
+                pipe.zrangebyscore(self._keys(tenant_id, channel_id)[0], "-inf", now)
+            expired_lists = await pipe.execute()
+        leaving: list[Presence3] = []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for (_, tenant_id, channel_id), expired in zip(channels, expired_lists, strict=True):
+                entries, users = self._keys(tenant_id, channel_id)
+                for member in map(_text, expired):
+                    user_id = member.partition(_SEPARATOR)[0]
+                    await self._leave(keys=[entries, users], args=[member, user_id], client=pipe)
+                    leaving.append((tenant_id, channel_id, user_id))
+            left = await pipe.execute() if leaving else []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for _, tenant_id, channel_id in channels:
+                pipe.exists(self._keys(tenant_id, channel_id)[0])
+            still = await pipe.execute()
+        empty = [raw for (raw, _, _), count in zip(channels, still, strict=True) if not count]
+        if empty:
+            await self._client.srem(self._index, *empty)
+        return [who for who, result in zip(leaving, left, strict=True) if int(result) == 1]
 
 
 def _text(value: object) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from redis.asyncio import Redis
@@ -30,11 +31,9 @@ async def test_changes_of_two_bridges_answer_who_came_and_went_in_order(redis: R
     assert await one.online(tenant_id, channel_id) == []
 
 
-async def test_a_crowd_of_joins_reaches_redis_in_one_pipeline(redis: Redis) -> None:
-    """200 users joining at once cost one pipeline, not a round trip each."""
-    tenant_id, channel_id = new_id(), new_id()
-    presence = RedisPresence(redis)
-    await presence.apply([("join", (tenant_id, channel_id, "warm-up"))])  # loads the scripts
+@contextmanager
+def round_trips(redis: Redis) -> Iterator[list[str]]:
+    """The commands sent to Redis on their own, and the pipelines ("pipeline"), meanwhile."""
     calls: list[str] = []
     direct, pipeline = redis.execute_command, redis.pipeline
 
@@ -49,10 +48,19 @@ async def test_a_crowd_of_joins_reaches_redis_in_one_pipeline(redis: Redis) -> N
     redis.execute_command = counted_command  # type: ignore[method-assign]
     redis.pipeline = counted_pipeline  # type: ignore[method-assign]
     try:
-        users = [f"user-{i}" for i in range(200)]
-        joined = await presence.apply([("join", (tenant_id, channel_id, u)) for u in users])
+        yield calls
     finally:
         del redis.execute_command, redis.pipeline
+
+
+async def test_a_crowd_of_joins_reaches_redis_in_one_pipeline(redis: Redis) -> None:
+    """200 users joining at once cost one pipeline, not a round trip each."""
+    tenant_id, channel_id = new_id(), new_id()
+    presence = RedisPresence(redis)
+    await presence.apply([("join", (tenant_id, channel_id, "warm-up"))])  # loads the scripts
+    with round_trips(redis) as calls:
+        users = [f"user-{i}" for i in range(200)]
+        joined = await presence.apply([("join", (tenant_id, channel_id, u)) for u in users])
     assert joined == [True] * 200
     assert calls == ["pipeline"]
     assert await presence.online(tenant_id, channel_id) == sorted([*users, "warm-up"])
@@ -107,3 +115,25 @@ async def test_changes_made_together_are_applied_together_and_announced_in_order
         *(("presence:online", f"user-{i}") for i in range(100)),
         ("presence:offline", "user-0"),
     ]
+
+
+async def test_the_users_of_a_dead_bridge_go_offline_at_the_next_sweep(redis: Redis) -> None:
+    """A bridge that stopped renewing its entries (here: entries already expired): the next
+    heartbeat of any bridge reports each of its users offline once, in every channel, and
+    leaves the users another bridge still holds online."""
+    tenant_id, channels = new_id(), [new_id() for _ in range(3)]
+    dead, alive = RedisPresence(redis, ttl=-1.0), RedisPresence(redis)
+    await dead.apply([("join", (tenant_id, c, u)) for c in channels for u in ("ann", "bob")])
+    await alive.apply([("join", (tenant_id, channels[0], "bob"))])
+    with round_trips(redis) as calls:
+        gone = [who for who in await alive.heartbeat([]) if who[0] == tenant_id]
+    # Whatever the number of channels (other tests' too): the renewals, then the sweep.
+    assert calls == ["pipeline", "SMEMBERS", "pipeline", "pipeline", "pipeline", "SREM"]
+    assert sorted(gone) == sorted(
+        [(tenant_id, c, "ann") for c in channels] + [(tenant_id, c, "bob") for c in channels[1:]]
+    )
+    assert [await alive.online(tenant_id, c) for c in channels] == [["bob"], [], []]
+    assert [who for who in await alive.heartbeat([]) if who[0] == tenant_id] == []
+    index = {bytes(m).decode() for m in await redis.smembers("keel:presence:channels")}
+    assert f"{tenant_id}:{channels[0]}" in index
+    assert not {f"{tenant_id}:{c}" for c in channels[1:]} & index
