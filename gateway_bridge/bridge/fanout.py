@@ -9,6 +9,16 @@ other go out together, one write per subscriber for the lot; a subscriber whose
 unsent bytes exceed the send buffer is cut as a slow consumer instead of slowing the
 others or growing memory.
 
+A bridge that does little but flush (thousands of subscribers, events as close as a
+flush takes, a busy machine) waits between flushes: once flushing took more than
+``BUSY_SHARE`` of its time lately (an average over the last flushes), a flush starts no
+sooner after the previous one ended than that one took to run (and at most
+``MAX_COALESCE_SECONDS`` later). A flush costs one system call per subscriber whether it
+carries one event or ten, so flushing each event alone is what makes a backlog grow
+(each event waiting for the flushes of all the ones before it, the gateway stream read
+only between them); waiting lets the events that arrive meanwhile go out together.
+Below that share nothing waits longer than ``COALESCE_SECONDS``.
+
 Before any subscriber joins or leaves the live set, what is pending for the room is
 written first, so frames reach exactly the subscribers that were live when the room
 released them.
@@ -34,6 +44,12 @@ from service_kit import tracing
 
 #: Events arriving this close together are written to each subscriber in one write.
 COALESCE_SECONDS: Final = 0.001
+#: The share of the time spent flushing above which flushes wait (see the module docstring).
+BUSY_SHARE: Final = 0.8
+#: The longest a flush waits for the previous one's cost.
+MAX_COALESCE_SECONDS: Final = 0.1
+#: The weight of the last flush in the average share of time spent flushing.
+_BUSY_WEIGHT: Final = 0.2
 
 Event = channels_pb2.ChannelEvent
 
@@ -100,6 +116,11 @@ class Fanout:
         self._rooms: dict[tuple[str, str], LocalRoom] = {}
         self._dirty: list[LocalRoom] = []
         self._flush_handle: asyncio.TimerHandle | None = None
+        #: When the last flush ended and how long it took (the event loop's clock), and
+        #: the share of the time spent flushing, averaged over the last flushes.
+        self._flushed_at = 0.0
+        self._flush_cost = 0.0
+        self._busy = 0.0
 
     def room(self, tenant_id: str, channel_id: str) -> LocalRoom | None:
         return self._rooms.get((tenant_id, channel_id))
@@ -329,16 +350,30 @@ class Fanout:
             self._on_slow(conn)
 
     def _flush_soon(self) -> None:
+        """Flush the dirty rooms ``COALESCE_SECONDS`` from now, or later while flushing
+        takes most of the time (see the module docstring)."""
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(
-                COALESCE_SECONDS, self._flush
-            )
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            due = now + COALESCE_SECONDS
+            if self._busy > BUSY_SHARE:
+                later = min(self._flushed_at + self._flush_cost, now + MAX_COALESCE_SECONDS)
+                due = max(due, later)
+            self._flush_handle = loop.call_at(due, self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         rooms, self._dirty = self._dirty, []
         for room in rooms:
             self._flush_room(room)
+        ended = loop.time()
+        cost = ended - started
+        # This flush's share of the time since the previous one ended.
+        share = cost / (ended - self._flushed_at) if ended > self._flushed_at else 1.0
+        self._busy += _BUSY_WEIGHT * (share - self._busy)
+        self._flushed_at, self._flush_cost = ended, cost
 
     def _flush_room(self, room: LocalRoom) -> None:
         """Write the room's pending frames to every live subscriber, as one write each.
