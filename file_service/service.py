@@ -527,17 +527,23 @@ class FileService:
         key = _data_key(file)
         try:
             async with blobs.appender(key) as appender:
-                # Under the lock: the upload as it is now (the last writer may have moved it).
-                now = await self._store.get(file.tenant_id, file.id)
-                if now is None or now.state is FileState.DELETED:
-                    await self._delete_blob(key)  # the lock made it anew: nothing to keep
-                    raise (
-                        FileNotFound(file.id)
-                        if now is None
-                        else FileNotReady(
-                            f"file {file.id} is {now.state.value}, not an upload in progress"
+                now = file
+                if appender.size != offset:
+                    # Bytes past the offset (a request that held the lock moved the upload
+                    # on, or one killed mid-way left them) or fewer: the upload as it is now.
+                    # (Only the lock's holder changes the blob, and a refused part is cut
+                    # back off, so a blob that ends at the offset means it is current.)
+                    found = await self._store.get(file.tenant_id, file.id)
+                    if found is None or found.state is FileState.DELETED:
+                        await self._delete_blob(key)  # the lock made it anew: nothing to keep
+                        raise (
+                            FileNotFound(file.id)
+                            if found is None
+                            else FileNotReady(
+                                f"file {file.id} is {found.state.value}, not an upload in progress"
+                            )
                         )
-                    )
+                    now = found
                 if now.state is FileState.READY and offset == now.size:
                     return now
                 self._check_pending(now)
