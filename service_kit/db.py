@@ -47,7 +47,21 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Executable, Insert, Row, Select, Table, and_, event, or_, text
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Insert,
+    Row,
+    Select,
+    String,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    event,
+    or_,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, RowMapping, make_url
 from sqlalchemy.exc import (
@@ -60,6 +74,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.types import TypeEngine
 from sqlalchemy.util import await_
 from sqlalchemy.util.concurrency import in_greenlet
 
@@ -222,6 +237,22 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
         await conn.execution_options(**{_WRITE_OPTION: True})
         async with conn.begin():
             yield conn
+
+
+def one_of(
+    column: ColumnElement[Any], name: str, dialect: str, item_type: TypeEngine[Any] | None = None
+) -> ColumnElement[bool]:
+    """``column`` equals one of the values of the list parameter ``name`` (strings, unless
+    ``item_type`` says otherwise).
+
+    On PostgreSQL it is ``= ANY(:name)`` with one array parameter, so the statement's text
+    is the same for any number of values and the driver prepares it once; an expanding
+    ``IN (…)`` would be a new statement, prepared again, for every length. SQLite gets the
+    ``IN (…)``."""
+    if dialect == "postgresql":
+        array = postgresql.ARRAY(item_type if item_type is not None else String())
+        return column == any_(bindparam(name, type_=array))
+    return column.in_(bindparam(name, expanding=True))
 
 
 def insert_ignoring_conflicts(conn: AsyncConnection, table: Table) -> Insert:

@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import BigInteger, select, update
 
 from gateway_bridge.gateway import outbox as ev
 from gateway_bridge.gateway.channels.store.base import SqlStoreBase
-from service_kit.db import claim_rows, write_transaction
+from service_kit.db import claim_rows, one_of, write_transaction
 from service_kit.schema import events
 
 
@@ -44,16 +44,22 @@ class SqlOutbox(SqlStoreBase):
             if rows:
                 await conn.execute(
                     update(events)
-                    .where(events.c.id.in_([r.id for r in rows]))
-                    .values(published_at=self._clock())
+                    .where(one_of(events.c.id, "cursors", self._engine.dialect.name, BigInteger()))
+                    .values(published_at=self._clock()),
+                    {"cursors": [r.id for r in rows]},
                 )
 
     async def mark_published(self, cursors: Collection[int]) -> None:
-        """Record that the events at ``cursors`` reached the bus."""
+        """Record that the events at ``cursors`` reached the bus (on PostgreSQL one
+        statement whose text never changes: the cursors travel as one array)."""
         if cursors:
             async with write_transaction(self._engine) as conn:
                 await conn.execute(
                     update(events)
-                    .where(events.c.id.in_(list(cursors)), events.c.published_at.is_(None))
-                    .values(published_at=self._clock())
+                    .where(
+                        one_of(events.c.id, "cursors", self._engine.dialect.name, BigInteger()),
+                        events.c.published_at.is_(None),
+                    )
+                    .values(published_at=self._clock()),
+                    {"cursors": list(cursors)},
                 )

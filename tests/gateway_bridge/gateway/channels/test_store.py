@@ -364,6 +364,24 @@ async def test_events_left_unpublished_by_a_crash_are_drained(
     assert len([e for e in published.events if e.tenant_id == t]) == 3
 
 
+async def test_events_a_relay_published_are_marked_and_never_drained_again(
+    store: SqlChatStore, bus: InProcessEventBus, published: Recorder
+) -> None:
+    """What a relay put on the bus is marked published at its next flush (all of a
+    batch's cursors in one statement), so no relay drains it again."""
+    t = tenant()
+    channel, recorded = await stored_channel(store, t, ChannelType.PUBLIC)
+    sent = [await store.send_message(t, NewMessage(channel.id, "dora", f"m{i}")) for i in range(5)]
+    recorded += [event for _, events in sent for event in events]
+    relay = EventRelay(store, bus)
+    await relay.publish(recorded)
+    await relay.flush()
+    drainer = EventRelay(store, bus, grace=0.0)
+    await drainer.flush()
+    mine = [e.cursor for e in published.events if e.tenant_id == t]
+    assert mine == [e.cursor for e in recorded]  # each once: none drained again
+
+
 async def test_a_failed_publish_is_retried_from_the_log(
     store: SqlChatStore, published: Recorder, bus: InProcessEventBus
 ) -> None:
