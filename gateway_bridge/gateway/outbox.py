@@ -93,7 +93,21 @@ class ChatEvent:
 
     @classmethod
     def decode(cls, payload: bytes) -> ChatEvent:
-        """The event :meth:`encode` wrote (the data's text is kept, not parsed)."""
+        """The event :meth:`encode` wrote (the data's text is kept, not parsed).
+
+        Every handler of the bus topic gets the same payload object, and each decodes it:
+        the last payload decoded is remembered (by identity; both are immutable), so the
+        second handler's decode is free."""
+        global _last_decoded
+        last_payload, last_event = _last_decoded
+        if last_payload is payload and last_event is not None:
+            return last_event
+        event = cls._decode(payload)
+        _last_decoded = (payload, event)  # one tuple, replaced whole: safe across threads
+        return event
+
+    @classmethod
+    def _decode(cls, payload: bytes) -> ChatEvent:
         header_bytes, _, data = payload.partition(b"\n")
         raw = json.loads(header_bytes)
         return cls(
@@ -111,6 +125,10 @@ class ChatEvent:
     def data_json(self) -> str:
         """Only the ``data`` part, as JSON text."""
         return self.data_text
+
+
+#: ``(payload, event)`` of the last :meth:`ChatEvent.decode` (see there).
+_last_decoded: tuple[bytes | None, ChatEvent | None] = (None, None)
 
 
 def encode_data(data: Mapping[str, Any]) -> str:
