@@ -295,7 +295,8 @@ class ChatService:
         check_user_id(v, "user_id", new.user_id, required=False)
         self._check_content(v, new.content, required=not new.attachment_ids)
         check_message_type(v, new.message_type)
-        new = replace(new, attachment_ids=check_attachment_ids(v, new.attachment_ids))
+        if new.attachment_ids:
+            new = replace(new, attachment_ids=check_attachment_ids(v, new.attachment_ids))
         v.text(
             "idempotency_key", new.idempotency_key, max_length=MAX_IDEMPOTENCY_KEY, required=False
         )

@@ -243,9 +243,9 @@ class ChannelServicer(channels_pb2_grpc.ChannelServiceServicer):
         self, tenant_id: TenantId, request: channels_pb2.SendMessageRequest
     ) -> channels_pb2.Message:
         """What SendMessage and a stream send do, for an admitted tenant."""
-        _ids(channel_id=request.channel_id)
+        valid_id("channel_id", request.channel_id)
         if request.reply_to:
-            _ids(reply_to=request.reply_to)
+            valid_id("reply_to", request.reply_to)
         message = await self._chat.send_message(
             tenant_id,
             NewMessage(

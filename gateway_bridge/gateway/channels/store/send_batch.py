@@ -165,8 +165,11 @@ async def _store_pg(
             [m.user_id for m in sent],
             [m.content for m in sent],
             [m.message_type for m in sent],
-            [_json(list(m.attachment_ids)) for m in sent],
-            [_json([attachment_data(a) for a in m.attachments]) for m in sent],
+            [_json(list(m.attachment_ids)) if m.attachment_ids else "[]" for m in sent],
+            [
+                _json([attachment_data(a) for a in m.attachments]) if m.attachments else "[]"
+                for m in sent
+            ],
             [m.seq for m in sent],
             [p.idempotency_key for p in placed],
             vocab.MESSAGE_CREATED,
