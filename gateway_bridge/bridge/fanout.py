@@ -33,6 +33,7 @@ from typing import Final
 
 from keel.channels.v1 import channels_pb2
 from opentelemetry.trace import Span
+from prometheus_client import Histogram
 
 from gateway_bridge.bridge import protocol as p
 from gateway_bridge.bridge.connection import DELIVERIES, Conn, Connections
@@ -50,6 +51,13 @@ BUSY_SHARE: Final = 0.8
 MAX_COALESCE_SECONDS: Final = 0.1
 #: The weight of the last flush in the average share of time spent flushing.
 _BUSY_WEIGHT: Final = 0.2
+
+FLUSH_SECONDS = Histogram(
+    "keel_bridge_flush_seconds",
+    "How long one fan-out flush took to write its frames to every live subscriber of its"
+    " rooms: a broadcast's spread from its first subscriber to its last.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 
 Event = channels_pb2.ChannelEvent
 
@@ -370,6 +378,7 @@ class Fanout:
             self._flush_room(room)
         ended = loop.time()
         cost = ended - started
+        FLUSH_SECONDS.observe(cost)
         # This flush's share of the time since the previous one ended.
         share = cost / (ended - self._flushed_at) if ended > self._flushed_at else 1.0
         self._busy += _BUSY_WEIGHT * (share - self._busy)

@@ -6,11 +6,14 @@ write per subscriber, in seq order, so a backlog does not grow.
 
 No sockets and no waiting: the subscribers are stand-ins that record their writes, a
 write or a read of the gateway stream "takes" time by moving the event loop's clock
-(patched on the running loop), and the test runs the scheduled flushes itself."""
+(patched on the running loop while the test runs, which never yields to the loop), and
+the test runs the scheduled flushes itself."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 import pytest
@@ -19,6 +22,7 @@ from keel.channels.v1 import channels_pb2
 from gateway_bridge.bridge.connection import Conn
 from gateway_bridge.bridge.fanout import (
     COALESCE_SECONDS,
+    FLUSH_SECONDS,
     MAX_COALESCE_SECONDS,
     Fanout,
     LocalRoom,
@@ -80,14 +84,24 @@ def live(seq: int) -> channels_pb2.ConnectResponse:
     return channels_pb2.ConnectResponse(event=event(seq))
 
 
-@pytest.fixture
-async def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    # The loop is the session's: the test never yields to it while its clock is patched,
-    # and its own timers are cancelled before it ends (Fanout.close).
+@contextmanager
+def scene(cost: float, subscribers: int = 10) -> Iterator[tuple[Clock, Fanout, list[Subscriber]]]:
+    """A fan-out with one room of live stand-in subscribers whose writes cost ``cost`` each,
+    on the running loop with its clock patched. The loop is the test session's: a test
+    never yields to it inside (no ``await``), and on leaving, the fan-out's timer is
+    cancelled and the loop's clock is its own again."""
     loop = asyncio.get_running_loop()
     clock = Clock(loop.time())
-    monkeypatch.setattr(loop, "time", clock)
-    return clock
+    loop.time = clock  # type: ignore[method-assign]
+    fanout = None
+    try:
+        stand_ins = [Subscriber(clock, cost) for _ in range(subscribers)]
+        fanout = fanout_with(stand_ins)
+        yield clock, fanout, stand_ins
+    finally:
+        if fanout is not None:
+            fanout.close()
+        del loop.time
 
 
 def fanout_with(subscribers: list[Subscriber]) -> Fanout:
@@ -151,6 +165,12 @@ def play(
     return arrived, waits
 
 
+def flushed() -> tuple[float, float]:
+    """``keel_bridge_flush_seconds``' count and sum so far."""
+    samples = {s.name: s.value for m in FLUSH_SECONDS.collect() for s in m.samples}
+    return samples["keel_bridge_flush_seconds_count"], samples["keel_bridge_flush_seconds_sum"]
+
+
 def check_delivered(subscribers: list[Subscriber], count: int) -> None:
     """Every subscriber got events 1..count once each, in order."""
     expected = b"".join(event_bytes(event(seq)) for seq in range(1, count + 1))
@@ -158,53 +178,46 @@ def check_delivered(subscribers: list[Subscriber], count: int) -> None:
         assert b"".join(subscriber.writes) == expected
 
 
-async def test_events_far_apart_go_out_each_within_the_coalescing_delay(clock: Clock) -> None:
-    subscribers = [Subscriber(clock, cost=0.001) for _ in range(10)]  # a flush: 10 ms
-    fanout = fanout_with(subscribers)
-    _, waits = play(clock, fanout, [0.1 * i for i in range(50)], read_cost=0.0005)
-    assert waits == [pytest.approx(COALESCE_SECONDS)] * 50
-    check_delivered(subscribers, 50)
-    assert all(len(s.writes) == 50 for s in subscribers)
-    fanout.close()
+async def test_events_far_apart_go_out_each_within_the_coalescing_delay() -> None:
+    with scene(cost=0.001) as (clock, fanout, subscribers):  # a flush: 10 ms
+        flushes, seconds = flushed()
+        _, waits = play(clock, fanout, [0.1 * i for i in range(50)], read_cost=0.0005)
+        assert waits == [pytest.approx(COALESCE_SECONDS)] * 50
+        check_delivered(subscribers, 50)
+        assert all(len(s.writes) == 50 for s in subscribers)
+        # keel_bridge_flush_seconds counts each flush and its time: 50 of 10 ms.
+        now_flushes, now_seconds = flushed()
+        assert now_flushes - flushes == 50
+        assert now_seconds - seconds == pytest.approx(50 * 0.010)
 
 
-async def test_a_flush_taking_most_of_the_time_between_events_does_not_delay_them(
-    clock: Clock,
-) -> None:
+async def test_a_flush_taking_most_of_the_time_between_events_does_not_delay_them() -> None:
     # A flush takes 15 ms and events come every 20 ms: the bridge keeps up alone, and
     # waiting would only add latency.
-    subscribers = [Subscriber(clock, cost=0.0015) for _ in range(10)]
-    fanout = fanout_with(subscribers)
-    _, waits = play(clock, fanout, [0.02 * i for i in range(100)], read_cost=0.0005)
-    assert waits == [pytest.approx(COALESCE_SECONDS)] * 100
-    check_delivered(subscribers, 100)
-    fanout.close()
+    with scene(cost=0.0015) as (clock, fanout, subscribers):
+        _, waits = play(clock, fanout, [0.02 * i for i in range(100)], read_cost=0.0005)
+        assert waits == [pytest.approx(COALESCE_SECONDS)] * 100
+        check_delivered(subscribers, 100)
 
 
-async def test_when_flushing_is_all_the_bridge_does_events_go_out_together(
-    clock: Clock,
-) -> None:
+async def test_when_flushing_is_all_the_bridge_does_events_go_out_together() -> None:
     # A flush takes 30 ms, an event comes every 10 ms, and reading one from the gateway
     # stream takes 2 ms (a busy machine): flushing each event alone, the bridge would
     # fall further behind with every event (the last ~2 s late).
-    subscribers = [Subscriber(clock, cost=0.003) for _ in range(10)]
-    fanout = fanout_with(subscribers)
-    start = clock.now
-    arrived, waits = play(clock, fanout, [0.01 * i for i in range(200)], read_cost=0.002)
-    check_delivered(subscribers, 200)
-    writes = len(subscribers[0].writes)
-    assert writes < 200 / 2  # several events per write
-    assert max(waits) <= MAX_COALESCE_SECONDS + 1e-9
-    # No growing backlog: everything is out soon after the last event arrived.
-    assert clock.now - arrived[200] < 0.2
-    assert clock.now - start < 2.0 + 0.2
-    fanout.close()
+    with scene(cost=0.003) as (clock, fanout, subscribers):
+        start = clock.now
+        arrived, waits = play(clock, fanout, [0.01 * i for i in range(200)], read_cost=0.002)
+        check_delivered(subscribers, 200)
+        writes = len(subscribers[0].writes)
+        assert writes < 200 / 2  # several events per write
+        assert max(waits) <= MAX_COALESCE_SECONDS + 1e-9
+        # No growing backlog: everything is out soon after the last event arrived.
+        assert clock.now - arrived[200] < 0.2
+        assert clock.now - start < 2.0 + 0.2
 
 
-async def test_a_flush_never_waits_longer_than_the_cap(clock: Clock) -> None:
-    subscribers = [Subscriber(clock, cost=1.0) for _ in range(2)]  # stalled flushes: 2 s
-    fanout = fanout_with(subscribers)
-    _, waits = play(clock, fanout, [0.01 * i for i in range(20)], read_cost=0.001)
-    assert max(waits) == pytest.approx(MAX_COALESCE_SECONDS)
-    check_delivered(subscribers, 20)
-    fanout.close()
+async def test_a_flush_never_waits_longer_than_the_cap() -> None:
+    with scene(cost=1.0, subscribers=2) as (clock, fanout, subscribers):  # 2 s flushes
+        _, waits = play(clock, fanout, [0.01 * i for i in range(20)], read_cost=0.001)
+        assert max(waits) == pytest.approx(MAX_COALESCE_SECONDS)
+        check_delivered(subscribers, 20)
