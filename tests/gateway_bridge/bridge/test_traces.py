@@ -164,7 +164,7 @@ async def test_a_send_frame_makes_one_trace_from_the_bridge_to_the_other_socket(
 
     # The bus payload carried the publish span's context.
     trace_hex = format(send.context.trace_id, "032x")
-    created = [e for e in carried if e.seq == ack["result"]["seq"]]
+    created = [e for e in carried if (e.channel_id, e.seq) == (channel, ack["result"]["seq"])]
     assert [e.traceparent.split("-")[1:3] for e in created] == [
         [trace_hex, format(publish.context.span_id, "016x")]
     ]
@@ -186,7 +186,9 @@ async def test_with_tracing_off_a_send_is_delivered_and_nothing_is_traced(
             ack = await alice.ok("send", channel_id=channel, content="untraced")
             event = await bob.event("message:created", channel)
     assert event["seq"] == ack["result"]["seq"]
-    assert [e.traceparent for e in carried if e.seq == event["seq"]] == [""]
+    assert [e.traceparent for e in carried if (e.channel_id, e.seq) == (channel, event["seq"])] == [
+        ""
+    ]
     line = send_rpc_line(logged)
     assert "trace_id" not in line and "span_id" not in line
     assert line["request_id"]
