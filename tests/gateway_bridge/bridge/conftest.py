@@ -385,8 +385,10 @@ class SlowClient:
                 elif isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
                     found.append(Close.parse(event.data))
             await self._flush()  # e.g. the reply to a close frame
-            if found or not data:
+            if found:
                 return found
+            if not data:
+                raise ConnectionError("the bridge ended the connection without a close frame")
 
     def close(self) -> None:
         self.sock.close()

@@ -165,9 +165,11 @@ async def test_a_send_frame_makes_one_trace_from_the_bridge_to_the_other_socket(
     # The bus payload carried the publish span's context.
     trace_hex = format(send.context.trace_id, "032x")
     created = [e for e in carried if (e.channel_id, e.seq) == (channel, ack["result"]["seq"])]
-    assert [e.traceparent.split("-")[1:3] for e in created] == [
-        [trace_hex, format(publish.context.span_id, "016x")]
-    ]
+    # (The bus is at least once: a relay republishes what it has not marked published
+    # within its grace, so the event may be carried twice — with the same context.)
+    assert {tuple(e.traceparent.split("-")[1:3]) for e in created} == {
+        (trace_hex, format(publish.context.span_id, "016x"))
+    }
     # The gateway's access log line of the call carries the trace and its server span.
     line = send_rpc_line(logged)
     assert (line["trace_id"], line["span_id"]) == (trace_hex, format(rpc.context.span_id, "016x"))
@@ -186,9 +188,9 @@ async def test_with_tracing_off_a_send_is_delivered_and_nothing_is_traced(
             ack = await alice.ok("send", channel_id=channel, content="untraced")
             event = await bob.event("message:created", channel)
     assert event["seq"] == ack["result"]["seq"]
-    assert [e.traceparent for e in carried if (e.channel_id, e.seq) == (channel, event["seq"])] == [
+    assert {e.traceparent for e in carried if (e.channel_id, e.seq) == (channel, event["seq"])} == {
         ""
-    ]
+    }
     line = send_rpc_line(logged)
     assert "trace_id" not in line and "span_id" not in line
     assert line["request_id"]
