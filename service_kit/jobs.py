@@ -332,9 +332,14 @@ async def _close_attempt(
     conn: AsyncConnection, job_id: str, attempt: int, outcome: str, error: str, now: datetime
 ) -> None:
     await conn.execute(
-        update(job_attempts)
-        .where(job_attempts.c.job_id == job_id, job_attempts.c.attempt == attempt)
-        .values(outcome=outcome, error=error[:_MAX_ERROR], finish_time=now)
+        _CLOSE_ATTEMPT,
+        {
+            "b_job_id": job_id,
+            "b_attempt": attempt,
+            "b_outcome": outcome,
+            "b_error": error[:_MAX_ERROR],
+            "b_finish_time": now,
+        },
     )
 
 

@@ -106,6 +106,25 @@ def _request(
         conn.close()
 
 
+def _tus_upload(
+    process: KeelProcess, tenant_id: str, user_id: str, length: int, filename: str
+) -> tuple[str, dict[str, str]]:
+    """A tus upload of ``length`` bytes created at ``process`` for ``user_id`` (201): its
+    path, and the headers that authenticate the user's requests to it."""
+    token, _ = ClientTokens(CLUSTER_TOKEN_SECRET).issue(tenant_id, user_id, 600)
+    auth = {"Authorization": f"Bearer {token}", "Tus_Resumable": "1.0.0"}
+    created, _ = _request(
+        process,
+        "POST",
+        "/files/tus",
+        Upload_Length=str(length),
+        Upload_Metadata=f"filename {base64.b64encode(filename.encode()).decode()}",
+        **auth,
+    )
+    assert created.status == 201, created.reason
+    return urlsplit(created.headers["Location"]).path, auth
+
+
 def _stored_file(
     process: KeelProcess, md: tuple[tuple[str, str], ...], file_id: str
 ) -> tuple[pb.File, bytes]:
@@ -129,19 +148,7 @@ def _get_file(files: FileCluster, process: KeelProcess, file_id: str) -> pb.File
 
 def test_a_tus_upload_goes_on_at_whichever_process_gets_each_patch(files: FileCluster) -> None:
     data = os.urandom(3 * MiB + 123)
-    token, _ = ClientTokens(CLUSTER_TOKEN_SECRET).issue(files.tenant_id, "dora", 600)
-    auth = {"Authorization": f"Bearer {token}", "Tus_Resumable": "1.0.0"}
-    meta = f"filename {base64.b64encode(b'noise.bin').decode()}"
-    created, _ = _request(
-        files.a,
-        "POST",
-        "/files/tus",
-        Upload_Length=str(len(data)),
-        Upload_Metadata=meta,
-        **auth,
-    )
-    assert created.status == 201, created.reason
-    path = urlsplit(created.headers["Location"]).path
+    path, auth = _tus_upload(files.a, files.tenant_id, "dora", len(data), "noise.bin")
     offset = 0
     for process, size in ((files.a, MiB), (files.b, MiB), (files.a, len(data) - 2 * MiB)):
         answer, _ = _request(
@@ -186,18 +193,8 @@ def test_a_file_stored_by_one_process_is_served_by_the_other(files: FileCluster)
 
 def test_an_upload_survives_the_kill_of_the_process_that_received_it(files: FileCluster) -> None:
     data = os.urandom(2 * MiB)
-    token, _ = ClientTokens(CLUSTER_TOKEN_SECRET).issue(files.tenant_id, "erin", 600)
-    auth = {"Authorization": f"Bearer {token}", "Tus_Resumable": "1.0.0"}
     victim = files.cluster.start("file-service")
-    created, _ = _request(
-        victim,
-        "POST",
-        "/files/tus",
-        Upload_Length=str(len(data)),
-        Upload_Metadata=f"filename {base64.b64encode(b'survivor.bin').decode()}",
-        **auth,
-    )
-    path = urlsplit(created.headers["Location"]).path
+    path, auth = _tus_upload(victim, files.tenant_id, "erin", len(data), "survivor.bin")
     first, _ = _request(
         victim,
         "PATCH",
@@ -236,18 +233,7 @@ def test_a_local_upload_resumes_after_kill_9_between_patches_with_every_acknowle
     victim = cluster.start("file-service")
     md, tenant_id = _new_tenant(cluster)
     data = os.urandom(5 * MiB + 7)
-    token, _ = ClientTokens(CLUSTER_TOKEN_SECRET).issue(tenant_id, "fay", 600)
-    auth = {"Authorization": f"Bearer {token}", "Tus_Resumable": "1.0.0"}
-    created, _ = _request(
-        victim,
-        "POST",
-        "/files/tus",
-        Upload_Length=str(len(data)),
-        Upload_Metadata=f"filename {base64.b64encode(b'kept.bin').decode()}",
-        **auth,
-    )
-    assert created.status == 201, created.reason
-    path = urlsplit(created.headers["Location"]).path
+    path, auth = _tus_upload(victim, tenant_id, "fay", len(data), "kept.bin")
     for offset in (0, 2 * MiB):
         answer, _ = _request(
             victim,
@@ -292,17 +278,7 @@ def test_a_local_upload_killed_mid_patch_resumes_at_its_acknowledged_offset_whol
     victim = cluster.start("file-service")
     md, tenant_id = _new_tenant(cluster)
     data = os.urandom(4 * MiB)
-    token, _ = ClientTokens(CLUSTER_TOKEN_SECRET).issue(tenant_id, "gus", 600)
-    auth = {"Authorization": f"Bearer {token}", "Tus_Resumable": "1.0.0"}
-    created, _ = _request(
-        victim,
-        "POST",
-        "/files/tus",
-        Upload_Length=str(len(data)),
-        Upload_Metadata=f"filename {base64.b64encode(b'midway.bin').decode()}",
-        **auth,
-    )
-    path = urlsplit(created.headers["Location"]).path
+    path, auth = _tus_upload(victim, tenant_id, "gus", len(data), "midway.bin")
     file_id = path.rsplit("/", 1)[1]
     first, _ = _request(
         victim,
