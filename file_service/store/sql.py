@@ -9,6 +9,10 @@ Race safety rests on the database, not on one process:
   no interleaving of uploads passes a quota.
 - **Upload offsets** advance by ``UPDATE files … WHERE upload_offset = :offset``; of two
   parts at the same offset one matches, the other updates nothing and is told the offset.
+  On PostgreSQL that update and the part's insert are one statement (the update a
+  ``WITH`` of the insert), run on its own without ``BEGIN``/``COMMIT`` — one round trip,
+  atomic as every statement is — and so are the single-query reads of a file: a tus
+  upload in many PATCHes pays for these on every request.
 - **State changes** that release usage (delete, expiry, ready) lock the file's row first
   (``FOR UPDATE`` on PostgreSQL), so usage is released once and with the size it held.
 """
@@ -22,7 +26,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from file_service.errors import (
@@ -64,6 +68,14 @@ class SqlFileStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        #: Where one statement runs alone: on PostgreSQL without ``BEGIN``/``COMMIT``
+        #: (three round trips fewer on asyncpg); on SQLite, whose transactions are not round
+        #: trips, as every other statement.
+        self._single = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else None
+        )
 
     async def create_pending(self, file: NewFile, limits: FileLimits) -> StoredFile:
         async with write_transaction(self._engine) as conn:
@@ -85,14 +97,14 @@ class SqlFileStore:
         )
 
     async def get(self, tenant_id: str, file_id: str) -> StoredFile | None:
-        async with self._engine.connect() as conn:
+        async with (self._single or self._engine).connect() as conn:
             row = await _file_row(conn, tenant_id, file_id)
         return None if row is None else to_stored_file(row)
 
     async def declared_sha256(self, tenant_id: str, file_id: str) -> str:
         """Raises ``FileNotFound`` when the tenant has no such file."""
         query = select(files.c.declared_sha256).where(*_key(tenant_id, file_id))
-        async with self._engine.connect() as conn:
+        async with (self._single or self._engine).connect() as conn:
             found = (await conn.execute(query)).scalar_one_or_none()
         if found is None:
             raise FileNotFound(file_id)
@@ -144,23 +156,37 @@ class SqlFileStore:
             )
             .values(upload_offset=end)
         )
+        record = {
+            "tenant_id": tenant_id,
+            "file_id": part.file_id,
+            "offset": part.offset,
+            "size": part.size,
+            "blob_key": part.blob_key,
+        }
+        if self._single is not None:
+            # One statement: the part is inserted for each row the update advanced (one or
+            # none), both or neither.
+            advanced = advance.returning(files.c.id).cte("advanced")
+            columns = file_upload_parts.c
+            values = [literal(record[c.name], c.type) for c in columns if c.name != "file_id"]
+            names = [c.name for c in columns if c.name != "file_id"]
+            insert = file_upload_parts.insert().from_select(
+                [*names, "file_id"], select(*values, advanced.c.id)
+            )
+            async with self._single.connect() as conn:
+                if (await conn.execute(insert)).rowcount == 1:
+                    return end
+                row = await _file_row(conn, tenant_id, part.file_id)
+            raise _refusal(row, part, now, max_parts)
         async with write_transaction(self._engine) as conn:
             if (await conn.execute(advance)).rowcount == 1:
-                await conn.execute(
-                    file_upload_parts.insert().values(
-                        tenant_id=tenant_id,
-                        file_id=part.file_id,
-                        offset=part.offset,
-                        size=part.size,
-                        blob_key=part.blob_key,
-                    )
-                )
+                await conn.execute(file_upload_parts.insert().values(**record))
                 return end
             row = await _file_row(conn, tenant_id, part.file_id)
         raise _refusal(row, part, now, max_parts)
 
     async def parts(self, tenant_id: str, file_id: str) -> builtins.list[UploadPart]:
-        async with self._engine.connect() as conn:
+        async with (self._single or self._engine).connect() as conn:
             return await _parts_of(conn, tenant_id, [file_id])
 
     async def truncate_upload(

@@ -209,6 +209,21 @@ async def test_parts_advance_the_offset_and_are_listed_in_order(store: FileStore
     assert stored is not None and stored.upload_offset == 10
 
 
+async def test_parts_past_4_gib_keep_their_64_bit_offsets(store: FileStore) -> None:
+    tenant = new_id()
+    size = 6 << 30
+    limits = FileLimits(max_tenant_bytes=8 << 30, max_tenant_files=10, max_file_bytes=size)
+    file = await store.create_pending(new_file(tenant, size=size), limits)
+
+    assert await store.add_part(part(file, 0, 5 << 30), tenant, now=T0) == 5 << 30
+    assert await store.add_part(part(file, 5 << 30, 1 << 30), tenant, now=T0) == size
+
+    assert await store.parts(tenant, file.id) == [
+        part(file, 0, 5 << 30),
+        part(file, 5 << 30, 1 << 30),
+    ]
+
+
 async def test_a_part_at_another_offset_is_refused_with_the_current_one(store: FileStore) -> None:
     tenant = new_id()
     file = await store.create_pending(new_file(tenant, size=10), LIMITS)
