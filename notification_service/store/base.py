@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
-from sqlalchemy import ColumnElement, String, any_, bindparam, select
+from sqlalchemy import ColumnElement, String, TableValuedAlias, any_, bindparam, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -36,6 +36,19 @@ def one_of(column: ColumnElement[str], name: str, dialect: str) -> ColumnElement
     if dialect == "postgresql":
         return column == any_(bindparam(name, type_=postgresql.ARRAY(String)))
     return column.in_(bindparam(name, expanding=True))
+
+
+def listed(name: str, column: str) -> TableValuedAlias:
+    """PostgreSQL: the strings of the list parameter ``name`` as rows of one column,
+    ``column`` (``unnest``).
+
+    A query that looks each of them up (a correlated subquery, a ``LATERAL``) has one
+    plan whatever the list holds. ``= ANY(:name)`` does not: after five runs PostgreSQL
+    may keep a generic plan, in which the array is a parameter it cannot hash, and
+    filters every row of the tenant's index range by a linear search of the array (a
+    1,000-user send's unread counts took 69 ms that way instead of 6 ms)."""
+    array = bindparam(name, type_=postgresql.ARRAY(String))
+    return func.unnest(array).table_valued(column).render_derived(name=f"listed_{column}")
 
 
 class SqlStoreBase:

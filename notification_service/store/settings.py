@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, delete, insert, select, update
+from sqlalchemy import Select, bindparam, delete, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notification_service.models import (
@@ -25,7 +25,7 @@ from notification_service.models import (
     TenantSettings,
     UserId,
 )
-from notification_service.store.base import SqlStoreBase, chunks, one_of
+from notification_service.store.base import SqlStoreBase, chunks, listed, one_of
 from notification_service.store.rows import (
     preferences_row,
     tenant_settings_values,
@@ -256,9 +256,21 @@ _TENANT_SETTINGS = select(notification_tenant_settings).where(
 
 @functools.cache
 def _preferences_query(dialect: str) -> Select[Any]:
+    tenant = notification_preferences.c.tenant_id == bindparam("tenant_id")
+    if dialect == "postgresql":
+        # One primary-key lookup per user (see base.listed); LIMIT 1 (there is at most
+        # one row) keeps PostgreSQL from turning the LATERAL into a join it may plan as
+        # a scan of the tenant's preferences.
+        users = listed("user_ids", "user_id")
+        found = (
+            select(notification_preferences)
+            .where(tenant, notification_preferences.c.user_id == users.c.user_id)
+            .limit(1)
+            .lateral("found")
+        )
+        return select(found).select_from(users).join(found, true())
     return select(notification_preferences).where(
-        notification_preferences.c.tenant_id == bindparam("tenant_id"),
-        one_of(notification_preferences.c.user_id, "user_ids", dialect),
+        tenant, one_of(notification_preferences.c.user_id, "user_ids", dialect)
     )
 
 

@@ -1,0 +1,92 @@
+"""What a send reads of its recipients — their unread counts and their preferences — on
+the real SQLite and PostgreSQL, as often as a busy process reads them.
+
+PostgreSQL plans a statement it has run five times once for all (a generic plan); these
+tests run each read more often than that, with lists of other lengths each time, and
+check every answer: the reads look each user up (store/base.py ``listed``), and must stay
+right whatever plan they get.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from notification_service.models import (
+    Channel,
+    NotificationId,
+    PlannedChannel,
+    PlannedRecipient,
+    Preferences,
+    SendRequest,
+    UserId,
+)
+from notification_service.store import NewSend, SqlNotificationStore
+from notification_service.store.settings import read_preferences
+from service_kit.validation import new_id
+
+#: More runs than PostgreSQL's five custom plans.
+RUNS = 8
+
+
+def _lists(users: list[str]) -> list[list[str]]:
+    """``RUNS`` lists of users, each of another length."""
+    return [users[run : len(users) - run] for run in range(RUNS)]
+
+
+async def _send(store: SqlNotificationStore, tenant_id: str, user_ids: list[str]) -> None:
+    def plan(_: object) -> list[PlannedRecipient]:
+        channels = (PlannedChannel(Channel.IN_APP),)
+        return [PlannedRecipient(NotificationId(new_id()), UserId(u), channels) for u in user_ids]
+
+    request = SendRequest(title="Hi", user_ids=user_ids, channels=(Channel.IN_APP,))
+    users = [UserId(u) for u in user_ids]
+    now = datetime.now(UTC)
+    await store.create_send(NewSend(tenant_id, new_id(), request, users, plan, now, 3))
+
+
+@pytest.fixture
+async def store(engine: AsyncEngine) -> SqlNotificationStore:
+    return SqlNotificationStore(engine)
+
+
+async def test_unread_counts_are_each_listed_users_own_and_leave_out_empty_inboxes(
+    store: SqlNotificationStore,
+) -> None:
+    tenant, other = new_id(), new_id()
+    users = [f"user-{i}" for i in range(40)]
+    for count in range(1, 4):  # the i-th of the first 30 users gets i % 3 + 1 of them
+        await _send(store, tenant, [u for i, u in enumerate(users[:30]) if i % 3 + 1 >= count])
+    await _send(store, other, users)  # another tenant's inboxes are not counted
+    page, _ = await store.list_inbox(tenant, "user-0", unread_only=False, limit=10, after=None)
+    await store.mark_read(tenant, "user-0", [page[0].id], now=datetime.now(UTC))
+    expected = {u: i % 3 + 1 for i, u in enumerate(users[:30])}
+    expected["user-0"] -= 1
+    for asked in _lists(users):
+        counts = await store.unread_counts(tenant, asked)
+        assert counts == {u: n for u, n in expected.items() if u in asked and n}
+
+
+async def test_preferences_are_read_for_the_listed_users_of_the_tenant_only(
+    store: SqlNotificationStore, engine: AsyncEngine
+) -> None:
+    tenant, other = new_id(), new_id()
+    users = [f"user-{i}" for i in range(20)]
+    now = datetime.now(UTC)
+    for i, user in enumerate(users[:12]):
+        await store.update_preferences(
+            tenant, user, lambda p, i=i: replace(p, email=f"{i}@example.com"), now=now
+        )
+        await store.update_preferences(
+            other, user, lambda p: replace(p, email="other@example.com"), now=now
+        )
+    for asked in _lists(users):
+        async with engine.connect() as conn:
+            found = await read_preferences(conn, tenant, asked)
+        assert {u: p.email for u, p in found.items()} == {
+            u: f"{i}@example.com" for i, u in enumerate(users[:12]) if u in asked
+        }
+        assert all(isinstance(p, Preferences) and p.user_id == u for u, p in found.items())
