@@ -32,8 +32,9 @@ import mmap
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -332,10 +333,10 @@ class _BatchWriter:
 
     async def finish(self, *, sync: bool, close: bool = True) -> str:
         """Write what is left, flush, fsync (when ``sync``) and close (when ``close``); the
-        SHA-256 of every byte (hex)."""
-        await self._hand_over()
+        SHA-256 of every byte (hex). The thread that writes the last batch ends with the
+        flush: one hand-off fewer per request (a tus upload makes one at each PATCH)."""
+        await self._hand_over(then=partial(_flush_and_close if close else _flush, self._file, sync))
         await self._wait_in_flight()
-        await asyncio.to_thread(_flush_and_close if close else _flush, self._file, sync)
         return self._digest.hexdigest() if self._digest is not None else ""
 
     async def settle(self) -> None:
@@ -348,16 +349,18 @@ class _BatchWriter:
         await self.settle()
         await asyncio.to_thread(_close_and_unlink, self._file, temp)
 
-    async def _hand_over(self) -> None:
+    async def _hand_over(self, then: Callable[[], None] | None = None) -> None:
+        """Hand the gathered batch to the threads; the writing one calls ``then`` after it
+        (even with no batch)."""
         await self._wait_in_flight()
-        if not self._gathered:
+        if not self._gathered and then is None:
             return
         pieces, self._gathered, self._gathered_size = self._gathered, [], 0
         self.size += sum(len(piece) for piece in pieces)
         loop = asyncio.get_running_loop()
         # Hashing and writing a MiB take about as long each: two threads do them at once.
-        self._in_flight = [loop.run_in_executor(None, _write_all, self._file, pieces)]
-        if self._digest is not None:
+        self._in_flight = [loop.run_in_executor(None, _write_all, self._file, pieces, then)]
+        if self._digest is not None and pieces:
             self._in_flight.append(loop.run_in_executor(None, _hash_all, self._digest, pieces))
 
     async def _wait_in_flight(self) -> None:
@@ -378,9 +381,11 @@ async def _settled(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _write_all(file: BinaryIO, pieces: list[Chunk]) -> None:
+def _write_all(file: BinaryIO, pieces: list[Chunk], then: Callable[[], None] | None) -> None:
     for piece in pieces:
         file.write(piece)
+    if then is not None:
+        then()
 
 
 def _hash_all(digest: Hash, pieces: list[Chunk]) -> None:
