@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter as TallyCounter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -445,10 +446,14 @@ class NotificationService:
 def _count_in_app(notifications: Sequence[Notification]) -> None:
     """Count the in-app deliveries a send just stored by their state: sent (in the inbox),
     held (waiting for ``send_at``) or skipped (the user turned in-app off)."""
-    for notification in notifications:
-        for delivery in notification.deliveries:
-            if delivery.channel is Channel.IN_APP:
-                NOTIFICATION_DELIVERIES.labels(delivery.channel.value, delivery.state.value).inc()
+    states: TallyCounter[str] = TallyCounter(
+        delivery.state.value
+        for notification in notifications
+        for delivery in notification.deliveries
+        if delivery.channel is Channel.IN_APP
+    )
+    for state, count in states.items():
+        NOTIFICATION_DELIVERIES.labels(Channel.IN_APP.value, state).inc(count)
 
 
 def _check_user(user_id: str, field: str = "user_id") -> None:

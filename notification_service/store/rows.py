@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from notification_service.models import (
@@ -58,8 +59,15 @@ def to_delivery(row: Row) -> Delivery:
     )
 
 
-def summarize(deliveries: Sequence[Delivery]) -> tuple[ChannelDelivery, ...]:
-    """One state per channel, in the API's channel order (see :data:`_PUSH_SUMMARY`)."""
+def summarize(
+    deliveries: Sequence[Delivery], *, landed: datetime | None = None
+) -> tuple[ChannelDelivery, ...]:
+    """One state per channel, in the API's channel order (see :data:`_PUSH_SUMMARY`).
+
+    ``landed``: when the notification landed in its user's inbox, if it asked for the
+    in-app channel. An in-app delivery sent at once has no row (the notification's
+    ``inbox_time`` records it: see :mod:`.send_writes`); without a row it is SENT then.
+    """
     by_channel: dict[Channel, list[Delivery]] = defaultdict(list)
     for delivery in deliveries:
         by_channel[delivery.channel].append(delivery)
@@ -67,6 +75,8 @@ def summarize(deliveries: Sequence[Delivery]) -> tuple[ChannelDelivery, ...]:
     for channel in ALL_CHANNELS:
         found = by_channel.get(channel)
         if not found:
+            if channel is Channel.IN_APP and landed is not None:
+                summary.append(ChannelDelivery(channel, DeliveryState.SENT, landed))
             continue
         states = {d.state for d in found}
         state = next(s for s in _PUSH_SUMMARY if s in states)
@@ -78,6 +88,8 @@ def summarize(deliveries: Sequence[Delivery]) -> tuple[ChannelDelivery, ...]:
 
 def to_notification(row: Row, deliveries: Sequence[Delivery]) -> Notification:
     send_time, read_time, inbox_time = row["send_time"], row["read_time"], row["inbox_time"]
+    channels = channels_of(row["channels"])
+    landed = as_utc(inbox_time) if inbox_time else None
     return Notification(
         id=NotificationId(row["id"]),
         tenant_id=row["tenant_id"],
@@ -86,13 +98,13 @@ def to_notification(row: Row, deliveries: Sequence[Delivery]) -> Notification:
         title=row["title"],
         body=row["body"],
         data=row["data"],
-        channels=channels_of(row["channels"]),
+        channels=channels,
         create_time=as_utc(row["create_time"]),
         channel_id=row["channel_id"] or "",
         send_time=as_utc(send_time) if send_time else None,
         read_time=as_utc(read_time) if read_time else None,
-        deliveries=summarize(deliveries),
-        inbox_time=as_utc(inbox_time) if inbox_time else None,
+        deliveries=summarize(deliveries, landed=landed if Channel.IN_APP in channels else None),
+        inbox_time=landed,
     )
 
 

@@ -15,7 +15,10 @@ them:
    must not appear twice in one call (the batcher runs a repeat after the batch).
 3. **Write** every notification in one statement, the queued deliveries' digest windows
    (locked in one global order) and jobs (:class:`QueuedDeliveries`), every delivery in
-   one statement, and a release job per scheduled send.
+   one statement, and a release job per scheduled send. An in-app delivery sent at once
+   has no row: the notification's ``inbox_time`` is its record (it reads as SENT at that
+   time, :func:`~notification_service.store.rows.summarize`), so the commonest send —
+   in-app only, at once — writes one row per recipient, not two.
 4. **Count** the unread notifications of every inbox a send landed in, once per tenant,
    after the writes (and after ``before_counting``, which lets the caller have its
    transactions count and commit in turn). Each send is answered with the counts as of
@@ -37,9 +40,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from notification_service.models import (
     RELEASE_JOB,
     Channel,
-    Delivery,
+    ChannelDelivery,
     DeliveryState,
     Hold,
+    Notification,
     PlannedChannel,
     PlannedRecipient,
     PushSubscription,
@@ -47,7 +51,7 @@ from notification_service.models import (
 from notification_service.store.base import chunks
 from notification_service.store.inbox import read_unread_counts
 from notification_service.store.queued import QueuedDeliveries
-from notification_service.store.rows import to_delivery, to_notification
+from notification_service.store.rows import summarize, to_delivery
 from notification_service.store.send_models import NewSend, SendExists, SendInputs, StoredSend
 from notification_service.store.settings import (
     read_preferences,
@@ -56,7 +60,7 @@ from notification_service.store.settings import (
 )
 from service_kit import jobs
 from service_kit.clock import rfc3339
-from service_kit.db import insert_ignoring_conflicts
+from service_kit.db import as_utc, insert_ignoring_conflicts
 from service_kit.schema import notification_deliveries, notification_requests, notifications
 from service_kit.validation import new_id
 
@@ -91,39 +95,36 @@ async def write_sends(
         i: _delivery_rows(queued, sends[i], recipients) for i, recipients in planned.items()
     }
     await queued.write(conn)  # digest windows: their ids go in the delivery rows
-    await _insert_rows(
-        conn,
-        [row for i in planned for row in rows[i]],
-        [row for i in planned for row in deliveries[i]],
-    )
+    await _insert_rows(conn, [(sends[i], rows[i], deliveries[i]) for i in planned])
     for index in planned:
         await _enqueue_release(conn, sends[index])
     if before_counting is not None:
         await before_counting()
     unread = await _unread_as_of_each(conn, sends, rows)
     for index in planned:
-        outcomes[index] = _stored(rows[index], deliveries[index], unread[index], inputs[index])
+        outcomes[index] = _stored(
+            sends[index], rows[index], deliveries[index], unread[index], inputs[index]
+        )
     answered = [outcome for outcome in outcomes if outcome is not None]
     assert len(answered) == len(sends)  # each was planned, failed, or found taken
     return answered
 
 
-async def _insert_rows(
-    conn: AsyncConnection,
-    notification_rows: Sequence[dict[str, Any]],
-    delivery_rows: Sequence[dict[str, Any]],
-) -> None:
+#: One send's rows: the send, its notification rows, its delivery rows.
+_SendRows = tuple[NewSend, list[dict[str, Any]], list[dict[str, Any]]]
+
+
+async def _insert_rows(conn: AsyncConnection, written: Sequence[_SendRows]) -> None:
     """Insert the notifications and their deliveries: on PostgreSQL in one statement
     whose parameters are one array per column (one round trip, and no per-row work in
-    SQLAlchemy); on SQLite as two executemany inserts."""
+    SQLAlchemy), what a send's notifications share once per send; on SQLite as two
+    executemany inserts."""
+    notification_rows = [row for _, rows, _ in written for row in rows]
+    delivery_rows = [row for _, _, deliveries in written for row in deliveries]
     if not notification_rows:
         return
     if conn.dialect.name == "postgresql":
-        params = {
-            f"n_{name}": [_pg_value(row[name]) for row in notification_rows]
-            for name in _NOTIFICATION_COLUMNS
-        } | {f"d_{name}": [row[name] for row in delivery_rows] for name in _DELIVERY_COLUMNS}
-        await conn.execute(_PG_INSERT_SENDS, params)
+        await conn.execute(_PG_INSERT_SENDS, _pg_parameters(written))
         return
     for part in chunks(notification_rows):
         await conn.execute(insert(notifications), list(part))
@@ -131,31 +132,56 @@ async def _insert_rows(
         await conn.execute(insert(notification_deliveries), list(part))
 
 
-def _pg_value(value: Any) -> Any:
-    """A column value as the array parameters carry it (JSON documents as their text)."""
-    return json.dumps(value) if isinstance(value, dict | list) else value
+def _pg_parameters(written: Sequence[_SendRows]) -> dict[str, list[Any]]:
+    """The arrays of :data:`_PG_INSERT_SENDS`: ``s_`` one element per send, ``n_`` per
+    notification, ``d_`` per delivery (the last two name their send by its number)."""
+    params: dict[str, list[Any]] = {
+        f"{prefix}{name}": [] for prefix, columns in _PG_ARRAYS for name in columns
+    }
+    for number, (send, rows, deliveries) in enumerate(written, start=1):
+        request = send.request
+        for name, value in (
+            ("tenant_id", send.tenant_id),
+            ("send_id", send.send_id),
+            ("category", request.category),
+            ("title", request.title),
+            ("body", request.body),
+            ("data", json.dumps(dict(request.data))),  # JSON travels as text
+            ("channels", json.dumps([str(c) for c in request.channels])),
+            ("channel_id", request.channel_id or None),
+            ("create_time", send.now),
+            ("send_time", request.send_at),
+        ):
+            params[f"s_{name}"].append(value)
+        for name in _ROW_COLUMNS:
+            params[f"n_{name}"] += [row[name] for row in rows]
+        params["n_send"] += [number] * len(rows)
+        for name in _DELIVERY_COLUMNS:
+            params[f"d_{name}"] += [row[name] for row in deliveries]
+        params["d_send"] += [number] * len(deliveries)
+    return params
 
 
-_NOTIFICATION_COLUMNS = {
-    "id": "text",
+#: What the notifications of one send share (PostgreSQL's arrays; JSON as text, as
+#: asyncpg has no jsonb[] encoder for dicts).
+_SEND_COLUMNS = {
     "tenant_id": "text",
-    "user_id": "text",
     "send_id": "text",
-    "position": "int",
     "category": "text",
     "title": "text",
     "body": "text",
-    "data": "jsonb",
-    "channels": "jsonb",
+    "data": "text",
+    "channels": "text",
     "channel_id": "text",
     "create_time": "timestamptz",
     "send_time": "timestamptz",
-    "inbox_time": "timestamptz",
-    "read_time": "timestamptz",
 }
+#: What each notification has of its own, besides the number of its send.
+_ROW_COLUMNS = {"id": "text", "user_id": "text", "position": "int", "inbox_time": "timestamptz"}
+#: What each delivery has of its own, besides the number of its send (whose tenant and
+#: time it has).
 _DELIVERY_COLUMNS = {
     "id": "text",
-    "tenant_id": "text",
     "notification_id": "text",
     "channel": "text",
     "subscription_id": "text",
@@ -163,30 +189,37 @@ _DELIVERY_COLUMNS = {
     "hold": "text",
     "error": "text",
     "digest_id": "text",
-    "update_time": "timestamptz",
 }
+_PG_ARRAYS = (
+    ("s_", _SEND_COLUMNS),
+    ("n_", _ROW_COLUMNS | {"send": "int"}),
+    ("d_", _DELIVERY_COLUMNS | {"send": "int"}),
+)
 
 
-def _unnest(prefix: str, columns: dict[str, str]) -> str:
-    # JSON documents travel as text (asyncpg has no jsonb[] encoder for dicts).
-    arrays = ", ".join(
-        f"CAST(:{prefix}{name} AS {'text' if kind == 'jsonb' else kind}[])"
-        for name, kind in columns.items()
-    )
-    picked = ", ".join(
-        f"CAST(t.{name} AS jsonb)" if kind == "jsonb" else f"t.{name}"
-        for name, kind in columns.items()
-    )
-    return f"SELECT {picked} FROM unnest({arrays}) AS t({', '.join(columns)})"
+def _unnest(prefix: str, columns: dict[str, str], alias: str, *, numbered: bool = False) -> str:
+    arrays = ", ".join(f"CAST(:{prefix}{name} AS {kind}[])" for name, kind in columns.items())
+    names = ", ".join([*columns, "number"] if numbered else columns)
+    return f"unnest({arrays}){' WITH ORDINALITY' if numbered else ''} AS {alias}({names})"
 
 
-# The notifications (in a data-modifying WITH) and their deliveries, in one statement:
-# the deliveries' foreign keys are checked at its end, once the notifications are in.
+# The notifications (in a data-modifying WITH) and their deliveries, in one statement,
+# each row joined with what its send's rows share: the deliveries' foreign keys are
+# checked at its end, once the notifications are in.
 _PG_INSERT_SENDS = text(
-    f"WITH new_notifications AS (INSERT INTO notifications ({', '.join(_NOTIFICATION_COLUMNS)})"
-    f" {_unnest('n_', _NOTIFICATION_COLUMNS)})"
-    f" INSERT INTO notification_deliveries ({', '.join(_DELIVERY_COLUMNS)})"
-    f" {_unnest('d_', _DELIVERY_COLUMNS)}"
+    f"WITH sends AS (SELECT * FROM {_unnest('s_', _SEND_COLUMNS, 's', numbered=True)}),"
+    " new_notifications AS (INSERT INTO notifications (id, tenant_id, user_id, send_id,"
+    " position, category, title, body, data, channels, channel_id, create_time, send_time,"
+    " inbox_time)"
+    " SELECT n.id, s.tenant_id, n.user_id, s.send_id, n.position, s.category, s.title,"
+    " s.body, CAST(s.data AS jsonb), CAST(s.channels AS jsonb), s.channel_id, s.create_time,"
+    " s.send_time, n.inbox_time"
+    f" FROM {_unnest('n_', _PG_ARRAYS[1][1], 'n')} JOIN sends AS s ON s.number = n.send)"
+    " INSERT INTO notification_deliveries (id, tenant_id, notification_id, channel,"
+    " subscription_id, state, hold, error, digest_id, update_time)"
+    " SELECT d.id, s.tenant_id, d.notification_id, d.channel, d.subscription_id, d.state,"
+    " d.hold, d.error, d.digest_id, s.create_time"
+    f" FROM {_unnest('d_', _PG_ARRAYS[2][1], 'd')} JOIN sends AS s ON s.number = d.send"
 )
 
 
@@ -344,7 +377,7 @@ def _deliveries_of(
                 "error": f"scheduled for {rfc3339(send_at)}",
             }
         elif planned.channel is Channel.IN_APP:
-            row |= {"state": DeliveryState.SENT, "hold": Hold.NONE, "error": ""}
+            continue  # sent: the notification's inbox_time records it (no row)
         else:
             queued.add(
                 row,
@@ -398,17 +431,60 @@ async def _unread_as_of_each(
 
 
 def _stored(
+    send: NewSend,
     rows: list[dict[str, Any]],
     deliveries: list[dict[str, Any]],
     unread: dict[str, int],
     inputs: SendInputs,
 ) -> StoredSend:
-    grouped: dict[str, list[Delivery]] = {row["id"]: [] for row in rows}
-    for delivery in deliveries:
-        grouped[delivery["notification_id"]].append(to_delivery(delivery))
     return StoredSend(
-        [to_notification(row, grouped[row["id"]]) for row in rows],
+        _notifications_of(send, rows, deliveries),
         unread,
         inputs.settings,
         jobs_due=any(d["state"] == DeliveryState.PENDING for d in deliveries),
     )
+
+
+def _notifications_of(
+    send: NewSend, rows: list[dict[str, Any]], deliveries: list[dict[str, Any]]
+) -> list[Notification]:
+    """The notifications of ``rows`` as a read of them would give them, made without
+    reading them back. What a send's notifications share is converted once, and so is
+    each distinct summary of their deliveries (most recipients' are alike)."""
+    own: dict[str, list[dict[str, Any]]] = {row["id"]: [] for row in rows}
+    for delivery in deliveries:
+        own[delivery["notification_id"]].append(delivery)
+    request = send.request
+    now = as_utc(send.now)
+    send_time = as_utc(request.send_at) if request.send_at else None
+    in_app = Channel.IN_APP in request.channels
+    summaries: dict[tuple[Any, ...], tuple[ChannelDelivery, ...]] = {}
+    made = []
+    for row in rows:
+        found = own[row["id"]]
+        landed = row["inbox_time"] is not None
+        key = (landed, *[(d["channel"], d["state"], d["error"]) for d in found])
+        summary = summaries.get(key)
+        if summary is None:
+            summary = summarize(
+                [to_delivery(d) for d in found], landed=now if in_app and landed else None
+            )
+            summaries[key] = summary
+        made.append(
+            Notification(
+                id=row["id"],
+                tenant_id=send.tenant_id,
+                user_id=row["user_id"],
+                category=request.category,
+                title=request.title,
+                body=request.body,
+                data=row["data"],
+                channels=request.channels,
+                create_time=now,
+                channel_id=request.channel_id,
+                send_time=send_time,
+                deliveries=summary,
+                inbox_time=now if landed else None,
+            )
+        )
+    return made

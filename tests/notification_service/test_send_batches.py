@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notification_service.models import (
     Channel,
+    DeliveryState,
     NotificationId,
     PlannedChannel,
     PlannedRecipient,
@@ -329,3 +330,29 @@ async def test_a_batch_that_deadlocks_is_stored_one_send_at_a_time(
     assert batches == [2, 1, 1]
     assert _alone("conflict") - before == 2
     assert await _digest_ids(store, outcomes) == [windows["ann"], windows["bob"]]
+
+
+async def test_an_in_app_delivery_sent_at_once_has_no_row_and_reads_as_sent_when_it_landed(
+    store: SqlNotificationStore, engine: AsyncEngine
+) -> None:
+    """The inbox row records it; a skipped one keeps its row (and its reason)."""
+    tenant = new_id()
+    skipped = PlannedChannel(Channel.IN_APP, "the user turned in_app off")
+    sends = [_send(tenant, "ann", "bob"), _send(tenant, "cy", channels=[skipped])]
+    stored = await _outcomes(store, sends)
+    landed, off = stored[0].notifications, stored[1].notifications[0]
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(notification_deliveries.c.notification_id, notification_deliveries.c.state)
+            )
+        ).all()
+    mine = {n.id for n in [*landed, off]}
+    assert [tuple(r) for r in rows if r.notification_id in mine] == [(off.id, "skipped")]
+    for notification in landed:
+        (in_app,) = notification.deliveries
+        assert (in_app.channel, in_app.state) == (Channel.IN_APP, DeliveryState.SENT)
+        assert in_app.update_time == notification.inbox_time == sends[0].now
+        assert await store.get_notification(tenant, notification.id) == notification
+    assert off.inbox_time is None and off.deliveries[0].state is DeliveryState.SKIPPED
+    assert await store.get_notification(tenant, off.id) == off
