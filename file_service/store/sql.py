@@ -26,7 +26,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, literal, select, update
+from sqlalchemy import BigInteger, ColumnElement, Integer, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from file_service.errors import (
@@ -133,54 +133,25 @@ class SqlFileStore:
         if part.size <= 0:
             raise InvalidFile("an upload part holds at least one byte")
         end = part.offset + part.size
-        held = (
-            select(func.count())
-            .select_from(file_upload_parts)
-            .where(
-                file_upload_parts.c.tenant_id == tenant_id,
-                file_upload_parts.c.file_id == part.file_id,
-            )
-            .scalar_subquery()
-        )
-        advance = (
-            update(files)
-            .where(
-                *_key(tenant_id, part.file_id),
-                files.c.state == FileState.PENDING.value,
-                files.c.upload_offset == part.offset,
-                files.c.expire_time > now,
-                (files.c.size_bytes == 0) | (files.c.size_bytes >= end),
-                # Room for one more part, or this one ends the upload. Parts are added only
-                # by the request that moves the offset, so the count cannot change meanwhile.
-                (held + 1 < max_parts) | (files.c.size_bytes == end),
-            )
-            .values(upload_offset=end)
-        )
-        record = {
-            "tenant_id": tenant_id,
-            "file_id": part.file_id,
-            "offset": part.offset,
-            "size": part.size,
-            "blob_key": part.blob_key,
+        values = {
+            "p_tenant_id": tenant_id,
+            "p_file_id": part.file_id,
+            "p_offset": part.offset,
+            "p_size": part.size,
+            "p_end": end,
+            "p_blob_key": part.blob_key,
+            "p_now": now,
+            "p_max_parts": max_parts,
         }
         if self._single is not None:
-            # One statement: the part is inserted for each row the update advanced (one or
-            # none), both or neither.
-            advanced = advance.returning(files.c.id).cte("advanced")
-            columns = file_upload_parts.c
-            values = [literal(record[c.name], c.type) for c in columns if c.name != "file_id"]
-            names = [c.name for c in columns if c.name != "file_id"]
-            insert = file_upload_parts.insert().from_select(
-                [*names, "file_id"], select(*values, advanced.c.id)
-            )
             async with self._single.connect() as conn:
-                if (await conn.execute(insert)).rowcount == 1:
+                if (await conn.execute(_ADVANCE_AND_RECORD, values)).rowcount == 1:
                     return end
                 row = await _file_row(conn, tenant_id, part.file_id)
             raise _refusal(row, part, now, max_parts)
         async with write_transaction(self._engine) as conn:
-            if (await conn.execute(advance)).rowcount == 1:
-                await conn.execute(file_upload_parts.insert().values(**record))
+            if (await conn.execute(_ADVANCE, values)).rowcount == 1:
+                await conn.execute(_RECORD, values)
                 return end
             row = await _file_row(conn, tenant_id, part.file_id)
         raise _refusal(row, part, now, max_parts)
@@ -429,13 +400,61 @@ def _key(tenant_id: str, file_id: str) -> tuple[ColumnElement[bool], ColumnEleme
     return files.c.tenant_id == tenant_id, files.c.id == file_id
 
 
+# The statements of every tus PATCH, built once with bound parameters: building them anew
+# (and their cache keys) took about as long as running them.
+_FILE = select(files).where(
+    files.c.tenant_id == bindparam("p_tenant_id"), files.c.id == bindparam("p_file_id")
+)
+_FILE_LOCKED = _FILE.with_for_update()
+_PARTS_HELD = (
+    select(func.count())
+    .select_from(file_upload_parts)
+    .where(
+        file_upload_parts.c.tenant_id == bindparam("p_tenant_id"),
+        file_upload_parts.c.file_id == bindparam("p_file_id"),
+    )
+    .scalar_subquery()
+)
+_END = bindparam("p_end", type_=BigInteger)
+#: Moves an upload's offset from ``p_offset`` to ``p_end`` — if it is there, pending, not
+#: expired at ``p_now``, the part ends within the declared size, and there is room for one
+#: more part or this one ends the upload (parts are added only by the request that moves
+#: the offset, so their count cannot change meanwhile).
+_ADVANCE = (
+    update(files)
+    .where(
+        files.c.tenant_id == bindparam("p_tenant_id"),
+        files.c.id == bindparam("p_file_id"),
+        files.c.state == FileState.PENDING.value,
+        files.c.upload_offset == bindparam("p_offset"),
+        files.c.expire_time > bindparam("p_now"),
+        (files.c.size_bytes == 0) | (files.c.size_bytes >= _END),
+        (_PARTS_HELD + 1 < bindparam("p_max_parts", type_=Integer)) | (files.c.size_bytes == _END),
+    )
+    .values(upload_offset=_END)
+)
+_PART_VALUES = {
+    "tenant_id": bindparam("p_tenant_id", type_=file_upload_parts.c.tenant_id.type),
+    "offset": bindparam("p_offset", type_=BigInteger),
+    "size": bindparam("p_size", type_=BigInteger),
+    "blob_key": bindparam("p_blob_key", type_=file_upload_parts.c.blob_key.type),
+}
+_RECORD = file_upload_parts.insert().values(
+    file_id=bindparam("p_file_id", type_=file_upload_parts.c.file_id.type), **_PART_VALUES
+)
+_ADVANCED = _ADVANCE.returning(files.c.id).cte("advanced")
+#: PostgreSQL: :data:`_ADVANCE` and :data:`_RECORD` in one statement — the part is inserted
+#: for the row the update advanced, if it did: both or neither.
+_ADVANCE_AND_RECORD = file_upload_parts.insert().from_select(
+    [*_PART_VALUES, "file_id"], select(*_PART_VALUES.values(), _ADVANCED.c.id)
+)
+
+
 async def _file_row(
     conn: AsyncConnection, tenant_id: str, file_id: str, *, lock: bool = False
 ) -> Row | None:
-    query = select(files).where(*_key(tenant_id, file_id))
-    if lock:
-        query = query.with_for_update()
-    row = (await conn.execute(query)).first()
+    query = _FILE_LOCKED if lock else _FILE
+    row = (await conn.execute(query, {"p_tenant_id": tenant_id, "p_file_id": file_id})).first()
     return None if row is None else row._mapping
 
 
