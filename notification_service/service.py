@@ -57,6 +57,7 @@ from notification_service.models import (
     InboxPage,
     Notification,
     NotificationId,
+    PlannedChannel,
     PlannedRecipient,
     Preferences,
     PushSubscription,
@@ -232,29 +233,33 @@ class NotificationService:
         now: datetime,
     ) -> list[PlannedRecipient]:
         """Every recipient's channels (called by the store inside the send's transaction,
-        with what it read there)."""
+        with what it read there). Recipients with neither preferences nor push
+        subscriptions — most, in a large send — all get one plan, made once."""
         preferences, settings, subscriptions = (
             inputs.preferences,
             inputs.settings,
             inputs.subscriptions,
         )
+        reach = Reachability(
+            smtp_configured=self._options.smtp_configured,
+            tenant_webhook_url=settings.webhook_url,
+            push_available=self._options.push_available,
+            webhook_available=self._options.webhook_available,
+        )
+
+        def plan(own: Preferences, reach: Reachability) -> tuple[PlannedChannel, ...]:
+            return plan_recipient(request.channels, request.category, own, settings, reach, now=now)
+
+        # plan_recipient does not look at whose preferences it is given.
+        by_default = plan(Preferences(UserId("")), reach)
         planned = []
         for user_id in user_ids:
-            reach = Reachability(
-                smtp_configured=self._options.smtp_configured,
-                push_subscription_ids=tuple(s.id for s in subscriptions.get(user_id, ())),
-                tenant_webhook_url=settings.webhook_url,
-                push_available=self._options.push_available,
-                webhook_available=self._options.webhook_available,
-            )
-            plans = plan_recipient(
-                request.channels,
-                request.category,
-                preferences.get(user_id) or Preferences(user_id),
-                settings,
-                reach,
-                now=now,
-            )
+            own, pushes = preferences.get(user_id), subscriptions.get(user_id)
+            if own is None and not pushes:
+                plans = by_default
+            else:
+                ids = tuple(s.id for s in pushes or ())
+                plans = plan(own or Preferences(user_id), replace(reach, push_subscription_ids=ids))
             planned.append(PlannedRecipient(NotificationId(new_id()), user_id, plans))
         return planned
 

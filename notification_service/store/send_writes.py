@@ -335,8 +335,14 @@ def _delivery_rows(
 ) -> list[dict[str, Any]]:
     """The delivery rows of a send, its queued ones added to ``queued``."""
     rows = []
+    at_once = send.request.send_at is None
     for recipient in recipients:
-        for planned in sorted(recipient.channels, key=lambda c: str(c.channel)):
+        channels = recipient.channels
+        if len(channels) > 1:
+            channels = tuple(sorted(channels, key=lambda c: str(c.channel)))
+        for planned in channels:
+            if at_once and planned.channel is Channel.IN_APP and planned.skipped is None:
+                continue  # sent: the notification's inbox_time records it (no row)
             rows += _deliveries_of(queued, send, recipient, planned)
     return rows
 
@@ -376,8 +382,6 @@ def _deliveries_of(
                 "hold": Hold.SCHEDULED,
                 "error": f"scheduled for {rfc3339(send_at)}",
             }
-        elif planned.channel is Channel.IN_APP:
-            continue  # sent: the notification's inbox_time records it (no row)
         else:
             queued.add(
                 row,

@@ -237,6 +237,30 @@ async def test_a_push_subscription_that_is_gone_is_removed(world: World, tenant:
     assert "PRIVATE KEY" in vapid.private_pem and [i.title for i in items] == ["Ping"]
 
 
+async def test_one_send_plans_each_recipient_by_their_own_preferences_and_browsers(
+    world: World, tenant: Tenant
+) -> None:
+    """Recipients without preferences or browsers share one plan; the others get theirs."""
+    await tenant.users("ava", "ben", "cal", "dee")
+    await emailable(tenant, "ben")
+    await subscribe(tenant, "cal", "https://push.example.com/cal")
+    await tenant.preferences("dee", enabled_channels=[EMAIL])  # in-app and push off
+    sent = await tenant.send("ava", "ben", "cal", "dee", channels=[IN_APP, EMAIL, PUSH])
+    no_email = (SKIPPED, "the user has no email address in their preferences")
+    no_push = (SKIPPED, "the user has no push subscription")
+    assert [states(n) for n in sent] == [
+        {IN_APP: (SENT, ""), EMAIL: no_email, PUSH: no_push},
+        {IN_APP: (SENT, ""), EMAIL: (PENDING, ""), PUSH: no_push},
+        {IN_APP: (SENT, ""), EMAIL: no_email, PUSH: (PENDING, "")},
+        {
+            IN_APP: (SKIPPED, "the user turned in_app off"),
+            EMAIL: no_email,
+            PUSH: (SKIPPED, "the user turned push off"),
+        },
+    ]
+    assert [(await tenant.get(n.id)) for n in sent] == sent
+
+
 async def test_an_email_queued_before_the_user_unsubscribed_is_not_sent(
     world: World, tenant: Tenant
 ) -> None:
