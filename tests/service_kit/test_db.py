@@ -1,5 +1,6 @@
 """The database helpers: a cancelled SQLite writer lets go, outages are told apart from
-bugs, problems are named, and a missing PostgreSQL database is created."""
+bugs, problems are named, a missing PostgreSQL database is created, and a transaction
+through the driver itself keeps SQLAlchemy's promises."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from service_kit.db import (
     create_database,
     create_engine,
     database_unavailable,
+    driver_transaction,
     write_transaction,
 )
 from service_kit.errors import Unavailable
@@ -231,6 +233,15 @@ async def terminate(pids: list[int]) -> None:
     admin = await asyncpg.connect(PG_ADMIN_URL)
     try:
         await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", pids)
+    finally:
+        await admin.close()
+    await backends_gone(pids)
+
+
+async def backends_gone(pids: list[int]) -> None:
+    """Return once the server processes ``pids`` have ended."""
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    try:
         while True:
             if not await admin.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
@@ -291,4 +302,82 @@ async def test_connections_ended_before_the_loop_noticed_are_replaced_without_an
     blocked = threading.Thread(target=asyncio.run, args=(terminate(pids),))
     blocked.start()
     blocked.join()  # blocks this loop on purpose
+    assert await select_one_on_each(pg_engine) == [1] * POOLED
+
+
+# -- driver_transaction: asyncpg itself, with SQLAlchemy's promises ---------------------
+
+
+@pytest.fixture
+async def keyed_table(pg_engine: AsyncEngine) -> str:
+    """A fresh table with a unique key, on the session's PostgreSQL database."""
+    name = f"keyed_{uuid.uuid4().hex[:8]}"
+    async with pg_engine.begin() as conn:
+        await conn.execute(text(f"CREATE TABLE {name} (key TEXT PRIMARY KEY)"))
+    return name
+
+
+async def keys(engine: AsyncEngine, table: str) -> list[str]:
+    async with engine.connect() as conn:
+        return [row.key for row in await conn.execute(text(f"SELECT key FROM {table}"))]
+
+
+async def insert(engine: AsyncEngine, table: str, *values: str) -> None:
+    """Insert ``values`` into ``table`` in one driver transaction."""
+    async with driver_transaction(engine) as driver:
+        for value in values:
+            await driver.execute(f"INSERT INTO {table} VALUES ($1)", value)
+
+
+async def test_a_driver_transaction_commits_what_it_wrote(
+    pg_engine: AsyncEngine, keyed_table: str
+) -> None:
+    await insert(pg_engine, keyed_table, "kept", "also kept")
+    assert sorted(await keys(pg_engine, keyed_table)) == ["also kept", "kept"]
+
+
+async def test_a_driver_transaction_that_fails_keeps_nothing_and_the_pool_serves_again(
+    pg_engine: AsyncEngine, keyed_table: str
+) -> None:
+    with pytest.raises(RuntimeError):
+        async with driver_transaction(pg_engine) as driver:
+            await driver.execute(f"INSERT INTO {keyed_table} VALUES ($1)", "dropped")
+            raise RuntimeError("the caller's own failure")
+    await insert(pg_engine, keyed_table, "dropped")
+    assert await keys(pg_engine, keyed_table) == ["dropped"]
+
+
+async def test_a_constraint_violation_is_sqlalchemys_integrity_error_and_rolls_back(
+    pg_engine: AsyncEngine, keyed_table: str
+) -> None:
+    await insert(pg_engine, keyed_table, "taken")
+    with pytest.raises(IntegrityError):
+        await insert(pg_engine, keyed_table, "first", "taken")
+    assert await keys(pg_engine, keyed_table) == ["taken"]  # "first" went with it
+    assert await select_one_on_each(pg_engine) == [1] * POOLED  # every connection serves
+
+
+async def test_a_driver_transaction_cancelled_mid_statement_ends_its_backend_and_holds_nothing(
+    pg_engine: AsyncEngine, keyed_table: str
+) -> None:
+    started = asyncio.Event()
+    pids: list[int] = []
+
+    async def cancelled_writer() -> None:
+        async with driver_transaction(pg_engine) as driver:
+            pids.append(await driver.fetchval("SELECT pg_backend_pid()"))
+            await driver.execute(f"INSERT INTO {keyed_table} VALUES ($1)", "held")
+            started.set()
+            await driver.execute("SELECT pg_sleep(60)")
+
+    task = asyncio.create_task(cancelled_writer())
+    await started.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    # Invalidated, not pooled mid-transaction: its backend goes (rolling back), so the
+    # row it held is free for the next writer, and the pool serves on fresh connections.
+    await backends_gone(pids)
+    await insert(pg_engine, keyed_table, "held")
+    assert await keys(pg_engine, keyed_table) == ["held"]
     assert await select_one_on_each(pg_engine) == [1] * POOLED

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
+from typing import Any
 
 from gateway_bridge.gateway.channels.errors import (
     AttachmentsNotReady,
@@ -95,6 +97,9 @@ class Refused:
     error: ChannelNotFound | NotAllowed | AttachmentsNotReady
 
 
+#: An empty mapping that nobody can change (``plan_batch``'s default lookups).
+_NONE: Mapping[Any, Any] = MappingProxyType({})
+
 Outcome = Placed | Earlier | RepeatOf | Alone | Refused
 
 
@@ -127,8 +132,8 @@ def plan_batch(
     *,
     channels: Collection[LockedChannel],
     members: Collection[tuple[str, str]],
-    stored: Mapping[tuple[str, str], Message],
-    ready: Mapping[FileKey, ReadyFile],
+    stored: Mapping[tuple[str, str], Message] = _NONE,
+    ready: Mapping[FileKey, ReadyFile] = _NONE,
     now: datetime,
     make_id: Callable[[], str],
 ) -> Plan:
@@ -137,9 +142,10 @@ def plan_batch(
     ``channels`` are the locked rows of the batch's channels (a missing one does not
     exist), ``members`` the ``(channel_id, user_id)`` memberships of its senders,
     ``stored`` the stored messages by ``(channel_id, idempotency_key)``, ``ready`` the
-    ready files among the sends' attachments by ``(tenant_id, file_id)``; ``now`` is
-    the time of the new messages and ``make_id`` names each of them. An empty user
-    id is the tenant's backend itself, which may write anywhere in the tenant.
+    ready files among the sends' attachments by ``(tenant_id, file_id)`` (both empty
+    unless given); ``now`` is the time of the new messages and ``make_id`` names each
+    of them. An empty user id is the tenant's backend itself, which may write anywhere
+    in the tenant.
     """
     locked = {channel.id: channel for channel in channels}
     last_seq = {channel.id: channel.last_seq for channel in channels}

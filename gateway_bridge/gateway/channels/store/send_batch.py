@@ -27,6 +27,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -85,37 +86,51 @@ async def lock_channels(
 ) -> tuple[list[LockedChannel], set[tuple[str, str]]]:
     """The rows of ``channel_ids`` that exist, locked until the transaction ends (in id
     order), and the ``(channel_id, user_id)`` memberships of ``senders`` in them."""
-    rows: Sequence[Any]
     if conn.dialect.name == "postgresql":
-        rows = (await conn.exec_driver_sql(_PG_LOCK, (list(channel_ids), list(senders)))).all()
-        members = {(r.id, user_id) for r in rows for user_id in r.members}
-    else:
-        # SQLite: the transaction's BEGIN IMMEDIATE already holds the one write lock.
-        member_ids = (
-            select(func.json_group_array(channel_members.c.user_id))
-            .where(
-                channel_members.c.channel_id == channels.c.id,
-                channel_members.c.user_id.in_(senders),
-            )
-            .correlate(channels)
-            .scalar_subquery()
+        return _locked(
+            (await conn.exec_driver_sql(_PG_LOCK, (list(channel_ids), list(senders)))).all()
         )
-        rows = (
-            await conn.execute(
-                select(
-                    channels.c.id,
-                    channels.c.tenant_id,
-                    channels.c.type,
-                    channels.c.last_seq,
-                    member_ids.label("members"),
-                )
-                .where(channels.c.id.in_(channel_ids))
-                .order_by(channels.c.id)
+    # SQLite: the transaction's BEGIN IMMEDIATE already holds the one write lock.
+    member_ids = (
+        select(func.json_group_array(channel_members.c.user_id))
+        .where(
+            channel_members.c.channel_id == channels.c.id,
+            channel_members.c.user_id.in_(senders),
+        )
+        .correlate(channels)
+        .scalar_subquery()
+    )
+    rows = (
+        await conn.execute(
+            select(
+                channels.c.id,
+                channels.c.tenant_id,
+                channels.c.type,
+                channels.c.last_seq,
+                member_ids.label("members"),
             )
-        ).all()
-        members = {(r.id, user_id) for r in rows for user_id in json.loads(r.members or "[]")}
-    locked = [LockedChannel(r.id, r.tenant_id, ChannelType(r.type), int(r.last_seq)) for r in rows]
-    return locked, members
+            .where(channels.c.id.in_(channel_ids))
+            .order_by(channels.c.id)
+        )
+    ).all()
+    return _locked([(*r[:4], json.loads(r.members or "[]")) for r in rows])
+
+
+async def lock_channels_pg(
+    driver: asyncpg.Connection, channel_ids: Sequence[str], senders: Sequence[str]
+) -> tuple[list[LockedChannel], set[tuple[str, str]]]:
+    """:func:`lock_channels` on PostgreSQL through the driver itself (``driver`` in a
+    transaction, :func:`service_kit.db.driver_transaction`)."""
+    return _locked(await driver.fetch(_PG_LOCK, list(channel_ids), list(senders)))
+
+
+def _locked(
+    rows: Sequence[Sequence[Any]],
+) -> tuple[list[LockedChannel], set[tuple[str, str]]]:
+    """The locked channels and memberships of ``(id, tenant_id, type, last_seq, members)``
+    rows."""
+    locked = [LockedChannel(r[0], r[1], ChannelType(r[2]), int(r[3])) for r in rows]
+    return locked, {(r[0], user_id) for r in rows for user_id in r[4]}
 
 
 async def store_placed(
@@ -128,7 +143,32 @@ async def store_placed(
     ``now``) and their ``message:created`` events; the events as recorded, in order."""
     if not placed:
         return []
-    created = [
+    created = _created_events(placed, now)
+    if conn.dialect.name == "postgresql":
+        rows = await conn.exec_driver_sql(_PG_STORE, _pg_store_args(placed, last_seq, created))
+        return _recorded(created, rows.all())
+    return _recorded(created, await _store_sqlite(conn, placed, last_seq, created))
+
+
+async def store_placed_pg(
+    driver: asyncpg.Connection,
+    placed: Sequence[Placed],
+    last_seq: dict[str, int],
+    now: datetime,
+) -> list[ev.ChatEvent]:
+    """:func:`store_placed` on PostgreSQL through the driver itself (``driver`` in a
+    transaction, :func:`service_kit.db.driver_transaction`)."""
+    if not placed:
+        return []
+    created = _created_events(placed, now)
+    return _recorded(
+        created, await driver.fetch(_PG_STORE, *_pg_store_args(placed, last_seq, created))
+    )
+
+
+def _created_events(placed: Sequence[Placed], now: datetime) -> list[ev.ChatEvent]:
+    """The ``message:created`` events of ``placed``, before they are recorded (cursor 0)."""
+    return [
         ev.ChatEvent(
             0,  # its cursor, once recorded
             new_id(),
@@ -141,44 +181,41 @@ async def store_placed(
         )
         for p in placed
     ]
-    store = _store_pg if conn.dialect.name == "postgresql" else _store_sqlite
-    cursors = await store(conn, placed, last_seq, created)
+
+
+def _recorded(created: Sequence[ev.ChatEvent], rows: Sequence[Sequence[Any]]) -> list[ev.ChatEvent]:
+    """``created`` with the cursors of the ``(id, event_id)`` rows that recorded them."""
+    cursors = {row[1]: int(row[0]) for row in rows}
     return [replace(e, cursor=cursors[e.event_id]) for e in created]
 
 
-async def _store_pg(
-    conn: AsyncConnection,
-    placed: Sequence[Placed],
-    last_seq: dict[str, int],
-    created: Sequence[ev.ChatEvent],
-) -> dict[str, int]:
+def _pg_store_args(
+    placed: Sequence[Placed], last_seq: dict[str, int], created: Sequence[ev.ChatEvent]
+) -> tuple[Any, ...]:
+    """The parameters of ``_PG_STORE``: one array per column."""
     sent = [p.message for p in placed]
-    rows = await conn.exec_driver_sql(
-        _PG_STORE,
-        (
-            list(last_seq),
-            list(last_seq.values()),
-            created[0].created_at,
-            [m.id for m in sent],
-            [m.tenant_id for m in sent],
-            [m.channel_id for m in sent],
-            [m.user_id for m in sent],
-            [m.content for m in sent],
-            [m.message_type for m in sent],
-            [_json(list(m.attachment_ids)) if m.attachment_ids else "[]" for m in sent],
-            [
-                _json([attachment_data(a) for a in m.attachments]) if m.attachments else "[]"
-                for m in sent
-            ],
-            [m.seq for m in sent],
-            [p.idempotency_key for p in placed],
-            vocab.MESSAGE_CREATED,
-            ACTIVE_WEBHOOK,
-            [e.data_text for e in created],
-            [e.event_id for e in created],
-        ),
+    return (
+        list(last_seq),
+        list(last_seq.values()),
+        created[0].created_at,
+        [m.id for m in sent],
+        [m.tenant_id for m in sent],
+        [m.channel_id for m in sent],
+        [m.user_id for m in sent],
+        [m.content for m in sent],
+        [m.message_type for m in sent],
+        [_json(list(m.attachment_ids)) if m.attachment_ids else "[]" for m in sent],
+        [
+            _json([attachment_data(a) for a in m.attachments]) if m.attachments else "[]"
+            for m in sent
+        ],
+        [m.seq for m in sent],
+        [p.idempotency_key for p in placed],
+        vocab.MESSAGE_CREATED,
+        ACTIVE_WEBHOOK,
+        [e.data_text for e in created],
+        [e.event_id for e in created],
     )
-    return {row.event_id: int(row.id) for row in rows.all()}
 
 
 async def _store_sqlite(
@@ -186,7 +223,7 @@ async def _store_sqlite(
     placed: Sequence[Placed],
     last_seq: dict[str, int],
     created: Sequence[ev.ChatEvent],
-) -> dict[str, int]:
+) -> Sequence[Any]:
     await conn.execute(
         update(channels)
         .where(channels.c.id == bindparam("taken_id"))
@@ -213,7 +250,7 @@ async def _store_sqlite(
             for e in created
         ],
     )
-    return {row.event_id: int(row.id) for row in result.all()}
+    return result.all()
 
 
 def _json(value: Any) -> str:
