@@ -12,9 +12,11 @@ without bound. Publishing is best-effort, as the bus is: the inbox in the databa
 the truth, and a client that missed a live message sees the notification with
 ``ListNotifications``.
 
-Each notification is converted to its wire form once: :meth:`LivePublisher.publish`
-returns the ``keel.notifications.v1.Notification`` messages it put in the bus message,
-and the servicer answers ``SendNotification`` with those same messages.
+Each notification is converted to its wire form once (a send's many alike ones by
+copying one: :func:`~notification_service.convert.notifications_to_proto`):
+:meth:`LivePublisher.publish` returns the ``keel.notifications.v1.Notification``
+messages it put in the bus message, and the servicer answers ``SendNotification`` with
+those same messages.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Final, Protocol
 from keel.notifications.v1 import live_pb2
 from keel.notifications.v1 import notifications_pb2 as pb
 
-from notification_service.convert import notification_to_proto
+from notification_service.convert import notifications_to_proto
 from notification_service.models import Notification
 from service_kit.batching import Batcher
 from service_kit.bus import NOTIFICATIONS_LIVE_TOPIC, EventBus
@@ -75,7 +77,7 @@ class BusLivePublisher:
     async def _publish_together(self, batch: list[_Announcement]) -> list[list[pb.Notification]]:
         # Converted before anything is published, so that every caller gets its messages
         # even when the bus fails.
-        converted = [[notification_to_proto(n) for n, _ in items] for _, items in batch]
+        converted = [notifications_to_proto([n for n, _ in items]) for _, items in batch]
         merged: dict[str, list[tuple[pb.Notification, int]]] = {}
         for (tenant_id, items), messages in zip(batch, converted, strict=True):
             merged.setdefault(tenant_id, []).extend(
@@ -90,32 +92,43 @@ class BusLivePublisher:
     ) -> None:
         # An item's size is what a message of it alone would take.
         envelope = live_pb2.LiveNotifications(tenant_id=tenant_id).ByteSize()
-        batch: list[live_pb2.LiveNotification] = []
+        message = live_pb2.LiveNotifications(tenant_id=tenant_id)
         size = 0
         for notification, unread in items:
-            item = live_pb2.LiveNotification(notification=notification, unread_count=unread)
-            item_size = envelope + _repeated_field_size(item.ByteSize())
-            if batch and size + item_size > self._max_bytes:
-                await self._send(tenant_id, batch)
-                batch, size = [], 0
-            batch.append(item)
+            item_size = envelope + _repeated_field_size(
+                _live_item_size(notification.ByteSize(), unread)
+            )
+            if message.items and size + item_size > self._max_bytes:
+                await self._send(message)
+                message, size = live_pb2.LiveNotifications(tenant_id=tenant_id), 0
+            message.items.add(unread_count=unread).notification.CopyFrom(notification)
             size += item_size
-        if batch:
-            await self._send(tenant_id, batch)
+        if message.items:
+            await self._send(message)
 
-    async def _send(self, tenant_id: str, batch: list[live_pb2.LiveNotification]) -> None:
-        payload = live_pb2.LiveNotifications(tenant_id=tenant_id, items=batch).SerializeToString()
+    async def _send(self, message: live_pb2.LiveNotifications) -> None:
         try:
-            await self._bus.publish(NOTIFICATIONS_LIVE_TOPIC, payload)
+            await self._bus.publish(NOTIFICATIONS_LIVE_TOPIC, message.SerializeToString())
         except Exception:  # the bus is best-effort; the inbox already holds them
             log.warning(
                 "could not publish live notifications",
                 exc_info=True,
-                extra={"tenant_id": tenant_id, "count": len(batch)},
+                extra={"tenant_id": message.tenant_id, "count": len(message.items)},
             )
+
+
+def _live_item_size(notification_size: int, unread: int) -> int:
+    """Bytes of a ``LiveNotification`` holding a notification of ``notification_size``
+    bytes (field 1) and ``unread`` (field 2, absent when 0)."""
+    size = 1 + _varint_size(notification_size) + notification_size
+    return size + (1 + _varint_size(unread) if unread else 0)
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
 
 
 def _repeated_field_size(message_size: int) -> int:
     """Bytes one element of ``LiveNotifications.items`` (field 2) takes: its one-byte tag,
     its length as a varint, and the message."""
-    return 1 + max(1, (message_size.bit_length() + 6) // 7) + message_size
+    return 1 + _varint_size(message_size) + message_size

@@ -4,13 +4,19 @@ would)."""
 
 from __future__ import annotations
 
+from dataclasses import fields as dataclass_fields
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 from keel.notifications.v1 import notifications_pb2 as pb
 
-from notification_service.convert import notification_to_proto
+from notification_service.convert import (
+    WIRE_CONTENT,
+    notification_to_proto,
+    notifications_to_proto,
+)
 from notification_service.models import (
     Channel,
     ChannelDelivery,
@@ -108,3 +114,19 @@ def test_the_wire_form_carries_every_field(notification: Notification) -> None:
     every = {f.name for f in pb.Notification.DESCRIPTOR.fields}
     if notification.read_time is not None:  # every field set: none left at its default
         assert {f.name for f, _ in made.ListFields()} == every
+
+
+def test_a_sends_alike_notifications_are_copied_and_others_converted_on_their_own() -> None:
+    full, bare = _full(), _bare()
+    alike = [replace(full, id=NotificationId(f"id-{i}"), user_id=UserId(f"u{i}")) for i in range(3)]
+    # Equal but not the same objects: converted on their own, to the same wire form.
+    equal = replace(alike[0], id=NotificationId("id-eq"), title="".join(["Tit", "le"]))
+    given = [*alike, bare, equal, replace(alike[1], id=NotificationId("id-last"))]
+    made = notifications_to_proto(given)
+    assert made == [notification_to_proto(n) for n in given]
+    assert len({id(m) for m in made}) == len(given)  # each its own message
+
+
+def test_a_notification_puts_on_the_wire_its_content_besides_its_id_and_user() -> None:
+    fields = {f.name for f in dataclass_fields(Notification)}
+    assert set(WIRE_CONTENT) == fields - {"id", "user_id", "tenant_id", "inbox_time"}

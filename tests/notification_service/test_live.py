@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 from keel.notifications.v1 import live_pb2
 
-from notification_service.live import BusLivePublisher
+from notification_service.convert import notification_to_proto
+from notification_service.live import BusLivePublisher, _live_item_size
 from notification_service.models import Channel, Notification, NotificationId, UserId
 from service_kit.bus import NOTIFICATIONS_LIVE_TOPIC, InProcessEventBus
 
@@ -65,3 +66,10 @@ async def test_a_large_announcement_is_split_into_messages_of_bounded_size() -> 
     assert all(m.ByteSize() <= 400 for m in messages)
     titles = [i.notification.title for m in messages for i in m.items]
     assert titles == [f"n{i:03}" for i in range(20)]
+
+
+def test_an_items_size_is_counted_as_protobuf_encodes_it() -> None:
+    wire = notification_to_proto(_notification("t1", "sized"))
+    for unread in (0, 1, 127, 128, 1 << 20):
+        item = live_pb2.LiveNotification(notification=wire, unread_count=unread)
+        assert _live_item_size(wire.ByteSize(), unread) == item.ByteSize()

@@ -5,7 +5,7 @@ retry, which publishes nothing, still answers every notification."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 from keel.notifications.v1 import live_pb2
@@ -19,16 +19,30 @@ from tests.notification_service.conftest import Tenant, World
 
 @pytest.fixture
 def conversions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The ids of the notifications converted to protobuf, one entry per conversion."""
+    """The ids of the notifications made into their wire form, one entry each time one
+    is: alone (``notification_to_proto``) or among others (``notifications_to_proto``,
+    which the live side uses and which may copy one for the others)."""
     converted: list[str] = []
-    real: Callable[[Notification], pb.Notification] = convert.notification_to_proto
+    one: Callable[[Notification], pb.Notification] = convert.notification_to_proto
+    many: Callable[[Sequence[Notification]], list[pb.Notification]] = convert.notifications_to_proto
+    among_others = False
 
-    def counting(notification: Notification) -> pb.Notification:
-        converted.append(notification.id)
-        return real(notification)
+    def counting_one(notification: Notification) -> pb.Notification:
+        if not among_others:
+            converted.append(notification.id)
+        return one(notification)
 
-    monkeypatch.setattr(convert, "notification_to_proto", counting)
-    monkeypatch.setattr(live, "notification_to_proto", counting)
+    def counting_many(notifications: Sequence[Notification]) -> list[pb.Notification]:
+        nonlocal among_others
+        converted.extend(n.id for n in notifications)
+        among_others = True
+        try:
+            return many(notifications)
+        finally:
+            among_others = False
+
+    monkeypatch.setattr(convert, "notification_to_proto", counting_one)
+    monkeypatch.setattr(live, "notifications_to_proto", counting_many)
     return converted
 
 
