@@ -7,13 +7,14 @@ the bus topic :data:`~gateway_bridge.vocabulary.CHAT_EVENTS_TOPIC`;
 unpublished, so none is lost. The channel service records events
 (:mod:`~gateway_bridge.gateway.channels.drafts` says what each carries); the event
 service reads them back for webhooks and subscriptions. An event's JSON is encoded
-once, when it is recorded, and every consumer passes the same text along.
+once, when it is recorded, and every consumer passes the same text along; events
+committed together travel as one bus payload (:func:`encode_events`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -93,22 +94,14 @@ class ChatEvent:
 
     @classmethod
     def decode(cls, payload: bytes) -> ChatEvent:
-        """The event :meth:`encode` wrote (the data's text is kept, not parsed).
-
-        Every handler of the bus topic gets the same payload object, and each decodes it:
-        the last payload decoded is remembered (by identity; both are immutable), so the
-        second handler's decode is free."""
-        global _last_decoded
-        last_payload, last_event = _last_decoded
-        if last_payload is payload and last_event is not None:
-            return last_event
-        event = cls._decode(payload)
-        _last_decoded = (payload, event)  # one tuple, replaced whole: safe across threads
-        return event
+        """The event of a payload holding one (:meth:`encode`; see :func:`decode_events`)."""
+        events = decode_events(payload)
+        if len(events) != 1:
+            raise ValueError(f"the payload holds {len(events)} events, not one")
+        return events[0]
 
     @classmethod
-    def _decode(cls, payload: bytes) -> ChatEvent:
-        header_bytes, _, data = payload.partition(b"\n")
+    def _decode(cls, header_bytes: bytes, data: bytes) -> ChatEvent:
         raw = json.loads(header_bytes)
         return cls(
             cursor=int(raw["cursor"]),
@@ -127,8 +120,37 @@ class ChatEvent:
         return self.data_text
 
 
-#: ``(payload, event)`` of the last :meth:`ChatEvent.decode` (see there).
-_last_decoded: tuple[bytes | None, ChatEvent | None] = (None, None)
+def encode_events(events: Sequence[ChatEvent]) -> bytes:
+    """One bus payload carrying ``events`` in order: each event's :meth:`ChatEvent.encode`,
+    one after another, a newline between them. Neither part of an event holds a newline of
+    its own (compact JSON escapes the ones in strings), so lines alternate header, data.
+
+    Events committed together are published together: one bus message, one read by each
+    gateway, instead of one per event."""
+    return b"\n".join(event.encode() for event in events)
+
+
+def decode_events(payload: bytes) -> tuple[ChatEvent, ...]:
+    """The events :func:`encode_events` (or :meth:`ChatEvent.encode`) put in ``payload``,
+    their data's text kept, not parsed.
+
+    Every handler of the bus topic gets the same payload object, and each decodes it: the
+    last payload decoded is remembered (by identity; both are immutable), so the second
+    handler's decode is free."""
+    global _last_decoded
+    last_payload, last_events = _last_decoded
+    if last_payload is payload:
+        return last_events
+    lines = payload.split(b"\n")
+    if len(lines) % 2:
+        raise ValueError("a chat events payload has a data line after each header line")
+    events = tuple(ChatEvent._decode(lines[i], lines[i + 1]) for i in range(0, len(lines), 2))
+    _last_decoded = (payload, events)  # one tuple, replaced whole: safe across threads
+    return events
+
+
+#: ``(payload, events)`` of the last :func:`decode_events` (see there).
+_last_decoded: tuple[bytes | None, tuple[ChatEvent, ...]] = (None, ())
 
 
 def encode_data(data: Mapping[str, Any]) -> str:

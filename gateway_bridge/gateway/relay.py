@@ -1,9 +1,12 @@
 """From the event log to the bus: publish after commit, and drain what was left behind.
 
 :meth:`EventRelay.publish` is called right after a transaction commits; it puts
-each event on the bus at once and notes its cursor, and the background loop
+the events on the bus at once and notes their cursors, and the background loop
 marks the noted cursors published in batches (one UPDATE for many events, off
-the send path). Events older than ``grace`` seconds that are still unmarked — a
+the send path). The events of the transactions that commit while a publish is
+under way go together in the next one, as one bus message
+(:func:`~gateway_bridge.gateway.outbox.encode_events`), in the order they were
+handed over. Events older than ``grace`` seconds that are still unmarked — a
 process died between commit and publish, or the bus was down — are published
 by whichever gateway drains them first, and marked only once the bus took
 them (row locks keep two gateways from taking the same rows on PostgreSQL).
@@ -19,14 +22,18 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Final, Protocol
 
-from gateway_bridge.gateway.outbox import ChatEvent
+from gateway_bridge.gateway.outbox import ChatEvent, encode_events
 from gateway_bridge.vocabulary import CHAT_EVENTS_TOPIC
 from service_kit import tracing
+from service_kit.batching import Batcher
 from service_kit.bus import EventBus
 
 log = logging.getLogger(__name__)
+
+#: At most the events of this many ``publish`` calls go in one bus message.
+PUBLISH_BATCH: Final = 128
 
 
 class EventLog(Protocol):
@@ -58,6 +65,10 @@ class EventRelay:
         self._batch = batch
         self._published: list[int] = []
         self._task: asyncio.Task[None] | None = None
+        # One publish at a time, so the bus gets the events in the order they came.
+        self._publishes: Batcher[Sequence[ChatEvent], None] = Batcher(
+            self._publish_together, max_batch=PUBLISH_BATCH, max_in_flight=1
+        )
 
     async def publish(self, events: Sequence[ChatEvent]) -> None:
         """Put ``events`` (just committed) on the bus; a failure leaves them to the drain.
@@ -80,14 +91,21 @@ class EventRelay:
             await self._publish(events, tracing.traceparent())
 
     async def _publish(self, events: Sequence[ChatEvent], traceparent: str) -> None:
-        for event in events:
-            try:
-                traced = replace(event, traceparent=traceparent) if traceparent else event
-                await self._bus.publish(CHAT_EVENTS_TOPIC, traced.encode())
-            except Exception:
-                log.warning("bus publish failed; the event log will resend", exc_info=True)
-                return
-            self._published.append(event.cursor)
+        if traceparent:
+            events = [replace(event, traceparent=traceparent) for event in events]
+        if events:
+            await self._publishes.submit(events)
+
+    async def _publish_together(self, handed: list[Sequence[ChatEvent]]) -> list[None]:
+        """One bus message for the events of every ``publish`` waiting (the Batcher's run)."""
+        events = [event for events in handed for event in events]
+        try:
+            await self._bus.publish(CHAT_EVENTS_TOPIC, encode_events(events))
+        except Exception:
+            log.warning("bus publish failed; the event log will resend", exc_info=True)
+        else:
+            self._published.extend(event.cursor for event in events)
+        return [None] * len(handed)
 
     async def flush(self) -> None:
         """Mark what was published; then publish what nobody did within ``grace``."""
@@ -101,8 +119,7 @@ class EventRelay:
             ) as stale:
                 if stale:
                     log.info("publishing events left unpublished", extra={"count": len(stale)})
-                for event in stale:
-                    await self._bus.publish(CHAT_EVENTS_TOPIC, event.encode())
+                    await self._bus.publish(CHAT_EVENTS_TOPIC, encode_events(stale))
             if len(stale) < self._batch:
                 break
 

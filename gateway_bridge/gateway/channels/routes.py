@@ -27,7 +27,7 @@ from gateway_bridge.gateway.channels.drafts import message_data
 from gateway_bridge.gateway.channels.models import ChannelId, Message, MessageQuery
 from gateway_bridge.gateway.channels.store import ChatStore
 from gateway_bridge.gateway.channels.streams import BridgeStream, ChannelKey, LiveChannel
-from gateway_bridge.gateway.outbox import ChatEvent
+from gateway_bridge.gateway.outbox import ChatEvent, decode_events
 from gateway_bridge.vocabulary import (
     CHAT_EVENTS_TOPIC,
     MESSAGE_CREATED,
@@ -66,7 +66,7 @@ class LiveRoutes:
         self._subscription: Subscription | None = None
 
     async def start(self) -> None:
-        self._subscription = await self._bus.subscribe(CHAT_EVENTS_TOPIC, self._on_event)
+        self._subscription = await self._bus.subscribe(CHAT_EVENTS_TOPIC, self._on_events)
         self._bus.on_reconnect(self._restart_streams)
 
     def _restart_streams(self) -> None:
@@ -82,8 +82,11 @@ class LiveRoutes:
         if self._subscription is not None:
             await self._subscription.close()
 
-    def _on_event(self, payload: bytes) -> None:
-        event = ChatEvent.decode(payload)
+    def _on_events(self, payload: bytes) -> None:
+        for event in decode_events(payload):
+            self._on_event(event)
+
+    def _on_event(self, event: ChatEvent) -> None:
         key = (event.tenant_id, event.channel_id)
         if key not in self._routes:
             return

@@ -42,7 +42,7 @@ from gateway_bridge.gateway.events.webhooks import (
     check_url,
     raise_violations,
 )
-from gateway_bridge.gateway.outbox import ChatEvent
+from gateway_bridge.gateway.outbox import ChatEvent, decode_events
 from gateway_bridge.vocabulary import CHAT_EVENTS_TOPIC
 from service_kit.auth import TENANT_CHANGED_TOPIC
 from service_kit.bus import EventBus, Subscription
@@ -136,7 +136,8 @@ class EventService:
     def _on_event(self, payload: bytes) -> None:
         # The dispatcher is not woken here: it looks at the log twice a second, and a
         # pass per chat event would cost more than it saves.
-        self._reader.wake(ChatEvent.decode(payload).tenant_id)
+        for tenant_id in {event.tenant_id for event in decode_events(payload)}:
+            self._reader.wake(tenant_id)
 
     # -- webhooks -----------------------------------------------------------------------
 

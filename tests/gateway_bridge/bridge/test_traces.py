@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from gateway_bridge.bridge.bridge import Bridge
-from gateway_bridge.gateway.outbox import ChatEvent
+from gateway_bridge.gateway.outbox import ChatEvent, decode_events
 from gateway_bridge.vocabulary import CHAT_EVENTS_TOPIC
 from service_kit import tracing
 from service_kit.logs import JsonFormatter
@@ -93,7 +93,7 @@ async def keel_and_bridge(
         stack = Stack(keel)
         carried: list[ChatEvent] = []
         subscription = await keel.runtime.bus.subscribe(
-            CHAT_EVENTS_TOPIC, lambda payload: carried.append(ChatEvent.decode(payload))
+            CHAT_EVENTS_TOPIC, lambda payload: carried.extend(decode_events(payload))
         )
         try:
             async with running_bridge(stack) as bridge:

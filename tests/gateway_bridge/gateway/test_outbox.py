@@ -1,10 +1,13 @@
-"""The bus payload of a chat event: what ``encode`` writes, ``decode`` reads back."""
+"""The bus payload of chat events: what ``encode`` and ``encode_events`` write,
+``decode`` and ``decode_events`` read back."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from gateway_bridge.gateway.outbox import ChatEvent
+import pytest
+
+from gateway_bridge.gateway.outbox import ChatEvent, decode_events, encode_events
 from service_kit.validation import new_id
 
 
@@ -37,3 +40,16 @@ def test_each_payload_decodes_to_its_own_event_even_when_decoded_again() -> None
     assert ChatEvent.decode(p1) == first
     again = bytes(bytearray(p2))  # equal bytes, another object
     assert ChatEvent.decode(again) == second
+
+
+def test_events_published_together_decode_in_their_order() -> None:
+    together = [event(1, "one\nline"), event(2, ""), event(3, "three")]
+    payload = encode_events(together)
+    assert decode_events(payload) == tuple(together)
+    assert decode_events(payload) is decode_events(payload)  # the second handler's is free
+    assert decode_events(together[0].encode()) == (together[0],)  # one event alone
+
+
+def test_decode_refuses_a_payload_of_several_events() -> None:
+    with pytest.raises(ValueError):
+        ChatEvent.decode(encode_events([event(1, "one"), event(2, "two")]))

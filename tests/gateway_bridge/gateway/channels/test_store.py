@@ -47,7 +47,7 @@ class Recorder:
         self.events: list[ev.ChatEvent] = []
 
     def __call__(self, payload: bytes) -> None:
-        self.events.append(ev.ChatEvent.decode(payload))
+        self.events.extend(ev.decode_events(payload))
 
     def names(self) -> list[str]:
         return [e.name for e in self.events]
@@ -380,6 +380,27 @@ async def test_events_a_relay_published_are_marked_and_never_drained_again(
     await drainer.flush()
     mine = [e.cursor for e in published.events if e.tenant_id == t]
     assert mine == [e.cursor for e in recorded]  # each once: none drained again
+
+
+async def test_events_handed_over_together_go_as_one_bus_message_in_their_order(
+    store: SqlChatStore, bus: InProcessEventBus
+) -> None:
+    """Transactions that commit while a publish is under way are published together: one
+    bus message holding their events in the order the relay was handed them."""
+    payloads: list[bytes] = []
+    subscription = await bus.subscribe(vocab.CHAT_EVENTS_TOPIC, payloads.append)
+    t = tenant()
+    channel, recorded = await stored_channel(store, t, ChannelType.PUBLIC)
+    sent = [await store.send_message(t, NewMessage(channel.id, "dora", f"m{i}")) for i in range(3)]
+    handed = [recorded] + [events for _, events in sent]
+    relay = EventRelay(store, bus)
+    await asyncio.gather(*(relay.publish(events) for events in handed))
+    await relay.flush()  # marked published: no other test's drain sends them again
+    await subscription.close()
+    assert len(payloads) == 1
+    together = ev.decode_events(payloads[0])
+    assert [e.cursor for e in together] == [e.cursor for events in handed for e in events]
+    assert [e.data["message"]["content"] for e in together[-3:]] == ["m0", "m1", "m2"]
 
 
 async def test_a_failed_publish_is_retried_from_the_log(
