@@ -250,16 +250,18 @@ class NotificationService:
         def plan(own: Preferences, reach: Reachability) -> tuple[PlannedChannel, ...]:
             return plan_recipient(request.channels, request.category, own, settings, reach, now=now)
 
-        # plan_recipient does not look at whose preferences it is given.
-        by_default = plan(Preferences(UserId("")), reach)
+        by_default: tuple[PlannedChannel, ...] | None = None
         planned = []
         for user_id in user_ids:
             own, pushes = preferences.get(user_id), subscriptions.get(user_id)
             if own is None and not pushes:
+                if by_default is None:  # plan_recipient does not look at whose they are
+                    by_default = plan(Preferences(user_id), reach)
                 plans = by_default
             else:
-                ids = tuple(s.id for s in pushes or ())
-                plans = plan(own or Preferences(user_id), replace(reach, push_subscription_ids=ids))
+                browsers = tuple(s.id for s in pushes) if pushes else ()
+                own_reach = replace(reach, push_subscription_ids=browsers) if browsers else reach
+                plans = plan(own or Preferences(user_id), own_reach)
             planned.append(PlannedRecipient(NotificationId(new_id()), user_id, plans))
         return planned
 
