@@ -47,6 +47,7 @@ from gateway_bridge.bridge.connection import (
     Conn,
     Connections,
 )
+from gateway_bridge.bridge.connection_log import ConnectionLines, ConnectionLog
 from gateway_bridge.bridge.ephemeral import Ephemeral
 from gateway_bridge.bridge.fanout import Fanout
 from gateway_bridge.bridge.inbox import Inbox
@@ -150,6 +151,8 @@ class Bridge:
         )
         self._bus = bus
         self._server: Server | None = None
+        #: websockets' two lines per connection, at most so many a second (connection_log.py).
+        self._connection_lines = ConnectionLines()
         #: One bound method for every connection's messages (not one made per connection).
         self._receiver = self._receive
         #: The tasks running connections' frames (asyncio keeps only weak references).
@@ -187,6 +190,7 @@ class Bridge:
             write_limit=self._settings.send_buffer_bytes,
             reuse_port=reuse_port,
             ssl=tls,
+            logger=ConnectionLog(self._connection_lines),
         )
         self.port = self._server.sockets[0].getsockname()[1] if port == 0 else port
         self._keepalive.start()
@@ -217,6 +221,7 @@ class Bridge:
         await self.link.close()
         await self._gateway.close()
         await self._notifications.close()
+        self._connection_lines.flush()
 
     def _http(
         self, connection: ServerConnection, request: Request

@@ -140,7 +140,8 @@ class Ephemeral:
         message = json.loads(payload)
         assert self._fanout is not None
         room = self._fanout.room(message["tenant_id"], message["channel_id"])
-        if room is None:
+        # A room no one here reads presence in (or no one is live in) has nothing to do.
+        if room is None or not (room.live if message["kind"] == "typing" else room.watchers):
             return
         if message["kind"] == "typing":
             text = p.typing_frame(message["channel_id"], message["user_id"])

@@ -89,12 +89,29 @@ class InMemoryPresence:
         return []
 
 
-_JOIN = """
-if redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) == 1 then
-  redis.call('SADD', KEYS[3], ARGV[4])
-  if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then return 1 end
+#: Joins and leaves, in order, in one call: ARGV holds five values a change (``j`` or
+#: ``l``, the entry's member, the user, the entry's expiry, the index's member), KEYS the
+#: index and then the change's entries and users keys; the answer is 1 for each change
+#: that brought its user online or took them offline, else 0.
+_APPLY = """
+local answers = {}
+for i = 1, #ARGV, 5 do
+  local entries, users = KEYS[2 + 2 * ((i - 1) / 5)], KEYS[3 + 2 * ((i - 1) / 5)]
+  local member, user, answer = ARGV[i + 1], ARGV[i + 2], 0
+  if ARGV[i] == 'j' then
+    if redis.call('ZADD', entries, ARGV[i + 3], member) == 1 then
+      redis.call('SADD', KEYS[1], ARGV[i + 4])
+      if redis.call('HINCRBY', users, user, 1) == 1 then answer = 1 end
+    end
+  elseif redis.call('ZREM', entries, member) == 1 then
+    if redis.call('HINCRBY', users, user, -1) <= 0 then
+      redis.call('HDEL', users, user)
+      answer = 1
+    end
+  end
+  answers[#answers + 1] = answer
 end
-return 0
+return answers
 """
 
 _LEAVE = """
@@ -117,7 +134,7 @@ class RedisPresence:
         self._client = client
         self._ttl = ttl
         self._bridge = bridge_id or uuid.uuid4().hex
-        self._join = client.register_script(_JOIN)
+        self._apply = client.register_script(_APPLY)
         self._leave = client.register_script(_LEAVE)
         self._index = "keel:presence:channels"
 
@@ -136,34 +153,39 @@ class RedisPresence:
         return (await self.apply([("leave", (tenant_id, channel_id, user_id))]))[0]
 
     async def apply(self, changes: Sequence[Change]) -> list[bool]:
-        """Every change's script in one pipeline (one write, one read), in order."""
-        expiry = time.time() + self._ttl
-        async with self._client.pipeline(transaction=False) as pipe:
-            for kind, (tenant_id, channel_id, user_id) in changes:
-                entries, users = self._keys(tenant_id, channel_id)
-                if kind == "join":
-                    await self._join(
-                        keys=[entries, users, self._index],
-                        args=[self._member(user_id), user_id, expiry, f"{tenant_id}:{channel_id}"],
-                        client=pipe,
-                    )
-                else:
-                    await self._leave(
-                        keys=[entries, users], args=[self._member(user_id), user_id], client=pipe
-                    )
-            results = await pipe.execute()
-        return [int(result) == 1 for result in results]
+        """Every change in one script call (one round trip; one command to encode however
+        many changes there are), in order."""
+        if not changes:
+            return []
+        expiry = repr(time.time() + self._ttl)
+        keys = [self._index]
+        args: list[str] = []
+        for kind, (tenant_id, channel_id, user_id) in changes:
+            keys.extend(self._keys(tenant_id, channel_id))
+            args += (
+                "j" if kind == "join" else "l",
+                self._member(user_id),
+                user_id,
+                expiry,
+                f"{tenant_id}:{channel_id}",
+            )
+        answers = await self._apply(keys=keys, args=args)
+        return [int(answer) == 1 for answer in answers]
 
     async def online(self, tenant_id: str, channel_id: str) -> list[str]:
         _, users = self._keys(tenant_id, channel_id)
         return sorted(_text(u) for u in await self._client.hkeys(users))
 
     async def heartbeat(self, present: list[Presence3]) -> list[Presence3]:
+        """One ``ZADD XX`` per channel for all of its entries (a heartbeat of a bridge
+        holding 15,000 users in 150 channels is 150 commands, not 15,000)."""
         expiry = time.time() + self._ttl
+        by_channel: dict[tuple[str, str], dict[str, float]] = {}
+        for tenant_id, channel_id, user_id in present:
+            by_channel.setdefault((tenant_id, channel_id), {})[self._member(user_id)] = expiry
         async with self._client.pipeline(transaction=False) as pipe:
-            for tenant_id, channel_id, user_id in present:
-                entries, _ = self._keys(tenant_id, channel_id)
-                pipe.zadd(entries, {self._member(user_id): expiry}, xx=True)
+            for (tenant_id, channel_id), members in by_channel.items():
+                pipe.zadd(self._keys(tenant_id, channel_id)[0], members, xx=True)
             await pipe.execute()
         return await self._sweep()
 

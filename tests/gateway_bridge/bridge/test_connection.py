@@ -173,3 +173,22 @@ async def test_an_idle_connection_keeps_no_frame_task_and_nothing_of_its_handsha
     kept = [o for o in gc.get_objects() if isinstance(o, HttpRequest) and token in o.path]
     assert kept == []
     assert conn.ws.request is not None and conn.ws.request.path == "/"
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /ws HTTP/1.1\r\nHost: x\r\n"], ids=["nothing", "part"])
+async def test_a_socket_closed_before_its_whole_request_leaves_no_handshake_waiting(
+    stack: Stack, tenant: Tenant, dial: Dial, sent: bytes
+) -> None:
+    """The handshake waits for the request on one future, which the socket's loss
+    resolves too (http.BridgeConnection): its handler ends then, not at the handshake
+    timeout (longer here than the test waits)."""
+    async with running_bridge(stack, handshake_timeout=3600.0) as bridge:
+        server = bridge._server
+        assert server is not None
+        _, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+        writer.write(sent)
+        await until(lambda: len(server.handler_tasks) == 1)
+        writer.close()
+        await writer.wait_closed()
+        await until(lambda: not server.handler_tasks)
+        await join(dial, bridge, tenant, "alice")

@@ -53,8 +53,9 @@ def round_trips(redis: Redis) -> Iterator[list[str]]:
         del redis.execute_command, redis.pipeline
 
 
-async def test_a_crowd_of_joins_reaches_redis_in_one_pipeline(redis: Redis) -> None:
-    """200 users joining at once cost one pipeline, not a round trip each."""
+async def test_a_crowd_of_joins_reaches_redis_in_one_command(redis: Redis) -> None:
+    """200 users joining at once cost one script call, not a round trip (or a command to
+    encode) each."""
     tenant_id, channel_id = new_id(), new_id()
     presence = RedisPresence(redis)
     await presence.apply([("join", (tenant_id, channel_id, "warm-up"))])  # loads the scripts
@@ -62,7 +63,7 @@ async def test_a_crowd_of_joins_reaches_redis_in_one_pipeline(redis: Redis) -> N
         users = [f"user-{i}" for i in range(200)]
         joined = await presence.apply([("join", (tenant_id, channel_id, u)) for u in users])
     assert joined == [True] * 200
-    assert calls == ["pipeline"]
+    assert calls == ["EVALSHA"]
     assert await presence.online(tenant_id, channel_id) == sorted([*users, "warm-up"])
 
 
@@ -137,3 +138,15 @@ async def test_the_users_of_a_dead_bridge_go_offline_at_the_next_sweep(redis: Re
     index = {bytes(m).decode() for m in await redis.smembers("keel:presence:channels")}
     assert f"{tenant_id}:{channels[0]}" in index
     assert not {f"{tenant_id}:{c}" for c in channels[1:]} & index
+
+
+async def test_a_heartbeat_renews_every_entry_it_names_in_every_channel(redis: Redis) -> None:
+    """Entries that would have expired (joined with a past expiry) and are renewed by their
+    bridge's heartbeat, several users a channel, stay: nobody goes offline."""
+    tenant_id, channels, bridge = new_id(), [new_id() for _ in range(2)], new_id()
+    present = [(tenant_id, c, u) for c in channels for u in ("ann", "bob", "cy")]
+    await RedisPresence(redis, ttl=-1.0, bridge_id=bridge).apply([("join", w) for w in present])
+    gone = await RedisPresence(redis, bridge_id=bridge).heartbeat(present)
+    assert [who for who in gone if who[0] == tenant_id] == []
+    online = [await RedisPresence(redis).online(tenant_id, c) for c in channels]
+    assert online == [["ann", "bob", "cy"]] * 2
