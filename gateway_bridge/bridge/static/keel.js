@@ -463,8 +463,12 @@
       clearTimeout(this._timers.renew);
       const expires = Date.parse(expireTime || "");
       if (!this._getToken || !expires) return;
+      // Renew a tenth of the lifetime left before the expiry, but at least 5 s before it
+      // (half of what is left for a shorter token) and at most 30 s: a busy device or
+      // network still has time for the auth frame's round trip.
       const left = expires - Date.now();
-      const delay = Math.max(0, left - Math.min(30000, left / 10));
+      const margin = Math.min(30000, Math.max(left / 10, Math.min(left / 2, 5000)));
+      const delay = Math.max(0, left - margin);
       this._timers.renew = setTimeout(async () => {
         if (!this._open) return;
         let token;
