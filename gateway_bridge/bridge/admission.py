@@ -101,7 +101,7 @@ class Admission:
         )
         self._connections.add(conn)
         try:
-            await ws.send(
+            await ws.send_text(
                 p.welcome_frame(
                     conn.id,
                     conn.user_id,

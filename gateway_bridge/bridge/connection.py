@@ -77,6 +77,16 @@ class BrowserSocket(BridgeConnection):
         self._receiver: Receiver | None = None
         self._fragments: list[Frame] | None = None
 
+    async def send_text(self, text: str) -> None:
+        """Send one text frame: written straight to the socket when the connection is
+        open (as the fan-out writes; uncompressed, which permessage-deflate allows),
+        websockets' ``send`` otherwise, which raises the ``ConnectionClosed`` of a closing
+        connection."""
+        if self.protocol.state is State.OPEN:
+            self.transport.write(p.encode_text_frame(text.encode()))
+        else:
+            await self.send(text)
+
     def deliver_to(self, conn: Conn, receiver: Receiver) -> None:
         """Hand every message from now on to ``receiver(conn, message)``, starting with
         those already queued; websockets' queue (and its reader callbacks) is let go.

@@ -39,7 +39,7 @@ class GoneDuringWelcome:
 
     request = SimpleNamespace(path="/ws?token=x", headers=Headers())
 
-    async def send(self, frame: Any) -> None:
+    async def send_text(self, frame: Any) -> None:
         raise ConnectionClosedOK(Close(1001, "gone"), Close(1001, "gone"), True)
 
     async def close(self, *args: Any) -> None:
@@ -49,7 +49,7 @@ class GoneDuringWelcome:
 class Open(GoneDuringWelcome):
     sent: list[Any]
 
-    async def send(self, frame: Any) -> None:
+    async def send_text(self, frame: Any) -> None:
         self.sent = [*getattr(self, "sent", []), frame]
 
 
