@@ -7,11 +7,12 @@ import asyncio
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 from redis.asyncio import Redis
 
-from gateway_bridge.bridge.ephemeral import EPHEMERAL_TOPIC, Ephemeral
+from gateway_bridge.bridge.ephemeral import EPHEMERAL_TOPIC, PRESENCE_TOPIC, Ephemeral
 from gateway_bridge.bridge.presence import Change, InMemoryPresence, RedisPresence
 from service_kit.bus import InProcessEventBus
 from service_kit.validation import new_id
@@ -87,16 +88,20 @@ class NoRooms:
 
 
 async def test_changes_made_together_are_applied_together_and_announced_in_order() -> None:
+    """One batch of changes: one call to the store, and one bus message announcing the
+    users who came or went, in the order of the changes."""
     bus, presence = InProcessEventBus(), RecordingPresence()
+    messages: list[dict[str, Any]] = []
     heard: list[dict[str, str]] = []
     everyone = asyncio.Event()
 
     def hear(payload: bytes) -> None:
-        heard.append(json.loads(payload))
+        messages.append(json.loads(payload))
+        heard.extend(messages[-1]["events"])
         if len(heard) == 101:
             everyone.set()
 
-    subscription = await bus.subscribe(EPHEMERAL_TOPIC, hear)
+    subscription = await bus.subscribe(PRESENCE_TOPIC, hear)
     ephemeral = Ephemeral(bus=bus, presence=presence)
     await ephemeral.start(NoRooms())  # type: ignore[arg-type]
     try:
@@ -112,9 +117,70 @@ async def test_changes_made_together_are_applied_together_and_announced_in_order
         await ephemeral.stop()
         await subscription.close()
     assert len(presence.batches) == 1
+    assert len(messages) == 1
     assert [(m["event"], m["user_id"]) for m in heard] == [
         *(("presence:online", f"user-{i}") for i in range(100)),
         ("presence:offline", "user-0"),
+    ]
+
+
+class Watcher:
+    id = "w"
+
+
+class OneRoom:
+    """A fan-out with one room, where ``watcher`` watches presence; notes what it writes
+    (``three`` is set at the third frame)."""
+
+    def __init__(self, tenant_id: str, channel_id: str) -> None:
+        self.watcher = Watcher()
+        self.key = (tenant_id, channel_id)
+        self.written: list[bytes] = []
+        self.three = asyncio.Event()
+
+    def room(self, tenant_id: str, channel_id: str) -> SimpleNamespace | None:
+        if (tenant_id, channel_id) != self.key:
+            return None
+        return SimpleNamespace(live={self.watcher}, watchers={self.watcher})
+
+    def write(self, conn: object, frame: bytes) -> None:
+        assert conn is self.watcher
+        self.written.append(frame)
+        if len(self.written) == 3:
+            self.three.set()
+
+
+async def test_a_presence_event_of_a_bridge_from_before_the_batches_is_still_written() -> None:
+    """Bridges from before PRESENCE_TOPIC announce each user alone on the ephemeral topic,
+    which newer bridges still read; the batches of newer ones come on their own topic."""
+    bus = InProcessEventBus()
+    fanout = OneRoom("t", "c")
+    ephemeral = Ephemeral(bus=bus, presence=InMemoryPresence())
+    await ephemeral.start(fanout)  # type: ignore[arg-type]
+    try:
+        old = {"kind": "presence", "event": "presence:online", "tenant_id": "t"}
+        await bus.publish(
+            EPHEMERAL_TOPIC, json.dumps(old | {"channel_id": "c", "user_id": "ann"}).encode()
+        )
+        await bus.publish(
+            EPHEMERAL_TOPIC, json.dumps(old | {"channel_id": "x", "user_id": "bob"}).encode()
+        )
+        ephemeral.change(("t", "c", "cid"), +1)
+        ephemeral.change(("t", "c", "cid"), -1)
+        async with asyncio.timeout(10):
+            await fanout.three.wait()
+    finally:
+        await ephemeral.stop()
+    assert [json.loads(frame[2:]) for frame in fanout.written] == [
+        {
+            "type": "event",
+            "event": f"presence:{event}",
+            "channel_id": "c",
+            "seq": 0,
+            "event_id": "",
+            "data": {"user_id": user},
+        }
+        for event, user in [("online", "ann"), ("online", "cid"), ("offline", "cid")]
     ]
 
 
