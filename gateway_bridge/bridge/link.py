@@ -17,7 +17,8 @@ a send is answered, the send fails UNAVAILABLE: it may or may not have been stor
 and a retry with the same idempotency key answers the stored message. A gateway
 that does not take sends, or no stream up at the moment, gets a unary call.
 
-Subscriptions waiting in the outbox one after another go up together too, as one
+Subscriptions waiting in the outbox one after another go up together too (a
+subscription waits ``_SUBSCRIBES_GATHER_SECONDS`` for others), as one
 ``ConnectSubscribes``, when the gateway takes them
 (:data:`~gateway_bridge.vocabulary.CONNECT_SUBSCRIBES`), as do the resubscriptions
 after a reconnect; their results may come down together (``SubscribeResults``), and
@@ -49,6 +50,11 @@ _SENDS_PER_REQUEST: Final = 500
 _SENDS_BYTES: Final = 1 << 20
 #: At most this many subscriptions go in one request (each ~200 bytes: one channel).
 _SUBSCRIBES_PER_REQUEST: Final = 500
+#: How long a subscription waits for others to go up with it. A request costs the bridge
+#: and the gateway about the same whether it carries one subscription or dozens (the
+#: gateway checks a request's access in one statement); browsers connecting by the
+#: hundred a second subscribe a few milliseconds apart.
+_SUBSCRIBES_GATHER_SECONDS: Final = 0.002
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -286,6 +292,8 @@ class GatewayLink:
                 if request is _SENDS:
                     request = self._take_sends()
                 elif self.stream_subscribes and request.WhichOneof("command") == "subscribe":
+                    # Those that come meanwhile go up with it (see _SUBSCRIBES_GATHER_SECONDS).
+                    await asyncio.sleep(_SUBSCRIBES_GATHER_SECONDS)
                     request, next_up = self._take_subscribes(request)
                 await call.write(request)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
