@@ -20,11 +20,19 @@ worker threads at once — one hashes it (SHA-256), the other writes it; each ta
 long — while the next batch is gathered, and a read fetches the next MiB while the current
 one is sent. hashlib and file I/O release the GIL, so the disk, the hash and the event
 loop's socket work overlap. Memory stays bounded: two batches of a write, two chunks of a read.
+
+The thread that writes a batch then asks the kernel to start writing it to the disk
+(``sync_file_range(SYNC_FILE_RANGE_WRITE)``, on Linux: it does not wait for the disk), so
+the disk works while the next batches arrive and the fsync that makes a blob durable
+finds little left to do — without it that fsync wrote the whole blob after its last byte
+came, about a fifth of a 256 MiB upload's time on this kind of disk. Durability is
+unchanged: the fsync still decides.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -54,6 +62,8 @@ TEMP_PREFIX = ".tmp-"
 LOCAL_CHUNK_SIZE: Final = 1 << 20
 #: How many bytes a compose copies or hashes in one call.
 COPY_STEP: Final = 8 << 20
+#: ``sync_file_range``'s flag: start writing the range's dirty pages, without waiting.
+SYNC_FILE_RANGE_WRITE: Final = 2
 
 
 class LocalBlobStore:
@@ -146,8 +156,12 @@ class LocalBlobStore:
     @asynccontextmanager
     async def appender(self, key: BlobKey) -> AsyncIterator[LocalAppender]:
         path = self._path(key)
+        # Opening, locking and closing the file touch no data, only its inode (cached after
+        # the first request of an upload): done here, not in a worker thread, which a
+        # request in many PATCHes paid twice each — a hand-off took 1-3 ms on a busy machine,
+        # longer than the calls themselves.
         try:
-            file = await asyncio.to_thread(_open_locked, path)
+            file = _open_locked(path)
         except BlockingIOError as exc:
             raise BlobBusy(f"blob {key!r} is being written by another request") from exc
         except OSError as exc:
@@ -156,7 +170,7 @@ class LocalBlobStore:
         try:
             yield appender
         finally:
-            await asyncio.shield(asyncio.to_thread(file.close))  # releases the lock
+            file.close()  # flushed already (no thread writes to it any more); releases the lock
 
     async def open_file(self, key: BlobKey) -> BinaryIO:
         path = self._path(key)
@@ -289,7 +303,7 @@ class LocalAppender:
         if digest is None and hashed:
             digest = hashlib.sha256()
         self._file.seek(offset)  # nothing buffered: an lseek
-        writer = _BatchWriter(self._file, self._batch, digest)
+        writer = _BatchWriter(self._file, self._batch, digest, offset)
         try:
             async for chunk in chunks:
                 await writer.add(chunk)
@@ -314,10 +328,12 @@ class _BatchWriter:
     """Hashes and writes a blob's chunks to ``file`` in batches of about ``batch`` bytes, each
     in one worker-thread call, one batch in flight while the next is gathered."""
 
-    def __init__(self, file: BinaryIO, batch: int, digest: Hash | None) -> None:
+    def __init__(self, file: BinaryIO, batch: int, digest: Hash | None, start: int = 0) -> None:
         self._file = file
         self._batch = batch
         self._digest = digest
+        #: Where in the file the first byte goes.
+        self._start = start
         self._gathered: list[Chunk] = []
         self._gathered_size = 0
         #: The batch being hashed and written (two calls, one thread each).
@@ -356,10 +372,12 @@ class _BatchWriter:
         if not self._gathered and then is None:
             return
         pieces, self._gathered, self._gathered_size = self._gathered, [], 0
+        position = self._start + self.size
         self.size += sum(len(piece) for piece in pieces)
         loop = asyncio.get_running_loop()
         # Hashing and writing a MiB take about as long each: two threads do them at once.
-        self._in_flight = [loop.run_in_executor(None, _write_all, self._file, pieces, then)]
+        write = partial(_write_all, self._file, pieces, position, then)
+        self._in_flight = [loop.run_in_executor(None, write)]
         if self._digest is not None and pieces:
             self._in_flight.append(loop.run_in_executor(None, _hash_all, self._digest, pieces))
 
@@ -381,11 +399,42 @@ async def _settled(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _write_all(file: BinaryIO, pieces: list[Chunk], then: Callable[[], None] | None) -> None:
+def _write_all(
+    file: BinaryIO, pieces: list[Chunk], position: int, then: Callable[[], None] | None
+) -> None:
+    """Write ``pieces`` (the file is at ``position``), start their way to the disk, then
+    call ``then``."""
     for piece in pieces:
         file.write(piece)
+    if pieces:
+        # From the batch's first byte to the end of the file (what the file object still
+        # buffers, a few KiB at most, is left to the fsync).
+        start_writeback(file.fileno(), position)
     if then is not None:
         then()
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` (Linux), or None where there is none."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNC_FILE_RANGE: Final = _sync_file_range()
+
+
+def start_writeback(descriptor: int, position: int) -> None:
+    """Ask the kernel to start writing the file's dirty pages from ``position`` to its end
+    to the disk, and return without waiting (a hint: a failure, or a system without
+    ``sync_file_range``, only leaves the work to the next fsync). ctypes releases the GIL
+    for the call."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(descriptor, position, 0, SYNC_FILE_RANGE_WRITE)
 
 
 def _hash_all(digest: Hash, pieces: list[Chunk]) -> None:

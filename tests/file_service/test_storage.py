@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from file_service.storage import (
     S3BlobStore,
     StorageUnavailable,
     build_blob_store,
+    local,
 )
 from file_service.storage.s3 import DEFAULT_PART_SIZE
 from service_kit.config import FileSettings
@@ -249,6 +251,35 @@ async def test_the_local_store_writes_nothing_outside_its_root(tmp_path: Path) -
     with pytest.raises(InvalidBlobKey):
         await store.write(BlobKey("../outside"), chunks_of(b"x", 1))
     assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="sync_file_range is Linux's")
+async def test_local_writes_start_their_writeback_and_keep_every_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch a write hands its thread asks the kernel to start writing it out (from
+    the batch's first byte), a blob's and an appender's alike; the bytes are the same."""
+    started: list[int] = []
+
+    def noted(descriptor: int, position: int) -> None:
+        started.append(position)
+        real(descriptor, position)
+
+    real = local.start_writeback
+    monkeypatch.setattr(local, "start_writeback", noted)
+    assert local._SYNC_FILE_RANGE is not None
+    store = LocalBlobStore(tmp_path / "files", chunk_size=64 * 1024)
+    data = pattern(7, 300 * 1024)
+    key = new_key()
+    written = await store.write(key, chunks_of(data, 64 * 1024))
+    assert started == [0, 64 * 1024, 128 * 1024, 192 * 1024, 256 * 1024]
+    assert written.sha256 == hashlib.sha256(data).hexdigest()
+    started.clear()
+    async with store.appender(key) as appender:
+        await appender.write_at(100 * 1024, chunks_of(data[: 128 * 1024], 64 * 1024))
+    assert started == [100 * 1024, 164 * 1024]
+    expected = data[: 100 * 1024] + data[: 128 * 1024] + data[228 * 1024 :]
+    assert await collect(store.read(key)) == expected
 
 
 async def test_settings_choose_the_backend(tmp_path: Path, s3_store: S3BlobStore) -> None:
