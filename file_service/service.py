@@ -28,11 +28,9 @@ by conditional updates).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import posixpath
 import secrets
-from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -60,6 +58,7 @@ from file_service.models import (
     Thumbnail,
     UploadPart,
 )
+from file_service.per_upload import RecentUploads, RunningHashes
 from file_service.storage import (
     AppendingBlobStore,
     BlobAppender,
@@ -69,7 +68,6 @@ from file_service.storage import (
     BlobStore,
     Chunk,
     FileBlobStore,
-    Hash,
     InvalidRange,
     StorageError,
     WrittenBlob,
@@ -101,8 +99,6 @@ MAX_TYPE_LENGTH: Final = 255
 #: Images decoded for thumbnails at once in a process: each may take a few hundred MiB
 #: while it decodes (up to images.MAX_PIXELS), so they queue rather than add up.
 THUMBNAILS_AT_ONCE: Final = 2
-#: How many uploads' running hashes a process remembers (:class:`RunningHashes`).
-RUNNING_HASHES: Final = 1000
 #: How many expired uploads and deleted files one sweep handles at most.
 SWEEP_BATCH: Final = 200
 
@@ -183,6 +179,7 @@ class FileService:
         self._uploads_per_minute = uploads_per_minute
         self._decoding = asyncio.Semaphore(THUMBNAILS_AT_ONCE)
         self._running = RunningHashes()
+        self._recent = RecentUploads()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -192,6 +189,14 @@ class FileService:
         if found is None:
             raise FileNotFound(file_id)
         return found
+
+    async def get_upload(self, tenant_id: str, file_id: str, *, offset: int) -> StoredFile:
+        """The upload about to take bytes at ``offset``: as the last request of this process
+        that moved it left it, when that was to ``offset`` (its row not read again: see
+        :class:`~file_service.per_upload.RecentUploads`); else as :meth:`get_file` reads it.
+        Raises ``FileNotFound``."""
+        kept = self._recent.take(tenant_id, file_id, offset)
+        return kept if kept is not None else await self.get_file(tenant_id, file_id)
 
     async def list_files(
         self, tenant_id: str, *, user_id: str | None, after: After, limit: int
@@ -330,6 +335,13 @@ class FileService:
         self._check_pending(file)
         if offset != file.upload_offset:
             raise OffsetMismatch(file.upload_offset, offset)
+        file = await self._append(file, offset, chunks, sha256)
+        self._recent.keep_file(file)  # the next request of the upload starts from it
+        return file
+
+    async def _append(
+        self, file: StoredFile, offset: int, chunks: AsyncIterable[Chunk], sha256: bytes | None
+    ) -> StoredFile:
         appending = _appending(self._blobs)
         if file.upload_offset < file.size and appending is not None:
             appended = await self._append_into(appending, file, offset, chunks, sha256)
@@ -359,6 +371,7 @@ class FileService:
 
     async def delete_file(self, tenant_id: str, file_id: str) -> StoredFile:
         """Mark the file deleted and remove its blobs (the sweep retries what fails)."""
+        self._recent.forget(tenant_id, file_id)
         deleted = await self._store.delete(tenant_id, file_id, now=self._clock())
         if deleted.purge_time is None:
             await self._purge([(deleted, await self._store.parts(tenant_id, file_id))])
@@ -711,6 +724,7 @@ class FileService:
         else:
             return file
         self._running.forget(file.tenant_id, file.id)
+        self._recent.forget(file.tenant_id, file.id)
         removed = await self._store.truncate_upload(
             file.tenant_id, file.id, offset=part.offset, was=file.upload_offset
         )
@@ -834,6 +848,7 @@ class FileService:
     async def _discard(self, file: StoredFile) -> None:
         """Make a refused or abandoned upload invisible and remove its blobs, now — if it is
         still pending: a file a concurrent completion made READY is left alone."""
+        self._recent.forget(file.tenant_id, file.id)
         try:
             deleted = await self._store.abandon(file.tenant_id, file.id, now=self._clock())
             if deleted is None:
@@ -866,43 +881,6 @@ class FileService:
             await self._blobs.delete(BlobKey(key))
         except StorageError:
             log.warning("could not remove a blob; the sweep will not see it", extra={"key": key})
-
-
-class RunningHashes:
-    """The SHA-256 of the bytes of each upload so far, for the uploads whose parts this
-    process stored in order from the start — what lets a resumable upload in many
-    requests skip hashing every byte again when they are composed.
-
-    An entry is taken (removed) by the request that continues it and kept again only once
-    its part is recorded, so a failed or racing request never leaves a hash of bytes that
-    were not stored; a part that arrives elsewhere (another process) just means the
-    composition hashes. At most ``limit`` uploads are remembered, the least recently
-    continued forgotten first (a hash is a few hundred bytes).
-    """
-
-    def __init__(self, limit: int = RUNNING_HASHES) -> None:
-        self._limit = limit
-        self._hashes: OrderedDict[tuple[str, str], tuple[int, Hash]] = OrderedDict()
-
-    def take(self, tenant_id: str, file_id: str, offset: int) -> Hash | None:
-        """The running hash of the upload through ``offset`` (a new one at 0), or None."""
-        entry = self._hashes.pop((tenant_id, file_id), None)
-        if offset == 0:
-            return hashlib.sha256()
-        if entry is None or entry[0] != offset:
-            return None
-        return entry[1]
-
-    def forget(self, tenant_id: str, file_id: str) -> None:
-        """Drop the upload's running hash (its bytes from some offset on are gone)."""
-        self._hashes.pop((tenant_id, file_id), None)
-
-    def keep(self, tenant_id: str, file_id: str, offset: int, digest: Hash) -> None:
-        """``digest`` hashes the upload's bytes through ``offset``, all of them stored."""
-        self._hashes[(tenant_id, file_id)] = (offset, digest)
-        self._hashes.move_to_end((tenant_id, file_id))
-        while len(self._hashes) > self._limit:
-            self._hashes.popitem(last=False)
 
 
 def _appending(blobs: BlobStore) -> AppendingBlobStore | None:

@@ -66,9 +66,15 @@ class UploadAuth:
         return self.client_tokens.verify(token)
 
     async def upload(
-        self, backend: FileBackend, headers: Mapping[str, str], file_id: str
+        self,
+        backend: FileBackend,
+        headers: Mapping[str, str],
+        file_id: str,
+        *,
+        offset: int | None = None,
     ) -> StoredFile:
-        """The upload ``file_id`` if the request's credentials allow it, in any state.
+        """The upload ``file_id`` if the request's credentials allow it, in any state; for
+        a request bringing bytes at ``offset``, as :meth:`FileBackend.get_upload` has it.
 
         Raises ``Unauthenticated`` (no or bad client token), ``InvalidFileToken`` (bad
         upload token, or one of another file), ``PermissionDenied`` (another user's upload),
@@ -79,16 +85,18 @@ class UploadAuth:
         if token is None and bearer is not None and not _is_jwt(bearer):
             token = bearer
         if token is not None:
-            return await self._by_upload_token(backend, token, file_id)
+            return await self._by_upload_token(backend, token, file_id, offset)
         if bearer is None:
             raise Unauthenticated("an Authorization: Bearer token or an Upload-Token is required")
         claims = self.client_tokens.verify(bearer)
-        file = await backend.get_file(claims.tenant_id, file_id)
+        file = await _get(backend, claims.tenant_id, file_id, offset)
         if file.user_id != claims.user_id:
             raise PermissionDenied(f"upload {file_id} belongs to another user")
         return file
 
-    async def _by_upload_token(self, backend: FileBackend, token: str, file_id: str) -> StoredFile:
+    async def _by_upload_token(
+        self, backend: FileBackend, token: str, file_id: str, offset: int | None
+    ) -> StoredFile:
         try:
             grant = read_upload_token(token, self.url_secrets, now=self.clock())
         except InvalidFileToken as exc:
@@ -97,7 +105,15 @@ class UploadAuth:
             raise
         if grant.file_id != file_id:
             raise InvalidFileToken("the upload token is for another file")
-        return await backend.get_file(grant.tenant_id, file_id)
+        return await _get(backend, grant.tenant_id, file_id, offset)
+
+
+async def _get(
+    backend: FileBackend, tenant_id: str, file_id: str, offset: int | None
+) -> StoredFile:
+    if offset is None:
+        return await backend.get_file(tenant_id, file_id)
+    return await backend.get_upload(tenant_id, file_id, offset=offset)
 
 
 def _bearer(headers: Mapping[str, str]) -> str | None:

@@ -40,6 +40,13 @@ class FileBackend(Protocol):
         """The file in any state. Raises ``FileNotFound``."""
         ...
 
+    async def get_upload(self, tenant_id: str, file_id: str, *, offset: int) -> StoredFile:
+        """The upload about to take bytes at ``offset``, perhaps as this process last left it
+        rather than read anew (what may have changed since is checked again when its bytes
+        are recorded: a request of an upload in many need not read it first). Raises
+        ``FileNotFound``."""
+        ...
+
     async def append(
         self,
         tenant_id: str,

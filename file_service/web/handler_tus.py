@@ -27,7 +27,7 @@ from typing import Final
 from aiohttp import ClientPayloadError, StreamReader, web
 from aiohttp.http_exceptions import PayloadEncodingError
 
-from file_service.errors import OffsetMismatch, UploadExpired
+from file_service.errors import FileNotReady, OffsetMismatch, UploadExpired
 from file_service.models import FileLimits, FileState, StoredFile
 from file_service.urls import upload_url
 from file_service.web import tus
@@ -174,7 +174,7 @@ class TusHandlers:
             raise UnsupportedBodyType(f"a PATCH body must be {tus.OFFSET_OCTET_STREAM}")
         offset = tus.offset_header(request.headers.get("Upload-Offset"), "Upload-Offset")
         checksum = tus.parse_checksum(request.headers.get("Upload-Checksum"))
-        file = await self._upload(request)
+        file = await self._upload(request, offset=offset)
         file = await self._append(request, file, offset, checksum)
         return web.Response(status=204, headers=_offset_headers(file))
 
@@ -219,8 +219,10 @@ class TusHandlers:
         file = await self._append(request, file, 0, checksum)
         return web.json_response(_file_json(file))
 
-    async def _upload(self, request: web.Request) -> StoredFile:
-        return await self._auth.upload(self._backend, request.headers, request.match_info["id"])
+    async def _upload(self, request: web.Request, *, offset: int | None = None) -> StoredFile:
+        return await self._auth.upload(
+            self._backend, request.headers, request.match_info["id"], offset=offset
+        )
 
     def _check_open(self, file: StoredFile) -> None:
         """Refuse an upload that can take no more bytes and never will (410)."""
@@ -240,9 +242,19 @@ class TusHandlers:
         length = request.content_length
         if length is not None and offset + length > file.size:
             raise BodyTooLarge(f"the upload is {file.size} bytes; this body passes its end")
-        return await self._backend.append(
-            file.tenant_id, file.id, offset, body_chunks(request), sha256=checksum, known=file
-        )
+        try:
+            return await self._backend.append(
+                file.tenant_id, file.id, offset, body_chunks(request), sha256=checksum, known=file
+            )
+        except FileNotReady as exc:
+            # Terminated or expired since ``file`` was read (or as this process last knew
+            # it): gone, as it would have been answered had the request come after.
+            now = await self._backend.get_file(file.tenant_id, file.id)
+            if now.state is FileState.DELETED:
+                raise UploadExpired(
+                    f"the upload of file {file.id} has expired or was terminated"
+                ) from exc
+            raise
 
 
 async def _nothing() -> AsyncIterator[bytes]:

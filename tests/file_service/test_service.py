@@ -26,7 +26,7 @@ from file_service.errors import (
     UploadExpired,
 )
 from file_service.models import FileLimits, FileState, StoredFile, Usage
-from file_service.service import FileInfo, FileService, RunningHashes
+from file_service.service import FileInfo, FileService
 from file_service.storage import (
     BlobKey,
     Chunk,
@@ -547,20 +547,6 @@ async def test_racing_parts_leave_the_hash_of_the_bytes_that_were_stored(
     stored = b"".join([c async for c in chunks])
     assert stored in (b"a" * 400 + b"b" * 400 + b"d" * 400, b"a" * 400 + b"c" * 400 + b"d" * 400)
     assert ready.sha256 == hashlib.sha256(stored).hexdigest()
-
-
-def test_running_hashes_forget_the_least_recently_continued_upload() -> None:
-    hashes = RunningHashes(limit=2)
-    for name in ("f0", "f1", "f2"):
-        hashes.keep("t", name, 10, hashlib.sha256(b"0123456789"))
-    assert hashes.take("t", "f0", 10) is None  # forgotten: the limit is 2
-    assert hashes.take("t", "f1", 9) is None  # another offset: not the bytes it hashed
-    assert hashes.take("t", "f1", 10) is None  # and the mismatch took it away
-    kept = hashes.take("t", "f2", 10)
-    assert kept is not None and kept.hexdigest() == hashlib.sha256(b"0123456789").hexdigest()
-    assert hashes.take("t", "f2", 10) is None  # taken once
-    fresh = hashes.take("t", "f3", 0)  # the start of an upload: a new hash
-    assert fresh is not None and fresh.hexdigest() == hashlib.sha256().hexdigest()
 
 
 class RecordedSyncs(LocalBlobStore):

@@ -24,7 +24,9 @@ from PIL import Image
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from file_service.models import FileLimits, FileState, StoredFile
+from file_service.service import FileService
 from file_service.storage import BlobStore, LocalBlobStore
+from file_service.store import SqlFileStore
 from file_service.urls import download_token, download_url, upload_token, upload_url
 from file_service.web.errors import TusHeaderError
 from file_service.web.http_download import RangeNotSatisfiable, content_disposition, parse_range
@@ -33,7 +35,7 @@ from service_kit.config import load_settings
 from service_kit.db import create_engine, migrate
 from tests.conftest import ROOT
 from tests.file_service.conftest import Backend
-from tests.file_service.test_service import FailingFinalWrites
+from tests.file_service.test_service import FailingFinalWrites, stored_blobs
 from tests.file_service.web_fixtures import (
     OFFSET_STREAM,
     TUS,
@@ -372,6 +374,84 @@ async def test_tus_js_client_resumes_an_aborted_upload_to_a_ready_file(
     file = await server.service.get_file(tenant, seen["upload_url"].rsplit("/", 1)[1])
     assert (file.state, file.size) == (FileState.READY, len(body))
     assert file.sha256 == hashlib.sha256(body).hexdigest()
+
+
+# -- a PATCH continuing this process's last one: the upload as it was left -----------------
+
+
+@pytest.fixture
+def other_process(
+    files_engine: AsyncEngine, local_blobs: BlobStore, server: FileServer
+) -> FileService:
+    """Another file-service process on the same database and disk (it shares nothing in
+    memory with the server's)."""
+    return FileService(SqlFileStore(files_engine), local_blobs, LIMITS, clock=server.clock)
+
+
+async def test_a_patch_continuing_this_processs_last_one_does_not_read_the_upload_first(
+    server: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant, body = new_tenant(), os.urandom(300)
+    url, file_id = await server.create(tenant, "alice", len(body))
+    reads: list[str] = []
+    get_file = server.service.get_file
+
+    async def counted(tenant_id: str, file_id: str) -> StoredFile:
+        reads.append(file_id)
+        return await get_file(tenant_id, file_id)
+
+    monkeypatch.setattr(server.service, "get_file", counted)
+    assert await patch_as(server, url, tenant, "alice", 0, body[:100]) == 204
+    assert reads == [file_id]
+    assert await patch_as(server, url, tenant, "alice", 100, body[100:200]) == 204
+    assert await patch_as(server, url, tenant, "alice", 200, body[200:]) == 204
+    assert reads == [file_id]
+    ready = await get_file(tenant, file_id)
+    assert ready.state is FileState.READY and ready.sha256 == hashlib.sha256(body).hexdigest()
+
+
+async def test_a_patch_after_another_process_terminated_the_upload_is_410_and_keeps_nothing(
+    server: FileServer, other_process: FileService, local_blobs: LocalBlobStore
+) -> None:
+    tenant = new_tenant()
+    url, file_id = await server.create(tenant, "alice", 100)
+    assert await patch_as(server, url, tenant, "alice", 0, b"x" * 40) == 204
+    await other_process.terminate(tenant, file_id)
+    assert await patch_as(server, url, tenant, "alice", 40, b"y" * 30) == 410
+    assert stored_blobs(local_blobs, tenant) == []
+    assert (await server.service.get_file(tenant, file_id)).state is FileState.DELETED
+
+
+async def test_a_patch_after_another_process_moved_the_upload_is_409_with_its_offset(
+    server: FileServer, other_process: FileService
+) -> None:
+    tenant, body = new_tenant(), os.urandom(100)
+    url, file_id = await server.create(tenant, "alice", len(body))
+    auth = server.bearer(tenant, "alice")
+    assert await patch_as(server, url, tenant, "alice", 0, body[:40]) == 204
+    await other_process.append(tenant, file_id, 40, one_chunk(body[40:70]))
+    assert await patch_as(server, url, tenant, "alice", 40, b"z" * 30) == 409
+    assert await head_offset(server, url, auth) == 70
+    assert await patch_as(server, url, tenant, "alice", 70, body[70:]) == 204
+    ready = await server.service.get_file(tenant, file_id)
+    assert ready.state is FileState.READY and ready.sha256 == hashlib.sha256(body).hexdigest()
+
+
+async def test_another_user_cannot_continue_an_upload_its_owner_just_moved(
+    server: FileServer,
+) -> None:
+    tenant = new_tenant()
+    url, file_id = await server.create(tenant, "alice", 100)
+    assert await patch_as(server, url, tenant, "alice", 0, b"x" * 40) == 204
+    assert await patch_as(server, url, tenant, "bob", 40, b"y" * 30) == 403
+    assert await patch_as(server, url, tenant, new_tenant(), 40, b"y" * 30) == 403
+    assert await patch_as(server, url, new_tenant(), "alice", 40, b"y" * 30) == 404
+    assert (await server.service.get_file(tenant, file_id)).upload_offset == 40
+    assert await patch_as(server, url, tenant, "alice", 40, b"y" * 60) == 204
+
+
+async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 # -- who may touch an upload ------------------------------------------------------------
