@@ -78,21 +78,15 @@ async def write_sends(
     outcome per send, in order. ``before_counting`` is awaited after the writes, before
     the unread counts are read. Errors of the database are raised (the transaction is
     then unusable: the caller rolls back and may store the sends one at a time)."""
-    outcomes: list[Outcome | None] = [None] * len(sends)
-    planned: dict[int, list[PlannedRecipient]] = {}
     inputs = await _read_inputs(conn, sends)
-    for index, send in enumerate(sends):
-        try:
-            planned[index] = list(send.plan(inputs[index]))
-        except Exception as exc:  # this send's error alone
-            outcomes[index] = exc
+    outcomes, planned = plan_sends(sends, inputs)
     for index, taken in (await _claim_request_ids(conn, sends, planned)).items():
         outcomes[index] = taken
         del planned[index]
-    rows = {i: _notification_rows(sends[i], recipients) for i, recipients in planned.items()}
+    rows = {i: notification_rows(sends[i], recipients) for i, recipients in planned.items()}
     queued = QueuedDeliveries()
     deliveries = {
-        i: _delivery_rows(queued, sends[i], recipients) for i, recipients in planned.items()
+        i: delivery_rows(queued, sends[i], recipients) for i, recipients in planned.items()
     }
     await queued.write(conn)  # digest windows: their ids go in the delivery rows
     await _insert_rows(conn, [(sends[i], rows[i], deliveries[i]) for i in planned])
@@ -101,7 +95,36 @@ async def write_sends(
     if before_counting is not None:
         await before_counting()
     unread = await _unread_as_of_each(conn, sends, rows)
-    for index in planned:
+    return answer_sends(sends, outcomes, inputs, rows, deliveries, unread)
+
+
+def plan_sends(
+    sends: Sequence[NewSend], inputs: Sequence[SendInputs]
+) -> tuple[list[Outcome | None], dict[int, list[PlannedRecipient]]]:
+    """Plan each send with what was read for it: the outcomes so far (the error of each
+    send whose planning failed, None for the others) and the planned recipients of the
+    others, by index."""
+    outcomes: list[Outcome | None] = [None] * len(sends)
+    planned: dict[int, list[PlannedRecipient]] = {}
+    for index, send in enumerate(sends):
+        try:
+            planned[index] = list(send.plan(inputs[index]))
+        except Exception as exc:  # this send's error alone
+            outcomes[index] = exc
+    return outcomes, planned
+
+
+def answer_sends(
+    sends: Sequence[NewSend],
+    outcomes: list[Outcome | None],
+    inputs: Sequence[SendInputs],
+    rows: dict[int, list[dict[str, Any]]],
+    deliveries: dict[int, list[dict[str, Any]]],
+    unread: dict[int, dict[str, int]],
+) -> list[Outcome]:
+    """Every send's outcome: the stored ones (those with ``rows``) made from what was
+    written, the others as ``outcomes`` has them."""
+    for index in rows:
         outcomes[index] = _stored(
             sends[index], rows[index], deliveries[index], unread[index], inputs[index]
         )
@@ -124,7 +147,7 @@ async def _insert_rows(conn: AsyncConnection, written: Sequence[_SendRows]) -> N
     if not notification_rows:
         return
     if conn.dialect.name == "postgresql":
-        await conn.execute(_PG_INSERT_SENDS, _pg_parameters(written))
+        await conn.execute(_PG_INSERT_SENDS, pg_parameters(written))
         return
     for part in chunks(notification_rows):
         await conn.execute(insert(notifications), list(part))
@@ -132,7 +155,7 @@ async def _insert_rows(conn: AsyncConnection, written: Sequence[_SendRows]) -> N
         await conn.execute(insert(notification_deliveries), list(part))
 
 
-def _pg_parameters(written: Sequence[_SendRows]) -> dict[str, list[Any]]:
+def pg_parameters(written: Sequence[_SendRows]) -> dict[str, list[Any]]:
     """The arrays of :data:`_PG_INSERT_SENDS`: ``s_`` one element per send, ``n_`` per
     notification, ``d_`` per delivery (the last two name their send by its number)."""
     params: dict[str, list[Any]] = {
@@ -197,30 +220,55 @@ _PG_ARRAYS = (
 )
 
 
-def _unnest(prefix: str, columns: dict[str, str], alias: str, *, numbered: bool = False) -> str:
-    arrays = ", ".join(f"CAST(:{prefix}{name} AS {kind}[])" for name, kind in columns.items())
+#: The parameter names of the insert, in the order of :func:`pg_parameters`.
+PG_PARAMETER_NAMES = tuple(f"{prefix}{name}" for prefix, columns in _PG_ARRAYS for name in columns)
+
+
+def _unnest(
+    param: Callable[[str], str],
+    prefix: str,
+    columns: dict[str, str],
+    alias: str,
+    *,
+    numbered: bool = False,
+) -> str:
+    arrays = ", ".join(
+        f"CAST({param(prefix + name)} AS {kind}[])" for name, kind in columns.items()
+    )
     names = ", ".join([*columns, "number"] if numbered else columns)
     return f"unnest({arrays}){' WITH ORDINALITY' if numbered else ''} AS {alias}({names})"
 
 
-# The notifications (in a data-modifying WITH) and their deliveries, in one statement,
-# each row joined with what its send's rows share: the deliveries' foreign keys are
-# checked at its end, once the notifications are in.
-_PG_INSERT_SENDS = text(
-    f"WITH sends AS (SELECT * FROM {_unnest('s_', _SEND_COLUMNS, 's', numbered=True)}),"
-    " new_notifications AS (INSERT INTO notifications (id, tenant_id, user_id, send_id,"
-    " position, category, title, body, data, channels, channel_id, create_time, send_time,"
-    " inbox_time)"
-    " SELECT n.id, s.tenant_id, n.user_id, s.send_id, n.position, s.category, s.title,"
-    " s.body, CAST(s.data AS jsonb), CAST(s.channels AS jsonb), s.channel_id, s.create_time,"
-    " s.send_time, n.inbox_time"
-    f" FROM {_unnest('n_', _PG_ARRAYS[1][1], 'n')} JOIN sends AS s ON s.number = n.send)"
-    " INSERT INTO notification_deliveries (id, tenant_id, notification_id, channel,"
-    " subscription_id, state, hold, error, digest_id, update_time)"
-    " SELECT d.id, s.tenant_id, d.notification_id, d.channel, d.subscription_id, d.state,"
-    " d.hold, d.error, d.digest_id, s.create_time"
-    f" FROM {_unnest('d_', _PG_ARRAYS[2][1], 'd')} JOIN sends AS s ON s.number = d.send"
-)
+def pg_insert_sends(param: Callable[[str], str], *, then: str = "") -> str:
+    """The statement inserting the notifications and their deliveries of
+    :func:`pg_parameters`' arrays (``param`` spells a parameter given its name): the
+    notifications in a data-modifying WITH and their deliveries, each row joined with
+    what its send's rows share; the deliveries' foreign keys are checked at its end,
+    once the notifications are in. With ``then``, the deliveries' insert is a WITH too
+    and the statement ends with ``then`` (which sees the tables as they were before it)."""
+    deliveries = (
+        "INSERT INTO notification_deliveries (id, tenant_id, notification_id, channel,"
+        " subscription_id, state, hold, error, digest_id, update_time)"
+        " SELECT d.id, s.tenant_id, d.notification_id, d.channel, d.subscription_id, d.state,"
+        " d.hold, d.error, d.digest_id, s.create_time"
+        f" FROM {_unnest(param, 'd_', _PG_ARRAYS[2][1], 'd')} JOIN sends AS s"
+        " ON s.number = d.send"
+    )
+    return (
+        f"WITH sends AS (SELECT * FROM {_unnest(param, 's_', _SEND_COLUMNS, 's', numbered=True)}),"
+        " new_notifications AS (INSERT INTO notifications (id, tenant_id, user_id, send_id,"
+        " position, category, title, body, data, channels, channel_id, create_time, send_time,"
+        " inbox_time)"
+        " SELECT n.id, s.tenant_id, n.user_id, s.send_id, n.position, s.category, s.title,"
+        " s.body, CAST(s.data AS jsonb), CAST(s.channels AS jsonb), s.channel_id, s.create_time,"
+        " s.send_time, n.inbox_time"
+        f" FROM {_unnest(param, 'n_', _PG_ARRAYS[1][1], 'n')} JOIN sends AS s"
+        " ON s.number = n.send)"
+        + (f", new_deliveries AS ({deliveries}) {then}" if then else f" {deliveries}")
+    )
+
+
+_PG_INSERT_SENDS = text(pg_insert_sends(lambda name: f":{name}"))
 
 
 async def _read_inputs(conn: AsyncConnection, sends: Sequence[NewSend]) -> list[SendInputs]:
@@ -298,7 +346,7 @@ def request_query(tenant_id: str, request_id: str) -> Select[Any]:
     )
 
 
-def _notification_rows(
+def notification_rows(
     send: NewSend, recipients: Sequence[PlannedRecipient]
 ) -> list[dict[str, Any]]:
     request = send.request
@@ -330,7 +378,7 @@ def _notification_rows(
     return rows
 
 
-def _delivery_rows(
+def delivery_rows(
     queued: QueuedDeliveries, send: NewSend, recipients: Sequence[PlannedRecipient]
 ) -> list[dict[str, Any]]:
     """The delivery rows of a send, its queued ones added to ``queued``."""
@@ -414,17 +462,30 @@ async def _unread_as_of_each(
 ) -> dict[int, dict[str, int]]:
     """Each stored send's unread counts of the inboxes it landed in, as of its place in
     the call (see the module docstring)."""
-    landed = {
-        index: [row["user_id"] for row in send_rows if row["inbox_time"] is not None]
-        for index, send_rows in rows.items()
-    }
+    landed = landed_users(rows)
     by_tenant: dict[str, set[str]] = defaultdict(set)
     for index, user_ids in landed.items():
         by_tenant[sends[index].tenant_id].update(user_ids)
     final: dict[tuple[str, str], int] = {}
-    for tenant_id, landed_users in by_tenant.items():
-        counts = await read_unread_counts(conn, tenant_id, sorted(landed_users))
+    for tenant_id, users in by_tenant.items():
+        counts = await read_unread_counts(conn, tenant_id, sorted(users))
         final |= {(tenant_id, user_id): count for user_id, count in counts.items()}
+    return unread_as_of_each(sends, landed, final)
+
+
+def landed_users(rows: dict[int, list[dict[str, Any]]]) -> dict[int, list[str]]:
+    """By send index, the users whose inboxes its notification ``rows`` landed in."""
+    return {
+        index: [row["user_id"] for row in send_rows if row["inbox_time"] is not None]
+        for index, send_rows in rows.items()
+    }
+
+
+def unread_as_of_each(
+    sends: Sequence[NewSend], landed: dict[int, list[str]], final: dict[tuple[str, str], int]
+) -> dict[int, dict[str, int]]:
+    """Each send's unread counts of the inboxes it ``landed`` in, as of its place in the
+    call, from the ``final`` counts by (tenant, user) once all of them landed."""
     later: Counter[tuple[str, str]] = Counter()
     unread: dict[int, dict[str, int]] = {}
     for index in sorted(landed, reverse=True):

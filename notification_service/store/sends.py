@@ -11,7 +11,9 @@ Invariants:
   the send landed in (:mod:`.send_writes` says how).
 - **Group commit.** Sends to at most :data:`BATCHED_RECIPIENTS` users are submitted to a
   :class:`~service_kit.batching.Batcher`: those that arrive while a batch is being stored
-  go together in the next one, in one transaction, each answered on its own (its
+  go together in the next one, in one transaction (on PostgreSQL a batch of only plain
+  sends — in-app, at once, no request id — on asyncpg directly, :mod:`.send_plain_pg`),
+  each answered on its own (its
   notifications, its counts, or its own error). A batch that fails as a whole — a unique
   key hit, a deadlock, a serialization failure, any error but an unreachable database —
   is rolled back and its sends are stored one at a time, each in its own transaction, so
@@ -25,8 +27,9 @@ Invariants:
   the commit): a transaction counts everything committed before its turn and nothing
   committed after it, so the counts a user's live frames carry rise one by one, as if the
   transactions had run one after another, while their writes overlap. The holder of the
-  turn only reads and commits, so it never waits on another's row locks (no deadlock
-  with them).
+  turn only reads and commits (a batch of plain sends on PostgreSQL also inserts its
+  new rows, :mod:`.send_plain_pg`), so it never waits on another's row locks (no
+  deadlock with them).
 - **Once per request id.** The request row is written before the send's other rows; a
   second send with the same (tenant, request id) finds it (on PostgreSQL it waits for the
   first to commit) and stores nothing (:class:`SendExists`).
@@ -68,9 +71,10 @@ from notification_service.store.send_models import (
     SendPlanner,
     StoredSend,
 )
+from notification_service.store.send_plain_pg import is_plain, write_plain_sends
 from notification_service.store.send_writes import Outcome, request_query, write_sends
 from service_kit.batching import Batcher
-from service_kit.db import database_unavailable, write_transaction
+from service_kit.db import database_unavailable, driver_transaction, write_transaction
 from service_kit.schema import (
     notification_deliveries,
     notifications,
@@ -111,6 +115,8 @@ class SqlSends(SqlStoreBase):
         # SEND_BATCHES_IN_FLIGHT. Every transaction storing sends counts and commits in
         # turn (_counting).
         self._counting = asyncio.Lock()
+        # The commonest batch runs on asyncpg directly (send_plain_pg).
+        self._plain_on_driver = engine.dialect.name == "postgresql"
         self._batches: Batcher[NewSend, StoredSend] = Batcher(
             self._create_batch,
             max_batch=SEND_BATCH,
@@ -173,8 +179,12 @@ class SqlSends(SqlStoreBase):
                 first.append(send)
         outcomes: list[Outcome]
         try:
-            async with self._transaction() as (conn, before_counting):
-                outcomes = await write_sends(conn, first, before_counting=before_counting)
+            if self._plain_on_driver and all(is_plain(send) for send in first):
+                async with self._turn() as take_turn, driver_transaction(self._engine) as driver:
+                    outcomes = await write_plain_sends(driver, first, before_counting=take_turn)
+            else:
+                async with self._transaction() as (conn, before_counting):
+                    outcomes = await write_sends(conn, first, before_counting=before_counting)
         except Exception as exc:
             if database_unavailable(exc) is not None:
                 raise  # every send of the batch hears of it; alone they would fail too
@@ -199,6 +209,14 @@ class SqlSends(SqlStoreBase):
         """A write transaction, and what to await before its counts are read: this
         process's turn to count and commit, held until the transaction has ended (see
         the module docstring)."""
+        async with self._turn() as take_turn, write_transaction(self._engine) as conn:
+            yield conn, take_turn
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+        """What takes this process's turn to count and commit; the turn, once taken, is
+        held until the block has ended (enter it before the transaction, so that the
+        transaction has ended when the turn passes on)."""
         held = False
 
         async def take_turn() -> None:
@@ -207,8 +225,7 @@ class SqlSends(SqlStoreBase):
             held = True
 
         try:
-            async with write_transaction(self._engine) as conn:
-                yield conn, take_turn
+            yield take_turn
         finally:
             if held:
                 self._counting.release()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,11 +17,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notification_service.models import (
+    CategoryDefault,
+    CategoryRule,
     Channel,
     DeliveryState,
     NotificationId,
     PlannedChannel,
     PlannedRecipient,
+    Preferences,
+    QuietHours,
     SendRequest,
     Timing,
     UserId,
@@ -28,6 +33,7 @@ from notification_service.models import (
 from notification_service.store import NewSend, SendExists, SqlNotificationStore, StoredSend
 from notification_service.store import sends as sends_module
 from notification_service.store.send_models import SendInputs
+from notification_service.store.send_plain_pg import write_plain_sends
 from notification_service.store.send_writes import write_sends
 from service_kit.config import load_settings
 from service_kit.db import create_engine
@@ -76,14 +82,20 @@ async def store(engine: AsyncEngine) -> SqlNotificationStore:
 
 @pytest.fixture
 def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of every call of write_sends (each one transaction's sends)."""
+    """The size of every call of write_sends and write_plain_sends (each one
+    transaction's sends)."""
     sizes: list[int] = []
 
     async def counted(conn: Any, sends: Sequence[NewSend], **options: Any) -> Any:
         sizes.append(len(sends))
         return await write_sends(conn, sends, **options)
 
+    async def counted_plain(driver: Any, sends: Sequence[NewSend], **options: Any) -> Any:
+        sizes.append(len(sends))
+        return await write_plain_sends(driver, sends, **options)
+
     monkeypatch.setattr(sends_module, "write_sends", counted)
+    monkeypatch.setattr(sends_module, "write_plain_sends", counted_plain)
     return sizes
 
 
@@ -119,27 +131,33 @@ async def test_concurrent_sends_share_one_transaction_each_with_its_own_notifica
 async def test_a_batch_and_a_send_stored_alone_meanwhile_count_in_the_order_they_commit(
     store: SqlNotificationStore, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On PostgreSQL a large send is stored alone while a batch is stored; here both have
-    written before either counts, and their counts are still taken in turn: the sends to
-    one inbox are answered 1, 2, ..., N, each count once."""
+    """On PostgreSQL a large send is stored alone while a batch is stored; here both are
+    ready to count (the large send has written; the batch of plain sends, which writes
+    and counts in one statement, has read what it plans with) before either counts, and
+    their counts are still taken in turn: the sends to one inbox are answered 1, 2, ...,
+    N, each count once."""
     both_wrote = asyncio.Event()
     wrote: list[int] = []
 
-    async def meeting(conn: Any, sends: Sequence[NewSend], **options: Any) -> Any:
-        take_turn = options.pop("before_counting")
+    def meeting(write: Any) -> Any:
+        async def met(conn: Any, sends: Sequence[NewSend], **options: Any) -> Any:
+            take_turn = options.pop("before_counting")
 
-        async def after_both_wrote() -> None:
-            wrote.append(len(sends))
-            if len(wrote) == 2:
-                both_wrote.set()
-            await asyncio.wait_for(both_wrote.wait(), 10)
-            await take_turn()
+            async def after_both_wrote() -> None:
+                wrote.append(len(sends))
+                if len(wrote) == 2:
+                    both_wrote.set()
+                await asyncio.wait_for(both_wrote.wait(), 10)
+                await take_turn()
 
-        return await write_sends(conn, sends, before_counting=after_both_wrote, **options)
+            return await write(conn, sends, before_counting=after_both_wrote, **options)
+
+        return met
 
     postgres = engine.dialect.name == "postgresql"
     if postgres:  # SQLite has one writer at a time: nothing to meet
-        monkeypatch.setattr(sends_module, "write_sends", meeting)
+        monkeypatch.setattr(sends_module, "write_sends", meeting(write_sends))
+        monkeypatch.setattr(sends_module, "write_plain_sends", meeting(write_plain_sends))
     tenant = new_id()
     large = _send(tenant, "ann", *(f"u{i}" for i in range(sends_module.BATCHED_RECIPIENTS)))
     small = [_send(tenant, "ann") for _ in range(20)]
@@ -356,3 +374,58 @@ async def test_an_in_app_delivery_sent_at_once_has_no_row_and_reads_as_sent_when
         assert await store.get_notification(tenant, notification.id) == notification
     assert off.inbox_time is None and off.deliveries[0].state is DeliveryState.SKIPPED
     assert await store.get_notification(tenant, off.id) == off
+
+
+async def test_a_batch_of_plain_sends_plans_with_what_is_stored_and_counts_what_was_there(
+    store: SqlNotificationStore, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-app sends at once without a request id — on PostgreSQL a batch on asyncpg
+    directly (send_plain_pg) — plan with the recipients' stored preferences and the
+    tenant's settings, as any send does, and count the unread notifications already in
+    the inbox (the read one not), sends of two tenants in one batch."""
+    plain: list[int] = []
+
+    async def counted(driver: Any, sends: Sequence[NewSend], **options: Any) -> Any:
+        plain.append(len(sends))
+        return await write_plain_sends(driver, sends, **options)
+
+    monkeypatch.setattr(sends_module, "write_plain_sends", counted)
+    tenant, other = new_id(), new_id()
+    now = datetime.now(UTC)
+    wanted = Preferences(
+        UserId("ann"),
+        enabled_channels=(Channel.IN_APP, Channel.EMAIL),
+        email="ann@example.com",
+        quiet_hours=QuietHours("22:00", "07:00", "Europe/Paris"),
+        rules=(CategoryRule("billing", Channel.IN_APP, False),),
+    )
+    await store.update_preferences(tenant, "ann", lambda _: wanted, now=now)
+    defaults = (CategoryDefault("mention", (Channel.IN_APP,), 600),)
+    await store.update_tenant_settings(
+        tenant,
+        lambda s: replace(s, email_from="app@example.com", category_defaults=defaults),
+        ["email_from", "category_defaults"],
+        now=now,
+    )
+    before = [(await store.create_send(_send(tenant, "ann"))).notifications[0] for _ in range(3)]
+    await store.mark_read(tenant, "ann", [before[0].id], now=now)
+    read: list[SendInputs] = []
+
+    def reading(send: NewSend) -> NewSend:
+        def plan(inputs: SendInputs) -> Sequence[PlannedRecipient]:
+            read.append(inputs)
+            return send.plan(inputs)
+
+        return replace(send, plan=plan)
+
+    plain.clear()
+    sends = [reading(_send(tenant, "ann")), reading(_send(other, "ann")), _send(tenant, "ann")]
+    stored = await _outcomes(store, sends)
+    assert plain == ([3] if engine.dialect.name == "postgresql" else [])
+    assert [s.unread for s in stored] == [{"ann": 3}, {"ann": 1}, {"ann": 4}]
+    (ann,) = read[0].preferences.values()
+    assert ann == (await store.preferences_of(tenant, ["ann"]))["ann"]
+    assert ann.rules == wanted.rules and ann.quiet_hours == wanted.quiet_hours
+    assert read[0].settings == await store.tenant_settings(tenant)
+    assert read[0].settings.category_defaults == defaults
+    assert read[1].preferences == {} and read[1].settings == await store.tenant_settings(other)
