@@ -276,6 +276,31 @@ async def driver_transaction(engine: AsyncEngine) -> AsyncIterator[asyncpg.Conne
                 await conn.invalidate()
 
 
+@asynccontextmanager
+async def driver_statements(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled PostgreSQL connection's asyncpg connection outside any transaction: each
+    statement commits on its own (no ``BEGIN``/``COMMIT``: two round trips fewer), for
+    work whose writes are one statement. As :func:`driver_transaction`, a constraint
+    violation is raised as SQLAlchemy's ``IntegrityError``, and a connection whose
+    statement did not end cleanly (cancelled mid-statement, lost, anything but the
+    server refusing it) is invalidated, never returned to the pool."""
+    async with engine.connect() as conn:
+        driver: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
+        ended = False
+        try:
+            yield driver
+            ended = True
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            ended = True
+            raise IntegrityError(None, None, exc) from exc
+        except asyncpg.PostgresError:  # refused by the server: the connection is fine
+            ended = True
+            raise
+        finally:
+            if not ended:
+                await conn.invalidate()
+
+
 def one_of(
     column: ColumnElement[Any], name: str, dialect: str, item_type: TypeEngine[Any] | None = None
 ) -> ColumnElement[bool]:

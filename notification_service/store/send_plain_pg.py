@@ -1,23 +1,28 @@
 """The commonest group-commit batch on PostgreSQL — in-app sends, at once, without a
-request id — on asyncpg directly: three statements between ``BEGIN`` and ``COMMIT``.
+request id — on asyncpg directly: three statements, the writes one of them.
 
-A batch of :func:`is_plain` sends (:meth:`.sends.SqlSends._create_batch`) runs in
-:func:`service_kit.db.driver_transaction` (nothing between the statements and the driver:
-SQLAlchemy's compile, greenlet hops and result wrapping cost more than such a batch's
-statements; a connection that did not end its transaction cleanly is dropped, not
-pooled). It stores what :func:`.send_writes.write_sends` would, with the same planning,
-rows and answers, in fewer round trips:
+A batch of :func:`is_plain` sends (:meth:`.sends.SqlSends._create_batch`) runs on a
+pooled connection's asyncpg connection (:func:`service_kit.db.driver_statements`:
+nothing between the statements and the driver — SQLAlchemy's compile, greenlet hops and
+result wrapping cost more than such a batch's statements; a connection whose statement
+did not end cleanly is dropped, not pooled). It stores what
+:func:`.send_writes.write_sends` would, with the same planning, rows and answers, in
+three round trips instead of seven:
 
 1. the tenant's settings and 2. the recipients' preferences, once per tenant of the
    batch (a plain send never pushes, so no push subscriptions are read);
 3. after the caller's turn to count and commit (``before_counting``), one statement
    inserting the notifications and their deliveries (only skipped in-app ones have a
-   row) and reading the unread counts of the inboxes they landed in. That statement
-   sees the inboxes as they were before it, so each count is the one read plus what
-   the batch itself put in that inbox: with the turn held from before the insert to
-   the commit, nothing else this process stores commits in between (the rows it
-   inserts are new, so holding the turn meanwhile waits on no other transaction's
-   locks).
+   row) and reading the unread counts of the inboxes they landed in.
+
+The writes being that one statement, it runs without ``BEGIN``/``COMMIT``: it commits
+all of the batch or none of it by itself. The reads before it see what was committed
+when each ran, as they would in a transaction at PostgreSQL's READ COMMITTED. The
+statement sees the inboxes as they were when it started, so each count is the one read
+plus what the batch itself put in that inbox: with the turn held from before the
+statement until it has committed, nothing else this process stores commits in between
+(the rows it inserts are new, so holding the turn meanwhile waits on no other
+transaction's locks).
 
 Every statement's text is fixed and its rows travel as arrays, so asyncpg prepares each
 once per connection. Sends with a request id, a ``send_at`` or another channel (jobs,
@@ -66,8 +71,9 @@ async def write_plain_sends(
     *,
     before_counting: Callable[[], Awaitable[None]],
 ) -> list[Outcome]:
-    """Plan and store the :func:`is_plain` ``sends`` in ``driver``'s transaction; one
-    outcome per send, in order (see the module docstring)."""
+    """Plan and store the :func:`is_plain` ``sends`` on ``driver`` (outside a
+    transaction: the writes are one statement); one outcome per send, in order (see the
+    module docstring)."""
     inputs = await _read_inputs(driver, sends)
     outcomes, planned = plan_sends(sends, inputs)
     rows = {i: notification_rows(sends[i], recipients) for i, recipients in planned.items()}

@@ -8,7 +8,9 @@ Invariants:
   digest windows and jobs commit together or not at all: a job exists if and only if its
   delivery does. The same transaction reads what planning needs (preferences, tenant
   settings, push subscriptions) and, after its writes, the unread counts of the inboxes
-  the send landed in (:mod:`.send_writes` says how).
+  the send landed in (:mod:`.send_writes` says how; a batch of plain sends on
+  PostgreSQL writes and counts in one statement, after reading without a transaction
+  what it plans with, :mod:`.send_plain_pg`).
 - **Group commit.** Sends to at most :data:`BATCHED_RECIPIENTS` users are submitted to a
   :class:`~service_kit.batching.Batcher`: those that arrive while a batch is being stored
   go together in the next one, in one transaction (on PostgreSQL a batch of only plain
@@ -74,7 +76,7 @@ from notification_service.store.send_models import (
 from notification_service.store.send_plain_pg import is_plain, write_plain_sends
 from notification_service.store.send_writes import Outcome, request_query, write_sends
 from service_kit.batching import Batcher
-from service_kit.db import database_unavailable, driver_transaction, write_transaction
+from service_kit.db import database_unavailable, driver_statements, write_transaction
 from service_kit.schema import (
     notification_deliveries,
     notifications,
@@ -180,7 +182,7 @@ class SqlSends(SqlStoreBase):
         outcomes: list[Outcome]
         try:
             if self._plain_on_driver and all(is_plain(send) for send in first):
-                async with self._turn() as take_turn, driver_transaction(self._engine) as driver:
+                async with self._turn() as take_turn, driver_statements(self._engine) as driver:
                     outcomes = await write_plain_sends(driver, first, before_counting=take_turn)
             else:
                 async with self._transaction() as (conn, before_counting):

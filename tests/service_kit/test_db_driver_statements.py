@@ -1,0 +1,63 @@
+"""service_kit.db.driver_statements: asyncpg itself outside a transaction, with
+SQLAlchemy's promises (the helpers and fixtures are test_db's, for driver_transaction)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service_kit.db import driver_statements
+from tests.service_kit import test_db
+from tests.service_kit.test_db import POOLED, backends_gone, keys, select_one_on_each
+
+# test_db's fixtures, used here by name.
+pg_engine = test_db.pg_engine
+keyed_table = test_db.keyed_table
+
+
+async def test_each_statement_commits_on_its_own(pg_engine: AsyncEngine, keyed_table: str) -> None:
+    with pytest.raises(RuntimeError):
+        async with driver_statements(pg_engine) as driver:
+            await driver.execute(f"INSERT INTO {keyed_table} VALUES ($1)", "kept")
+            raise RuntimeError("the caller's own failure, after the statement")
+    assert await keys(pg_engine, keyed_table) == ["kept"]
+    assert await select_one_on_each(pg_engine) == [1] * POOLED  # every connection serves
+
+
+async def test_a_constraint_violation_is_sqlalchemys_integrity_error_and_keeps_nothing_of_it(
+    pg_engine: AsyncEngine, keyed_table: str
+) -> None:
+    async with driver_statements(pg_engine) as driver:
+        await driver.execute(f"INSERT INTO {keyed_table} VALUES ($1)", "taken")
+    with pytest.raises(IntegrityError):
+        async with driver_statements(pg_engine) as driver:
+            await driver.execute(
+                f"INSERT INTO {keyed_table} SELECT * FROM unnest($1::text[])", ["first", "taken"]
+            )
+    assert await keys(pg_engine, keyed_table) == ["taken"]  # "first" went with it
+    assert await select_one_on_each(pg_engine) == [1] * POOLED
+
+
+async def test_a_statement_cancelled_midway_ends_its_backend_and_the_pool_serves_again(
+    pg_engine: AsyncEngine, keyed_table: str
+) -> None:
+    started = asyncio.Event()
+    pids: list[int] = []
+
+    async def cancelled() -> None:
+        async with driver_statements(pg_engine) as driver:
+            pids.append(await driver.fetchval("SELECT pg_backend_pid()"))
+            started.set()
+            await driver.execute("SELECT pg_sleep(60)")
+
+    task = asyncio.create_task(cancelled())
+    await started.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await backends_gone(pids)  # invalidated, not pooled with a statement under way
+    assert await select_one_on_each(pg_engine) == [1] * POOLED
