@@ -160,10 +160,9 @@ class NotificationService:
         v.raise_if_any(InvalidNotification)
         _check_scope(tenant, request)
         user_ids = await self._recipients_of(tenant.tenant_id, request)
-        channels = request.channels or (
-            ALL_CHANNELS if tenant.allows(FULL_SCOPE) else BASIC_CHANNELS
-        )
-        request = replace(request, channels=channels)
+        if not request.channels:
+            channels = ALL_CHANNELS if tenant.allows(FULL_SCOPE) else BASIC_CHANNELS
+            request = replace(request, channels=channels)
         send = NewSend(
             tenant.tenant_id,
             new_id(),
