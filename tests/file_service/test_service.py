@@ -549,6 +549,57 @@ async def test_racing_parts_leave_the_hash_of_the_bytes_that_were_stored(
     assert ready.sha256 == hashlib.sha256(stored).hexdigest()
 
 
+def two_processes(
+    engine: AsyncEngine, root: Path, clock: Clock, *, appends: bool
+) -> tuple[FileService, FileService]:
+    """Two file services on one database and one disk, sharing nothing in memory."""
+    blobs = LocalBlobStore(root, appends=appends)
+    limits = FileLimits(max_file_bytes=1 << 20, max_tenant_bytes=2 << 20, max_tenant_files=10)
+    return (
+        FileService(SqlFileStore(engine), blobs, limits, clock=clock),
+        FileService(SqlFileStore(engine), blobs, limits, clock=clock),
+    )
+
+
+@pytest.mark.parametrize("appends", [True, False], ids=["one-blob", "part-blobs"])
+async def test_an_upload_kept_here_but_moved_by_another_process_is_refused_with_its_offset(
+    engine: AsyncEngine, tmp_path: Path, clock: Clock, appends: bool
+) -> None:
+    here, other = two_processes(engine, tmp_path / "blobs", clock, appends=appends)
+    t, data = tenant(), bytes(range(100))
+    file_id = await new_upload(here, t, len(data))
+    await here.append(t, file_id, 0, body(data[:40]))
+    await other.append(t, file_id, 40, body(data[40:70]))
+    kept = await here.get_upload(t, file_id, offset=40)
+    assert kept.upload_offset == 40  # as this process left it: not read again
+    with pytest.raises(OffsetMismatch) as refused:
+        await here.append(t, file_id, 40, body(b"z" * 30), known=kept)
+    assert refused.value.expected == 70
+    await here.append(t, file_id, 70, body(data[70:]))
+    ready = await here.get_file(t, file_id)
+    assert ready.state is FileState.READY and ready.sha256 == hashlib.sha256(data).hexdigest()
+    assert (
+        b"".join([c async for c in await here.read(ready, variant="file", offset=0, length=None)])
+        == data
+    )
+
+
+@pytest.mark.parametrize("appends", [True, False], ids=["one-blob", "part-blobs"])
+async def test_an_upload_kept_here_but_terminated_by_another_process_keeps_nothing_more(
+    engine: AsyncEngine, tmp_path: Path, clock: Clock, appends: bool
+) -> None:
+    here, other = two_processes(engine, tmp_path / "blobs", clock, appends=appends)
+    t = tenant()
+    file_id = await new_upload(here, t, 100)
+    await here.append(t, file_id, 0, body(b"a" * 40))
+    await other.terminate(t, file_id)
+    kept = await here.get_upload(t, file_id, offset=40)
+    with pytest.raises(FileNotReady):
+        await here.append(t, file_id, 40, body(b"z" * 30), known=kept)
+    assert stored_blobs(LocalBlobStore(tmp_path / "blobs"), t) == []
+    assert (await here.get_file(t, file_id)).state is FileState.DELETED
+
+
 class RecordedSyncs(LocalBlobStore):
     """A local store noting, in order, each write (its key and whether it was durable) and
     each sync, and what the store said of a file when its blob was synced."""
