@@ -1,12 +1,14 @@
-"""The server interceptor every Keel service runs behind.
+"""What every Keel service's handlers run behind: Keel's checks, wrapped around each
+method handler when the service registers it (:meth:`KeelHandlers.registering`).
 
 For each RPC of a Keel API it: takes or makes a request id (metadata
 ``x-request-id``, echoed back in trailing metadata and written into every log
 line), authenticates the caller according to the method's :class:`MethodPolicy`,
 applies the tenant's rate limit, refuses bad requests (below), maps errors to
 statuses (one place: :func:`service_kit.errors.to_rpc_status`), and records
-metrics and an access log line. Health and reflection pass through untouched. When
-tracing is on, the gRPC instrumentation's server span wraps all of it.
+metrics and an access log line. Health and reflection are not wrapped. When
+tracing is on, the gRPC instrumentation's server span (a grpc.aio interceptor, the
+only one) wraps all of it.
 
 No handler sees a request that is not well-formed protobuf or that breaks a
 bound its proto declares (:mod:`service_kit.bounds`): the method's request
@@ -17,10 +19,13 @@ request stream, the first such message ends the call the same way, even if
 the handler swallowed the error. Page tokens made during a call are bound to
 its method and tenant (:data:`service_kit.validation.page_token_scope_var`).
 
-Every call pays for this, so the per-call work is kept small: a method's wrapped
-handler is built once and reused while the server hands out the same handler for
-it, the metric series of a method are looked up once (not through ``labels()`` on
-every call), and the access log line of a success is only built when DEBUG is on.
+Every call pays for this, so the per-call work is kept small: the handlers are wrapped
+at registration rather than by a grpc.aio ``ServerInterceptor`` (whose machinery runs a
+coroutine chain for every call, even for calls it leaves alone), a method's wrapped
+handler is built once and reused while the service hands out the same handler for it,
+the per-call steps are straight-line code rather than a context manager, a made request
+id needs no system call, the metric series of a method are looked up once (not through
+``labels()`` on every call), and the access log line of a success is only built when DEBUG is on.
 """
 
 from __future__ import annotations
@@ -28,19 +33,19 @@ from __future__ import annotations
 import contextlib
 import hmac
 import inspect
+import itertools
 import logging
+import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import grpc
 from google.protobuf import descriptor_pool
 from grpc_status import rpc_status
 
-from service_kit import tracing
 from service_kit.auth import (
     Authenticator,
     TenantContext,
@@ -144,16 +149,24 @@ def _request_bounds(methods: Iterable[str]) -> dict[str, RequestBounds]:
     return compiled
 
 
-class _Rpc:
-    __slots__ = ("code", "tenant")
+class _Call:
+    """One call's state, from its start to its metrics and access log line."""
 
-    def __init__(self) -> None:
+    __slots__ = ("code", "metadata", "recorded", "request_id", "started", "tenant", "tokens")
+
+    def __init__(self, metadata: dict[str, str]) -> None:
         self.code = grpc.StatusCode.OK
         self.tenant: TenantContext | None = None
+        self.metadata = metadata
+        self.request_id = _request_id(metadata)
+        self.started = time.perf_counter()
+        self.tokens: tuple[Any, ...] = ()
+        self.recorded = False
 
 
-class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Authentication, rate limits, error mapping, metrics and logs for Keel's RPCs."""
+class KeelHandlers:
+    """Authentication, rate limits, error mapping, metrics and logs for Keel's RPCs: wraps
+    the method handlers a service registers (:meth:`registering`), once each."""
 
     def __init__(
         self,
@@ -170,31 +183,19 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._admin_token = admin_token
         self._peer_token = peer_token
         self._bounds = _request_bounds(policies)
-        #: Per method: the handler the server gave and the wrapped one made of it.
+        #: Per method: the handler the service gave and the wrapped one made of it.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-        #: The gRPC instrumentation when tracing is on (:mod:`service_kit.tracing`): its
-        #: server span wraps all this interceptor does, so the access log line is in it.
-        self._instrumentation = tracing.server_instrumentation()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        if self._instrumentation is None:
-            return await self._intercept(continuation, details)
-        traced: grpc.RpcMethodHandler = await self._instrumentation.intercept_service(
-            lambda inner: self._intercept(continuation, inner), details
-        )
-        return traced
+    def registering(self, server: grpc.aio.Server) -> grpc.aio.Server:
+        """What a service's ``register`` gets instead of ``server``: the handlers it adds
+        (generic or registered) are wrapped before ``server`` gets them; everything
+        else goes to ``server`` unchanged."""
+        registrar: grpc.aio.Server = _Registrar(server, self)
+        return registrar
 
-    async def _intercept(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = details.method
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler | None) -> Any:
+        """The handler serving ``method`` (``/pkg.Service/Method``) behind Keel's checks;
+        ``handler`` itself when it is None or the method has no policy (not a Keel API)."""
         policy = self._policies.get(method)
         if handler is None or policy is None:
             return handler
@@ -210,7 +211,7 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, handler: grpc.RpcMethodHandler, method: str, policy: MethodPolicy
     ) -> grpc.RpcMethodHandler:
         service, _, name = method[1:].rpartition("/")
-        rpc = self._rpc
+        begin, failed, finish = self._begin, self._failed, self._finish
         parse = handler.request_deserializer
         kwargs = {
             "request_deserializer": _guarded(parse, self._bounds.get(method)) if parse else None,
@@ -226,17 +227,26 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 raise request.error
             return request
 
+        # The two wrappers below are the per-call path of every RPC: straight-line code
+        # (no context manager) around the handler, the same steps in both.
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
 
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with rpc(service, name, policy, context):
+                call = begin(service, context)
+                try:
+                    await self._admit(service, name, policy, context, call)
                     refused: list[InvalidArgument] = []
                     result = inner(admit(request, refused), context)
                     result = await result if inspect.isawaitable(result) else result
                     if refused:
                         raise refused[0]
+                    context.set_trailing_metadata((("x-request-id", call.request_id),))
                     return result
+                except BaseException as exc:
+                    await failed(service, name, context, call, exc, False)
+                finally:
+                    finish(service, name, call, False)
 
             make = (
                 grpc.unary_unary_rpc_method_handler
@@ -248,7 +258,9 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         inner_stream = handler.unary_stream or handler.stream_stream
 
         async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with rpc(service, name, policy, context, streaming=True):
+            call = begin(service, context)
+            try:
+                await self._admit(service, name, policy, context, call)
                 refused: list[InvalidArgument] = []
                 produced = inner_stream(admit(request, refused), context)
                 if inspect.isawaitable(produced):  # a handler that writes with context.write
@@ -258,6 +270,11 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         yield item
                 if refused:
                     raise refused[0]
+                context.set_trailing_metadata((("x-request-id", call.request_id),))
+            except BaseException as exc:
+                await failed(service, name, context, call, exc, True)
+            finally:
+                finish(service, name, call, True)
 
         make = (
             grpc.unary_stream_rpc_method_handler
@@ -266,64 +283,75 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         )
         return make(stream_response, **kwargs)
 
-    @asynccontextmanager
-    async def _rpc(
+    @staticmethod
+    def _begin(service: str, context: grpc.aio.ServicerContext) -> _Call:
+        """Start a call: its request id (set for the log lines), in the in-flight gauge."""
+        call = _Call(dict(context.invocation_metadata() or ()))
+        call.tokens = (request_id_var.set(call.request_id),)
+        _in_flight(service).inc()
+        return call
+
+    async def _admit(
         self,
         service: str,
         name: str,
         policy: MethodPolicy,
         context: grpc.aio.ServicerContext,
-        *,
-        streaming: bool = False,
-    ) -> AsyncIterator[None]:
-        metadata = {key: value for key, value in context.invocation_metadata() or ()}
-        request_id = _request_id(metadata)
-        rid_token = request_id_var.set(request_id)
-        tenant_token = scope_token = None
-        rpc = _Rpc()
-        started = time.perf_counter()
-        in_flight = _in_flight(service)
-        in_flight.inc()
-        try:
-            await self._authorize(policy, metadata, rpc)
-            tenant_token = current_tenant_var.set(rpc.tenant)
-            scope_token = page_token_scope_var.set(
-                f"/{service}/{name}:{rpc.tenant.tenant_id if rpc.tenant else ''}"
-            )
-            yield
-            context.set_trailing_metadata((("x-request-id", request_id),))
-        except NotImplementedError:
-            rpc.code = grpc.StatusCode.UNIMPLEMENTED
+        call: _Call,
+    ) -> None:
+        """Authorize the caller and set the call's tenant and page-token scope."""
+        await self._authorize(policy, call.metadata, call)
+        tenant = call.tenant
+        call.tokens = (
+            *call.tokens,
+            current_tenant_var.set(tenant),
+            page_token_scope_var.set(f"/{service}/{name}:{tenant.tenant_id if tenant else ''}"),
+        )
+
+    @staticmethod
+    async def _failed(
+        service: str,
+        name: str,
+        context: grpc.aio.ServicerContext,
+        call: _Call,
+        exc: BaseException,
+        streaming: bool,
+    ) -> NoReturn:
+        """End a call that raised ``exc`` with its status (call in the ``except`` block).
+
+        The call is counted and logged before its status goes out (``abort`` sends it), so
+        a caller that got the error finds the call in the metrics and the log."""
+        if isinstance(exc, NotImplementedError):
+            call.code = grpc.StatusCode.UNIMPLEMENTED
+            _record(service, name, call, streaming)
             await context.abort(
-                rpc.code,
+                call.code,
                 f"{service}/{name} is not implemented yet",
-                trailing_metadata=(("x-request-id", request_id),),
+                trailing_metadata=(("x-request-id", call.request_id),),
             )
-        except grpc.aio.AbortError:  # the servicer aborted by itself
-            rpc.code = _status_code(context.code())
-            raise
-        except Exception as exc:
-            rpc.code, status = failure_status(exc, service, name, request_id)
-            await _abort(context, status, request_id)
-        except BaseException:
-            rpc.code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            in_flight.dec()
-            record_rpc(service, name, rpc.code, started, rpc.tenant, streaming=streaming)
-            # Each RPC runs in a task of its own; a stream closed by its client is finalized
-            # in another context, where these tokens cannot be reset (and need not be).
-            with contextlib.suppress(ValueError):
-                if scope_token is not None:
-                    page_token_scope_var.reset(scope_token)
-                if tenant_token is not None:
-                    current_tenant_var.reset(tenant_token)
-                request_id_var.reset(rid_token)
+        if isinstance(exc, grpc.aio.AbortError):  # the servicer aborted by itself
+            call.code = _status_code(context.code())
+            raise exc
+        if isinstance(exc, Exception):
+            call.code, status = failure_status(exc, service, name, call.request_id)
+            _record(service, name, call, streaming)
+            await _abort(context, status, call.request_id)
+        call.code = grpc.StatusCode.CANCELLED
+        raise exc
+
+    @staticmethod
+    def _finish(service: str, name: str, call: _Call, streaming: bool) -> None:
+        _record(service, name, call, streaming)
+        # Each RPC runs in a task of its own; a stream closed by its client is finalized
+        # in another context, where these tokens cannot be reset (and need not be).
+        with contextlib.suppress(ValueError):
+            for token in reversed(call.tokens):
+                token.var.reset(token)
 
     async def _authorize(
-        self, policy: MethodPolicy, metadata: Mapping[str, str], rpc: _Rpc
+        self, policy: MethodPolicy, metadata: Mapping[str, str], call: _Call
     ) -> None:
-        """Check the caller against ``policy``; sets ``rpc.tenant`` as soon as it is known."""
+        """Check the caller against ``policy``; sets ``call.tenant`` as soon as it is known."""
         if policy.kind == "public":
             return
         if policy.kind == "admin":
@@ -341,7 +369,7 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             tenant = await self._authenticator.tenant_by_id(acting_for)
         else:
             tenant = await self._authenticator.authenticate(credentials_from_metadata(metadata))
-        rpc.tenant = tenant
+        call.tenant = tenant
         await admit_tenant(tenant, policy.scope, self._rate_limiter)
 
     def _check_peer(self, metadata: Mapping[str, str]) -> None:
@@ -366,6 +394,56 @@ class KeelInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         if not hmac.compare_digest(token.encode(), self._admin_token.encode()):
             raise Unauthenticated("wrong operator token")
+
+
+def _record(service: str, name: str, call: _Call, streaming: bool) -> None:
+    """Count and log ``call`` (once: a failed call is recorded before its status goes out)."""
+    if not call.recorded:
+        call.recorded = True
+        _in_flight(service).dec()
+        record_rpc(service, name, call.code, call.started, call.tenant, streaming=streaming)
+
+
+class _Registrar:
+    """A server as a service's ``register`` sees it (:meth:`KeelHandlers.registering`)."""
+
+    def __init__(self, server: grpc.aio.Server, handlers: KeelHandlers) -> None:
+        self._server = server
+        self._handlers = handlers
+
+    def add_generic_rpc_handlers(self, generic: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_WrappedGeneric(handler, self._handlers) for handler in generic)
+        )
+
+    def add_registered_method_handlers(
+        self, service: str, method_handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service,
+            {
+                name: self._handlers.wrap(f"/{service}/{name}", handler)
+                for name, handler in method_handlers.items()
+            },
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """A service's generic handler whose method handlers come out wrapped (made once per
+    method: :meth:`KeelHandlers.wrap`)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, handlers: KeelHandlers) -> None:
+        self._inner = inner
+        self._wrap = handlers.wrap
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        found: grpc.RpcMethodHandler | None = self._wrap(
+            details.method, self._inner.service(details)
+        )
+        return found
 
 
 def record_rpc(
@@ -473,7 +551,24 @@ def _request_id(metadata: Mapping[str, str]) -> str:
     given = metadata.get("x-request-id", "")
     if 0 < len(given) <= 128 and given.isprintable():
         return given
-    return secrets.token_hex(16)  # 32 random hex digits, as uuid4().hex, at a third of the cost
+    # 32 hex digits, unique without a system call: the process's random half, then a count.
+    return f"{_ids.prefix}{next(_ids.count):016x}"
+
+
+class _RequestIds:
+    """Where made request ids come from: 16 random hex digits per process (drawn again in a
+    forked child), then a counter."""
+
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.count = itertools.count()
+
+
+_ids = _RequestIds()
+os.register_at_fork(after_in_child=_ids.renew)
 
 
 async def _abort(context: grpc.aio.ServicerContext, status: Any, request_id: str) -> None:

@@ -4,7 +4,8 @@
 migrations applied, bus, rate limiter), waiting a bounded time for the database and
 Redis and saying why in every ``waiting for …`` line; each service package turns it
 into a :class:`ServiceSpec`; :class:`KeelServer` serves the specs on one grpc.aio port
-with health, reflection (:mod:`service_kit.reflection`), the interceptor, ``/metrics``,
+with health, reflection (:mod:`service_kit.reflection`), Keel's checks around every
+handler (:class:`~service_kit.interceptor.KeelHandlers`), ``/metrics``,
 TLS when configured (:mod:`service_kit.tls`), and a graceful stop: health turns
 NOT_SERVING, new RPCs are refused, in-flight ones get ``grace`` seconds to finish.
 
@@ -36,11 +37,11 @@ from redis.exceptions import (
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service_kit import db
+from service_kit import db, tracing
 from service_kit.auth import Authenticator
 from service_kit.bus import EventBus, InProcessEventBus, RedisEventBus
 from service_kit.config import Settings
-from service_kit.interceptor import KeelInterceptor, MethodPolicy
+from service_kit.interceptor import KeelHandlers, MethodPolicy
 from service_kit.metrics import DEPENDENCY_UP, SERVICE_SERVING, MetricsEndpoint, serve_metrics
 from service_kit.ratelimit import InMemoryRateLimiter, RateLimiter, RedisRateLimiter
 from service_kit.reflection import enable_reflection
@@ -241,16 +242,18 @@ class KeelServer:
         policies: dict[str, MethodPolicy] = {}
         for spec in self._specs:
             policies.update(spec.method_policies())
+        self._handlers = KeelHandlers(
+            policies=policies,
+            authenticator=authenticator,
+            rate_limiter=runtime.rate_limiter,
+            admin_token=runtime.settings.admin_token,
+            peer_token=runtime.settings.peer_token,
+        )
+        # Keel's checks wrap each handler at registration (start); the only grpc.aio
+        # interceptor is the tracing instrumentation, when tracing is on.
+        instrumentation = tracing.server_instrumentation()
         self._server = grpc.aio.server(
-            interceptors=[
-                KeelInterceptor(
-                    policies=policies,
-                    authenticator=authenticator,
-                    rate_limiter=runtime.rate_limiter,
-                    admin_token=runtime.settings.admin_token,
-                    peer_token=runtime.settings.peer_token,
-                )
-            ],
+            interceptors=[instrumentation] if instrumentation is not None else None,
             options=[
                 # Off unless asked (``keel serve gateway --workers N``): a second process on
                 # the same port then fails to start rather than silently sharing its calls.
@@ -275,8 +278,9 @@ class KeelServer:
         for spec in self._specs:
             if spec.on_start is not None:
                 await spec.on_start()
+        registrar = self._handlers.registering(self._server)
         for spec in self._specs:
-            spec.register(self._server)
+            spec.register(registrar)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         names = [spec.name for spec in self._specs]
         enable_reflection([*names, health.SERVICE_NAME], self._server)

@@ -121,9 +121,9 @@ def tracer() -> Tracer | None:
 
 def server_instrumentation() -> grpc.aio.ServerInterceptor | None:
     """The gRPC server instrumentation (a server span per call of a Keel API that answers
-    once, its parent taken from the caller's ``traceparent`` metadata), which
-    :class:`~service_kit.interceptor.KeelInterceptor` runs around itself; None when tracing
-    is off.
+    once, its parent taken from the caller's ``traceparent`` metadata): the server's only
+    grpc.aio interceptor, so it runs around :class:`~service_kit.interceptor.KeelHandlers`'
+    checks; None when tracing is off.
 
     Long-lived streams (``Connect``, ``SubscribeEvents``), health and reflection get no
     span: a span as long as a bridge's connection would tell nothing, and every call under

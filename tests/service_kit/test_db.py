@@ -309,12 +309,15 @@ async def test_connections_ended_before_the_loop_noticed_are_replaced_without_an
 
 
 @pytest.fixture
-async def keyed_table(pg_engine: AsyncEngine) -> str:
-    """A fresh table with a unique key, on the session's PostgreSQL database."""
+async def keyed_table(pg_engine: AsyncEngine) -> AsyncIterator[str]:
+    """A fresh table with a unique key, on the session's PostgreSQL database; dropped
+    afterwards (a table left behind fails test_schema's comparison with the models)."""
     name = f"keyed_{uuid.uuid4().hex[:8]}"
     async with pg_engine.begin() as conn:
         await conn.execute(text(f"CREATE TABLE {name} (key TEXT PRIMARY KEY)"))
-    return name
+    yield name
+    async with pg_engine.begin() as conn:
+        await conn.execute(text(f"DROP TABLE {name}"))
 
 
 async def keys(engine: AsyncEngine, table: str) -> list[str]:

@@ -1,8 +1,10 @@
-"""What KeelInterceptor does on every call, through a real grpc.aio server on port 0 with a
-servicer of its own: each call is counted and timed once under its method and status code,
-the in-flight gauge comes back to zero, the access log line is written (successes at
-DEBUG, failures at INFO), and the wrapped handler of a method is made once and reused
-while the server hands out the same handler for it."""
+"""What KeelHandlers does on every call, through a real grpc.aio server on port 0 with a
+servicer of its own registered through it: each call is counted and timed once under its
+method and status code, the in-flight gauge comes back to zero, the access log line is
+written (successes at DEBUG, failures at INFO) — all before the caller has its answer, a
+failure's too (the tests read them right after the call) — and the request id comes back
+in the trailing metadata; the wrapped handler of a method is made once and reused while the
+service hands out the same handler for it."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from prometheus_client import REGISTRY
 
 from service_kit.auth import Authenticator, Credentials, TenantContext, TenantId
 from service_kit.errors import NotFound
-from service_kit.interceptor import KeelInterceptor, tenant_scope
+from service_kit.interceptor import KeelHandlers, tenant_scope
 from service_kit.ratelimit import InMemoryRateLimiter
 
 SERVICE = "keel.notifications.v1.NotificationService"
@@ -46,8 +48,8 @@ class _Servicer(notifications_pb2_grpc.NotificationServiceServicer):
         raise NotFound(f"no notification {request.id}")
 
 
-def _interceptor() -> KeelInterceptor:
-    return KeelInterceptor(
+def _handlers() -> KeelHandlers:
+    return KeelHandlers(
         policies={SEND: tenant_scope("send:basic"), GET: tenant_scope("send:basic")},
         authenticator=Authenticator(_Validator()),
         rate_limiter=InMemoryRateLimiter(),
@@ -58,22 +60,22 @@ def _interceptor() -> KeelInterceptor:
 @dataclass
 class Served:
     stub: notifications_pb2_grpc.NotificationServiceStub
-    interceptor: KeelInterceptor
+    handlers: KeelHandlers
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[Served]:
-    interceptor = _interceptor()
-    server = grpc.aio.server(interceptors=[interceptor])
+    handlers = _handlers()
+    server = grpc.aio.server()
     notifications_pb2_grpc.add_NotificationServiceServicer_to_server(
         _Servicer(),  # type: ignore[abstract]  # the stubs declare every method abstract
-        server,
+        handlers.registering(server),
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Served(notifications_pb2_grpc.NotificationServiceStub(channel), interceptor)
+        yield Served(notifications_pb2_grpc.NotificationServiceStub(channel), handlers)
     finally:
         await channel.close()
         await server.stop(None)
@@ -160,31 +162,32 @@ def _handler() -> grpc.RpcMethodHandler:
     )
 
 
-class _Details(grpc.HandlerCallDetails):  # type: ignore[misc]
-    def __init__(self, method: str) -> None:
-        self.method = method
-        self.invocation_metadata = ()
-
-
-async def test_a_methods_wrapped_handler_is_made_once_and_again_for_another_handler() -> None:
-    interceptor = _interceptor()
-    first, second = _handler(), _handler()
-
-    async def intercept(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        async def continuation(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-            return handler
-
-        wrapped: grpc.RpcMethodHandler = await interceptor.intercept_service(
-            continuation, _Details(method)
+async def test_the_request_id_comes_back_given_or_made_unique(served: Served) -> None:
+    async def request_id(*extra: tuple[str, str]) -> str:
+        call = served.stub.SendNotification(
+            pb.SendNotificationRequest(), metadata=(*CREDENTIALS, *extra)
         )
-        return wrapped
+        await call
+        trailing = dict(await call.trailing_metadata() or ())
+        found: str = trailing["x-request-id"]
+        return found
 
-    wrapped = await intercept(SEND, first)
+    assert await request_id(("x-request-id", "given-1")) == "given-1"
+    made = {await request_id() for _ in range(3)}
+    assert len(made) == 3
+    assert all(len(rid) == 32 and int(rid, 16) >= 0 for rid in made)
+
+
+def test_a_methods_wrapped_handler_is_made_once_and_again_for_another_handler() -> None:
+    handlers = _handlers()
+    first, second = _handler(), _handler()
+    wrapped = handlers.wrap(SEND, first)
     assert wrapped is not first
-    assert await intercept(SEND, first) is wrapped
-    other = await intercept(SEND, second)  # the server gave another handler: wrap that one
+    assert handlers.wrap(SEND, first) is wrapped
+    other = handlers.wrap(SEND, second)  # the service gave another handler: wrap that one
     assert other is not wrapped and other is not second
-    assert await intercept(SEND, second) is other
-    assert await intercept(GET, first) is not wrapped  # each method has its own
+    assert handlers.wrap(SEND, second) is other
+    assert handlers.wrap(GET, first) is not wrapped  # each method has its own
     unknown = f"/{SERVICE}/NoSuchMethod"
-    assert await intercept(unknown, first) is first  # no policy: passed through untouched
+    assert handlers.wrap(unknown, first) is first  # no policy: passed through untouched
+    assert handlers.wrap(SEND, None) is None
