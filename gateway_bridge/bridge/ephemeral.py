@@ -122,7 +122,11 @@ class Ephemeral:
             await asyncio.sleep(self._ttl / 3)
             try:
                 gone = await self._presence.heartbeat(list(self._present))
-                await self._announce([("presence:offline", who) for who in gone])
+                # A dead bridge's users may be many: no more in one message than in a
+                # batch of changes (each bridge parses a message in one go).
+                for start in range(0, len(gone), CHANGES_PER_BATCH):
+                    batch = gone[start : start + CHANGES_PER_BATCH]
+                    await self._announce([("presence:offline", who) for who in batch])
             except Exception:
                 log.warning("presence heartbeat failed", exc_info=True)
 

@@ -132,6 +132,14 @@ def test_negotiated_extensions_and_checked_origins_are_left_to_websockets() -> N
     assert http.switching_protocols(checked, request(*PLAIN), SERVER) is None
 
 
+def test_a_subprotocol_the_hook_declines_is_left_to_websockets() -> None:
+    """A hook that picks no subprotocol (the conformance echo route): no
+    ``Sec-WebSocket-Protocol`` in the 101, which websockets' accept answers."""
+    declined = server_protocol(select_subprotocol=lambda protocol, offered: None)
+    assert http.switching_protocols(declined, request(*PLAIN), SERVER) is None
+    assert not declined.accept_called and declined.subprotocol is None
+
+
 @pytest.mark.parametrize(
     ("headers", "status"),
     [

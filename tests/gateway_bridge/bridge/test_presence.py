@@ -12,7 +12,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from gateway_bridge.bridge.ephemeral import EPHEMERAL_TOPIC, PRESENCE_TOPIC, Ephemeral
+from gateway_bridge.bridge.ephemeral import (
+    CHANGES_PER_BATCH,
+    EPHEMERAL_TOPIC,
+    PRESENCE_TOPIC,
+    Ephemeral,
+)
 from gateway_bridge.bridge.presence import Change, InMemoryPresence, RedisPresence
 from service_kit.bus import InProcessEventBus
 from service_kit.validation import new_id
@@ -216,3 +221,66 @@ async def test_a_heartbeat_renews_every_entry_it_names_in_every_channel(redis: R
     assert [who for who in gone if who[0] == tenant_id] == []
     online = [await RedisPresence(redis).online(tenant_id, c) for c in channels]
     assert online == [["ann", "bob", "cy"]] * 2
+
+
+async def test_a_presence_batch_reaches_each_tenants_own_watchers_only() -> None:
+    """One bus message may carry several tenants' changes; each event goes to the room of
+    its own tenant, never to the same channel id of another tenant."""
+    bus = InProcessEventBus()
+    fanout = OneRoom("t", "c")
+    ephemeral = Ephemeral(bus=bus, presence=InMemoryPresence())
+    await ephemeral.start(fanout)  # type: ignore[arg-type]
+    try:
+        # One batch (queued together): this tenant's user first, another tenant's after.
+        ephemeral.change(("t", "c", "ann"), +1)
+        ephemeral.change(("other", "c", "mallory"), +1)
+        ephemeral.change(("t", "c", "ann"), -1)
+        ephemeral.change(("t", "c", "zed"), +1)  # the third frame, when all is well
+        async with asyncio.timeout(10):
+            await fanout.three.wait()
+    finally:
+        await ephemeral.stop()
+    heard = [json.loads(frame[2:]) for frame in fanout.written]
+    assert [(f["event"], f["data"]["user_id"]) for f in heard] == [
+        ("presence:online", "ann"),
+        ("presence:offline", "ann"),
+        ("presence:online", "zed"),
+    ]
+
+
+class DeadBridge(InMemoryPresence):
+    """A store whose first heartbeat reports ``count`` users of a dead bridge gone."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.gone = [("t", "c", f"user-{i}") for i in range(count)]
+
+    async def heartbeat(self, present: list[Any]) -> list[Any]:
+        gone, self.gone = self.gone, []
+        return gone
+
+
+async def test_a_dead_bridges_users_are_announced_offline_in_bounded_messages() -> None:
+    """Every user of a dead bridge is announced offline, in order, in messages of at most
+    CHANGES_PER_BATCH events (not one message as large as the bridge was)."""
+    count = 2 * CHANGES_PER_BATCH + 1
+    bus = InProcessEventBus()
+    messages: list[list[dict[str, str]]] = []
+    everyone = asyncio.Event()
+
+    def hear(payload: bytes) -> None:
+        messages.append(json.loads(payload)["events"])
+        if sum(map(len, messages)) == count:
+            everyone.set()
+
+    subscription = await bus.subscribe(PRESENCE_TOPIC, hear)
+    ephemeral = Ephemeral(bus=bus, presence=DeadBridge(count), ttl=0.03)
+    await ephemeral.start(NoRooms())  # type: ignore[arg-type]
+    try:
+        async with asyncio.timeout(10):
+            await everyone.wait()
+    finally:
+        await ephemeral.stop()
+        await subscription.close()
+    assert [len(m) for m in messages] == [CHANGES_PER_BATCH, CHANGES_PER_BATCH, 1]
+    assert [e["user_id"] for m in messages for e in m] == [f"user-{i}" for i in range(count)]
