@@ -21,14 +21,20 @@ Each keeps at most ``limit`` uploads, the least recently continued forgotten fir
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from typing import Final, Generic, TypeVar
 
 from file_service.models import FileState, StoredFile
 from file_service.storage import Hash
 
-#: How many uploads each memory of a process holds (an entry is a few hundred bytes).
+#: How many uploads each memory of a process holds.
 UPLOADS_REMEMBERED: Final = 1000
+#: The largest metadata (its JSON text, bytes) of an upload :class:`RecentUploads` keeps:
+#: an entry is then at most a few KiB (a tus client may send ~8 KiB of metadata, a
+#: backend's CreateUploadUrl up to the message size), so 1000 of them stay within a few
+#: MiB; an upload with more reads its row, as every upload did before.
+METADATA_KEPT_BYTES: Final = 2048
 
 V = TypeVar("V")
 
@@ -76,8 +82,13 @@ class RecentUploads(PerUpload[StoredFile]):
     """Each pending upload as the last request here that moved it left it."""
 
     def keep_file(self, file: StoredFile) -> None:
-        """Keep ``file`` if it is an upload that takes more bytes; else forget it."""
-        if file.state is FileState.PENDING and file.upload_offset < file.size:
+        """Keep ``file`` if it is an upload that takes more bytes and whose metadata is
+        small (:data:`METADATA_KEPT_BYTES`); else forget it."""
+        if (
+            file.state is FileState.PENDING
+            and file.upload_offset < file.size
+            and len(json.dumps(file.metadata, default=str)) <= METADATA_KEPT_BYTES
+        ):
             self.keep(file.tenant_id, file.id, file.upload_offset, file)
         else:
             self.forget(file.tenant_id, file.id)

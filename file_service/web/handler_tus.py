@@ -254,6 +254,9 @@ class TusHandlers:
                 raise UploadExpired(
                     f"the upload of file {file.id} has expired or was terminated"
                 ) from exc
+            if now.state is FileState.READY:
+                # Completed elsewhere since: the offset it is at, as a fresh read answers.
+                raise OffsetMismatch(now.size, offset) from exc
             raise
 
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from file_service.models import FileState, StoredFile
-from file_service.per_upload import RecentUploads, RunningHashes
+from file_service.per_upload import METADATA_KEPT_BYTES, RecentUploads, RunningHashes
 
 
 def test_running_hashes_forget_the_least_recently_continued_upload() -> None:
@@ -65,4 +65,16 @@ def test_recent_uploads_keep_only_uploads_that_take_more_bytes() -> None:
         assert recent.take("t", "f", 100) is None
     recent.keep_file(replace(upload(40), id="g"))
     recent.forget("t", "g")
+    assert recent.take("t", "g", 40) is None
+
+
+def test_recent_uploads_keep_no_upload_with_large_metadata() -> None:
+    """What a process keeps stays small: an upload with more metadata than
+    METADATA_KEPT_BYTES reads its row on its next request instead."""
+    recent = RecentUploads()
+    small = replace(upload(40), metadata={"note": "x" * (METADATA_KEPT_BYTES - 100)})
+    large = replace(upload(40), id="g", metadata={"note": "x" * METADATA_KEPT_BYTES})
+    recent.keep_file(small)
+    recent.keep_file(large)
+    assert recent.take("t", "f", 40) == small
     assert recent.take("t", "g", 40) is None

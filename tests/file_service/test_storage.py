@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -280,6 +281,37 @@ async def test_local_writes_start_their_writeback_and_keep_every_byte(
     assert started == [100 * 1024, 164 * 1024]
     expected = data[: 100 * 1024] + data[: 128 * 1024] + data[228 * 1024 :]
     assert await collect(store.read(key)) == expected
+
+
+async def test_local_writes_without_sync_file_range_keep_every_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where libc has no ``sync_file_range`` (macOS) there is nothing to call, and a call
+    that fails (here on a pipe) is only a hint not taken: neither makes a write fail."""
+
+    class NoSyncFileRange:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def __getattr__(self, name: str) -> object:
+            raise AttributeError(name)
+
+    if local._SYNC_FILE_RANGE is not None:
+        reading, writing = os.pipe()
+        try:
+            local.start_writeback(writing, 0)  # ESPIPE: ignored
+        finally:
+            os.close(reading)
+            os.close(writing)
+    monkeypatch.setattr("ctypes.CDLL", NoSyncFileRange)
+    assert local._sync_file_range() is None
+    monkeypatch.setattr(local, "_SYNC_FILE_RANGE", None)
+    store = LocalBlobStore(tmp_path / "files", chunk_size=64 * 1024)
+    data = pattern(3, 200 * 1024)
+    key = new_key()
+    written = await store.write(key, chunks_of(data, 64 * 1024))
+    assert written.sha256 == hashlib.sha256(data).hexdigest()
+    assert await collect(store.read(key)) == data
 
 
 async def test_settings_choose_the_backend(tmp_path: Path, s3_store: S3BlobStore) -> None:

@@ -454,6 +454,47 @@ async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
+async def test_another_tenant_cannot_continue_an_upload_its_owner_just_moved(
+    server: FileServer,
+) -> None:
+    """The upload this process kept is its tenant's: a request of another tenant (the same
+    user name, the same upload URL) reads its own tenant's files and finds none."""
+    tenant = new_tenant()
+    url, file_id = await server.create(tenant, "alice", 100)
+    assert await patch_as(server, url, tenant, "alice", 0, b"x" * 40) == 204
+    assert await patch_as(server, url, new_tenant(), "alice", 40, b"y" * 30) == 404
+    assert (await server.service.get_file(tenant, file_id)).upload_offset == 40
+
+
+async def test_a_patch_at_the_offset_another_process_moved_the_upload_to_is_taken(
+    server: FileServer, other_process: FileService
+) -> None:
+    """What this process kept is for the offset it left the upload at: a PATCH at the
+    offset another process moved it to is not refused with the offset kept here."""
+    tenant, body = new_tenant(), os.urandom(100)
+    url, file_id = await server.create(tenant, "alice", len(body))
+    assert await patch_as(server, url, tenant, "alice", 0, body[:40]) == 204
+    await other_process.append(tenant, file_id, 40, one_chunk(body[40:70]))
+    assert await patch_as(server, url, tenant, "alice", 70, body[70:]) == 204
+    ready = await server.service.get_file(tenant, file_id)
+    assert ready.state is FileState.READY and ready.sha256 == hashlib.sha256(body).hexdigest()
+
+
+async def test_a_patch_after_another_process_completed_the_upload_is_409_with_its_size(
+    server: FileServer, other_process: FileService
+) -> None:
+    tenant, body = new_tenant(), os.urandom(100)
+    url, file_id = await server.create(tenant, "alice", len(body))
+    assert await patch_as(server, url, tenant, "alice", 0, body[:40]) == 204
+    await other_process.append(tenant, file_id, 40, one_chunk(body[40:]))
+    headers = patch_headers(server, tenant, "alice", 40)
+    async with server.http.patch(url, headers=headers, data=b"z" * 60) as response:
+        assert response.status == 409
+        assert "at offset 100" in await response.text()
+    ready = await server.service.get_file(tenant, file_id)
+    assert ready.state is FileState.READY and ready.sha256 == hashlib.sha256(body).hexdigest()
+
+
 # -- who may touch an upload ------------------------------------------------------------
 
 
