@@ -70,10 +70,6 @@ class QueuedDeliveries:
         self._jobs: dict[_JobGroup, list[dict[str, Any]]] = defaultdict(list)
         self._now: datetime | None = None
 
-    def __bool__(self) -> bool:
-        """Whether any delivery was added."""
-        return bool(self._windows or self._jobs)
-
     def add(
         self,
         row: dict[str, Any],

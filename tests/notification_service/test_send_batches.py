@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -37,6 +37,7 @@ from notification_service.store.send_plain_pg import write_plain_sends
 from notification_service.store.send_writes import write_sends
 from service_kit.config import load_settings
 from service_kit.db import create_engine
+from service_kit.schema import jobs as jobs_table
 from service_kit.schema import notification_deliveries, notification_digests, notifications
 from service_kit.validation import new_id
 
@@ -429,3 +430,87 @@ async def test_a_batch_of_plain_sends_plans_with_what_is_stored_and_counts_what_
     assert read[0].settings == await store.tenant_settings(tenant)
     assert read[0].settings.category_defaults == defaults
     assert read[1].preferences == {} and read[1].settings == await store.tenant_settings(other)
+
+
+async def test_a_batch_of_plain_sends_that_fails_is_stored_one_send_at_a_time(
+    store: SqlNotificationStore, batches: list[int]
+) -> None:
+    """In-app sends at once without a request id (on PostgreSQL the batch on asyncpg
+    directly) fall back one at a time as any batch does: nothing of the failed batch is
+    kept, the others are stored and counted once."""
+    tenant = new_id()
+    taken = (await store.create_send(_send(tenant, "ann"))).notifications[0].id
+    batches.clear()
+    before = _alone("conflict")
+    sends = [
+        _send(tenant, "bob"),
+        _send(tenant, "cat", notification_id=taken),
+        _send(tenant, "bob"),
+    ]
+    outcomes = await _outcomes(store, sends)
+    assert batches == [3, 1, 1, 1]  # the batch, then each send alone
+    assert _alone("conflict") - before == 3
+    assert isinstance(outcomes[1], IntegrityError)
+    assert [o.unread for o in (outcomes[0], outcomes[2])] == [{"bob": 1}, {"bob": 2}]
+    _, unread = await store.list_inbox(tenant, "bob", unread_only=False, limit=5, after=None)
+    assert unread == 2
+    _, unread = await store.list_inbox(tenant, "cat", unread_only=False, limit=1, after=None)
+    assert unread == 0
+
+
+async def test_in_app_sends_of_a_batch_held_for_their_send_at_each_get_a_release(
+    store: SqlNotificationStore, engine: AsyncEngine
+) -> None:
+    """In-app only, without a request id, but with a ``send_at``: not a plain send (on
+    PostgreSQL that batch must not go the way of send_plain_pg, which enqueues no job)."""
+    tenant = new_id()
+    later = datetime.now(UTC) + timedelta(hours=1)
+    sends = [_send(tenant, user) for user in ("ann", "bob")]
+    sends = [replace(s, request=replace(s.request, send_at=later)) for s in sends]
+    stored = await _outcomes(store, sends)
+    assert all(isinstance(s, StoredSend) and s.unread == {} for s in stored)
+    async with engine.connect() as conn:
+        payloads = (
+            await conn.execute(
+                select(jobs_table.c.payload).where(
+                    jobs_table.c.kind == "notification.release", jobs_table.c.tenant_id == tenant
+                )
+            )
+        ).all()
+    assert sorted(p.payload["send_id"] for p in payloads) == sorted(s.send_id for s in sends)
+
+
+async def test_a_batch_of_plain_sends_counts_after_a_transaction_that_counted_first_commits(
+    store: SqlNotificationStore, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large send has counted and not yet committed when a batch of plain sends (on
+    PostgreSQL on asyncpg directly, writing and counting in one statement) is ready to
+    count: the batch waits for its turn, so its counts include the large send's."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: nothing to overlap")
+    counted = asyncio.Event()
+    plain_ready = asyncio.Event()
+
+    async def large_first(conn: Any, sends: Sequence[NewSend], **options: Any) -> Any:
+        outcomes = await write_sends(conn, sends, **options)
+        counted.set()  # counted, holding the turn, not committed
+        await asyncio.wait_for(plain_ready.wait(), 10)
+        await asyncio.sleep(0.2)  # time for a batch that did not wait its turn to commit
+        return outcomes
+
+    async def plain_after(driver: Any, sends: Sequence[NewSend], **options: Any) -> Any:
+        take_turn = options.pop("before_counting")
+
+        async def when_counted() -> None:
+            await asyncio.wait_for(counted.wait(), 10)
+            plain_ready.set()
+            await take_turn()
+
+        return await write_plain_sends(driver, sends, before_counting=when_counted, **options)
+
+    monkeypatch.setattr(sends_module, "write_sends", large_first)
+    monkeypatch.setattr(sends_module, "write_plain_sends", plain_after)
+    tenant = new_id()
+    large = _send(tenant, "ann", *(f"u{i}" for i in range(sends_module.BATCHED_RECIPIENTS)))
+    stored = await _outcomes(store, [large, *(_send(tenant, "ann") for _ in range(3))])
+    assert [s.unread["ann"] for s in stored] == [1, 2, 3, 4]
