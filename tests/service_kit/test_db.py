@@ -193,6 +193,8 @@ async def test_create_database_leaves_sqlite_alone(tmp_path: Path) -> None:
 # -- the PostgreSQL pool: dead connections replaced, live ones taken without a ping ------
 
 POOLED = 4
+#: The longest a backend whose connection was closed (or terminated) may take to end.
+BACKENDS_GONE_WITHIN = 10.0
 
 
 @pytest.fixture
@@ -239,14 +241,21 @@ async def terminate(pids: list[int]) -> None:
 
 
 async def backends_gone(pids: list[int]) -> None:
-    """Return once the server processes ``pids`` have ended."""
+    """Return once the server processes ``pids`` have ended; fail the test when some still
+    run :data:`BACKENDS_GONE_WITHIN` seconds later. (PostgreSQL tells nobody when a backend
+    exits, so this polls ``pg_stat_activity``.)"""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BACKENDS_GONE_WITHIN
     admin = await asyncpg.connect(PG_ADMIN_URL)
     try:
-        while True:
-            if not await admin.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
-            ):
-                break
+        while running := await admin.fetchval(
+            "SELECT array_agg(pid) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
+        ):
+            if loop.time() > deadline:
+                pytest.fail(
+                    f"the server processes {sorted(running)} still run"
+                    f" {BACKENDS_GONE_WITHIN:g} s later: their connections were not closed"
+                )
             await asyncio.sleep(0.01)
     finally:
         await admin.close()
