@@ -21,7 +21,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service_kit import db
-from service_kit.config import load_settings
 from service_kit.db import (
     check,
     create_database,
@@ -32,6 +31,7 @@ from service_kit.db import (
 )
 from service_kit.errors import Unavailable
 from tests.conftest import PG_ADMIN_URL, free_port
+from tests.service_kit.conftest import POOLED, backends_gone, keys, select_one_on_each
 
 #: A statement that keeps SQLite busy for about a second.
 SLOW_QUERY = (
@@ -192,17 +192,6 @@ async def test_create_database_leaves_sqlite_alone(tmp_path: Path) -> None:
 
 # -- the PostgreSQL pool: dead connections replaced, live ones taken without a ping ------
 
-POOLED = 4
-#: The longest a backend whose connection was closed (or terminated) may take to end.
-BACKENDS_GONE_WITHIN = 10.0
-
-
-@pytest.fixture
-async def pg_engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(load_settings({"DATABASE_URL": pg_url}).database_url, pool_size=POOLED)
-    yield engine
-    await engine.dispose()
-
 
 @pytest.fixture
 def pings(monkeypatch: pytest.MonkeyPatch) -> list[object]:
@@ -238,39 +227,6 @@ async def terminate(pids: list[int]) -> None:
     finally:
         await admin.close()
     await backends_gone(pids)
-
-
-async def backends_gone(pids: list[int]) -> None:
-    """Return once the server processes ``pids`` have ended; fail the test when some still
-    run :data:`BACKENDS_GONE_WITHIN` seconds later. (PostgreSQL tells nobody when a backend
-    exits, so this polls ``pg_stat_activity``.)"""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + BACKENDS_GONE_WITHIN
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        while running := await admin.fetchval(
-            "SELECT array_agg(pid) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
-        ):
-            if loop.time() > deadline:
-                pytest.fail(
-                    f"the server processes {sorted(running)} still run"
-                    f" {BACKENDS_GONE_WITHIN:g} s later: their connections were not closed"
-                )
-            await asyncio.sleep(0.01)
-    finally:
-        await admin.close()
-
-
-async def select_one_on_each(engine: AsyncEngine) -> list[int]:
-    """``SELECT 1`` on ``POOLED`` connections at once."""
-    gate = asyncio.Barrier(POOLED)
-
-    async def one() -> int:
-        async with engine.connect() as conn:
-            await gate.wait()
-            return int((await conn.execute(text("SELECT 1"))).scalar_one())
-
-    return await asyncio.gather(*(one() for _ in range(POOLED)))
 
 
 async def test_a_connection_taken_again_within_a_second_is_not_pinged(
@@ -315,23 +271,6 @@ async def test_connections_ended_before_the_loop_noticed_are_replaced_without_an
 
 
 # -- driver_transaction: asyncpg itself, with SQLAlchemy's promises ---------------------
-
-
-@pytest.fixture
-async def keyed_table(pg_engine: AsyncEngine) -> AsyncIterator[str]:
-    """A fresh table with a unique key, on the session's PostgreSQL database; dropped
-    afterwards (a table left behind fails test_schema's comparison with the models)."""
-    name = f"keyed_{uuid.uuid4().hex[:8]}"
-    async with pg_engine.begin() as conn:
-        await conn.execute(text(f"CREATE TABLE {name} (key TEXT PRIMARY KEY)"))
-    yield name
-    async with pg_engine.begin() as conn:
-        await conn.execute(text(f"DROP TABLE {name}"))
-
-
-async def keys(engine: AsyncEngine, table: str) -> list[str]:
-    async with engine.connect() as conn:
-        return [row.key for row in await conn.execute(text(f"SELECT key FROM {table}"))]
 
 
 async def insert(engine: AsyncEngine, table: str, *values: str) -> None:

@@ -1,5 +1,5 @@
 """service_kit.db.driver_statements: asyncpg itself outside a transaction, with
-SQLAlchemy's promises (the helpers and fixtures are test_db's, for driver_transaction)."""
+SQLAlchemy's promises (its fixtures and helpers, in conftest, are test_db's too)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service_kit.db import driver_statements
-from tests.service_kit import test_db
-from tests.service_kit.test_db import POOLED, backends_gone, keys, select_one_on_each
-
-# test_db's fixtures, used here by name.
-pg_engine = test_db.pg_engine
-keyed_table = test_db.keyed_table
+from tests.service_kit.conftest import POOLED, backends_gone, keys, select_one_on_each
 
 
 async def test_each_statement_commits_on_its_own(pg_engine: AsyncEngine, keyed_table: str) -> None:
