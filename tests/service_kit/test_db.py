@@ -332,3 +332,55 @@ async def test_a_driver_transaction_cancelled_mid_statement_ends_its_backend_and
     await insert(pg_engine, keyed_table, "held")
     assert await keys(pg_engine, keyed_table) == ["held"]
     assert await select_one_on_each(pg_engine) == [1] * POOLED
+
+
+@pytest.mark.parametrize(
+    ("refused", "raised"),
+    [
+        ("INSERT INTO {table} VALUES ('taken')", IntegrityError),
+        ("SELECT 1 / 0", asyncpg.DivisionByZeroError),  # passes as the driver raised it
+    ],
+    ids=["constraint", "division by zero"],
+)
+async def test_a_statement_the_server_refused_rolls_back_and_its_connection_serves_the_next(
+    pg_engine: AsyncEngine, keyed_table: str, refused: str, raised: type[Exception]
+) -> None:
+    await insert(pg_engine, keyed_table, "taken")  # from now on the pool holds one connection
+    pids: list[int] = []
+    with pytest.raises(raised):
+        async with driver_transaction(pg_engine) as driver:
+            pids.append(await driver.fetchval("SELECT pg_backend_pid()"))
+            await driver.execute(f"INSERT INTO {keyed_table} VALUES ($1)", "first")
+            await driver.execute(refused.format(table=keyed_table))
+    # Kept (an answer from the server is no reason to reconnect) and rolled back: the
+    # next transaction on the same connection writes.
+    async with driver_transaction(pg_engine) as driver:
+        assert await driver.fetchval("SELECT pg_backend_pid()") == pids[0]
+        await driver.execute(f"INSERT INTO {keyed_table} VALUES ($1)", "next")
+    assert sorted(await keys(pg_engine, keyed_table)) == ["next", "taken"]
+
+
+async def test_a_connection_whose_rollback_failed_is_closed_not_pooled(
+    pg_engine: AsyncEngine, keyed_table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execute = asyncpg.Connection.execute
+
+    async def rollback_fails(
+        self: asyncpg.Connection, query: str, *args: object, **kwargs: object
+    ) -> str:
+        if query == "ROLLBACK":
+            raise asyncpg.InterfaceError("ROLLBACK failed (injected)")
+        status: str = await execute(self, query, *args, **kwargs)
+        return status
+
+    await insert(pg_engine, keyed_table, "taken")
+    monkeypatch.setattr(asyncpg.Connection, "execute", rollback_fails)
+    pids: list[int] = []
+    with pytest.raises(IntegrityError):
+        async with driver_transaction(pg_engine) as driver:
+            pids.append(await driver.fetchval("SELECT pg_backend_pid()"))
+            await driver.execute(f"INSERT INTO {keyed_table} VALUES ($1)", "taken")
+    # Pooled, its failed transaction would refuse every statement of the next caller.
+    await backends_gone(pids)
+    await insert(pg_engine, keyed_table, "next")
+    assert sorted(await keys(pg_engine, keyed_table)) == ["next", "taken"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import asyncpg
 import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -56,3 +57,22 @@ async def test_a_statement_cancelled_midway_ends_its_backend_and_the_pool_serves
         await task
     await backends_gone(pids)  # invalidated, not pooled with a statement under way
     assert await select_one_on_each(pg_engine) == [1] * POOLED
+
+
+async def test_a_statement_the_server_refused_leaves_its_connection_serving_in_the_pool(
+    pg_engine: AsyncEngine, keyed_table: str
+) -> None:
+    async with driver_statements(pg_engine) as driver:  # the pool's one connection
+        pid = await driver.fetchval("SELECT pg_backend_pid()")
+        await driver.execute(f"INSERT INTO {keyed_table} VALUES ($1)", "taken")
+    with pytest.raises(IntegrityError):
+        async with driver_statements(pg_engine) as driver:
+            await driver.execute(f"INSERT INTO {keyed_table} VALUES ($1)", "taken")
+    with pytest.raises(asyncpg.DivisionByZeroError):  # passes as the driver raised it
+        async with driver_statements(pg_engine) as driver:
+            await driver.execute("SELECT 1 / 0")
+    # An answer from the server is no reason to reconnect.
+    async with driver_statements(pg_engine) as driver:
+        assert await driver.fetchval("SELECT pg_backend_pid()") == pid
+        await driver.execute(f"INSERT INTO {keyed_table} VALUES ($1)", "next")
+    assert sorted(await keys(pg_engine, keyed_table)) == ["next", "taken"]
