@@ -20,6 +20,10 @@ Invariants:
   already knows is closed is replaced at once (see ``_check_on_checkout``). A connection
   that fails mid-statement anyway invalidates the pool (SQLAlchemy's disconnect handling),
   so the next checkouts connect afresh.
+- A connection lent to asyncpg itself (:func:`driver_transaction`,
+  :func:`driver_statements`) goes back to the pool only when it is known to be idle:
+  its work done, or a statement refused by the server (and, in a transaction, rolled
+  back); otherwise it is closed (see ``_driver_connection``).
 - :func:`database_unavailable` is the one place that tells an outage (answered
   UNAVAILABLE with a retry delay) from a bug; :func:`check` and :func:`describe_problem`
   say in an operator's words why the database cannot be used.
@@ -35,7 +39,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -240,65 +244,77 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
             yield conn
 
 
-@asynccontextmanager
-async def driver_transaction(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+def driver_transaction(engine: AsyncEngine) -> AbstractAsyncContextManager[asyncpg.Connection]:
     """A pooled PostgreSQL connection's asyncpg connection in a transaction, for the
     hottest statements: nothing between them and the driver (SQLAlchemy's greenlet hops
     and cursor and result wrapping cost more than a small batch's statements themselves).
     Commits on success, rolls back on error.
 
-    What SQLAlchemy would do is done here: a constraint violation is raised as
-    SQLAlchemy's ``IntegrityError`` (so callers handle one set of errors; other driver
-    errors pass as they are, which :func:`database_unavailable` knows), and a connection
-    whose transaction did not end cleanly — cancelled mid-statement, lost, or failed by
-    anything but the server refusing a statement — is invalidated (closed: the server
-    rolls back; the pool connects afresh), never returned to the pool mid-transaction.
+    What SQLAlchemy would do is done here (see :func:`_driver_connection`): a constraint
+    violation is raised as SQLAlchemy's ``IntegrityError``, and a connection whose
+    transaction did not end cleanly — cancelled mid-statement, lost, a failed
+    ``ROLLBACK``, or failed by anything but the server refusing a statement — is
+    invalidated, never returned to the pool mid-transaction.
     """
-    async with engine.connect() as conn:
-        driver: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
-        ended = False
-        try:
-            await driver.execute("BEGIN")
-            yield driver
-            await driver.execute("COMMIT")
-            ended = True
-        except asyncpg.PostgresError as exc:  # refused by the server: the connection is fine
-            try:
-                await driver.execute("ROLLBACK")
-                ended = True
-            except Exception:
-                pass  # invalidated below
-            if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
-                raise IntegrityError(None, None, exc) from exc
-            raise
-        finally:
-            if not ended:
-                await conn.invalidate()
+    return _driver_connection(engine, transaction=True)
 
 
-@asynccontextmanager
-async def driver_statements(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+def driver_statements(engine: AsyncEngine) -> AbstractAsyncContextManager[asyncpg.Connection]:
     """A pooled PostgreSQL connection's asyncpg connection outside any transaction: each
     statement commits on its own (no ``BEGIN``/``COMMIT``: two round trips fewer), for
     work whose writes are one statement. As :func:`driver_transaction`, a constraint
     violation is raised as SQLAlchemy's ``IntegrityError``, and a connection whose
     statement did not end cleanly (cancelled mid-statement, lost, anything but the
     server refusing it) is invalidated, never returned to the pool."""
+    return _driver_connection(engine, transaction=False)
+
+
+@asynccontextmanager
+async def _driver_connection(
+    engine: AsyncEngine, *, transaction: bool
+) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection's asyncpg connection, in a transaction (``BEGIN`` before,
+    ``COMMIT`` after, ``ROLLBACK`` when the server refused a statement) when
+    ``transaction``; the one place :func:`driver_transaction` and
+    :func:`driver_statements` take it, translate its errors and decide whether it may go
+    back to the pool.
+
+    The connection goes back to the pool when the work ended (committed, in a
+    transaction) or the server refused a statement (``asyncpg.PostgresError``: the
+    connection is fine, once its transaction is rolled back). Anything else (a
+    cancellation, a lost connection, the caller's own exception, a failed ``ROLLBACK``)
+    may leave a statement or transaction under way, so the connection is invalidated
+    (closed: the server rolls back; the pool connects afresh). A constraint violation is raised as
+    SQLAlchemy's ``IntegrityError``, so callers handle one set of errors; other driver
+    errors pass as they are, which :func:`database_unavailable` knows.
+    """
     async with engine.connect() as conn:
         driver: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
-        ended = False
+        clean = False
         try:
+            if transaction:
+                await driver.execute("BEGIN")
             yield driver
-            ended = True
-        except asyncpg.IntegrityConstraintViolationError as exc:
-            ended = True
-            raise IntegrityError(None, None, exc) from exc
-        except asyncpg.PostgresError:  # refused by the server: the connection is fine
-            ended = True
+            if transaction:
+                await driver.execute("COMMIT")
+            clean = True
+        except asyncpg.PostgresError as exc:  # refused by the server: the connection is fine
+            clean = not transaction or await _rolled_back(driver)
+            if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+                raise IntegrityError(None, None, exc) from exc
             raise
         finally:
-            if not ended:
+            if not clean:
                 await conn.invalidate()
+
+
+async def _rolled_back(driver: asyncpg.Connection) -> bool:
+    """Whether ``ROLLBACK`` on ``driver`` succeeded (if not, the connection is dropped)."""
+    try:
+        await driver.execute("ROLLBACK")
+        return True
+    except Exception:
+        return False
 
 
 def one_of(
