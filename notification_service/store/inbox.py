@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, func, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, Select, String, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notification_service.models import Notification
@@ -28,12 +28,25 @@ from service_kit.db import keyset_page, write_transaction
 from service_kit.schema import notifications
 
 
-def _inbox(tenant_id: str, user_id: str) -> ColumnElement[bool]:
-    return (
-        (notifications.c.tenant_id == tenant_id)
-        & (notifications.c.user_id == user_id)
-        & notifications.c.inbox_time.is_not(None)
-    )
+def _inbox(
+    tenant_id: str | ColumnElement[str], user_id: str | ColumnElement[str] | None
+) -> ColumnElement[bool]:
+    """In the user's inbox (with ``user_id`` None: in an inbox of the tenant's)."""
+    landed = (notifications.c.tenant_id == tenant_id) & notifications.c.inbox_time.is_not(None)
+    return landed if user_id is None else landed & (notifications.c.user_id == user_id)
+
+
+def _unread(
+    tenant_id: str | ColumnElement[str], user_id: str | ColumnElement[str] | None
+) -> ColumnElement[bool]:
+    """In the inbox (as :func:`_inbox`) and not read yet: what an unread count counts."""
+    return _inbox(tenant_id, user_id) & notifications.c.read_time.is_(None)
+
+
+def unread_count(tenant_id: ColumnElement[str], user_id: ColumnElement[str]) -> ScalarSelect[int]:
+    """The unread count of one inbox, as a column (one index lookup); the one
+    definition every count reads, :mod:`.send_plain_pg`'s too."""
+    return select(func.count()).where(_unread(tenant_id, user_id)).scalar_subquery()
 
 
 class SqlInbox(SqlStoreBase):
@@ -91,7 +104,7 @@ class SqlInbox(SqlStoreBase):
         returns how many changed and the unread count after."""
         marked = 0
         async with write_transaction(self._engine) as conn:
-            unread = _inbox(tenant_id, user_id) & notifications.c.read_time.is_(None)
+            unread = _unread(tenant_id, user_id)
             if notification_ids is None:
                 result = await conn.execute(
                     update(notifications).where(unread).values(read_time=now)
@@ -130,19 +143,14 @@ async def read_unread_counts(
 # Built once per dialect: a send reads it every time (only the parameters change).
 @functools.cache
 def _unread_counts_query(dialect: str) -> Select[Any]:
-    unread = (
-        notifications.c.tenant_id == bindparam("tenant_id"),
-        notifications.c.inbox_time.is_not(None),
-        notifications.c.read_time.is_(None),
-    )
+    tenant = bindparam("tenant_id", type_=String)
     if dialect == "postgresql":
         # One index lookup per user (see base.listed): the cost follows the users'
         # inboxes, not the tenant's.
         users = listed("user_ids", "user_id")
-        count = select(func.count()).where(*unread, notifications.c.user_id == users.c.user_id)
-        return select(users.c.user_id, count.scalar_subquery())
+        return select(users.c.user_id, unread_count(tenant, users.c.user_id))
     return (
         select(notifications.c.user_id, func.count())
-        .where(*unread, one_of(notifications.c.user_id, "user_ids", dialect))
+        .where(_unread(tenant, None), one_of(notifications.c.user_id, "user_ids", dialect))
         .group_by(notifications.c.user_id)
     )

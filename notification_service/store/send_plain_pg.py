@@ -25,20 +25,26 @@ statement until it has committed, nothing else this process stores commits in be
 transaction's locks).
 
 Every statement's text is fixed and its rows travel as arrays, so asyncpg prepares each
-once per connection. Sends with a request id, a ``send_at`` or another channel (jobs,
-digest windows, push subscriptions) take the general path.
+once per connection. The reads and the count are the general path's SQLAlchemy queries
+(:mod:`.settings`, :func:`.inbox.unread_count`) compiled once for asyncpg
+(:func:`.base.for_driver`): one definition of each, whichever path runs it. Sends with
+a request id, a ``send_at`` or another channel (jobs, digest windows, push
+subscriptions) take the general path.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
+from sqlalchemy import Select, String, bindparam, func, select
+from sqlalchemy.dialects import postgresql
 
-from notification_service.models import Channel, Preferences
+from notification_service.models import Channel
+from notification_service.store.base import for_driver
+from notification_service.store.inbox import unread_count
 from notification_service.store.queued import QueuedDeliveries
 from notification_service.store.rows import to_preferences, to_tenant_settings
 from notification_service.store.send_models import NewSend, SendInputs
@@ -54,6 +60,7 @@ from notification_service.store.send_writes import (
     plan_sends,
     unread_as_of_each,
 )
+from notification_service.store.settings import TENANT_SETTINGS_QUERY, preferences_query
 
 _IN_APP_ONLY = (Channel.IN_APP,)
 
@@ -92,10 +99,12 @@ async def write_plain_sends(
         params = pg_parameters(written)
         keys = sorted(in_batch)
         counted = await driver.fetch(
-            _PG_INSERT_AND_COUNT,
+            _INSERT_AND_COUNT,
+            *_COUNTS.args(
+                tenant_ids=[tenant_id for tenant_id, _ in keys],
+                user_ids=[user_id for _, user_id in keys],
+            ),
             *[params[name] for name in PG_PARAMETER_NAMES],
-            [tenant_id for tenant_id, _ in keys],
-            [user_id for _, user_id in keys],
         )
         final = {(r[0], r[1]): r[2] + in_batch[(r[0], r[1])] for r in counted}
     unread = unread_as_of_each(sends, landed, final)
@@ -109,59 +118,43 @@ async def _read_inputs(driver: asyncpg.Connection, sends: Sequence[NewSend]) -> 
         users[send.tenant_id].update(send.user_ids)
     by_tenant: dict[str, SendInputs] = {}
     for tenant_id, user_ids in users.items():
-        settings = await driver.fetch(_PG_SETTINGS, tenant_id)
-        preferences = await driver.fetch(_PG_PREFERENCES, tenant_id, sorted(user_ids))
+        settings = await driver.fetch(_SETTINGS.sql, *_SETTINGS.args(tenant_id=tenant_id))
+        preferences = await driver.fetch(
+            _PREFERENCES.sql, *_PREFERENCES.args(tenant_id=tenant_id, user_ids=sorted(user_ids))
+        )
         by_tenant[tenant_id] = SendInputs(
-            {r["user_id"]: _preferences(r) for r in preferences},
-            to_tenant_settings({**r, "value": json.loads(r["value"])} for r in settings),
+            {r["user_id"]: to_preferences(r) for r in preferences},
+            to_tenant_settings(settings),
             {},
         )
     return [by_tenant[send.tenant_id] for send in sends]
 
 
-def _preferences(record: asyncpg.Record) -> Preferences:
-    row: dict[str, Any] = dict(record)
-    enabled = row["enabled_channels"]
-    row["enabled_channels"] = None if enabled is None else json.loads(enabled)
-    row["rules"] = json.loads(row["rules"])
-    return to_preferences(row)
+_SETTINGS = for_driver(TENANT_SETTINGS_QUERY)
+_PREFERENCES = for_driver(preferences_query("postgresql"))
 
 
-# JSON columns are read as text (asyncpg's own decoding of them differs with the
-# connection's codecs) and decoded here.
-_PG_SETTINGS = """
-SELECT name, CAST(value AS text) AS value, update_time
-FROM notification_tenant_settings
-WHERE tenant_id = $1
-"""
+def _counts_query() -> Select[Any]:
+    """Each (tenant, user) pair of the arrays ``tenant_ids`` and ``user_ids`` with its
+    inbox's unread count."""
+    pairs = (
+        func.unnest(
+            bindparam("tenant_ids", type_=postgresql.ARRAY(String)),
+            bindparam("user_ids", type_=postgresql.ARRAY(String)),
+        )
+        .table_valued("tenant_id", "user_id")
+        .render_derived(name="counted")
+    )
+    return select(
+        pairs.c.tenant_id, pairs.c.user_id, unread_count(pairs.c.tenant_id, pairs.c.user_id)
+    )
 
-# One primary-key lookup per user; LIMIT 1 keeps PostgreSQL from planning the LATERAL
-# as a scan of the tenant's preferences (as settings._preferences_query).
-_PG_PREFERENCES = """
-SELECT p.user_id, CAST(p.enabled_channels AS text) AS enabled_channels, p.email,
-       p.webhook_url, p.webhook_secret, p.quiet_start, p.quiet_end, p.quiet_time_zone,
-       CAST(p.rules AS text) AS rules, p.update_time
-FROM unnest($2::varchar[]) AS u(user_id)
-CROSS JOIN LATERAL (
-    SELECT * FROM notification_preferences
-    WHERE tenant_id = $1 AND user_id = u.user_id
-    LIMIT 1
-) AS p
-"""
 
-_POSITION = {name: number for number, name in enumerate(PG_PARAMETER_NAMES, start=1)}
-_COUNTED_TENANTS = len(PG_PARAMETER_NAMES) + 1
-_COUNTED_USERS = len(PG_PARAMETER_NAMES) + 2
+_COUNTS = for_driver(_counts_query())
 
 # The inserts, then each landed inbox's unread count as it was before them (one index
-# lookup per user).
-_PG_INSERT_AND_COUNT = pg_insert_sends(
-    lambda name: f"${_POSITION[name]}",
-    then=(
-        "SELECT c.tenant_id, c.user_id, (SELECT count(*) FROM notifications AS i"
-        " WHERE i.tenant_id = c.tenant_id AND i.user_id = c.user_id"
-        " AND i.inbox_time IS NOT NULL AND i.read_time IS NULL)"
-        f" FROM unnest(${_COUNTED_TENANTS}::varchar[], ${_COUNTED_USERS}::varchar[])"
-        " AS c(tenant_id, user_id)"
-    ),
+# lookup per user): the count's parameters come first, the insert's after them.
+_INSERT_AND_COUNT = pg_insert_sends(
+    lambda name: f"${len(_COUNTS.names) + PG_PARAMETER_NAMES.index(name) + 1}",
+    then=_COUNTS.sql,
 )

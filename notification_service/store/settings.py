@@ -248,14 +248,16 @@ class SqlSettings(SqlStoreBase):
         return to_subscription(row._mapping) if row else None
 
 
-# Built once (per dialect): every send reads both (only the parameters change).
-_TENANT_SETTINGS = select(notification_tenant_settings).where(
+# Built once (per dialect): every send reads both (only the parameters change), on
+# asyncpg itself too (send_plain_pg).
+TENANT_SETTINGS_QUERY = select(notification_tenant_settings).where(
     notification_tenant_settings.c.tenant_id == bindparam("tenant_id")
 )
 
 
 @functools.cache
-def _preferences_query(dialect: str) -> Select[Any]:
+def preferences_query(dialect: str) -> Select[Any]:
+    """The stored preferences of the tenant ``tenant_id``'s users ``user_ids``."""
     tenant = notification_preferences.c.tenant_id == bindparam("tenant_id")
     if dialect == "postgresql":
         # One primary-key lookup per user (see base.listed); LIMIT 1 (there is at most
@@ -276,7 +278,7 @@ def _preferences_query(dialect: str) -> Select[Any]:
 
 async def read_tenant_settings(conn: AsyncConnection, tenant_id: str) -> TenantSettings:
     """The tenant's settings as ``conn`` sees them (defaults for what it never set)."""
-    rows = (await conn.execute(_TENANT_SETTINGS, {"tenant_id": tenant_id})).all()
+    rows = (await conn.execute(TENANT_SETTINGS_QUERY, {"tenant_id": tenant_id})).all()
     return to_tenant_settings(r._mapping for r in rows)
 
 
@@ -287,7 +289,7 @@ async def read_preferences(
     found: dict[str, Preferences] = {}
     for part in chunks(sorted(set(user_ids))):
         params = {"tenant_id": tenant_id, "user_ids": list(part)}
-        query = _preferences_query(conn.dialect.name)
+        query = preferences_query(conn.dialect.name)
         for row in (await conn.execute(query, params)).all():
             found[row.user_id] = to_preferences(row._mapping)
     return found

@@ -13,19 +13,31 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import PickleType, literal, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notification_service.models import (
+    CategoryDefault,
+    CategoryRule,
     Channel,
     NotificationId,
     PlannedChannel,
     PlannedRecipient,
     Preferences,
+    QuietHours,
     SendRequest,
     UserId,
 )
 from notification_service.store import NewSend, SqlNotificationStore
-from notification_service.store.settings import read_preferences
+from notification_service.store.base import for_driver
+from notification_service.store.rows import to_preferences, to_tenant_settings
+from notification_service.store.settings import (
+    TENANT_SETTINGS_QUERY,
+    preferences_query,
+    read_preferences,
+    read_tenant_settings,
+)
+from service_kit.db import driver_statements
 from service_kit.validation import new_id
 
 #: More runs than PostgreSQL's five custom plans.
@@ -90,3 +102,55 @@ async def test_preferences_are_read_for_the_listed_users_of_the_tenant_only(
             u: f"{i}@example.com" for i, u in enumerate(users[:12]) if u in asked
         }
         assert all(isinstance(p, Preferences) and p.user_id == u for u, p in found.items())
+
+
+async def test_the_reads_compiled_for_the_driver_give_what_sqlalchemy_gives(
+    store: SqlNotificationStore, engine: AsyncEngine
+) -> None:
+    """A batch of plain sends on PostgreSQL reads through asyncpg itself the queries the
+    other sends read through SQLAlchemy (JSON columns included): it plans with the same
+    preferences and settings."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("only PostgreSQL runs queries on the driver")
+    tenant, other = new_id(), new_id()
+    now = datetime.now(UTC)
+    users = ["ann", "bob", "cy"]
+    liked = Preferences(
+        UserId("ann"),
+        enabled_channels=(Channel.IN_APP, Channel.EMAIL),
+        email="ann@example.com",
+        quiet_hours=QuietHours("22:00", "07:00", "Europe/Paris"),
+        rules=(CategoryRule("billing", Channel.EMAIL, False),),
+    )
+    for tenant_id in (tenant, other):
+        await store.update_preferences(tenant_id, "ann", lambda _: liked, now=now)
+    await store.update_preferences(tenant, "bob", lambda p: replace(p, email="b@x.org"), now=now)
+    defaults = (CategoryDefault("mention", (Channel.IN_APP,), 600),)
+    await store.update_tenant_settings(
+        tenant,
+        lambda s: replace(s, email_from="Keel <n@example.com>", category_defaults=defaults),
+        ["email_from", "category_defaults"],
+        now=now,
+    )
+    async with engine.connect() as conn:
+        preferences = await read_preferences(conn, tenant, users)
+        settings = await read_tenant_settings(conn, tenant)
+    on_driver_preferences = for_driver(preferences_query("postgresql"))
+    on_driver_settings = for_driver(TENANT_SETTINGS_QUERY)
+    async with driver_statements(engine) as driver:
+        rows = await driver.fetch(
+            on_driver_preferences.sql, *on_driver_preferences.args(tenant_id=tenant, user_ids=users)
+        )
+        settings_rows = await driver.fetch(
+            on_driver_settings.sql, *on_driver_settings.args(tenant_id=tenant)
+        )
+    assert {r["user_id"]: to_preferences(r) for r in rows} == preferences
+    assert sorted(preferences) == ["ann", "bob"] and preferences["ann"].rules == liked.rules
+    assert to_tenant_settings(settings_rows) == settings
+    assert settings.category_defaults == defaults
+
+
+def test_a_query_whose_columns_sqlalchemy_converts_is_not_compiled_for_the_driver() -> None:
+    """The driver would give such a column unconverted: the two paths would differ."""
+    with pytest.raises(TypeError, match="result processing"):
+        for_driver(select(literal(b"", PickleType).label("blob")))
