@@ -332,10 +332,17 @@ class FileService:
         file = known if known is not None else await self.get_file(tenant_id, file_id)
         if file.state is FileState.READY and offset == file.size:
             return file  # a retry of the end (its answer was lost; a HEAD): it is done
-        self._check_pending(file)
-        if offset != file.upload_offset:
-            raise OffsetMismatch(file.upload_offset, offset)
-        file = await self._append(file, offset, chunks, sha256)
+        self._check_open(file, offset)
+        try:
+            file = await self._append(file, offset, chunks, sha256)
+        except FileNotReady as exc:
+            # Completed, terminated or expired since ``file`` was read (or as this process
+            # last knew it): answered as a request that came after it would have been.
+            now = await self.get_file(file.tenant_id, file.id)
+            closed = self._closed(now, offset) if now.state is not FileState.PENDING else None
+            if closed is None:
+                raise
+            raise closed from exc
         self._recent.keep_file(file)  # the next request of the upload starts from it
         return file
 
@@ -364,7 +371,8 @@ class FileService:
     async def terminate(self, tenant_id: str, file_id: str) -> None:
         """Abandon a pending upload; its parts are removed."""
         file = await self.get_file(tenant_id, file_id)
-        self._check_pending(file, allow_expired=True)
+        if file.state is not FileState.PENDING:
+            raise FileNotReady(f"file {file.id} is {file.state.value}, not an upload in progress")
         await self._discard(file)
 
     # -- deleting -----------------------------------------------------------------------
@@ -476,14 +484,30 @@ class FileService:
                 retry_after=wait,
             )
 
-    def _check_pending(self, file: StoredFile, *, allow_expired: bool = False) -> None:
-        """Raise unless ``file`` is an upload in progress (``FileNotReady``) that has not
-        expired (``UploadExpired``, unless ``allow_expired``)."""
-        if file.state is not FileState.PENDING:
-            raise FileNotReady(f"file {file.id} is {file.state.value}, not an upload in progress")
+    def _check_open(self, file: StoredFile, offset: int) -> None:
+        """Raise unless ``file`` is an upload in progress that takes bytes at ``offset``
+        (see :meth:`_closed`)."""
+        closed = self._closed(file, offset)
+        if closed is not None:
+            raise closed
+
+    def _closed(self, file: StoredFile, offset: int) -> KeelError | None:
+        """Why ``file`` takes no bytes at ``offset``, or None when it does: the same answer
+        for every transport (tus maps them to 409 and 410).
+
+        - ``OffsetMismatch``: it is at another offset — its size, once READY (its client
+          then asks where it is, and is done);
+        - ``UploadExpired``: deleted (terminated, refused) or out of time — it never takes
+          another byte.
+        """
+        if file.state is FileState.READY:
+            return OffsetMismatch(file.size, offset)
         expired = file.expire_time is not None and file.expire_time <= self._clock()
-        if expired and not allow_expired:
-            raise UploadExpired(f"the upload of file {file.id} expired")
+        if file.state is not FileState.PENDING or expired:
+            return UploadExpired(f"the upload of file {file.id} has expired or was terminated")
+        if offset != file.upload_offset:
+            return OffsetMismatch(file.upload_offset, offset)
+        return None
 
     async def _add_part(
         self,
@@ -549,19 +573,12 @@ class FileService:
                     found = await self._store.get(file.tenant_id, file.id)
                     if found is None or found.state is FileState.DELETED:
                         await self._delete_blob(key)  # the lock made it anew: nothing to keep
-                        raise (
-                            FileNotFound(file.id)
-                            if found is None
-                            else FileNotReady(
-                                f"file {file.id} is {found.state.value}, not an upload in progress"
-                            )
-                        )
+                    if found is None:
+                        raise FileNotFound(file.id)
                     now = found
                 if now.state is FileState.READY and offset == now.size:
                     return now
-                self._check_pending(now)
-                if offset != now.upload_offset:
-                    raise OffsetMismatch(now.upload_offset, offset)
+                self._check_open(now, offset)
                 if appender.size < offset:
                     # The bytes before ``offset`` are not in the blob: parts stored as blobs
                     # of their own, or lost by a crash of the machine.

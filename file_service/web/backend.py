@@ -62,8 +62,10 @@ class FileBackend(Protocol):
         bytes then checked, typed and thumbnailed). If ``chunks`` ends early (the client went
         away) what arrived is kept — unless ``sha256`` (the digest of the whole body, tus
         checksum extension) was given and does not match, in which case nothing is kept and
-        ``ChecksumMismatch`` is raised. Raises ``FileNotFound``, ``FileNotReady`` (not
-        pending), ``UploadExpired``, ``OffsetMismatch``, ``InvalidFile`` (more bytes than
+        ``ChecksumMismatch`` is raised. Raises ``FileNotFound``, ``UploadExpired``
+        (terminated, refused or out of time, also when that happened while the bytes
+        arrived), ``OffsetMismatch`` (the upload is at another offset: its size once READY,
+        also when another request completed it meanwhile), ``InvalidFile`` (more bytes than
         declared; bytes refused on completion: type not allowed, hash not the declared one),
         ``QuotaExceeded``, ``UploadBusy`` (another request is writing the upload's bytes).
         ``known`` is the file as the caller just read it, if it did (not read again)."""

@@ -31,8 +31,10 @@ error                       status  why
 (``InvalidFileToken``)              expired URL token — nothing touched
 ``FileNotFound``/NotFound   404     unknown, or another tenant's file
 ``FileNotReady`` and other  409     the file is not in the state asked for
-``FailedPrecondition``              (handlers answer 404/410 first where tus
-                                    or a download says so)
+``FailedPrecondition``              (an upload that takes no more bytes is
+                                    ``UploadExpired`` or ``OffsetMismatch``
+                                    from the service; a download's handler
+                                    answers 404/410 itself)
 ``ResourceExhausted``       429     rate limits
 ``Unavailable``             503     the database or blob store is down
 ==========================  ======  ==========================================

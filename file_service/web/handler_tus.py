@@ -27,7 +27,7 @@ from typing import Final
 from aiohttp import ClientPayloadError, StreamReader, web
 from aiohttp.http_exceptions import PayloadEncodingError
 
-from file_service.errors import FileNotReady, OffsetMismatch, UploadExpired
+from file_service.errors import OffsetMismatch, UploadExpired
 from file_service.models import FileLimits, FileState, StoredFile
 from file_service.urls import upload_url
 from file_service.web import tus
@@ -233,31 +233,14 @@ class TusHandlers:
     async def _append(
         self, request: web.Request, file: StoredFile, offset: int, checksum: bytes | None
     ) -> StoredFile:
-        if file.state is FileState.READY:
-            # A client whose last PATCH's answer was lost offers the end again: done.
-            if offset == file.size and not request.content_length:
-                return file
-            raise OffsetMismatch(file.size, offset)
-        self._check_open(file)
+        """The body's bytes at ``offset``; the service says whether the upload takes them
+        (OffsetMismatch 409, UploadExpired 410)."""
         length = request.content_length
         if length is not None and offset + length > file.size:
             raise BodyTooLarge(f"the upload is {file.size} bytes; this body passes its end")
-        try:
-            return await self._backend.append(
-                file.tenant_id, file.id, offset, body_chunks(request), sha256=checksum, known=file
-            )
-        except FileNotReady as exc:
-            # Terminated or expired since ``file`` was read (or as this process last knew
-            # it): gone, as it would have been answered had the request come after.
-            now = await self._backend.get_file(file.tenant_id, file.id)
-            if now.state is FileState.DELETED:
-                raise UploadExpired(
-                    f"the upload of file {file.id} has expired or was terminated"
-                ) from exc
-            if now.state is FileState.READY:
-                # Completed elsewhere since: the offset it is at, as a fresh read answers.
-                raise OffsetMismatch(now.size, offset) from exc
-            raise
+        return await self._backend.append(
+            file.tenant_id, file.id, offset, body_chunks(request), sha256=checksum, known=file
+        )
 
 
 async def _nothing() -> AsyncIterator[bytes]:

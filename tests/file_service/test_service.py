@@ -417,7 +417,7 @@ async def test_an_upload_deleted_while_it_completes_leaves_no_blob(
         yield data[1000:]
         await service.terminate(t, file_id)  # e.g. the sweep expiring it, meanwhile
 
-    with pytest.raises(FileNotReady):
+    with pytest.raises(UploadExpired):
         await service.append(t, file_id, 1000, deleted_midway())
     assert stored_blobs(blobs, t) == []
 
@@ -585,6 +585,25 @@ async def test_an_upload_kept_here_but_moved_by_another_process_is_refused_with_
 
 
 @pytest.mark.parametrize("appends", [True, False], ids=["one-blob", "part-blobs"])
+async def test_an_upload_kept_here_but_completed_by_another_process_is_refused_at_its_size(
+    engine: AsyncEngine, tmp_path: Path, clock: Clock, appends: bool
+) -> None:
+    """The refusal every transport gives (tus: 409 with the offset): the client asks where
+    the upload is and finds it done."""
+    here, other = two_processes(engine, tmp_path / "blobs", clock, appends=appends)
+    t, data = tenant(), bytes(range(100))
+    file_id = await new_upload(here, t, len(data))
+    await here.append(t, file_id, 0, body(data[:40]))
+    await other.append(t, file_id, 40, body(data[40:]))
+    kept = await here.get_upload(t, file_id, offset=40)
+    with pytest.raises(OffsetMismatch) as refused:
+        await here.append(t, file_id, 40, body(b"z" * 60), known=kept)
+    assert refused.value.expected == len(data)
+    ready = await here.get_file(t, file_id)
+    assert ready.state is FileState.READY and ready.sha256 == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("appends", [True, False], ids=["one-blob", "part-blobs"])
 async def test_an_upload_kept_here_but_terminated_by_another_process_keeps_nothing_more(
     engine: AsyncEngine, tmp_path: Path, clock: Clock, appends: bool
 ) -> None:
@@ -594,7 +613,7 @@ async def test_an_upload_kept_here_but_terminated_by_another_process_keeps_nothi
     await here.append(t, file_id, 0, body(b"a" * 40))
     await other.terminate(t, file_id)
     kept = await here.get_upload(t, file_id, offset=40)
-    with pytest.raises(FileNotReady):
+    with pytest.raises(UploadExpired):
         await here.append(t, file_id, 40, body(b"z" * 30), known=kept)
     assert stored_blobs(LocalBlobStore(tmp_path / "blobs"), t) == []
     assert (await here.get_file(t, file_id)).state is FileState.DELETED
