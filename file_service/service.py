@@ -609,8 +609,14 @@ class FileService:
         running = self._running.take(file.tenant_id, file.id, offset) if sha256 is None else None
         try:
             with UPLOADS_IN_PROGRESS.track_inprogress():
+                # The running hash may take the last bytes while the part is recorded: it
+                # is kept (below) only once it has taken them all.
                 written = await appender.write_at(
-                    offset, counted, hashed=sha256 is not None, digest=running
+                    offset,
+                    counted,
+                    hashed=sha256 is not None,
+                    digest=running,
+                    digest_behind=running is not None,
                 )
             if sha256 is not None and bytes.fromhex(written.sha256) != sha256:
                 raise ChecksumMismatch("the body's SHA-256 is not the one in Upload-Checksum")
@@ -623,6 +629,7 @@ class FileService:
             await asyncio.shield(self._cut_back(appender, offset))
             raise
         if running is not None:
+            await appender.digested()
             self._running.keep(file.tenant_id, file.id, offset + written.size, running)
         return replace(file, upload_offset=new_offset)
 

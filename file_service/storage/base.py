@@ -167,14 +167,25 @@ class BlobAppender(Protocol):
         *,
         hashed: bool = True,
         digest: Hash | None = None,
+        digest_behind: bool = False,
     ) -> WrittenBlob:
         """Write the bytes of ``chunks`` into the blob from ``offset`` on (the blob grows as
         needed; bytes past what this writes stay as they were) and answer how many were
         written and their SHA-256 (hashed as :meth:`BlobStore.write` does). Not synced: a
         crash of the process loses none of them, a crash of the machine may until
         :meth:`BlobStore.sync`. If ``chunks`` raises, or the write fails or is cancelled,
-        the bytes written so far stay in the blob and the error propagates. Raises
-        :class:`StorageUnavailable`."""
+        the bytes written so far stay in the blob and the error propagates.
+
+        ``digest_behind`` (with a ``digest``): return once every byte is written, while
+        ``digest`` may still be taking the last of them — ``WrittenBlob.sha256`` is then
+        empty, and :meth:`digested` waits for it (what the caller does meanwhile, recording
+        the part, overlaps the hashing). Raises :class:`StorageUnavailable`."""
+        ...
+
+    async def digested(self) -> None:
+        """Wait until the ``digest`` of the last :meth:`write_at` with ``digest_behind`` has
+        taken every byte it wrote (at once when none is behind). Until then nothing else may
+        use that digest."""
         ...
 
     async def truncate(self, size: int) -> None:

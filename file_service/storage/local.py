@@ -20,6 +20,8 @@ worker threads at once — one hashes it (SHA-256), the other writes it; each ta
 long — while the next batch is gathered, and a read fetches the next MiB while the current
 one is sent. hashlib and file I/O release the GIL, so the disk, the hash and the event
 loop's socket work overlap. Memory stays bounded: two batches of a write, two chunks of a read.
+An appender's write can return once its last batch is written, leaving the hash of that
+batch to finish while the caller records the part (``digest_behind``).
 
 The thread that writes a batch then asks the kernel to start writing it to the disk
 (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, on Linux: it does not wait for the disk), so
@@ -291,6 +293,8 @@ class LocalAppender:
         self._batch = batch
         #: The blob's size when the writer got it.
         self.size = os.fstat(file.fileno()).st_size
+        #: The hashing of the last write_at's last batch, when it was left behind.
+        self._hashing: asyncio.Future[None] | None = None
 
     async def write_at(
         self,
@@ -299,7 +303,9 @@ class LocalAppender:
         *,
         hashed: bool = True,
         digest: Hash | None = None,
+        digest_behind: bool = False,
     ) -> WrittenBlob:
+        await self.digested()  # its digest may be this one (not so in Keel's use)
         if digest is None and hashed:
             digest = hashlib.sha256()
         self._file.seek(offset)  # nothing buffered: an lseek
@@ -307,7 +313,11 @@ class LocalAppender:
         try:
             async for chunk in chunks:
                 await writer.add(chunk)
-            sha256 = await writer.finish(sync=False, close=False)
+            if digest_behind and digest is not None:
+                self._hashing = await writer.finish_writing()
+                sha256 = ""
+            else:
+                sha256 = await writer.finish(sync=False, close=False)
         except BaseException as exc:
             await asyncio.shield(writer.settle())
             if isinstance(exc, OSError):
@@ -315,6 +325,11 @@ class LocalAppender:
             raise
         self.size = max(self.size, offset + writer.size)
         return WrittenBlob(key=self.key, size=writer.size, sha256=sha256)
+
+    async def digested(self) -> None:
+        hashing, self._hashing = self._hashing, None
+        if hashing is not None:
+            await hashing
 
     async def truncate(self, size: int) -> None:
         try:
@@ -354,6 +369,33 @@ class _BatchWriter:
         await self._hand_over(then=partial(_flush_and_close if close else _flush, self._file, sync))
         await self._wait_in_flight()
         return self._digest.hexdigest() if self._digest is not None else ""
+
+    async def finish_writing(self) -> asyncio.Future[None] | None:
+        """Write what is left and flush (not synced, not closed); return once every byte is
+        written, leaving the digest to take the last batch behind: the future it answers
+        (None when nothing is hashed) ends when the digest has taken every byte. Saves the
+        caller the wait for the last batch's hash (hashing a MiB takes longer than writing
+        it to the page cache) while it does what comes next."""
+        pending = self._in_flight
+        # The file's writes in order: the last batch's after the one before (its hash may
+        # still run: the digest takes the batches in order, the last one's after it).
+        if pending:
+            await asyncio.wait(pending[:1])
+            pending[0].result()
+        previous_hash = pending[1] if len(pending) > 1 else None
+        pieces, self._gathered, self._gathered_size = self._gathered, [], 0
+        position = self._start + self.size
+        self.size += sum(len(piece) for piece in pieces)
+        loop = asyncio.get_running_loop()
+        flush = partial(_flush, self._file, False)
+        writing = loop.run_in_executor(None, _write_all, self._file, pieces, position, flush)
+        hashing: asyncio.Future[None] | None = None
+        if self._digest is not None and (pieces or previous_hash is not None):
+            hashing = asyncio.ensure_future(_hash_after(previous_hash, self._digest, pieces))
+        self._in_flight = [writing] if hashing is None else [writing, hashing]
+        await asyncio.wait([writing])
+        writing.result()
+        return hashing
 
     async def settle(self) -> None:
         """Wait until no thread writes to the file any more."""
@@ -440,6 +482,18 @@ def start_writeback(descriptor: int, position: int) -> None:
 def _hash_all(digest: Hash, pieces: list[Chunk]) -> None:
     for piece in pieces:
         digest.update(piece)
+
+
+async def _hash_after(
+    previous: asyncio.Future[None] | None, digest: Hash, pieces: list[Chunk]
+) -> None:
+    """Hash ``pieces`` into ``digest`` in a worker thread once ``previous`` (the hashing of
+    the bytes before them) is done."""
+    if previous is not None:
+        await asyncio.wait([previous])  # not cancelled with this task: a thread runs it
+        previous.result()
+    if pieces:
+        await asyncio.get_running_loop().run_in_executor(None, _hash_all, digest, pieces)
 
 
 async def _known(sha256: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -30,9 +31,11 @@ from file_service.service import FileInfo, FileService
 from file_service.storage import (
     BlobKey,
     Chunk,
+    Hash,
     LocalBlobStore,
     StorageUnavailable,
     WrittenBlob,
+    local,
 )
 from file_service.store import SqlFileStore
 from service_kit.errors import ResourceExhausted, Unavailable
@@ -471,6 +474,14 @@ class RecordedCompositions(LocalBlobStore):
         return await super().compose(key, parts, sha256=sha256)
 
 
+async def append_in_order(
+    service: FileService, tenant_id: str, file_id: str, data: bytes, part: int = 3000
+) -> None:
+    """Upload ``data`` in parts of ``part`` bytes, one after the other."""
+    for start in range(0, len(data), part):
+        await service.append(tenant_id, file_id, start, body(data[start : start + part]))
+
+
 async def test_parts_stored_in_order_by_one_process_are_not_hashed_again_when_composed(
     engine: AsyncEngine, tmp_path: Path, clock: Clock
 ) -> None:
@@ -478,8 +489,7 @@ async def test_parts_stored_in_order_by_one_process_are_not_hashed_again_when_co
     service = FileService(SqlFileStore(engine), blobs, FileLimits(), clock=clock)
     t, data = tenant(), bytes(range(256)) * 40
     file_id = await new_upload(service, t, len(data))
-    for start in range(0, len(data), 3000):
-        await service.append(t, file_id, start, body(data[start : start + 3000]))
+    await append_in_order(service, t, file_id, data)
 
     ready = await service.get_file(t, file_id)
     assert ready.state is FileState.READY
@@ -505,15 +515,29 @@ async def test_parts_stored_by_two_processes_are_hashed_when_composed(
     assert blobs.known == [None]
 
 
+@pytest.mark.parametrize("hash_delay", [0.0, 0.05], ids=["hash", "slow-hash"])
 async def test_an_upload_in_one_blob_is_hashed_as_it_arrives_unless_two_processes_took_it(
-    engine: AsyncEngine, tmp_path: Path, clock: Clock
+    engine: AsyncEngine,
+    tmp_path: Path,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    hash_delay: float,
 ) -> None:
+    """A part's last bytes are hashed while the part is recorded; the next part, and the
+    completion, go on from the running hash only once it has taken them (a slow hash: the
+    file's SHA-256 is still that of its bytes, and nothing is read again)."""
+    real = local._hash_all
+
+    def delayed(digest: Hash, pieces: list[Chunk]) -> None:
+        time.sleep(hash_delay)
+        real(digest, pieces)
+
+    monkeypatch.setattr(local, "_hash_all", delayed)
     blobs = RecordedCompositions(tmp_path / "blobs", appends=True)
     one, other = (FileService(SqlFileStore(engine), blobs, FileLimits(), clock=clock) for _ in "ab")
     t, data = tenant(), bytes(range(256)) * 40
     in_order = await new_upload(one, t, len(data))
-    for start in range(0, len(data), 3000):
-        await one.append(t, in_order, start, body(data[start : start + 3000]))
+    await append_in_order(one, t, in_order, data)
     ready = await one.get_file(t, in_order)
     assert ready.sha256 == hashlib.sha256(data).hexdigest()
     assert blobs.hashed == []  # the running hash: nothing read again

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import os
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,8 @@ import pytest
 from file_service.storage import (
     BlobKey,
     BlobNotFound,
+    Chunk,
+    Hash,
     InvalidBlobKey,
     InvalidRange,
     LocalBlobStore,
@@ -281,6 +284,41 @@ async def test_local_writes_start_their_writeback_and_keep_every_byte(
     assert started == [100 * 1024, 164 * 1024]
     expected = data[: 100 * 1024] + data[: 128 * 1024] + data[228 * 1024 :]
     assert await collect(store.read(key)) == expected
+
+
+async def test_an_appender_can_leave_its_digest_behind_the_written_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``digest_behind``, write_at returns once its bytes are in the blob, while the
+    digest may still be taking the last batch; digested() waits until it has them all.
+    Without it, write_at waits for every byte to be hashed, as before."""
+    release = threading.Event()
+    real = local._hash_all
+
+    def held(digest: Hash, pieces: list[Chunk]) -> None:
+        release.wait(10)
+        real(digest, pieces)
+
+    monkeypatch.setattr(local, "_hash_all", held)
+    store = LocalBlobStore(tmp_path / "files", chunk_size=64 * 1024)
+    data, key, digest = pattern(3, 50 * 1024), new_key(), hashlib.sha256()
+    async with store.appender(key) as appender:
+        written = await appender.write_at(
+            0, chunks_of(data, 16 * 1024), digest=digest, digest_behind=True
+        )
+        assert (written.size, written.sha256) == (len(data), "")
+        assert await collect(store.read(key)) == data  # every byte is in the blob...
+        assert digest.hexdigest() == hashlib.sha256().hexdigest()  # ...none hashed yet
+        release.set()
+        await appender.digested()
+        assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+
+        release.clear()
+        more = asyncio.ensure_future(appender.write_at(len(data), chunks_of(data, 16 * 1024)))
+        await asyncio.sleep(0.2)
+        assert not more.done()
+        release.set()
+        assert (await more).sha256 == hashlib.sha256(data).hexdigest()
 
 
 async def test_local_writes_without_sync_file_range_keep_every_byte(
