@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
-    CompoundSelect,
     Select,
     String,
     TableValuedAlias,
@@ -82,7 +81,7 @@ class DriverQuery:
         return [values[name] if name in values else self.fixed[name] for name in self.names]
 
 
-def for_driver(query: Select[Any] | CompoundSelect[Any]) -> DriverQuery:
+def for_driver(query: Select[Any]) -> DriverQuery:
     """``query`` compiled for asyncpg, to run on a pooled connection's driver (whose
     JSON codecs SQLAlchemy set: its rows carry what SQLAlchemy's would). So the
     statement has one definition whichever way it runs. Raises TypeError for a query

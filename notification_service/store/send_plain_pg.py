@@ -7,18 +7,17 @@ nothing between the statements and the driver — SQLAlchemy's compile, greenlet
 result wrapping cost more than such a batch's statements; a connection whose statement
 did not end cleanly is dropped, not pooled). It stores what
 :func:`.send_writes.write_sends` would, with the same planning, rows and answers, in
-two round trips for a batch of one tenant instead of seven:
+three round trips for a batch of one tenant instead of seven:
 
-1. the tenant's settings and the recipients' preferences, in one statement once per
-   tenant of the batch (:func:`read_plain_inputs`: the two queries' rows, one after the
-   other; a plain send never pushes, so no push subscriptions are read);
-2. after the caller's turn to count and commit (``before_counting``), one statement
+1. the tenant's settings and 2. the recipients' preferences, once per tenant of the
+   batch (a plain send never pushes, so no push subscriptions are read);
+3. after the caller's turn to count and commit (``before_counting``), one statement
    inserting the notifications and their deliveries (only skipped in-app ones have a
    row) and reading the unread counts of the inboxes they landed in.
 
 The writes being that one statement, it runs without ``BEGIN``/``COMMIT``: it commits
-all of the batch or none of it by itself. The read before it sees what was committed
-when it ran, as it would in a transaction at PostgreSQL's READ COMMITTED. The
+all of the batch or none of it by itself. The reads before it see what was committed
+when each ran, as they would in a transaction at PostgreSQL's READ COMMITTED. The
 statement sees the inboxes as they were when it started, so each count is the one read
 plus what the batch itself put in that inbox: with the turn held from before the
 statement until it has committed, nothing else this process stores commits in between
@@ -40,7 +39,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
-from sqlalchemy import CompoundSelect, Select, String, bindparam, func, null, select, union_all
+from sqlalchemy import Select, String, bindparam, func, select
 from sqlalchemy.dialects import postgresql
 
 from notification_service.models import Channel
@@ -117,51 +116,22 @@ async def _read_inputs(driver: asyncpg.Connection, sends: Sequence[NewSend]) -> 
     users: dict[str, set[str]] = defaultdict(set)
     for send in sends:
         users[send.tenant_id].update(send.user_ids)
-    by_tenant = {
-        tenant_id: await read_plain_inputs(driver, tenant_id, sorted(user_ids))
-        for tenant_id, user_ids in users.items()
-    }
+    by_tenant: dict[str, SendInputs] = {}
+    for tenant_id, user_ids in users.items():
+        settings = await driver.fetch(_SETTINGS.sql, *_SETTINGS.args(tenant_id=tenant_id))
+        preferences = await driver.fetch(
+            _PREFERENCES.sql, *_PREFERENCES.args(tenant_id=tenant_id, user_ids=sorted(user_ids))
+        )
+        by_tenant[tenant_id] = SendInputs(
+            {r["user_id"]: to_preferences(r) for r in preferences},
+            to_tenant_settings(settings),
+            {},
+        )
     return [by_tenant[send.tenant_id] for send in sends]
 
 
-async def read_plain_inputs(
-    driver: asyncpg.Connection, tenant_id: str, user_ids: Sequence[str]
-) -> SendInputs:
-    """The tenant's settings and the stored preferences of those of ``user_ids`` that have
-    any, in one round trip: :data:`.settings.TENANT_SETTINGS_QUERY`'s rows and
-    :func:`.settings.preferences_query`'s, one after the other in one statement (a row
-    with a setting's name is a setting's)."""
-    rows = await driver.fetch(_INPUTS.sql, *_INPUTS.args(tenant_id=tenant_id, user_ids=user_ids))
-    settings = [
-        {"name": r["setting_name"], "value": r["setting_value"], "update_time": r["setting_time"]}
-        for r in rows
-        if r["setting_name"] is not None
-    ]
-    return SendInputs(
-        {r["user_id"]: to_preferences(r) for r in rows if r["setting_name"] is None},
-        to_tenant_settings(settings),
-        {},
-    )
-
-
-def _inputs_query() -> CompoundSelect[Any]:
-    """The rows of the settings query (as ``setting_name``, ``setting_value``,
-    ``setting_time``) and those of the preferences query (their own columns), each with
-    the other's columns NULL."""
-    settings = TENANT_SETTINGS_QUERY.subquery("settings")
-    preferences = preferences_query("postgresql").subquery("preferences")
-    setting_columns = (
-        settings.c.name.label("setting_name"),
-        settings.c.value.label("setting_value"),
-        settings.c.update_time.label("setting_time"),
-    )
-    return union_all(
-        select(*setting_columns, *(null().label(c.name) for c in preferences.c)),
-        select(*(null().label(c.name) for c in setting_columns), *preferences.c),
-    )
-
-
-_INPUTS = for_driver(_inputs_query())
+_SETTINGS = for_driver(TENANT_SETTINGS_QUERY)
+_PREFERENCES = for_driver(preferences_query("postgresql"))
 
 
 def _counts_query() -> Select[Any]:

@@ -30,9 +30,10 @@ from notification_service.models import (
 )
 from notification_service.store import NewSend, SqlNotificationStore
 from notification_service.store.base import for_driver
-from notification_service.store.send_models import SendInputs
-from notification_service.store.send_plain_pg import read_plain_inputs
+from notification_service.store.rows import to_preferences, to_tenant_settings
 from notification_service.store.settings import (
+    TENANT_SETTINGS_QUERY,
+    preferences_query,
     read_preferences,
     read_tenant_settings,
 )
@@ -106,13 +107,12 @@ async def test_preferences_are_read_for_the_listed_users_of_the_tenant_only(
 async def test_the_reads_compiled_for_the_driver_give_what_sqlalchemy_gives(
     store: SqlNotificationStore, engine: AsyncEngine
 ) -> None:
-    """A batch of plain sends on PostgreSQL reads through asyncpg itself, in one
-    statement, the settings and preferences the other sends read through SQLAlchemy
-    (JSON columns included): it plans with the same preferences and settings, the
-    tenant's own, whether it has settings, preferences, both or neither."""
+    """A batch of plain sends on PostgreSQL reads through asyncpg itself the queries the
+    other sends read through SQLAlchemy (JSON columns included): it plans with the same
+    preferences and settings."""
     if engine.dialect.name != "postgresql":
         pytest.skip("only PostgreSQL runs queries on the driver")
-    tenant, other, bare, unset = new_id(), new_id(), new_id(), new_id()
+    tenant, other = new_id(), new_id()
     now = datetime.now(UTC)
     users = ["ann", "bob", "cy"]
     liked = Preferences(
@@ -122,37 +122,32 @@ async def test_the_reads_compiled_for_the_driver_give_what_sqlalchemy_gives(
         quiet_hours=QuietHours("22:00", "07:00", "Europe/Paris"),
         rules=(CategoryRule("billing", Channel.EMAIL, False),),
     )
-    for tenant_id in (tenant, other, unset):
+    for tenant_id in (tenant, other):
         await store.update_preferences(tenant_id, "ann", lambda _: liked, now=now)
     await store.update_preferences(tenant, "bob", lambda p: replace(p, email="b@x.org"), now=now)
-    await store.update_preferences(other, "cy", lambda p: replace(p, email="c@x.org"), now=now)
     defaults = (CategoryDefault("mention", (Channel.IN_APP,), 600),)
-    for tenant_id, sender in ((tenant, "Keel <n@example.com>"), (other, "o@example.com")):
-        await store.update_tenant_settings(
-            tenant_id,
-            lambda s, sender=sender: replace(s, email_from=sender, category_defaults=defaults),
-            ["email_from", "category_defaults"],
-            now=now,
-        )
     await store.update_tenant_settings(
-        bare, lambda s: replace(s, email_from="bare@example.com"), ["email_from"], now=now
+        tenant,
+        lambda s: replace(s, email_from="Keel <n@example.com>", category_defaults=defaults),
+        ["email_from", "category_defaults"],
+        now=now,
     )
-    for tenant_id in (tenant, other, bare, unset):
-        async with engine.connect() as conn:
-            preferences = await read_preferences(conn, tenant_id, users)
-            settings = await read_tenant_settings(conn, tenant_id)
-        async with driver_statements(engine) as driver:
-            on_driver = await read_plain_inputs(driver, tenant_id, users)
-        assert on_driver == SendInputs(preferences, settings, {})
-    assert sorted(on_driver.preferences) == ["ann"] and on_driver.settings.email_from == ""
+    async with engine.connect() as conn:
+        preferences = await read_preferences(conn, tenant, users)
+        settings = await read_tenant_settings(conn, tenant)
+    on_driver_preferences = for_driver(preferences_query("postgresql"))
+    on_driver_settings = for_driver(TENANT_SETTINGS_QUERY)
     async with driver_statements(engine) as driver:
-        ours = await read_plain_inputs(driver, tenant, users)
-        others = await read_plain_inputs(driver, other, ["ann"])
-    assert sorted(ours.preferences) == ["ann", "bob"]
-    assert ours.preferences["ann"].rules == liked.rules
-    assert ours.settings.email_from == "Keel <n@example.com>"
-    assert ours.settings.category_defaults == defaults
-    assert sorted(others.preferences) == ["ann"] and others.settings.email_from == "o@example.com"
+        rows = await driver.fetch(
+            on_driver_preferences.sql, *on_driver_preferences.args(tenant_id=tenant, user_ids=users)
+        )
+        settings_rows = await driver.fetch(
+            on_driver_settings.sql, *on_driver_settings.args(tenant_id=tenant)
+        )
+    assert {r["user_id"]: to_preferences(r) for r in rows} == preferences
+    assert sorted(preferences) == ["ann", "bob"] and preferences["ann"].rules == liked.rules
+    assert to_tenant_settings(settings_rows) == settings
+    assert settings.category_defaults == defaults
 
 
 def test_a_query_whose_columns_sqlalchemy_converts_is_not_compiled_for_the_driver() -> None:
