@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 import aiohttp
 import pytest
@@ -255,6 +256,31 @@ async def test_the_local_store_writes_nothing_outside_its_root(tmp_path: Path) -
     with pytest.raises(InvalidBlobKey):
         await store.write(BlobKey("../outside"), chunks_of(b"x", 1))
     assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
+
+
+def test_local_writes_hand_the_kernel_at_most_a_slice_at_a_time(tmp_path: Path) -> None:
+    """A piece longer than WRITE_SLICE (a gRPC chunk of a MiB) is written in slices of it,
+    views and not copies, in order: the kernel then takes small folios (see _write_all)."""
+
+    class Recorded:
+        def __init__(self, file: BinaryIO) -> None:
+            self.file = file
+            self.sizes: list[int] = []
+
+        def write(self, data: Chunk) -> int:
+            self.sizes.append(len(data))
+            return self.file.write(data)
+
+        def fileno(self) -> int:
+            return self.file.fileno()
+
+    slice_ = local.WRITE_SLICE
+    big, small = pattern(5, 4 * slice_ + 7), pattern(6, 100)
+    with open(tmp_path / "blob", "wb") as file:
+        recorded = Recorded(file)
+        local._write_all(recorded, [memoryview(big), small], 0, None)  # type: ignore[arg-type]
+    assert recorded.sizes == [slice_, slice_, slice_, slice_, 7, 100]
+    assert (tmp_path / "blob").read_bytes() == big + small
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="sync_file_range is Linux's")
