@@ -21,6 +21,7 @@ from typing import Final
 from aiohttp import web
 
 from file_service import urls, wire
+from file_service.allocator import keep_freed_memory
 from file_service.models import FileLimits, StoredFile
 from file_service.service import FileService
 from file_service.servicer import FileServicer
@@ -145,6 +146,7 @@ class FileProcess:
         self.http_port = 0
 
     async def start(self) -> None:
+        keep_freed_memory()  # each chunk of a download in pages already the process's
         settings = self._runtime.settings
         files = settings.files
         secret = settings.token_secret
