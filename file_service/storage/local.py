@@ -19,7 +19,13 @@ batches of about a MiB: a write gathers the incoming chunks and hands each batch
 worker threads at once — one hashes it (SHA-256), the other writes it; each takes about as
 long — while the next batch is gathered, and a read fetches the next MiB while the current
 one is sent. hashlib and file I/O release the GIL, so the disk, the hash and the event
-loop's socket work overlap. Memory stays bounded: two batches of a write, two chunks of a read.
+loop's socket work overlap. A read takes what the page cache holds on the event loop
+itself, without waiting for the disk (``preadv(RWF_NOWAIT)``, Linux: a copy of a MiB, about
+what framing it for gRPC costs), and goes to the threads only for the rest: a hand-off
+per MiB was about 0.15 CPU-seconds per GB of a gRPC download (the copy's block of a MiB
+reuses freed pages: see :mod:`file_service.allocator`). Memory stays bounded: two
+batches of a write, three chunks of a read (the one sent, the one read ahead from the disk,
+the buffer the cache is read into).
 An appender's write can return once its last batch is written, leaving the hash of that
 batch to finish while the caller records the part (``digest_behind``).
 
@@ -68,6 +74,8 @@ COPY_STEP: Final = 8 << 20
 SYNC_FILE_RANGE_WRITE: Final = 2
 #: The most bytes one ``write`` call hands the kernel (see :func:`_write_all`).
 WRITE_SLICE: Final = 256 * 1024
+#: ``preadv``'s flag for a read of what the page cache holds only (Linux; None elsewhere).
+_RWF_NOWAIT: Final[int | None] = getattr(os, "RWF_NOWAIT", None)
 
 
 class LocalBlobStore:
@@ -208,17 +216,22 @@ class LocalBlobStore:
         ahead: asyncio.Future[bytes] | None = None
         try:
             start, end = byte_range(os.fstat(file.fileno()).st_size, offset, length)
+            buffer = memoryview(bytearray(min(self.chunk_size, end - start)))
             position = start
             while position < end:
-                if ahead is None:
-                    ahead = _read_at(loop, file, position, min(self.chunk_size, end - position))
-                chunk = await asyncio.shield(ahead)
-                ahead = None
-                if not chunk:
-                    raise StorageUnavailable(f"blob {key!r} was cut short while read")
+                size = min(self.chunk_size, end - position)
+                chunk = None if ahead is not None else _read_cached(file, buffer[:size], position)
+                if chunk is None:  # from the disk, in a worker thread
+                    if ahead is None:
+                        ahead = _read_at(loop, file, position, size)
+                    chunk = await asyncio.shield(ahead)
+                    ahead = None
+                    if not chunk:
+                        raise StorageUnavailable(f"blob {key!r} was cut short while read")
+                    following = min(self.chunk_size, end - position - len(chunk))
+                    if following > 0:  # read ahead while the caller sends this chunk
+                        ahead = _read_at(loop, file, position + len(chunk), following)
                 position += len(chunk)
-                if position < end:  # read ahead while the caller sends this chunk
-                    ahead = _read_at(loop, file, position, min(self.chunk_size, end - position))
                 yield chunk
         except OSError as exc:
             raise StorageUnavailable(f"cannot read blob {key!r}: {exc}") from exc
@@ -571,6 +584,20 @@ def _read_at(
     loop: asyncio.AbstractEventLoop, file: BinaryIO, position: int, size: int
 ) -> asyncio.Future[bytes]:
     return loop.run_in_executor(None, os.pread, file.fileno(), size, position)
+
+
+def _read_cached(file: BinaryIO, buffer: memoryview, position: int) -> bytes | None:
+    """The file's bytes from ``position`` that the page cache holds (as many as ``buffer``
+    takes, or fewer), read through ``buffer`` without waiting for the disk; None when it
+    holds not even the first, at the end of the file, or where such reads are not
+    supported: a worker thread reads them then."""
+    if _RWF_NOWAIT is None:
+        return None
+    try:
+        count = os.preadv(file.fileno(), [buffer], position, _RWF_NOWAIT)
+    except OSError:  # BlockingIOError: not cached; EOPNOTSUPP: not on this file system
+        return None
+    return bytes(buffer[:count]) if count else None
 
 
 def _open_locked(path: Path) -> BinaryIO:

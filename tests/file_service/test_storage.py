@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import aiohttp
 import pytest
@@ -432,3 +432,35 @@ async def test_deleting_a_tree_removes_every_blob_under_it_and_nothing_else(
     assert [await backend.store.exists(BlobKey(k)) for k in keys] == [False, False, False, True]
     assert await backend.store.delete_tree(BlobKey(root)) == 0  # again: nothing, no error
     assert await backend.leftovers() == []
+
+
+@pytest.mark.skipif(local._RWF_NOWAIT is None, reason="no preadv(RWF_NOWAIT) here")
+async def test_a_local_read_takes_cached_bytes_on_the_loop_and_the_rest_from_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the page cache holds is read without a worker thread; once the file's pages
+    are dropped from it, threads read them: the same bytes, offsets and ranges, both ways."""
+    store = LocalBlobStore(tmp_path / "files", chunk_size=64 * 1024)
+    data = pattern(5, 300 * 1024 + 17)
+    key = new_key()
+    await store.write(key, chunks_of(data, 64 * 1024))
+    threads: list[int] = []
+    read_at = local._read_at
+
+    def counted(loop: asyncio.AbstractEventLoop, file: BinaryIO, position: int, size: int) -> Any:
+        threads.append(position)
+        return read_at(loop, file, position, size)
+
+    monkeypatch.setattr(local, "_read_at", counted)
+    assert await collect(store.read(key)) == data
+    assert await collect(store.read(key, offset=70_000, length=150_000)) == data[70_000:220_000]
+    assert threads == []
+
+    descriptor = os.open(tmp_path / "files" / key, os.O_RDONLY)
+    try:
+        os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped
+    finally:
+        os.close(descriptor)
+    assert await collect(store.read(key, offset=70_000, length=150_000)) == data[70_000:220_000]
+    assert threads and threads[0] == 70_000
+    assert await collect(store.read(key)) == data
