@@ -391,23 +391,8 @@ class _BatchWriter:
         (None when nothing is hashed) ends when the digest has taken every byte. Saves the
         caller the wait for the last batch's hash (hashing a MiB takes longer than writing
         it to the page cache) while it does what comes next."""
-        pending = self._in_flight
-        # The file's writes in order: the last batch's after the one before (its hash may
-        # still run: the digest takes the batches in order, the last one's after it).
-        if pending:
-            await asyncio.wait(pending[:1])
-            pending[0].result()
-        previous_hash = pending[1] if len(pending) > 1 else None
-        pieces, self._gathered, self._gathered_size = self._gathered, [], 0
-        position = self._start + self.size
-        self.size += sum(len(piece) for piece in pieces)
-        loop = asyncio.get_running_loop()
-        flush = partial(_flush, self._file, False)
-        writing = loop.run_in_executor(None, _write_all, self._file, pieces, position, flush)
-        hashing: asyncio.Future[None] | None = None
-        if self._digest is not None and (pieces or previous_hash is not None):
-            hashing = asyncio.ensure_future(_hash_after(previous_hash, self._digest, pieces))
-        self._in_flight = [writing] if hashing is None else [writing, hashing]
+        hashing = await self._hand_over(partial(_flush, self._file, False), hash_behind=True)
+        writing = self._in_flight[0]
         await asyncio.wait([writing])
         writing.result()
         return hashing
@@ -422,12 +407,23 @@ class _BatchWriter:
         await self.settle()
         await asyncio.to_thread(_close_and_unlink, self._file, temp)
 
-    async def _hand_over(self, then: Callable[[], None] | None = None) -> None:
+    async def _hand_over(
+        self, then: Callable[[], None] | None = None, *, hash_behind: bool = False
+    ) -> asyncio.Future[None] | None:
         """Hand the gathered batch to the threads; the writing one calls ``then`` after it
-        (even with no batch)."""
-        await self._wait_in_flight()
+        (even with no batch). With ``hash_behind``, only the previous batch's write is
+        waited for, and the batch's hashing follows the previous batch's (the digest takes
+        the batches in order): the future of that hashing is returned (None without one)."""
+        previous_hash: asyncio.Future[None] | None = None
+        if hash_behind and self._in_flight:
+            writing, *hashing = self._in_flight
+            await asyncio.wait([writing])
+            writing.result()
+            previous_hash = hashing[0] if hashing else None
+        else:
+            await self._wait_in_flight()
         if not self._gathered and then is None:
-            return
+            return None
         pieces, self._gathered, self._gathered_size = self._gathered, [], 0
         position = self._start + self.size
         self.size += sum(len(piece) for piece in pieces)
@@ -435,8 +431,15 @@ class _BatchWriter:
         # Hashing and writing a MiB take about as long each: two threads do them at once.
         write = partial(_write_all, self._file, pieces, position, then)
         self._in_flight = [loop.run_in_executor(None, write)]
-        if self._digest is not None and pieces:
-            self._in_flight.append(loop.run_in_executor(None, _hash_all, self._digest, pieces))
+        if self._digest is None or not (pieces or previous_hash is not None):
+            return None
+        hashed: asyncio.Future[None]
+        if hash_behind:
+            hashed = asyncio.ensure_future(_hash_after(previous_hash, self._digest, pieces))
+        else:
+            hashed = loop.run_in_executor(None, _hash_all, self._digest, pieces)
+        self._in_flight.append(hashed)
+        return hashed
 
     async def _wait_in_flight(self) -> None:
         if self._in_flight:

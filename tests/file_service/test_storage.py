@@ -464,3 +464,57 @@ async def test_a_local_read_takes_cached_bytes_on_the_loop_and_the_rest_from_a_t
     assert await collect(store.read(key, offset=70_000, length=150_000)) == data[70_000:220_000]
     assert threads and threads[0] == 70_000
     assert await collect(store.read(key)) == data
+
+
+async def test_a_local_blob_cut_short_while_read_fails_after_serving_only_what_it_held(
+    tmp_path: Path,
+) -> None:
+    """A blob truncated between two chunks of a read (cached or not): the read yields only
+    bytes the file held — never a buffer's stale bytes as if they were the file's — and
+    then raises StorageUnavailable instead of ending as if the blob were whole."""
+    store = LocalBlobStore(tmp_path / "files", chunk_size=64 * 1024)
+    data = pattern(6, 300 * 1024)
+    key = new_key()
+    await store.write(key, chunks_of(data, 64 * 1024))
+    cut = 64 * 1024 + 1000  # inside the second chunk
+    received = bytearray()
+    reading = store.read(key)
+    received += await anext(reading)
+    os.truncate(tmp_path / "files" / key, cut)
+    with pytest.raises(StorageUnavailable, match="cut short"):
+        async for chunk in reading:
+            received += chunk
+    assert bytes(received) == data[: len(received)]
+    assert len(received) <= cut
+
+
+async def test_a_digest_left_behind_takes_the_batches_in_their_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``digest_behind`` the last batch's hash starts only after the batch before it
+    has been hashed, however long that takes: a running SHA-256 fed out of order would make
+    a completed upload's checksum wrong."""
+    release = threading.Event()
+    real = local._hash_all
+    data, key, digest = os.urandom(2 * 64 * 1024 + 10 * 1024), new_key(), hashlib.sha256()
+    second_batch = data[64 * 1024 : 64 * 1024 + 32]
+    calls: list[int] = []
+
+    def second_held(digest: Hash, pieces: list[Chunk]) -> None:
+        calls.append(len(calls))
+        if bytes(pieces[0][:32]) == second_batch:  # the batch before the last: still hashing
+            release.wait(10)
+        real(digest, pieces)
+
+    monkeypatch.setattr(local, "_hash_all", second_held)
+    store = LocalBlobStore(tmp_path / "files", chunk_size=64 * 1024)
+    async with store.appender(key) as appender:
+        written = await appender.write_at(
+            0, chunks_of(data, 16 * 1024), digest=digest, digest_behind=True
+        )
+        assert written.size == len(data)
+        await asyncio.sleep(0.1)  # time for a hash that did not wait to run
+        release.set()
+        await appender.digested()
+    assert len(calls) == 3
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
